@@ -1,0 +1,10 @@
+//! deepdream: octave gradient ascent on pretrained ImageNet networks.
+//!
+//! Data flows one way: an image becomes a tensor, [`dream`] runs the octave loop on a
+//! [`model::FeatureNet`] through the project's own differentiable [`ops`], and the result is
+//! written back. The library never prints or exits; progress goes through [`dream::Progress`].
+
+pub mod error;
+pub mod ops;
+
+pub use error::{Error, Result};

@@ -1,0 +1,396 @@
+//! 2-D convolution with bias and activation fused in, and an input-only backward pass.
+//!
+//! Candle's own conv2d backward also computes the weight gradient (which a dream never needs),
+//! breaks on stride > 1 with H and W of different parity, and runs grouped convolutions as one
+//! conv per channel plus a `cat`. This op fixes all three: the forward is im2col + gemm (plain
+//! gemm for 1x1), depthwise is a direct per-channel loop, and the backward returns the input
+//! gradient alone.
+
+use super::gemm::{sgemm, Trans};
+use super::{cpu_slice, tf_same_padding};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Where the zero padding goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// Fixed padding on each side.
+    Explicit { top: usize, bottom: usize, left: usize, right: usize },
+    /// TensorFlow "SAME": output = ceil(input / stride), the extra row or column at the bottom
+    /// or right, computed from the actual input size.
+    Same,
+}
+
+impl Padding {
+    /// PyTorch-style symmetric padding.
+    pub fn symmetric(ph: usize, pw: usize) -> Self {
+        Padding::Explicit { top: ph, bottom: ph, left: pw, right: pw }
+    }
+}
+
+/// The activation fused after the bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    Relu6,
+}
+
+impl Activation {
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::Identity => v,
+            Activation::Relu => v.max(0.0),
+            Activation::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
+
+    /// d(activation)/d(pre-activation), read off the activation's output. Matches PyTorch:
+    /// ReLU passes where the input was > 0, ReLU6 (hardtanh) where it was strictly inside (0, 6).
+    fn passes(self, out: f32) -> bool {
+        match self {
+            Activation::Identity => true,
+            Activation::Relu => out > 0.0,
+            Activation::Relu6 => out > 0.0 && out < 6.0,
+        }
+    }
+}
+
+/// Stride, padding, groups and activation of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub stride: (usize, usize),
+    pub padding: Padding,
+    pub groups: usize,
+    pub activation: Activation,
+}
+
+impl Default for ConvSpec {
+    fn default() -> Self {
+        ConvSpec { stride: (1, 1), padding: Padding::symmetric(0, 0), groups: 1, activation: Activation::Identity }
+    }
+}
+
+/// A convolution layer with its weights: `weight` is `[co, ci / groups, kh, kw]`, `bias` is `[co]`.
+#[derive(Clone)]
+pub struct Conv2d {
+    inner: Arc<ConvInner>,
+}
+
+struct ConvInner {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    /// `[co, ci / groups, kh, kw]`
+    wshape: [usize; 4],
+    spec: ConvSpec,
+}
+
+impl Conv2d {
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>, spec: ConvSpec) -> Result<Self> {
+        let (co, cig, kh, kw) = weight.dims4()?;
+        if spec.groups == 0 || co % spec.groups != 0 {
+            bail!("conv: {co} output channels do not split into {} groups", spec.groups);
+        }
+        let weight = weight.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        let bias = match bias {
+            Some(b) => b.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?,
+            None => vec![0.0; co],
+        };
+        if bias.len() != co {
+            bail!("conv: bias has {} values for {co} output channels", bias.len());
+        }
+        Ok(Conv2d { inner: Arc::new(ConvInner { weight, bias, wshape: [co, cig, kh, kw], spec }) })
+    }
+
+    pub fn spec(&self) -> ConvSpec {
+        self.inner.spec
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.inner.wshape[0]
+    }
+
+    /// Runs the convolution on an `[n, ci, h, w]` tensor; differentiable with respect to `x`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(ConvOp(self.inner.clone()))
+    }
+}
+
+/// Sizes of one convolution call.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    n: usize,
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    cig: usize,
+    cog: usize,
+    groups: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    pt: usize,
+    pl: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    fn new(inner: &ConvInner, dims: &[usize]) -> Result<Self> {
+        let [co, cig, kh, kw] = inner.wshape;
+        let spec = inner.spec;
+        let &[n, ci, h, w] = dims else { bail!("conv: input must be [n, c, h, w], got {dims:?}") };
+        if ci != cig * spec.groups {
+            bail!("conv: input has {ci} channels, weights expect {}", cig * spec.groups);
+        }
+        let (sh, sw) = spec.stride;
+        let (pt, pb, pl, pr) = match spec.padding {
+            Padding::Explicit { top, bottom, left, right } => (top, bottom, left, right),
+            Padding::Same => {
+                let (t, b) = tf_same_padding(h, kh, sh);
+                let (l, r) = tf_same_padding(w, kw, sw);
+                (t, b, l, r)
+            }
+        };
+        if h + pt + pb < kh || w + pl + pr < kw {
+            bail!("conv: input {h}x{w} is smaller than the {kh}x{kw} kernel");
+        }
+        let oh = (h + pt + pb - kh) / sh + 1;
+        let ow = (w + pl + pr - kw) / sw + 1;
+        let groups = spec.groups;
+        Ok(Geometry { n, ci, h, w, co, cig, cog: co / groups, groups, kh, kw, sh, sw, pt, pl, oh, ow })
+    }
+
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.pt == 0 && self.pl == 0
+            && self.oh == self.h && self.ow == self.w
+    }
+
+    fn is_depthwise(&self) -> bool {
+        self.cig == 1 && self.groups > 1
+    }
+
+    /// Valid kernel offsets `k` for output position `o`: those with `0 <= o*s - pad + k < len`.
+    fn taps(o: usize, s: usize, pad: usize, k: usize, len: usize) -> (usize, usize, isize) {
+        let start = (o * s) as isize - pad as isize;
+        let k0 = (-start).max(0) as usize;
+        let k1 = ((len as isize - start).min(k as isize)).max(0) as usize;
+        (k0, k1.max(k0), start)
+    }
+}
+
+/// `col[(c*kh + ky)*kw + kx, oy*ow + ox] = x[c, oy*sh - pt + ky, ox*sw - pl + kx]` (0 outside).
+fn im2col(x: &[f32], g: &Geometry, channels: usize, col: &mut [f32]) {
+    let ohw = g.oh * g.ow;
+    col[..channels * g.kh * g.kw * ohw].par_chunks_mut(ohw).enumerate().for_each(|(row, out)| {
+        let c = row / (g.kh * g.kw);
+        let ky = (row / g.kw) % g.kh;
+        let kx = row % g.kw;
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for oy in 0..g.oh {
+            let iy = (oy * g.sh + ky) as isize - g.pt as isize;
+            let dst = &mut out[oy * g.ow..(oy + 1) * g.ow];
+            if iy < 0 || iy >= g.h as isize {
+                dst.fill(0.0);
+                continue;
+            }
+            let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+            for (ox, d) in dst.iter_mut().enumerate() {
+                let ix = (ox * g.sw + kx) as isize - g.pl as isize;
+                *d = if ix < 0 || ix >= g.w as isize { 0.0 } else { src[ix as usize] };
+            }
+        }
+    });
+}
+
+/// The adjoint of `im2col`: adds each column entry back onto the pixel it was read from.
+fn col2im(col: &[f32], g: &Geometry, channels: usize, x: &mut [f32]) {
+    let ohw = g.oh * g.ow;
+    let kk = g.kh * g.kw;
+    x[..channels * g.h * g.w].par_chunks_mut(g.h * g.w).enumerate().for_each(|(c, plane)| {
+        plane.fill(0.0);
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let src = &col[(c * kk + ky * g.kw + kx) * ohw..][..ohw];
+                for oy in 0..g.oh {
+                    let iy = (oy * g.sh + ky) as isize - g.pt as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let row = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    for ox in 0..g.ow {
+                        let ix = (ox * g.sw + kx) as isize - g.pl as isize;
+                        if ix >= 0 && ix < g.w as isize {
+                            row[ix as usize] += src[oy * g.ow + ox];
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Depthwise forward for one image: output channel `o` reads input channel `o / cog`.
+fn depthwise_forward(x: &[f32], wt: &[f32], g: &Geometry, y: &mut [f32]) {
+    let kk = g.kh * g.kw;
+    y.par_chunks_mut(g.oh * g.ow).enumerate().for_each(|(o, out)| {
+        let plane = &x[(o / g.cog) * g.h * g.w..][..g.h * g.w];
+        let k = &wt[o * kk..(o + 1) * kk];
+        for oy in 0..g.oh {
+            let (ky0, ky1, iy0) = Geometry::taps(oy, g.sh, g.pt, g.kh, g.h);
+            for ox in 0..g.ow {
+                let (kx0, kx1, ix0) = Geometry::taps(ox, g.sw, g.pl, g.kw, g.w);
+                let mut acc = 0.0f32;
+                for ky in ky0..ky1 {
+                    let row = &plane[(iy0 + ky as isize) as usize * g.w..];
+                    let krow = &k[ky * g.kw..];
+                    for kx in kx0..kx1 {
+                        acc += krow[kx] * row[(ix0 + kx as isize) as usize];
+                    }
+                }
+                out[oy * g.ow + ox] = acc;
+            }
+        }
+    });
+}
+
+/// Depthwise input gradient for one image: each input channel gathers from its own outputs.
+fn depthwise_backward(gy: &[f32], wt: &[f32], g: &Geometry, gx: &mut [f32]) {
+    let kk = g.kh * g.kw;
+    gx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(c, plane)| {
+        plane.fill(0.0);
+        for o in c * g.cog..(c + 1) * g.cog {
+            let go = &gy[o * g.oh * g.ow..][..g.oh * g.ow];
+            let k = &wt[o * kk..(o + 1) * kk];
+            for oy in 0..g.oh {
+                let (ky0, ky1, iy0) = Geometry::taps(oy, g.sh, g.pt, g.kh, g.h);
+                for ox in 0..g.ow {
+                    let (kx0, kx1, ix0) = Geometry::taps(ox, g.sw, g.pl, g.kw, g.w);
+                    let v = go[oy * g.ow + ox];
+                    if v == 0.0 {
+                        continue;
+                    }
+                    for ky in ky0..ky1 {
+                        let row = &mut plane[(iy0 + ky as isize) as usize * g.w..];
+                        let krow = &k[ky * g.kw..];
+                        for kx in kx0..kx1 {
+                            row[(ix0 + kx as isize) as usize] += v * krow[kx];
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
+    let ohw = g.oh * g.ow;
+    let mut y = vec![0.0f32; g.n * g.co * ohw];
+    let k_len = g.cig * g.kh * g.kw;
+    let mut col = if g.is_pointwise() || g.is_depthwise() { Vec::new() } else { vec![0.0f32; k_len * ohw] };
+    for b in 0..g.n {
+        let xb = &x[b * g.ci * g.h * g.w..][..g.ci * g.h * g.w];
+        let yb = &mut y[b * g.co * ohw..][..g.co * ohw];
+        if g.is_depthwise() {
+            depthwise_forward(xb, &inner.weight, g, yb);
+        } else {
+            for grp in 0..g.groups {
+                let xg = &xb[grp * g.cig * g.h * g.w..];
+                let wg = &inner.weight[grp * g.cog * k_len..][..g.cog * k_len];
+                let yg = &mut yb[grp * g.cog * ohw..][..g.cog * ohw];
+                let rhs = if g.is_pointwise() {
+                    xg
+                } else {
+                    im2col(xg, g, g.cig, &mut col);
+                    &col
+                };
+                sgemm(g.cog, ohw, k_len, wg, Trans::No, rhs, Trans::No, yg, false);
+            }
+        }
+        let act = inner.spec.activation;
+        yb.par_chunks_mut(ohw).enumerate().for_each(|(o, plane)| {
+            let bias = inner.bias[o];
+            plane.iter_mut().for_each(|v| *v = act.apply(*v + bias));
+        });
+    }
+    y
+}
+
+fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<f32> {
+    let ohw = g.oh * g.ow;
+    let act = inner.spec.activation;
+    // The gradient at the pre-activation: zero where the activation was flat.
+    let gpre: Vec<f32> = if act == Activation::Identity {
+        gy.to_vec()
+    } else {
+        gy.par_iter().zip(y.par_iter()).map(|(&d, &o)| if act.passes(o) { d } else { 0.0 }).collect()
+    };
+    let mut gx = vec![0.0f32; g.n * g.ci * g.h * g.w];
+    let k_len = g.cig * g.kh * g.kw;
+    let mut col = if g.is_pointwise() || g.is_depthwise() { Vec::new() } else { vec![0.0f32; k_len * ohw] };
+    for b in 0..g.n {
+        let gyb = &gpre[b * g.co * ohw..][..g.co * ohw];
+        let gxb = &mut gx[b * g.ci * g.h * g.w..][..g.ci * g.h * g.w];
+        if g.is_depthwise() {
+            depthwise_backward(gyb, &inner.weight, g, gxb);
+            continue;
+        }
+        for grp in 0..g.groups {
+            let wg = &inner.weight[grp * g.cog * k_len..][..g.cog * k_len];
+            let gyg = &gyb[grp * g.cog * ohw..][..g.cog * ohw];
+            let gxg = &mut gxb[grp * g.cig * g.h * g.w..][..g.cig * g.h * g.w];
+            if g.is_pointwise() {
+                sgemm(g.cig, ohw, g.cog, wg, Trans::Yes, gyg, Trans::No, gxg, false);
+            } else {
+                sgemm(k_len, ohw, g.cog, wg, Trans::Yes, gyg, Trans::No, &mut col, false);
+                col2im(&col, g, g.cig, gxg);
+            }
+        }
+    }
+    gx
+}
+
+struct ConvOp(Arc<ConvInner>);
+
+impl CustomOp1 for ConvOp {
+    fn name(&self) -> &'static str {
+        "deepdream-conv2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(&self.0, layout.dims())?;
+        let x = cpu_slice(storage, layout)?;
+        let y = conv_forward(&self.0, x, &g);
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.co, g.oh, g.ow))))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let gx = grad_res.contiguous()?.apply_op2_no_bwd(&res.contiguous()?, &ConvInputGrad {
+            inner: self.0.clone(),
+            in_dims: arg.dims().to_vec(),
+        })?;
+        Ok(Some(gx))
+    }
+}
+
+/// The input gradient as its own op: arguments are the output gradient and the forward output.
+struct ConvInputGrad {
+    inner: Arc<ConvInner>,
+    in_dims: Vec<usize>,
+}
+
+impl CustomOp2 for ConvInputGrad {
+    fn name(&self) -> &'static str {
+        "deepdream-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(&self.inner, &self.in_dims)?;
+        let (gy, y) = (cpu_slice(s1, l1)?, cpu_slice(s2, l2)?);
+        let gx = conv_backward(&self.inner, gy, y, &g);
+        Ok((CpuStorage::F32(gx), Shape::from(self.in_dims.clone())))
+    }
+}

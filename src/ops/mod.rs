@@ -1,0 +1,47 @@
+//! Differentiable ops the networks need, owned by the project because candle 0.11's versions
+//! are wrong or slow for DeepDream (see each file). Every op has a finite-difference test.
+
+pub mod conv;
+mod gemm;
+pub mod pool;
+pub mod resize;
+
+#[cfg(test)]
+mod gradcheck;
+
+pub use conv::{Activation, Conv2d, ConvSpec, Padding};
+pub use pool::{Pool2d, PoolKind};
+pub use resize::resize_bilinear;
+
+use candle_core::{bail, CpuStorage, Layout, Result};
+
+/// The f32 data of a contiguous CPU tensor, from its start offset.
+pub(crate) fn cpu_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else { bail!("deepdream ops take f32 tensors") };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("deepdream ops take contiguous tensors"),
+    }
+}
+
+/// TensorFlow "SAME" padding for one axis: (before, after), the odd pixel after.
+pub fn tf_same_padding(len: usize, kernel: usize, stride: usize) -> (usize, usize) {
+    let out = len.div_ceil(stride);
+    let total = ((out.saturating_sub(1)) * stride + kernel).saturating_sub(len);
+    (total / 2, total - total / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_padding_matches_tensorflow() {
+        // (len, k, s) -> (before, after), from tf.nn.conv2d's documented rule.
+        assert_eq!(tf_same_padding(224, 3, 2), (0, 1));
+        assert_eq!(tf_same_padding(225, 3, 2), (1, 1));
+        assert_eq!(tf_same_padding(300, 5, 2), (1, 2));
+        assert_eq!(tf_same_padding(7, 3, 1), (1, 1));
+        assert_eq!(tf_same_padding(1, 5, 1), (2, 2));
+    }
+}
