@@ -1,1 +1,251 @@
-fn main() {}
+//! The `deepdream` command line: flags -> job, progress on stderr, exit codes.
+//! Exit 0 on success, 2 for a mistake in the input or the request, 1 for anything else.
+
+use clap::{Parser, Subcommand};
+use deepdream::config::{DreamJob, Overrides, BUILTIN_PRESETS};
+use deepdream::dream::{self, Progress, StepInfo};
+use deepdream::model::{self, weights, ZOO};
+use deepdream::{io, Error};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "deepdream", version, about = "DeepDream renderer: octave gradient ascent on pretrained ImageNet networks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Dream a still image.
+    Dream(DreamArgs),
+    /// Print the ImageNet classes a model sees in an image.
+    Classify {
+        input: PathBuf,
+        /// How many classes to print.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long, default_value = model::DEFAULT_MODEL)]
+        model: String,
+        /// Shrink the image so its longer side is at most this many pixels first.
+        #[arg(long, default_value_t = 512)]
+        max_size: u32,
+    },
+    /// List the layers a model can dream on, with their shapes.
+    Layers {
+        #[arg(long, default_value = model::DEFAULT_MODEL)]
+        model: String,
+        /// Input size for the shapes, WxH.
+        #[arg(long, default_value = "224x224")]
+        size: String,
+    },
+    /// List the model zoo, or import weights.
+    Models {
+        #[command(subcommand)]
+        action: Option<ModelsAction>,
+    },
+    /// List the built-in presets.
+    Presets,
+}
+
+#[derive(Subcommand)]
+enum ModelsAction {
+    /// Convert a PyTorch checkpoint (zip or legacy .pth) into the model directory.
+    Import {
+        file: PathBuf,
+        /// The zoo name the weights are for.
+        #[arg(long = "as", default_value = model::DEFAULT_MODEL)]
+        name: String,
+        /// Directory to write to (default: the user cache).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct DreamArgs {
+    input: PathBuf,
+    /// Output image (.png, .jpg, .bmp, .tif, .webp).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Built-in preset name or a TOML file.
+    #[arg(long)]
+    preset: Option<String>,
+    #[arg(long)]
+    model: Option<String>,
+    /// Layers and weights, e.g. block5=1,block10=1.
+    #[arg(long)]
+    layers: Option<String>,
+    #[arg(long)]
+    octaves: Option<usize>,
+    #[arg(long)]
+    octave_scale: Option<f64>,
+    /// Ascent steps per octave.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Step size on the gradient normalised by its mean absolute value.
+    #[arg(long)]
+    step: Option<f64>,
+    /// Stop an octave once the loss passes this.
+    #[arg(long)]
+    max_loss: Option<f64>,
+    /// Largest random shift per step, in pixels.
+    #[arg(long)]
+    jitter: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Shrink the input so its longer side is at most this many pixels.
+    #[arg(long)]
+    max_size: Option<u32>,
+}
+
+/// Progress on stderr: a bar on a terminal, plain lines otherwise.
+struct StderrProgress {
+    bar: Option<ProgressBar>,
+}
+
+impl StderrProgress {
+    fn new(total: u64) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return StderrProgress { bar: None };
+        }
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps, ETA {eta} {msg}")
+                .expect("valid template"),
+        );
+        StderrProgress { bar: Some(bar) }
+    }
+}
+
+impl Progress for StderrProgress {
+    fn step(&mut self, i: &StepInfo) -> bool {
+        let msg = format!("octave {}/{} ({}x{}) loss {:.3}", i.octave + 1, i.octaves, i.width, i.height, i.loss);
+        match &self.bar {
+            Some(bar) => {
+                bar.inc(1);
+                bar.set_message(msg);
+            }
+            None => eprintln!("step {}/{}, {msg}", i.step + 1, i.steps),
+        }
+        true
+    }
+}
+
+fn run_dream(a: DreamArgs) -> Result<(), Error> {
+    let cli = Overrides {
+        model: a.model,
+        layers: a.layers,
+        octaves: a.octaves,
+        octave_scale: a.octave_scale,
+        steps: a.steps,
+        step: a.step,
+        max_loss: a.max_loss,
+        jitter: a.jitter,
+        seed: a.seed,
+        max_size: a.max_size,
+    };
+    let job = DreamJob::resolve(a.preset.as_deref(), &cli)?;
+    io::check_writable(&a.output)?;
+    let img = io::load_rgb(&a.input, job.max_size)?;
+    let net = model::load(&job.model)?;
+    job.params.validate(net.as_ref())?;
+    let pixels = io::to_tensor(&img, &candle_core::Device::Cpu)?;
+    let mut progress = StderrProgress::new((job.params.octaves * job.params.steps) as u64);
+    let start = Instant::now();
+    let out = dream::dream(net.as_ref(), &pixels, &job.params, &mut progress)?;
+    if let Some(bar) = &progress.bar {
+        bar.finish_and_clear();
+    }
+    io::save(&io::to_image(&out.pixels)?, &a.output)?;
+    eprintln!(
+        "wrote {} ({}x{}, {} steps in {:.1} s)",
+        a.output.display(),
+        img.width(),
+        img.height(),
+        out.losses.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize), Error> {
+    let bad = || Error::usage(format!("bad size '{s}': expected WxH, e.g. 224x224"));
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let (w, h) = (w.trim().parse::<usize>().map_err(|_| bad())?, h.trim().parse::<usize>().map_err(|_| bad())?);
+    if w < 16 || h < 16 {
+        return Err(Error::usage(format!("size {s} is too small: at least 16x16")));
+    }
+    Ok((w, h))
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Dream(a) => run_dream(a),
+        Command::Classify { input, top, model, max_size } => {
+            let net = model::load(&model)?;
+            let img = io::load_rgb(&input, Some(max_size))?;
+            let pixels = io::to_tensor(&img, &candle_core::Device::Cpu)?;
+            let labels = model::labels::imagenet();
+            for (i, p) in dream::classify(net.as_ref(), &pixels, top)? {
+                println!("{:6.2}%  {:4}  {}", p * 100.0, i, labels.get(i).copied().unwrap_or("?"));
+            }
+            Ok(())
+        }
+        Command::Layers { model, size } => {
+            let (w, h) = parse_size(&size)?;
+            let net = model::load(&model)?;
+            let names = net.layer_names();
+            let x = candle_core::Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+            let feats = net.forward(&x, &names, false)?;
+            println!("layers of {} at {w}x{h} (channels x height x width):", net.name());
+            for name in names {
+                let d = feats.taps[&name].dims().to_vec();
+                println!("  {name:<10} {}x{}x{}", d[1], d[2], d[3]);
+            }
+            Ok(())
+        }
+        Command::Models { action: None } => {
+            for m in ZOO {
+                let status = match weights::find(m.file) {
+                    Some(p) => format!("installed: {}", p.display()),
+                    None => "not installed".to_owned(),
+                };
+                println!("{:<20} {}  [{}]", m.name, m.about, status);
+            }
+            Ok(())
+        }
+        Command::Models { action: Some(ModelsAction::Import { file, name, dir }) } => {
+            let info = ZOO.iter().find(|m| m.name == name).ok_or_else(|| {
+                Error::usage(format!("unknown model '{name}'; known: {}", ZOO.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")))
+            })?;
+            let dest = dir.unwrap_or_else(weights::cache_dir).join(info.file);
+            let n = weights::import_pth(&file, &dest)?;
+            // Prove the weights build the network before reporting success.
+            if let Err(e) = model::load_from(&name, &dest) {
+                let _ = std::fs::remove_file(&dest);
+                return Err(e);
+            }
+            println!("imported {n} tensors for {name} into {}", dest.display());
+            Ok(())
+        }
+        Command::Presets => {
+            for (name, text) in BUILTIN_PRESETS {
+                let desc = deepdream::config::parse_preset(name.as_ref(), text)?.description.unwrap_or_default();
+                println!("{name:<10} {desc}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("deepdream: error: {e}");
+        std::process::exit(if e.is_user_error() { 2 } else { 1 });
+    }
+}

@@ -1,0 +1,176 @@
+//! The octave dream: gradient ascent on the input image, from the smallest octave up, with the
+//! detail lost by shrinking re-injected after each upscale.
+
+pub mod objective;
+
+pub use objective::{LayerObjective, LayerTerm};
+
+use crate::model::FeatureNet;
+use crate::ops::resize_bilinear;
+use crate::{Error, Result};
+use candle_core::{Tensor, Var};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// Everything one dream needs besides the network and the image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DreamParams {
+    pub objective: LayerObjective,
+    pub octaves: usize,
+    /// Size ratio between neighbouring octaves (> 1).
+    pub octave_scale: f64,
+    pub steps: usize,
+    /// Step size, applied to the gradient normalised by its mean absolute value.
+    pub step: f64,
+    /// Stop an octave once the loss passes this value.
+    pub max_loss: Option<f64>,
+    /// Largest random shift in pixels, each step (0: none).
+    pub jitter: usize,
+    pub seed: u64,
+}
+
+/// Octave sizes, smallest first: `floor(dim / scale^i)` for i = octaves-1 .. 0.
+pub fn octave_shapes(h: usize, w: usize, octaves: usize, scale: f64) -> Vec<(usize, usize)> {
+    (0..octaves)
+        .rev()
+        .map(|i| {
+            let f = scale.powf(i as f64);
+            (((h as f64 / f) as usize).max(1), ((w as f64 / f) as usize).max(1))
+        })
+        .collect()
+}
+
+impl DreamParams {
+    /// Checks the parameters against the network before any work starts.
+    pub fn validate(&self, net: &dyn FeatureNet) -> Result<()> {
+        if self.octaves == 0 {
+            return Err(Error::usage("octaves must be at least 1"));
+        }
+        if !(self.octave_scale.is_finite() && self.octave_scale >= 1.0) {
+            return Err(Error::usage(format!("octave scale must be at least 1, got {}", self.octave_scale)));
+        }
+        if !(self.step.is_finite() && self.step > 0.0) {
+            return Err(Error::usage(format!("step must be positive, got {}", self.step)));
+        }
+        self.objective.check(net)
+    }
+}
+
+/// Where a dream is, reported after every ascent step.
+#[derive(Clone, Debug)]
+pub struct StepInfo {
+    pub octave: usize,
+    pub octaves: usize,
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f32,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// Receives progress; returning `false` cancels the dream.
+pub trait Progress: Send {
+    fn step(&mut self, info: &StepInfo) -> bool;
+}
+
+/// A progress sink that reports nothing and never cancels.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn step(&mut self, _: &StepInfo) -> bool {
+        true
+    }
+}
+
+/// The dreamed image (0..255 pixels, not rounded) and the loss before each applied step.
+pub struct DreamOutput {
+    pub pixels: Tensor,
+    pub losses: Vec<f32>,
+}
+
+/// The loss and its gradient with respect to the network input `x`.
+pub fn loss_and_grad(net: &dyn FeatureNet, objective: &LayerObjective, x: &Tensor) -> Result<(f32, Tensor)> {
+    let var = Var::from_tensor(x)?;
+    let features = net.forward(var.as_tensor(), &objective.taps(), false)?;
+    let loss = objective.loss(&features)?;
+    let grads = loss.backward()?;
+    let grad = grads.get(var.as_tensor()).ok_or_else(|| Error::usage("the objective does not depend on the image"))?;
+    Ok((loss.to_scalar::<f32>()?, grad.clone()))
+}
+
+/// Dreams `pixels` (`[1, 3, h, w]`, 0..255).
+pub fn dream(net: &dyn FeatureNet, pixels: &Tensor, params: &DreamParams, progress: &mut dyn Progress) -> Result<DreamOutput> {
+    params.validate(net)?;
+    let norm = net.normalization();
+    let (lo, hi) = norm.valid_range(pixels.device())?;
+    let base = norm.apply(pixels)?;
+    let (_, _, h, w) = base.dims4()?;
+    let shapes = octave_shapes(h, w, params.octaves, params.octave_scale);
+    let mut rng = StdRng::seed_from_u64(params.seed);
+    let mut x = resize_bilinear(&base, shapes[0].0, shapes[0].1)?;
+    let mut shrunk = x.clone();
+    let mut losses = Vec::new();
+    for (k, &(oh, ow)) in shapes.iter().enumerate() {
+        if k > 0 {
+            // Upscale the dream and add back the detail that the small octave could not hold.
+            let base_here = resize_bilinear(&base, oh, ow)?;
+            x = (resize_bilinear(&x, oh, ow)? + (&base_here - resize_bilinear(&shrunk, oh, ow)?)?)?;
+            shrunk = base_here;
+        }
+        for s in 0..params.steps {
+            let (dy, dx) = match params.jitter {
+                0 => (0, 0),
+                j => (rng.random_range(-(j as i32)..=j as i32), rng.random_range(-(j as i32)..=j as i32)),
+            };
+            let shifted = roll2(&x, dy, dx)?;
+            let (loss, grad) = loss_and_grad(net, &params.objective, &shifted)?;
+            if params.max_loss.is_some_and(|m| loss as f64 > m) {
+                break;
+            }
+            let scale = grad.abs()?.mean_all()?.to_scalar::<f32>()?.max(1e-7) as f64;
+            let moved = (shifted + (grad * (params.step / scale))?)?;
+            x = roll2(&moved, -dy, -dx)?.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
+            losses.push(loss);
+            let info = StepInfo { octave: k, octaves: shapes.len(), step: s, steps: params.steps, loss, height: oh, width: ow };
+            if !progress.step(&info) {
+                return Err(Error::Cancelled);
+            }
+        }
+    }
+    Ok(DreamOutput { pixels: norm.invert(&x)?, losses })
+}
+
+/// Rolls the image by `dy` rows and `dx` columns, wrapping around.
+fn roll2(x: &Tensor, dy: i32, dx: i32) -> Result<Tensor> {
+    let mut x = x.clone();
+    if dy != 0 {
+        x = x.roll(dy, 2)?;
+    }
+    if dx != 0 {
+        x = x.roll(dx, 3)?;
+    }
+    Ok(x)
+}
+
+/// ImageNet class probabilities, best first: `(class index, probability)`.
+pub fn classify(net: &dyn FeatureNet, pixels: &Tensor, top: usize) -> Result<Vec<(usize, f32)>> {
+    if !net.has_classifier() {
+        return Err(Error::usage(format!("{} has no classifier", net.name())));
+    }
+    let x = net.normalization().apply(pixels)?;
+    let logits = net.forward(&x, &[], true)?.logits.expect("asked for logits");
+    let probs = candle_nn::ops::softmax_last_dim(&logits.squeeze(0)?)?.to_vec1::<f32>()?;
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    Ok(order.into_iter().take(top).map(|i| (i, probs[i])).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn octave_shapes_follow_the_reference_rule() {
+        // dream_lite0_chelsea_short.json: 300x451, 3 octaves at 1.4.
+        assert_eq!(octave_shapes(300, 451, 3, 1.4), vec![(153, 230), (214, 322), (300, 451)]);
+    }
+}

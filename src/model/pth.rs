@@ -1,0 +1,166 @@
+//! Reads PyTorch checkpoints: the zip archive of torch >= 1.6 and the legacy (pre-1.6) stream.
+//!
+//! The legacy stream is five pickles back to back — magic number, protocol version, system
+//! info, the state dict (storages as persistent ids), the list of storage keys — followed by
+//! each storage's raw bytes, preceded by its element count as a little-endian u64. Candle reads
+//! only the zip form, so the legacy one is decoded here with candle's pickle machine.
+
+use crate::{Error, Result};
+use candle_core::pickle::{Object, Stack, TensorInfo};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::io::{Cursor, Read};
+use std::path::Path;
+
+/// The magic number 0x1950a86a20f9469cfc6c that opens a legacy checkpoint, little-endian.
+const LEGACY_MAGIC_BYTES: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+
+/// All floating-point tensors of a `.pth` state dict, as f32, by name. Integer buffers such as
+/// `num_batches_tracked` are left out.
+pub fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let err = |reason: String| Error::Weights { path: path.to_owned(), reason };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let tensors = if bytes.starts_with(b"PK\x03\x04") {
+        candle_core::pickle::read_all(path).map_err(|e| err(format!("not a readable PyTorch zip checkpoint: {e}")))?
+    } else {
+        read_legacy(&bytes).map_err(err)?
+    };
+    let mut out = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        if t.dtype().is_float() {
+            out.push((name, t.to_dtype(DType::F32)?));
+        }
+    }
+    if out.is_empty() {
+        return Err(err("holds no floating-point tensors".into()));
+    }
+    Ok(out)
+}
+
+fn read_pickle(r: &mut Cursor<&[u8]>) -> std::result::Result<Object, String> {
+    let mut stack = Stack::empty();
+    stack.read_loop(r).map_err(|e| format!("bad pickle at byte {}: {e}", r.position()))?;
+    stack.finalize().map_err(|e| e.to_string())
+}
+
+fn read_legacy(bytes: &[u8]) -> std::result::Result<Vec<(String, Tensor)>, String> {
+    // The magic number is a pickled 80-bit int (PROTO 2, LONG1 of 10 bytes, STOP), too wide for
+    // candle's pickle machine: check its 15 bytes here and start after them.
+    if bytes.len() < 15 || bytes[..4] != [0x80, 0x02, 0x8a, 0x0a] || bytes[4..14] != LEGACY_MAGIC_BYTES || bytes[14] != b'.' {
+        return Err("not a PyTorch checkpoint (neither a zip archive nor a legacy .pth)".into());
+    }
+    let mut r = Cursor::new(bytes);
+    r.set_position(15);
+    for _ in 0..2 {
+        read_pickle(&mut r)?; // protocol version, system info
+    }
+    let state = read_pickle(&mut r)?;
+    let keys = match read_pickle(&mut r)? {
+        Object::List(keys) | Object::Tuple(keys) => keys,
+        other => return Err(format!("expected the list of storage keys, found {other:?}")),
+    };
+    let elem_sizes = storage_elem_sizes(&state);
+    // Each storage: u64 element count, then the elements.
+    let mut storages: HashMap<String, (usize, usize)> = HashMap::new();
+    for key in keys {
+        let key = key.unicode().map_err(|o| format!("bad storage key {o:?}"))?;
+        let mut count = [0u8; 8];
+        r.read_exact(&mut count).map_err(|_| "truncated storage header".to_string())?;
+        let count = u64::from_le_bytes(count) as usize;
+        let elem = *elem_sizes.get(&key).ok_or_else(|| format!("storage {key} is not used by any tensor"))?;
+        storages.insert(key, (r.position() as usize, count));
+        r.set_position(r.position() + (count * elem) as u64);
+    }
+    let entries = match state {
+        Object::Dict(entries) => entries,
+        Object::Build { args, .. } => match *args {
+            Object::Dict(entries) => entries,
+            _ => return Err("the checkpoint holds no state dict".into()),
+        },
+        _ => return Err("the checkpoint holds no state dict".into()),
+    };
+    let mut out = Vec::new();
+    for (name, value) in entries {
+        let info = match value.into_tensor_info(name, Path::new("")) {
+            Ok(Some(info)) => info,
+            _ => continue,
+        };
+        out.push((info.name.clone(), legacy_tensor(bytes, &info, &storages)?));
+    }
+    Ok(out)
+}
+
+/// Element size of every storage the state dict refers to, by storage key.
+fn storage_elem_sizes(state: &Object) -> HashMap<String, usize> {
+    fn walk(o: &Object, out: &mut HashMap<String, usize>) {
+        match o {
+            Object::PersistentLoad(inner) => {
+                // ('storage', torch.FloatStorage, key, location, size, view_metadata)
+                if let Object::Tuple(items) = &**inner {
+                    if let (Some(Object::Class { class_name, .. }), Some(Object::Unicode(key))) = (items.get(1), items.get(2)) {
+                        let size = match class_name.as_str() {
+                            "DoubleStorage" | "LongStorage" => 8,
+                            "HalfStorage" | "BFloat16Storage" | "ShortStorage" => 2,
+                            "ByteStorage" | "CharStorage" | "BoolStorage" => 1,
+                            _ => 4,
+                        };
+                        out.insert(key.clone(), size);
+                    }
+                }
+            }
+            Object::Tuple(v) | Object::List(v) => v.iter().for_each(|o| walk(o, out)),
+            Object::Dict(kv) => kv.iter().for_each(|(a, b)| {
+                walk(a, out);
+                walk(b, out)
+            }),
+            Object::Reduce { callable, args } | Object::Build { callable, args } => {
+                walk(callable, out);
+                walk(args, out)
+            }
+            _ => {}
+        }
+    }
+    let mut out = HashMap::new();
+    walk(state, &mut out);
+    out
+}
+
+fn legacy_tensor(
+    bytes: &[u8],
+    info: &TensorInfo,
+    storages: &HashMap<String, (usize, usize)>,
+) -> std::result::Result<Tensor, String> {
+    let key = info.path.rsplit('/').next().unwrap_or(&info.path);
+    let &(start, count) = storages.get(key).ok_or_else(|| format!("{}: storage {key} is missing", info.name))?;
+    let elem = info.dtype.size_in_bytes();
+    let data = bytes
+        .get(start..start + count * elem)
+        .ok_or_else(|| format!("{}: storage {key} is truncated", info.name))?;
+    let storage = Tensor::from_raw_buffer(data, info.dtype, &[count], &Device::Cpu).map_err(|e| e.to_string())?;
+    strided_view(&storage, info).map_err(|e| format!("{}: {e}", info.name))
+}
+
+/// The tensor that `info`'s shape, strides and offset describe inside a flat storage.
+fn strided_view(storage: &Tensor, info: &TensorInfo) -> candle_core::Result<Tensor> {
+    let dims = info.layout.dims().to_vec();
+    let strides = info.layout.stride().to_vec();
+    let offset = info.layout.start_offset() / info.dtype.size_in_bytes();
+    let numel: usize = dims.iter().product();
+    let mut index = Vec::with_capacity(numel);
+    let mut pos = vec![0usize; dims.len()];
+    for _ in 0..numel {
+        index.push((offset + pos.iter().zip(&strides).map(|(p, s)| p * s).sum::<usize>()) as u32);
+        for d in (0..dims.len()).rev() {
+            pos[d] += 1;
+            if pos[d] < dims[d] {
+                break;
+            }
+            pos[d] = 0;
+        }
+    }
+    if index.iter().any(|&i| i as usize >= storage.elem_count()) {
+        candle_core::bail!("strides reach outside the storage");
+    }
+    let index = Tensor::from_vec(index, numel, storage.device())?;
+    storage.index_select(&index, 0)?.reshape(dims)
+}

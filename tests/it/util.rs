@@ -1,0 +1,31 @@
+use deepdream::model::{self, FeatureNet};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// `../shared`, or `None` (with the reason printed) when this checkout has none.
+pub fn shared() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    if dir.join("reference").is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("skipped: ../shared/reference is not present in this checkout");
+        None
+    }
+}
+
+pub fn lite0() -> &'static dyn FeatureNet {
+    static NET: OnceLock<Box<dyn FeatureNet>> = OnceLock::new();
+    NET.get_or_init(|| model::load("efficientnet-lite0").expect("models/efficientnet_lite0.safetensors loads")).as_ref()
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Peak signal-to-noise ratio of two 8-bit images of the same size, in dB.
+pub fn psnr(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let mse: f64 = a.as_raw().iter().zip(b.as_raw()).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum::<f64>()
+        / a.as_raw().len() as f64;
+    10.0 * (255.0f64 * 255.0 / mse.max(1e-12)).log10()
+}
