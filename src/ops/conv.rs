@@ -233,25 +233,40 @@ fn col2im(col: &[f32], g: &Geometry, channels: usize, x: &mut [f32]) {
     });
 }
 
+/// Output columns `ox` whose input column `ox*s + k - pad` lies inside `0..len`.
+fn valid_cols(out_len: usize, s: usize, k: usize, pad: usize, len: usize) -> std::ops::Range<usize> {
+    let lo = pad.saturating_sub(k).div_ceil(s);
+    let hi = if len + pad > k { ((len + pad - k - 1) / s + 1).min(out_len) } else { 0 };
+    lo..hi.max(lo)
+}
+
 /// Depthwise forward for one image: output channel `o` reads input channel `o / cog`.
+/// Loops are ordered so the innermost one runs along a row, which vectorises at stride 1.
 fn depthwise_forward(x: &[f32], wt: &[f32], g: &Geometry, y: &mut [f32]) {
     let kk = g.kh * g.kw;
+    let cols: Vec<_> = (0..g.kw).map(|kx| valid_cols(g.ow, g.sw, kx, g.pl, g.w)).collect();
     y.par_chunks_mut(g.oh * g.ow).enumerate().for_each(|(o, out)| {
         let plane = &x[(o / g.cog) * g.h * g.w..][..g.h * g.w];
         let k = &wt[o * kk..(o + 1) * kk];
+        out.fill(0.0);
         for oy in 0..g.oh {
             let (ky0, ky1, iy0) = Geometry::taps(oy, g.sh, g.pt, g.kh, g.h);
-            for ox in 0..g.ow {
-                let (kx0, kx1, ix0) = Geometry::taps(ox, g.sw, g.pl, g.kw, g.w);
-                let mut acc = 0.0f32;
-                for ky in ky0..ky1 {
-                    let row = &plane[(iy0 + ky as isize) as usize * g.w..];
-                    let krow = &k[ky * g.kw..];
-                    for kx in kx0..kx1 {
-                        acc += krow[kx] * row[(ix0 + kx as isize) as usize];
+            let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
+            for ky in ky0..ky1 {
+                let irow = &plane[(iy0 + ky as isize) as usize * g.w..][..g.w];
+                for (kx, r) in cols.iter().enumerate() {
+                    let wv = k[ky * g.kw + kx];
+                    let first = r.start * g.sw + kx - g.pl;
+                    if g.sw == 1 {
+                        for (o, i) in orow[r.clone()].iter_mut().zip(&irow[first..]) {
+                            *o += wv * i;
+                        }
+                    } else {
+                        for (o, i) in orow[r.clone()].iter_mut().zip(irow[first..].iter().step_by(g.sw)) {
+                            *o += wv * i;
+                        }
                     }
                 }
-                out[oy * g.ow + ox] = acc;
             }
         }
     });
@@ -260,6 +275,7 @@ fn depthwise_forward(x: &[f32], wt: &[f32], g: &Geometry, y: &mut [f32]) {
 /// Depthwise input gradient for one image: each input channel gathers from its own outputs.
 fn depthwise_backward(gy: &[f32], wt: &[f32], g: &Geometry, gx: &mut [f32]) {
     let kk = g.kh * g.kw;
+    let cols: Vec<_> = (0..g.kw).map(|kx| valid_cols(g.ow, g.sw, kx, g.pl, g.w)).collect();
     gx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(c, plane)| {
         plane.fill(0.0);
         for o in c * g.cog..(c + 1) * g.cog {
@@ -267,17 +283,20 @@ fn depthwise_backward(gy: &[f32], wt: &[f32], g: &Geometry, gx: &mut [f32]) {
             let k = &wt[o * kk..(o + 1) * kk];
             for oy in 0..g.oh {
                 let (ky0, ky1, iy0) = Geometry::taps(oy, g.sh, g.pt, g.kh, g.h);
-                for ox in 0..g.ow {
-                    let (kx0, kx1, ix0) = Geometry::taps(ox, g.sw, g.pl, g.kw, g.w);
-                    let v = go[oy * g.ow + ox];
-                    if v == 0.0 {
-                        continue;
-                    }
-                    for ky in ky0..ky1 {
-                        let row = &mut plane[(iy0 + ky as isize) as usize * g.w..];
-                        let krow = &k[ky * g.kw..];
-                        for kx in kx0..kx1 {
-                            row[(ix0 + kx as isize) as usize] += v * krow[kx];
+                let grow = &go[oy * g.ow..(oy + 1) * g.ow];
+                for ky in ky0..ky1 {
+                    let irow = &mut plane[(iy0 + ky as isize) as usize * g.w..][..g.w];
+                    for (kx, r) in cols.iter().enumerate() {
+                        let wv = k[ky * g.kw + kx];
+                        let first = r.start * g.sw + kx - g.pl;
+                        if g.sw == 1 {
+                            for (i, d) in irow[first..].iter_mut().zip(&grow[r.clone()]) {
+                                *i += wv * d;
+                            }
+                        } else {
+                            for (i, d) in irow[first..].iter_mut().step_by(g.sw).zip(&grow[r.clone()]) {
+                                *i += wv * d;
+                            }
                         }
                     }
                 }
@@ -323,11 +342,12 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
     let ohw = g.oh * g.ow;
     let act = inner.spec.activation;
     // The gradient at the pre-activation: zero where the activation was flat.
-    let gpre: Vec<f32> = if act == Activation::Identity {
-        gy.to_vec()
-    } else {
-        gy.par_iter().zip(y.par_iter()).map(|(&d, &o)| if act.passes(o) { d } else { 0.0 }).collect()
-    };
+    let mut gpre = gy.to_vec();
+    if act != Activation::Identity {
+        gpre.par_chunks_mut(1 << 14).zip(y.par_chunks(1 << 14)).for_each(|(d, o)| {
+            d.iter_mut().zip(o).for_each(|(d, &o)| *d = if act.passes(o) { *d } else { 0.0 });
+        });
+    }
     let mut gx = vec![0.0f32; g.n * g.ci * g.h * g.w];
     let k_len = g.cig * g.kh * g.kw;
     let mut col = if g.is_pointwise() || g.is_depthwise() { Vec::new() } else { vec![0.0f32; k_len * ohw] };
