@@ -245,7 +245,9 @@ fn run(cli: Cli) -> Result<(), Error> {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("deepdream: error: {e}");
+        // One line: candle errors can carry a backtrace after the message.
+        let msg = e.to_string();
+        eprintln!("deepdream: error: {}", msg.lines().next().unwrap_or("unknown error"));
         std::process::exit(if e.is_user_error() { 2 } else { 1 });
     }
 }

@@ -21,7 +21,7 @@ pub fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let err = |reason: String| Error::Weights { path: path.to_owned(), reason };
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     let tensors = if bytes.starts_with(b"PK\x03\x04") {
-        candle_core::pickle::read_all(path).map_err(|e| err(format!("not a readable PyTorch zip checkpoint: {e}")))?
+        read_zip(path).map_err(|e| err(format!("not a readable PyTorch zip checkpoint: {e}")))?
     } else {
         read_legacy(&bytes).map_err(err)?
     };
@@ -37,10 +37,37 @@ pub fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
+/// The zip form: candle reads the pickle, the storages are read here (candle's own reader
+/// refuses non-contiguous tensors such as a saved transpose).
+fn read_zip(path: &Path) -> std::result::Result<Vec<(String, Tensor)>, String> {
+    let infos = candle_core::pickle::read_pth_tensor_info(path, false, None).map_err(|e| first_line(&e.to_string()))?;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
+    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut out = Vec::with_capacity(infos.len());
+    for info in infos {
+        if !storages.contains_key(&info.path) {
+            let mut entry = archive.by_name(&info.path).map_err(|e| format!("{}: {e}", info.path))?;
+            let mut data = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut data).map_err(|e| format!("{}: {e}", info.path))?;
+            storages.insert(info.path.clone(), data);
+        }
+        let data = &storages[&info.path];
+        let storage = Tensor::from_raw_buffer(data, info.dtype, &[data.len() / info.dtype.size_in_bytes()], &Device::Cpu)
+            .map_err(|e| first_line(&e.to_string()))?;
+        out.push((info.name.clone(), strided_view(&storage, &info).map_err(|e| format!("{}: {}", info.name, first_line(&e.to_string())))?));
+    }
+    Ok(out)
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_owned()
+}
+
 fn read_pickle(r: &mut Cursor<&[u8]>) -> std::result::Result<Object, String> {
     let mut stack = Stack::empty();
-    stack.read_loop(r).map_err(|e| format!("bad pickle at byte {}: {e}", r.position()))?;
-    stack.finalize().map_err(|e| e.to_string())
+    stack.read_loop(r).map_err(|e| format!("bad pickle at byte {}: {}", r.position(), first_line(&e.to_string())))?;
+    stack.finalize().map_err(|e| first_line(&e.to_string()))
 }
 
 fn read_legacy(bytes: &[u8]) -> std::result::Result<Vec<(String, Tensor)>, String> {
@@ -136,8 +163,8 @@ fn legacy_tensor(
     let data = bytes
         .get(start..start + count * elem)
         .ok_or_else(|| format!("{}: storage {key} is truncated", info.name))?;
-    let storage = Tensor::from_raw_buffer(data, info.dtype, &[count], &Device::Cpu).map_err(|e| e.to_string())?;
-    strided_view(&storage, info).map_err(|e| format!("{}: {e}", info.name))
+    let storage = Tensor::from_raw_buffer(data, info.dtype, &[count], &Device::Cpu).map_err(|e| first_line(&e.to_string()))?;
+    strided_view(&storage, info).map_err(|e| format!("{}: {}", info.name, first_line(&e.to_string())))
 }
 
 /// The tensor that `info`'s shape, strides and offset describe inside a flat storage.
@@ -163,4 +190,51 @@ fn strided_view(storage: &Tensor, info: &TensorInfo) -> candle_core::Result<Tens
     }
     let index = Tensor::from_vec(index, numel, storage.device())?;
     storage.index_select(&index, 0)?.reshape(dims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fixtures hold the same state dict, saved by torch 2.15 in both formats:
+    /// contiguous, transposed, f64, f16, an int buffer, an offset view and a strided view.
+    fn check(file: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(file);
+        let t: HashMap<String, Tensor> = read_pth(&path).unwrap().into_iter().collect();
+        let v = |k: &str| t[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(t["conv.weight"].dims(), &[2, 3, 2, 2]);
+        assert_eq!(v("conv.weight"), (0..24).map(|i| i as f32 / 8.0).collect::<Vec<_>>());
+        // (arange(6).reshape(2, 3) - 2.5).t()
+        assert_eq!(t["fc.weight"].dims(), &[3, 2]);
+        assert_eq!(v("fc.weight"), vec![-2.5, 0.5, -1.5, 1.5, -0.5, 2.5]);
+        assert_eq!(v("bn.running_var"), vec![0.5, 2.0]);
+        assert_eq!(v("half"), vec![1.5, -2.25]);
+        assert_eq!(v("view"), vec![3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(v("view2"), vec![0.0, 2.0, 4.0, 6.0, 8.0]);
+        assert!(!t.contains_key("bn.num_batches_tracked"), "integer buffers are dropped");
+    }
+
+    #[test]
+    fn reads_legacy_checkpoint() {
+        check("tiny_legacy.pth");
+    }
+
+    #[test]
+    fn reads_zip_checkpoint() {
+        check("tiny_zip.pth");
+    }
+
+    #[test]
+    fn rejects_garbage_and_truncation() {
+        let dir = std::env::temp_dir().join(format!("dd-pth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = dir.join("garbage.pth");
+        std::fs::write(&garbage, b"hello, not a checkpoint").unwrap();
+        assert!(read_pth(&garbage).unwrap_err().to_string().contains("not a PyTorch checkpoint"));
+        let full = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_legacy.pth")).unwrap();
+        let cut = dir.join("cut.pth");
+        std::fs::write(&cut, &full[..full.len() - 20]).unwrap();
+        assert!(read_pth(&cut).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

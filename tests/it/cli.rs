@@ -1,1 +1,149 @@
+//! The `deepdream` binary end to end, on the example image shipped in the repo.
 
+use crate::util::repo;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn deepdream(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_deepdream")).args(args).output().expect("binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A fresh, empty directory for one test's outputs.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dd-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn example() -> String {
+    repo().join("examples/chelsea.png").to_string_lossy().into_owned()
+}
+
+/// Exit code 2, exactly one line on stderr containing `needle`, and nothing left in `dir`.
+fn assert_user_error(o: &Output, needle: &str, dir: &Path) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert!(err.contains(needle), "'{needle}' not in: {err}");
+    let left: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}
+
+#[test]
+fn dream_writes_a_changed_image() {
+    let dir = scratch("dream");
+    let out = dir.join("out.png");
+    let o = deepdream(&[
+        "dream", &example(), "-o", out.to_str().unwrap(), "--max-size", "120", "--octaves", "2", "--steps", "3",
+        "--layers", "block3=1,block5=0.5", "--jitter", "4", "--seed", "3", "--step", "0.05",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(got.dimensions(), (120, 80));
+    let input = deepdream::io::load_rgb(Path::new(&example()), Some(120)).unwrap();
+    let db = crate::util::psnr(&got, &input);
+    assert!(db < 30.0, "the dream barely changed the image ({db:.1} dB)");
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("out.png")], "no temporary files left");
+}
+
+#[test]
+fn missing_corrupt_and_unsupported_inputs() {
+    let dir = scratch("inputs");
+    let out = dir.join("out.png");
+    let o = deepdream(&["dream", "/no/such/photo.png", "-o", out.to_str().unwrap()]);
+    assert_user_error(&o, "no such file", &dir);
+
+    let inputs = scratch("inputs-src");
+    let corrupt = inputs.join("corrupt.png");
+    let mut bytes = std::fs::read(example()).unwrap();
+    bytes.truncate(2000);
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let o = deepdream(&["dream", corrupt.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_user_error(&o, "corrupt", &dir);
+
+    let text = inputs.join("notes.txt");
+    std::fs::write(&text, "not an image").unwrap();
+    let o = deepdream(&["dream", text.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_user_error(&o, "not an image format", &dir);
+}
+
+#[test]
+fn unknown_layer_lists_the_valid_ones() {
+    let dir = scratch("layer");
+    let out = dir.join("out.png");
+    let o = deepdream(&["dream", &example(), "-o", out.to_str().unwrap(), "--layers", "mixed4=1"]);
+    assert_user_error(&o, "unknown layer 'mixed4'", &dir);
+    assert!(stderr(&o).contains("block0, block1"), "{}", stderr(&o));
+}
+
+#[test]
+fn unwritable_output_is_refused_before_work() {
+    let dir = scratch("unwritable");
+    let o = deepdream(&["dream", &example(), "-o", "/no/such/dir/out.png"]);
+    assert_user_error(&o, "/no/such/dir/out.png", &dir);
+    let o = deepdream(&["dream", &example(), "-o", dir.join("out.xyz").to_str().unwrap()]);
+    assert_user_error(&o, "unsupported output extension", &dir);
+}
+
+#[test]
+fn bad_preset_names_file_key_and_line() {
+    let dir = scratch("preset");
+    let src = scratch("preset-src");
+    let preset = src.join("mine.toml");
+    std::fs::write(&preset, "[dream]\nsteps = 4\nstepz = 0.1\n").unwrap();
+    let out = dir.join("out.png");
+    let o = deepdream(&["dream", &example(), "-o", out.to_str().unwrap(), "--preset", preset.to_str().unwrap()]);
+    assert_user_error(&o, "mine.toml", &dir);
+    assert!(stderr(&o).contains("stepz") && stderr(&o).contains("line 3"), "{}", stderr(&o));
+
+    std::fs::write(&preset, "[dream]\noctave_scale = 0.5\n[dream.layers]\nblock3 = 1\n").unwrap();
+    let o = deepdream(&["dream", &example(), "-o", out.to_str().unwrap(), "--preset", preset.to_str().unwrap()]);
+    assert_user_error(&o, "octave_scale", &dir);
+
+    let o = deepdream(&["dream", &example(), "-o", out.to_str().unwrap(), "--preset", "no-such-preset"]);
+    assert_user_error(&o, "unknown preset", &dir);
+}
+
+#[test]
+fn classify_the_example_like_pytorch() {
+    // PyTorch's top-1 for this photo at this size is 285, Egyptian cat
+    // (../shared/reference/real_efficientnet_lite0.json, case chelsea.png).
+    let o = deepdream(&["classify", &example(), "--top", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let first = text.lines().next().unwrap();
+    assert!(first.contains("285") && first.contains("Egyptian cat"), "{text}");
+    assert_eq!(text.lines().count(), 3);
+}
+
+#[test]
+fn layers_presets_and_models_list() {
+    let o = deepdream(&["layers"]);
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains("block15") && text.contains("320x7x7"), "{text}");
+    let o = deepdream(&["presets"]);
+    let text = String::from_utf8(o.stdout).unwrap();
+    for name in ["classic", "patterns", "textures", "objects"] {
+        assert!(text.contains(name), "{text}");
+    }
+    let o = deepdream(&["models"]);
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains("efficientnet-lite0") && text.contains("installed"), "{text}");
+}
+
+#[test]
+fn import_converts_a_legacy_checkpoint() {
+    let dir = scratch("import");
+    // A checkpoint that is not an EfficientNet: converted, then refused, and nothing kept.
+    let fixture = repo().join("tests/fixtures/tiny_legacy.pth");
+    let o = deepdream(&["models", "import", fixture.to_str().unwrap(), "--as", "efficientnet-lite0", "--dir", dir.to_str().unwrap()]);
+    assert_user_error(&o, "missing tensor", &dir);
+    let o = deepdream(&["models", "import", "/no/such.pth", "--dir", dir.to_str().unwrap()]);
+    assert_user_error(&o, "/no/such.pth", &dir);
+}
