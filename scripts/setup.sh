@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what building deepdream needs on a bare Debian machine. Idempotent: installs only
+# what is missing. Called by scripts/demo.sh, scripts/test.sh and .ci/run.
+set -euo pipefail
+
+# System packages the build needs (none yet beyond a Rust toolchain and a C compiler;
+# the video pipeline will add ffmpeg's dev libraries here).
+PACKAGES=(gcc)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}" >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
