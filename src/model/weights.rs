@@ -33,52 +33,141 @@ pub fn find(file: &str) -> Option<PathBuf> {
     search_dirs().into_iter().map(|d| d.join(file)).find(|p| p.is_file())
 }
 
+/// Where tensors come from: a weight file, or the deterministic formula of
+/// `../shared/reference/FORMULA.md` that proves an architecture without real weights.
+enum Source {
+    Tensors(HashMap<String, Tensor>),
+    Formula,
+}
+
 /// Named tensors of one weight file, with errors that name the file and the missing key.
 pub struct Weights {
     path: PathBuf,
-    tensors: HashMap<String, Tensor>,
+    source: Source,
 }
 
 pub fn load_safetensors(path: &Path) -> Result<Weights> {
     let tensors = candle_core::safetensors::load(path, &Device::Cpu)
         .map_err(|e| Error::Weights { path: path.to_owned(), reason: format!("not a readable safetensors file: {e}") })?;
-    Ok(Weights { path: path.to_owned(), tensors })
+    Ok(Weights { path: path.to_owned(), source: Source::Tensors(tensors) })
+}
+
+/// The unit stream of FORMULA.md: element `i` of tensor `name`, a u in [0, 1).
+pub fn formula_unit(name: &str, i: u64) -> f64 {
+    let mut seed: u64 = 0xcbf29ce484222325;
+    for b in name.as_bytes() {
+        seed ^= *b as u64;
+        seed = seed.wrapping_mul(0x100000001b3);
+    }
+    let mut z = (seed ^ i).wrapping_add(0x9E3779B97F4A7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+    z ^= z >> 31;
+    (z >> 40) as f64 / (1u64 << 24) as f64
+}
+
+/// A tensor filled by FORMULA.md's rule for its key and shape.
+pub fn formula_tensor(name: &str, shape: &[usize]) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let fan_in: usize = shape.iter().skip(1).product();
+    let value = |u: f64| -> f64 {
+        if name.ends_with("weight") && shape.len() >= 2 {
+            (2.0 * u - 1.0) * (6.0 / fan_in as f64).sqrt()
+        } else if name.ends_with("weight") {
+            0.8 + 0.4 * u
+        } else if name.ends_with("running_mean") {
+            (2.0 * u - 1.0) * 0.1
+        } else if name.ends_with("running_var") {
+            0.5 + u
+        } else {
+            // bias, and anything else
+            (2.0 * u - 1.0) * 0.05
+        }
+    };
+    let data: Vec<f32> = (0..n as u64).map(|i| value(formula_unit(name, i)) as f32).collect();
+    Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
 }
 
 impl Weights {
     pub fn from_map(path: &Path, tensors: HashMap<String, Tensor>) -> Self {
-        Weights { path: path.to_owned(), tensors }
+        Weights { path: path.to_owned(), source: Source::Tensors(tensors) }
     }
 
+    /// Formula weights for any key and shape asked for.
+    pub fn formula() -> Self {
+        Weights { path: PathBuf::from("<formula weights>"), source: Source::Formula }
+    }
+
+    fn missing(&self, key: &str) -> Error {
+        Error::Weights { path: self.path.clone(), reason: format!("missing tensor '{key}' (is this the right model?)") }
+    }
+
+    /// A tensor whose shape the file decides (formula weights cannot answer this).
     pub fn get(&self, key: &str) -> Result<Tensor> {
-        let t = self.tensors.get(key).ok_or_else(|| Error::Weights {
-            path: self.path.clone(),
-            reason: format!("missing tensor '{key}' (is this the right model?)"),
-        })?;
-        Ok(t.to_dtype(DType::F32)?)
+        match &self.source {
+            Source::Tensors(t) => Ok(t.get(key).ok_or_else(|| self.missing(key))?.to_dtype(DType::F32)?),
+            Source::Formula => Err(self.missing(key)),
+        }
+    }
+
+    /// A tensor of a known shape; a file holding another shape is an error naming both.
+    pub fn tensor(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
+        match &self.source {
+            Source::Formula => formula_tensor(key, shape),
+            Source::Tensors(_) => {
+                let t = self.get(key)?;
+                if t.dims() != shape {
+                    return Err(Error::Weights {
+                        path: self.path.clone(),
+                        reason: format!("tensor '{key}' has shape {:?}, the architecture needs {shape:?}", t.dims()),
+                    });
+                }
+                Ok(t)
+            }
+        }
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.tensors.contains_key(key)
+        match &self.source {
+            Source::Tensors(t) => t.contains_key(key),
+            Source::Formula => true,
+        }
+    }
+
+    /// A plain convolution `{prefix}.weight` of shape `[co, ci / groups, kh, kw]`, with
+    /// `{prefix}.bias` if `bias`.
+    pub fn conv(&self, prefix: &str, shape: [usize; 4], bias: bool, spec: ConvSpec) -> Result<Conv2d> {
+        let w = self.tensor(&format!("{prefix}.weight"), &shape)?;
+        let b = if bias { Some(self.tensor(&format!("{prefix}.bias"), &[shape[0]])?) } else { None };
+        Ok(Conv2d::new(&w, b.as_ref(), spec)?)
+    }
+
+    /// A linear layer `{prefix}.weight` `[out, in]` and `{prefix}.bias`.
+    pub fn linear(&self, prefix: &str, inputs: usize, outputs: usize) -> Result<super::network::Linear> {
+        Ok(super::network::Linear {
+            weight_t: self.tensor(&format!("{prefix}.weight"), &[outputs, inputs])?.t()?.contiguous()?,
+            bias: self.tensor(&format!("{prefix}.bias"), &[outputs])?,
+        })
     }
 
     /// A convolution followed by batch norm (`bn.weight` optional: gamma = 1), folded into one
     /// conv with bias: `w' = w * g / sqrt(var + eps)`, `b' = beta - mean * g / sqrt(var + eps)`.
-    pub fn conv_bn(&self, conv: &str, bn: &str, eps: f64, spec: ConvSpec) -> Result<Conv2d> {
-        let w = self.get(&format!("{conv}.weight"))?;
-        let mean = self.get(&format!("{bn}.running_mean"))?;
-        let var = self.get(&format!("{bn}.running_var"))?;
-        let beta = self.get(&format!("{bn}.bias"))?;
+    pub fn conv_bn(&self, conv: &str, bn: &str, eps: f64, shape: [usize; 4], spec: ConvSpec) -> Result<Conv2d> {
+        let co = [shape[0]];
+        let w = self.tensor(&format!("{conv}.weight"), &shape)?;
+        let mean = self.tensor(&format!("{bn}.running_mean"), &co)?;
+        let var = self.tensor(&format!("{bn}.running_var"), &co)?;
+        let beta = self.tensor(&format!("{bn}.bias"), &co)?;
         let gamma = match self.contains(&format!("{bn}.weight")) {
-            true => self.get(&format!("{bn}.weight"))?,
+            true => self.tensor(&format!("{bn}.weight"), &co)?,
             false => Tensor::ones_like(&beta)?,
         };
         let scale = gamma.broadcast_div(&(var + eps)?.sqrt()?)?;
         let w = w.broadcast_mul(&scale.reshape((scale.elem_count(), 1, 1, 1))?)?;
         let mut b = (beta - mean.mul(&scale)?)?;
         let conv_bias = format!("{conv}.bias");
-        if self.contains(&conv_bias) {
-            b = (b + self.get(&conv_bias)?.mul(&scale)?)?;
+        if matches!(self.source, Source::Tensors(_)) && self.contains(&conv_bias) {
+            b = (b + self.tensor(&conv_bias, &co)?.mul(&scale)?)?;
         }
         Ok(Conv2d::new(&w, Some(&b), spec)?)
     }
@@ -86,8 +175,12 @@ impl Weights {
 
 /// Converts a PyTorch checkpoint (zip or legacy `.pth`) to safetensors at `dest`, written to a
 /// temporary file first. Returns the number of tensors written.
+/// TorchScript archives of InceptionV3 TF2015 are renamed into torchvision's layout.
 pub fn import_pth(src: &Path, dest: &Path) -> Result<usize> {
-    let tensors: HashMap<String, Tensor> = pth::read_pth(src)?.into_iter().collect();
+    let mut tensors: HashMap<String, Tensor> = pth::read_pth(src)?.into_iter().collect();
+    if tensors.keys().any(|k| k.starts_with("net.layers.")) {
+        tensors = tensors.into_iter().filter_map(|(k, t)| super::tf2015::torchvision_name(&k).map(|n| (n, t))).collect();
+    }
     let count = tensors.len();
     let out_err = |e: String| Error::Output { path: dest.to_owned(), reason: e };
     if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {

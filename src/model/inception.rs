@@ -1,0 +1,201 @@
+//! Inception-v3 (Szegedy et al., "Rethinking the Inception Architecture for Computer Vision",
+//! 2015) in torchvision's layout (`Conv2d_1a_3x3`, `Mixed_5b.branch1x1`, ...; eps 1e-3), in two
+//! variants:
+//! - `Torchvision`: torchvision's network with its classifier (`transform_input=False`);
+//! - `Tf2015`: the original TensorFlow graph of 2015-12-05 (the one behind FID and the
+//!   classic DeepDream recipe), imported into the same layout: pooling branches average
+//!   without the padding, the last module max-pools, input `(x - 128) / 128`, no classifier.
+//! Taps: the stem convs and pools, and `mixed0 .. mixed10` (the Keras names of
+//! `Mixed_5b .. Mixed_7c`).
+
+use super::network::{Block, Chain, Concat, GlobalAvgPool, Network};
+use super::weights::Weights;
+use super::Normalization;
+use crate::ops::{Activation, Conv2d, ConvSpec, Padding, Pool2d};
+use crate::Result;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Variant {
+    Torchvision,
+    Tf2015,
+}
+
+/// (torchvision module, Keras tap name)
+pub const MIXED: [(&str, &str); 11] = [
+    ("Mixed_5b", "mixed0"),
+    ("Mixed_5c", "mixed1"),
+    ("Mixed_5d", "mixed2"),
+    ("Mixed_6a", "mixed3"),
+    ("Mixed_6b", "mixed4"),
+    ("Mixed_6c", "mixed5"),
+    ("Mixed_6d", "mixed6"),
+    ("Mixed_6e", "mixed7"),
+    ("Mixed_7a", "mixed8"),
+    ("Mixed_7b", "mixed9"),
+    ("Mixed_7c", "mixed10"),
+];
+
+struct Ctx<'a> {
+    w: &'a Weights,
+    variant: Variant,
+}
+
+impl Ctx<'_> {
+    /// BasicConv2d: conv without bias, batch norm, ReLU. `k` and `pad` as (rows, cols).
+    fn conv(&self, p: &str, co: usize, ci: usize, k: (usize, usize), stride: usize, pad: (usize, usize)) -> Result<Conv2d> {
+        let spec = ConvSpec { stride: (stride, stride), padding: Padding::symmetric(pad.0, pad.1), groups: 1, activation: Activation::Relu };
+        self.w.conv_bn(&format!("{p}.conv"), &format!("{p}.bn"), 1e-3, [co, ci, k.0, k.1], spec)
+    }
+
+    fn c1(&self, p: &str, co: usize, ci: usize) -> Result<Box<dyn Block>> {
+        Ok(Box::new(self.conv(p, co, ci, (1, 1), 1, (0, 0))?))
+    }
+
+    /// The 3x3 stride-1 average pool in front of a pooling branch.
+    fn avg(&self) -> Box<dyn Block> {
+        Box::new(Pool2d::avg(3, 1, 1, false, self.variant == Variant::Torchvision))
+    }
+
+    fn chain(&self, items: Vec<Box<dyn Block>>) -> Box<dyn Block> {
+        Box::new(Chain(items))
+    }
+
+    fn a(&self, p: &str, cin: usize, pool: usize) -> Result<Concat> {
+        let n = |s: &str| format!("{p}.{s}");
+        Ok(Concat(vec![
+            self.c1(&n("branch1x1"), 64, cin)?,
+            self.chain(vec![self.c1(&n("branch5x5_1"), 48, cin)?, Box::new(self.conv(&n("branch5x5_2"), 64, 48, (5, 5), 1, (2, 2))?)]),
+            self.chain(vec![
+                self.c1(&n("branch3x3dbl_1"), 64, cin)?,
+                Box::new(self.conv(&n("branch3x3dbl_2"), 96, 64, (3, 3), 1, (1, 1))?),
+                Box::new(self.conv(&n("branch3x3dbl_3"), 96, 96, (3, 3), 1, (1, 1))?),
+            ]),
+            self.chain(vec![self.avg(), self.c1(&n("branch_pool"), pool, cin)?]),
+        ]))
+    }
+
+    fn b(&self, p: &str, cin: usize) -> Result<Concat> {
+        let n = |s: &str| format!("{p}.{s}");
+        Ok(Concat(vec![
+            Box::new(self.conv(&n("branch3x3"), 384, cin, (3, 3), 2, (0, 0))?),
+            self.chain(vec![
+                self.c1(&n("branch3x3dbl_1"), 64, cin)?,
+                Box::new(self.conv(&n("branch3x3dbl_2"), 96, 64, (3, 3), 1, (1, 1))?),
+                Box::new(self.conv(&n("branch3x3dbl_3"), 96, 96, (3, 3), 2, (0, 0))?),
+            ]),
+            Box::new(Pool2d::max(3, 2, 0, false)),
+        ]))
+    }
+
+    fn c(&self, p: &str, cin: usize, c7: usize) -> Result<Concat> {
+        let n = |s: &str| format!("{p}.{s}");
+        let row = |name: &str, co: usize, ci: usize| self.conv(&n(name), co, ci, (1, 7), 1, (0, 3));
+        let col = |name: &str, co: usize, ci: usize| self.conv(&n(name), co, ci, (7, 1), 1, (3, 0));
+        Ok(Concat(vec![
+            self.c1(&n("branch1x1"), 192, cin)?,
+            self.chain(vec![self.c1(&n("branch7x7_1"), c7, cin)?, Box::new(row("branch7x7_2", c7, c7)?), Box::new(col("branch7x7_3", 192, c7)?)]),
+            self.chain(vec![
+                self.c1(&n("branch7x7dbl_1"), c7, cin)?,
+                Box::new(col("branch7x7dbl_2", c7, c7)?),
+                Box::new(row("branch7x7dbl_3", c7, c7)?),
+                Box::new(col("branch7x7dbl_4", c7, c7)?),
+                Box::new(row("branch7x7dbl_5", 192, c7)?),
+            ]),
+            self.chain(vec![self.avg(), self.c1(&n("branch_pool"), 192, cin)?]),
+        ]))
+    }
+
+    fn d(&self, p: &str, cin: usize) -> Result<Concat> {
+        let n = |s: &str| format!("{p}.{s}");
+        Ok(Concat(vec![
+            self.chain(vec![self.c1(&n("branch3x3_1"), 192, cin)?, Box::new(self.conv(&n("branch3x3_2"), 320, 192, (3, 3), 2, (0, 0))?)]),
+            self.chain(vec![
+                self.c1(&n("branch7x7x3_1"), 192, cin)?,
+                Box::new(self.conv(&n("branch7x7x3_2"), 192, 192, (1, 7), 1, (0, 3))?),
+                Box::new(self.conv(&n("branch7x7x3_3"), 192, 192, (7, 1), 1, (3, 0))?),
+                Box::new(self.conv(&n("branch7x7x3_4"), 192, 192, (3, 3), 2, (0, 0))?),
+            ]),
+            Box::new(Pool2d::max(3, 2, 0, false)),
+        ]))
+    }
+
+    /// InceptionE; `last` is Mixed_7c, whose pooling branch max-pools in the TF2015 graph.
+    fn e(&self, p: &str, cin: usize, last: bool) -> Result<InceptionE> {
+        let n = |s: &str| format!("{p}.{s}");
+        let pool: Box<dyn Block> = match (self.variant, last) {
+            (Variant::Tf2015, true) => Box::new(Pool2d::max(3, 1, 1, false)),
+            _ => self.avg(),
+        };
+        Ok(InceptionE {
+            branch1x1: self.conv(&n("branch1x1"), 320, cin, (1, 1), 1, (0, 0))?,
+            b3_1: self.conv(&n("branch3x3_1"), 384, cin, (1, 1), 1, (0, 0))?,
+            b3_2a: self.conv(&n("branch3x3_2a"), 384, 384, (1, 3), 1, (0, 1))?,
+            b3_2b: self.conv(&n("branch3x3_2b"), 384, 384, (3, 1), 1, (1, 0))?,
+            dbl_1: self.conv(&n("branch3x3dbl_1"), 448, cin, (1, 1), 1, (0, 0))?,
+            dbl_2: self.conv(&n("branch3x3dbl_2"), 384, 448, (3, 3), 1, (1, 1))?,
+            dbl_3a: self.conv(&n("branch3x3dbl_3a"), 384, 384, (1, 3), 1, (0, 1))?,
+            dbl_3b: self.conv(&n("branch3x3dbl_3b"), 384, 384, (3, 1), 1, (1, 0))?,
+            pool: Chain(vec![pool, self.c1(&n("branch_pool"), 192, cin)?]),
+        })
+    }
+}
+
+/// The expanded-filter-bank module: two of its branches split into a 1x3 and a 3x1 conv.
+struct InceptionE {
+    branch1x1: Conv2d,
+    b3_1: Conv2d,
+    b3_2a: Conv2d,
+    b3_2b: Conv2d,
+    dbl_1: Conv2d,
+    dbl_2: Conv2d,
+    dbl_3a: Conv2d,
+    dbl_3b: Conv2d,
+    pool: Chain,
+}
+
+impl Block for InceptionE {
+    fn forward(&self, x: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        let a = self.b3_1.forward(x)?;
+        let b = self.dbl_2.forward(&self.dbl_1.forward(x)?)?;
+        let parts = [
+            self.branch1x1.forward(x)?,
+            self.b3_2a.forward(&a)?,
+            self.b3_2b.forward(&a)?,
+            self.dbl_3a.forward(&b)?,
+            self.dbl_3b.forward(&b)?,
+            Block::forward(&self.pool, x)?,
+        ];
+        Ok(candle_core::Tensor::cat(&parts, 1)?)
+    }
+}
+
+pub fn build(name: &str, w: &Weights, variant: Variant) -> Result<Network> {
+    let norm = match variant {
+        Variant::Torchvision => Normalization::IMAGENET,
+        Variant::Tf2015 => Normalization { mean: [128.0; 3], std: [128.0; 3] },
+    };
+    let cx = Ctx { w, variant };
+    let mut net = Network::new(name, norm);
+    net.push("Conv2d_1a_3x3", cx.conv("Conv2d_1a_3x3", 32, 3, (3, 3), 2, (0, 0))?);
+    net.push("Conv2d_2a_3x3", cx.conv("Conv2d_2a_3x3", 32, 32, (3, 3), 1, (0, 0))?);
+    net.push("Conv2d_2b_3x3", cx.conv("Conv2d_2b_3x3", 64, 32, (3, 3), 1, (1, 1))?);
+    net.push("maxpool1", Pool2d::max(3, 2, 0, false));
+    net.push("Conv2d_3b_1x1", cx.conv("Conv2d_3b_1x1", 80, 64, (1, 1), 1, (0, 0))?);
+    net.push("Conv2d_4a_3x3", cx.conv("Conv2d_4a_3x3", 192, 80, (3, 3), 1, (0, 0))?);
+    net.push("maxpool2", Pool2d::max(3, 2, 0, false));
+    net.push("mixed0", cx.a("Mixed_5b", 192, 32)?);
+    net.push("mixed1", cx.a("Mixed_5c", 256, 64)?);
+    net.push("mixed2", cx.a("Mixed_5d", 288, 64)?);
+    net.push("mixed3", cx.b("Mixed_6a", 288)?);
+    net.push("mixed4", cx.c("Mixed_6b", 768, 128)?);
+    net.push("mixed5", cx.c("Mixed_6c", 768, 160)?);
+    net.push("mixed6", cx.c("Mixed_6d", 768, 160)?);
+    net.push("mixed7", cx.c("Mixed_6e", 768, 192)?);
+    net.push("mixed8", cx.d("Mixed_7a", 768)?);
+    net.push("mixed9", cx.e("Mixed_7b", 1280, false)?);
+    net.push("mixed10", cx.e("Mixed_7c", 2048, true)?);
+    if variant == Variant::Torchvision {
+        net.head = Some(Box::new(Chain(vec![Box::new(GlobalAvgPool), Box::new(w.linear("fc", 2048, 1000)?)])));
+    }
+    Ok(net)
+}
