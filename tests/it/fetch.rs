@@ -1,0 +1,112 @@
+//! `deepdream models fetch` against a real HTTP server on 127.0.0.1 serving a real weight file
+//! (the EfficientNet-Lite0 safetensors in models/), through the binary's real HTTP client.
+
+use crate::util::repo;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+/// Serves `body` at any path, honouring `Range: bytes=N-`. The first `cut_first` responses
+/// stop after half the body, as a dropped connection does. Records each Range header seen.
+struct Server {
+    url: String,
+    ranges: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+fn serve(body: Vec<u8>, cut_first: usize, requests: usize) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/lite0.safetensors", listener.local_addr().unwrap());
+    let ranges = Arc::new(Mutex::new(Vec::new()));
+    let seen = ranges.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().take(requests).enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut range = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    range = Some(v.trim().trim_end_matches('-').to_owned());
+                }
+            }
+            seen.lock().unwrap().push(range.clone());
+            let start: usize = range.as_deref().and_then(|r| r.parse().ok()).unwrap_or(0);
+            let rest = &body[start..];
+            let head = if start > 0 {
+                format!("HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nConnection: close\r\n\r\n", rest.len(), body.len() - 1, body.len())
+            } else {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n", rest.len())
+            };
+            let _ = stream.write_all(head.as_bytes());
+            let send = if n < cut_first { &rest[..rest.len() / 2] } else { rest };
+            let _ = stream.write_all(send);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    Server { url, ranges }
+}
+
+fn fetch(url: &str, sha: &str, dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_deepdream"))
+        .args(["models", "fetch", "efficientnet-lite0", "--url", url, "--sha256", sha, "--dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+fn weight_file() -> (Vec<u8>, String) {
+    let path = repo().join("models/efficientnet_lite0.safetensors");
+    let sha = deepdream::model::fetch::sha256_file(&path).unwrap();
+    (std::fs::read(path).unwrap(), sha)
+}
+
+fn cache(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("dd-fetch-{name}-{}", std::process::id())).join("models");
+    let _ = std::fs::remove_dir_all(d.parent().unwrap());
+    d
+}
+
+#[test]
+fn cut_connection_then_resume() {
+    let (body, sha) = weight_file();
+    let server = serve(body.clone(), 1, 2);
+    let dir = cache("resume");
+    let o = fetch(&server.url, &sha, &dir);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resume"));
+    assert!(!dir.join("efficientnet_lite0.safetensors").exists(), "a cut download leaves no model file");
+    let o = fetch(&server.url, &sha, &dir);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ranges = server.ranges.lock().unwrap().clone();
+    assert_eq!(ranges, vec![None, Some((body.len() / 2).to_string())], "the second request resumes");
+    let installed = dir.join("efficientnet_lite0.safetensors");
+    assert_eq!(std::fs::read(&installed).unwrap(), body);
+    deepdream::model::load_from("efficientnet-lite0", &installed).unwrap();
+    assert_eq!(std::fs::read_dir(deepdream::model::fetch::partial_dir(&dir)).unwrap().count(), 0, "partial removed");
+}
+
+#[test]
+fn wrong_checksum_leaves_nothing() {
+    let (body, _) = weight_file();
+    let server = serve(body, 0, 1);
+    let dir = cache("checksum");
+    let o = fetch(&server.url, &"0".repeat(64), &dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("checksum mismatch"), "{err}");
+    assert!(!dir.join("efficientnet_lite0.safetensors").exists());
+    assert_eq!(std::fs::read_dir(deepdream::model::fetch::partial_dir(&dir)).unwrap().count(), 0, "no partial kept");
+}
+
+#[test]
+fn torchvision_prefix_checks() {
+    use deepdream::model::fetch::hash_matches;
+    let full = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889";
+    assert!(hash_matches(full, full));
+    assert!(hash_matches(full, "b0353104"));
+    assert!(!hash_matches(full, "b0353105"));
+    assert!(!hash_matches(full, "b03"), "too short a prefix proves nothing");
+}
