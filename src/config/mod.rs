@@ -13,6 +13,7 @@ pub const BUILTIN_PRESETS: &[(&str, &str)] = &[
     ("patterns", include_str!("../../presets/patterns.toml")),
     ("textures", include_str!("../../presets/textures.toml")),
     ("objects", include_str!("../../presets/objects.toml")),
+    ("classic-inceptionv3", include_str!("../../presets/classic-inceptionv3.toml")),
 ];
 
 pub const DEFAULT_PRESET: &str = "classic";

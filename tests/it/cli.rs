@@ -147,3 +147,37 @@ fn import_converts_a_legacy_checkpoint() {
     let o = deepdream(&["models", "import", "/no/such.pth", "--dir", dir.to_str().unwrap()]);
     assert_user_error(&o, "/no/such.pth", &dir);
 }
+
+#[test]
+fn classic_inceptionv3_preset_dreams_an_unseen_photo() {
+    if deepdream::model::weights::find("inception_v3_tf2015.safetensors").is_none() {
+        eprintln!("skipped: inception-v3-tf2015 is not installed (scripts/fetch-registry-models.sh installs it)");
+        return;
+    }
+    let Some(shared) = crate::util::shared() else { return };
+    let input = shared.join("media/coffee.png");
+    let dir = scratch("classic-inception");
+    let out = dir.join("coffee.png");
+    let o = deepdream(&[
+        "dream", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--preset", "classic-inceptionv3", "--max-size", "160",
+        "--steps", "6", "--step", "0.03",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = image::open(&out).unwrap().to_rgb8();
+    let before = deepdream::io::load_rgb(&input, Some(160)).unwrap();
+    assert_eq!(got.dimensions(), before.dimensions());
+    let db = crate::util::psnr(&got, &before);
+    assert!(db < 30.0, "the dream barely changed the photo ({db:.1} dB)");
+}
+
+#[test]
+fn missing_model_says_how_to_get_it() {
+    let dir = scratch("missing-model");
+    let o = Command::new(env!("CARGO_BIN_EXE_deepdream"))
+        .args(["dream", &example(), "-o", dir.join("o.png").to_str().unwrap(), "--model", "vgg16", "--layers", "conv4_3"])
+        .env("DEEPDREAM_MODELS", dir.to_str().unwrap())
+        .env("XDG_CACHE_HOME", dir.join("cache").to_str().unwrap())
+        .output()
+        .unwrap();
+    assert_user_error(&o, "deepdream models fetch vgg16", &dir);
+}
