@@ -109,9 +109,57 @@ struct DreamArgs {
     preset: Option<String>,
     #[arg(long)]
     model: Option<String>,
-    /// Layers and weights, e.g. block5=1,block10=1.
+    /// Layers and weights, e.g. block5=1,block10=1; LAYER:N targets channel N.
     #[arg(long)]
     layers: Option<String>,
+    /// ImageNet classes to grow, by name or index, e.g. banana or 954=1,tabby=0.5.
+    #[arg(long = "class")]
+    classes: Option<String>,
+    /// Class scores: log-softmax (default) or logits.
+    #[arg(long)]
+    class_mode: Option<String>,
+    /// Guide image: the dream's features move toward its features.
+    #[arg(long)]
+    guide: Option<PathBuf>,
+    /// Layers the guide acts on, e.g. block8=1.
+    #[arg(long)]
+    guide_layers: Option<String>,
+    /// dot (best-match dot product, default) or l2 (feature distance).
+    #[arg(long)]
+    guide_mode: Option<String>,
+    #[arg(long)]
+    guide_weight: Option<f32>,
+    /// Style image (Gram-matrix style loss).
+    #[arg(long)]
+    style: Option<PathBuf>,
+    /// Layers whose Gram matrices are matched, e.g. block1,block3,block5.
+    #[arg(long)]
+    style_layers: Option<String>,
+    #[arg(long)]
+    style_weight: Option<f32>,
+    /// Layers whose features keep the input's content, e.g. block10.
+    #[arg(long)]
+    content_layers: Option<String>,
+    #[arg(long)]
+    content_weight: Option<f32>,
+    /// Total-variation penalty weight (smoothness).
+    #[arg(long)]
+    tv: Option<f32>,
+    /// Blur the gradient with this sigma (pixels).
+    #[arg(long)]
+    grad_blur: Option<f64>,
+    /// Blur the image after each step with this sigma (pixels).
+    #[arg(long)]
+    image_blur: Option<f64>,
+    /// Decay the image toward grey by this fraction per step.
+    #[arg(long)]
+    decay: Option<f64>,
+    /// Laplacian-pyramid gradient normalisation with this many levels.
+    #[arg(long)]
+    laplacian: Option<usize>,
+    /// Clip to the valid pixel range only at the end, not after every step.
+    #[arg(long)]
+    no_clip: bool,
     #[arg(long)]
     octaves: Option<usize>,
     #[arg(long)]
@@ -180,6 +228,23 @@ fn run_dream(a: DreamArgs) -> Result<(), Error> {
         jitter: a.jitter,
         seed: a.seed,
         max_size: a.max_size,
+        classes: a.classes,
+        class_mode: a.class_mode,
+        guide: a.guide,
+        guide_layers: a.guide_layers,
+        guide_mode: a.guide_mode,
+        guide_weight: a.guide_weight,
+        style: a.style,
+        style_layers: a.style_layers,
+        style_weight: a.style_weight,
+        content_layers: a.content_layers,
+        content_weight: a.content_weight,
+        tv: a.tv,
+        grad_blur: a.grad_blur,
+        image_blur: a.image_blur,
+        decay: a.decay,
+        laplacian: a.laplacian,
+        no_clip: a.no_clip,
     };
     let job = DreamJob::resolve(a.preset.as_deref(), &cli)?;
     io::check_writable(&a.output)?;
@@ -313,20 +378,21 @@ fn run(cli: Cli) -> Result<(), Error> {
             };
             let terms = match layers {
                 Some(spec) => deepdream::config::parse_layers(&spec)?,
-                None => vec![dream::LayerTerm { layer: net.layer_names().last().cloned().unwrap_or_default(), weight: 1.0 }],
+                None => vec![dream::LayerTerm::new(&net.layer_names().last().cloned().unwrap_or_default(), 1.0)],
             };
-            let objective = dream::LayerObjective { terms, border: 2 };
+            let objective = dream::Objective::layers(terms);
             objective.check(net.as_ref())?;
             let x = candle_core::Tensor::rand(-1f32, 1f32, (1, 3, h, w), &candle_core::Device::Cpu)?;
-            dream::loss_and_grad(net.as_ref(), &objective, &x)?; // warm-up
+            let prepared = objective.prepare(net.as_ref(), &x)?;
+            dream::loss_and_grad(net.as_ref(), &objective, &x, &prepared)?; // warm-up
             let mut times = Vec::new();
             for _ in 0..steps.max(1) {
                 let t = Instant::now();
-                dream::loss_and_grad(net.as_ref(), &objective, &x)?;
+                dream::loss_and_grad(net.as_ref(), &objective, &x, &prepared)?;
                 times.push(t.elapsed().as_secs_f64());
             }
             times.sort_by(f64::total_cmp);
-            let layers: Vec<_> = objective.terms.iter().map(|t| t.layer.as_str()).collect();
+            let layers: Vec<_> = objective.layers.iter().map(|t| t.layer.as_str()).collect();
             println!(
                 "{name} {w}x{h} layers {}: median {:.3} s per step (min {:.3}, max {:.3}, {} steps, {} threads)",
                 layers.join(","),

@@ -1,7 +1,7 @@
 //! Presets (TOML, unknown keys rejected) and the command-line overrides, resolved into one
 //! validated [`DreamJob`] before any work starts.
 
-use crate::dream::{DreamParams, LayerObjective, LayerTerm};
+use crate::dream::{class_index, ClassMode, DreamParams, Guide, GuideMode, LayerTerm, Objective, Regularize, Style};
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -14,7 +14,15 @@ pub const BUILTIN_PRESETS: &[(&str, &str)] = &[
     ("textures", include_str!("../../presets/textures.toml")),
     ("objects", include_str!("../../presets/objects.toml")),
     ("classic-inceptionv3", include_str!("../../presets/classic-inceptionv3.toml")),
+    ("class-banana", include_str!("../../presets/class-banana.toml")),
+    ("channel", include_str!("../../presets/channel.toml")),
+    ("guide", include_str!("../../presets/guide.toml")),
+    ("style", include_str!("../../presets/style.toml")),
+    ("smooth", include_str!("../../presets/smooth.toml")),
 ];
+
+/// Where relative image paths in the built-in presets point: the repository's presets/.
+const BUILTIN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/presets");
 
 pub const DEFAULT_PRESET: &str = "classic";
 
@@ -26,6 +34,54 @@ pub struct Preset {
     pub model: Option<String>,
     #[serde(default)]
     pub dream: DreamSection,
+    #[serde(default)]
+    pub objective: ObjectiveSection,
+    #[serde(default)]
+    pub regularize: RegularizeSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveSection {
+    /// Class name or index -> weight.
+    pub classes: Option<BTreeMap<String, f32>>,
+    /// "log_softmax" (default) or "logits".
+    pub class_mode: Option<String>,
+    pub tv: Option<f32>,
+    pub guide: Option<GuideSection>,
+    pub style: Option<StyleSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuideSection {
+    /// Relative to the preset file.
+    pub image: String,
+    pub layers: BTreeMap<String, f32>,
+    /// "dot" (default) or "l2".
+    pub mode: Option<String>,
+    pub weight: Option<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StyleSection {
+    pub image: String,
+    pub layers: BTreeMap<String, f32>,
+    pub weight: Option<f32>,
+    #[serde(default)]
+    pub content_layers: BTreeMap<String, f32>,
+    pub content_weight: Option<f32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegularizeSection {
+    pub grad_blur: Option<f64>,
+    pub image_blur: Option<f64>,
+    pub decay: Option<f64>,
+    pub laplacian: Option<usize>,
+    pub clip: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,10 +111,27 @@ pub struct Overrides {
     pub jitter: Option<usize>,
     pub seed: Option<u64>,
     pub max_size: Option<u32>,
+    pub classes: Option<String>,
+    pub class_mode: Option<String>,
+    pub guide: Option<PathBuf>,
+    pub guide_layers: Option<String>,
+    pub guide_mode: Option<String>,
+    pub guide_weight: Option<f32>,
+    pub style: Option<PathBuf>,
+    pub style_layers: Option<String>,
+    pub style_weight: Option<f32>,
+    pub content_layers: Option<String>,
+    pub content_weight: Option<f32>,
+    pub tv: Option<f32>,
+    pub grad_blur: Option<f64>,
+    pub image_blur: Option<f64>,
+    pub decay: Option<f64>,
+    pub laplacian: Option<usize>,
+    pub no_clip: bool,
 }
 
 /// A dream fully resolved: which model, the parameters, and the input size cap.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct DreamJob {
     pub model: String,
     pub params: DreamParams,
@@ -105,25 +178,72 @@ pub fn parse_preset(path: &Path, text: &str) -> Result<Preset> {
     })
 }
 
-/// Parses `block5=1,block10:0.5` (a bare name weighs 1).
-pub fn parse_layers(spec: &str) -> Result<Vec<LayerTerm>> {
-    let mut terms = Vec::new();
+/// A layer name with an optional channel: `block12` or `block12:97`.
+pub fn layer_term(name: &str, weight: f32) -> Result<LayerTerm> {
+    let (layer, channel) = match name.split_once(':') {
+        Some((l, c)) => {
+            let c = c.trim().parse::<usize>().map_err(|_| Error::usage(format!("bad channel '{c}' in '{name}': expected a number")))?;
+            (l.trim(), Some(c))
+        }
+        None => (name.trim(), None),
+    };
+    Ok(LayerTerm { layer: layer.to_owned(), channel, weight })
+}
+
+/// Parses `NAME=WEIGHT,NAME` (a bare name weighs 1) into (name, weight) pairs.
+fn parse_weighted(spec: &str, what: &str) -> Result<Vec<(String, f32)>> {
+    let mut out = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (layer, weight) = match part.split_once(['=', ':']) {
-            Some((l, w)) => {
+        let (name, weight) = match part.split_once('=') {
+            Some((n, w)) => {
                 let weight = w.trim().parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
-                    Error::usage(format!("bad layer weight '{}' in '{part}': expected a number", w.trim()))
+                    Error::usage(format!("bad {what} weight '{}' in '{part}': expected a number", w.trim()))
                 })?;
-                (l.trim(), weight)
+                (n.trim(), weight)
             }
             None => (part, 1.0),
         };
-        terms.push(LayerTerm { layer: layer.to_owned(), weight });
+        out.push((name.to_owned(), weight));
     }
-    if terms.is_empty() {
-        return Err(Error::usage(format!("no layers in '{spec}'; expected e.g. block5=1,block10=1")));
+    if out.is_empty() {
+        return Err(Error::usage(format!("no {what}s in '{spec}'")));
     }
-    Ok(terms)
+    Ok(out)
+}
+
+/// Parses `block5=1,block10=0.5,block12:97=2` (a bare name weighs 1; `:N` picks channel N).
+pub fn parse_layers(spec: &str) -> Result<Vec<LayerTerm>> {
+    parse_weighted(spec, "layer")?.into_iter().map(|(n, w)| layer_term(&n, w)).collect()
+}
+
+/// Parses `banana`, `954=1,tabby=0.5` into (class index, weight).
+pub fn parse_classes(spec: &str) -> Result<Vec<(usize, f32)>> {
+    parse_weighted(spec, "class")?.into_iter().map(|(n, w)| Ok((class_index(&n)?, w))).collect()
+}
+
+fn layer_map(map: &BTreeMap<String, f32>) -> Result<Vec<LayerTerm>> {
+    map.iter().map(|(k, &w)| layer_term(k, w)).collect()
+}
+
+fn class_mode(s: &str) -> Result<ClassMode> {
+    match s.replace('-', "_").as_str() {
+        "log_softmax" => Ok(ClassMode::LogSoftmax),
+        "logits" => Ok(ClassMode::Logits),
+        _ => Err(Error::usage(format!("class mode must be log_softmax or logits, got '{s}'"))),
+    }
+}
+
+fn guide_mode(s: &str) -> Result<GuideMode> {
+    match s {
+        "dot" => Ok(GuideMode::Dot),
+        "l2" => Ok(GuideMode::L2),
+        _ => Err(Error::usage(format!("guide mode must be dot or l2, got '{s}'"))),
+    }
+}
+
+/// An image for a guide or style objective, pixels 0..255, at most 1024 pixels across.
+fn load_image(path: &Path) -> Result<candle_core::Tensor> {
+    crate::io::to_tensor(&crate::io::load_rgb(path, Some(1024))?, &candle_core::Device::Cpu)
 }
 
 impl DreamJob {
@@ -147,15 +267,102 @@ impl DreamJob {
         if d.octaves == Some(0) {
             return Err(bad("octaves", "must be at least 1".into()));
         }
-        let terms = match (&cli.layers, &d.layers) {
+        let o = p.objective;
+        let r = p.regularize;
+        // Image paths in a preset are relative to the preset file.
+        let preset_name = preset.unwrap_or(DEFAULT_PRESET);
+        let base_dir = match BUILTIN_PRESETS.iter().any(|(n, _)| *n == preset_name) {
+            true => PathBuf::from(BUILTIN_DIR),
+            false => path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        let preset_err = |key: &str, e: Error| bad(key, e.to_string());
+        // A new objective on the command line replaces the preset's layer terms.
+        let cli_objective = cli.classes.is_some() || cli.guide.is_some() || cli.style.is_some();
+        let layers = match (&cli.layers, &d.layers) {
             (Some(spec), _) => parse_layers(spec)?,
-            (None, Some(map)) if !map.is_empty() => {
-                map.iter().map(|(layer, &weight)| LayerTerm { layer: layer.clone(), weight }).collect()
-            }
-            _ => return Err(bad("layers", "the preset names no layers and none were given".into())),
+            (None, _) if cli_objective => Vec::new(),
+            (None, Some(map)) => layer_map(map).map_err(|e| preset_err("layers", e))?,
+            (None, None) => Vec::new(),
+        };
+        let classes = match (&cli.classes, &o.classes) {
+            (Some(spec), _) => parse_classes(spec)?,
+            (None, Some(map)) => map.iter().map(|(k, &w)| Ok((class_index(k)?, w))).collect::<Result<_>>().map_err(|e| preset_err("classes", e))?,
+            (None, None) => Vec::new(),
+        };
+        let class_mode = match (&cli.class_mode, &o.class_mode) {
+            (Some(m), _) => class_mode(m)?,
+            (None, Some(m)) => class_mode(m).map_err(|e| preset_err("class_mode", e))?,
+            (None, None) => ClassMode::LogSoftmax,
+        };
+        let guide = match (&cli.guide, &o.guide) {
+            (Some(img), g) => Some(Guide {
+                image: load_image(img)?,
+                layers: match (&cli.guide_layers, g) {
+                    (Some(spec), _) => parse_layers(spec)?,
+                    (None, Some(g)) => layer_map(&g.layers)?,
+                    (None, None) => return Err(Error::usage("--guide needs --guide-layers, e.g. --guide-layers block8")),
+                },
+                mode: guide_mode(cli.guide_mode.as_deref().or(g.as_ref().and_then(|g| g.mode.as_deref())).unwrap_or("dot"))?,
+                weight: cli.guide_weight.or(g.as_ref().and_then(|g| g.weight)).unwrap_or(1.0),
+            }),
+            (None, Some(g)) => Some(Guide {
+                image: load_image(&base_dir.join(&g.image)).map_err(|e| preset_err("image", e))?,
+                layers: layer_map(&g.layers).map_err(|e| preset_err("layers", e))?,
+                mode: guide_mode(cli.guide_mode.as_deref().or(g.mode.as_deref()).unwrap_or("dot")).map_err(|e| preset_err("mode", e))?,
+                weight: cli.guide_weight.or(g.weight).unwrap_or(1.0),
+            }),
+            (None, None) => None,
+        };
+        let style = match (&cli.style, &o.style) {
+            (Some(img), s) => Some(Style {
+                image: load_image(img)?,
+                layers: match (&cli.style_layers, s) {
+                    (Some(spec), _) => parse_layers(spec)?,
+                    (None, Some(s)) => layer_map(&s.layers)?,
+                    (None, None) => return Err(Error::usage("--style needs --style-layers, e.g. --style-layers block1,block3,block5")),
+                },
+                weight: cli.style_weight.or(s.as_ref().and_then(|s| s.weight)).unwrap_or(1.0),
+                content_layers: match (&cli.content_layers, s) {
+                    (Some(spec), _) => parse_layers(spec)?,
+                    (None, Some(s)) => layer_map(&s.content_layers)?,
+                    (None, None) => Vec::new(),
+                },
+                content_weight: cli.content_weight.or(s.as_ref().and_then(|s| s.content_weight)).unwrap_or(1.0),
+            }),
+            (None, Some(s)) => Some(Style {
+                image: load_image(&base_dir.join(&s.image)).map_err(|e| preset_err("image", e))?,
+                layers: layer_map(&s.layers).map_err(|e| preset_err("layers", e))?,
+                weight: cli.style_weight.or(s.weight).unwrap_or(1.0),
+                content_layers: match &cli.content_layers {
+                    Some(spec) => parse_layers(spec)?,
+                    None => layer_map(&s.content_layers).map_err(|e| preset_err("content_layers", e))?,
+                },
+                content_weight: cli.content_weight.or(s.content_weight).unwrap_or(1.0),
+            }),
+            (None, None) => None,
+        };
+        let objective = Objective {
+            layers,
+            border: 2,
+            classes,
+            class_mode,
+            guide,
+            style,
+            tv: cli.tv.or(o.tv).unwrap_or(0.0),
+        };
+        if objective.layers.is_empty() && objective.classes.is_empty() && objective.guide.is_none() && objective.style.is_none() {
+            return Err(bad("layers", "the preset names no layers and none were given".into()));
+        }
+        let regularize = Regularize {
+            grad_blur: cli.grad_blur.or(r.grad_blur).unwrap_or(0.0),
+            image_blur: cli.image_blur.or(r.image_blur).unwrap_or(0.0),
+            decay: cli.decay.or(r.decay).unwrap_or(0.0),
+            laplacian: cli.laplacian.or(r.laplacian).unwrap_or(0),
+            clip: !cli.no_clip && r.clip.unwrap_or(true),
         };
         let params = DreamParams {
-            objective: LayerObjective { terms, border: 2 },
+            objective,
+            regularize,
             octaves: cli.octaves.or(d.octaves).unwrap_or(3),
             octave_scale: cli.octave_scale.or(d.octave_scale).unwrap_or(1.4),
             steps: cli.steps.or(d.steps).unwrap_or(20),
@@ -185,6 +392,18 @@ impl DreamJob {
         if self.max_size == Some(0) {
             return Err(Error::usage("--max-size must be positive"));
         }
+        let r = &p.regularize;
+        for (name, v) in [("--grad-blur", r.grad_blur), ("--image-blur", r.image_blur)] {
+            if !(v.is_finite() && (0.0..=20.0).contains(&v)) {
+                return Err(Error::usage(format!("{name} must be a sigma between 0 and 20 pixels, got {v}")));
+            }
+        }
+        if !(r.decay.is_finite() && (0.0..1.0).contains(&r.decay)) {
+            return Err(Error::usage(format!("--decay must be in [0, 1), got {}", r.decay)));
+        }
+        if !(p.objective.tv.is_finite() && p.objective.tv >= 0.0) {
+            return Err(Error::usage(format!("--tv must be non-negative, got {}", p.objective.tv)));
+        }
         Ok(())
     }
 }
@@ -197,7 +416,8 @@ mod tests {
     fn every_builtin_preset_parses() {
         for (name, _) in BUILTIN_PRESETS {
             let job = DreamJob::resolve(Some(name), &Overrides::default()).unwrap();
-            assert!(!job.params.objective.terms.is_empty(), "{name}");
+            let o = &job.params.objective;
+            assert!(!o.layers.is_empty() || !o.classes.is_empty() || o.guide.is_some() || o.style.is_some(), "{name}");
         }
     }
 
@@ -220,10 +440,17 @@ mod tests {
         let cli = Overrides { layers: Some("block3=2, block4".into()), steps: Some(5), ..Default::default() };
         let job = DreamJob::resolve(Some("classic"), &cli).unwrap();
         assert_eq!(job.params.steps, 5);
-        assert_eq!(
-            job.params.objective.terms,
-            vec![LayerTerm { layer: "block3".into(), weight: 2.0 }, LayerTerm { layer: "block4".into(), weight: 1.0 }]
-        );
+        assert_eq!(job.params.objective.layers, vec![LayerTerm::new("block3", 2.0), LayerTerm::new("block4", 1.0)]);
+    }
+
+    #[test]
+    fn channels_and_classes_parse() {
+        let t = parse_layers("block12:97=2,block5").unwrap();
+        assert_eq!(t[0], LayerTerm { layer: "block12".into(), channel: Some(97), weight: 2.0 });
+        assert_eq!(parse_classes("954=1,tabby=0.5").unwrap(), vec![(954, 1.0), (281, 0.5)]);
+        let cli = Overrides { classes: Some("banana".into()), ..Default::default() };
+        let job = DreamJob::resolve(None, &cli).unwrap();
+        assert!(job.params.objective.layers.is_empty(), "--class replaces the preset's layers");
     }
 
     #[test]

@@ -3,18 +3,40 @@
 
 pub mod objective;
 
-pub use objective::{LayerObjective, LayerTerm};
+pub use objective::{class_index, ClassMode, Guide, GuideMode, LayerTerm, Objective, Prepared, Style};
 
 use crate::model::FeatureNet;
-use crate::ops::resize_bilinear;
+use crate::ops::{gaussian_blur, laplacian_normalize, resize_bilinear};
 use crate::{Error, Result};
 use candle_core::{Tensor, Var};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-/// Everything one dream needs besides the network and the image.
+/// Smoothing applied around each ascent step.
 #[derive(Clone, Debug, PartialEq)]
+pub struct Regularize {
+    /// Gaussian blur of the gradient, sigma in pixels (0: off).
+    pub grad_blur: f64,
+    /// Gaussian blur of the image after each step, sigma in pixels (0: off).
+    pub image_blur: f64,
+    /// Shrinks the image toward mid-grey by this fraction each step (L2 decay).
+    pub decay: f64,
+    /// Laplacian-pyramid normalisation of the gradient with this many levels (0: off).
+    pub laplacian: usize,
+    /// Clip to the valid pixel range after every step (else only at the end).
+    pub clip: bool,
+}
+
+impl Default for Regularize {
+    fn default() -> Self {
+        Regularize { grad_blur: 0.0, image_blur: 0.0, decay: 0.0, laplacian: 0, clip: true }
+    }
+}
+
+/// Everything one dream needs besides the network and the image.
+#[derive(Clone, Debug)]
 pub struct DreamParams {
-    pub objective: LayerObjective,
+    pub objective: Objective,
+    pub regularize: Regularize,
     pub octaves: usize,
     /// Size ratio between neighbouring octaves (> 1).
     pub octave_scale: f64,
@@ -88,10 +110,9 @@ pub struct DreamOutput {
 }
 
 /// The loss and its gradient with respect to the network input `x`.
-pub fn loss_and_grad(net: &dyn FeatureNet, objective: &LayerObjective, x: &Tensor) -> Result<(f32, Tensor)> {
+pub fn loss_and_grad(net: &dyn FeatureNet, objective: &Objective, x: &Tensor, prepared: &Prepared) -> Result<(f32, Tensor)> {
     let var = Var::from_tensor(x)?;
-    let features = net.forward(var.as_tensor(), &objective.taps(), false)?;
-    let loss = objective.loss(&features)?;
+    let loss = objective.loss(net, var.as_tensor(), prepared)?;
     let grads = loss.backward()?;
     let grad = grads.get(var.as_tensor()).ok_or_else(|| Error::usage("the objective does not depend on the image"))?;
     Ok((loss.to_scalar::<f32>()?, grad.clone()))
@@ -116,19 +137,36 @@ pub fn dream(net: &dyn FeatureNet, pixels: &Tensor, params: &DreamParams, progre
             x = (resize_bilinear(&x, oh, ow)? + (&base_here - resize_bilinear(&shrunk, oh, ow)?)?)?;
             shrunk = base_here;
         }
+        let prepared = params.objective.prepare(net, &shrunk)?;
+        let r = &params.regularize;
         for s in 0..params.steps {
             let (dy, dx) = match params.jitter {
                 0 => (0, 0),
                 j => (rng.random_range(-(j as i32)..=j as i32), rng.random_range(-(j as i32)..=j as i32)),
             };
             let shifted = roll2(&x, dy, dx)?;
-            let (loss, grad) = loss_and_grad(net, &params.objective, &shifted)?;
+            let (loss, mut grad) = loss_and_grad(net, &params.objective, &shifted, &prepared)?;
             if params.max_loss.is_some_and(|m| loss as f64 > m) {
                 break;
             }
+            if r.grad_blur > 0.0 {
+                grad = gaussian_blur(&grad, r.grad_blur)?;
+            }
+            if r.laplacian > 0 {
+                grad = laplacian_normalize(&grad, r.laplacian)?;
+            }
             let scale = grad.abs()?.mean_all()?.to_scalar::<f32>()?.max(1e-7) as f64;
             let moved = (shifted + (grad * (params.step / scale))?)?;
-            x = roll2(&moved, -dy, -dx)?.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
+            x = roll2(&moved, -dy, -dx)?;
+            if r.decay > 0.0 {
+                x = (x * (1.0 - r.decay))?;
+            }
+            if r.image_blur > 0.0 {
+                x = gaussian_blur(&x, r.image_blur)?;
+            }
+            if r.clip {
+                x = x.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
+            }
             losses.push(loss);
             let info = StepInfo { octave: k, octaves: shapes.len(), step: s, steps: params.steps, loss, height: oh, width: ow };
             if !progress.step(&info) {
@@ -136,6 +174,7 @@ pub fn dream(net: &dyn FeatureNet, pixels: &Tensor, params: &DreamParams, progre
             }
         }
     }
+    let x = x.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
     Ok(DreamOutput { pixels: norm.invert(&x)?, losses })
 }
 

@@ -1,52 +1,107 @@
-//! What the ascent maximises.
+//! What the ascent maximises: a weighted sum of terms that can be mixed in one preset.
+//!
+//! - layers: `sum(a^2 over non-border pixels) / numel(a)` (the classic DeepDream loss), or the
+//!   mean activation of one channel (`mixed4:97`);
+//! - classes: ImageNet logits or log-softmax probabilities;
+//! - guide: make features resemble a guide image's (best-match dot product, or L2);
+//! - style: match Gram matrices of a style image, keep the content of the input;
+//! - total variation, subtracted to keep the image smooth.
 
-use crate::model::{FeatureNet, Features};
+use crate::model::{labels, FeatureNet, Features};
+use crate::ops::resize_bilinear;
 use crate::{Error, Result};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor, D};
+use std::collections::HashMap;
 
-/// One layer of the layer objective and its weight.
+/// One layer of the layer objective, optionally one channel of it, and its weight.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerTerm {
     pub layer: String,
+    pub channel: Option<usize>,
     pub weight: f32,
 }
 
-/// The classic DeepDream objective: `sum_l w_l * sum(a_l^2 over non-border pixels) / numel(a_l)`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LayerObjective {
-    pub terms: Vec<LayerTerm>,
-    /// Pixels of each activation's border left out of the sum (the recipe's 2).
-    pub border: usize,
+impl LayerTerm {
+    pub fn new(layer: &str, weight: f32) -> Self {
+        LayerTerm { layer: layer.to_owned(), channel: None, weight }
+    }
 }
 
-impl LayerObjective {
-    pub fn taps(&self) -> Vec<String> {
-        let mut taps: Vec<String> = self.terms.iter().map(|t| t.layer.clone()).collect();
-        taps.dedup();
-        taps
-    }
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassMode {
+    /// Raw logits: the class grows without pushing the others down.
+    Logits,
+    /// Log-probabilities: the class grows at the expense of the others.
+    LogSoftmax,
+}
 
-    pub fn check(&self, net: &dyn FeatureNet) -> Result<()> {
-        if self.terms.is_empty() {
-            return Err(Error::usage("the objective names no layers"));
-        }
-        net.check_layers(&self.taps())
-    }
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuideMode {
+    /// Each position moves toward the guide feature it already matches best (Mordvintsev).
+    Dot,
+    /// Features pulled toward the guide's at the same place (guide resized to the dream).
+    L2,
+}
 
-    pub fn loss(&self, features: &Features) -> Result<Tensor> {
-        let mut total: Option<Tensor> = None;
-        for term in &self.terms {
-            let a = features.taps.get(&term.layer).ok_or_else(|| Error::usage(format!("layer {} was not computed", term.layer)))?;
-            let numel = a.elem_count() as f64;
-            let inner = crop_border(a, self.border)?;
-            let l = (inner.sqr()?.sum_all()? * (term.weight as f64 / numel))?;
-            total = Some(match total {
-                Some(t) => (t + l)?,
-                None => l,
-            });
-        }
-        total.ok_or_else(|| Error::usage("the objective names no layers"))
+/// A guide image (pixels 0..255, `[1, 3, h, w]`) and the layers it guides.
+#[derive(Clone, Debug)]
+pub struct Guide {
+    pub image: Tensor,
+    pub layers: Vec<LayerTerm>,
+    pub mode: GuideMode,
+    pub weight: f32,
+}
+
+/// Gram-matrix style of `image` at `layers`, plus the content of the input at `content_layers`.
+#[derive(Clone, Debug)]
+pub struct Style {
+    pub image: Tensor,
+    pub layers: Vec<LayerTerm>,
+    pub weight: f32,
+    pub content_layers: Vec<LayerTerm>,
+    pub content_weight: f32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Objective {
+    pub layers: Vec<LayerTerm>,
+    /// Pixels of each activation's border left out of the layer sum (the recipe's 2).
+    pub border: usize,
+    /// (class index, weight)
+    pub classes: Vec<(usize, f32)>,
+    pub class_mode: ClassMode,
+    pub guide: Option<Guide>,
+    pub style: Option<Style>,
+    /// Weight of the total-variation penalty on the image.
+    pub tv: f32,
+}
+
+/// Targets that depend on the octave's size: guide features, style Gram matrices, content.
+#[derive(Default)]
+pub struct Prepared {
+    guide: HashMap<String, Tensor>,
+    grams: HashMap<String, Tensor>,
+    content: HashMap<String, Tensor>,
+}
+
+/// Resolves a class given by index or name; a misspelt name gets the closest suggestions.
+pub fn class_index(name: &str) -> Result<usize> {
+    let labels = labels::imagenet();
+    if let Ok(i) = name.parse::<usize>() {
+        return if i < labels.len() { Ok(i) } else { Err(Error::usage(format!("class index {i} is out of range 0..{}", labels.len()))) };
     }
+    let wanted = name.trim().to_lowercase().replace(['_', '-'], " ");
+    if let Some(i) = labels.iter().position(|l| l.to_lowercase() == wanted) {
+        return Ok(i);
+    }
+    let mut scored: Vec<(f64, &str)> = labels.iter().map(|l| (strsim::normalized_damerau_levenshtein(&wanted, &l.to_lowercase()), *l)).collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let close: Vec<_> = scored.iter().take(3).map(|(_, l)| format!("'{l}'")).collect();
+    Err(Error::usage(format!("unknown ImageNet class '{name}'; did you mean {}?", close.join(", "))))
+}
+
+fn names(terms: &[LayerTerm]) -> impl Iterator<Item = &String> {
+    terms.iter().map(|t| &t.layer)
 }
 
 /// `a[:, :, b:-b, b:-b]`, or the whole map when it is too small to lose its border.
@@ -60,4 +115,184 @@ fn crop_border(a: &Tensor, b: usize) -> Result<Tensor> {
         a = a.narrow(3, b, w - 2 * b)?;
     }
     Ok(a)
+}
+
+/// `[1, c, h, w]` -> `[c, h*w]`.
+fn flat(a: &Tensor) -> Result<Tensor> {
+    let (_, c, h, w) = a.dims4()?;
+    Ok(a.reshape((c, h * w))?)
+}
+
+fn gram(a: &Tensor) -> Result<Tensor> {
+    let f = flat(a)?;
+    let (c, n) = f.dims2()?;
+    Ok((f.matmul(&f.t()?)? / (c * n) as f64)?)
+}
+
+fn add(total: Option<Tensor>, term: Tensor) -> Result<Option<Tensor>> {
+    Ok(Some(match total {
+        Some(t) => (t + term)?,
+        None => term,
+    }))
+}
+
+/// Resizes `img` so its area matches `h * w`, keeping its own aspect ratio.
+fn resize_to_area(img: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (_, _, ih, iw) = img.dims4()?;
+    let scale = ((h * w) as f64 / (ih * iw) as f64).sqrt();
+    Ok(resize_bilinear(img, ((ih as f64 * scale).round() as usize).max(1), ((iw as f64 * scale).round() as usize).max(1))?)
+}
+
+impl Objective {
+    /// The classic objective on some layers.
+    pub fn layers(terms: Vec<LayerTerm>) -> Self {
+        Objective { layers: terms, border: 2, classes: Vec::new(), class_mode: ClassMode::LogSoftmax, guide: None, style: None, tv: 0.0 }
+    }
+
+    /// Every layer any term reads.
+    pub fn taps(&self) -> Vec<String> {
+        let mut taps: Vec<String> = names(&self.layers).cloned().collect();
+        if let Some(g) = &self.guide {
+            taps.extend(names(&g.layers).cloned());
+        }
+        if let Some(s) = &self.style {
+            taps.extend(names(&s.layers).cloned());
+            taps.extend(names(&s.content_layers).cloned());
+        }
+        taps.sort();
+        taps.dedup();
+        taps
+    }
+
+    /// Checks every term against the network before any work starts.
+    pub fn check(&self, net: &dyn FeatureNet) -> Result<()> {
+        if self.layers.is_empty() && self.classes.is_empty() && self.guide.is_none() && self.style.is_none() {
+            return Err(Error::usage("the objective is empty: give layers, classes, a guide or a style"));
+        }
+        net.check_layers(&self.taps())?;
+        if !self.classes.is_empty() && !net.has_classifier() {
+            return Err(Error::usage(format!(
+                "{} has no classifier, so a class objective cannot run on it; use a model with one (e.g. efficientnet-lite0)",
+                net.name()
+            )));
+        }
+        if let Some(s) = &self.style {
+            if s.layers.is_empty() {
+                return Err(Error::usage("the style objective names no style layers"));
+            }
+        }
+        if let Some(g) = &self.guide {
+            if g.layers.is_empty() {
+                return Err(Error::usage("the guide objective names no layers"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Computes the octave's targets. `base` is the input at the octave's size (network input).
+    pub fn prepare(&self, net: &dyn FeatureNet, base: &Tensor) -> Result<Prepared> {
+        let mut p = Prepared::default();
+        let (_, _, h, w) = base.dims4()?;
+        let norm = net.normalization();
+        if let Some(g) = &self.guide {
+            let img = match g.mode {
+                GuideMode::Dot => resize_to_area(&g.image, h, w)?,
+                GuideMode::L2 => resize_bilinear(&g.image, h, w)?,
+            };
+            let layers: Vec<String> = names(&g.layers).cloned().collect();
+            p.guide = net.forward(&norm.apply(&img)?, &layers, false)?.taps.into_iter().map(|(k, v)| (k, v.detach())).collect();
+        }
+        if let Some(s) = &self.style {
+            let img = resize_to_area(&s.image, h, w)?;
+            let layers: Vec<String> = names(&s.layers).cloned().collect();
+            for (k, v) in net.forward(&norm.apply(&img)?, &layers, false)?.taps {
+                p.grams.insert(k, gram(&v)?.detach());
+            }
+            let content: Vec<String> = names(&s.content_layers).cloned().collect();
+            p.content = net.forward(base, &content, false)?.taps.into_iter().map(|(k, v)| (k, v.detach())).collect();
+        }
+        Ok(p)
+    }
+
+    /// The scalar to maximise for network input `x`.
+    pub fn loss(&self, net: &dyn FeatureNet, x: &Tensor, prepared: &Prepared) -> Result<Tensor> {
+        let features: Features = net.forward(x, &self.taps(), !self.classes.is_empty())?;
+        let tap = |name: &str| features.taps.get(name).ok_or_else(|| Error::usage(format!("layer {name} was not computed")));
+        let mut total: Option<Tensor> = None;
+        for term in &self.layers {
+            let a = tap(&term.layer)?;
+            let value = match term.channel {
+                None => (crop_border(a, self.border)?.sqr()?.sum_all()? / a.elem_count() as f64)?,
+                Some(c) => {
+                    let channels = a.dim(1)?;
+                    if c >= channels {
+                        return Err(Error::usage(format!("layer {} has {channels} channels; channel {c} does not exist", term.layer)));
+                    }
+                    a.narrow(1, c, 1)?.mean_all()?
+                }
+            };
+            total = add(total, (value * term.weight as f64)?)?;
+        }
+        if let Some(logits) = &features.logits {
+            let scores = match self.class_mode {
+                ClassMode::Logits => logits.clone(),
+                ClassMode::LogSoftmax => candle_nn::ops::log_softmax(logits, D::Minus1)?,
+            };
+            for &(class, weight) in &self.classes {
+                total = add(total, (scores.narrow(1, class, 1)?.sum_all()? * weight as f64)?)?;
+            }
+        }
+        if let Some(g) = &self.guide {
+            for term in &g.layers {
+                let (a, target) = (tap(&term.layer)?, &prepared.guide[&term.layer]);
+                let value = match g.mode {
+                    GuideMode::Dot => {
+                        let (xf, yf) = (flat(a)?, flat(target)?);
+                        // For each dream position, the guide feature with the largest dot product.
+                        let best = xf.detach().t()?.matmul(&yf)?.argmax(D::Minus1)?.to_dtype(DType::U32)?;
+                        let matched = yf.index_select(&best, 1)?;
+                        ((xf * matched)?.sum_all()? / a.elem_count() as f64)?
+                    }
+                    GuideMode::L2 => (a - target)?.sqr()?.mean_all()?.neg()?,
+                };
+                total = add(total, (value * (term.weight * g.weight) as f64)?)?;
+            }
+        }
+        if let Some(s) = &self.style {
+            for term in &s.layers {
+                let d = (gram(tap(&term.layer)?)? - &prepared.grams[&term.layer])?.sqr()?.sum_all()?;
+                total = add(total, (d.neg()? * (term.weight * s.weight) as f64)?)?;
+            }
+            for term in &s.content_layers {
+                let d = (tap(&term.layer)? - &prepared.content[&term.layer])?.sqr()?.mean_all()?;
+                total = add(total, (d.neg()? * (term.weight * s.content_weight) as f64)?)?;
+            }
+        }
+        if self.tv > 0.0 {
+            let (_, _, h, w) = x.dims4()?;
+            let dy = (x.narrow(2, 1, h - 1)? - x.narrow(2, 0, h - 1)?)?.sqr()?.mean_all()?;
+            let dx = (x.narrow(3, 1, w - 1)? - x.narrow(3, 0, w - 1)?)?.sqr()?.mean_all()?;
+            total = add(total, ((dy + dx)? * -(self.tv as f64))?)?;
+        }
+        total.ok_or_else(|| Error::usage("the objective is empty"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_by_name_or_index() {
+        assert_eq!(class_index("banana").unwrap(), 954);
+        assert_eq!(class_index("Egyptian_cat").unwrap(), 285);
+        assert_eq!(class_index("281").unwrap(), 281);
+        assert!(class_index("1000").is_err());
+    }
+
+    #[test]
+    fn misspelt_class_gets_suggestions() {
+        let err = class_index("bananna").unwrap_err().to_string();
+        assert!(err.contains("did you mean") && err.contains("'banana'"), "{err}");
+    }
 }

@@ -1,6 +1,7 @@
 //! Differentiable ops the networks need, owned by the project because candle 0.11's versions
 //! are wrong or slow for DeepDream (see each file). Every op has a finite-difference test.
 
+pub mod blur;
 pub mod conv;
 mod gemm;
 pub mod pool;
@@ -11,6 +12,7 @@ mod gradcheck;
 
 pub use conv::{Activation, Conv2d, ConvSpec, Padding};
 pub use pool::{Pool2d, PoolKind};
+pub use blur::{gaussian_blur, laplacian_normalize};
 pub use resize::resize_bilinear;
 
 use candle_core::{bail, CpuStorage, Layout, Result};

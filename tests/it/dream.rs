@@ -2,7 +2,7 @@
 
 use crate::util::{lite0, repo};
 use candle_core::{Device, Tensor};
-use deepdream::dream::{self, loss_and_grad, DreamParams, LayerObjective, LayerTerm, Quiet};
+use deepdream::dream::{self, loss_and_grad, DreamParams, LayerTerm, Objective, Prepared, Quiet};
 use deepdream::io;
 
 fn small_example(max: u32) -> Tensor {
@@ -11,7 +11,8 @@ fn small_example(max: u32) -> Tensor {
 
 fn params(steps: usize, jitter: usize, seed: u64) -> DreamParams {
     DreamParams {
-        objective: LayerObjective { terms: vec![LayerTerm { layer: "block4".into(), weight: 1.0 }], border: 2 },
+        objective: Objective::layers(vec![LayerTerm::new("block4", 1.0)]),
+        regularize: Default::default(),
         octaves: 2,
         octave_scale: 1.4,
         steps,
@@ -74,11 +75,8 @@ fn peak_rss_mb() -> Option<f64> {
 fn a_1024x768_step_fits_in_memory() {
     let x = Tensor::rand(0f32, 255f32, (1, 3, 768, 1024), &Device::Cpu).unwrap();
     let x = lite0().normalization().apply(&x).unwrap();
-    let objective = LayerObjective {
-        terms: vec![LayerTerm { layer: "block5".into(), weight: 1.0 }, LayerTerm { layer: "block10".into(), weight: 1.0 }],
-        border: 2,
-    };
-    let (loss, grad) = loss_and_grad(lite0(), &objective, &x).unwrap();
+    let objective = Objective::layers(vec![LayerTerm::new("block5", 1.0), LayerTerm::new("block10", 1.0)]);
+    let (loss, grad) = loss_and_grad(lite0(), &objective, &x, &Prepared::default()).unwrap();
     assert!(loss.is_finite() && grad.dims() == [1, 3, 768, 1024]);
     if let Some(mb) = peak_rss_mb() {
         eprintln!("peak RSS after a 1024x768 step: {mb:.0} MB");

@@ -2,7 +2,7 @@
 
 use crate::util::{lite0, psnr, shared};
 use candle_core::{Device, Tensor};
-use deepdream::dream::{self, loss_and_grad, DreamParams, LayerObjective, LayerTerm, Quiet};
+use deepdream::dream::{self, loss_and_grad, DreamParams, LayerTerm, Objective, Prepared, Quiet};
 use deepdream::io;
 use deepdream::model::FeatureNet;
 use serde_json::Value;
@@ -61,9 +61,9 @@ fn check_case(net: &dyn FeatureNet, x: &Tensor, case: &Value, what: &str, grad_r
         assert_eq!(order[..5], want[..], "{what}: top-5");
     }
     // FORMULA.md's loss leaves no border out.
-    let terms = case["loss_taps"].as_array().unwrap().iter().map(|t| LayerTerm { layer: t.as_str().unwrap().into(), weight: 1.0 });
-    let objective = LayerObjective { terms: terms.collect(), border: 0 };
-    let (loss, grad) = loss_and_grad(net, &objective, x).unwrap();
+    let terms = case["loss_taps"].as_array().unwrap().iter().map(|t| LayerTerm::new(t.as_str().unwrap(), 1.0));
+    let objective = Objective { border: 0, ..Objective::layers(terms.collect()) };
+    let (loss, grad) = loss_and_grad(net, &objective, x, &Prepared::default()).unwrap();
     let want_loss = case["loss"].as_f64().unwrap();
     assert!((loss as f64 - want_loss).abs() < 1e-4 * want_loss, "{what}: loss {loss} vs {want_loss}");
     check_tensor_tol(&format!("{what} input_grad"), &grad, &case["input_grad"], grad_rel);
@@ -169,9 +169,10 @@ fn formula_mobilenet_v2() {
 }
 
 fn reference_params(r: &Value) -> DreamParams {
-    let terms = r["layers"].as_object().unwrap().iter().map(|(k, v)| LayerTerm { layer: k.clone(), weight: v.as_f64().unwrap() as f32 });
+    let terms = r["layers"].as_object().unwrap().iter().map(|(k, v)| LayerTerm::new(k, v.as_f64().unwrap() as f32));
     DreamParams {
-        objective: LayerObjective { terms: terms.collect(), border: 2 },
+        objective: Objective::layers(terms.collect()),
+        regularize: Default::default(),
         octaves: r["octaves"].as_u64().unwrap() as usize,
         octave_scale: r["octave_scale"].as_f64().unwrap(),
         steps: r["steps_per_octave"].as_u64().unwrap() as usize,
