@@ -126,6 +126,7 @@ pub fn dream(net: &dyn FeatureNet, pixels: &Tensor, params: &DreamParams, progre
     let base = norm.apply(pixels)?;
     let (_, _, h, w) = base.dims4()?;
     let shapes = octave_shapes(h, w, params.octaves, params.octave_scale);
+    check_smallest_octave(net, &params.objective, shapes[0])?;
     let mut rng = StdRng::seed_from_u64(params.seed);
     let mut x = resize_bilinear(&base, shapes[0].0, shapes[0].1)?;
     let mut shrunk = x.clone();
@@ -176,6 +177,29 @@ pub fn dream(net: &dyn FeatureNet, pixels: &Tensor, params: &DreamParams, progre
     }
     let x = x.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
     Ok(DreamOutput { pixels: norm.invert(&x)?, losses })
+}
+
+/// Fails early, with advice, when the smallest octave is too small for the network to reach
+/// the objective's layers (a network without "SAME" padding shrinks its input at every stage).
+fn check_smallest_octave(net: &dyn FeatureNet, objective: &Objective, (h, w): (usize, usize)) -> Result<()> {
+    let probe = Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    match net.forward(&probe, &objective.taps(), !objective.classes.is_empty()) {
+        Ok(features) => {
+            for term in &objective.layers {
+                let channels = features.taps[&term.layer].dim(1)?;
+                if let Some(c) = term.channel.filter(|&c| c >= channels) {
+                    return Err(Error::usage(format!("layer {} has {channels} channels; channel {c} does not exist", term.layer)));
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(Error::usage(format!(
+            "the smallest octave ({w}x{h}) is too small for {} to reach layers {} ({}); use fewer octaves, a smaller octave scale or a larger image",
+            net.name(),
+            objective.taps().join(", "),
+            e.to_string().lines().next().unwrap_or("")
+        ))),
+    }
 }
 
 /// Rolls the image by `dy` rows and `dx` columns, wrapping around.

@@ -4,5 +4,6 @@
 mod cli;
 mod dream;
 mod fetch;
+mod objectives;
 mod reference;
 mod util;

@@ -1,0 +1,143 @@
+//! The objectives and regularisers, end to end where the issue asks for it.
+
+use crate::util::{lite0, repo};
+use candle_core::{Device, Tensor};
+use deepdream::dream::{self, Guide, GuideMode, LayerTerm, Objective, Quiet};
+use deepdream::io;
+use std::process::Command;
+
+fn deepdream(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_deepdream")).args(args).output().unwrap()
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("dd-obj-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `deepdream classify` output: the percentage printed for class `index`, 0 if not listed.
+fn percent(out: &[u8], index: usize) -> f64 {
+    String::from_utf8_lossy(out)
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(&index.to_string()))
+        .and_then(|l| l.split_whitespace().next()?.trim_end_matches('%').parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn class_objective_makes_the_class_win() {
+    let example = repo().join("examples/chelsea.png");
+    let before = deepdream(&["classify", example.to_str().unwrap(), "--top", "1000"]);
+    let p0 = percent(&before.stdout, 954);
+    assert!(p0 < 1.0, "banana is already {p0}%");
+    let dir = scratch("class");
+    let out = dir.join("banana.png");
+    let o = deepdream(&["dream", example.to_str().unwrap(), "-o", out.to_str().unwrap(), "--class", "banana"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = deepdream(&["classify", out.to_str().unwrap(), "--top", "5"]);
+    let p1 = percent(&after.stdout, 954);
+    assert!(p1 > 50.0, "banana only {p1}% after the dream:\n{}", String::from_utf8_lossy(&after.stdout));
+}
+
+#[test]
+fn misspelt_class_suggests_names() {
+    let dir = scratch("misspelt");
+    let o = deepdream(&["dream", repo().join("examples/chelsea.png").to_str().unwrap(), "-o", dir.join("o.png").to_str().unwrap(), "--class", "bananna"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("did you mean") && err.contains("'banana'"), "{err}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+}
+
+#[test]
+fn bad_channel_is_an_error() {
+    let dir = scratch("channel");
+    let o = deepdream(&[
+        "dream", repo().join("examples/chelsea.png").to_str().unwrap(), "-o", dir.join("o.png").to_str().unwrap(),
+        "--layers", "block3:4000", "--max-size", "64", "--steps", "1", "--octaves", "1",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("channel 4000"), "{err}");
+}
+
+fn image(name: &str, max: u32) -> Tensor {
+    io::to_tensor(&io::load_rgb(&repo().join("examples").join(name), Some(max)).unwrap(), &Device::Cpu).unwrap()
+}
+
+/// Mean squared distance between the features of `a` and `b` (same size) at `layer`.
+fn feature_distance(a: &Tensor, b: &Tensor, layer: &str) -> f32 {
+    let net = lite0();
+    let n = net.normalization();
+    let taps = [layer.to_owned()];
+    let fa = &net.forward(&n.apply(a).unwrap(), &taps, false).unwrap().taps[layer];
+    let fb = &net.forward(&n.apply(b).unwrap(), &taps, false).unwrap().taps[layer];
+    (fa - fb).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn guide_objective_lowers_the_feature_distance() {
+    let photo = image("chelsea.png", 160);
+    let (_, _, h, w) = photo.dims4().unwrap();
+    let guide_img = image("coffee.jpg", 300);
+    let guide_here = deepdream::ops::resize_bilinear(&guide_img, h, w).unwrap();
+    for mode in [GuideMode::L2, GuideMode::Dot] {
+        let objective = Objective {
+            guide: Some(Guide { image: guide_img.clone(), layers: vec![LayerTerm::new("block8", 1.0)], mode, weight: 1.0 }),
+            ..Objective::layers(Vec::new())
+        };
+        let params = dream::DreamParams {
+            objective,
+            regularize: Default::default(),
+            octaves: 2,
+            octave_scale: 1.4,
+            steps: 10,
+            step: 0.02,
+            max_loss: None,
+            jitter: 0,
+            seed: 0,
+        };
+        let out = dream::dream(lite0(), &photo, &params, &mut Quiet).unwrap();
+        assert!(out.losses.last().unwrap() > out.losses.first().unwrap(), "{mode:?}: objective did not rise");
+        if mode == GuideMode::L2 {
+            let (d0, d1) = (feature_distance(&photo, &guide_here, "block8"), feature_distance(&out.pixels, &guide_here, "block8"));
+            assert!(d1 < 0.8 * d0, "feature distance {d0} -> {d1}");
+        }
+    }
+}
+
+#[test]
+fn every_preset_runs() {
+    let dir = scratch("presets");
+    let example = repo().join("examples/chelsea.png");
+    for (name, _) in deepdream::config::BUILTIN_PRESETS {
+        let job = deepdream::config::DreamJob::resolve(Some(name), &Default::default()).unwrap();
+        if deepdream::model::weights::find(deepdream::model::info(&job.model).unwrap().file).is_none() {
+            eprintln!("skipped preset {name}: {} is not installed", job.model);
+            continue;
+        }
+        let out = dir.join(format!("{name}.png"));
+        let o = deepdream(&["dream", example.to_str().unwrap(), "-o", out.to_str().unwrap(), "--preset", name, "--max-size", "200", "--steps", "2"]);
+        assert!(o.status.success(), "preset {name}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.is_file(), "preset {name} wrote nothing");
+    }
+}
+
+#[test]
+fn too_small_for_the_network_is_a_clear_error() {
+    if deepdream::model::weights::find("inception_v3_tf2015.safetensors").is_none() {
+        eprintln!("skipped: inception-v3-tf2015 is not installed");
+        return;
+    }
+    let dir = scratch("small");
+    let o = deepdream(&[
+        "dream", repo().join("examples/chelsea.png").to_str().unwrap(), "-o", dir.join("o.png").to_str().unwrap(),
+        "--preset", "classic-inceptionv3", "--max-size", "96",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("too small") && err.contains("fewer octaves"), "{err}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+}
