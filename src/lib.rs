@@ -10,5 +10,8 @@ pub mod error;
 pub mod io;
 pub mod model;
 pub mod ops;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
 
 pub use error::{Error, Result};

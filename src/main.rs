@@ -5,7 +5,9 @@ use clap::{Parser, Subcommand};
 use deepdream::config::{DreamJob, Overrides, BUILTIN_PRESETS};
 use deepdream::dream::{self, Progress, StepInfo};
 use deepdream::model::{self, weights, ZOO};
-use deepdream::{io, Error};
+use deepdream::source::Rational;
+use deepdream::{io, pipeline, Error};
+use std::sync::atomic::{AtomicBool, Ordering};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -22,6 +24,10 @@ struct Cli {
 enum Command {
     /// Dream a still image.
     Dream(DreamArgs),
+    /// Render an infinite fractal zoom from a still image into a GIF, MP4, WebM or PNG frames.
+    Zoom(ZoomArgs),
+    /// Dream every frame of a video (audio kept in MP4 output).
+    Video(VideoArgs),
     /// Print the ImageNet classes a model sees in an image.
     Classify {
         input: PathBuf,
@@ -104,6 +110,84 @@ struct DreamArgs {
     /// Output image (.png, .jpg, .bmp, .tif, .webp).
     #[arg(short, long)]
     output: PathBuf,
+    #[command(flatten)]
+    opts: DreamOpts,
+}
+
+/// Encoder flags shared by `zoom` and `video`.
+#[derive(clap::Args)]
+struct EncodeOpts {
+    /// x264/VP9 constant rate factor (lower is better).
+    #[arg(long)]
+    crf: Option<u32>,
+    /// x264 preset (ultrafast .. veryslow).
+    #[arg(long)]
+    x264_preset: Option<String>,
+    /// Continue an interrupted render where it stopped.
+    #[arg(long)]
+    resume: bool,
+}
+
+#[derive(clap::Args)]
+struct ZoomArgs {
+    input: PathBuf,
+    /// Output: .gif, .mp4, .mov, .mkv, .webm, or a directory for PNG frames.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Number of frames (default 48).
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Seconds of output instead of --frames.
+    #[arg(long, conflicts_with = "frames")]
+    duration: Option<f64>,
+    /// Frames per second: 25, 29.97 or 30000/1001 (default 25).
+    #[arg(long)]
+    fps: Option<String>,
+    /// Magnification per frame (default 1.04).
+    #[arg(long)]
+    zoom: Option<f64>,
+    /// Magnification per second, independent of fps.
+    #[arg(long, conflicts_with = "zoom")]
+    zoom_per_second: Option<f64>,
+    /// Rotation per frame in degrees.
+    #[arg(long)]
+    rotate: Option<f64>,
+    /// Pan per frame in pixels, X,Y.
+    #[arg(long)]
+    pan: Option<String>,
+    /// Ascent steps on each frame after the first (default 5).
+    #[arg(long)]
+    frame_steps: Option<usize>,
+    #[command(flatten)]
+    encode: EncodeOpts,
+    #[command(flatten)]
+    opts: DreamOpts,
+}
+
+#[derive(clap::Args)]
+struct VideoArgs {
+    input: PathBuf,
+    /// Output: .mp4, .mov, .mkv (audio kept), .webm, .gif, or a directory for PNG frames.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Mix this much of the previous dreamed frame into each frame (0..1) against flicker.
+    #[arg(long)]
+    blend: Option<f64>,
+    /// Start at this many seconds.
+    #[arg(long)]
+    start: Option<f64>,
+    /// Seconds to render.
+    #[arg(long)]
+    duration: Option<f64>,
+    #[command(flatten)]
+    encode: EncodeOpts,
+    #[command(flatten)]
+    opts: DreamOpts,
+}
+
+/// The dream settings every rendering command shares: a preset and overrides of it.
+#[derive(clap::Args)]
+struct DreamOpts {
     /// Built-in preset name or a TOML file.
     #[arg(long)]
     preset: Option<String>,
@@ -216,8 +300,10 @@ impl Progress for StderrProgress {
     }
 }
 
-fn run_dream(a: DreamArgs) -> Result<(), Error> {
-    let cli = Overrides {
+impl DreamOpts {
+    fn overrides(self) -> Overrides {
+        let a = self;
+        Overrides {
         model: a.model,
         layers: a.layers,
         octaves: a.octaves,
@@ -245,8 +331,14 @@ fn run_dream(a: DreamArgs) -> Result<(), Error> {
         decay: a.decay,
         laplacian: a.laplacian,
         no_clip: a.no_clip,
-    };
-    let job = DreamJob::resolve(a.preset.as_deref(), &cli)?;
+        }
+    }
+}
+
+fn run_dream(a: DreamArgs) -> Result<(), Error> {
+    let preset = a.opts.preset.clone();
+    let cli = a.opts.overrides();
+    let job = DreamJob::resolve(preset.as_deref(), &cli)?;
     io::check_writable(&a.output)?;
     let img = io::load_rgb(&a.input, job.max_size)?;
     let net = model::load(&job.model)?;
@@ -270,6 +362,168 @@ fn run_dream(a: DreamArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// Raised by Ctrl-C: the render finishes a playable file with the frames done so far.
+static ABORT: AtomicBool = AtomicBool::new(false);
+
+/// Per-frame progress on stderr: a bar with fps and ETA on a terminal, plain lines otherwise.
+struct FrameBar {
+    bar: Option<ProgressBar>,
+    start: Instant,
+}
+
+impl FrameBar {
+    fn new(total: Option<u64>) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::new(total.unwrap_or(0));
+            b.set_style(ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} frames, {per_sec}, ETA {eta}").expect("valid template"));
+            b
+        });
+        FrameBar { bar, start: Instant::now() }
+    }
+}
+
+impl pipeline::FrameProgress for FrameBar {
+    fn frame(&mut self, done: u64, total: Option<u64>) {
+        match &self.bar {
+            Some(b) => b.set_position(done),
+            None => {
+                let secs = self.start.elapsed().as_secs_f64();
+                let fps = done as f64 / secs.max(1e-9);
+                let eta = total.map(|t| format!(", ETA {:.0} s", (t.saturating_sub(done)) as f64 / fps.max(1e-9))).unwrap_or_default();
+                eprintln!("frame {done}{} ({fps:.2} frames/s, {:.2} s/frame{eta})", total.map(|t| format!("/{t}")).unwrap_or_default(), secs / done as f64);
+            }
+        }
+    }
+}
+
+fn sink_options(job: &DreamJob, e: &EncodeOpts) -> deepdream::sink::SinkOptions {
+    deepdream::sink::SinkOptions {
+        crf: e.crf.or(job.output.crf).unwrap_or(18),
+        preset: e.x264_preset.clone().or(job.output.preset.clone()).unwrap_or_else(|| "medium".into()),
+        audio_from: None,
+    }
+}
+
+/// Runs a render job, with Ctrl-C finishing the file, and reports how it went.
+fn run_render(net: &dyn model::FeatureNet, job: pipeline::RenderJob, total: Option<u64>) -> Result<(), Error> {
+    let _ = ctrlc::set_handler(|| ABORT.store(true, Ordering::Relaxed));
+    deepdream::sink::SinkKind::from_path(&job.output)?;
+    let mut bar = FrameBar::new(total);
+    let start = Instant::now();
+    let summary = pipeline::render(net, &job, &mut bar, &ABORT)?;
+    if let Some(b) = &bar.bar {
+        b.finish_and_clear();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let fresh = summary.frames - summary.resumed_from;
+    eprintln!(
+        "wrote {} ({} frames at {}x{}{}; {:.2} s per frame){}",
+        job.output.display(),
+        summary.frames,
+        summary.width,
+        summary.height,
+        if summary.resumed_from > 0 { format!(", resumed after {}", summary.resumed_from) } else { String::new() },
+        secs / fresh.max(1) as f64,
+        if summary.aborted { "; interrupted: run again with --resume to finish" } else { "" }
+    );
+    if summary.aborted {
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
+fn run_zoom(a: ZoomArgs) -> Result<(), Error> {
+    let preset = a.opts.preset.clone();
+    let job = DreamJob::resolve(preset.as_deref(), &a.opts.overrides())?;
+    let z = &job.zoom;
+    let fps_text = a.fps.clone().or(z.fps.clone()).unwrap_or_else(|| "25".into());
+    let rate = Rational::parse_rate(&fps_text).ok_or_else(|| Error::usage(format!("bad --fps '{fps_text}': expected e.g. 25, 29.97 or 30000/1001")))?;
+    let frames = match (a.frames, a.duration, z.frames, z.duration) {
+        (Some(f), _, _, _) => f,
+        (None, Some(d), _, _) | (None, None, None, Some(d)) => (d * rate.as_f64()).round() as u64,
+        (None, None, Some(f), _) => f,
+        (None, None, None, None) => 48,
+    };
+    if frames == 0 {
+        return Err(Error::usage("--frames must be at least 1"));
+    }
+    let pan = match a.pan.as_deref() {
+        Some(p) => {
+            let bad = || Error::usage(format!("bad --pan '{p}': expected X,Y in pixels per frame"));
+            let (x, y) = p.split_once(',').ok_or_else(bad)?;
+            (x.trim().parse().map_err(|_| bad())?, y.trim().parse().map_err(|_| bad())?)
+        }
+        None => z.pan.map_or((0.0, 0.0), |[x, y]| (x, y)),
+    };
+    let rotate = a.rotate.or(z.rotate).unwrap_or(0.0);
+    let transform = match (a.zoom, a.zoom_per_second.or(if a.zoom.is_none() { z.zoom_per_second } else { None })) {
+        (None, Some(per_second)) => {
+            let t = dream::ZoomTransform::per_second(per_second, 0.0, (0.0, 0.0), rate.as_f64());
+            dream::ZoomTransform { rotate_deg: rotate, pan, ..t }
+        }
+        (zoom, _) => dream::ZoomTransform { zoom: zoom.or(z.zoom).unwrap_or(1.04), rotate_deg: rotate, pan },
+    };
+    if !(transform.zoom.is_finite() && transform.zoom > 0.0) {
+        return Err(Error::usage(format!("zoom must be positive, got {}", transform.zoom)));
+    }
+    let mut frame_params = job.params.clone();
+    frame_params.octaves = 1;
+    frame_params.steps = a.frame_steps.or(z.frame_steps).unwrap_or(5);
+    let image = io::load_rgb(&a.input, job.max_size)?;
+    let net = model::load(&job.model)?;
+    job.params.validate(net.as_ref())?;
+    let sink = sink_options(&job, &a.encode);
+    let render = pipeline::RenderJob {
+        input: pipeline::Input::Zoom { image, frames, rate, transform },
+        output: a.output,
+        params: job.params.clone(),
+        frame_params,
+        sink,
+        resume: a.encode.resume,
+    };
+    run_render(net.as_ref(), render, Some(frames))
+}
+
+#[cfg(feature = "video")]
+fn run_video(a: VideoArgs) -> Result<(), Error> {
+    let preset = a.opts.preset.clone();
+    let job = DreamJob::resolve(preset.as_deref(), &a.opts.overrides())?;
+    let v = &job.video;
+    let blend = a.blend.or(v.blend).unwrap_or(0.0);
+    if !(0.0..1.0).contains(&blend) {
+        return Err(Error::usage(format!("--blend must be in [0, 1), got {blend}")));
+    }
+    let options = deepdream::source::video::VideoOptions { max_size: job.max_size, start: a.start.or(v.start), duration: a.duration.or(v.duration) };
+    if options.start.is_some_and(|s| !(s >= 0.0)) || options.duration.is_some_and(|d| !(d > 0.0)) {
+        return Err(Error::usage("--start must be >= 0 and --duration > 0"));
+    }
+    let info = deepdream::source::video::probe(&a.input, &options)?;
+    let net = model::load(&job.model)?;
+    job.params.validate(net.as_ref())?;
+    let mut sink = sink_options(&job, &a.encode);
+    if info.has_audio {
+        sink.audio_from = Some(deepdream::sink::AudioSource { path: a.input.clone(), start: options.start.unwrap_or(0.0), duration: options.duration });
+    }
+    let total = match options.duration {
+        Some(d) => Some((d * info.rate.as_f64()).round() as u64),
+        None => info.frames,
+    };
+    let render = pipeline::RenderJob {
+        input: pipeline::Input::Video { path: a.input, options, blend },
+        output: a.output,
+        params: job.params.clone(),
+        frame_params: job.params.clone(),
+        sink,
+        resume: a.encode.resume,
+    };
+    run_render(net.as_ref(), render, total)
+}
+
+#[cfg(not(feature = "video"))]
+fn run_video(_: VideoArgs) -> Result<(), Error> {
+    Err(Error::usage("this build has no video support (built without the `video` feature)"))
+}
+
 fn parse_size(s: &str) -> Result<(usize, usize), Error> {
     let bad = || Error::usage(format!("bad size '{s}': expected WxH, e.g. 224x224"));
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
@@ -283,6 +537,8 @@ fn parse_size(s: &str) -> Result<(usize, usize), Error> {
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Dream(a) => run_dream(a),
+        Command::Zoom(a) => run_zoom(a),
+        Command::Video(a) => run_video(a),
         Command::Classify { input, top, model, max_size } => {
             let net = model::load(&model)?;
             let img = io::load_rgb(&input, Some(max_size))?;

@@ -38,6 +38,52 @@ pub struct Preset {
     pub objective: ObjectiveSection,
     #[serde(default)]
     pub regularize: RegularizeSection,
+    #[serde(default)]
+    pub zoom: ZoomSection,
+    #[serde(default)]
+    pub video: VideoSection,
+    #[serde(default)]
+    pub output: OutputSection,
+}
+
+/// `deepdream zoom` settings.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoomSection {
+    pub frames: Option<u64>,
+    /// Seconds of output (frames = duration * fps), instead of `frames`.
+    pub duration: Option<f64>,
+    /// Frames per second: "25", "29.97" or "30000/1001".
+    pub fps: Option<String>,
+    /// Magnification per frame.
+    pub zoom: Option<f64>,
+    /// Magnification per second (independent of fps), instead of `zoom`.
+    pub zoom_per_second: Option<f64>,
+    /// Degrees per frame.
+    pub rotate: Option<f64>,
+    /// Pixels per frame, [x, y].
+    pub pan: Option<[f64; 2]>,
+    /// Ascent steps on each frame after the first (which gets the full octave treatment).
+    pub frame_steps: Option<usize>,
+}
+
+/// `deepdream video` settings.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoSection {
+    /// Weight of the previous dreamed frame mixed into each input frame (0..1).
+    pub blend: Option<f64>,
+    pub start: Option<f64>,
+    pub duration: Option<f64>,
+}
+
+/// Encoder settings.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    pub crf: Option<u32>,
+    /// x264 preset: ultrafast .. veryslow.
+    pub preset: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +182,10 @@ pub struct DreamJob {
     pub model: String,
     pub params: DreamParams,
     pub max_size: Option<u32>,
+    /// The preset's frame settings, for `zoom` and `video` to merge with their flags.
+    pub zoom: ZoomSection,
+    pub video: VideoSection,
+    pub output: OutputSection,
 }
 
 /// The text and display path of a preset given by built-in name or by file path.
@@ -372,7 +422,7 @@ impl DreamJob {
             seed: cli.seed.or(d.seed).unwrap_or(0),
         };
         let model = cli.model.clone().or(p.model).unwrap_or_else(|| crate::model::DEFAULT_MODEL.to_owned());
-        let job = DreamJob { model, params, max_size: cli.max_size.or(d.max_size) };
+        let job = DreamJob { model, params, max_size: cli.max_size.or(d.max_size), zoom: p.zoom, video: p.video, output: p.output };
         job.check_values()?;
         Ok(job)
     }

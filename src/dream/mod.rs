@@ -2,7 +2,9 @@
 //! detail lost by shrinking re-injected after each upscale.
 
 pub mod objective;
+pub mod zoom;
 
+pub use zoom::ZoomTransform;
 pub use objective::{class_index, ClassMode, Guide, GuideMode, LayerTerm, Objective, Prepared, Style};
 
 use crate::model::FeatureNet;

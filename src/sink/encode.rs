@@ -1,0 +1,347 @@
+//! MP4/MOV/MKV (H.264, yuv420p, CRF and preset, audio copied from the source), WebM (VP9) and
+//! GIF (palettegen + paletteuse through libavfilter, looping forever) through ffmpeg.
+
+use super::{AudioSource, FrameSink, SinkKind, SinkOptions};
+use crate::source::Rational;
+use crate::{Error, Result};
+use ffmpeg_next as ffmpeg;
+use ffmpeg::{codec, encoder, filter, format, media, software::scaling, util::frame::video::Video, Dictionary, Packet};
+use image::RgbImage;
+use std::path::{Path, PathBuf};
+
+fn ff(path: &Path, what: &str) -> impl Fn(ffmpeg::Error) -> Error + use<> {
+    let (path, what) = (path.to_owned(), what.to_owned());
+    move |e| Error::Output { path: path.clone(), reason: format!("{what}: {e}") }
+}
+
+fn rational(r: Rational) -> ffmpeg::Rational {
+    ffmpeg::Rational::new(r.num, r.den)
+}
+
+/// Audio packets copied from the source video into the output.
+struct AudioCopy {
+    ictx: format::context::Input,
+    in_index: usize,
+    out_index: usize,
+    in_tb: ffmpeg::Rational,
+    start_ts: i64,
+    end_ts: Option<i64>,
+    done: bool,
+}
+
+impl AudioCopy {
+    /// Copies packets until the audio reaches `until_seconds` (all of it when `None`).
+    fn copy_until(&mut self, octx: &mut format::context::Output, out_tb: ffmpeg::Rational, until_seconds: Option<f64>) -> Result<()> {
+        let tb = self.in_tb.numerator() as f64 / self.in_tb.denominator() as f64;
+        while !self.done {
+            let mut packet = Packet::empty();
+            match packet.read(&mut self.ictx) {
+                Ok(()) => {}
+                Err(ffmpeg::Error::Eof) => {
+                    self.done = true;
+                    break;
+                }
+                Err(_) => continue,
+            }
+            if packet.stream() != self.in_index {
+                continue;
+            }
+            let pts = packet.pts().unwrap_or(0);
+            if pts < self.start_ts {
+                continue;
+            }
+            if self.end_ts.is_some_and(|e| pts >= e) {
+                self.done = true;
+                break;
+            }
+            packet.set_pts(Some(pts - self.start_ts));
+            packet.set_dts(packet.dts().map(|d| d - self.start_ts));
+            packet.rescale_ts(self.in_tb, out_tb);
+            packet.set_position(-1);
+            packet.set_stream(self.out_index);
+            packet.write_interleaved(octx).map_err(|e| Error::usage(format!("cannot copy audio: {e}")))?;
+            if until_seconds.is_some_and(|u| (pts - self.start_ts) as f64 * tb > u) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct Encoded {
+    kind: SinkKind,
+    dest: PathBuf,
+    tmp: PathBuf,
+    octx: format::context::Output,
+    encoder: encoder::Video,
+    enc_tb: ffmpeg::Rational,
+    out_tb: ffmpeg::Rational,
+    /// Source time base (seconds per pts tick of `write`).
+    src_tb: Rational,
+    width: u32,
+    height: u32,
+    scaler: Option<scaling::Context>,
+    graph: Option<filter::Graph>,
+    audio: Option<AudioCopy>,
+    audio_tb: ffmpeg::Rational,
+    last_pts: Option<i64>,
+}
+
+// SAFETY: the ffmpeg contexts are owned by this value alone and used from one thread at a time.
+unsafe impl Send for Encoded {}
+
+pub fn open(kind: SinkKind, dest: &Path, width: u32, height: u32, rate: Rational, time_base: Rational, opts: &SinkOptions) -> Result<Box<dyn FrameSink>> {
+    crate::source::video::init()?;
+    let (fmt, codec_name) = match kind {
+        SinkKind::Mp4 => (
+            match dest.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+                Some("mov") => "mov",
+                Some("mkv") => "matroska",
+                _ => "mp4",
+            },
+            "libx264",
+        ),
+        SinkKind::WebM => ("webm", "libvpx-vp9"),
+        SinkKind::Gif => ("gif", "gif"),
+        SinkKind::Png => unreachable!("PNG sequences are not encoded"),
+    };
+    let tmp = crate::io::temp_path(dest);
+    let mut octx = format::output_as(&tmp, fmt).map_err(ff(dest, "cannot create the output"))?;
+    let global_header = octx.format().flags().contains(format::Flags::GLOBAL_HEADER);
+    let codec = encoder::find_by_name(codec_name).ok_or_else(|| Error::usage(format!("this ffmpeg has no {codec_name} encoder")))?;
+    // yuv420p needs even sizes; GIF takes any.
+    let (ew, eh) = match kind {
+        SinkKind::Gif => (width, height),
+        _ => (width + width % 2, height + height % 2),
+    };
+    let enc_tb = match kind {
+        SinkKind::Gif => ffmpeg::Rational::new(1, 100),
+        _ => rational(time_base),
+    };
+    let mut ost = octx.add_stream(codec).map_err(ff(dest, "cannot add the video stream"))?;
+    let mut enc = codec::context::Context::new_with_codec(codec).encoder().video().map_err(ff(dest, "cannot set up the encoder"))?;
+    enc.set_width(ew);
+    enc.set_height(eh);
+    enc.set_format(if kind == SinkKind::Gif { format::Pixel::PAL8 } else { format::Pixel::YUV420P });
+    enc.set_time_base(enc_tb);
+    enc.set_frame_rate(Some(rational(rate)));
+    if global_header {
+        enc.set_flags(codec::Flags::GLOBAL_HEADER);
+    }
+    let mut dict = Dictionary::new();
+    match kind {
+        SinkKind::Mp4 => {
+            dict.set("crf", &opts.crf.to_string());
+            dict.set("preset", &opts.preset);
+        }
+        SinkKind::WebM => {
+            dict.set("crf", &opts.crf.to_string());
+            dict.set("b", "0");
+            dict.set("deadline", "good");
+            dict.set("cpu-used", "4");
+        }
+        _ => {}
+    }
+    let encoder = enc.open_with(dict).map_err(ff(dest, "cannot open the encoder"))?;
+    ost.set_parameters(&encoder);
+    ost.set_time_base(enc_tb);
+    let mut audio = None;
+    if let (SinkKind::Mp4, Some(src)) = (kind, &opts.audio_from) {
+        audio = audio_copy(&mut octx, src)?;
+    }
+    let mut header = Dictionary::new();
+    if kind == SinkKind::Gif {
+        header.set("loop", "0"); // loop forever
+    }
+    octx.write_header_with(header).map_err(ff(dest, "cannot write the header"))?;
+    let out_tb = octx.stream(0).expect("video stream").time_base();
+    let audio_tb = audio.as_ref().map(|a| octx.stream(a.out_index).expect("audio stream").time_base()).unwrap_or(out_tb);
+    let graph = match kind {
+        SinkKind::Gif => Some(gif_graph(dest, width, height)?),
+        _ => None,
+    };
+    Ok(Box::new(Encoded {
+        kind,
+        dest: dest.to_owned(),
+        tmp,
+        octx,
+        encoder,
+        enc_tb,
+        out_tb,
+        src_tb: time_base,
+        width,
+        height,
+        scaler: None,
+        graph,
+        audio,
+        audio_tb,
+        last_pts: None,
+    }))
+}
+
+fn audio_copy(octx: &mut format::context::Output, src: &AudioSource) -> Result<Option<AudioCopy>> {
+    let mut ictx = format::input(&src.path).map_err(|e| Error::Image { path: src.path.clone(), reason: format!("cannot reopen for audio ({e})") })?;
+    let Some(ist) = ictx.streams().best(media::Type::Audio) else { return Ok(None) };
+    let (in_index, in_tb) = (ist.index(), ist.time_base());
+    let mut ost = octx.add_stream(encoder::find(codec::Id::None)).map_err(|e| Error::usage(format!("cannot add the audio stream: {e}")))?;
+    ost.set_parameters(ist.parameters());
+    // SAFETY: plain field write on parameters this stream owns; a tag from another container
+    // may be invalid in this one, and 0 lets the muxer choose.
+    unsafe {
+        (*ost.parameters().as_mut_ptr()).codec_tag = 0;
+    }
+    let out_index = ost.index();
+    let tb = in_tb.numerator() as f64 / in_tb.denominator() as f64;
+    let start_ts = (src.start / tb).round() as i64;
+    if src.start > 0.0 {
+        let t = (src.start * ffmpeg::ffi::AV_TIME_BASE as f64) as i64;
+        let _ = ictx.seek(t, ..t);
+    }
+    let end_ts = src.duration.map(|d| ((src.start + d) / tb).round() as i64);
+    Ok(Some(AudioCopy { ictx, in_index, out_index, in_tb, start_ts, end_ts, done: false }))
+}
+
+fn gif_graph(dest: &Path, w: u32, h: u32) -> Result<filter::Graph> {
+    let e = ff(dest, "cannot build the GIF palette filter");
+    let mut graph = filter::Graph::new();
+    let args = format!("video_size={w}x{h}:pix_fmt=rgb24:time_base=1/100:pixel_aspect=1/1");
+    graph.add(&filter::find("buffer").expect("buffer filter"), "in", &args).map_err(&e)?;
+    graph.add(&filter::find("buffersink").expect("buffersink filter"), "out", "").map_err(&e)?;
+    graph.get("out").expect("sink").set_pixel_format(format::Pixel::PAL8);
+    graph
+        .output("in", 0)
+        .and_then(|p| p.input("out", 0))
+        .and_then(|p| p.parse("split[a][b];[a]palettegen=stats_mode=full[p];[b][p]paletteuse=dither=sierra2_4a"))
+        .map_err(&e)?;
+    graph.validate().map_err(&e)?;
+    Ok(graph)
+}
+
+impl Encoded {
+    /// The RGB frame, padded by repeating the last row and column up to the encoder's size.
+    fn rgb_frame(&self, img: &RgbImage, pts: i64) -> Video {
+        let (ew, eh) = (self.encoder.width(), self.encoder.height());
+        let mut f = Video::new(format::Pixel::RGB24, ew, eh);
+        let stride = f.stride(0);
+        let data = f.data_mut(0);
+        let (w, h) = (self.width as usize, self.height as usize);
+        let raw = img.as_raw();
+        for y in 0..eh as usize {
+            let src = &raw[y.min(h - 1) * w * 3..][..w * 3];
+            let row = &mut data[y * stride..y * stride + ew as usize * 3];
+            row[..w * 3].copy_from_slice(src);
+            for x in w..ew as usize {
+                row[x * 3..x * 3 + 3].copy_from_slice(&src[(w - 1) * 3..w * 3]);
+            }
+        }
+        f.set_pts(Some(pts));
+        f
+    }
+
+    fn drain_packets(&mut self) -> Result<()> {
+        let mut packet = Packet::empty();
+        // One nominal frame, so the last frame keeps its duration in the container.
+        let frame_ticks = match Some(self.encoder.frame_rate()) {
+            Some(r) if r.numerator() > 0 && r.denominator() > 0 => {
+                ((self.enc_tb.denominator() as i64 * r.denominator() as i64) as f64 / (self.enc_tb.numerator() as i64 * r.numerator() as i64) as f64).round() as i64
+            }
+            _ => 0,
+        };
+        while self.encoder.receive_packet(&mut packet).is_ok() {
+            if packet.duration() == 0 {
+                packet.set_duration(frame_ticks);
+            }
+            packet.set_stream(0);
+            packet.rescale_ts(self.enc_tb, self.out_tb);
+            packet.write_interleaved(&mut self.octx).map_err(ff(&self.dest, "cannot write a frame"))?;
+        }
+        Ok(())
+    }
+
+    fn encode(&mut self, frame: Option<&Video>) -> Result<()> {
+        match frame {
+            Some(f) => self.encoder.send_frame(f).map_err(ff(&self.dest, "cannot encode a frame"))?,
+            None => self.encoder.send_eof().map_err(ff(&self.dest, "cannot flush the encoder"))?,
+        }
+        self.drain_packets()
+    }
+
+    fn drain_graph(&mut self) -> Result<()> {
+        let mut filtered = Video::empty();
+        loop {
+            let got = self.graph.as_mut().expect("gif graph").get("out").expect("sink").sink().frame(&mut filtered);
+            if got.is_err() {
+                return Ok(());
+            }
+            self.encode(Some(&filtered))?;
+        }
+    }
+}
+
+impl FrameSink for Encoded {
+    fn write(&mut self, img: &RgbImage, pts: i64) -> Result<()> {
+        // Encoder timestamps must increase: GIF ticks are 1/100 s.
+        let mut enc_pts = match self.kind {
+            SinkKind::Gif => (pts as f64 * self.src_tb.as_f64() * 100.0).round() as i64,
+            _ => pts,
+        };
+        if let Some(last) = self.last_pts.filter(|&l| enc_pts <= l) {
+            enc_pts = last + 1;
+        }
+        self.last_pts = Some(enc_pts);
+        let frame = self.rgb_frame(img, enc_pts);
+        if self.graph.is_some() {
+            self.graph.as_mut().unwrap().get("in").expect("source").source().add(&frame).map_err(ff(&self.dest, "GIF filter"))?;
+            return self.drain_graph();
+        }
+        let sc = match &mut self.scaler {
+            Some(s) => s,
+            None => self.scaler.insert(
+                scaling::Context::get(format::Pixel::RGB24, frame.width(), frame.height(), format::Pixel::YUV420P, frame.width(), frame.height(), scaling::Flags::BICUBIC)
+                    .map_err(ff(&self.dest, "cannot convert frames"))?,
+            ),
+        };
+        let mut yuv = Video::empty();
+        sc.run(&frame, &mut yuv).map_err(ff(&self.dest, "cannot convert a frame"))?;
+        yuv.set_pts(Some(enc_pts));
+        self.encode(Some(&yuv))?;
+        let now = pts as f64 * self.src_tb.as_f64();
+        let (out_tb, dest) = (self.audio_tb, self.dest.clone());
+        if let Some(a) = &mut self.audio {
+            a.copy_until(&mut self.octx, out_tb, Some(now)).map_err(|e| Error::Output { path: dest, reason: e.to_string() })?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        let result = (|| -> Result<()> {
+            if self.graph.is_some() {
+                self.graph.as_mut().unwrap().get("in").expect("source").source().flush().map_err(ff(&self.dest, "GIF filter"))?;
+                self.drain_graph()?;
+            }
+            self.encode(None)?;
+            let out_tb = self.audio_tb;
+            if let Some(a) = &mut self.audio {
+                // The rest of the audio, up to the end of the video.
+                let end = self.last_pts.map(|p| (p + 1) as f64 * self.src_tb.as_f64());
+                a.copy_until(&mut self.octx, out_tb, end)?;
+            }
+            self.octx.write_trailer().map_err(ff(&self.dest, "cannot finish the file"))?;
+            Ok(())
+        })();
+        match result.and_then(|_| std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::Output { path: self.dest.clone(), reason: e.to_string() })) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&self.tmp);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Encoded {
+    fn drop(&mut self) {
+        // A sink dropped without finish (an error elsewhere) leaves nothing behind.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}

@@ -1,0 +1,134 @@
+//! Frame sinks: MP4 (H.264), WebM (VP9) and GIF through ffmpeg (`video` feature), or a PNG
+//! sequence. Every sink writes to a temporary path and moves it into place in `finish`, so an
+//! interrupted or failed render never leaves a broken file under the output name.
+
+#[cfg(feature = "video")]
+pub mod encode;
+
+use crate::source::Rational;
+use crate::{Error, Result};
+use image::RgbImage;
+use std::path::{Path, PathBuf};
+
+pub trait FrameSink: Send {
+    /// Adds a frame at `pts` (in the time base the sink was opened with).
+    fn write(&mut self, frame: &RgbImage, pts: i64) -> Result<()>;
+    /// Completes the output and moves it into place.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// Encoder settings.
+#[derive(Clone, Debug)]
+pub struct SinkOptions {
+    /// x264 constant rate factor (lower is better; 18 is visually lossless).
+    pub crf: u32,
+    /// x264 preset (ultrafast .. veryslow).
+    pub preset: String,
+    /// Copy the audio of this video into the output, from `start` seconds for `duration`.
+    pub audio_from: Option<AudioSource>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AudioSource {
+    pub path: PathBuf,
+    pub start: f64,
+    pub duration: Option<f64>,
+}
+
+impl Default for SinkOptions {
+    fn default() -> Self {
+        SinkOptions { crf: 18, preset: "medium".into(), audio_from: None }
+    }
+}
+
+/// What an output path asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkKind {
+    Mp4,
+    WebM,
+    Gif,
+    Png,
+}
+
+impl SinkKind {
+    /// `.mp4`/`.mov`/`.mkv` (H.264), `.webm` (VP9), `.gif`, or a directory (no extension, or
+    /// a trailing slash) for numbered PNG frames.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let s = path.to_string_lossy();
+        if s.ends_with('/') || path.extension().is_none() {
+            return Ok(SinkKind::Png);
+        }
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("mp4" | "m4v" | "mov" | "mkv") => Ok(SinkKind::Mp4),
+            Some("webm") => Ok(SinkKind::WebM),
+            Some("gif") => Ok(SinkKind::Gif),
+            _ => Err(Error::Output {
+                path: path.to_owned(),
+                reason: "unsupported output: use .mp4, .mov, .mkv, .webm, .gif, or a directory for PNG frames".into(),
+            }),
+        }
+    }
+}
+
+/// Opens the sink an output path asks for. `time_base` is seconds per pts tick.
+pub fn open(path: &Path, width: u32, height: u32, rate: Rational, time_base: Rational, opts: &SinkOptions) -> Result<Box<dyn FrameSink>> {
+    let kind = SinkKind::from_path(path)?;
+    match kind {
+        SinkKind::Png => Ok(Box::new(PngSequence::create(path)?)),
+        #[cfg(feature = "video")]
+        _ => encode::open(kind, path, width, height, rate, time_base, opts),
+        #[cfg(not(feature = "video"))]
+        _ => {
+            let _ = (width, height, rate, time_base, opts);
+            Err(Error::usage("this build has no video support (built without the `video` feature); write PNG frames to a directory instead"))
+        }
+    }
+}
+
+/// A directory holding nothing but `frame_NNNNN.png` files (an earlier PNG-sequence output).
+fn is_frame_dir(dir: &Path) -> bool {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok()).all(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("frame_") && n.ends_with(".png")
+        }),
+        Err(_) => false,
+    }
+}
+
+/// Numbered PNG frames (`frame_00001.png`, ...) in a directory, built beside it and renamed
+/// into place when complete.
+pub struct PngSequence {
+    dir: PathBuf,
+    tmp: PathBuf,
+    count: u64,
+}
+
+impl PngSequence {
+    pub fn create(dir: &Path) -> Result<Self> {
+        let dir = PathBuf::from(dir.to_string_lossy().trim_end_matches('/'));
+        if dir.exists() && !is_frame_dir(&dir) {
+            return Err(Error::Output { path: dir, reason: "exists and is not a directory of frame_NNNNN.png files".into() });
+        }
+        let tmp = crate::io::temp_path(&dir);
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::Output { path: dir.clone(), reason: e.to_string() })?;
+        Ok(PngSequence { dir, tmp, count: 0 })
+    }
+}
+
+impl FrameSink for PngSequence {
+    fn write(&mut self, frame: &RgbImage, _pts: i64) -> Result<()> {
+        self.count += 1;
+        let path = self.tmp.join(format!("frame_{:05}.png", self.count));
+        frame.save(&path).map_err(|e| Error::Output { path, reason: e.to_string() })
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        if self.dir.exists() && is_frame_dir(&self.dir) {
+            // An earlier render's frames (checked at creation): replaced as a whole.
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        std::fs::rename(&self.tmp, &self.dir).map_err(|e| Error::Output { path: self.dir.clone(), reason: e.to_string() })
+    }
+}

@@ -1,0 +1,214 @@
+//! Video decoding through ffmpeg: any codec and container it can read, rotation metadata
+//! applied, frames passed on with their own timestamps (so variable frame rates survive).
+
+use super::{fit, Frame, Rational, SourceInfo};
+use crate::{Error, Result};
+use ffmpeg_next as ffmpeg;
+use ffmpeg::{codec, format, media, software::scaling, util::frame::video::Video};
+use image::RgbImage;
+use std::path::Path;
+
+/// Which part of the video to read, and how large.
+#[derive(Clone, Debug, Default)]
+pub struct VideoOptions {
+    pub max_size: Option<u32>,
+    /// Seconds from the start.
+    pub start: Option<f64>,
+    /// Seconds to read.
+    pub duration: Option<f64>,
+}
+
+pub(crate) fn init() -> Result<()> {
+    ffmpeg::init().map_err(|e| Error::usage(format!("cannot initialise ffmpeg: {e}")))?;
+    ffmpeg::log::set_level(ffmpeg::log::Level::Error);
+    Ok(())
+}
+
+fn err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Image { path: path.to_owned(), reason: reason.into() }
+}
+
+/// Rotation to apply for display, clockwise degrees (0, 90, 180, 270), from the display
+/// matrix or the old `rotate` tag.
+fn rotation(stream: &format::stream::Stream) -> u32 {
+    for side in stream.side_data() {
+        if side.kind() == codec::packet::side_data::Type::DisplayMatrix && side.data().len() >= 36 {
+            // SAFETY: the display matrix is nine i32 values (checked length above).
+            let angle = unsafe { ffmpeg::ffi::av_display_rotation_get(side.data().as_ptr() as *const i32) };
+            if angle.is_finite() {
+                return ((-angle).rem_euclid(360.0) / 90.0).round() as u32 % 4 * 90;
+            }
+        }
+    }
+    stream.metadata().get("rotate").and_then(|r| r.parse::<i64>().ok()).map_or(0, |r| (r.rem_euclid(360) as u32 / 90) * 90)
+}
+
+struct Opened {
+    ictx: format::context::Input,
+    index: usize,
+    decoder: ffmpeg::decoder::Video,
+    time_base: Rational,
+    rate: Rational,
+    rotate: u32,
+    frames: Option<u64>,
+    has_audio: bool,
+}
+
+fn open(path: &Path) -> Result<Opened> {
+    init()?;
+    if !path.exists() {
+        return Err(err(path, "no such file"));
+    }
+    let ictx = format::input(&path).map_err(|e| err(path, format!("not a readable video ({e})")))?;
+    let stream = ictx.streams().best(media::Type::Video).ok_or_else(|| err(path, "has no video stream"))?;
+    let index = stream.index();
+    let ctx = codec::context::Context::from_parameters(stream.parameters()).map_err(|e| err(path, format!("bad video stream ({e})")))?;
+    let decoder = ctx.decoder().video().map_err(|e| err(path, format!("unsupported video codec ({e})")))?;
+    let tb = stream.time_base();
+    let mut rate = stream.avg_frame_rate();
+    if rate.numerator() <= 0 || rate.denominator() <= 0 {
+        rate = stream.rate();
+    }
+    if rate.numerator() <= 0 || rate.denominator() <= 0 {
+        rate = ffmpeg::Rational::new(25, 1);
+    }
+    let rotate = rotation(&stream);
+    let frames = (stream.frames() > 0).then_some(stream.frames() as u64);
+    let has_audio = ictx.streams().best(media::Type::Audio).is_some();
+    Ok(Opened {
+        index,
+        decoder,
+        time_base: Rational::new(tb.numerator(), tb.denominator()),
+        rate: Rational::new(rate.numerator(), rate.denominator()),
+        rotate,
+        frames,
+        has_audio,
+        ictx,
+    })
+}
+
+/// Output size after rotation and shrinking.
+fn out_size(o: &Opened, max: Option<u32>) -> (u32, u32) {
+    let (w, h) = (o.decoder.width(), o.decoder.height());
+    let (w, h) = if o.rotate % 180 == 90 { (h, w) } else { (w, h) };
+    fit(w, h, max)
+}
+
+/// Opens the video and reports what the pipeline needs, without decoding it.
+pub fn probe(path: &Path, opts: &VideoOptions) -> Result<SourceInfo> {
+    let o = open(path)?;
+    if o.decoder.width() == 0 || o.decoder.height() == 0 {
+        return Err(err(path, "video stream has no picture size"));
+    }
+    let (width, height) = out_size(&o, opts.max_size);
+    Ok(SourceInfo { width, height, rate: o.rate, time_base: o.time_base, frames: o.frames, has_audio: o.has_audio })
+}
+
+/// Decodes every frame in the chosen range and hands it to `emit`, in order; `emit` returns
+/// false to stop early. Returns the number of frames emitted.
+pub fn decode(path: &Path, opts: &VideoOptions, emit: &mut dyn FnMut(Frame) -> bool) -> Result<u64> {
+    let mut o = open(path)?;
+    let (w, h) = out_size(&o, opts.max_size);
+    let (sw, sh) = if o.rotate % 180 == 90 { (h, w) } else { (w, h) };
+    let tb = o.time_base.as_f64();
+    let start_ts = opts.start.map(|s| (s / tb).round() as i64);
+    let end_ts = opts.duration.map(|d| ((opts.start.unwrap_or(0.0) + d) / tb).round() as i64);
+    if let Some(s) = opts.start.filter(|&s| s > 0.0) {
+        let t = (s * ffmpeg::ffi::AV_TIME_BASE as f64) as i64;
+        o.ictx.seek(t, ..t).map_err(|e| err(path, format!("cannot seek to {s} s ({e})")))?;
+    }
+    let mut scaler: Option<scaling::Context> = None;
+    let mut first_ts: Option<i64> = None;
+    let mut count = 0u64;
+    let mut done = false;
+    let mut handle = |frame: &Video, scaler: &mut Option<scaling::Context>, count: &mut u64| -> Result<bool> {
+        let ts = frame.timestamp().unwrap_or(*count as i64);
+        if start_ts.is_some_and(|s| ts < s) {
+            return Ok(true);
+        }
+        if end_ts.is_some_and(|e| ts >= e) {
+            return Ok(false);
+        }
+        let sc = match scaler {
+            Some(s) => s,
+            None => scaler.insert(
+                scaling::Context::get(frame.format(), frame.width(), frame.height(), format::Pixel::RGB24, sw, sh, scaling::Flags::BICUBIC)
+                    .map_err(|e| err(path, format!("cannot convert frames ({e})")))?,
+            ),
+        };
+        let mut rgb = Video::empty();
+        sc.run(frame, &mut rgb).map_err(|e| err(path, format!("cannot convert a frame ({e})")))?;
+        let stride = rgb.stride(0);
+        let data = rgb.data(0);
+        let mut img = RgbImage::new(sw, sh);
+        for y in 0..sh as usize {
+            img.as_mut()[y * sw as usize * 3..(y + 1) * sw as usize * 3].copy_from_slice(&data[y * stride..y * stride + sw as usize * 3]);
+        }
+        let img = match o.rotate {
+            90 => image::imageops::rotate90(&img),
+            180 => image::imageops::rotate180(&img),
+            270 => image::imageops::rotate270(&img),
+            _ => img,
+        };
+        let first = *first_ts.get_or_insert(ts);
+        let keep = emit(Frame { index: *count, pts: ts - first, image: img });
+        *count += 1;
+        Ok(keep)
+    };
+    let mut decoded = Video::empty();
+    for (stream, packet) in o.ictx.packets() {
+        if stream.index() != o.index {
+            continue;
+        }
+        if o.decoder.send_packet(&packet).is_err() {
+            continue; // a damaged packet: skip it, as ffmpeg does
+        }
+        while o.decoder.receive_frame(&mut decoded).is_ok() {
+            if !handle(&decoded, &mut scaler, &mut count)? {
+                done = true;
+                break;
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    if !done {
+        let _ = o.decoder.send_eof();
+        while o.decoder.receive_frame(&mut decoded).is_ok() {
+            if !handle(&decoded, &mut scaler, &mut count)? {
+                break;
+            }
+        }
+    }
+    if count == 0 {
+        return Err(err(path, "no frames could be decoded (corrupt file, or an empty range)"));
+    }
+    Ok(count)
+}
+
+/// Container-level facts about a media file, for checks and tests.
+#[derive(Clone, Debug)]
+pub struct MediaSummary {
+    pub width: u32,
+    pub height: u32,
+    pub rate: Rational,
+    /// Frames actually decodable.
+    pub frames: u64,
+    pub video_seconds: f64,
+    pub audio_seconds: Option<f64>,
+}
+
+/// Decodes a whole file to count its frames and reads its stream durations.
+pub fn summarize(path: &Path) -> Result<MediaSummary> {
+    let info = probe(path, &VideoOptions::default())?;
+    let o = open(path)?;
+    let secs = |s: &format::stream::Stream| {
+        let tb = s.time_base();
+        (s.duration() > 0).then(|| s.duration() as f64 * tb.numerator() as f64 / tb.denominator() as f64)
+    };
+    let video_seconds = o.ictx.stream(o.index).and_then(|s| secs(&s)).unwrap_or(0.0);
+    let audio_seconds = o.ictx.streams().best(media::Type::Audio).and_then(|s| secs(&s));
+    let frames = decode(path, &VideoOptions { max_size: Some(32), ..Default::default() }, &mut |_| true)?;
+    Ok(MediaSummary { width: info.width, height: info.height, rate: info.rate, frames, video_seconds, audio_seconds })
+}
