@@ -3,9 +3,10 @@
 # what is missing. Called by scripts/demo.sh, scripts/test.sh and .ci/run.
 set -euo pipefail
 
-# System packages the build needs (none yet beyond a Rust toolchain and a C compiler;
-# the video pipeline will add ffmpeg's dev libraries here).
-PACKAGES=(gcc)
+# System packages the build needs: a C compiler, and for the video pipeline (the default
+# `video` feature) ffmpeg's development libraries, pkg-config and libclang (bindgen).
+PACKAGES=(gcc pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev
+          libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -157,10 +157,10 @@ pub fn render(net: &dyn FeatureNet, job: &RenderJob, progress: &mut dyn FramePro
     let fingerprint = format!("{:?}|{:?}|{:?}|{}x{}", job.params, job.frame_params, input_fingerprint(&job.input), info.width, info.height);
     let store = Store::new(&job.output, fingerprint);
     let resumed_from = if job.resume { store.done()? } else { 0 };
+    let mut sink = sink::open(&job.output, info.width, info.height, info.rate, info.time_base, &job.sink)?;
     if !job.resume {
         store.reset()?;
     }
-    let mut sink = sink::open(&job.output, info.width, info.height, info.rate, info.time_base, &job.sink)?;
     let (to_encode, encoded) = bounded::<Done>(4);
     let (encoded_count, stage_error) = std::thread::scope(|s| {
         let store = &store;
@@ -194,6 +194,7 @@ pub fn render(net: &dyn FeatureNet, job: &RenderJob, progress: &mut dyn FramePro
     if n == 0 {
         // Nothing to show: no output file at all (the sink's temporary file goes with it).
         drop(sink);
+        let _ = std::fs::remove_dir_all(&store.dir);
         return Err(stage_error.unwrap_or_else(|| Error::usage("no frames were rendered")));
     }
     sink.finish()?;

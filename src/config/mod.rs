@@ -19,6 +19,8 @@ pub const BUILTIN_PRESETS: &[(&str, &str)] = &[
     ("guide", include_str!("../../presets/guide.toml")),
     ("style", include_str!("../../presets/style.toml")),
     ("smooth", include_str!("../../presets/smooth.toml")),
+    ("zoom", include_str!("../../presets/zoom.toml")),
+    ("video", include_str!("../../presets/video.toml")),
 ];
 
 /// Where relative image paths in the built-in presets point: the repository's presets/.

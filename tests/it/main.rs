@@ -7,3 +7,4 @@ mod fetch;
 mod objectives;
 mod reference;
 mod util;
+mod video;

@@ -1,0 +1,172 @@
+//! `deepdream zoom` and `deepdream video` end to end, with small frames so they stay quick.
+//! Outputs are checked with the project's own ffmpeg decoder.
+
+use crate::util::{repo, shared};
+use deepdream::source::video::{summarize, MediaSummary};
+use deepdream::source::Rational;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn deepdream(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_deepdream")).args(args).output().unwrap()
+}
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dd-video-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const FAST: [&str; 6] = ["--octaves", "1", "--steps", "1", "--step", "0.03"];
+
+#[test]
+fn bigbuckbunny_keeps_frames_rate_size_and_audio() {
+    let Some(shared) = shared() else { return };
+    let input = shared.join("media/bigbuckbunny.mp4");
+    let dir = scratch("bbb");
+    let out = dir.join("bbb.mp4");
+    let mut args = vec!["video", s(&input), "-o", s(&out), "--max-size", "160", "--blend", "0.3"];
+    args.extend(FAST);
+    ok(&deepdream(&args));
+    let m: MediaSummary = summarize(&out).unwrap();
+    assert_eq!(m.frames, 132);
+    assert_eq!(m.rate, Rational::new(25, 1));
+    assert_eq!((m.width, m.height), (160, 90));
+    let audio = m.audio_seconds.expect("the audio is kept");
+    assert!((audio - 5.28).abs() < 0.1 && (m.video_seconds - 5.28).abs() < 0.01, "audio {audio} s, video {} s", m.video_seconds);
+}
+
+#[test]
+fn zoom_gif_plays_and_loops() {
+    let dir = scratch("gif");
+    let out = dir.join("zoom.gif");
+    let example = repo().join("examples/chelsea.png");
+    let mut args = vec!["zoom", s(&example), "-o", s(&out), "--frames", "48", "--max-size", "96", "--zoom", "1.05", "--frame-steps", "1"];
+    args.extend(FAST);
+    ok(&deepdream(&args));
+    let m = summarize(&out).unwrap();
+    assert_eq!(m.frames, 48);
+    let bytes = std::fs::read(&out).unwrap();
+    let at = bytes.windows(11).position(|w| w == b"NETSCAPE2.0").expect("a looping GIF has the NETSCAPE block");
+    assert_eq!(&bytes[at + 11..at + 15], &[3, 1, 0, 0], "loop count 0: forever");
+}
+
+/// A clip the renderer has never seen: H.264 in QuickTime, 30000/1001 fps, odd size, no
+/// audio, made by the project's own encoder from a zoom.
+fn unseen_clip(dir: &Path) -> PathBuf {
+    let clip = dir.join("clip.mov");
+    let example = repo().join("examples/chelsea.png");
+    let mut args = vec!["zoom", s(&example), "-o", s(&clip), "--frames", "12", "--max-size", "97", "--fps", "30000/1001"];
+    args.extend(FAST);
+    ok(&deepdream(&args));
+    clip
+}
+
+#[test]
+fn unseen_clip_keeps_frame_count_and_rate() {
+    let dir = scratch("unseen");
+    let clip = unseen_clip(&dir);
+    let m = summarize(&clip).unwrap();
+    assert_eq!((m.frames, m.rate, m.audio_seconds.is_some()), (12, Rational::new(30000, 1001), false));
+    let out = dir.join("out.mp4");
+    let mut args = vec!["video", s(&clip), "-o", s(&out)];
+    args.extend(FAST);
+    ok(&deepdream(&args));
+    let o = summarize(&out).unwrap();
+    assert_eq!(o.frames, 12);
+    assert_eq!(o.rate, Rational::new(30000, 1001));
+    assert_eq!((o.width % 2, o.height % 2), (0, 0), "odd sizes are padded for yuv420p");
+    assert!(o.audio_seconds.is_none());
+    // Another codec and container: VP9 in WebM (which stores times in ms, so only the count is
+    // exact) back to GIF.
+    let webm = dir.join("clip.webm");
+    let mut args = vec!["video", s(&clip), "-o", s(&webm)];
+    args.extend(FAST);
+    ok(&deepdream(&args));
+    let gif = dir.join("again.gif");
+    let mut args = vec!["video", s(&webm), "-o", s(&gif)];
+    args.extend(FAST);
+    ok(&deepdream(&args));
+    assert_eq!((summarize(&webm).unwrap().frames, summarize(&gif).unwrap().frames), (12, 12));
+}
+
+#[test]
+fn interrupted_render_resumes_to_the_same_frames() {
+    let dir = scratch("resume");
+    let example = repo().join("examples/chelsea.png");
+    let common = ["--frames", "16", "--max-size", "128", "--frame-steps", "2", "--octaves", "1", "--steps", "2", "--jitter", "4"];
+    let full = dir.join("full");
+    let mut args = vec!["zoom", s(&example), "-o", s(&full)];
+    args.extend(common);
+    ok(&deepdream(&args));
+    // Interrupt with Ctrl-C (SIGINT) once a few frames are stored.
+    let cut = dir.join("cut");
+    let mut args = vec!["zoom", s(&example), "-o", s(&cut)];
+    args.extend(common);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deepdream")).args(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let store = dir.join(".cut.frames");
+    let start = std::time::Instant::now();
+    while std::fs::read_dir(&store).map(|d| d.count()).unwrap_or(0) < 4 && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    unsafe { libc_kill(child.id() as i32, 2) };
+    let status = child.wait().unwrap();
+    if status.success() {
+        eprintln!("skipped: the render finished before it could be interrupted");
+        return;
+    }
+    assert_eq!(status.code(), Some(130));
+    let partial = std::fs::read_dir(&cut).unwrap().count();
+    assert!(partial >= 1 && partial < 16, "{partial} frames after the interruption");
+    args.push("--resume");
+    ok(&deepdream(&args));
+    for i in 1..=16 {
+        let name = format!("frame_{i:05}.png");
+        let (a, b) = (image::open(full.join(&name)).unwrap().to_rgb8(), image::open(cut.join(&name)).unwrap().to_rgb8());
+        assert!(a == b, "{name} differs between the resumed and the uninterrupted render");
+    }
+    assert!(!store.exists(), "the frame store is removed once the render is complete");
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn bad_videos_are_clear_errors() {
+    let dir = scratch("bad");
+    let out = dir.join("out.mp4");
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, "not a video").unwrap();
+    let o = deepdream(&["video", s(&text), "-o", s(&out)]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = deepdream(&["video", "/no/such.mp4", "-o", s(&out)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no such file"));
+    if let Some(shared) = shared() {
+        let corrupt = dir.join("corrupt.mp4");
+        std::fs::write(&corrupt, &std::fs::read(shared.join("media/bigbuckbunny.mp4")).unwrap()[..4000]).unwrap();
+        let o = deepdream(&["video", s(&corrupt), "-o", s(&out)]);
+        assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+        let bbb = shared.join("media/bigbuckbunny.mp4");
+        let mut args = vec!["video", s(&bbb), "-o", s(&out), "--start", "60"];
+        args.extend(FAST);
+        let o = deepdream(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("no frames"), "{err}");
+    }
+    std::fs::remove_file(&text).unwrap();
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != "corrupt.mp4").collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
