@@ -35,7 +35,7 @@ pub struct RenderJob {
     pub resume: bool,
 }
 
-/// Per-frame progress; returning false aborts the render (the file is still finished).
+/// Per-frame progress (the abort flag, not this, stops a render).
 pub trait FrameProgress: Send {
     fn frame(&mut self, done: u64, total: Option<u64>);
 }
