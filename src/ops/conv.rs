@@ -183,24 +183,33 @@ impl Geometry {
 }
 
 /// `col[(c*kh + ky)*kw + kx, oy*ow + ox] = x[c, oy*sh - pt + ky, ox*sw - pl + kx]` (0 outside).
+/// Each output row is one contiguous (stride 1) or strided copy between zeroed margins.
 fn im2col(x: &[f32], g: &Geometry, channels: usize, col: &mut [f32]) {
     let ohw = g.oh * g.ow;
+    let cols: Vec<_> = (0..g.kw).map(|kx| valid_cols(g.ow, g.sw, kx, g.pl, g.w)).collect();
     col[..channels * g.kh * g.kw * ohw].par_chunks_mut(ohw).enumerate().for_each(|(row, out)| {
         let c = row / (g.kh * g.kw);
         let ky = (row / g.kw) % g.kh;
         let kx = row % g.kw;
+        let r = cols[kx].clone();
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for oy in 0..g.oh {
             let iy = (oy * g.sh + ky) as isize - g.pt as isize;
             let dst = &mut out[oy * g.ow..(oy + 1) * g.ow];
-            if iy < 0 || iy >= g.h as isize {
+            if iy < 0 || iy >= g.h as isize || r.is_empty() {
                 dst.fill(0.0);
                 continue;
             }
             let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-            for (ox, d) in dst.iter_mut().enumerate() {
-                let ix = (ox * g.sw + kx) as isize - g.pl as isize;
-                *d = if ix < 0 || ix >= g.w as isize { 0.0 } else { src[ix as usize] };
+            dst[..r.start].fill(0.0);
+            dst[r.end..].fill(0.0);
+            let first = r.start * g.sw + kx - g.pl;
+            if g.sw == 1 {
+                dst[r.clone()].copy_from_slice(&src[first..first + r.len()]);
+            } else {
+                for (d, s) in dst[r.clone()].iter_mut().zip(src[first..].iter().step_by(g.sw)) {
+                    *d = *s;
+                }
             }
         }
     });
@@ -210,21 +219,27 @@ fn im2col(x: &[f32], g: &Geometry, channels: usize, col: &mut [f32]) {
 fn col2im(col: &[f32], g: &Geometry, channels: usize, x: &mut [f32]) {
     let ohw = g.oh * g.ow;
     let kk = g.kh * g.kw;
+    let cols: Vec<_> = (0..g.kw).map(|kx| valid_cols(g.ow, g.sw, kx, g.pl, g.w)).collect();
     x[..channels * g.h * g.w].par_chunks_mut(g.h * g.w).enumerate().for_each(|(c, plane)| {
         plane.fill(0.0);
         for ky in 0..g.kh {
-            for kx in 0..g.kw {
+            for (kx, r) in cols.iter().enumerate() {
                 let src = &col[(c * kk + ky * g.kw + kx) * ohw..][..ohw];
+                let first = r.start * g.sw + kx - g.pl;
                 for oy in 0..g.oh {
                     let iy = (oy * g.sh + ky) as isize - g.pt as isize;
-                    if iy < 0 || iy >= g.h as isize {
+                    if iy < 0 || iy >= g.h as isize || r.is_empty() {
                         continue;
                     }
                     let row = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for ox in 0..g.ow {
-                        let ix = (ox * g.sw + kx) as isize - g.pl as isize;
-                        if ix >= 0 && ix < g.w as isize {
-                            row[ix as usize] += src[oy * g.ow + ox];
+                    let from = &src[oy * g.ow..(oy + 1) * g.ow][r.clone()];
+                    if g.sw == 1 {
+                        for (d, s) in row[first..first + r.len()].iter_mut().zip(from) {
+                            *d += s;
+                        }
+                    } else {
+                        for (d, s) in row[first..].iter_mut().step_by(g.sw).zip(from) {
+                            *d += s;
                         }
                     }
                 }
@@ -305,11 +320,35 @@ fn depthwise_backward(gy: &[f32], wt: &[f32], g: &Geometry, gx: &mut [f32]) {
     });
 }
 
+thread_local! {
+    /// The im2col buffer, kept between calls: at 512x512 it is tens of megabytes, and a fresh
+    /// allocation each time costs page faults.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer of at least `len` floats (contents undefined).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut buf = s.borrow_mut();
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        f(&mut buf[..len])
+    })
+}
+
 fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
     let ohw = g.oh * g.ow;
     let mut y = vec![0.0f32; g.n * g.co * ohw];
     let k_len = g.cig * g.kh * g.kw;
-    let mut col = if g.is_pointwise() || g.is_depthwise() { Vec::new() } else { vec![0.0f32; k_len * ohw] };
+    let col_len = if g.is_pointwise() || g.is_depthwise() { 0 } else { k_len * ohw };
+    with_scratch(col_len, |col| conv_forward_into(inner, x, g, &mut y, col));
+    y
+}
+
+fn conv_forward_into(inner: &ConvInner, x: &[f32], g: &Geometry, y: &mut [f32], col: &mut [f32]) {
+    let ohw = g.oh * g.ow;
+    let k_len = g.cig * g.kh * g.kw;
     for b in 0..g.n {
         let xb = &x[b * g.ci * g.h * g.w..][..g.ci * g.h * g.w];
         let yb = &mut y[b * g.co * ohw..][..g.co * ohw];
@@ -320,11 +359,11 @@ fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
                 let xg = &xb[grp * g.cig * g.h * g.w..];
                 let wg = &inner.weight[grp * g.cog * k_len..][..g.cog * k_len];
                 let yg = &mut yb[grp * g.cog * ohw..][..g.cog * ohw];
-                let rhs = if g.is_pointwise() {
+                let rhs: &[f32] = if g.is_pointwise() {
                     xg
                 } else {
-                    im2col(xg, g, g.cig, &mut col);
-                    &col
+                    im2col(xg, g, g.cig, col);
+                    col
                 };
                 sgemm(g.cog, ohw, k_len, wg, Trans::No, rhs, Trans::No, yg, false);
             }
@@ -335,7 +374,6 @@ fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
             plane.iter_mut().for_each(|v| *v = act.apply(*v + bias));
         });
     }
-    y
 }
 
 fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<f32> {
@@ -350,7 +388,14 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
     }
     let mut gx = vec![0.0f32; g.n * g.ci * g.h * g.w];
     let k_len = g.cig * g.kh * g.kw;
-    let mut col = if g.is_pointwise() || g.is_depthwise() { Vec::new() } else { vec![0.0f32; k_len * ohw] };
+    let col_len = if g.is_pointwise() || g.is_depthwise() { 0 } else { k_len * ohw };
+    with_scratch(col_len, |col| conv_backward_into(inner, &gpre, g, &mut gx, col));
+    gx
+}
+
+fn conv_backward_into(inner: &ConvInner, gpre: &[f32], g: &Geometry, gx: &mut [f32], col: &mut [f32]) {
+    let ohw = g.oh * g.ow;
+    let k_len = g.cig * g.kh * g.kw;
     for b in 0..g.n {
         let gyb = &gpre[b * g.co * ohw..][..g.co * ohw];
         let gxb = &mut gx[b * g.ci * g.h * g.w..][..g.ci * g.h * g.w];
@@ -365,12 +410,11 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
             if g.is_pointwise() {
                 sgemm(g.cig, ohw, g.cog, wg, Trans::Yes, gyg, Trans::No, gxg, false);
             } else {
-                sgemm(k_len, ohw, g.cog, wg, Trans::Yes, gyg, Trans::No, &mut col, false);
-                col2im(&col, g, g.cig, gxg);
+                sgemm(k_len, ohw, g.cog, wg, Trans::Yes, gyg, Trans::No, col, false);
+                col2im(col, g, g.cig, gxg);
             }
         }
     }
-    gx
 }
 
 struct ConvOp(Arc<ConvInner>);
