@@ -99,18 +99,23 @@ impl Pool2d {
         Window { y0, y1, x0, x1, divisor }
     }
 
-    /// Index of the first maximum in the window (PyTorch's scan order), if the window is not empty.
+    /// Index of the first maximum in the window (PyTorch's scan order: the first position, then
+    /// any strictly larger value or NaN), if the window is not empty.
     fn argmax(plane: &[f32], w: usize, win: &Window) -> Option<usize> {
-        let mut best: Option<(usize, f32)> = None;
+        if win.y0 >= win.y1 || win.x0 >= win.x1 {
+            return None;
+        }
+        let (mut best_i, mut best_v) = (win.y0 * w + win.x0, f32::NEG_INFINITY);
         for y in win.y0..win.y1 {
-            for x in win.x0..win.x1 {
-                let v = plane[y * w + x];
-                if best.is_none_or(|(_, b)| v > b || v.is_nan()) {
-                    best = Some((y * w + x, v));
+            let row = &plane[y * w + win.x0..y * w + win.x1];
+            for (dx, &v) in row.iter().enumerate() {
+                if v > best_v || v.is_nan() {
+                    best_v = v;
+                    best_i = y * w + win.x0 + dx;
                 }
             }
         }
-        best.map(|(i, _)| i)
+        Some(best_i)
     }
 }
 
