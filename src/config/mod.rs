@@ -432,15 +432,7 @@ impl DreamJob {
     /// Range checks that do not need the network (those that do are in `DreamParams::validate`).
     fn check_values(&self) -> Result<()> {
         let p = &self.params;
-        if p.octaves == 0 {
-            return Err(Error::usage("--octaves must be at least 1"));
-        }
-        if !(p.octave_scale.is_finite() && p.octave_scale >= 1.0) {
-            return Err(Error::usage(format!("--octave-scale must be at least 1, got {}", p.octave_scale)));
-        }
-        if !(p.step.is_finite() && p.step > 0.0) {
-            return Err(Error::usage(format!("--step must be positive, got {}", p.step)));
-        }
+        p.check_ranges()?;
         if self.max_size == Some(0) {
             return Err(Error::usage("--max-size must be positive"));
         }

@@ -66,6 +66,12 @@ pub fn octave_shapes(h: usize, w: usize, octaves: usize, scale: f64) -> Vec<(usi
 impl DreamParams {
     /// Checks the parameters against the network before any work starts.
     pub fn validate(&self, net: &dyn FeatureNet) -> Result<()> {
+        self.check_ranges()?;
+        self.objective.check(net)
+    }
+
+    /// The range checks that need no network.
+    pub fn check_ranges(&self) -> Result<()> {
         if self.octaves == 0 {
             return Err(Error::usage("octaves must be at least 1"));
         }
@@ -75,7 +81,7 @@ impl DreamParams {
         if !(self.step.is_finite() && self.step > 0.0) {
             return Err(Error::usage(format!("step must be positive, got {}", self.step)));
         }
-        self.objective.check(net)
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@
 //! `_bn1`, `_fc`. Padding is TensorFlow "SAME" from the actual input size, so any image size
 //! works. Taps: `stem`, `block0..blockN` (outputs of `_blocks.N`), `head`.
 
-use super::network::{Block, Chain, GlobalAvgPool, Network, Residual};
+use super::network::{Block, Chain, GlobalAvgPool, Network};
 use super::weights::Weights;
 use super::Normalization;
 use crate::ops::{Activation, ConvSpec, Padding};
@@ -52,12 +52,7 @@ pub fn build(name: &str, w: &Weights, path: &Path) -> Result<Network> {
         }
         body.push(Box::new(conv_bn(w, &format!("{p}._depthwise_conv"), &format!("{p}._bn1"), spec(stride, mid, Activation::Relu6))?));
         body.push(Box::new(conv_bn(w, &format!("{p}._project_conv"), &format!("{p}._bn2"), spec(1, 1, Activation::Identity))?));
-        let body = Chain(body);
-        if stride == 1 && in_ch == out_ch {
-            net.push(format!("block{i}"), Residual { body: Box::new(body), shortcut: None, relu_after: false });
-        } else {
-            net.push(format!("block{i}"), body);
-        }
+        net.push_inverted_residual(format!("block{i}"), Chain(body), stride == 1 && in_ch == out_ch);
         in_ch = out_ch;
         i += 1;
     }

@@ -2,7 +2,7 @@
 //! 2018), torchvision's layout: `features.0` .. `features.18`, `classifier.1`. ReLU6, BN eps
 //! 1e-5, ImageNet mean/std. Taps: `features.N`.
 
-use super::network::{Block, Chain, GlobalAvgPool, Network, Residual};
+use super::network::{Block, Chain, GlobalAvgPool, Network};
 use super::weights::Weights;
 use super::Normalization;
 use crate::ops::{Activation, ConvSpec, Padding};
@@ -35,12 +35,7 @@ pub fn build(name: &str, w: &Weights) -> Result<Network> {
             }
             body.push(Box::new(w.conv_bn(&format!("{p}.{j}.0"), &format!("{p}.{j}.1"), EPS, [hidden, 1, 3, 3], spec(3, stride, hidden, Activation::Relu6))?));
             body.push(Box::new(w.conv_bn(&format!("{p}.{}", j + 1), &format!("{p}.{}", j + 2), EPS, [c, hidden, 1, 1], spec(1, 1, 1, Activation::Identity))?));
-            let body = Chain(body);
-            if stride == 1 && in_ch == c {
-                net.push(format!("features.{idx}"), Residual { body: Box::new(body), shortcut: None, relu_after: false });
-            } else {
-                net.push(format!("features.{idx}"), body);
-            }
+            net.push_inverted_residual(format!("features.{idx}"), Chain(body), stride == 1 && in_ch == c);
             in_ch = c;
             idx += 1;
         }

@@ -149,6 +149,16 @@ impl Network {
         self.stages.push(Stage { name: name.into(), block: Box::new(block) });
     }
 
+    /// An inverted-residual stage (MobileNetV2, EfficientNet): `body`, plus its input when the
+    /// block keeps the shape (`identity_skip`).
+    pub fn push_inverted_residual(&mut self, name: impl Into<String>, body: Chain, identity_skip: bool) {
+        if identity_skip {
+            self.push(name, Residual { body: Box::new(body), shortcut: None, relu_after: false });
+        } else {
+            self.push(name, body);
+        }
+    }
+
     /// Names the most recently pushed stage `alias` as well.
     pub fn alias_last(&mut self, alias: impl Into<String>) {
         let last = self.stages.last().expect("a stage to alias").name.clone();
