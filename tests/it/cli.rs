@@ -1,23 +1,11 @@
 //! The `deepdream` binary end to end, on the example image shipped in the repo.
 
-use crate::util::repo;
-use std::path::{Path, PathBuf};
+use crate::util::{deepdream, repo, scratch};
+use std::path::Path;
 use std::process::{Command, Output};
-
-fn deepdream(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_deepdream")).args(args).output().expect("binary runs")
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A fresh, empty directory for one test's outputs.
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dd-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn example() -> String {

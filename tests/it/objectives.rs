@@ -1,21 +1,9 @@
 //! The objectives and regularisers, end to end where the issue asks for it.
 
-use crate::util::{lite0, repo};
+use crate::util::{deepdream, lite0, repo, scratch};
 use candle_core::{Device, Tensor};
 use deepdream::dream::{self, Guide, GuideMode, LayerTerm, Objective, Quiet};
 use deepdream::io;
-use std::process::Command;
-
-fn deepdream(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_deepdream")).args(args).output().unwrap()
-}
-
-fn scratch(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("dd-obj-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// `deepdream classify` output: the percentage printed for class `index`, 0 if not listed.
 fn percent(out: &[u8], index: usize) -> f64 {

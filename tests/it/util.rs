@@ -29,3 +29,16 @@ pub fn psnr(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
         / a.as_raw().len() as f64;
     10.0 * (255.0f64 * 255.0 / mse.max(1e-12)).log10()
 }
+
+/// Runs the `deepdream` binary.
+pub fn deepdream(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_deepdream")).args(args).output().expect("binary runs")
+}
+
+/// A fresh, empty directory for one test's outputs (names are unique across the test binary).
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dd-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -1,25 +1,14 @@
 //! `deepdream zoom` and `deepdream video` end to end, with small frames so they stay quick.
 //! Outputs are checked with the project's own ffmpeg decoder.
 
-use crate::util::{repo, shared};
+use crate::util::{deepdream, repo, scratch, shared};
 use deepdream::source::video::{summarize, MediaSummary};
 use deepdream::source::Rational;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn deepdream(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_deepdream")).args(args).output().unwrap()
-}
-
 fn ok(o: &Output) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dd-video-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn s(p: &Path) -> &str {
