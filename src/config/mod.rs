@@ -346,52 +346,46 @@ impl DreamJob {
             (None, Some(m)) => class_mode(m).map_err(|e| preset_err("class_mode", e))?,
             (None, None) => ClassMode::LogSoftmax,
         };
+        // Guide and style: each setting from the command line if given, else from the preset
+        // (whose errors name the preset key). A preset image path is relative to the preset.
+        let terms = |spec: &Option<String>, preset: Option<&BTreeMap<String, f32>>, key: &str| -> Result<Option<Vec<LayerTerm>>> {
+            match (spec, preset) {
+                (Some(spec), _) => parse_layers(spec).map(Some),
+                (None, Some(map)) => layer_map(map).map(Some).map_err(|e| preset_err(key, e)),
+                (None, None) => Ok(None),
+            }
+        };
+        let image = |cli_path: &Option<PathBuf>, preset_path: Option<&String>| -> Result<candle_core::Tensor> {
+            match (cli_path, preset_path) {
+                (Some(path), _) => load_image(path),
+                (None, Some(rel)) => load_image(&base_dir.join(rel)).map_err(|e| preset_err("image", e)),
+                (None, None) => unreachable!("called only when a CLI or preset image exists"),
+            }
+        };
         let guide = match (&cli.guide, &o.guide) {
-            (Some(img), g) => Some(Guide {
-                image: load_image(img)?,
-                layers: match (&cli.guide_layers, g) {
-                    (Some(spec), _) => parse_layers(spec)?,
-                    (None, Some(g)) => layer_map(&g.layers)?,
-                    (None, None) => return Err(Error::usage("--guide needs --guide-layers, e.g. --guide-layers block8")),
+            (None, None) => None,
+            (_, g) => Some(Guide {
+                image: image(&cli.guide, g.as_ref().map(|g| &g.image))?,
+                layers: terms(&cli.guide_layers, g.as_ref().map(|g| &g.layers), "layers")?
+                    .ok_or_else(|| Error::usage("--guide needs --guide-layers, e.g. --guide-layers block8"))?,
+                mode: match (&cli.guide_mode, g.as_ref().and_then(|g| g.mode.as_deref())) {
+                    (Some(m), _) => guide_mode(m)?,
+                    (None, Some(m)) => guide_mode(m).map_err(|e| preset_err("mode", e))?,
+                    (None, None) => GuideMode::Dot,
                 },
-                mode: guide_mode(cli.guide_mode.as_deref().or(g.as_ref().and_then(|g| g.mode.as_deref())).unwrap_or("dot"))?,
                 weight: cli.guide_weight.or(g.as_ref().and_then(|g| g.weight)).unwrap_or(1.0),
             }),
-            (None, Some(g)) => Some(Guide {
-                image: load_image(&base_dir.join(&g.image)).map_err(|e| preset_err("image", e))?,
-                layers: layer_map(&g.layers).map_err(|e| preset_err("layers", e))?,
-                mode: guide_mode(cli.guide_mode.as_deref().or(g.mode.as_deref()).unwrap_or("dot")).map_err(|e| preset_err("mode", e))?,
-                weight: cli.guide_weight.or(g.weight).unwrap_or(1.0),
-            }),
-            (None, None) => None,
         };
         let style = match (&cli.style, &o.style) {
-            (Some(img), s) => Some(Style {
-                image: load_image(img)?,
-                layers: match (&cli.style_layers, s) {
-                    (Some(spec), _) => parse_layers(spec)?,
-                    (None, Some(s)) => layer_map(&s.layers)?,
-                    (None, None) => return Err(Error::usage("--style needs --style-layers, e.g. --style-layers block1,block3,block5")),
-                },
+            (None, None) => None,
+            (_, s) => Some(Style {
+                image: image(&cli.style, s.as_ref().map(|s| &s.image))?,
+                layers: terms(&cli.style_layers, s.as_ref().map(|s| &s.layers), "layers")?
+                    .ok_or_else(|| Error::usage("--style needs --style-layers, e.g. --style-layers block1,block3,block5"))?,
                 weight: cli.style_weight.or(s.as_ref().and_then(|s| s.weight)).unwrap_or(1.0),
-                content_layers: match (&cli.content_layers, s) {
-                    (Some(spec), _) => parse_layers(spec)?,
-                    (None, Some(s)) => layer_map(&s.content_layers)?,
-                    (None, None) => Vec::new(),
-                },
+                content_layers: terms(&cli.content_layers, s.as_ref().map(|s| &s.content_layers), "content_layers")?.unwrap_or_default(),
                 content_weight: cli.content_weight.or(s.as_ref().and_then(|s| s.content_weight)).unwrap_or(1.0),
             }),
-            (None, Some(s)) => Some(Style {
-                image: load_image(&base_dir.join(&s.image)).map_err(|e| preset_err("image", e))?,
-                layers: layer_map(&s.layers).map_err(|e| preset_err("layers", e))?,
-                weight: cli.style_weight.or(s.weight).unwrap_or(1.0),
-                content_layers: match &cli.content_layers {
-                    Some(spec) => parse_layers(spec)?,
-                    None => layer_map(&s.content_layers).map_err(|e| preset_err("content_layers", e))?,
-                },
-                content_weight: cli.content_weight.or(s.content_weight).unwrap_or(1.0),
-            }),
-            (None, None) => None,
         };
         let objective = Objective {
             layers,
