@@ -645,24 +645,42 @@ fn run(cli: Cli) -> Result<(), Error> {
             objective.check(net.as_ref())?;
             let x = candle_core::Tensor::rand(-1f32, 1f32, (1, 3, h, w), &candle_core::Device::Cpu)?;
             let prepared = objective.prepare(net.as_ref(), &x)?;
+            let small = dream::resize_for_octave(&x, 1.4)?;
             dream::loss_and_grad(net.as_ref(), &objective, &x, &prepared)?; // warm-up
-            let mut times = Vec::new();
+            let (mut fwd, mut step, mut resize) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut fwd_flops, mut step_flops) = (0u64, 0u64);
             for _ in 0..steps.max(1) {
-                let t = Instant::now();
+                let (t, f) = (Instant::now(), deepdream::ops::flops::total());
+                objective.loss(net.as_ref(), &x, &prepared)?.to_scalar::<f32>()?;
+                fwd.push(t.elapsed().as_secs_f64());
+                let (t, f2) = (Instant::now(), deepdream::ops::flops::total());
+                fwd_flops = f2 - f;
                 dream::loss_and_grad(net.as_ref(), &objective, &x, &prepared)?;
-                times.push(t.elapsed().as_secs_f64());
+                step.push(t.elapsed().as_secs_f64());
+                step_flops = deepdream::ops::flops::total() - f2;
+                let t = Instant::now();
+                deepdream::ops::resize_bilinear(&small, h, w)?;
+                resize.push(t.elapsed().as_secs_f64());
             }
-            times.sort_by(f64::total_cmp);
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let (fwd, step, resize) = (median(&mut fwd), median(&mut step), median(&mut resize));
+            let bwd = (step - fwd).max(1e-9);
+            let bwd_flops = step_flops.saturating_sub(fwd_flops);
             let layers: Vec<_> = objective.layers.iter().map(|t| t.layer.as_str()).collect();
             println!(
-                "{name} {w}x{h} layers {}: median {:.3} s per step (min {:.3}, max {:.3}, {} steps, {} threads)",
+                "{name} {w}x{h} layers {} ({} steps, medians, {} threads)",
                 layers.join(","),
-                times[times.len() / 2],
-                times[0],
-                times[times.len() - 1],
-                times.len(),
+                steps.max(1),
                 rayon::current_num_threads()
             );
+            let gf = |flops: u64| flops as f64 / 1e9;
+            println!("  forward   {:8.1} ms  {:7.2} GFLOP  {:6.1} GFLOP/s", fwd * 1e3, gf(fwd_flops), gf(fwd_flops) / fwd);
+            println!("  backward  {:8.1} ms  {:7.2} GFLOP  {:6.1} GFLOP/s", bwd * 1e3, gf(bwd_flops), gf(bwd_flops) / bwd);
+            println!("  resize    {:8.1} ms  (upscale from the octave below, x1.4)", resize * 1e3);
+            println!("  step      {:8.1} ms  (forward + backward)", step * 1e3);
             Ok(())
         }
         Command::Presets => {

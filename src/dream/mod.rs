@@ -210,6 +210,13 @@ fn check_smallest_octave(net: &dyn FeatureNet, objective: &Objective, (h, w): (u
     }
 }
 
+/// The image shrunk by one octave step of `scale` (what the octave below works on).
+pub fn resize_for_octave(x: &Tensor, scale: f64) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let (sh, sw) = octave_shapes(h, w, 2, scale)[0];
+    Ok(resize_bilinear(x, sh, sw)?)
+}
+
 /// Rolls the image by `dy` rows and `dx` columns, wrapping around.
 fn roll2(x: &Tensor, dy: i32, dx: i32) -> Result<Tensor> {
     let mut x = x.clone();

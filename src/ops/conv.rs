@@ -169,6 +169,11 @@ impl Geometry {
             && self.oh == self.h && self.ow == self.w
     }
 
+    /// Floating-point operations of the forward pass (the input gradient costs the same).
+    fn flops(&self) -> u64 {
+        2 * (self.n * self.co * self.oh * self.ow * self.cig * self.kh * self.kw) as u64
+    }
+
     fn is_depthwise(&self) -> bool {
         self.cig == 1 && self.groups > 1
     }
@@ -427,6 +432,7 @@ impl CustomOp1 for ConvOp {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(&self.0, layout.dims())?;
         let x = cpu_slice(storage, layout)?;
+        super::flops::add(g.flops());
         let y = conv_forward(&self.0, x, &g);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.co, g.oh, g.ow))))
     }
@@ -454,6 +460,7 @@ impl CustomOp2 for ConvInputGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(&self.inner, &self.in_dims)?;
         let (gy, y) = (cpu_slice(s1, l1)?, cpu_slice(s2, l2)?);
+        super::flops::add(g.flops());
         let gx = conv_backward(&self.inner, gy, y, &g);
         Ok((CpuStorage::F32(gx), Shape::from(self.in_dims.clone())))
     }

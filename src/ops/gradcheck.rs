@@ -172,3 +172,18 @@ fn avg_pool_divisor_with_padding() {
     assert!((inc[0] - 4.0 / 9.0).abs() < 1e-6 && (inc[4] - 1.0).abs() < 1e-6);
     assert!(exc.iter().all(|v| (v - 1.0).abs() < 1e-6));
 }
+
+#[test]
+fn max_pool_ties_go_to_the_first_position_in_row_major_order() {
+    // PyTorch: a window of equal values sends its gradient to its top-left element. With
+    // MaxPool2d(3, 2) on a 5x5 plane of ones the four windows start at (0,0), (0,2), (2,0), (2,2).
+    let x = Var::from_tensor(&Tensor::ones((1, 1, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let y = Pool2d::max(3, 2, 0, false).forward(x.as_tensor()).unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let gx = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut want = vec![0.0f32; 25];
+    for i in [0, 2, 10, 12] {
+        want[i] = 1.0;
+    }
+    assert_eq!(gx, want);
+}

@@ -17,6 +17,23 @@ pub use resize::resize_bilinear;
 
 use candle_core::{bail, CpuStorage, Layout, Result};
 
+/// A process-wide count of the floating-point operations the convolutions have run (a
+/// multiply-add counts as two), read by `deepdream bench` to print GFLOP/s.
+pub mod flops {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+
+    pub(crate) fn add(n: u64) {
+        COUNT.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Operations counted since the process started.
+    pub fn total() -> u64 {
+        COUNT.load(Ordering::Relaxed)
+    }
+}
+
 /// The f32 data of a contiguous CPU tensor, from its start offset.
 pub(crate) fn cpu_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else { bail!("deepdream ops take f32 tensors") };

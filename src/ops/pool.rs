@@ -40,12 +40,12 @@ fn out_len(len: usize, k: usize, s: usize, pad: usize, ceil: bool) -> Result<usi
     Ok(out)
 }
 
-/// One pooling window, clipped to the input: rows `y0..y1`, cols `x0..x1`, and its divisor.
-struct Window {
-    y0: usize,
-    y1: usize,
-    x0: usize,
-    x1: usize,
+/// One axis of the pooling windows, clipped to the input: positions `lo..hi` and this axis's
+/// factor of the divisor (windows are rectangles, so the divisor is a product of the two).
+#[derive(Clone, Copy)]
+struct Span {
+    lo: usize,
+    hi: usize,
     divisor: f32,
 }
 
@@ -81,41 +81,70 @@ impl Pool2d {
         ))
     }
 
-    fn window(&self, oy: usize, ox: usize, h: usize, w: usize) -> Window {
-        let (kh, kw) = self.kernel;
-        let (sh, sw) = self.stride;
-        let (ph, pw) = self.padding;
-        let ys = (oy * sh) as isize - ph as isize;
-        let xs = (ox * sw) as isize - pw as isize;
-        let ye = (ys + kh as isize).min((h + ph) as isize);
-        let xe = (xs + kw as isize).min((w + pw) as isize);
-        let padded = ((ye - ys) * (xe - xs)) as f32;
-        let (y0, x0) = (ys.max(0) as usize, xs.max(0) as usize);
-        let (y1, x1) = ((ye.min(h as isize).max(0) as usize).max(y0), (xe.min(w as isize).max(0) as usize).max(x0));
-        let divisor = match self.kind {
-            PoolKind::Avg { count_include_pad: true } => padded,
-            _ => ((y1 - y0) * (x1 - x0)) as f32,
-        };
-        Window { y0, y1, x0, x1, divisor }
+    /// The windows along one axis: `k` kernel, `st` stride, `pad` padding, `len` input, `out` outputs.
+    fn spans(&self, len: usize, out: usize, k: usize, st: usize, pad: usize) -> Vec<Span> {
+        (0..out)
+            .map(|o| {
+                let start = (o * st) as isize - pad as isize;
+                let end = (start + k as isize).min((len + pad) as isize);
+                let lo = start.max(0) as usize;
+                let hi = (end.min(len as isize).max(0) as usize).max(lo);
+                let divisor = match self.kind {
+                    PoolKind::Avg { count_include_pad: true } => (end - start) as f32,
+                    _ => (hi - lo) as f32,
+                };
+                Span { lo, hi, divisor }
+            })
+            .collect()
     }
 
-    /// Index of the first maximum in the window (PyTorch's scan order: the first position, then
-    /// any strictly larger value or NaN), if the window is not empty.
-    fn argmax(plane: &[f32], w: usize, win: &Window) -> Option<usize> {
-        if win.y0 >= win.y1 || win.x0 >= win.x1 {
-            return None;
-        }
-        let (mut best_i, mut best_v) = (win.y0 * w + win.x0, f32::NEG_INFINITY);
-        for y in win.y0..win.y1 {
-            let row = &plane[y * w + win.x0..y * w + win.x1];
-            for (dx, &v) in row.iter().enumerate() {
-                if v > best_v || v.is_nan() {
-                    best_v = v;
-                    best_i = y * w + win.x0 + dx;
+    /// Row and column spans for an `h x w` input.
+    fn all_spans(&self, h: usize, w: usize) -> Result<(Vec<Span>, Vec<Span>)> {
+        let (oh, ow) = self.out_dims(h, w)?;
+        Ok((
+            self.spans(h, oh, self.kernel.0, self.stride.0, self.padding.0),
+            self.spans(w, ow, self.kernel.1, self.stride.1, self.padding.1),
+        ))
+    }
+}
+
+/// Along each row of `plane` (`h x w`), the first maximum in each column span: its value and
+/// column (PyTorch's scan order: the first position, then any strictly larger value or NaN).
+/// Scanning rows then columns finds the same element as PyTorch's row-major scan of the window.
+fn row_argmax(plane: &[f32], w: usize, cols: &[Span], val: &mut [f32], idx: &mut [u32]) {
+    let ow = cols.len();
+    for (y, row) in plane.chunks_exact(w).enumerate() {
+        for (ox, c) in cols.iter().enumerate() {
+            let (mut bi, mut bv) = (c.lo, f32::NEG_INFINITY);
+            for (x, &v) in row[c.lo..c.hi].iter().enumerate() {
+                if v > bv || v.is_nan() {
+                    bv = v;
+                    bi = c.lo + x;
                 }
             }
+            val[y * ow + ox] = bv;
+            idx[y * ow + ox] = bi as u32;
         }
-        Some(best_i)
+    }
+}
+
+/// For output row `r`, the first row in `r`'s span whose maximum wins, for each output column;
+/// calls `f(ox, row_of_winner)` (`None` for an empty window).
+fn column_argmax(val: &[f32], ow: usize, r: &Span, mut f: impl FnMut(usize, Option<usize>)) {
+    for ox in 0..ow {
+        if r.lo >= r.hi {
+            f(ox, None);
+            continue;
+        }
+        let (mut by, mut bv) = (r.lo, f32::NEG_INFINITY);
+        for y in r.lo..r.hi {
+            let v = val[y * ow + ox];
+            if v > bv || v.is_nan() {
+                bv = v;
+                by = y;
+            }
+        }
+        f(ox, Some(by));
     }
 }
 
@@ -128,22 +157,38 @@ impl CustomOp1 for Pool2d {
         let (n, c, h, w) = layout.shape().dims4()?;
         let (oh, ow) = self.out_dims(h, w)?;
         let x = cpu_slice(storage, layout)?;
+        let (rows, cols) = self.all_spans(h, w)?;
         let mut y = vec![0.0f32; n * c * oh * ow];
         y.par_chunks_mut(oh * ow).enumerate().for_each(|(plane_idx, out)| {
             let plane = &x[plane_idx * h * w..][..h * w];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let win = self.window(oy, ox, h, w);
-                    out[oy * ow + ox] = match self.kind {
-                        PoolKind::Max => Self::argmax(plane, w, &win).map_or(f32::NEG_INFINITY, |i| plane[i]),
-                        PoolKind::Avg { .. } => {
-                            let mut s = 0.0f32;
-                            for yy in win.y0..win.y1 {
-                                s += plane[yy * w + win.x0..yy * w + win.x1].iter().sum::<f32>();
-                            }
-                            if win.divisor > 0.0 { s / win.divisor } else { 0.0 }
+            match self.kind {
+                PoolKind::Max => {
+                    let (mut val, mut idx) = (vec![0.0f32; h * ow], vec![0u32; h * ow]);
+                    row_argmax(plane, w, &cols, &mut val, &mut idx);
+                    for (oy, r) in rows.iter().enumerate() {
+                        column_argmax(&val, ow, r, |ox, best| {
+                            out[oy * ow + ox] = best.map_or(f32::NEG_INFINITY, |y| val[y * ow + ox]);
+                        });
+                    }
+                }
+                PoolKind::Avg { .. } => {
+                    // Sums along rows, then sums of those along columns, whole rows at a time.
+                    let mut sums = vec![0.0f32; h * ow];
+                    for (row, srow) in plane.chunks_exact(w).zip(sums.chunks_exact_mut(ow)) {
+                        for (s, c) in srow.iter_mut().zip(&cols) {
+                            *s = row[c.lo..c.hi].iter().sum();
                         }
-                    };
+                    }
+                    for (r, orow) in rows.iter().zip(out.chunks_exact_mut(ow)) {
+                        orow.fill(0.0);
+                        for srow in sums[r.lo * ow..r.hi * ow].chunks_exact(ow) {
+                            orow.iter_mut().zip(srow).for_each(|(o, s)| *o += s);
+                        }
+                        for (o, c) in orow.iter_mut().zip(&cols) {
+                            let d = r.divisor * c.divisor;
+                            *o = if d > 0.0 { *o / d } else { 0.0 };
+                        }
+                    }
                 }
             }
         });
@@ -168,27 +213,40 @@ impl CustomOp2 for PoolInputGrad {
         let (n, c, h, w) = l2.shape().dims4()?;
         let (oh, ow) = p.out_dims(h, w)?;
         let (gy, x) = (cpu_slice(s1, l1)?, cpu_slice(s2, l2)?);
+        let (rows, cols) = p.all_spans(h, w)?;
         let mut gx = vec![0.0f32; n * c * h * w];
         gx.par_chunks_mut(h * w).enumerate().for_each(|(plane_idx, gplane)| {
             let plane = &x[plane_idx * h * w..][..h * w];
             let go = &gy[plane_idx * oh * ow..][..oh * ow];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let win = p.window(oy, ox, h, w);
-                    let d = go[oy * ow + ox];
-                    match p.kind {
-                        PoolKind::Max => {
-                            if let Some(i) = Pool2d::argmax(plane, w, &win) {
-                                gplane[i] += d;
+            match p.kind {
+                PoolKind::Max => {
+                    let (mut val, mut idx) = (vec![0.0f32; h * ow], vec![0u32; h * ow]);
+                    row_argmax(plane, w, &cols, &mut val, &mut idx);
+                    for (oy, r) in rows.iter().enumerate() {
+                        column_argmax(&val, ow, r, |ox, best| {
+                            if let Some(y) = best {
+                                gplane[y * w + idx[y * ow + ox] as usize] += go[oy * ow + ox];
                             }
+                        });
+                    }
+                }
+                PoolKind::Avg { .. } => {
+                    // The forward's two passes transposed: spread along columns, then rows.
+                    let mut spread = vec![0.0f32; h * ow];
+                    let mut share = vec![0.0f32; ow];
+                    for (r, grow) in rows.iter().zip(go.chunks_exact(ow)) {
+                        for ((s, c), g) in share.iter_mut().zip(&cols).zip(grow) {
+                            let d = r.divisor * c.divisor;
+                            *s = if d > 0.0 { g / d } else { 0.0 };
                         }
-                        PoolKind::Avg { .. } if win.divisor > 0.0 => {
-                            let share = d / win.divisor;
-                            for yy in win.y0..win.y1 {
-                                gplane[yy * w + win.x0..yy * w + win.x1].iter_mut().for_each(|v| *v += share);
-                            }
+                        for srow in spread[r.lo * ow..r.hi * ow].chunks_exact_mut(ow) {
+                            srow.iter_mut().zip(&share).for_each(|(d, s)| *d += s);
                         }
-                        PoolKind::Avg { .. } => {}
+                    }
+                    for (grow, srow) in gplane.chunks_exact_mut(w).zip(spread.chunks_exact(ow)) {
+                        for (c, &s) in cols.iter().zip(srow) {
+                            grow[c.lo..c.hi].iter_mut().for_each(|v| *v += s);
+                        }
                     }
                 }
             }
