@@ -4,8 +4,9 @@
 set -euo pipefail
 
 # System packages the build needs: a C compiler, and for the video pipeline (the default
-# `video` feature) ffmpeg's development libraries, pkg-config and libclang (bindgen).
-PACKAGES=(gcc pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev
+# `video` feature) ffmpeg's development libraries, pkg-config and libclang (bindgen); for the
+# default `openblas` feature, OpenBLAS (the convolutions' matrix products).
+PACKAGES=(gcc pkg-config clang libclang-dev libopenblas-dev libavcodec-dev libavformat-dev libavutil-dev
           libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev)
 
 missing=()
