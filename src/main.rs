@@ -270,6 +270,10 @@ struct DreamOpts {
     /// Shrink the input so its longer side is at most this many pixels.
     #[arg(long)]
     max_size: Option<u32>,
+    /// Dream images larger than this many pixels a side in overlapping tiles, blended without
+    /// seams, to bound memory (default 1024; 0: never tile).
+    #[arg(long)]
+    tile: Option<usize>,
 }
 
 /// Progress on stderr: a bar on a terminal, plain lines otherwise.
@@ -319,6 +323,7 @@ impl DreamOpts {
         jitter: a.jitter,
         seed: a.seed,
         max_size: a.max_size,
+        tile: a.tile,
         classes: a.classes,
         class_mode: a.class_mode,
         guide: a.guide,

@@ -1,7 +1,7 @@
 //! Presets (TOML, unknown keys rejected) and the command-line overrides, resolved into one
 //! validated [`DreamJob`] before any work starts.
 
-use crate::dream::{class_index, ClassMode, DreamParams, Guide, GuideMode, LayerTerm, Objective, Regularize, Style};
+use crate::dream::{class_index, ClassMode, DreamParams, Guide, GuideMode, LayerTerm, Objective, Regularize, Style, Tiling};
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -144,6 +144,8 @@ pub struct DreamSection {
     pub jitter: Option<usize>,
     pub seed: Option<u64>,
     pub max_size: Option<u32>,
+    /// Largest tile side before an image is dreamt in tiles (0: never).
+    pub tile: Option<usize>,
 }
 
 /// Command-line values that override the preset; `None` keeps the preset's.
@@ -159,6 +161,7 @@ pub struct Overrides {
     pub jitter: Option<usize>,
     pub seed: Option<u64>,
     pub max_size: Option<u32>,
+    pub tile: Option<usize>,
     pub classes: Option<String>,
     pub class_mode: Option<String>,
     pub guide: Option<PathBuf>,
@@ -416,6 +419,7 @@ impl DreamJob {
             max_loss: cli.max_loss.or(d.max_loss),
             jitter: cli.jitter.or(d.jitter).unwrap_or(0),
             seed: cli.seed.or(d.seed).unwrap_or(0),
+            tiling: cli.tile.or(d.tile).map_or_else(Tiling::default, Tiling::with_tile),
         };
         let model = cli.model.clone().or(p.model).unwrap_or_else(|| crate::model::DEFAULT_MODEL.to_owned());
         let job = DreamJob { model, params, max_size: cli.max_size.or(d.max_size), zoom: p.zoom, video: p.video, output: p.output };

@@ -2,8 +2,10 @@
 //! detail lost by shrinking re-injected after each upscale.
 
 pub mod objective;
+pub mod tile;
 pub mod zoom;
 
+pub use tile::{tiled_loss_and_grad, Tiler, Tiling};
 pub use zoom::ZoomTransform;
 pub use objective::{class_index, ClassMode, Guide, GuideMode, LayerTerm, Objective, Prepared, Style};
 
@@ -50,6 +52,8 @@ pub struct DreamParams {
     /// Largest random shift in pixels, each step (0: none).
     pub jitter: usize,
     pub seed: u64,
+    /// Large images are dreamt in overlapping tiles to bound memory.
+    pub tiling: Tiling,
 }
 
 /// Octave sizes, smallest first: `floor(dim / scale^i)` for i = octaves-1 .. 0.
@@ -81,7 +85,7 @@ impl DreamParams {
         if !(self.step.is_finite() && self.step > 0.0) {
             return Err(Error::usage(format!("step must be positive, got {}", self.step)));
         }
-        Ok(())
+        self.tiling.check()
     }
 }
 
@@ -146,7 +150,7 @@ pub fn dream(net: &dyn FeatureNet, pixels: &Tensor, params: &DreamParams, progre
             x = (resize_bilinear(&x, oh, ow)? + (&base_here - resize_bilinear(&shrunk, oh, ow)?)?)?;
             shrunk = base_here;
         }
-        let prepared = params.objective.prepare(net, &shrunk)?;
+        let tiler = Tiler::new(&params.objective, net, &shrunk, params.tiling)?;
         let r = &params.regularize;
         for s in 0..params.steps {
             let (dy, dx) = match params.jitter {
@@ -154,7 +158,7 @@ pub fn dream(net: &dyn FeatureNet, pixels: &Tensor, params: &DreamParams, progre
                 j => (rng.random_range(-(j as i32)..=j as i32), rng.random_range(-(j as i32)..=j as i32)),
             };
             let shifted = roll2(&x, dy, dx)?;
-            let (loss, mut grad) = loss_and_grad(net, &params.objective, &shifted, &prepared)?;
+            let (loss, mut grad) = tiler.loss_and_grad(net, &params.objective, &shifted)?;
             if params.max_loss.is_some_and(|m| loss as f64 > m) {
                 break;
             }

@@ -12,6 +12,7 @@ use crate::ops::resize_bilinear;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, D};
 use std::collections::HashMap;
+use std::ops::Range;
 
 /// One layer of the layer objective, optionally one channel of it, and its weight.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,11 +78,37 @@ pub struct Objective {
 }
 
 /// Targets that depend on the octave's size: guide features, style Gram matrices, content.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Prepared {
     guide: HashMap<String, Tensor>,
     grams: HashMap<String, Tensor>,
     content: HashMap<String, Tensor>,
+    /// Images whose features are compared position by position (an L2 guide resized to the
+    /// octave, the style's content image): kept so a tile can take its own window of them.
+    l2_guide_image: Option<Tensor>,
+    content_image: Option<Tensor>,
+}
+
+impl Prepared {
+    /// Whether some target depends on the position in the image (then each tile needs its own).
+    pub fn is_positional(&self) -> bool {
+        self.l2_guide_image.is_some() || self.content_image.is_some()
+    }
+
+    /// The targets for the window `rows x cols` of the octave image.
+    pub fn window(&self, objective: &Objective, net: &dyn FeatureNet, rows: Range<usize>, cols: Range<usize>) -> Result<Prepared> {
+        let mut p = self.clone();
+        let crop = |img: &Tensor| -> Result<Tensor> { Ok(img.narrow(2, rows.start, rows.len())?.narrow(3, cols.start, cols.len())?) };
+        if let (Some(img), Some(g)) = (&self.l2_guide_image, &objective.guide) {
+            let layers: Vec<String> = names(&g.layers).cloned().collect();
+            p.guide = net.forward(&crop(img)?, &layers, false)?.taps.into_iter().map(|(k, v)| (k, v.detach())).collect();
+        }
+        if let (Some(img), Some(s)) = (&self.content_image, &objective.style) {
+            let layers: Vec<String> = names(&s.content_layers).cloned().collect();
+            p.content = net.forward(&crop(img)?, &layers, false)?.taps.into_iter().map(|(k, v)| (k, v.detach())).collect();
+        }
+        Ok(p)
+    }
 }
 
 /// Resolves a class given by index or name; a misspelt name gets the closest suggestions.
@@ -191,16 +218,25 @@ impl Objective {
 
     /// Computes the octave's targets. `base` is the input at the octave's size (network input).
     pub fn prepare(&self, net: &dyn FeatureNet, base: &Tensor) -> Result<Prepared> {
+        let (_, _, h, w) = base.dims4()?;
+        self.prepare_shared(net, base)?.window(self, net, 0..h, 0..w)
+    }
+
+    /// The targets every window shares (a dot-product guide's features, the style's Gram
+    /// matrices); the positional ones are left for [`Prepared::window`].
+    pub fn prepare_shared(&self, net: &dyn FeatureNet, base: &Tensor) -> Result<Prepared> {
         let mut p = Prepared::default();
         let (_, _, h, w) = base.dims4()?;
         let norm = net.normalization();
         if let Some(g) = &self.guide {
-            let img = match g.mode {
-                GuideMode::Dot => resize_to_area(&g.image, h, w)?,
-                GuideMode::L2 => resize_bilinear(&g.image, h, w)?,
-            };
-            let layers: Vec<String> = names(&g.layers).cloned().collect();
-            p.guide = net.forward(&norm.apply(&img)?, &layers, false)?.taps.into_iter().map(|(k, v)| (k, v.detach())).collect();
+            match g.mode {
+                GuideMode::Dot => {
+                    let img = norm.apply(&resize_to_area(&g.image, h, w)?)?;
+                    let layers: Vec<String> = names(&g.layers).cloned().collect();
+                    p.guide = net.forward(&img, &layers, false)?.taps.into_iter().map(|(k, v)| (k, v.detach())).collect();
+                }
+                GuideMode::L2 => p.l2_guide_image = Some(norm.apply(&resize_bilinear(&g.image, h, w)?)?),
+            }
         }
         if let Some(s) = &self.style {
             let img = resize_to_area(&s.image, h, w)?;
@@ -208,8 +244,9 @@ impl Objective {
             for (k, v) in net.forward(&norm.apply(&img)?, &layers, false)?.taps {
                 p.grams.insert(k, gram(&v)?.detach());
             }
-            let content: Vec<String> = names(&s.content_layers).cloned().collect();
-            p.content = net.forward(base, &content, false)?.taps.into_iter().map(|(k, v)| (k, v.detach())).collect();
+            if !s.content_layers.is_empty() {
+                p.content_image = Some(base.detach());
+            }
         }
         Ok(p)
     }

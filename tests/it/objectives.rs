@@ -86,6 +86,7 @@ fn guide_objective_lowers_the_feature_distance() {
             max_loss: None,
             jitter: 0,
             seed: 0,
+            tiling: Default::default(),
         };
         let out = dream::dream(lite0(), &photo, &params, &mut Quiet).unwrap();
         assert!(out.losses.last().unwrap() > out.losses.first().unwrap(), "{mode:?}: objective did not rise");

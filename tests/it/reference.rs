@@ -180,6 +180,7 @@ fn reference_params(r: &Value) -> DreamParams {
         max_loss: None,
         jitter: 0,
         seed: 0,
+        tiling: Default::default(),
     }
 }
 

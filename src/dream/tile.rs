@@ -1,0 +1,210 @@
+//! Tiled gradients: a large image's gradient computed window by window, so memory stays bounded
+//! whatever the frame size (a 1920x1080 frame dreams within 4 GB).
+//!
+//! The image is cut into a grid of cores of at most `tile` pixels a side; each window is its
+//! core grown by `margin` pixels on the sides that face a neighbour, so the network sees context
+//! across the cut. Across each cut the two windows' gradients are cross-faded with linear ramps
+//! `2 * margin` wide whose weights sum to one, so no seam can show: every pixel's gradient is a
+//! convex blend of windows that saw at least `margin` pixels around it, and the jitter roll moves
+//! the cuts over the picture from step to step.
+//!
+//! Each window's loss is normalised by its own size, so its gradient is scaled by the window's
+//! share of the image and its loss by its core's share: the sums then approximate the whole
+//! image's loss and gradient (exactly so for the classic layer objective, away from the cuts).
+
+use super::objective::{Objective, Prepared};
+use crate::model::FeatureNet;
+use crate::{Error, Result};
+use candle_core::Tensor;
+use std::ops::Range;
+
+/// Default largest core side: images up to 1024x1024 are dreamt whole.
+pub const DEFAULT_TILE: usize = 1024;
+
+/// How a large image is cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiling {
+    /// Largest core side in pixels (0: never tile).
+    pub tile: usize,
+    /// Context added on each side that faces a neighbouring tile.
+    pub margin: usize,
+}
+
+impl Default for Tiling {
+    fn default() -> Self {
+        Tiling { tile: DEFAULT_TILE, margin: DEFAULT_TILE / 8 }
+    }
+}
+
+impl Tiling {
+    /// One that never tiles.
+    pub fn off() -> Self {
+        Tiling { tile: 0, margin: 0 }
+    }
+
+    /// `tile` with the default margin for it (an eighth of the tile).
+    pub fn with_tile(tile: usize) -> Self {
+        Tiling { tile, margin: tile / 8 }
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.tile > 0 && self.tile < 256 {
+            return Err(Error::usage(format!("tile must be 0 (off) or at least 256 pixels, got {}", self.tile)));
+        }
+        if self.tile > 0 && 4 * self.margin > self.tile {
+            return Err(Error::usage(format!("tile margin {} is more than a quarter of the tile {}", self.margin, self.tile)));
+        }
+        Ok(())
+    }
+}
+
+/// One axis of the grid: each window's range and its blending weight at every position in it.
+#[derive(Clone, Debug)]
+struct Span {
+    range: Range<usize>,
+    weights: Vec<f32>,
+}
+
+/// Windows start on multiples of this many pixels and end at the same remainder as the image,
+/// so every stride-2 layer of the network (32 is the deepest total stride in the zoo) samples
+/// the same pixel lattice as on the whole image, and TensorFlow "SAME" padding (which depends
+/// on the length's parity) pads the same way; otherwise each tile's gradient comes out shifted
+/// by a pixel against its neighbour's.
+const ALIGN: usize = 32;
+
+/// Cuts `len` into cores of at most `tile` and windows around them.
+fn spans(len: usize, t: Tiling) -> Vec<Span> {
+    let n = if t.tile == 0 { 1 } else { len.div_ceil(t.tile).max(1) };
+    if n == 1 {
+        return vec![Span { range: 0..len, weights: vec![1.0; len] }];
+    }
+    // Cores are at least tile/2 long (n = ceil(len / tile)), and the margin at most tile/4, so
+    // the two ramps of one window never overlap.
+    let cut = |k: usize| (k * len + n / 2) / n;
+    let m = t.margin.min(cut(1) / 2);
+    (0..n)
+        .map(|k| {
+            let lo = if k == 0 { 0 } else { (cut(k) - m) / ALIGN * ALIGN };
+            let hi = if k == n - 1 {
+                len
+            } else {
+                let end = cut(k + 1) + m;
+                let at = len % ALIGN;
+                (end + (at + ALIGN - end % ALIGN) % ALIGN).min(len)
+            };
+            let weights = (lo..hi)
+                .map(|p| {
+                    let mut wt = 1.0f32;
+                    if m > 0 && k > 0 {
+                        wt *= (((p + m) as f32 - cut(k) as f32 + 0.5) / (2 * m) as f32).clamp(0.0, 1.0);
+                    }
+                    if m > 0 && k < n - 1 {
+                        wt *= (((cut(k + 1) + m) as f32 - p as f32 - 0.5) / (2 * m) as f32).clamp(0.0, 1.0);
+                    }
+                    wt
+                })
+                .collect();
+            Span { range: lo..hi, weights }
+        })
+        .collect()
+}
+
+/// The windows of one octave, with the targets each needs, reused for every step.
+pub struct Tiler {
+    h: usize,
+    w: usize,
+    windows: Vec<Window>,
+}
+
+struct Window {
+    rows: Span,
+    cols: Span,
+    prepared: Prepared,
+}
+
+impl Tiler {
+    /// Plans the windows for an `h x w` octave whose (network-input) image is `base`.
+    pub fn new(objective: &Objective, net: &dyn FeatureNet, base: &Tensor, tiling: Tiling) -> Result<Self> {
+        let (_, _, h, w) = base.dims4()?;
+        let shared = objective.prepare_shared(net, base)?;
+        let mut windows = Vec::new();
+        for rows in spans(h, tiling) {
+            for cols in spans(w, tiling) {
+                let prepared = shared.window(objective, net, rows.range.clone(), cols.range.clone())?;
+                windows.push(Window { rows: rows.clone(), cols, prepared });
+            }
+        }
+        Ok(Tiler { h, w, windows })
+    }
+
+    /// How many windows one step runs.
+    pub fn windows(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// The loss and its gradient for the whole image `x`, window by window.
+    pub fn loss_and_grad(&self, net: &dyn FeatureNet, objective: &Objective, x: &Tensor) -> Result<(f32, Tensor)> {
+        let (_, _, h, w) = x.dims4()?;
+        if (h, w) != (self.h, self.w) {
+            return Err(Error::usage(format!("tiler planned for {}x{}, given {w}x{h}", self.w, self.h)));
+        }
+        if let [only] = self.windows.as_slice() {
+            return super::loss_and_grad(net, objective, x, &only.prepared);
+        }
+        let area = (h * w) as f64;
+        let (mut loss, mut grad) = (0.0f64, None::<Tensor>);
+        for win in &self.windows {
+            let (r, c) = (&win.rows.range, &win.cols.range);
+            let crop = x.narrow(2, r.start, r.len())?.narrow(3, c.start, c.len())?.contiguous()?;
+            let (l, g) = super::loss_and_grad(net, objective, &crop, &win.prepared)?;
+            let core: f64 = win.rows.weights.iter().map(|&v| v as f64).sum::<f64>() * win.cols.weights.iter().map(|&v| v as f64).sum::<f64>();
+            loss += l as f64 * core / area;
+            let scale = (r.len() * c.len()) as f64 / area;
+            let wy = Tensor::from_slice(&win.rows.weights, (1, 1, r.len(), 1), x.device())?;
+            let wx = Tensor::from_slice(&win.cols.weights, (1, 1, 1, c.len()), x.device())?;
+            let weighted = g.broadcast_mul(&wy.broadcast_mul(&wx)?)?.affine(scale, 0.0)?;
+            let placed = weighted.pad_with_zeros(2, r.start, h - r.end)?.pad_with_zeros(3, c.start, w - c.end)?;
+            grad = Some(match grad {
+                Some(acc) => (acc + placed)?,
+                None => placed,
+            });
+        }
+        Ok((loss as f32, grad.expect("at least one window")))
+    }
+}
+
+/// The loss and gradient of `x` tiled as `tiling` says (a one-off [`Tiler`]).
+pub fn tiled_loss_and_grad(net: &dyn FeatureNet, objective: &Objective, x: &Tensor, tiling: Tiling) -> Result<(f32, Tensor)> {
+    Tiler::new(objective, net, x, tiling)?.loss_and_grad(net, objective, x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_sum_to_one_everywhere() {
+        for (len, tile, margin) in [(1080, 1024, 128), (1920, 512, 64), (1000, 300, 40), (700, 700, 87), (129, 64, 16)] {
+            let spans = spans(len, Tiling { tile, margin });
+            let mut sum = vec![0.0f32; len];
+            for s in &spans {
+                assert_eq!(s.weights.len(), s.range.len());
+                assert!(s.range.len() <= tile + 2 * margin + 2 * ALIGN || spans.len() == 1, "{len} {tile}: {:?}", s.range);
+                assert!(s.range.start % ALIGN == 0 && s.range.len() % ALIGN == len % ALIGN, "{len} {tile}: {:?}", s.range);
+                for (p, &wt) in s.range.clone().zip(&s.weights) {
+                    sum[p] += wt;
+                }
+            }
+            if let Some(p) = sum.iter().position(|v| (v - 1.0).abs() >= 1e-6) { panic!("{len} {tile} {margin}: sum {} at {p}; {:?}", sum[p], spans.iter().map(|s| s.range.clone()).collect::<Vec<_>>()); }
+            assert_eq!(spans.len(), len.div_ceil(tile));
+        }
+    }
+
+    #[test]
+    fn small_images_are_one_window() {
+        let s = spans(480, Tiling::default());
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].range, 0..480);
+        assert_eq!(spans(5000, Tiling::off()).len(), 1);
+    }
+}
