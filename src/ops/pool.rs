@@ -108,44 +108,54 @@ impl Pool2d {
     }
 }
 
-/// Along each row of `plane` (`h x w`), the first maximum in each column span: its value and
-/// column (PyTorch's scan order: the first position, then any strictly larger value or NaN).
-/// Scanning rows then columns finds the same element as PyTorch's row-major scan of the window.
-fn row_argmax(plane: &[f32], w: usize, cols: &[Span], val: &mut [f32], idx: &mut [u32]) {
+/// PyTorch's max with NaN propagation (a NaN anywhere in a window makes the window's max NaN).
+#[inline(always)]
+fn nanmax(a: f32, b: f32) -> f32 {
+    if b > a || b.is_nan() {
+        b
+    } else {
+        a
+    }
+}
+
+/// Along each row of `plane` (`h x w`), the maximum over each column span, into `val`
+/// (`h x ow`). Windows of the full kernel width are read off a running max at stride 1,
+/// which vectorises; clipped windows at the edges are scanned directly.
+fn row_max(plane: &[f32], w: usize, kw: usize, cols: &[Span], val: &mut [f32]) {
     let ow = cols.len();
-    for (y, row) in plane.chunks_exact(w).enumerate() {
-        for (ox, c) in cols.iter().enumerate() {
-            let (mut bi, mut bv) = (c.lo, f32::NEG_INFINITY);
-            for (x, &v) in row[c.lo..c.hi].iter().enumerate() {
-                if v > bv || v.is_nan() {
-                    bv = v;
-                    bi = c.lo + x;
-                }
-            }
-            val[y * ow + ox] = bv;
-            idx[y * ow + ox] = bi as u32;
+    let mut run = vec![f32::NEG_INFINITY; w];
+    for (row, vrow) in plane.chunks_exact(w).zip(val.chunks_exact_mut(ow)) {
+        // run[x] = max(row[x..x + kw]) for every x with a full window.
+        let full = (w + 1).saturating_sub(kw);
+        run[..full].copy_from_slice(&row[..full]);
+        for j in 1..kw {
+            run[..full].iter_mut().zip(&row[j..j + full]).for_each(|(r, &v)| *r = nanmax(*r, v));
+        }
+        for (v, c) in vrow.iter_mut().zip(cols) {
+            *v = if c.hi - c.lo == kw { run[c.lo] } else { row[c.lo..c.hi].iter().fold(f32::NEG_INFINITY, |m, &x| nanmax(m, x)) };
         }
     }
 }
 
-/// For output row `r`, the first row in `r`'s span whose maximum wins, for each output column;
-/// calls `f(ox, row_of_winner)` (`None` for an empty window).
-fn column_argmax(val: &[f32], ow: usize, r: &Span, mut f: impl FnMut(usize, Option<usize>)) {
-    for ox in 0..ow {
-        if r.lo >= r.hi {
-            f(ox, None);
-            continue;
+/// Column maxima of the row maxima: one output row per row span, whole rows at a time.
+fn column_max(val: &[f32], ow: usize, rows: &[Span], out: &mut [f32]) {
+    for (r, orow) in rows.iter().zip(out.chunks_exact_mut(ow)) {
+        orow.fill(f32::NEG_INFINITY);
+        for vrow in val[r.lo * ow..r.hi * ow].chunks_exact(ow) {
+            orow.iter_mut().zip(vrow).for_each(|(o, &v)| *o = nanmax(*o, v));
         }
-        let (mut by, mut bv) = (r.lo, f32::NEG_INFINITY);
-        for y in r.lo..r.hi {
-            let v = val[y * ow + ox];
-            if v > bv || v.is_nan() {
-                bv = v;
-                by = y;
-            }
-        }
-        f(ox, Some(by));
     }
+}
+
+/// Where the maximum `m` of `values` sits under PyTorch's scan rule (the first position, then
+/// any strictly larger value or NaN): the first element equal to `m`, or the last NaN.
+fn find_max(values: impl DoubleEndedIterator<Item = f32> + ExactSizeIterator, m: f32) -> usize {
+    if m.is_nan() {
+        let n = values.len();
+        return n - 1 - values.rev().position(f32::is_nan).unwrap_or(n - 1);
+    }
+    // An all -inf window (or an empty one) keeps its first position.
+    values.into_iter().position(|v| v == m).unwrap_or(0)
 }
 
 impl CustomOp1 for Pool2d {
@@ -163,13 +173,9 @@ impl CustomOp1 for Pool2d {
             let plane = &x[plane_idx * h * w..][..h * w];
             match self.kind {
                 PoolKind::Max => {
-                    let (mut val, mut idx) = (vec![0.0f32; h * ow], vec![0u32; h * ow]);
-                    row_argmax(plane, w, &cols, &mut val, &mut idx);
-                    for (oy, r) in rows.iter().enumerate() {
-                        column_argmax(&val, ow, r, |ox, best| {
-                            out[oy * ow + ox] = best.map_or(f32::NEG_INFINITY, |y| val[y * ow + ox]);
-                        });
-                    }
+                    let mut val = vec![0.0f32; h * ow];
+                    row_max(plane, w, self.kernel.1, &cols, &mut val);
+                    column_max(&val, ow, &rows, out);
                 }
                 PoolKind::Avg { .. } => {
                     // Sums along rows, then sums of those along columns, whole rows at a time.
@@ -220,14 +226,25 @@ impl CustomOp2 for PoolInputGrad {
             let go = &gy[plane_idx * oh * ow..][..oh * ow];
             match p.kind {
                 PoolKind::Max => {
-                    let (mut val, mut idx) = (vec![0.0f32; h * ow], vec![0u32; h * ow]);
-                    row_argmax(plane, w, &cols, &mut val, &mut idx);
+                    // The forward again, then each window's winner: the first row (in the
+                    // window) whose maximum is the window's, and in it the first column. The
+                    // same element as PyTorch's row-major scan of the window.
+                    let (mut val, mut out) = (vec![0.0f32; h * ow], vec![0.0f32; oh * ow]);
+                    row_max(plane, w, p.kernel.1, &cols, &mut val);
+                    column_max(&val, ow, &rows, &mut out);
                     for (oy, r) in rows.iter().enumerate() {
-                        column_argmax(&val, ow, r, |ox, best| {
-                            if let Some(y) = best {
-                                gplane[y * w + idx[y * ow + ox] as usize] += go[oy * ow + ox];
+                        if r.lo >= r.hi {
+                            continue;
+                        }
+                        for (ox, c) in cols.iter().enumerate() {
+                            if c.lo >= c.hi {
+                                continue;
                             }
-                        });
+                            let m = out[oy * ow + ox];
+                            let y = r.lo + find_max((r.lo..r.hi).map(|y| val[y * ow + ox]), m);
+                            let x = c.lo + find_max(plane[y * w + c.lo..y * w + c.hi].iter().copied(), m);
+                            gplane[y * w + x] += go[oy * ow + ox];
+                        }
                     }
                 }
                 PoolKind::Avg { .. } => {
