@@ -357,6 +357,7 @@ fn run_dream(a: DreamArgs) -> Result<(), Error> {
     let mut progress = StderrProgress::new((job.params.octaves * job.params.steps) as u64);
     let start = Instant::now();
     let out = dream::dream(net.as_ref(), &pixels, &job.params, &mut progress)?;
+    let secs = start.elapsed().as_secs_f64(); // the dream alone, as the PyTorch peers time theirs
     if let Some(bar) = &progress.bar {
         bar.finish_and_clear();
     }
@@ -367,7 +368,7 @@ fn run_dream(a: DreamArgs) -> Result<(), Error> {
         img.width(),
         img.height(),
         out.losses.len(),
-        start.elapsed().as_secs_f64()
+        secs
     );
     Ok(())
 }

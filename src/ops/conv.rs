@@ -84,6 +84,35 @@ struct ConvInner {
     /// `[co, ci / groups, kh, kw]`
     wshape: [usize; 4],
     spec: ConvSpec,
+    /// The weights flipped and transposed, `[groups][ci / groups, (co / groups) * kh * kw]`,
+    /// made on the first stride-1 backward pass (see `conv_backward_into`).
+    flipped: std::sync::OnceLock<Vec<f32>>,
+}
+
+impl ConvInner {
+    /// `flipped[g][c][(o * kh + ky) * kw + kx] = weight[g * cog + o][c][kh - 1 - ky][kw - 1 - kx]`.
+    fn flipped(&self) -> &[f32] {
+        self.flipped.get_or_init(|| {
+            let [co, cig, kh, kw] = self.wshape;
+            let groups = self.spec.groups;
+            let cog = co / groups;
+            let mut f = vec![0.0f32; self.weight.len()];
+            for g in 0..groups {
+                for o in 0..cog {
+                    for c in 0..cig {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let src = (((g * cog + o) * cig + c) * kh + kh - 1 - ky) * kw + kw - 1 - kx;
+                                let dst = g * cig * cog * kh * kw + c * cog * kh * kw + (o * kh + ky) * kw + kx;
+                                f[dst] = self.weight[src];
+                            }
+                        }
+                    }
+                }
+            }
+            f
+        })
+    }
 }
 
 impl Conv2d {
@@ -100,7 +129,7 @@ impl Conv2d {
         if bias.len() != co {
             bail!("conv: bias has {} values for {co} output channels", bias.len());
         }
-        Ok(Conv2d { inner: Arc::new(ConvInner { weight, bias, wshape: [co, cig, kh, kw], spec }) })
+        Ok(Conv2d { inner: Arc::new(ConvInner { weight, bias, wshape: [co, cig, kh, kw], spec, flipped: Default::default() }) })
     }
 
     pub fn spec(&self) -> ConvSpec {
@@ -172,6 +201,33 @@ impl Geometry {
     /// Floating-point operations of the forward pass (the input gradient costs the same).
     fn flops(&self) -> u64 {
         2 * (self.n * self.co * self.oh * self.ow * self.cig * self.kh * self.kw) as u64
+    }
+
+    /// At stride 1, the geometry of the input gradient computed as a convolution of the output
+    /// gradient (`co` channels, `oh x ow`) with the flipped kernel: padding `k - 1 - pad` before,
+    /// output `h x w`. `None` at other strides (or a padding wider than the kernel).
+    fn transposed(&self) -> Option<Geometry> {
+        if self.sh != 1 || self.sw != 1 || self.pt >= self.kh || self.pl >= self.kw {
+            return None;
+        }
+        Some(Geometry {
+            n: self.n,
+            ci: self.co,
+            h: self.oh,
+            w: self.ow,
+            co: self.ci,
+            cig: self.cog,
+            cog: self.cig,
+            groups: self.groups,
+            kh: self.kh,
+            kw: self.kw,
+            sh: 1,
+            sw: 1,
+            pt: self.kh - 1 - self.pt,
+            pl: self.kw - 1 - self.pl,
+            oh: self.h,
+            ow: self.w,
+        })
     }
 
     fn is_depthwise(&self) -> bool {
@@ -393,7 +449,13 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
     }
     let mut gx = vec![0.0f32; g.n * g.ci * g.h * g.w];
     let k_len = g.cig * g.kh * g.kw;
-    let col_len = if g.is_pointwise() || g.is_depthwise() { 0 } else { k_len * ohw };
+    let col_len = if g.is_pointwise() || g.is_depthwise() {
+        0
+    } else if let Some(t) = g.transposed() {
+        t.cig * t.kh * t.kw * t.oh * t.ow
+    } else {
+        k_len * ohw
+    };
     with_scratch(col_len, |col| conv_backward_into(inner, &gpre, g, &mut gx, col));
     gx
 }
@@ -414,6 +476,14 @@ fn conv_backward_into(inner: &ConvInner, gpre: &[f32], g: &Geometry, gx: &mut [f
             let gxg = &mut gxb[grp * g.cig * g.h * g.w..][..g.cig * g.h * g.w];
             if g.is_pointwise() {
                 sgemm(g.cig, ohw, g.cog, wg, Trans::Yes, gyg, Trans::No, gxg, false);
+            } else if let Some(t) = g.transposed() {
+                // At stride 1 the input gradient is itself a convolution: of the output
+                // gradient with the flipped, transposed kernel. Its im2col is a plain copy and
+                // the product lands straight in gx, where the col2im route would zero, fill and
+                // scatter-add a matrix as large.
+                let ft = &inner.flipped()[grp * g.cig * g.cog * g.kh * g.kw..][..g.cig * g.cog * g.kh * g.kw];
+                im2col(gyg, &t, g.cog, col);
+                sgemm(g.cig, g.h * g.w, g.cog * g.kh * g.kw, ft, Trans::No, col, Trans::No, gxg, false);
             } else {
                 sgemm(k_len, ohw, g.cog, wg, Trans::Yes, gyg, Trans::No, col, false);
                 col2im(col, g, g.cig, gxg);
