@@ -699,9 +699,9 @@ fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
-/// `mi_option_purge_delay` in the option enum of the mimalloc 2 that libmimalloc-sys 0.1.49
-/// bundles (c_src/mimalloc/v2/include/mimalloc.h: 15, right after eager_commit_delay = 14);
-/// the crate names no constant for it.
+/// `mi_option_purge_delay` in the option enum of the mimalloc that libmimalloc-sys 0.1.49
+/// builds (v3 by default; 15 in both c_src/mimalloc/v3 and v2 include/mimalloc.h, right after
+/// the eager-commit-delay entry); the crate names no constant for it.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() {

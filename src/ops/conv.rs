@@ -400,7 +400,14 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
     let ohw = g.oh * g.ow;
-    let mut y = vec![0.0f32; g.n * g.co * ohw];
+    // The products accumulate onto the bias (so neither a zeroing pass nor a bias pass is
+    // needed: OpenBLAS skips its own pass over the output when told to accumulate).
+    let mut y = Vec::with_capacity(g.n * g.co * ohw);
+    for _ in 0..g.n {
+        for &b in &inner.bias {
+            y.extend(std::iter::repeat_n(if g.is_depthwise() { 0.0 } else { b }, ohw));
+        }
+    }
     let k_len = g.cig * g.kh * g.kw;
     let col_len = if g.is_pointwise() || g.is_depthwise() { 0 } else { k_len * ohw };
     with_scratch(col_len, |col| conv_forward_into(inner, x, g, &mut y, col));
@@ -426,14 +433,18 @@ fn conv_forward_into(inner: &ConvInner, x: &[f32], g: &Geometry, y: &mut [f32], 
                     im2col(xg, g, g.cig, col);
                     col
                 };
-                sgemm(g.cog, ohw, k_len, wg, Trans::No, rhs, Trans::No, yg, false);
+                sgemm(g.cog, ohw, k_len, wg, Trans::No, rhs, Trans::No, yg, true);
             }
         }
         let act = inner.spec.activation;
-        yb.par_chunks_mut(ohw).enumerate().for_each(|(o, plane)| {
-            let bias = inner.bias[o];
-            plane.iter_mut().for_each(|v| *v = act.apply(*v + bias));
-        });
+        if g.is_depthwise() {
+            yb.par_chunks_mut(ohw).enumerate().for_each(|(o, plane)| {
+                let bias = inner.bias[o];
+                plane.iter_mut().for_each(|v| *v = act.apply(*v + bias));
+            });
+        } else if act != Activation::Identity {
+            yb.par_chunks_mut(1 << 14).for_each(|chunk| chunk.iter_mut().for_each(|v| *v = act.apply(*v)));
+        }
     }
 }
 
@@ -441,12 +452,13 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
     let ohw = g.oh * g.ow;
     let act = inner.spec.activation;
     // The gradient at the pre-activation: zero where the activation was flat.
-    let mut gpre = gy.to_vec();
-    if act != Activation::Identity {
-        gpre.par_chunks_mut(1 << 14).zip(y.par_chunks(1 << 14)).for_each(|(d, o)| {
-            d.iter_mut().zip(o).for_each(|(d, &o)| *d = if act.passes(o) { *d } else { 0.0 });
-        });
-    }
+    let gpre: std::borrow::Cow<[f32]> = if act == Activation::Identity {
+        gy.into()
+    } else {
+        let mut d = Vec::with_capacity(gy.len());
+        gy.par_iter().zip(y.par_iter()).map(|(&d, &o)| if act.passes(o) { d } else { 0.0 }).collect_into_vec(&mut d);
+        d.into()
+    };
     let mut gx = vec![0.0f32; g.n * g.ci * g.h * g.w];
     let k_len = g.cig * g.kh * g.kw;
     let col_len = if g.is_pointwise() || g.is_depthwise() {
@@ -475,7 +487,7 @@ fn conv_backward_into(inner: &ConvInner, gpre: &[f32], g: &Geometry, gx: &mut [f
             let gyg = &gyb[grp * g.cog * ohw..][..g.cog * ohw];
             let gxg = &mut gxb[grp * g.cig * g.h * g.w..][..g.cig * g.h * g.w];
             if g.is_pointwise() {
-                sgemm(g.cig, ohw, g.cog, wg, Trans::Yes, gyg, Trans::No, gxg, false);
+                sgemm(g.cig, ohw, g.cog, wg, Trans::Yes, gyg, Trans::No, gxg, true);
             } else if let Some(t) = g.transposed() {
                 // At stride 1 the input gradient is itself a convolution: of the output
                 // gradient with the flipped, transposed kernel. Its im2col is a plain copy and
@@ -483,7 +495,7 @@ fn conv_backward_into(inner: &ConvInner, gpre: &[f32], g: &Geometry, gx: &mut [f
                 // scatter-add a matrix as large.
                 let ft = &inner.flipped()[grp * g.cig * g.cog * g.kh * g.kw..][..g.cig * g.cog * g.kh * g.kw];
                 im2col(gyg, &t, g.cog, col);
-                sgemm(g.cig, g.h * g.w, g.cog * g.kh * g.kw, ft, Trans::No, col, Trans::No, gxg, false);
+                sgemm(g.cig, g.h * g.w, g.cog * g.kh * g.kw, ft, Trans::No, col, Trans::No, gxg, true);
             } else {
                 sgemm(k_len, ohw, g.cog, wg, Trans::Yes, gyg, Trans::No, col, false);
                 col2im(col, g, g.cig, gxg);
