@@ -19,6 +19,8 @@ def main():
     octaves = int(sys.argv[5]) if len(sys.argv) > 5 else 3
     scale, step = 1.4, 0.01
     net = torch.jit.load(archive, map_location="cpu").eval()
+    for p in net.parameters():  # input gradients only, as ../shared/bench/torch_dream.py
+        p.requires_grad_(False)
     stages = list(net.net.layers.named_children())
     last = max(i for i, (n, _) in enumerate(stages) if n in LAYERS)
 

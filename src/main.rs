@@ -710,7 +710,10 @@ fn main() {
     // SAFETY: sets a process-wide allocator option; no memory is touched.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    // Run on one of rayon's worker threads rather than beside them: the serial stretches of a
+    // dream step then share the cores with one idle worker instead of all of them spinning
+    // (three busy threads on two cores otherwise).
+    if let Err(e) = rayon::scope(|_| run(cli)) {
         // One line: candle errors can carry a backtrace after the message.
         let msg = e.to_string();
         eprintln!("deepdream: error: {}", msg.lines().next().unwrap_or("unknown error"));

@@ -12,7 +12,7 @@ pub use objective::{class_index, ClassMode, Guide, GuideMode, LayerTerm, Objecti
 use crate::model::FeatureNet;
 use crate::ops::{gaussian_blur, laplacian_normalize, resize_bilinear};
 use crate::{Error, Result};
-use candle_core::{Tensor, Var};
+use candle_core::Tensor;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Smoothing applied around each ascent step.
@@ -123,11 +123,7 @@ pub struct DreamOutput {
 
 /// The loss and its gradient with respect to the network input `x`.
 pub fn loss_and_grad(net: &dyn FeatureNet, objective: &Objective, x: &Tensor, prepared: &Prepared) -> Result<(f32, Tensor)> {
-    let var = Var::from_tensor(x)?;
-    let loss = objective.loss(net, var.as_tensor(), prepared)?;
-    let grads = loss.backward()?;
-    let grad = grads.get(var.as_tensor()).ok_or_else(|| Error::usage("the objective does not depend on the image"))?;
-    Ok((loss.to_scalar::<f32>()?, grad.clone()))
+    objective.loss_and_grad(net, x, prepared)
 }
 
 /// Dreams `pixels` (`[1, 3, h, w]`, 0..255).

@@ -254,6 +254,16 @@ impl Objective {
     /// The scalar to maximise for network input `x`.
     pub fn loss(&self, net: &dyn FeatureNet, x: &Tensor, prepared: &Prepared) -> Result<Tensor> {
         let features: Features = net.forward(x, &self.taps(), !self.classes.is_empty())?;
+        self.loss_of(&features, x, prepared)
+    }
+
+    /// The loss and its gradient with respect to the network input `x`.
+    pub fn loss_and_grad(&self, net: &dyn FeatureNet, x: &Tensor, prepared: &Prepared) -> Result<(f32, Tensor)> {
+        net.loss_and_grad(x, &self.taps(), !self.classes.is_empty(), &|features, x| self.loss_of(features, x, prepared))
+    }
+
+    /// The scalar to maximise, from the network's features for input `x` (and `x` itself).
+    pub fn loss_of(&self, features: &Features, x: &Tensor, prepared: &Prepared) -> Result<Tensor> {
         let tap = |name: &str| features.taps.get(name).ok_or_else(|| Error::usage(format!("layer {name} was not computed")));
         let mut total: Option<Tensor> = None;
         for term in &self.layers {

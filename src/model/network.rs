@@ -4,17 +4,71 @@
 
 use super::{FeatureNet, Features, Normalization};
 use crate::ops::{Conv2d, Pool2d};
-use crate::Result;
-use candle_core::{Tensor, D};
+use crate::{Error, Result};
+use candle_core::{DType, Tensor, Var, D};
+
+/// What a block keeps from its forward pass for its own backward pass.
+///
+/// The networks run their own reverse pass (`Network::loss_and_grad`) instead of candle's:
+/// candle's gives every node of the graph a zero-filled gradient and then adds into it (two
+/// passes over each activation), and walks a graph this code already knows. Blocks without a
+/// backward of their own keep their input and are differentiated by candle on a recomputed
+/// forward.
+pub enum Saved {
+    /// The input.
+    Input(Tensor),
+    /// A convolution's input shape and its output (the activation's mask is read off it).
+    Conv { in_dims: Vec<usize>, y: Tensor },
+    /// The items of a chain, in order.
+    Seq(Vec<Saved>),
+    /// Each branch, and how many channels each contributed to the concatenation.
+    Branches(Vec<(Saved, usize)>),
+    /// The body, the shortcut (none: identity) and, with a ReLU after the sum, its output.
+    Residual { body: Box<Saved>, shortcut: Option<Box<Saved>>, y: Option<Tensor> },
+}
 
 /// A differentiable piece of a network.
 pub trait Block: Send + Sync {
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// `forward`, keeping what `backward` needs.
+    fn forward_saving(&self, x: &Tensor) -> Result<(Tensor, Saved)> {
+        Ok((self.forward(x)?, Saved::Input(x.clone())))
+    }
+
+    /// The gradient with respect to the block's input, given the gradient `gy` of its output.
+    fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
+        recompute_backward(self, saved, gy)
+    }
+}
+
+/// The generic backward: the forward again under candle's autograd, from the kept input.
+fn recompute_backward<B: Block + ?Sized>(block: &B, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
+    let Saved::Input(x) = saved else { return Err(Error::usage("internal: a block's saved state does not match it")) };
+    let v = Var::from_tensor(x)?;
+    let y = block.forward(v.as_tensor())?;
+    let grads = (y * gy)?.sum_all()?.backward()?;
+    Ok(match grads.get(v.as_tensor()) {
+        Some(g) => g.clone(),
+        None => x.zeros_like()?,
+    })
 }
 
 impl Block for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(Conv2d::forward(self, x)?)
+    }
+
+    fn forward_saving(&self, x: &Tensor) -> Result<(Tensor, Saved)> {
+        let y = Conv2d::forward(self, x)?;
+        Ok((y.clone(), Saved::Conv { in_dims: x.dims().to_vec(), y }))
+    }
+
+    fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
+        match saved {
+            Saved::Conv { in_dims, y } => Ok(self.input_grad(gy, y, in_dims)?),
+            _ => Err(Error::usage("internal: a convolution's saved state does not match it")),
+        }
     }
 }
 
@@ -22,6 +76,21 @@ impl Block for Pool2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(Pool2d::forward(self, x)?)
     }
+
+    fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
+        match saved {
+            Saved::Input(x) => Ok(self.input_grad(gy, x)?),
+            _ => Err(Error::usage("internal: a pool's saved state does not match it")),
+        }
+    }
+}
+
+/// `a + b` where either may be missing.
+fn add_grad(acc: Option<Tensor>, g: Tensor) -> Result<Option<Tensor>> {
+    Ok(Some(match acc {
+        Some(a) => (a + g)?,
+        None => g,
+    }))
 }
 
 /// Blocks run one after the other.
@@ -35,6 +104,26 @@ impl Block for Chain {
         }
         Ok(h)
     }
+
+    fn forward_saving(&self, x: &Tensor) -> Result<(Tensor, Saved)> {
+        let mut h = x.clone();
+        let mut saved = Vec::with_capacity(self.0.len());
+        for b in &self.0 {
+            let (y, s) = b.forward_saving(&h)?;
+            saved.push(s);
+            h = y;
+        }
+        Ok((h, Saved::Seq(saved)))
+    }
+
+    fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
+        let Saved::Seq(saved) = saved else { return Err(Error::usage("internal: a chain's saved state does not match it")) };
+        let mut g = gy.clone();
+        for (b, s) in self.0.iter().zip(saved).rev() {
+            g = b.backward(s, &g)?;
+        }
+        Ok(g)
+    }
 }
 
 /// Branches on the same input, concatenated along channels (Inception modules).
@@ -44,6 +133,27 @@ impl Block for Concat {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let outs = self.0.iter().map(|b| b.forward(x)).collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&outs, 1)?)
+    }
+
+    fn forward_saving(&self, x: &Tensor) -> Result<(Tensor, Saved)> {
+        let mut outs = Vec::with_capacity(self.0.len());
+        let mut saved = Vec::with_capacity(self.0.len());
+        for b in &self.0 {
+            let (y, s) = b.forward_saving(x)?;
+            saved.push((s, y.dim(1)?));
+            outs.push(y);
+        }
+        Ok((Tensor::cat(&outs, 1)?, Saved::Branches(saved)))
+    }
+
+    fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
+        let Saved::Branches(saved) = saved else { return Err(Error::usage("internal: a concat's saved state does not match it")) };
+        let (mut gx, mut at) = (None, 0);
+        for (b, (s, c)) in self.0.iter().zip(saved) {
+            gx = add_grad(gx, b.backward(s, &gy.narrow(1, at, *c)?)?)?;
+            at += c;
+        }
+        gx.ok_or_else(|| Error::usage("internal: a concat without branches"))
     }
 }
 
@@ -62,6 +172,40 @@ impl Block for Residual {
         };
         let y = (self.body.forward(x)? + short)?;
         Ok(if self.relu_after { y.relu()? } else { y })
+    }
+
+    fn forward_saving(&self, x: &Tensor) -> Result<(Tensor, Saved)> {
+        let (short, short_saved) = match &self.shortcut {
+            Some(s) => {
+                let (y, saved) = s.forward_saving(x)?;
+                (y, Some(Box::new(saved)))
+            }
+            None => (x.clone(), None),
+        };
+        let (body, body_saved) = self.body.forward_saving(x)?;
+        let mut y = (body + short)?;
+        if self.relu_after {
+            y = y.relu()?;
+        }
+        let kept = self.relu_after.then(|| y.clone());
+        Ok((y, Saved::Residual { body: Box::new(body_saved), shortcut: short_saved, y: kept }))
+    }
+
+    fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
+        let Saved::Residual { body, shortcut, y } = saved else {
+            return Err(Error::usage("internal: a residual block's saved state does not match it"));
+        };
+        let g = match y {
+            // ReLU passes where its output is > 0, as PyTorch's.
+            Some(y) => (gy * y.gt(0f32)?.to_dtype(DType::F32)?)?,
+            None => gy.clone(),
+        };
+        let through = match (&self.shortcut, shortcut) {
+            (Some(s), Some(saved)) => s.backward(saved, &g)?,
+            (None, None) => g.clone(),
+            _ => return Err(Error::usage("internal: a residual block's saved state does not match it")),
+        };
+        Ok((self.body.backward(body, &g)? + through)?)
     }
 }
 
@@ -217,5 +361,67 @@ impl FeatureNet for Network {
             out.logits = Some(self.head.as_ref().expect("checked above").forward(&h)?);
         }
         Ok(out)
+    }
+
+    /// The forward pass keeps each stage's state; candle differentiates only the loss (from the
+    /// taps, the head and the input), and the stages run their own backward, deepest first.
+    fn loss_and_grad(
+        &self,
+        x: &Tensor,
+        taps: &[String],
+        logits: bool,
+        loss: &dyn Fn(&Features, &Tensor) -> Result<Tensor>,
+    ) -> Result<(f32, Tensor)> {
+        self.check_layers(taps)?;
+        if logits && self.head.is_none() {
+            return Err(Error::usage(format!("{} has no classifier (it is a feature extractor only)", self.name)));
+        }
+        let wanted: Vec<&str> = taps.iter().map(|t| self.stage_of(t)).collect();
+        let last = match logits {
+            true => self.stages.len(),
+            false => self.stages.iter().rposition(|s| wanted.contains(&s.name.as_str())).map_or(0, |i| i + 1),
+        };
+        let x = x.detach();
+        let input = Var::from_tensor(&x)?;
+        let mut features = Features::default();
+        let mut saved = Vec::with_capacity(last);
+        // (stage index, the variable its output was handed to the loss as)
+        let mut handed: Vec<(usize, Var)> = Vec::new();
+        let mut h = x;
+        for (i, stage) in self.stages[..last].iter().enumerate() {
+            let (y, s) = stage.block.forward_saving(&h)?;
+            saved.push(s);
+            h = y;
+            for (tap, st) in taps.iter().zip(&wanted) {
+                if *st == stage.name {
+                    let v = Var::from_tensor(&h)?;
+                    features.taps.insert(tap.clone(), v.as_tensor().clone());
+                    handed.push((i, v));
+                }
+            }
+        }
+        if logits {
+            let v = Var::from_tensor(&h)?;
+            features.logits = Some(self.head.as_ref().expect("checked above").forward(v.as_tensor())?);
+            handed.push((last - 1, v));
+        }
+        let value = loss(&features, input.as_tensor())?;
+        let grads = value.backward()?;
+        let mut g: Option<Tensor> = None;
+        for (i, stage) in self.stages[..last].iter().enumerate().rev() {
+            for (_, v) in handed.iter().filter(|(at, _)| *at == i) {
+                if let Some(gt) = grads.get(v.as_tensor()) {
+                    g = add_grad(g, gt.clone())?;
+                }
+            }
+            if let Some(gy) = &g {
+                g = Some(stage.block.backward(&saved[i], gy)?);
+            }
+        }
+        if let Some(direct) = grads.get(input.as_tensor()) {
+            g = add_grad(g, direct.clone())?;
+        }
+        let grad = g.ok_or_else(|| Error::usage("the objective does not depend on the image"))?;
+        Ok((value.to_scalar::<f32>()?, grad))
     }
 }

@@ -140,6 +140,12 @@ impl Conv2d {
         self.inner.wshape[0]
     }
 
+    /// The input gradient for output gradient `gy`, given the forward output `y` (the activation's
+    /// mask is read off it) and the input's shape: what the backward pass of `forward` computes.
+    pub fn input_grad(&self, gy: &Tensor, y: &Tensor, in_dims: &[usize]) -> Result<Tensor> {
+        gy.contiguous()?.apply_op2_no_bwd(&y.contiguous()?, &ConvInputGrad { inner: self.inner.clone(), in_dims: in_dims.to_vec() })
+    }
+
     /// Runs the convolution on an `[n, ci, h, w]` tensor; differentiable with respect to `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op1(ConvOp(self.inner.clone()))

@@ -68,6 +68,12 @@ impl Pool2d {
         x.contiguous()?.apply_op1(*self)
     }
 
+    /// The input gradient for output gradient `gy` and forward input `x` (what the backward
+    /// pass of `forward` computes).
+    pub fn input_grad(&self, gy: &Tensor, x: &Tensor) -> Result<Tensor> {
+        gy.contiguous()?.apply_op2_no_bwd(&x.contiguous()?, &PoolInputGrad(*self))
+    }
+
     fn out_dims(&self, h: usize, w: usize) -> Result<(usize, usize)> {
         if self.kernel.0 == 0 || self.kernel.1 == 0 || self.stride.0 == 0 || self.stride.1 == 0 {
             bail!("pool: kernel and stride must be positive");

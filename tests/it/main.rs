@@ -1,6 +1,7 @@
 //! Integration tests, one binary. Modules that need `../shared` skip with a printed reason
 //! when it is absent; the rest build their inputs themselves.
 
+mod backward;
 mod cli;
 mod dream;
 mod fetch;

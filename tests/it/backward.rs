@@ -1,0 +1,71 @@
+//! The networks' own reverse pass against candle's autograd, on every architecture in the zoo
+//! (formula weights, so no download is needed): the same loss, the same input gradient.
+
+use candle_core::{Device, Tensor};
+use deepdream::model::{self, weights::Weights, FeatureNet, Features, Normalization, ZOO};
+use deepdream::Result;
+
+/// Forwards only, so `loss_and_grad` is the trait's default: candle's autograd end to end.
+struct CandleOnly<'a>(&'a dyn FeatureNet);
+
+impl FeatureNet for CandleOnly<'_> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn layer_names(&self) -> Vec<String> {
+        self.0.layer_names()
+    }
+    fn normalization(&self) -> Normalization {
+        self.0.normalization()
+    }
+    fn has_classifier(&self) -> bool {
+        self.0.has_classifier()
+    }
+    fn forward(&self, x: &Tensor, taps: &[String], logits: bool) -> Result<Features> {
+        self.0.forward(x, taps, logits)
+    }
+}
+
+#[test]
+fn own_backward_matches_candle_autograd_on_every_architecture() {
+    let mut checked = Vec::new();
+    for info in ZOO {
+        // Formula weights where the architecture takes them; the installed weights otherwise
+        // (EfficientNet-Lite0's ship in the repository).
+        let net = match model::build(info.name, &Weights::formula(), std::path::Path::new("formula")) {
+            Ok(net) => net,
+            Err(_) => match model::load(info.name) {
+                Ok(net) => net,
+                Err(_) => continue,
+            },
+        };
+        let names = net.layer_names();
+        // A shallow, a middle and the deepest layer, and the classifier where there is one.
+        let taps = vec![names[1].clone(), names[names.len() / 2].clone(), names[names.len() - 1].clone()];
+        let logits = net.has_classifier();
+        let loss = |f: &Features, x: &Tensor| -> Result<Tensor> {
+            let mut total = (x.sqr()?.mean_all()? * 0.01)?; // a term on the input itself
+            for (i, t) in taps.iter().enumerate() {
+                total = (total + (f.taps[t].sqr()?.mean_all()? * (i + 1) as f64)?)?;
+            }
+            if let Some(l) = &f.logits {
+                total = (total + l.narrow(1, 3, 1)?.sum_all()?)?;
+            }
+            Ok(total)
+        };
+        let x = Tensor::rand(-1f32, 1f32, (1, 3, 101, 117), &Device::Cpu).unwrap();
+        let (own_loss, own) = net.loss_and_grad(&x, &taps, logits, &loss).unwrap();
+        let (ref_loss, reference) = CandleOnly(net.as_ref()).loss_and_grad(&x, &taps, logits, &loss).unwrap();
+        let scale = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (&own - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!((own_loss - ref_loss).abs() <= 1e-5 * ref_loss.abs().max(1.0), "{}: loss {own_loss} vs {ref_loss}", info.name);
+        assert!(scale > 0.0 && diff <= 1e-4 * scale, "{}: gradients differ by {diff} (scale {scale})", info.name);
+        checked.push(info.name);
+    }
+    eprintln!("checked: {checked:?}");
+    // Between them: chains, concatenations, residuals with and without a shortcut conv and a
+    // ReLU after the sum, InceptionE's generic backward, pools of both kinds, classifier heads.
+    for needed in ["efficientnet-lite0", "inception-v3", "googlenet", "vgg16", "resnet50"] {
+        assert!(checked.contains(&needed), "{needed} was not checked");
+    }
+}
