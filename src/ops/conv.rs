@@ -7,7 +7,7 @@
 //! gradient alone.
 
 use super::gemm::{sgemm, Trans};
-use super::{cpu_slice, tf_same_padding};
+use super::{cpu_slice, portable, tf_same_padding};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -87,9 +87,35 @@ struct ConvInner {
     /// The weights flipped and transposed, `[groups][ci / groups, (co / groups) * kh * kw]`,
     /// made on the first stride-1 backward pass (see `conv_backward_into`).
     flipped: std::sync::OnceLock<Vec<f32>>,
+    /// The weights as tensors on the (non-CPU) devices the portable path has run on.
+    on_device: std::sync::Mutex<Vec<(candle_core::Device, Arc<DeviceWeights>)>>,
+}
+
+/// Weight `[co, ci/g, kh, kw]`, bias `[1, co, 1, 1]`, and the flipped, transposed weight
+/// `[ci, co/g, kh, kw]` that the input gradient convolves with.
+struct DeviceWeights {
+    weight: Tensor,
+    bias: Tensor,
+    flipped: Tensor,
 }
 
 impl ConvInner {
+    fn on(&self, device: &candle_core::Device) -> Result<Arc<DeviceWeights>> {
+        let mut cache = self.on_device.lock().expect("weight cache lock");
+        if let Some((_, w)) = cache.iter().find(|(d, _)| d.same_device(device)) {
+            return Ok(w.clone());
+        }
+        let [co, cig, kh, kw] = self.wshape;
+        let ci = cig * self.spec.groups;
+        let w = Arc::new(DeviceWeights {
+            weight: Tensor::from_slice(&self.weight, (co, cig, kh, kw), device)?,
+            bias: Tensor::from_slice(&self.bias, (1, co, 1, 1), device)?,
+            flipped: Tensor::from_slice(self.flipped(), (ci, co / self.spec.groups, kh, kw), device)?,
+        });
+        cache.push((device.clone(), w.clone()));
+        Ok(w)
+    }
+
     /// `flipped[g][c][(o * kh + ky) * kw + kx] = weight[g * cog + o][c][kh - 1 - ky][kw - 1 - kx]`.
     fn flipped(&self) -> &[f32] {
         self.flipped.get_or_init(|| {
@@ -129,7 +155,7 @@ impl Conv2d {
         if bias.len() != co {
             bail!("conv: bias has {} values for {co} output channels", bias.len());
         }
-        Ok(Conv2d { inner: Arc::new(ConvInner { weight, bias, wshape: [co, cig, kh, kw], spec, flipped: Default::default() }) })
+        Ok(Conv2d { inner: Arc::new(ConvInner { weight, bias, wshape: [co, cig, kh, kw], spec, flipped: Default::default(), on_device: Default::default() }) })
     }
 
     pub fn spec(&self) -> ConvSpec {
@@ -143,12 +169,66 @@ impl Conv2d {
     /// The input gradient for output gradient `gy`, given the forward output `y` (the activation's
     /// mask is read off it) and the input's shape: what the backward pass of `forward` computes.
     pub fn input_grad(&self, gy: &Tensor, y: &Tensor, in_dims: &[usize]) -> Result<Tensor> {
+        if portable::wanted(gy) {
+            return self.input_grad_portable(gy, y, in_dims);
+        }
         gy.contiguous()?.apply_op2_no_bwd(&y.contiguous()?, &ConvInputGrad { inner: self.inner.clone(), in_dims: in_dims.to_vec() })
     }
 
     /// Runs the convolution on an `[n, ci, h, w]` tensor; differentiable with respect to `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if portable::wanted(x) {
+            return self.forward_portable(x);
+        }
         x.contiguous()?.apply_op1(ConvOp(self.inner.clone()))
+    }
+
+    /// The padding that makes the padded input exactly as long as the output needs:
+    /// (top, bottom, left, right); bottom and right may be negative (rows never read).
+    fn exact_padding(g: &Geometry) -> (isize, isize, isize, isize) {
+        let need_h = ((g.oh - 1) * g.sh + g.kh) as isize;
+        let need_w = ((g.ow - 1) * g.sw + g.kw) as isize;
+        let (pt, pl) = (g.pt as isize, g.pl as isize);
+        (pt, need_h - g.h as isize - pt, pl, need_w - g.w as isize - pl)
+    }
+
+    /// The forward from candle's ops (any device): pad, conv2d, bias, activation.
+    fn forward_portable(&self, x: &Tensor) -> Result<Tensor> {
+        let g = Geometry::new(&self.inner, x.dims())?;
+        if g.sh != g.sw {
+            bail!("conv: the portable path needs equal strides, got {}x{}", g.sh, g.sw);
+        }
+        let dw = self.inner.on(x.device())?;
+        let (t, b, l, r) = Self::exact_padding(&g);
+        let xp = portable::pad2(x, t, b, l, r, 0.0)?;
+        let y = xp.conv2d(&dw.weight, 0, g.sh, 1, g.groups)?.broadcast_add(&dw.bias)?;
+        match self.inner.spec.activation {
+            Activation::Identity => Ok(y),
+            Activation::Relu => y.relu(),
+            Activation::Relu6 => y.clamp(0f32, 6f32),
+        }
+    }
+
+    /// The input gradient from candle's ops (any device): mask by the activation, spread onto
+    /// the input's grid (stride), and convolve with the flipped, transposed kernel.
+    fn input_grad_portable(&self, gy: &Tensor, y: &Tensor, in_dims: &[usize]) -> Result<Tensor> {
+        let g = Geometry::new(&self.inner, in_dims)?;
+        let gpre = match self.inner.spec.activation {
+            Activation::Identity => gy.clone(),
+            Activation::Relu => (gy * portable::as_f32(&y.gt(0f32)?)?)?,
+            Activation::Relu6 => (gy * (portable::as_f32(&y.gt(0f32)?)? * portable::as_f32(&y.lt(6f32)?)?)?)?,
+        };
+        let dw = self.inner.on(gy.device())?;
+        let spread = portable::dilate(&gpre, g.sh, g.sw)?;
+        // gx[y] = sum_k spread[y + pt - k] w[k]: a correlation with the flipped kernel, the
+        // spread gradient padded by k - 1 - pt before and to an output of the input's length.
+        let (top, left) = (g.kh as isize - 1 - g.pt as isize, g.kw as isize - 1 - g.pl as isize);
+        let bottom = (g.h + g.kh - 1) as isize - top - spread.dim(2)? as isize;
+        let right = (g.w + g.kw - 1) as isize - left - spread.dim(3)? as isize;
+        if top < 0 || left < 0 {
+            bail!("conv: padding wider than the kernel");
+        }
+        portable::pad2(&spread, top, bottom, left, right, 0.0)?.conv2d(&dw.flipped, 0, 1, 1, g.groups)
     }
 }
 

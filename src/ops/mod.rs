@@ -5,6 +5,7 @@ pub mod blur;
 pub mod conv;
 mod gemm;
 pub mod pool;
+pub mod portable;
 pub mod resize;
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 //! gradient of 1/(k*k) instead of 1, and an avg-pool gradient that leaks into leftover rows.
 //! Output sizes and window clipping follow PyTorch exactly.
 
-use super::cpu_slice;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use super::{cpu_slice, portable};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,12 +65,94 @@ impl Pool2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if portable::wanted(x) {
+            return self.forward_portable(x);
+        }
         x.contiguous()?.apply_op1(*self)
+    }
+
+    /// Padding that makes the padded input exactly as long as the windows need (top, bottom,
+    /// left, right; bottom and right negative when trailing rows are never read).
+    fn exact_padding(&self, h: usize, w: usize, oh: usize, ow: usize) -> (isize, isize, isize, isize) {
+        let need_h = ((oh - 1) * self.stride.0 + self.kernel.0) as isize;
+        let need_w = ((ow - 1) * self.stride.1 + self.kernel.1) as isize;
+        let (ph, pw) = (self.padding.0 as isize, self.padding.1 as isize);
+        (ph, need_h - h as isize - ph, pw, need_w - w as isize - pw)
+    }
+
+    /// Each output's divisor, `[1, 1, oh, ow]` on `device`.
+    fn divisors(&self, h: usize, w: usize, device: &candle_core::Device) -> Result<Tensor> {
+        let (rows, cols) = self.all_spans(h, w)?;
+        let d = rows.iter().flat_map(|r| cols.iter().map(move |c| r.divisor * c.divisor)).collect();
+        portable::plane_const(d, rows.len(), cols.len(), device)
+    }
+
+    /// The forward from candle's ops (any device): max pooling of the input padded with -inf,
+    /// average pooling of the zero-padded input rescaled to each window's divisor.
+    fn forward_portable(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (oh, ow) = self.out_dims(h, w)?;
+        let (t, b, l, r) = self.exact_padding(h, w, oh, ow);
+        match self.kind {
+            PoolKind::Max => portable::pad2(x, t, b, l, r, f32::NEG_INFINITY)?.max_pool2d_with_stride(self.kernel, self.stride),
+            PoolKind::Avg { .. } => {
+                let mean = portable::pad2(x, t, b, l, r, 0.0)?.avg_pool2d_with_stride(self.kernel, self.stride)?;
+                let k = (self.kernel.0 * self.kernel.1) as f64;
+                mean.broadcast_mul(&(self.divisors(h, w, x.device())?.recip()? * k)?)
+            }
+        }
+    }
+
+    /// The input gradient from candle's ops (any device). Average: each output's share spread
+    /// over its window (a correlation of the spread gradient with a box of ones). Max: for each
+    /// kernel offset in PyTorch's scan order, the outputs whose maximum sits there and was not
+    /// claimed by an earlier offset send their gradient to it.
+    fn input_grad_portable(&self, gy: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let (oh, ow) = self.out_dims(h, w)?;
+        let (t, b, l, r) = self.exact_padding(h, w, oh, ow);
+        let (kh, kw) = self.kernel;
+        let (sh, sw) = self.stride;
+        let (hp, wp) = ((oh - 1) * sh + kh, (ow - 1) * sw + kw);
+        let padded_grad = match self.kind {
+            PoolKind::Avg { .. } => {
+                let share = gy.broadcast_div(&self.divisors(h, w, gy.device())?)?;
+                let spread = portable::dilate(&share, sh, sw)?.reshape((n * c, 1, (oh - 1) * sh + 1, (ow - 1) * sw + 1))?;
+                let ones = Tensor::ones((1, 1, kh, kw), gy.dtype(), gy.device())?;
+                let (bottom, right) = ((hp + kh - 1 - (kh - 1)) as isize - spread.dim(2)? as isize, (wp + kw - 1 - (kw - 1)) as isize - spread.dim(3)? as isize);
+                portable::pad2(&spread, kh as isize - 1, bottom, kw as isize - 1, right, 0.0)?.conv2d(&ones, 0, 1, 1, 1)?.reshape((n, c, hp, wp))?
+            }
+            PoolKind::Max => {
+                let xp = portable::pad2(x, t, b, l, r, f32::NEG_INFINITY)?;
+                let out = xp.max_pool2d_with_stride(self.kernel, self.stride)?;
+                let mut unclaimed = Tensor::ones((n, c, oh, ow), DType::F32, gy.device())?;
+                let mut acc: Option<Tensor> = None;
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let cand = portable::subsample(&xp.narrow(2, ky, hp - ky)?.narrow(3, kx, wp - kx)?, sh, sw, oh, ow)?;
+                        let here = (portable::as_f32(&cand.eq(&out)?)? * &unclaimed)?;
+                        unclaimed = (&unclaimed - &here)?;
+                        let spread = portable::dilate(&(gy * here)?, sh, sw)?;
+                        let placed = portable::pad2(&spread, ky as isize, (hp - ky - spread.dim(2)?) as isize, kx as isize, (wp - kx - spread.dim(3)?) as isize, 0.0)?;
+                        acc = Some(match acc {
+                            Some(a) => (a + placed)?,
+                            None => placed,
+                        });
+                    }
+                }
+                acc.expect("a kernel has at least one offset")
+            }
+        };
+        // Back from the padded grid to the input's.
+        portable::pad2(&padded_grad, -t, -b, -l, -r, 0.0)
     }
 
     /// The input gradient for output gradient `gy` and forward input `x` (what the backward
     /// pass of `forward` computes).
     pub fn input_grad(&self, gy: &Tensor, x: &Tensor) -> Result<Tensor> {
+        if portable::wanted(gy) {
+            return self.input_grad_portable(gy, x);
+        }
         gy.contiguous()?.apply_op2_no_bwd(&x.contiguous()?, &PoolInputGrad(*self))
     }
 

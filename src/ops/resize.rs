@@ -12,12 +12,29 @@ pub fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor>
     if (h, w) == (out_h, out_w) {
         return Ok(x.clone());
     }
+    if super::portable::wanted(x) {
+        // The same interpolation as two matrix products, rows then columns (any device).
+        if h == 0 || w == 0 || out_h == 0 || out_w == 0 {
+            bail!("resize: empty image ({h}x{w} -> {out_h}x{out_w})");
+        }
+        return super::portable::separable(x, &matrix(h, out_h), out_h, &matrix(w, out_w), out_w);
+    }
     x.contiguous()?.apply_op1_no_bwd(&Bilinear { out_h, out_w })
 }
 
 struct Bilinear {
     out_h: usize,
     out_w: usize,
+}
+
+/// The interpolation as an `[out_len, in_len]` matrix (row-major).
+fn matrix(in_len: usize, out_len: usize) -> Vec<f32> {
+    let mut m = vec![0.0f32; out_len * in_len];
+    for (o, (i0, i1, l)) in taps(in_len, out_len).into_iter().enumerate() {
+        m[o * in_len + i0] += 1.0 - l;
+        m[o * in_len + i1] += l;
+    }
+    m
 }
 
 /// For each output index: the two source indices and the weight of the second.
