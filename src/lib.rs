@@ -5,6 +5,7 @@
 //! written back. The library never prints or exits; progress goes through [`dream::Progress`].
 
 pub mod config;
+pub mod device;
 pub mod dream;
 pub mod error;
 pub mod io;

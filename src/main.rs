@@ -76,6 +76,9 @@ enum Command {
         /// Use deterministic formula weights: timing without the real weights installed.
         #[arg(long)]
         formula_weights: bool,
+        /// cpu, cuda, cuda:N or cpu-portable (see `dream --help`).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -196,6 +199,10 @@ struct DreamOpts {
     /// Built-in preset name or a TOML file.
     #[arg(long)]
     preset: Option<String>,
+    /// Where to dream: cpu, cuda, cuda:N (builds with the `cuda` feature), or cpu-portable
+    /// (the GPU's code path run on the CPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     #[arg(long)]
     model: Option<String>,
     /// Layers and weights, e.g. block5=1,block10=1; LAYER:N targets channel N.
@@ -347,13 +354,14 @@ impl DreamOpts {
 
 fn run_dream(a: DreamArgs) -> Result<(), Error> {
     let preset = a.opts.preset.clone();
+    let device = deepdream::device::select(&a.opts.device)?;
     let cli = a.opts.overrides();
     let job = DreamJob::resolve(preset.as_deref(), &cli)?;
     io::check_writable(&a.output)?;
     let img = io::load_rgb(&a.input, job.max_size)?;
     let net = model::load(&job.model)?;
     job.params.validate(net.as_ref())?;
-    let pixels = io::to_tensor(&img, &candle_core::Device::Cpu)?;
+    let pixels = io::to_tensor(&img, &device)?;
     let mut progress = StderrProgress::new((job.params.octaves * job.params.steps) as u64);
     let start = Instant::now();
     let out = dream::dream(net.as_ref(), &pixels, &job.params, &mut progress)?;
@@ -445,6 +453,7 @@ fn run_render(net: &dyn model::FeatureNet, job: pipeline::RenderJob, total: Opti
 
 fn run_zoom(a: ZoomArgs) -> Result<(), Error> {
     let preset = a.opts.preset.clone();
+    let device = deepdream::device::select(&a.opts.device)?;
     let job = DreamJob::resolve(preset.as_deref(), &a.opts.overrides())?;
     let z = &job.zoom;
     let fps_text = a.fps.clone().or(z.fps.clone()).unwrap_or_else(|| "25".into());
@@ -491,6 +500,7 @@ fn run_zoom(a: ZoomArgs) -> Result<(), Error> {
         frame_params,
         sink,
         resume: a.encode.resume,
+        device: device.clone(),
     };
     run_render(net.as_ref(), render, Some(frames))
 }
@@ -498,6 +508,7 @@ fn run_zoom(a: ZoomArgs) -> Result<(), Error> {
 #[cfg(feature = "video")]
 fn run_video(a: VideoArgs) -> Result<(), Error> {
     let preset = a.opts.preset.clone();
+    let device = deepdream::device::select(&a.opts.device)?;
     let job = DreamJob::resolve(preset.as_deref(), &a.opts.overrides())?;
     let v = &job.video;
     let blend = a.blend.or(v.blend).unwrap_or(0.0);
@@ -526,6 +537,7 @@ fn run_video(a: VideoArgs) -> Result<(), Error> {
         frame_params: job.params.clone(),
         sink,
         resume: a.encode.resume,
+        device: device.clone(),
     };
     run_render(net.as_ref(), render, total)
 }
@@ -637,7 +649,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             println!("installed {name} into {}", dest.display());
             Ok(())
         }
-        Command::Bench { model: name, size, layers, steps, formula_weights } => {
+        Command::Bench { model: name, size, layers, steps, formula_weights, device } => {
+            let device = deepdream::device::select(&device)?;
             let (w, h) = parse_size(&size)?;
             let net = match formula_weights {
                 true => model::build(&name, &weights::Weights::formula(), std::path::Path::new("formula"))?,
@@ -649,7 +662,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             };
             let objective = dream::Objective::layers(terms);
             objective.check(net.as_ref())?;
-            let x = candle_core::Tensor::rand(-1f32, 1f32, (1, 3, h, w), &candle_core::Device::Cpu)?;
+            let x = candle_core::Tensor::rand(-1f32, 1f32, (1, 3, h, w), &device)?;
             let prepared = objective.prepare(net.as_ref(), &x)?;
             let small = dream::resize_for_octave(&x, 1.4)?;
             dream::loss_and_grad(net.as_ref(), &objective, &x, &prepared)?; // warm-up

@@ -33,6 +33,8 @@ pub struct RenderJob {
     pub sink: SinkOptions,
     /// Continue an interrupted render from its frame store.
     pub resume: bool,
+    /// Where the frames are dreamt.
+    pub device: candle_core::Device,
 }
 
 /// Per-frame progress (the abort flag, not this, stops a render).
@@ -135,10 +137,10 @@ impl Progress for AbortCheck<'_> {
     }
 }
 
-fn dream_frame(net: &dyn FeatureNet, img: &RgbImage, params: &DreamParams, index: u64, abort: &AtomicBool) -> Result<RgbImage> {
+fn dream_frame(net: &dyn FeatureNet, img: &RgbImage, params: &DreamParams, index: u64, abort: &AtomicBool, device: &candle_core::Device) -> Result<RgbImage> {
     let mut p = params.clone();
     p.seed = params.seed.wrapping_add(index); // per-frame jitter, reproducible on resume
-    let pixels = io::to_tensor(img, &candle_core::Device::Cpu)?;
+    let pixels = io::to_tensor(img, device)?;
     let out = dream::dream(net, &pixels, &p, &mut AbortCheck(abort))?;
     io::to_image(&out.pixels)
 }
@@ -263,7 +265,7 @@ fn run_source<'scope, 'env>(
                     None => (image.clone(), &job.params),
                     Some(prev) => (transform.apply(prev), &job.frame_params),
                 };
-                let out = dream_frame(net, &input, params, i, abort)?;
+                let out = dream_frame(net, &input, params, i, abort, &job.device)?;
                 send(Done { index: i, pts: i as i64, image: out.clone(), fresh: true })?;
                 previous = Some(out);
                 progress.frame(i + 1, Some(*frames));
@@ -294,7 +296,7 @@ fn run_source<'scope, 'env>(
                     (Some(prev), true) => blend_images(&frame.image, &warp.warp(prev, &frame.image), *blend),
                     _ => frame.image.clone(),
                 };
-                let out = match dream_frame(net, &input, &job.params, frame.index, abort) {
+                let out = match dream_frame(net, &input, &job.params, frame.index, abort, &job.device) {
                     Ok(o) => o,
                     Err(e) => {
                         result = Err(e);

@@ -134,7 +134,7 @@ pub fn dream(net: &dyn FeatureNet, pixels: &Tensor, params: &DreamParams, progre
     let base = norm.apply(pixels)?;
     let (_, _, h, w) = base.dims4()?;
     let shapes = octave_shapes(h, w, params.octaves, params.octave_scale);
-    check_smallest_octave(net, &params.objective, shapes[0])?;
+    check_smallest_octave(net, &params.objective, shapes[0], pixels.device())?;
     let mut rng = StdRng::seed_from_u64(params.seed);
     let mut x = resize_bilinear(&base, shapes[0].0, shapes[0].1)?;
     let mut shrunk = x.clone();
@@ -189,8 +189,8 @@ pub fn dream(net: &dyn FeatureNet, pixels: &Tensor, params: &DreamParams, progre
 
 /// Fails early, with advice, when the smallest octave is too small for the network to reach
 /// the objective's layers (a network without "SAME" padding shrinks its input at every stage).
-fn check_smallest_octave(net: &dyn FeatureNet, objective: &Objective, (h, w): (usize, usize)) -> Result<()> {
-    let probe = Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+fn check_smallest_octave(net: &dyn FeatureNet, objective: &Objective, (h, w): (usize, usize), device: &candle_core::Device) -> Result<()> {
+    let probe = Tensor::zeros((1, 3, h, w), candle_core::DType::F32, device)?;
     match net.forward(&probe, &objective.taps(), !objective.classes.is_empty()) {
         Ok(features) => {
             for term in &objective.layers {

@@ -231,15 +231,15 @@ impl Objective {
         if let Some(g) = &self.guide {
             match g.mode {
                 GuideMode::Dot => {
-                    let img = norm.apply(&resize_to_area(&g.image, h, w)?)?;
+                    let img = norm.apply(&resize_to_area(&g.image.to_device(base.device())?, h, w)?)?;
                     let layers: Vec<String> = names(&g.layers).cloned().collect();
                     p.guide = net.forward(&img, &layers, false)?.taps.into_iter().map(|(k, v)| (k, v.detach())).collect();
                 }
-                GuideMode::L2 => p.l2_guide_image = Some(norm.apply(&resize_bilinear(&g.image, h, w)?)?),
+                GuideMode::L2 => p.l2_guide_image = Some(norm.apply(&resize_bilinear(&g.image.to_device(base.device())?, h, w)?)?),
             }
         }
         if let Some(s) = &self.style {
-            let img = resize_to_area(&s.image, h, w)?;
+            let img = resize_to_area(&s.image.to_device(base.device())?, h, w)?;
             let layers: Vec<String> = names(&s.layers).cloned().collect();
             for (k, v) in net.forward(&norm.apply(&img)?, &layers, false)?.taps {
                 p.grams.insert(k, gram(&v)?.detach());

@@ -217,7 +217,10 @@ pub struct Linear {
 
 impl Block for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.weight_t)?.broadcast_add(&self.bias)?)
+        // The weights live on the CPU; on another device they are copied per call (the head
+        // runs once per step, for class objectives only).
+        let (w, b) = (self.weight_t.to_device(x.device())?, self.bias.to_device(x.device())?);
+        Ok(x.matmul(&w)?.broadcast_add(&b)?)
     }
 }
 

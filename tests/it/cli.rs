@@ -169,3 +169,33 @@ fn missing_model_says_how_to_get_it() {
         .unwrap();
     assert_user_error(&o, "deepdream models fetch vgg16", &dir);
 }
+
+#[test]
+fn portable_path_dreams_the_same_picture() {
+    // `--device cpu-portable` runs the code a GPU runs (candle's ops, the explicit gradients)
+    // on the CPU: after a short dream it must match the CPU kernels' picture. Two octaves of 3
+    // steps, with jitter, with a zoom of the pipeline too.
+    let dir = scratch("portable");
+    let args = |out: &Path, device: &str| -> Vec<String> {
+        ["dream", &example(), "-o", out.to_str().unwrap(), "--max-size", "96", "--octaves", "2", "--steps", "3", "--jitter", "3", "--device", device]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let (a, b) = (dir.join("cpu.png"), dir.join("portable.png"));
+    for (out, device) in [(&a, "cpu"), (&b, "cpu-portable")] {
+        let args = args(out, device);
+        let o = deepdream(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{device}: {}", stderr(&o));
+    }
+    let db = crate::util::psnr(&image::open(&a).unwrap().to_rgb8(), &image::open(&b).unwrap().to_rgb8());
+    assert!(db > 35.0, "the portable path's dream differs: {db:.1} dB");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_without_the_feature_is_a_clear_error() {
+    let dir = scratch("nocuda");
+    let o = deepdream(&["dream", &example(), "-o", dir.join("o.png").to_str().unwrap(), "--device", "cuda"]);
+    assert_user_error(&o, "no CUDA support", &dir);
+}
