@@ -312,6 +312,21 @@ impl Network {
         self.aliases.push((alias.into(), last));
     }
 
+    /// Checks a request and plans it: the stage each tap reads, and how many stages to run
+    /// (only as far as the deepest one anybody needs; all of them for the classifier).
+    fn plan<'a>(&'a self, taps: &'a [String], logits: bool) -> Result<(Vec<&'a str>, usize)> {
+        self.check_layers(taps)?;
+        if logits && self.head.is_none() {
+            return Err(Error::usage(format!("{} has no classifier (it is a feature extractor only)", self.name)));
+        }
+        let wanted: Vec<&str> = taps.iter().map(|t| self.stage_of(t)).collect();
+        let last = match logits {
+            true => self.stages.len(),
+            false => self.stages.iter().rposition(|s| wanted.contains(&s.name.as_str())).map_or(0, |i| i + 1),
+        };
+        Ok((wanted, last))
+    }
+
     fn stage_of<'a>(&'a self, tap: &'a str) -> &'a str {
         self.aliases.iter().find(|(a, _)| a == tap).map_or(tap, |(_, s)| s.as_str())
     }
@@ -340,16 +355,7 @@ impl FeatureNet for Network {
     }
 
     fn forward(&self, x: &Tensor, taps: &[String], logits: bool) -> Result<Features> {
-        self.check_layers(taps)?;
-        if logits && self.head.is_none() {
-            return Err(crate::Error::usage(format!("{} has no classifier (it is a feature extractor only)", self.name)));
-        }
-        let wanted: Vec<&str> = taps.iter().map(|t| self.stage_of(t)).collect();
-        // Run only as far as the deepest stage anybody needs.
-        let last = match logits {
-            true => self.stages.len(),
-            false => self.stages.iter().rposition(|s| wanted.contains(&s.name.as_str())).map_or(0, |i| i + 1),
-        };
+        let (wanted, last) = self.plan(taps, logits)?;
         let mut out = Features::default();
         let mut h = x.clone();
         for stage in &self.stages[..last] {
@@ -375,15 +381,7 @@ impl FeatureNet for Network {
         logits: bool,
         loss: &dyn Fn(&Features, &Tensor) -> Result<Tensor>,
     ) -> Result<(f32, Tensor)> {
-        self.check_layers(taps)?;
-        if logits && self.head.is_none() {
-            return Err(Error::usage(format!("{} has no classifier (it is a feature extractor only)", self.name)));
-        }
-        let wanted: Vec<&str> = taps.iter().map(|t| self.stage_of(t)).collect();
-        let last = match logits {
-            true => self.stages.len(),
-            false => self.stages.iter().rposition(|s| wanted.contains(&s.name.as_str())).map_or(0, |i| i + 1),
-        };
+        let (wanted, last) = self.plan(taps, logits)?;
         let x = x.detach();
         let input = Var::from_tensor(&x)?;
         let mut features = Features::default();
