@@ -190,6 +190,22 @@ pub fn dream(net: &dyn FeatureNet, pixels: &Tensor, params: &DreamParams, progre
 /// Fails early, with advice, when the smallest octave is too small for the network to reach
 /// the objective's layers (a network without "SAME" padding shrinks its input at every stage).
 fn check_smallest_octave(net: &dyn FeatureNet, objective: &Objective, (h, w): (usize, usize), device: &candle_core::Device) -> Result<()> {
+    // A video or zoom dreams every frame at the same sizes: probe each combination once (per
+    // thread; the probe is a whole forward pass, a tenth of a 4-step frame).
+    thread_local! {
+        static PASSED: std::cell::RefCell<std::collections::HashSet<String>> = Default::default();
+    }
+    let channels: Vec<_> = objective.layers.iter().map(|t| (&t.layer, t.channel)).collect();
+    let key = format!("{}|{:?}|{channels:?}|{}|{h}x{w}", net.name(), objective.taps(), !objective.classes.is_empty());
+    if PASSED.with(|p| p.borrow().contains(&key)) {
+        return Ok(());
+    }
+    probe_smallest_octave(net, objective, (h, w), device)?;
+    PASSED.with(|p| p.borrow_mut().insert(key));
+    Ok(())
+}
+
+fn probe_smallest_octave(net: &dyn FeatureNet, objective: &Objective, (h, w): (usize, usize), device: &candle_core::Device) -> Result<()> {
     let probe = Tensor::zeros((1, 3, h, w), candle_core::DType::F32, device)?;
     match net.forward(&probe, &objective.taps(), !objective.classes.is_empty()) {
         Ok(features) => {
