@@ -5,7 +5,7 @@ pub mod objective;
 pub mod tile;
 pub mod zoom;
 
-pub use tile::{tiled_loss_and_grad, Tiler, Tiling};
+pub use tile::{Tiler, Tiling};
 pub use zoom::ZoomTransform;
 pub use objective::{class_index, ClassMode, Guide, GuideMode, LayerTerm, Objective, Prepared, Style};
 

@@ -90,22 +90,15 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Whether some target depends on the position in the image (then each tile needs its own).
-    pub fn is_positional(&self) -> bool {
-        self.l2_guide_image.is_some() || self.content_image.is_some()
-    }
-
     /// The targets for the window `rows x cols` of the octave image.
     pub fn window(&self, objective: &Objective, net: &dyn FeatureNet, rows: Range<usize>, cols: Range<usize>) -> Result<Prepared> {
         let mut p = self.clone();
         let crop = |img: &Tensor| -> Result<Tensor> { Ok(img.narrow(2, rows.start, rows.len())?.narrow(3, cols.start, cols.len())?) };
         if let (Some(img), Some(g)) = (&self.l2_guide_image, &objective.guide) {
-            let layers: Vec<String> = names(&g.layers).cloned().collect();
-            p.guide = net.forward(&crop(img)?, &layers, false)?.taps.into_iter().map(|(k, v)| (k, v.detach())).collect();
+            p.guide = detached_taps(net, &crop(img)?, &g.layers)?;
         }
         if let (Some(img), Some(s)) = (&self.content_image, &objective.style) {
-            let layers: Vec<String> = names(&s.content_layers).cloned().collect();
-            p.content = net.forward(&crop(img)?, &layers, false)?.taps.into_iter().map(|(k, v)| (k, v.detach())).collect();
+            p.content = detached_taps(net, &crop(img)?, &s.content_layers)?;
         }
         Ok(p)
     }
@@ -145,6 +138,12 @@ fn crop_border(a: &Tensor, b: usize) -> Result<Tensor> {
 }
 
 /// `[1, c, h, w]` -> `[c, h*w]`.
+/// The features of network input `x` at the terms' layers, cut from the graph (targets).
+fn detached_taps(net: &dyn FeatureNet, x: &Tensor, terms: &[LayerTerm]) -> Result<HashMap<String, Tensor>> {
+    let layers: Vec<String> = names(terms).cloned().collect();
+    Ok(net.forward(x, &layers, false)?.taps.into_iter().map(|(k, v)| (k, v.detach())).collect())
+}
+
 fn flat(a: &Tensor) -> Result<Tensor> {
     let (_, c, h, w) = a.dims4()?;
     Ok(a.reshape((c, h * w))?)
@@ -232,8 +231,7 @@ impl Objective {
             match g.mode {
                 GuideMode::Dot => {
                     let img = norm.apply(&resize_to_area(&g.image.to_device(base.device())?, h, w)?)?;
-                    let layers: Vec<String> = names(&g.layers).cloned().collect();
-                    p.guide = net.forward(&img, &layers, false)?.taps.into_iter().map(|(k, v)| (k, v.detach())).collect();
+                    p.guide = detached_taps(net, &img, &g.layers)?;
                 }
                 GuideMode::L2 => p.l2_guide_image = Some(norm.apply(&resize_bilinear(&g.image.to_device(base.device())?, h, w)?)?),
             }

@@ -173,11 +173,6 @@ impl Tiler {
     }
 }
 
-/// The loss and gradient of `x` tiled as `tiling` says (a one-off [`Tiler`]).
-pub fn tiled_loss_and_grad(net: &dyn FeatureNet, objective: &Objective, x: &Tensor, tiling: Tiling) -> Result<(f32, Tensor)> {
-    Tiler::new(objective, net, x, tiling)?.loss_and_grad(net, objective, x)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,15 +183,6 @@ impl Conv2d {
         x.contiguous()?.apply_op1(ConvOp(self.inner.clone()))
     }
 
-    /// The padding that makes the padded input exactly as long as the output needs:
-    /// (top, bottom, left, right); bottom and right may be negative (rows never read).
-    fn exact_padding(g: &Geometry) -> (isize, isize, isize, isize) {
-        let need_h = ((g.oh - 1) * g.sh + g.kh) as isize;
-        let need_w = ((g.ow - 1) * g.sw + g.kw) as isize;
-        let (pt, pl) = (g.pt as isize, g.pl as isize);
-        (pt, need_h - g.h as isize - pt, pl, need_w - g.w as isize - pl)
-    }
-
     /// The forward from candle's ops (any device): pad, conv2d, bias, activation.
     fn forward_portable(&self, x: &Tensor) -> Result<Tensor> {
         let g = Geometry::new(&self.inner, x.dims())?;
@@ -199,7 +190,7 @@ impl Conv2d {
             bail!("conv: the portable path needs equal strides, got {}x{}", g.sh, g.sw);
         }
         let dw = self.inner.on(x.device())?;
-        let (t, b, l, r) = Self::exact_padding(&g);
+        let (t, b, l, r) = portable::exact_padding((g.h, g.w), (g.oh, g.ow), (g.kh, g.kw), (g.sh, g.sw), (g.pt, g.pl));
         let xp = portable::pad2(x, t, b, l, r, 0.0)?;
         let y = xp.conv2d(&dw.weight, 0, g.sh, 1, g.groups)?.broadcast_add(&dw.bias)?;
         match self.inner.spec.activation {

@@ -71,20 +71,15 @@ impl Pool2d {
         x.contiguous()?.apply_op1(*self)
     }
 
-    /// Padding that makes the padded input exactly as long as the windows need (top, bottom,
-    /// left, right; bottom and right negative when trailing rows are never read).
     fn exact_padding(&self, h: usize, w: usize, oh: usize, ow: usize) -> (isize, isize, isize, isize) {
-        let need_h = ((oh - 1) * self.stride.0 + self.kernel.0) as isize;
-        let need_w = ((ow - 1) * self.stride.1 + self.kernel.1) as isize;
-        let (ph, pw) = (self.padding.0 as isize, self.padding.1 as isize);
-        (ph, need_h - h as isize - ph, pw, need_w - w as isize - pw)
+        portable::exact_padding((h, w), (oh, ow), self.kernel, self.stride, self.padding)
     }
 
     /// Each output's divisor, `[1, 1, oh, ow]` on `device`.
     fn divisors(&self, h: usize, w: usize, device: &candle_core::Device) -> Result<Tensor> {
         let (rows, cols) = self.all_spans(h, w)?;
         let d = rows.iter().flat_map(|r| cols.iter().map(move |c| r.divisor * c.divisor)).collect();
-        portable::plane_const(d, rows.len(), cols.len(), device)
+        Tensor::from_vec(d, (1, 1, rows.len(), cols.len()), device)
     }
 
     /// The forward from candle's ops (any device): max pooling of the input padded with -inf,
@@ -119,7 +114,9 @@ impl Pool2d {
                 let share = gy.broadcast_div(&self.divisors(h, w, gy.device())?)?;
                 let spread = portable::dilate(&share, sh, sw)?.reshape((n * c, 1, (oh - 1) * sh + 1, (ow - 1) * sw + 1))?;
                 let ones = Tensor::ones((1, 1, kh, kw), gy.dtype(), gy.device())?;
-                let (bottom, right) = ((hp + kh - 1 - (kh - 1)) as isize - spread.dim(2)? as isize, (wp + kw - 1 - (kw - 1)) as isize - spread.dim(3)? as isize);
+                // A correlation with the box, output hp x wp: the spread gradient padded by
+                // kernel - 1 before, and to hp + kernel - 1 in all.
+                let (bottom, right) = (hp as isize - spread.dim(2)? as isize, wp as isize - spread.dim(3)? as isize);
                 portable::pad2(&spread, kh as isize - 1, bottom, kw as isize - 1, right, 0.0)?.conv2d(&ones, 0, 1, 1, 1)?.reshape((n, c, hp, wp))?
             }
             PoolKind::Max => {

@@ -7,7 +7,7 @@
 //! reverse pass, which calls [`Conv2d::input_grad`](super::Conv2d::input_grad) and
 //! [`Pool2d::input_grad`](super::Pool2d::input_grad).
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use std::cell::Cell;
 
 thread_local! {
@@ -94,12 +94,23 @@ pub(crate) fn separable(x: &Tensor, rows: &[f32], out_h: usize, cols: &[f32], ou
     y.reshape((n, c, out_h, out_w))
 }
 
-/// A host constant on `device`, as `[1, 1, h, w]`.
-pub(crate) fn plane_const(values: Vec<f32>, h: usize, w: usize, device: &Device) -> Result<Tensor> {
-    Tensor::from_vec(values, (1, 1, h, w), device)
+/// The padding (top, bottom, left, right) that makes an `h x w` input exactly as large as
+/// `out` windows of `kernel` at `stride` need, with `before` (rows, cols) padded first; bottom
+/// and right come out negative when trailing rows or columns are never read.
+pub(crate) fn exact_padding(
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    before: (usize, usize),
+) -> (isize, isize, isize, isize) {
+    let need_h = ((oh - 1) * stride.0 + kernel.0) as isize;
+    let need_w = ((ow - 1) * stride.1 + kernel.1) as isize;
+    let (t, l) = (before.0 as isize, before.1 as isize);
+    (t, need_h - h as isize - t, l, need_w - w as isize - l)
 }
 
-/// `1.0` where `mask` holds, `0.0` elsewhere, as f32.
+/// `1.0` where `mask` holds, `0.0` elsewhere.
 pub(crate) fn as_f32(mask: &Tensor) -> Result<Tensor> {
     mask.to_dtype(DType::F32)
 }
@@ -108,6 +119,7 @@ pub(crate) fn as_f32(mask: &Tensor) -> Result<Tensor> {
 mod tests {
     //! The portable path against the CPU kernels, op by op, on odd sizes.
     use super::*;
+    use candle_core::Device;
     use crate::ops::{gaussian_blur, resize_bilinear, Activation, Conv2d, ConvSpec, Padding, Pool2d};
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
