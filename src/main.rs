@@ -675,10 +675,12 @@ fn run(cli: Cli) -> Result<(), Error> {
                 let (t, f2) = (Instant::now(), deepdream::ops::flops::total());
                 fwd_flops = f2 - f;
                 dream::loss_and_grad(net.as_ref(), &objective, &x, &prepared)?;
+                device.synchronize()?; // a GPU runs asynchronously: wait before reading the clock
                 step.push(t.elapsed().as_secs_f64());
                 step_flops = deepdream::ops::flops::total() - f2;
                 let t = Instant::now();
                 deepdream::ops::resize_bilinear(&small, h, w)?;
+                device.synchronize()?;
                 resize.push(t.elapsed().as_secs_f64());
             }
             let median = |v: &mut Vec<f64>| {

@@ -211,15 +211,37 @@ impl Block for Residual {
 
 /// A fully connected layer: `y = x w^T + b`.
 pub struct Linear {
-    pub weight_t: Tensor,
-    pub bias: Tensor,
+    /// `[in, out]`, on the CPU.
+    weight_t: Tensor,
+    /// `[out]`, on the CPU.
+    bias: Tensor,
+    /// The weights copied to the (non-CPU) devices the layer has run on.
+    on_device: std::sync::Mutex<Vec<(candle_core::Device, (Tensor, Tensor))>>,
+}
+
+impl Linear {
+    /// A layer `x @ weight_t + bias` from `weight_t` `[in, out]` and `bias` `[out]`.
+    pub fn new(weight_t: Tensor, bias: Tensor) -> Self {
+        Linear { weight_t, bias, on_device: Default::default() }
+    }
+
+    fn weights_on(&self, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+        if device.is_cpu() {
+            return Ok((self.weight_t.clone(), self.bias.clone()));
+        }
+        let mut cache = self.on_device.lock().expect("weight cache lock");
+        if let Some((_, w)) = cache.iter().find(|(d, _)| d.same_device(device)) {
+            return Ok(w.clone());
+        }
+        let w = (self.weight_t.to_device(device)?, self.bias.to_device(device)?);
+        cache.push((device.clone(), w.clone()));
+        Ok(w)
+    }
 }
 
 impl Block for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // The weights live on the CPU; on another device they are copied per call (the head
-        // runs once per step, for class objectives only).
-        let (w, b) = (self.weight_t.to_device(x.device())?, self.bias.to_device(x.device())?);
+        let (w, b) = self.weights_on(x.device())?;
         Ok(x.matmul(&w)?.broadcast_add(&b)?)
     }
 }

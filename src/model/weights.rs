@@ -144,10 +144,10 @@ impl Weights {
 
     /// A linear layer `{prefix}.weight` `[out, in]` and `{prefix}.bias`.
     pub fn linear(&self, prefix: &str, inputs: usize, outputs: usize) -> Result<super::network::Linear> {
-        Ok(super::network::Linear {
-            weight_t: self.tensor(&format!("{prefix}.weight"), &[outputs, inputs])?.t()?.contiguous()?,
-            bias: self.tensor(&format!("{prefix}.bias"), &[outputs])?,
-        })
+        Ok(super::network::Linear::new(
+            self.tensor(&format!("{prefix}.weight"), &[outputs, inputs])?.t()?.contiguous()?,
+            self.tensor(&format!("{prefix}.bias"), &[outputs])?,
+        ))
     }
 
     /// A convolution followed by batch norm (`bn.weight` optional: gamma = 1), folded into one

@@ -97,6 +97,16 @@ struct DeviceWeights {
     weight: Tensor,
     bias: Tensor,
     flipped: Tensor,
+    /// For a depthwise conv (one input and one output channel per group): each kernel tap's
+    /// weights as `[1, c, 1, 1]`, in the order `(ky, kx)`, for the weight and the flipped weight.
+    taps: Option<(Vec<Tensor>, Vec<Tensor>)>,
+}
+
+/// `[c, 1, kh, kw]` as `kh * kw` tensors `[1, c, 1, 1]`, one per tap.
+fn depthwise_taps(w: &Tensor) -> Result<Vec<Tensor>> {
+    let (c, _, kh, kw) = w.dims4()?;
+    let by_tap = w.reshape((c, kh * kw))?.t()?.contiguous()?;
+    (0..kh * kw).map(|k| by_tap.narrow(0, k, 1)?.reshape((1, c, 1, 1))).collect()
 }
 
 impl ConvInner {
@@ -107,11 +117,10 @@ impl ConvInner {
         }
         let [co, cig, kh, kw] = self.wshape;
         let ci = cig * self.spec.groups;
-        let w = Arc::new(DeviceWeights {
-            weight: Tensor::from_slice(&self.weight, (co, cig, kh, kw), device)?,
-            bias: Tensor::from_slice(&self.bias, (1, co, 1, 1), device)?,
-            flipped: Tensor::from_slice(self.flipped(), (ci, co / self.spec.groups, kh, kw), device)?,
-        });
+        let weight = Tensor::from_slice(&self.weight, (co, cig, kh, kw), device)?;
+        let flipped = Tensor::from_slice(self.flipped(), (ci, co / self.spec.groups, kh, kw), device)?;
+        let taps = if cig == 1 && co == self.spec.groups { Some((depthwise_taps(&weight)?, depthwise_taps(&flipped)?)) } else { None };
+        let w = Arc::new(DeviceWeights { weight, bias: Tensor::from_slice(&self.bias, (1, co, 1, 1), device)?, flipped, taps });
         cache.push((device.clone(), w.clone()));
         Ok(w)
     }
@@ -190,9 +199,14 @@ impl Conv2d {
             bail!("conv: the portable path needs equal strides, got {}x{}", g.sh, g.sw);
         }
         let dw = self.inner.on(x.device())?;
+        super::flops::add(g.flops());
         let (t, b, l, r) = portable::exact_padding((g.h, g.w), (g.oh, g.ow), (g.kh, g.kw), (g.sh, g.sw), (g.pt, g.pl));
         let xp = portable::pad2(x, t, b, l, r, 0.0)?;
-        let y = xp.conv2d(&dw.weight, 0, g.sh, 1, g.groups)?.broadcast_add(&dw.bias)?;
+        let y = match &dw.taps {
+            Some((taps, _)) => portable::depthwise(&xp, taps, (g.kh, g.kw), g.sh, (g.oh, g.ow))?,
+            None => xp.conv2d(&dw.weight, 0, g.sh, 1, g.groups)?,
+        };
+        let y = y.broadcast_add(&dw.bias)?;
         match self.inner.spec.activation {
             Activation::Identity => Ok(y),
             Activation::Relu => y.relu(),
@@ -210,6 +224,7 @@ impl Conv2d {
             Activation::Relu6 => (gy * (portable::as_f32(&y.gt(0f32)?)? * portable::as_f32(&y.lt(6f32)?)?)?)?,
         };
         let dw = self.inner.on(gy.device())?;
+        super::flops::add(g.flops());
         let spread = portable::dilate(&gpre, g.sh, g.sw)?;
         // gx[y] = sum_k spread[y + pt - k] w[k]: a correlation with the flipped kernel, the
         // spread gradient padded by k - 1 - pt before and to an output of the input's length.
@@ -219,7 +234,11 @@ impl Conv2d {
         if top < 0 || left < 0 {
             bail!("conv: padding wider than the kernel");
         }
-        portable::pad2(&spread, top, bottom, left, right, 0.0)?.conv2d(&dw.flipped, 0, 1, 1, g.groups)
+        let padded = portable::pad2(&spread, top, bottom, left, right, 0.0)?;
+        match &dw.taps {
+            Some((_, flipped)) => portable::depthwise(&padded, flipped, (g.kh, g.kw), 1, (g.h, g.w)),
+            None => padded.conv2d(&dw.flipped, 0, 1, 1, g.groups),
+        }
     }
 }
 

@@ -81,6 +81,44 @@ pub(crate) fn subsample(x: &Tensor, sy: usize, sx: usize, oh: usize, ow: usize) 
     x.reshape((n, c, oh, sy, ow, sx))?.narrow(3, 0, 1)?.narrow(5, 0, 1)?.reshape((n, c, oh, ow))
 }
 
+/// A depthwise correlation of the padded `[n, c, hp, wp]` input with one `[1, c, 1, 1]` weight
+/// per kernel tap, at `stride`, to `out` = (oh, ow): a sum of shifted, scaled copies. candle's
+/// grouped conv2d runs one convolution per group (a kernel launch per channel on a GPU); this
+/// is two elementwise ops per tap whatever the channel count.
+pub(crate) fn depthwise(xp: &Tensor, taps: &[Tensor], k: (usize, usize), stride: usize, out: (usize, usize)) -> Result<Tensor> {
+    let (kh, kw) = k;
+    let (oh, ow) = out;
+    let (_, _, hp, wp) = xp.dims4()?;
+    // The input split into stride x stride phases once: tap (ky, kx) reads phase
+    // (ky % s, kx % s) from row ky / s, column kx / s.
+    let mut phases = Vec::with_capacity(stride * stride);
+    for a in 0..stride {
+        for b in 0..stride {
+            if stride == 1 {
+                phases.push(xp.clone());
+            } else {
+                let ph = (hp - a).div_ceil(stride);
+                let pw = (wp - b).div_ceil(stride);
+                let shifted = xp.narrow(2, a, hp - a)?.narrow(3, b, wp - b)?;
+                phases.push(subsample(&shifted, stride, stride, ph, pw)?);
+            }
+        }
+    }
+    let mut acc: Option<Tensor> = None;
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let phase = &phases[(ky % stride) * stride + kx % stride];
+            let win = phase.narrow(2, ky / stride, oh)?.narrow(3, kx / stride, ow)?;
+            let term = win.broadcast_mul(&taps[ky * kw + kx])?;
+            acc = Some(match acc {
+                None => term,
+                Some(a) => (a + term)?,
+            });
+        }
+    }
+    acc.ok_or_else(|| candle_core::Error::Msg("depthwise: empty kernel".into()))
+}
+
 /// `y[p] = rows · x[p] · colsᵀ` for every plane `p` of `[n, c, h, w]`, where `rows` is
 /// `[out_h, h]` and `cols` is `[out_w, w]`, given row-major on the host.
 pub(crate) fn separable(x: &Tensor, rows: &[f32], out_h: usize, cols: &[f32], out_w: usize) -> Result<Tensor> {
