@@ -154,7 +154,7 @@ pub fn dream(net: &dyn FeatureNet, pixels: &Tensor, params: &DreamParams, progre
                 j => (rng.random_range(-(j as i32)..=j as i32), rng.random_range(-(j as i32)..=j as i32)),
             };
             let shifted = roll2(&x, dy, dx)?;
-            let (loss, mut grad) = tiler.loss_and_grad(net, &params.objective, &shifted)?;
+            let (loss, mut grad) = tiler.loss_and_grad(net, &params.objective, &shifted, (dy, dx))?;
             if params.max_loss.is_some_and(|m| loss as f64 > m) {
                 break;
             }
@@ -234,7 +234,7 @@ pub fn resize_for_octave(x: &Tensor, scale: f64) -> Result<Tensor> {
 }
 
 /// Rolls the image by `dy` rows and `dx` columns, wrapping around.
-fn roll2(x: &Tensor, dy: i32, dx: i32) -> Result<Tensor> {
+pub(crate) fn roll2(x: &Tensor, dy: i32, dx: i32) -> Result<Tensor> {
     let mut x = x.clone();
     if dy != 0 {
         x = x.roll(dy, 2)?;

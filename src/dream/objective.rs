@@ -87,9 +87,33 @@ pub struct Prepared {
     /// octave, the style's content image): kept so a tile can take its own window of them.
     l2_guide_image: Option<Tensor>,
     content_image: Option<Tensor>,
+    /// Sides (top, bottom, left, right) that are cuts inside a larger image, not its edges:
+    /// the layer loss keeps their border (only the image's own edges lose it).
+    inner_sides: [bool; 4],
 }
 
 impl Prepared {
+    /// Marks which sides of a window (top, bottom, left, right) are cuts inside the image.
+    pub fn set_inner_sides(&mut self, sides: [bool; 4]) {
+        self.inner_sides = sides;
+    }
+
+    /// Whether some targets are compared position by position (and so must move with the
+    /// jitter roll).
+    pub fn is_positional(&self) -> bool {
+        self.l2_guide_image.is_some() || self.content_image.is_some()
+    }
+
+    /// The targets for the image rolled by `(dy, dx)` pixels, as the jitter rolls it: the
+    /// positional images roll with it (their features are computed by [`Prepared::window`]).
+    pub fn rolled(&self, dy: i32, dx: i32) -> Result<Prepared> {
+        let mut p = self.clone();
+        let roll = |img: &Option<Tensor>| img.as_ref().map(|i| super::roll2(i, dy, dx)).transpose();
+        p.l2_guide_image = roll(&self.l2_guide_image)?;
+        p.content_image = roll(&self.content_image)?;
+        Ok(p)
+    }
+
     /// The targets for the window `rows x cols` of the octave image.
     pub fn window(&self, objective: &Objective, net: &dyn FeatureNet, rows: Range<usize>, cols: Range<usize>) -> Result<Prepared> {
         let mut p = self.clone();
@@ -124,15 +148,17 @@ fn names(terms: &[LayerTerm]) -> impl Iterator<Item = &String> {
     terms.iter().map(|t| &t.layer)
 }
 
-/// `a[:, :, b:-b, b:-b]`, or the whole map when it is too small to lose its border.
-fn crop_border(a: &Tensor, b: usize) -> Result<Tensor> {
+/// `a[:, :, b:-b, b:-b]`, or the whole map when it is too small to lose its border; sides
+/// marked `inner` (top, bottom, left, right: cuts inside a larger image) keep theirs.
+fn crop_border(a: &Tensor, b: usize, inner: [bool; 4]) -> Result<Tensor> {
     let (_, _, h, w) = a.dims4()?;
+    let cut = |side: usize| if inner[side] { 0 } else { b };
     let mut a = a.clone();
     if h > 2 * b {
-        a = a.narrow(2, b, h - 2 * b)?;
+        a = a.narrow(2, cut(0), h - cut(0) - cut(1))?;
     }
     if w > 2 * b {
-        a = a.narrow(3, b, w - 2 * b)?;
+        a = a.narrow(3, cut(2), w - cut(2) - cut(3))?;
     }
     Ok(a)
 }
@@ -267,7 +293,7 @@ impl Objective {
         for term in &self.layers {
             let a = tap(&term.layer)?;
             let value = match term.channel {
-                None => (crop_border(a, self.border)?.sqr()?.sum_all()? / a.elem_count() as f64)?,
+                None => (crop_border(a, self.border, prepared.inner_sides)?.sqr()?.sum_all()? / a.elem_count() as f64)?,
                 Some(c) => {
                     let channels = a.dim(1)?;
                     if c >= channels {

@@ -16,6 +16,7 @@ use super::objective::{Objective, Prepared};
 use crate::model::FeatureNet;
 use crate::{Error, Result};
 use candle_core::Tensor;
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// Default largest core side: images up to 1024x1024 are dreamt whole.
@@ -113,6 +114,8 @@ fn spans(len: usize, t: Tiling) -> Vec<Span> {
 pub struct Tiler {
     h: usize,
     w: usize,
+    /// The targets all windows share, with the positional images uncut (for rolled targets).
+    shared: Prepared,
     windows: Vec<Window>,
 }
 
@@ -130,11 +133,12 @@ impl Tiler {
         let mut windows = Vec::new();
         for rows in spans(h, tiling) {
             for cols in spans(w, tiling) {
-                let prepared = shared.window(objective, net, rows.range.clone(), cols.range.clone())?;
+                let mut prepared = shared.window(objective, net, rows.range.clone(), cols.range.clone())?;
+                prepared.set_inner_sides([rows.range.start > 0, rows.range.end < h, cols.range.start > 0, cols.range.end < w]);
                 windows.push(Window { rows: rows.clone(), cols, prepared });
             }
         }
-        Ok(Tiler { h, w, windows })
+        Ok(Tiler { h, w, shared, windows })
     }
 
     /// How many windows one step runs.
@@ -142,21 +146,34 @@ impl Tiler {
         self.windows.len()
     }
 
-    /// The loss and its gradient for the whole image `x`, window by window.
-    pub fn loss_and_grad(&self, net: &dyn FeatureNet, objective: &Objective, x: &Tensor) -> Result<(f32, Tensor)> {
+    /// The loss and its gradient for the whole image `x`, window by window. `x` is the octave's
+    /// image rolled by `shift` (the jitter): targets compared position by position are taken
+    /// from their images rolled alike (a fresh forward pass per window), the others as planned.
+    pub fn loss_and_grad(&self, net: &dyn FeatureNet, objective: &Objective, x: &Tensor, shift: (i32, i32)) -> Result<(f32, Tensor)> {
         let (_, _, h, w) = x.dims4()?;
         if (h, w) != (self.h, self.w) {
             return Err(Error::usage(format!("tiler planned for {}x{}, given {w}x{h}", self.w, self.h)));
         }
+        let rolled = match shift != (0, 0) && self.shared.is_positional() {
+            true => Some(self.shared.rolled(shift.0, shift.1)?),
+            false => None,
+        };
+        fn targets<'w>(win: &'w Window, rolled: Option<&Prepared>, objective: &Objective, net: &dyn FeatureNet) -> Result<Cow<'w, Prepared>> {
+            Ok(match rolled {
+                Some(r) => Cow::Owned(r.window(objective, net, win.rows.range.clone(), win.cols.range.clone())?),
+                None => Cow::Borrowed(&win.prepared),
+            })
+        }
+        let targets = |win| targets(win, rolled.as_ref(), objective, net);
         if let [only] = self.windows.as_slice() {
-            return super::loss_and_grad(net, objective, x, &only.prepared);
+            return super::loss_and_grad(net, objective, x, &*targets(only)?);
         }
         let area = (h * w) as f64;
         let (mut loss, mut grad) = (0.0f64, None::<Tensor>);
         for win in &self.windows {
             let (r, c) = (&win.rows.range, &win.cols.range);
             let crop = x.narrow(2, r.start, r.len())?.narrow(3, c.start, c.len())?.contiguous()?;
-            let (l, g) = super::loss_and_grad(net, objective, &crop, &win.prepared)?;
+            let (l, g) = super::loss_and_grad(net, objective, &crop, &*targets(win)?)?;
             let core: f64 = win.rows.weights.iter().map(|&v| v as f64).sum::<f64>() * win.cols.weights.iter().map(|&v| v as f64).sum::<f64>();
             loss += l as f64 * core / area;
             let scale = (r.len() * c.len()) as f64 / area;

@@ -98,22 +98,25 @@ fn compare(a: &Tensor, b: &Tensor) -> (f64, f64) {
 #[test]
 fn tiled_gradient_matches_the_whole_image_and_has_no_seams() {
     // chelsea at 451x300 with 256-pixel tiles: a 2x2 grid of windows with 32-pixel margins,
-    // far smaller than the 1024 default, so the windows see little context. The loss reads low
-    // (activations fade near a window's edge: measured 34.7 against 44.2) but the gradient,
-    // which is what moves the image, keeps its direction (measured cosine 0.992).
+    // far smaller than the 1024 default, so the windows see little context. The loss reads a
+    // little high (the zero padding at a window's inner cut excites edge detectors: measured
+    // 51.3 against 44.2) but the gradient, which is what moves the image, keeps its direction
+    // (measured cosine 0.995). Windows keep the layer border on their inner cuts (only the
+    // image's own edges lose it): cropping there too read 34.7 and gave cosine 0.992.
     let x = lite0().normalization().apply(&small_example(451)).unwrap();
     let objective = Objective::layers(vec![LayerTerm::new("block5", 1.0), LayerTerm::new("block10", 1.0)]);
     let (whole_loss, whole) = loss_and_grad(lite0(), &objective, &x, &Prepared::default()).unwrap();
     let tiler = dream::Tiler::new(&objective, lite0(), &x, dream::Tiling::with_tile(256)).unwrap();
     assert_eq!(tiler.windows(), 4);
-    let (tiled_loss, tiled) = tiler.loss_and_grad(lite0(), &objective, &x).unwrap();
+    let (tiled_loss, tiled) = tiler.loss_and_grad(lite0(), &objective, &x, (0, 0)).unwrap();
     let (cos, l1) = compare(&tiled, &whole);
     eprintln!("tiled vs whole: loss {tiled_loss} vs {whole_loss}, gradient cosine {cos:.4}, relative L1 {l1:.4}");
-    assert!((tiled_loss / whole_loss - 1.0).abs() < 0.3, "loss {tiled_loss} vs {whole_loss}");
+    assert!((tiled_loss / whole_loss - 1.0).abs() < 0.25, "loss {tiled_loss} vs {whole_loss}");
     assert!(cos > 0.98 && l1 < 0.2, "cosine {cos}, relative L1 {l1}");
     // No seam: across each cut (column 226, row 150) no step between neighbouring pixels of the
     // tiled gradient stands out from the others nearby more than in the whole image's gradient.
-    // Measured: blended 1.41 and 1.40 against 1.27 and 1.30; hard cuts (margin 0) give 2.14.
+    // Measured: blended 1.27 and 1.33 against 1.27 and 1.30 (1.41 and 1.40 when the windows
+    // lost their border on inner cuts too); hard cuts (margin 0) give 2.14.
     let jumpiness = |g: &Tensor, axis: usize, at: usize| {
         let band = g.narrow(axis, at - 40, 81).unwrap();
         let n = band.dim(axis).unwrap();
@@ -149,4 +152,29 @@ fn tiled_dream_runs_end_to_end_with_positional_targets() {
     let out = dream::dream(lite0(), &img, &p, &mut Quiet).unwrap();
     assert_eq!(out.pixels.dims(), img.dims());
     assert!(out.losses.windows(2).all(|w| w[1] > w[0]), "loss did not rise: {:?}", out.losses);
+}
+
+#[test]
+fn positional_targets_roll_with_the_jitter() {
+    // The jitter rolls the image; an L2 guide must roll with it, or every step compares each
+    // position with the guide's features some pixels away. Guided by itself, the rolled image
+    // matches its rolled targets: loss zero, whole and tiled, whatever the shift.
+    let img = small_example(300);
+    let guide = dream::Guide { image: img.clone(), layers: vec![LayerTerm::new("block5", 1.0)], mode: dream::GuideMode::L2, weight: 1.0 };
+    let objective = Objective { guide: Some(guide), ..Objective::layers(vec![]) };
+    let x = lite0().normalization().apply(&img).unwrap();
+    for tile in [0, 128] {
+        let tiling = if tile == 0 { dream::Tiling::off() } else { dream::Tiling::with_tile(tile) };
+        let tiler = dream::Tiler::new(&objective, lite0(), &x, tiling).unwrap();
+        for (dy, dx) in [(0, 0), (5, -7), (-12, 3)] {
+            let rolled = x.roll(dy, 2).unwrap().roll(dx, 3).unwrap();
+            let (loss, _) = tiler.loss_and_grad(lite0(), &objective, &rolled, (dy, dx)).unwrap();
+            assert!(loss.abs() < 1e-6, "tile {tile}, shift ({dy}, {dx}): the guide did not move with the image: loss {loss}");
+            if (dy, dx) != (0, 0) {
+                // Told no shift, the same image is compared with unrolled targets: far off.
+                let (stale, _) = tiler.loss_and_grad(lite0(), &objective, &rolled, (0, 0)).unwrap();
+                assert!(stale < -0.1, "tile {tile}: a misaligned guide should cost, got {stale}");
+            }
+        }
+    }
 }
