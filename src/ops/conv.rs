@@ -342,6 +342,13 @@ impl Geometry {
 /// `col[(c*kh + ky)*kw + kx, oy*ow + ox] = x[c, oy*sh - pt + ky, ox*sw - pl + kx]` (0 outside).
 /// Each output row is one contiguous (stride 1) or strided copy between zeroed margins.
 fn im2col(x: &[f32], g: &Geometry, channels: usize, col: &mut [f32]) {
+    im2col_masked(x, None, g, channels, col)
+}
+
+/// [`im2col`] of `x` where `mask = (y, act)` lets through only the entries whose `y` the
+/// activation passes (zero elsewhere): the gradient at a pre-activation, gathered without
+/// first writing it out.
+fn im2col_masked(x: &[f32], mask: Option<(&[f32], Activation)>, g: &Geometry, channels: usize, col: &mut [f32]) {
     let ohw = g.oh * g.ow;
     let cols: Vec<_> = (0..g.kw).map(|kx| valid_cols(g.ow, g.sw, kx, g.pl, g.w)).collect();
     col[..channels * g.kh * g.kw * ohw].par_chunks_mut(ohw).enumerate().for_each(|(row, out)| {
@@ -361,11 +368,24 @@ fn im2col(x: &[f32], g: &Geometry, channels: usize, col: &mut [f32]) {
             dst[..r.start].fill(0.0);
             dst[r.end..].fill(0.0);
             let first = r.start * g.sw + kx - g.pl;
-            if g.sw == 1 {
-                dst[r.clone()].copy_from_slice(&src[first..first + r.len()]);
-            } else {
-                for (d, s) in dst[r.clone()].iter_mut().zip(src[first..].iter().step_by(g.sw)) {
-                    *d = *s;
+            match (mask, g.sw) {
+                (None, 1) => dst[r.clone()].copy_from_slice(&src[first..first + r.len()]),
+                (None, _) => {
+                    for (d, s) in dst[r.clone()].iter_mut().zip(src[first..].iter().step_by(g.sw)) {
+                        *d = *s;
+                    }
+                }
+                (Some((y, act)), 1) => {
+                    let yrow = &y[c * g.h * g.w + iy as usize * g.w..][..g.w];
+                    let (src, yrow) = (&src[first..first + r.len()], &yrow[first..first + r.len()]);
+                    mask_into(&mut dst[r.clone()], src, yrow, act);
+                }
+                (Some((y, act)), _) => {
+                    let yrow = &y[c * g.h * g.w + iy as usize * g.w..][..g.w];
+                    let pairs = src[first..].iter().zip(&yrow[first..]).step_by(g.sw);
+                    for (d, (s, o)) in dst[r.clone()].iter_mut().zip(pairs) {
+                        *d = if act.passes(*o) { *s } else { 0.0 };
+                    }
                 }
             }
         }
@@ -403,6 +423,19 @@ fn col2im(col: &[f32], g: &Geometry, channels: usize, x: &mut [f32]) {
             }
         }
     });
+}
+
+/// `dst = src` where the activation passes its output `y`, else 0 (equal lengths; written
+/// branch-free per activation so it vectorises).
+fn mask_into(dst: &mut [f32], src: &[f32], y: &[f32], act: Activation) {
+    // Bit masks rather than branches: the loops vectorise, and a masked entry is exactly 0.
+    let keep = |pass: bool| if pass { u32::MAX } else { 0 };
+    let pairs = dst.iter_mut().zip(src.iter().zip(y));
+    match act {
+        Activation::Identity => dst.copy_from_slice(&src[..dst.len()]),
+        Activation::Relu => pairs.for_each(|(d, (s, o))| *d = f32::from_bits(s.to_bits() & keep(*o > 0.0))),
+        Activation::Relu6 => pairs.for_each(|(d, (s, o))| *d = f32::from_bits(s.to_bits() & keep(*o > 0.0 && *o < 6.0))),
+    }
 }
 
 /// Output columns `ox` whose input column `ox*s + k - pad` lies inside `0..len`.
@@ -478,6 +511,8 @@ fn depthwise_backward(gy: &[f32], wt: &[f32], g: &Geometry, gx: &mut [f32]) {
 }
 
 thread_local! {
+    /// The gradient at the pre-activation, kept between calls like [`SCRATCH`].
+    static GPRE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The im2col buffer, kept between calls: at 512x512 it is tens of megabytes, and a fresh
     /// allocation each time costs page faults.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -545,17 +580,33 @@ fn conv_forward_into(inner: &ConvInner, x: &[f32], g: &Geometry, y: &mut [f32], 
 }
 
 fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<f32> {
-    let ohw = g.oh * g.ow;
     let act = inner.spec.activation;
-    // The gradient at the pre-activation: zero where the activation was flat.
-    let gpre: std::borrow::Cow<[f32]> = if act == Activation::Identity {
-        gy.into()
-    } else {
-        let mut d = Vec::with_capacity(gy.len());
-        gy.par_iter().zip(y.par_iter()).map(|(&d, &o)| if act.passes(o) { d } else { 0.0 }).collect_into_vec(&mut d);
-        d.into()
-    };
     let mut gx = vec![0.0f32; g.n * g.ci * g.h * g.w];
+    // The gradient at the pre-activation: zero where the activation was flat. The stride-1
+    // route applies the mask as its im2col gathers; the others read it from a buffer kept
+    // between calls (a fresh one each call cost page faults: 14% of InceptionV3's backward).
+    if act != Activation::Identity && g.transposed().is_some() && !g.is_pointwise() && !g.is_depthwise() {
+        let col_len = g.transposed().map(|t| t.cig * t.kh * t.kw * t.oh * t.ow).unwrap_or(0);
+        with_scratch(col_len, |col| conv_backward_into(inner, gy, Some(y), g, &mut gx, col));
+        return gx;
+    }
+    if act != Activation::Identity {
+        return GPRE.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < gy.len() {
+                buf.resize(gy.len(), 0.0);
+            }
+            let gpre = &mut buf[..gy.len()];
+            gpre.par_chunks_mut(1 << 14).zip(gy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14))).for_each(|(d, (gs, ys))| mask_into(d, gs, ys, act));
+            finish_backward(inner, gpre, g, gx)
+        });
+    }
+    finish_backward(inner, gy, g, gx)
+}
+
+/// The input gradient from the gradient at the pre-activation, into the zeroed `gx`.
+fn finish_backward(inner: &ConvInner, gpre: &[f32], g: &Geometry, mut gx: Vec<f32>) -> Vec<f32> {
+    let ohw = g.oh * g.ow;
     let k_len = g.cig * g.kh * g.kw;
     let col_len = if g.is_pointwise() || g.is_depthwise() {
         0
@@ -564,11 +615,13 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
     } else {
         k_len * ohw
     };
-    with_scratch(col_len, |col| conv_backward_into(inner, &gpre, g, &mut gx, col));
+    with_scratch(col_len, |col| conv_backward_into(inner, gpre, None, g, &mut gx, col));
     gx
 }
 
-fn conv_backward_into(inner: &ConvInner, gpre: &[f32], g: &Geometry, gx: &mut [f32], col: &mut [f32]) {
+/// `gpre` is the gradient at the pre-activation, or with `y` the output gradient still to be
+/// masked by the activation (the stride-1 route only).
+fn conv_backward_into(inner: &ConvInner, gpre: &[f32], y: Option<&[f32]>, g: &Geometry, gx: &mut [f32], col: &mut [f32]) {
     let ohw = g.oh * g.ow;
     let k_len = g.cig * g.kh * g.kw;
     for b in 0..g.n {
@@ -590,7 +643,8 @@ fn conv_backward_into(inner: &ConvInner, gpre: &[f32], g: &Geometry, gx: &mut [f
                 // the product lands straight in gx, where the col2im route would zero, fill and
                 // scatter-add a matrix as large.
                 let ft = &inner.flipped()[grp * g.cig * g.cog * g.kh * g.kw..][..g.cig * g.cog * g.kh * g.kw];
-                im2col(gyg, &t, g.cog, col);
+                let mask = y.map(|y| (&y[b * g.co * ohw + grp * g.cog * ohw..][..g.cog * ohw], inner.spec.activation));
+                im2col_masked(gyg, mask, &t, g.cog, col);
                 sgemm(g.cig, g.h * g.w, g.cog * g.kh * g.kw, ft, Trans::No, col, Trans::No, gxg, true);
             } else {
                 sgemm(k_len, ohw, g.cog, wg, Trans::Yes, gyg, Trans::No, col, false);
