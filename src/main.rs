@@ -516,7 +516,7 @@ fn run_video(a: VideoArgs) -> Result<(), Error> {
         return Err(Error::usage(format!("--blend must be in [0, 1), got {blend}")));
     }
     let options = deepdream::source::video::VideoOptions { max_size: job.max_size, start: a.start.or(v.start), duration: a.duration.or(v.duration) };
-    if options.start.is_some_and(|s| !(s >= 0.0)) || options.duration.is_some_and(|d| !(d > 0.0)) {
+    if options.start.is_some_and(|s| s.is_nan() || s < 0.0) || options.duration.is_some_and(|d| d.is_nan() || d <= 0.0) {
         return Err(Error::usage("--start must be >= 0 and --duration > 0"));
     }
     let info = deepdream::source::video::probe(&a.input, &options)?;

@@ -124,7 +124,7 @@ impl Store {
     }
 
     fn load(&self, i: u64) -> Result<RgbImage> {
-        Ok(io::load_rgb(&self.frame_path(i), None)?)
+        io::load_rgb(&self.frame_path(i), None)
     }
 }
 
@@ -200,10 +200,10 @@ pub fn render(net: &dyn FeatureNet, job: &RenderJob, progress: &mut dyn FramePro
         return Err(stage_error.unwrap_or_else(|| Error::usage("no frames were rendered")));
     }
     sink.finish()?;
-    if let Some(e) = stage_error {
-        if !matches!(e, Error::Cancelled) {
-            return Err(e);
-        }
+    if let Some(e) = stage_error
+        && !matches!(e, Error::Cancelled)
+    {
+        return Err(e);
     }
     if !aborted {
         let _ = std::fs::remove_dir_all(&store.dir);

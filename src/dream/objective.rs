@@ -228,15 +228,15 @@ impl Objective {
                 net.name()
             )));
         }
-        if let Some(s) = &self.style {
-            if s.layers.is_empty() {
-                return Err(Error::usage("the style objective names no style layers"));
-            }
+        if let Some(s) = &self.style
+            && s.layers.is_empty()
+        {
+            return Err(Error::usage("the style objective names no style layers"));
         }
-        if let Some(g) = &self.guide {
-            if g.layers.is_empty() {
-                return Err(Error::usage("the guide objective names no layers"));
-            }
+        if let Some(g) = &self.guide
+            && g.layers.is_empty()
+        {
+            return Err(Error::usage("the guide objective names no layers"));
         }
         Ok(())
     }

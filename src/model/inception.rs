@@ -5,6 +5,7 @@
 //! - `Tf2015`: the original TensorFlow graph of 2015-12-05 (the one behind FID and the
 //!   classic DeepDream recipe), imported into the same layout: pooling branches average
 //!   without the padding, the last module max-pools, input `(x - 128) / 128`, no classifier.
+//!
 //! Taps: the stem convs and pools, and `mixed0 .. mixed10` (the Keras names of
 //! `Mixed_5b .. Mixed_7c`).
 

@@ -153,16 +153,16 @@ fn storage_elem_sizes(state: &Object) -> HashMap<String, usize> {
         match o {
             Object::PersistentLoad(inner) => {
                 // ('storage', torch.FloatStorage, key, location, size, view_metadata)
-                if let Object::Tuple(items) = &**inner {
-                    if let (Some(Object::Class { class_name, .. }), Some(Object::Unicode(key))) = (items.get(1), items.get(2)) {
-                        let size = match class_name.as_str() {
-                            "DoubleStorage" | "LongStorage" => 8,
-                            "HalfStorage" | "BFloat16Storage" | "ShortStorage" => 2,
-                            "ByteStorage" | "CharStorage" | "BoolStorage" => 1,
-                            _ => 4,
-                        };
-                        out.insert(key.clone(), size);
-                    }
+                if let Object::Tuple(items) = &**inner
+                    && let (Some(Object::Class { class_name, .. }), Some(Object::Unicode(key))) = (items.get(1), items.get(2))
+                {
+                    let size = match class_name.as_str() {
+                        "DoubleStorage" | "LongStorage" => 8,
+                        "HalfStorage" | "BFloat16Storage" | "ShortStorage" => 2,
+                        "ByteStorage" | "CharStorage" | "BoolStorage" => 1,
+                        _ => 4,
+                    };
+                    out.insert(key.clone(), size);
                 }
             }
             Object::Tuple(v) | Object::List(v) => v.iter().for_each(|o| walk(o, out)),

@@ -115,7 +115,7 @@ fn interrupted_render_resumes_to_the_same_frames() {
     }
     assert_eq!(status.code(), Some(130));
     let partial = std::fs::read_dir(&cut).unwrap().count();
-    assert!(partial >= 1 && partial < 16, "{partial} frames after the interruption");
+    assert!((1..16).contains(&partial), "{partial} frames after the interruption");
     args.push("--resume");
     ok(&deepdream(&args));
     for i in 1..=16 {
