@@ -9,7 +9,7 @@
 //! Taps: the stem convs and pools, and `mixed0 .. mixed10` (the Keras names of
 //! `Mixed_5b .. Mixed_7c`).
 
-use super::network::{Block, Chain, Concat, GlobalAvgPool, Network};
+use super::network::{Block, Chain, Concat, Fork, ForkBranch, GlobalAvgPool, Network};
 use super::weights::Weights;
 use super::Normalization;
 use crate::ops::{Activation, Conv2d, ConvSpec, Padding, Pool2d};
@@ -61,18 +61,21 @@ impl Ctx<'_> {
         Box::new(Chain(items))
     }
 
-    fn a(&self, p: &str, cin: usize, pool: usize) -> Result<Concat> {
+    fn a(&self, p: &str, cin: usize, pool: usize) -> Result<Fork> {
         let n = |s: &str| format!("{p}.{s}");
-        Ok(Concat(vec![
-            self.c1(&n("branch1x1"), 64, cin)?,
-            self.chain(vec![self.c1(&n("branch5x5_1"), 48, cin)?, Box::new(self.conv(&n("branch5x5_2"), 64, 48, (5, 5), 1, (2, 2))?)]),
-            self.chain(vec![
-                self.c1(&n("branch3x3dbl_1"), 64, cin)?,
-                Box::new(self.conv(&n("branch3x3dbl_2"), 96, 64, (3, 3), 1, (1, 1))?),
-                Box::new(self.conv(&n("branch3x3dbl_3"), 96, 96, (3, 3), 1, (1, 1))?),
-            ]),
-            self.chain(vec![self.avg(), self.c1(&n("branch_pool"), pool, cin)?]),
-        ]))
+        let c1 = |s: &str, co: usize| self.conv(&n(s), co, cin, (1, 1), 1, (0, 0));
+        Fork::new(vec![
+            ForkBranch::Head(c1("branch1x1", 64)?, vec![]),
+            ForkBranch::Head(c1("branch5x5_1", 48)?, vec![Box::new(self.conv(&n("branch5x5_2"), 64, 48, (5, 5), 1, (2, 2))?)]),
+            ForkBranch::Head(
+                c1("branch3x3dbl_1", 64)?,
+                vec![
+                    Box::new(self.conv(&n("branch3x3dbl_2"), 96, 64, (3, 3), 1, (1, 1))?),
+                    Box::new(self.conv(&n("branch3x3dbl_3"), 96, 96, (3, 3), 1, (1, 1))?),
+                ],
+            ),
+            ForkBranch::Own(self.chain(vec![self.avg(), self.c1(&n("branch_pool"), pool, cin)?])),
+        ])
     }
 
     fn b(&self, p: &str, cin: usize) -> Result<Concat> {
@@ -88,36 +91,37 @@ impl Ctx<'_> {
         ]))
     }
 
-    fn c(&self, p: &str, cin: usize, c7: usize) -> Result<Concat> {
+    fn c(&self, p: &str, cin: usize, c7: usize) -> Result<Fork> {
         let n = |s: &str| format!("{p}.{s}");
-        let row = |name: &str, co: usize, ci: usize| self.conv(&n(name), co, ci, (1, 7), 1, (0, 3));
-        let col = |name: &str, co: usize, ci: usize| self.conv(&n(name), co, ci, (7, 1), 1, (3, 0));
-        Ok(Concat(vec![
-            self.c1(&n("branch1x1"), 192, cin)?,
-            self.chain(vec![self.c1(&n("branch7x7_1"), c7, cin)?, Box::new(row("branch7x7_2", c7, c7)?), Box::new(col("branch7x7_3", 192, c7)?)]),
-            self.chain(vec![
-                self.c1(&n("branch7x7dbl_1"), c7, cin)?,
-                Box::new(col("branch7x7dbl_2", c7, c7)?),
-                Box::new(row("branch7x7dbl_3", c7, c7)?),
-                Box::new(col("branch7x7dbl_4", c7, c7)?),
-                Box::new(row("branch7x7dbl_5", 192, c7)?),
-            ]),
-            self.chain(vec![self.avg(), self.c1(&n("branch_pool"), 192, cin)?]),
-        ]))
+        let c1 = |s: &str, co: usize| self.conv(&n(s), co, cin, (1, 1), 1, (0, 0));
+        let row = |name: &str, co: usize, ci: usize| -> Result<Box<dyn Block>> { Ok(Box::new(self.conv(&n(name), co, ci, (1, 7), 1, (0, 3))?)) };
+        let col = |name: &str, co: usize, ci: usize| -> Result<Box<dyn Block>> { Ok(Box::new(self.conv(&n(name), co, ci, (7, 1), 1, (3, 0))?)) };
+        Fork::new(vec![
+            ForkBranch::Head(c1("branch1x1", 192)?, vec![]),
+            ForkBranch::Head(c1("branch7x7_1", c7)?, vec![row("branch7x7_2", c7, c7)?, col("branch7x7_3", 192, c7)?]),
+            ForkBranch::Head(
+                c1("branch7x7dbl_1", c7)?,
+                vec![col("branch7x7dbl_2", c7, c7)?, row("branch7x7dbl_3", c7, c7)?, col("branch7x7dbl_4", c7, c7)?, row("branch7x7dbl_5", 192, c7)?],
+            ),
+            ForkBranch::Own(self.chain(vec![self.avg(), self.c1(&n("branch_pool"), 192, cin)?])),
+        ])
     }
 
-    fn d(&self, p: &str, cin: usize) -> Result<Concat> {
+    fn d(&self, p: &str, cin: usize) -> Result<Fork> {
         let n = |s: &str| format!("{p}.{s}");
-        Ok(Concat(vec![
-            self.chain(vec![self.c1(&n("branch3x3_1"), 192, cin)?, Box::new(self.conv(&n("branch3x3_2"), 320, 192, (3, 3), 2, (0, 0))?)]),
-            self.chain(vec![
-                self.c1(&n("branch7x7x3_1"), 192, cin)?,
-                Box::new(self.conv(&n("branch7x7x3_2"), 192, 192, (1, 7), 1, (0, 3))?),
-                Box::new(self.conv(&n("branch7x7x3_3"), 192, 192, (7, 1), 1, (3, 0))?),
-                Box::new(self.conv(&n("branch7x7x3_4"), 192, 192, (3, 3), 2, (0, 0))?),
-            ]),
-            Box::new(Pool2d::max(3, 2, 0, false)),
-        ]))
+        let c1 = |s: &str| self.conv(&n(s), 192, cin, (1, 1), 1, (0, 0));
+        Fork::new(vec![
+            ForkBranch::Head(c1("branch3x3_1")?, vec![Box::new(self.conv(&n("branch3x3_2"), 320, 192, (3, 3), 2, (0, 0))?)]),
+            ForkBranch::Head(
+                c1("branch7x7x3_1")?,
+                vec![
+                    Box::new(self.conv(&n("branch7x7x3_2"), 192, 192, (1, 7), 1, (0, 3))?),
+                    Box::new(self.conv(&n("branch7x7x3_3"), 192, 192, (7, 1), 1, (3, 0))?),
+                    Box::new(self.conv(&n("branch7x7x3_4"), 192, 192, (3, 3), 2, (0, 0))?),
+                ],
+            ),
+            ForkBranch::Own(Box::new(Pool2d::max(3, 2, 0, false))),
+        ])
     }
 
     /// InceptionE; `last` is Mixed_7c, whose pooling branch max-pools in the TF2015 graph.

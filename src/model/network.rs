@@ -23,6 +23,9 @@ pub enum Saved {
     Seq(Vec<Saved>),
     /// Each branch, and how many channels each contributed to the concatenation.
     Branches(Vec<(Saved, usize)>),
+    /// A fork's stacked head and each branch (a member's tail, or its own block), with how
+    /// many channels each contributed to the concatenation.
+    Fork { head: Box<Saved>, branches: Vec<(Saved, usize)> },
     /// The body, the shortcut (none: identity) and, with a ReLU after the sum, its output.
     Residual { body: Box<Saved>, shortcut: Option<Box<Saved>>, y: Option<Tensor> },
 }
@@ -154,6 +157,96 @@ impl Block for Concat {
             at += c;
         }
         gx.ok_or_else(|| Error::usage("internal: a concat without branches"))
+    }
+}
+
+/// One branch of a [`Fork`]: a member of the stacked head (its first conv) and the blocks
+/// that follow it, or a block of its own on the fork's input.
+pub enum ForkBranch {
+    Head(Conv2d, Vec<Box<dyn Block>>),
+    Own(Box<dyn Block>),
+}
+
+enum Branch {
+    /// The member's channels of the head's output, and the blocks after it.
+    Head(usize, Chain),
+    Own(Box<dyn Block>),
+}
+
+/// Branches on the same input, concatenated along channels, like [`Concat`], but the branches'
+/// first 1x1 convolutions run as one product (a conv with their output channels stacked) and
+/// each continues from its own channels of it: the input is read once and its gradient comes
+/// out of one product instead of one per branch, summed.
+pub struct Fork {
+    head: Conv2d,
+    branches: Vec<Branch>,
+}
+
+impl Fork {
+    pub fn new(branches: Vec<ForkBranch>) -> Result<Self> {
+        let heads: Vec<&Conv2d> = branches.iter().filter_map(|b| if let ForkBranch::Head(c, _) = b { Some(c) } else { None }).collect();
+        let head = Conv2d::stack(&heads)?;
+        let branches = branches
+            .into_iter()
+            .map(|b| match b {
+                ForkBranch::Head(c, tail) => Branch::Head(c.out_channels(), Chain(tail)),
+                ForkBranch::Own(b) => Branch::Own(b),
+            })
+            .collect();
+        Ok(Fork { head, branches })
+    }
+}
+
+impl Block for Fork {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = Conv2d::forward(&self.head, x)?;
+        let mut at = 0;
+        let mut outs = Vec::with_capacity(self.branches.len());
+        for b in &self.branches {
+            outs.push(match b {
+                Branch::Head(c, tail) => {
+                    let part = h.narrow(1, at, *c)?;
+                    at += c;
+                    tail.forward(&part)?
+                }
+                Branch::Own(b) => b.forward(x)?,
+            });
+        }
+        Ok(Tensor::cat(&outs, 1)?)
+    }
+
+    fn forward_saving(&self, x: &Tensor) -> Result<(Tensor, Saved)> {
+        let (h, head) = Block::forward_saving(&self.head, x)?;
+        let mut at = 0;
+        let (mut outs, mut saved) = (Vec::with_capacity(self.branches.len()), Vec::with_capacity(self.branches.len()));
+        for b in &self.branches {
+            let (y, s) = match b {
+                Branch::Head(c, tail) => {
+                    let part = h.narrow(1, at, *c)?;
+                    at += c;
+                    tail.forward_saving(&part)?
+                }
+                Branch::Own(b) => b.forward_saving(x)?,
+            };
+            saved.push((s, y.dim(1)?));
+            outs.push(y);
+        }
+        Ok((Tensor::cat(&outs, 1)?, Saved::Fork { head: Box::new(head), branches: saved }))
+    }
+
+    fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
+        let Saved::Fork { head, branches: saved } = saved else { return Err(Error::usage("internal: a fork's saved state does not match it")) };
+        let (mut gx, mut head_grads, mut at) = (None, Vec::new(), 0);
+        for (b, (s, c)) in self.branches.iter().zip(saved) {
+            let g = gy.narrow(1, at, *c)?;
+            at += c;
+            match b {
+                Branch::Head(_, tail) => head_grads.push(tail.backward(s, &g)?),
+                Branch::Own(b) => gx = add_grad(gx, b.backward(s, &g)?)?,
+            }
+        }
+        let gh = Tensor::cat(&head_grads, 1)?;
+        add_grad(gx, Block::backward(&self.head, head, &gh)?)?.ok_or_else(|| Error::usage("internal: a fork without branches"))
     }
 }
 

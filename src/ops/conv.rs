@@ -167,6 +167,27 @@ impl Conv2d {
         Ok(Conv2d { inner: Arc::new(ConvInner { weight, bias, wshape: [co, cig, kh, kw], spec, flipped: Default::default(), on_device: Default::default() }) })
     }
 
+    /// One convolution computing `convs` at once, their outputs stacked along the channels in
+    /// order: they must share input channels, kernel size and spec (sibling 1x1 convs of an
+    /// Inception block, run as one product).
+    pub fn stack(convs: &[&Conv2d]) -> Result<Self> {
+        let Some(first) = convs.first() else { bail!("conv: nothing to stack") };
+        let [_, cig, kh, kw] = first.inner.wshape;
+        let spec = first.inner.spec;
+        let (mut weight, mut bias) = (Vec::new(), Vec::new());
+        for c in convs {
+            let [_, ci2, kh2, kw2] = c.inner.wshape;
+            if (ci2, kh2, kw2) != (cig, kh, kw) || c.inner.spec != spec || spec.groups != 1 {
+                bail!("conv: only ungrouped convolutions of one shape and spec stack");
+            }
+            weight.extend_from_slice(&c.inner.weight);
+            bias.extend_from_slice(&c.inner.bias);
+        }
+        let co = bias.len();
+        let inner = ConvInner { weight, bias, wshape: [co, cig, kh, kw], spec, flipped: Default::default(), on_device: Default::default() };
+        Ok(Conv2d { inner: Arc::new(inner) })
+    }
+
     pub fn spec(&self) -> ConvSpec {
         self.inner.spec
     }
