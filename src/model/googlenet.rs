@@ -4,7 +4,7 @@
 //! Taps: `conv1`, `pool1`, `conv2`, `conv3`, `pool2`, `inception3a` .. `inception5b`,
 //! `pool3`, `pool4`.
 
-use super::network::{Block, Chain, Concat, GlobalAvgPool, Network};
+use super::network::{Chain, Fork, ForkBranch, GlobalAvgPool, Network};
 use super::weights::Weights;
 use super::Normalization;
 use crate::ops::{Activation, Conv2d, ConvSpec, Padding, Pool2d};
@@ -28,16 +28,16 @@ const MODULES: [(&str, [usize; 7]); 9] = [
     ("inception5b", [832, 384, 192, 384, 48, 128, 128]),
 ];
 
-fn inception(w: &Weights, p: &str, c: [usize; 7]) -> Result<Concat> {
+/// The module, its three 1x1 convs on the input run as one product ([`Fork`]).
+fn inception(w: &Weights, p: &str, c: [usize; 7]) -> Result<Fork> {
     let [cin, c1, c3r, c3, c5r, c5, cp] = c;
     let b = |s: &str| format!("{p}.{s}");
-    let branches: Vec<Box<dyn Block>> = vec![
-        Box::new(basic(w, &b("branch1"), c1, cin, 1, 1)?),
-        Box::new(Chain(vec![Box::new(basic(w, &b("branch2.0"), c3r, cin, 1, 1)?), Box::new(basic(w, &b("branch2.1"), c3, c3r, 3, 1)?)])),
-        Box::new(Chain(vec![Box::new(basic(w, &b("branch3.0"), c5r, cin, 1, 1)?), Box::new(basic(w, &b("branch3.1"), c5, c5r, 3, 1)?)])),
-        Box::new(Chain(vec![Box::new(Pool2d::max(3, 1, 1, true)), Box::new(basic(w, &b("branch4.1"), cp, cin, 1, 1)?)])),
-    ];
-    Ok(Concat(branches))
+    Fork::new(vec![
+        ForkBranch::Head(basic(w, &b("branch1"), c1, cin, 1, 1)?, vec![]),
+        ForkBranch::Head(basic(w, &b("branch2.0"), c3r, cin, 1, 1)?, vec![Box::new(basic(w, &b("branch2.1"), c3, c3r, 3, 1)?)]),
+        ForkBranch::Head(basic(w, &b("branch3.0"), c5r, cin, 1, 1)?, vec![Box::new(basic(w, &b("branch3.1"), c5, c5r, 3, 1)?)]),
+        ForkBranch::Own(Box::new(Chain(vec![Box::new(Pool2d::max(3, 1, 1, true)), Box::new(basic(w, &b("branch4.1"), cp, cin, 1, 1)?)]))),
+    ])
 }
 
 pub fn build(name: &str, w: &Weights) -> Result<Network> {
