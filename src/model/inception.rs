@@ -124,53 +124,28 @@ impl Ctx<'_> {
         ])
     }
 
-    /// InceptionE; `last` is Mixed_7c, whose pooling branch max-pools in the TF2015 graph.
-    fn e(&self, p: &str, cin: usize, last: bool) -> Result<InceptionE> {
+    /// InceptionE; `last` is Mixed_7c, whose pooling branch max-pools in the TF2015 graph. Two
+    /// of its branches split into a 1x3 and a 3x1 conv: a [`Concat`] at the end of the branch.
+    fn e(&self, p: &str, cin: usize, last: bool) -> Result<Fork> {
         let n = |s: &str| format!("{p}.{s}");
         let pool: Box<dyn Block> = match (self.variant, last) {
             (Variant::Tf2015, true) => Box::new(Pool2d::max(3, 1, 1, false)),
             _ => self.avg(),
         };
-        Ok(InceptionE {
-            branch1x1: self.conv(&n("branch1x1"), 320, cin, (1, 1), 1, (0, 0))?,
-            b3_1: self.conv(&n("branch3x3_1"), 384, cin, (1, 1), 1, (0, 0))?,
-            b3_2a: self.conv(&n("branch3x3_2a"), 384, 384, (1, 3), 1, (0, 1))?,
-            b3_2b: self.conv(&n("branch3x3_2b"), 384, 384, (3, 1), 1, (1, 0))?,
-            dbl_1: self.conv(&n("branch3x3dbl_1"), 448, cin, (1, 1), 1, (0, 0))?,
-            dbl_2: self.conv(&n("branch3x3dbl_2"), 384, 448, (3, 3), 1, (1, 1))?,
-            dbl_3a: self.conv(&n("branch3x3dbl_3a"), 384, 384, (1, 3), 1, (0, 1))?,
-            dbl_3b: self.conv(&n("branch3x3dbl_3b"), 384, 384, (3, 1), 1, (1, 0))?,
-            pool: Chain(vec![pool, self.c1(&n("branch_pool"), 192, cin)?]),
-        })
-    }
-}
-
-/// The expanded-filter-bank module: two of its branches split into a 1x3 and a 3x1 conv.
-struct InceptionE {
-    branch1x1: Conv2d,
-    b3_1: Conv2d,
-    b3_2a: Conv2d,
-    b3_2b: Conv2d,
-    dbl_1: Conv2d,
-    dbl_2: Conv2d,
-    dbl_3a: Conv2d,
-    dbl_3b: Conv2d,
-    pool: Chain,
-}
-
-impl Block for InceptionE {
-    fn forward(&self, x: &candle_core::Tensor) -> Result<candle_core::Tensor> {
-        let a = self.b3_1.forward(x)?;
-        let b = self.dbl_2.forward(&self.dbl_1.forward(x)?)?;
-        let parts = [
-            self.branch1x1.forward(x)?,
-            self.b3_2a.forward(&a)?,
-            self.b3_2b.forward(&a)?,
-            self.dbl_3a.forward(&b)?,
-            self.dbl_3b.forward(&b)?,
-            Block::forward(&self.pool, x)?,
-        ];
-        Ok(candle_core::Tensor::cat(&parts, 1)?)
+        let conv = |s: &str, co: usize, ci: usize, k: (usize, usize), pad: (usize, usize)| -> Result<Box<dyn Block>> { Ok(Box::new(self.conv(&n(s), co, ci, k, 1, pad)?)) };
+        let split = |a: &str, b: &str| -> Result<Box<dyn Block>> {
+            Ok(Box::new(Concat(vec![conv(a, 384, 384, (1, 3), (0, 1))?, conv(b, 384, 384, (3, 1), (1, 0))?])))
+        };
+        let c1 = |s: &str, co: usize| self.conv(&n(s), co, cin, (1, 1), 1, (0, 0));
+        Fork::new(vec![
+            ForkBranch::Head(c1("branch1x1", 320)?, vec![]),
+            ForkBranch::Head(c1("branch3x3_1", 384)?, vec![split("branch3x3_2a", "branch3x3_2b")?]),
+            ForkBranch::Head(
+                c1("branch3x3dbl_1", 448)?,
+                vec![conv("branch3x3dbl_2", 384, 448, (3, 3), (1, 1))?, split("branch3x3dbl_3a", "branch3x3dbl_3b")?],
+            ),
+            ForkBranch::Own(self.chain(vec![pool, self.c1(&n("branch_pool"), 192, cin)?])),
+        ])
     }
 }
 
