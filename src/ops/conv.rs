@@ -6,7 +6,7 @@
 //! gemm for 1x1), depthwise is a direct per-channel loop, and the backward returns the input
 //! gradient alone.
 
-use super::gemm::{sgemm, Trans};
+use super::gemm::{sgemm, sgemm_ld, Trans};
 use super::{cpu_slice, portable, tf_same_padding};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -347,6 +347,12 @@ impl Geometry {
         })
     }
 
+    /// Floats of the im2col buffer one band of output rows needs (see [`bands`]).
+    fn col_len(&self) -> usize {
+        let k = self.cig * self.kh * self.kw;
+        k * band_rows(self.oh, self.ow, k) * self.ow
+    }
+
     fn is_depthwise(&self) -> bool {
         self.cig == 1 && self.groups > 1
     }
@@ -360,17 +366,13 @@ impl Geometry {
     }
 }
 
-/// `col[(c*kh + ky)*kw + kx, oy*ow + ox] = x[c, oy*sh - pt + ky, ox*sw - pl + kx]` (0 outside).
-/// Each output row is one contiguous (stride 1) or strided copy between zeroed margins.
-fn im2col(x: &[f32], g: &Geometry, channels: usize, col: &mut [f32]) {
-    im2col_masked(x, None, g, channels, col)
-}
-
-/// [`im2col`] of `x` where `mask = (y, act)` lets through only the entries whose `y` the
-/// activation passes (zero elsewhere): the gradient at a pre-activation, gathered without
-/// first writing it out.
-fn im2col_masked(x: &[f32], mask: Option<(&[f32], Activation)>, g: &Geometry, channels: usize, col: &mut [f32]) {
-    let ohw = g.oh * g.ow;
+/// `col[(c*kh + ky)*kw + kx, (oy - rows.start)*ow + ox] = x[c, oy*sh - pt + ky, ox*sw - pl + kx]`
+/// (0 outside) for the output rows `oy` in `rows`. Each output row is one contiguous (stride 1)
+/// or strided copy between zeroed margins. With `mask = (y, act)` only the entries whose `y`
+/// the activation passes get through (zero elsewhere): the gradient at a pre-activation,
+/// gathered without first writing it out.
+fn im2col(x: &[f32], mask: Option<(&[f32], Activation)>, g: &Geometry, channels: usize, rows: std::ops::Range<usize>, col: &mut [f32]) {
+    let ohw = rows.len() * g.ow;
     let cols: Vec<_> = (0..g.kw).map(|kx| valid_cols(g.ow, g.sw, kx, g.pl, g.w)).collect();
     col[..channels * g.kh * g.kw * ohw].par_chunks_mut(ohw).enumerate().for_each(|(row, out)| {
         let c = row / (g.kh * g.kw);
@@ -378,9 +380,9 @@ fn im2col_masked(x: &[f32], mask: Option<(&[f32], Activation)>, g: &Geometry, ch
         let kx = row % g.kw;
         let r = cols[kx].clone();
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for oy in 0..g.oh {
+        for oy in rows.clone() {
             let iy = (oy * g.sh + ky) as isize - g.pt as isize;
-            let dst = &mut out[oy * g.ow..(oy + 1) * g.ow];
+            let dst = &mut out[(oy - rows.start) * g.ow..][..g.ow];
             if iy < 0 || iy >= g.h as isize || r.is_empty() {
                 dst.fill(0.0);
                 continue;
@@ -411,6 +413,21 @@ fn im2col_masked(x: &[f32], mask: Option<(&[f32], Activation)>, g: &Geometry, ch
             }
         }
     });
+}
+
+/// Output rows per band: the gathered columns of a band (`k` floats each) fill about 8 MB,
+/// which stays in cache between im2col and the product, but at least 256 columns wide so
+/// the product still splits across threads.
+fn band_rows(oh: usize, ow: usize, k: usize) -> usize {
+    const TARGET: usize = 2 << 20;
+    let ow = ow.max(1);
+    (TARGET / (k * ow).max(1)).max(256usize.div_ceil(ow)).clamp(1, oh.max(1))
+}
+
+/// The output rows `0..oh` cut into bands of [`band_rows`].
+fn bands(oh: usize, ow: usize, k: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let step = band_rows(oh, ow, k);
+    (0..oh).step_by(step).map(move |r| r..(r + step).min(oh))
 }
 
 /// The adjoint of `im2col`: adds each column entry back onto the pixel it was read from.
@@ -561,7 +578,7 @@ fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
         }
     }
     let k_len = g.cig * g.kh * g.kw;
-    let col_len = if g.is_pointwise() || g.is_depthwise() { 0 } else { k_len * ohw };
+    let col_len = if g.is_pointwise() || g.is_depthwise() { 0 } else { k_len * band_rows(g.oh, g.ow, k_len) * g.ow };
     with_scratch(col_len, |col| conv_forward_into(inner, x, g, &mut y, col));
     y
 }
@@ -579,13 +596,17 @@ fn conv_forward_into(inner: &ConvInner, x: &[f32], g: &Geometry, y: &mut [f32], 
                 let xg = &xb[grp * g.cig * g.h * g.w..];
                 let wg = &inner.weight[grp * g.cog * k_len..][..g.cog * k_len];
                 let yg = &mut yb[grp * g.cog * ohw..][..g.cog * ohw];
-                let rhs: &[f32] = if g.is_pointwise() {
-                    xg
-                } else {
-                    im2col(xg, g, g.cig, col);
-                    col
-                };
-                sgemm(g.cog, ohw, k_len, wg, Trans::No, rhs, Trans::No, yg, true);
+                if g.is_pointwise() {
+                    sgemm(g.cog, ohw, k_len, wg, Trans::No, xg, Trans::No, yg, true);
+                    continue;
+                }
+                // Band by band of output rows, so the gathered columns are still in cache
+                // when the product reads them (and the buffer stays small).
+                for rows in bands(g.oh, g.ow, k_len) {
+                    let cols = rows.len() * g.ow;
+                    im2col(xg, None, g, g.cig, rows.clone(), &mut col[..k_len * cols]);
+                    sgemm_ld(g.cog, cols, k_len, wg, &col[..k_len * cols], cols, &mut yg[rows.start * g.ow..], ohw, true);
+                }
             }
         }
         let act = inner.spec.activation;
@@ -607,7 +628,7 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
     // route applies the mask as its im2col gathers; the others read it from a buffer kept
     // between calls (a fresh one each call cost page faults: 14% of InceptionV3's backward).
     if act != Activation::Identity && g.transposed().is_some() && !g.is_pointwise() && !g.is_depthwise() {
-        let col_len = g.transposed().map(|t| t.cig * t.kh * t.kw * t.oh * t.ow).unwrap_or(0);
+        let col_len = g.transposed().map(|t| t.col_len()).unwrap_or(0);
         with_scratch(col_len, |col| conv_backward_into(inner, gy, Some(y), g, &mut gx, col));
         return gx;
     }
@@ -632,7 +653,7 @@ fn finish_backward(inner: &ConvInner, gpre: &[f32], g: &Geometry, mut gx: Vec<f3
     let col_len = if g.is_pointwise() || g.is_depthwise() {
         0
     } else if let Some(t) = g.transposed() {
-        t.cig * t.kh * t.kw * t.oh * t.ow
+        t.col_len()
     } else {
         k_len * ohw
     };
@@ -665,8 +686,12 @@ fn conv_backward_into(inner: &ConvInner, gpre: &[f32], y: Option<&[f32]>, g: &Ge
                 // scatter-add a matrix as large.
                 let ft = &inner.flipped()[grp * g.cig * g.cog * g.kh * g.kw..][..g.cig * g.cog * g.kh * g.kw];
                 let mask = y.map(|y| (&y[b * g.co * ohw + grp * g.cog * ohw..][..g.cog * ohw], inner.spec.activation));
-                im2col_masked(gyg, mask, &t, g.cog, col);
-                sgemm(g.cig, g.h * g.w, g.cog * g.kh * g.kw, ft, Trans::No, col, Trans::No, gxg, true);
+                let k_t = g.cog * g.kh * g.kw;
+                for rows in bands(t.oh, t.ow, k_t) {
+                    let cols = rows.len() * t.ow;
+                    im2col(gyg, mask, &t, g.cog, rows.clone(), &mut col[..k_t * cols]);
+                    sgemm_ld(g.cig, cols, k_t, ft, &col[..k_t * cols], cols, &mut gxg[rows.start * t.ow..], g.h * g.w, true);
+                }
             } else {
                 sgemm(k_len, ohw, g.cog, wg, Trans::Yes, gyg, Trans::No, col, false);
                 col2im(col, g, g.cig, gxg);

@@ -208,6 +208,9 @@ mod tests {
                 conv_case(&mut rng, [1, 6, 9, 12], 12, (5, 5), spec(Padding::Same, 6));
                 conv_case(&mut rng, [1, 4, 7, 5], 6, (3, 2), spec(Padding::symmetric(1, 0), 2));
                 conv_case(&mut rng, [1, 6, 5, 9], 7, (1, 1), spec(Padding::symmetric(0, 0), 1));
+                // Large enough that the CPU kernels gather and multiply in several bands of
+                // output rows (forward and stride-1 input gradient).
+                conv_case(&mut rng, [1, 32, 200, 100], 32, (3, 3), spec(Padding::Same, 1));
             }
         }
     }
