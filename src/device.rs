@@ -23,6 +23,29 @@ pub fn select(spec: &str) -> Result<Device> {
     }
 }
 
+/// Values made once per device and kept (a layer's weights copied to the devices it has run
+/// on).
+pub(crate) struct PerDevice<T>(std::sync::Mutex<Vec<(Device, T)>>);
+
+impl<T> Default for PerDevice<T> {
+    fn default() -> Self {
+        PerDevice(Default::default())
+    }
+}
+
+impl<T: Clone> PerDevice<T> {
+    /// The value for `device`, made by `make` the first time.
+    pub(crate) fn get_or_make<E>(&self, device: &Device, make: impl FnOnce() -> std::result::Result<T, E>) -> std::result::Result<T, E> {
+        let mut cache = self.0.lock().expect("per-device cache lock");
+        if let Some((_, v)) = cache.iter().find(|(d, _)| d.same_device(device)) {
+            return Ok(v.clone());
+        }
+        let v = make()?;
+        cache.push((device.clone(), v.clone()));
+        Ok(v)
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn cuda(index: usize) -> Result<Device> {
     Device::new_cuda(index).map_err(|e| Error::usage(format!("cannot open CUDA device {index}: {}", e.to_string().lines().next().unwrap_or(""))))

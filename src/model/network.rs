@@ -309,7 +309,7 @@ pub struct Linear {
     /// `[out]`, on the CPU.
     bias: Tensor,
     /// The weights copied to the (non-CPU) devices the layer has run on.
-    on_device: std::sync::Mutex<Vec<(candle_core::Device, (Tensor, Tensor))>>,
+    on_device: crate::device::PerDevice<(Tensor, Tensor)>,
 }
 
 impl Linear {
@@ -322,13 +322,7 @@ impl Linear {
         if device.is_cpu() {
             return Ok((self.weight_t.clone(), self.bias.clone()));
         }
-        let mut cache = self.on_device.lock().expect("weight cache lock");
-        if let Some((_, w)) = cache.iter().find(|(d, _)| d.same_device(device)) {
-            return Ok(w.clone());
-        }
-        let w = (self.weight_t.to_device(device)?, self.bias.to_device(device)?);
-        cache.push((device.clone(), w.clone()));
-        Ok(w)
+        self.on_device.get_or_make(device, || Ok((self.weight_t.to_device(device)?, self.bias.to_device(device)?)))
     }
 }
 

@@ -88,7 +88,7 @@ struct ConvInner {
     /// made on the first stride-1 backward pass (see `conv_backward_into`).
     flipped: std::sync::OnceLock<Vec<f32>>,
     /// The weights as tensors on the (non-CPU) devices the portable path has run on.
-    on_device: std::sync::Mutex<Vec<(candle_core::Device, Arc<DeviceWeights>)>>,
+    on_device: crate::device::PerDevice<Arc<DeviceWeights>>,
 }
 
 /// Weight `[co, ci/g, kh, kw]`, bias `[1, co, 1, 1]`, and the flipped, transposed weight
@@ -111,18 +111,14 @@ fn depthwise_taps(w: &Tensor) -> Result<Vec<Tensor>> {
 
 impl ConvInner {
     fn on(&self, device: &candle_core::Device) -> Result<Arc<DeviceWeights>> {
-        let mut cache = self.on_device.lock().expect("weight cache lock");
-        if let Some((_, w)) = cache.iter().find(|(d, _)| d.same_device(device)) {
-            return Ok(w.clone());
-        }
-        let [co, cig, kh, kw] = self.wshape;
-        let ci = cig * self.spec.groups;
-        let weight = Tensor::from_slice(&self.weight, (co, cig, kh, kw), device)?;
-        let flipped = Tensor::from_slice(self.flipped(), (ci, co / self.spec.groups, kh, kw), device)?;
-        let taps = if cig == 1 && co == self.spec.groups { Some((depthwise_taps(&weight)?, depthwise_taps(&flipped)?)) } else { None };
-        let w = Arc::new(DeviceWeights { weight, bias: Tensor::from_slice(&self.bias, (1, co, 1, 1), device)?, flipped, taps });
-        cache.push((device.clone(), w.clone()));
-        Ok(w)
+        self.on_device.get_or_make(device, || {
+            let [co, cig, kh, kw] = self.wshape;
+            let ci = cig * self.spec.groups;
+            let weight = Tensor::from_slice(&self.weight, (co, cig, kh, kw), device)?;
+            let flipped = Tensor::from_slice(self.flipped(), (ci, co / self.spec.groups, kh, kw), device)?;
+            let taps = if cig == 1 && co == self.spec.groups { Some((depthwise_taps(&weight)?, depthwise_taps(&flipped)?)) } else { None };
+            Ok(Arc::new(DeviceWeights { weight, bias: Tensor::from_slice(&self.bias, (1, co, 1, 1), device)?, flipped, taps }))
+        })
     }
 
     /// `flipped[g][c][(o * kh + ky) * kw + kx] = weight[g * cog + o][c][kh - 1 - ky][kw - 1 - kx]`.
@@ -577,8 +573,7 @@ fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
             y.extend(std::iter::repeat_n(if g.is_depthwise() { 0.0 } else { b }, ohw));
         }
     }
-    let k_len = g.cig * g.kh * g.kw;
-    let col_len = if g.is_pointwise() || g.is_depthwise() { 0 } else { k_len * band_rows(g.oh, g.ow, k_len) * g.ow };
+    let col_len = if g.is_pointwise() || g.is_depthwise() { 0 } else { g.col_len() };
     with_scratch(col_len, |col| conv_forward_into(inner, x, g, &mut y, col));
     y
 }
@@ -623,14 +618,12 @@ fn conv_forward_into(inner: &ConvInner, x: &[f32], g: &Geometry, y: &mut [f32], 
 
 fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<f32> {
     let act = inner.spec.activation;
-    let mut gx = vec![0.0f32; g.n * g.ci * g.h * g.w];
+    let gx = vec![0.0f32; g.n * g.ci * g.h * g.w];
     // The gradient at the pre-activation: zero where the activation was flat. The stride-1
     // route applies the mask as its im2col gathers; the others read it from a buffer kept
     // between calls (a fresh one each call cost page faults: 14% of InceptionV3's backward).
     if act != Activation::Identity && g.transposed().is_some() && !g.is_pointwise() && !g.is_depthwise() {
-        let col_len = g.transposed().map(|t| t.col_len()).unwrap_or(0);
-        with_scratch(col_len, |col| conv_backward_into(inner, gy, Some(y), g, &mut gx, col));
-        return gx;
+        return finish_backward(inner, gy, Some(y), g, gx);
     }
     if act != Activation::Identity {
         return GPRE.with(|buf| {
@@ -640,14 +633,15 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
             }
             let gpre = &mut buf[..gy.len()];
             gpre.par_chunks_mut(1 << 14).zip(gy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14))).for_each(|(d, (gs, ys))| mask_into(d, gs, ys, act));
-            finish_backward(inner, gpre, g, gx)
+            finish_backward(inner, gpre, None, g, gx)
         });
     }
-    finish_backward(inner, gy, g, gx)
+    finish_backward(inner, gy, None, g, gx)
 }
 
-/// The input gradient from the gradient at the pre-activation, into the zeroed `gx`.
-fn finish_backward(inner: &ConvInner, gpre: &[f32], g: &Geometry, mut gx: Vec<f32>) -> Vec<f32> {
+/// The input gradient into the zeroed `gx`, from the gradient at the pre-activation (or with
+/// `y`, the output gradient still to be masked: see [`conv_backward_into`]).
+fn finish_backward(inner: &ConvInner, gpre: &[f32], y: Option<&[f32]>, g: &Geometry, mut gx: Vec<f32>) -> Vec<f32> {
     let ohw = g.oh * g.ow;
     let k_len = g.cig * g.kh * g.kw;
     let col_len = if g.is_pointwise() || g.is_depthwise() {
@@ -657,7 +651,7 @@ fn finish_backward(inner: &ConvInner, gpre: &[f32], g: &Geometry, mut gx: Vec<f3
     } else {
         k_len * ohw
     };
-    with_scratch(col_len, |col| conv_backward_into(inner, gpre, None, g, &mut gx, col));
+    with_scratch(col_len, |col| conv_backward_into(inner, gpre, y, g, &mut gx, col));
     gx
 }
 

@@ -28,27 +28,25 @@ pub fn sgemm(
     c: &mut [f32],
     accumulate: bool,
 ) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm: operand too small");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            c[..m * n].fill(0.0);
-        }
-        return;
-    }
     let ldb = if tb == Trans::No { n } else { k };
-    dispatch(m, n, k, a, ta, b, tb, ldb, c, n, accumulate);
+    product(m, n, k, a, ta, b, tb, ldb, c, n, accumulate);
 }
 
 /// `c[m, n] (+)= a[m, k] * b[k, n]` where `b`'s rows are `ldb` floats apart and `c`'s `ldc`:
 /// a product into (or from) a block of columns of a wider matrix.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_ld(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
-    let span = |rows: usize, ld: usize| if rows == 0 { 0 } else { (rows - 1) * ld + n };
-    assert!(ldb >= n && ldc >= n, "sgemm_ld: leading dimension below the width");
-    assert!(a.len() >= m * k && b.len() >= span(k, ldb) && c.len() >= span(m, ldc), "sgemm_ld: operand too small");
+    product(m, n, k, a, Trans::No, b, Trans::No, ldb, c, ldc, accumulate);
+}
+
+/// Both products: checks the operands' extents, handles empty shapes, then runs the backend.
+#[allow(clippy::too_many_arguments)]
+fn product(m: usize, n: usize, k: usize, a: &[f32], ta: Trans, b: &[f32], tb: Trans, ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+    // Floats a matrix of `rows` rows `ld` apart, `width` used in each, reaches.
+    let span = |rows: usize, ld: usize, width: usize| if rows == 0 { 0 } else { (rows - 1) * ld + width };
+    let (b_rows, b_width) = if tb == Trans::No { (k, n) } else { (n, k) };
+    assert!(ldb >= b_width && ldc >= n, "sgemm: leading dimension below the width");
+    assert!(a.len() >= m * k && b.len() >= span(b_rows, ldb, b_width) && c.len() >= span(m, ldc, n), "sgemm: operand too small");
     if m == 0 || n == 0 {
         return;
     }
@@ -58,11 +56,6 @@ pub fn sgemm_ld(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], ldb: usize, 
         }
         return;
     }
-    dispatch(m, n, k, a, Trans::No, b, Trans::No, ldb, c, ldc, accumulate);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn dispatch(m: usize, n: usize, k: usize, a: &[f32], ta: Trans, b: &[f32], tb: Trans, ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
     #[cfg(feature = "openblas")]
     {
         openblas_sgemm(m, n, k, a, ta, b, tb, ldb, c, ldc, accumulate);
@@ -126,10 +119,10 @@ fn openblas_sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: Trans, b: &[f32],
             Trans::No => j0,
             Trans::Yes => j0 * ldb,
         };
-        // SAFETY: the caller's asserts guarantee a, b and c hold m*k, k*n and m*n floats; the
-        // block reads columns j0..j1 of op(b) and writes only columns j0..j1 of c, so blocks
-        // running at once never write the same element, and `c` is borrowed mutably by sgemm
-        // so nothing else aliases it.
+        // SAFETY: the asserts in `product` guarantee a, b and c reach every element their
+        // shapes and leading dimensions address; the block reads columns j0..j1 of op(b) and
+        // writes only columns j0..j1 of c, so blocks running at once never write the same
+        // element, and `c` is borrowed mutably by the caller so nothing else aliases it.
         unsafe {
             cblas::cblas_sgemm(
                 cblas::ROW_MAJOR,
@@ -179,7 +172,7 @@ fn crate_sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: Trans, b: &[f32], tb
     } else {
         Parallelism::None
     };
-    // SAFETY: the asserts above guarantee every index the strides reach is inside the slices,
+    // SAFETY: the asserts in `product` guarantee every index the strides reach is inside the slices,
     // and `c` is borrowed mutably so it cannot alias `a` or `b`.
     unsafe {
         gemm::gemm(
