@@ -14,7 +14,9 @@ pub fn select(spec: &str) -> Result<Device> {
         "cpu" | "cpu-portable" => Ok(Device::Cpu),
         s if s == "cuda" || s.starts_with("cuda:") => {
             let index = match s.strip_prefix("cuda:") {
-                Some(n) => n.parse::<usize>().map_err(|_| Error::usage(format!("bad --device '{spec}': expected cuda or cuda:N")))?,
+                Some(n) => n
+                    .parse::<usize>()
+                    .map_err(|_| Error::usage(format!("bad --device '{spec}': expected cuda or cuda:N")))?,
                 None => 0,
             };
             cuda(index)
@@ -35,7 +37,11 @@ impl<T> Default for PerDevice<T> {
 
 impl<T: Clone> PerDevice<T> {
     /// The value for `device`, made by `make` the first time.
-    pub(crate) fn get_or_make<E>(&self, device: &Device, make: impl FnOnce() -> std::result::Result<T, E>) -> std::result::Result<T, E> {
+    pub(crate) fn get_or_make<E>(
+        &self,
+        device: &Device,
+        make: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
         let mut cache = self.0.lock().expect("per-device cache lock");
         if let Some((_, v)) = cache.iter().find(|(d, _)| d.same_device(device)) {
             return Ok(v.clone());
@@ -48,7 +54,9 @@ impl<T: Clone> PerDevice<T> {
 
 #[cfg(feature = "cuda")]
 fn cuda(index: usize) -> Result<Device> {
-    Device::new_cuda(index).map_err(|e| Error::usage(format!("cannot open CUDA device {index}: {}", e.to_string().lines().next().unwrap_or(""))))
+    Device::new_cuda(index).map_err(|e| {
+        Error::usage(format!("cannot open CUDA device {index}: {}", e.to_string().lines().next().unwrap_or("")))
+    })
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -27,7 +27,10 @@ pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
     let img = match max_size {
         Some(m) if img.width().max(img.height()) > m => {
             let scale = m as f64 / img.width().max(img.height()) as f64;
-            let (w, h) = ((img.width() as f64 * scale).round().max(1.0) as u32, (img.height() as f64 * scale).round().max(1.0) as u32);
+            let (w, h) = (
+                (img.width() as f64 * scale).round().max(1.0) as u32,
+                (img.height() as f64 * scale).round().max(1.0) as u32,
+            );
             img.resize_exact(w, h, image::imageops::FilterType::Lanczos3)
         }
         _ => img,
@@ -38,7 +41,11 @@ pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
 /// An RGB image as a `[1, 3, h, w]` f32 tensor of 0..255 values.
 pub fn to_tensor(img: &RgbImage, device: &Device) -> Result<Tensor> {
     let (w, h) = img.dimensions();
-    let hwc = Tensor::from_vec(img.as_raw().iter().map(|&v| v as f32).collect::<Vec<_>>(), (h as usize, w as usize, 3), &Device::Cpu)?;
+    let hwc = Tensor::from_vec(
+        img.as_raw().iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        (h as usize, w as usize, 3),
+        &Device::Cpu,
+    )?;
     Ok(hwc.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()?.to_device(device)?)
 }
 
@@ -57,7 +64,9 @@ pub fn to_image(pixels: &Tensor) -> Result<RgbImage> {
 pub fn output_format(path: &Path) -> Result<ImageFormat> {
     let fmt = ImageFormat::from_path(path).ok();
     match fmt {
-        Some(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Bmp | ImageFormat::Tiff | ImageFormat::WebP)) => Ok(f),
+        Some(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Bmp | ImageFormat::Tiff | ImageFormat::WebP)) => {
+            Ok(f)
+        }
         _ => Err(Error::Output {
             path: path.to_owned(),
             reason: "unsupported output extension; use .png, .jpg, .bmp, .tif or .webp".into(),

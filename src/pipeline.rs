@@ -8,7 +8,7 @@ use crate::dream::{self, DreamParams, Progress, StepInfo, ZoomTransform};
 use crate::model::FeatureNet;
 use crate::sink::{self, FrameSink, SinkOptions};
 use crate::source::{Rational, SourceInfo};
-use crate::{io, Error, Result};
+use crate::{Error, Result, io};
 use crossbeam_channel::bounded;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
@@ -94,9 +94,12 @@ impl Store {
     fn done(&self) -> Result<u64> {
         let text = std::fs::read_to_string(self.dir.join("ledger.json"))
             .map_err(|_| Error::usage(format!("nothing to resume: no frame store at {}", self.dir.display())))?;
-        let ledger: Ledger = serde_json::from_str(&text).map_err(|e| Error::usage(format!("bad ledger in {}: {e}", self.dir.display())))?;
+        let ledger: Ledger = serde_json::from_str(&text)
+            .map_err(|e| Error::usage(format!("bad ledger in {}: {e}", self.dir.display())))?;
         if ledger.fingerprint != self.fingerprint {
-            return Err(Error::usage("cannot resume: the settings differ from the interrupted render's; run without --resume to start over"));
+            return Err(Error::usage(
+                "cannot resume: the settings differ from the interrupted render's; run without --resume to start over",
+            ));
         }
         let done = ledger.pts.len() as u64;
         *self.pts.lock().expect("ledger lock") = ledger.pts;
@@ -118,9 +121,12 @@ impl Store {
         let mut all = self.pts.lock().expect("ledger lock");
         all.truncate(i as usize);
         all.push(pts);
-        let ledger = serde_json::to_string(&Ledger { fingerprint: self.fingerprint.clone(), pts: all.clone() }).expect("serialisable");
+        let ledger = serde_json::to_string(&Ledger { fingerprint: self.fingerprint.clone(), pts: all.clone() })
+            .expect("serialisable");
         let tmp = self.dir.join("ledger.json.tmp");
-        std::fs::write(&tmp, ledger).and_then(|_| std::fs::rename(&tmp, self.dir.join("ledger.json"))).map_err(|e| err(e.to_string()))
+        std::fs::write(&tmp, ledger)
+            .and_then(|_| std::fs::rename(&tmp, self.dir.join("ledger.json")))
+            .map_err(|e| err(e.to_string()))
     }
 
     fn load(&self, i: u64) -> Result<RgbImage> {
@@ -137,7 +143,14 @@ impl Progress for AbortCheck<'_> {
     }
 }
 
-fn dream_frame(net: &dyn FeatureNet, img: &RgbImage, params: &DreamParams, index: u64, abort: &AtomicBool, device: &candle_core::Device) -> Result<RgbImage> {
+fn dream_frame(
+    net: &dyn FeatureNet,
+    img: &RgbImage,
+    params: &DreamParams,
+    index: u64,
+    abort: &AtomicBool,
+    device: &candle_core::Device,
+) -> Result<RgbImage> {
     let mut p = params.clone();
     p.seed = params.seed.wrapping_add(index); // per-frame jitter, reproducible on resume
     let pixels = io::to_tensor(img, device)?;
@@ -154,9 +167,21 @@ struct Done {
 }
 
 /// Runs the render. `abort` stops it cleanly (Ctrl-C).
-pub fn render(net: &dyn FeatureNet, job: &RenderJob, progress: &mut dyn FrameProgress, abort: &AtomicBool) -> Result<RenderSummary> {
+pub fn render(
+    net: &dyn FeatureNet,
+    job: &RenderJob,
+    progress: &mut dyn FrameProgress,
+    abort: &AtomicBool,
+) -> Result<RenderSummary> {
     let info = source_info(job)?;
-    let fingerprint = format!("{:?}|{:?}|{:?}|{}x{}", job.params, job.frame_params, input_fingerprint(&job.input), info.width, info.height);
+    let fingerprint = format!(
+        "{:?}|{:?}|{:?}|{}x{}",
+        job.params,
+        job.frame_params,
+        input_fingerprint(&job.input),
+        info.width,
+        info.height
+    );
     let store = Store::new(&job.output, fingerprint);
     let resumed_from = if job.resume { store.done()? } else { 0 };
     let mut sink = sink::open(&job.output, info.width, info.height, info.rate, info.time_base, &job.sink)?;
@@ -213,7 +238,9 @@ pub fn render(net: &dyn FeatureNet, job: &RenderJob, progress: &mut dyn FramePro
 
 fn input_fingerprint(input: &Input) -> String {
     match input {
-        Input::Zoom { image, frames, rate, transform } => format!("zoom {}x{} {frames} {rate:?} {transform:?} {}", image.width(), image.height(), checksum(image)),
+        Input::Zoom { image, frames, rate, transform } => {
+            format!("zoom {}x{} {frames} {rate:?} {transform:?} {}", image.width(), image.height(), checksum(image))
+        }
         #[cfg(feature = "video")]
         Input::Video { path, options, blend } => format!("video {} {options:?} {blend}", path.display()),
     }
@@ -229,7 +256,14 @@ fn source_info(job: &RenderJob) -> Result<SourceInfo> {
             if *frames == 0 {
                 return Err(Error::usage("zero frames requested"));
             }
-            Ok(SourceInfo { width: image.width(), height: image.height(), rate: *rate, time_base: rate.inverse(), frames: Some(*frames), has_audio: false })
+            Ok(SourceInfo {
+                width: image.width(),
+                height: image.height(),
+                rate: *rate,
+                time_base: rate.inverse(),
+                frames: Some(*frames),
+                has_audio: false,
+            })
         }
         #[cfg(feature = "video")]
         Input::Video { path, options, .. } => crate::source::video::probe(path, options),
@@ -278,7 +312,9 @@ fn run_source<'scope, 'env>(
             let decoder = std::thread::Builder::new()
                 .name("decode".into())
                 .spawn_scoped(scope, move || {
-                    crate::source::video::decode(path, options, &mut |f| !abort.load(Ordering::Relaxed) && frames_tx.send(f).is_ok())
+                    crate::source::video::decode(path, options, &mut |f| {
+                        !abort.load(Ordering::Relaxed) && frames_tx.send(f).is_ok()
+                    })
                 })
                 .expect("spawn decode thread");
             let mut previous = if resumed_from > 0 { Some(store.load(resumed_from - 1)?) } else { None };

@@ -1,7 +1,9 @@
 //! Presets (TOML, unknown keys rejected) and the command-line overrides, resolved into one
 //! validated [`DreamJob`] before any work starts.
 
-use crate::dream::{class_index, ClassMode, DreamParams, Guide, GuideMode, LayerTerm, Objective, Regularize, Style, Tiling};
+use crate::dream::{
+    ClassMode, DreamParams, Guide, GuideMode, LayerTerm, Objective, Regularize, Style, Tiling, class_index,
+};
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -200,7 +202,8 @@ pub fn preset_source(name_or_path: &str) -> Result<(PathBuf, String)> {
     }
     let path = Path::new(name_or_path);
     if path.is_file() {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Preset { path: path.to_owned(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Preset { path: path.to_owned(), reason: e.to_string() })?;
         return Ok((path.to_owned(), text));
     }
     let names: Vec<_> = BUILTIN_PRESETS.iter().map(|(n, _)| *n).collect();
@@ -237,7 +240,10 @@ pub fn parse_preset(path: &Path, text: &str) -> Result<Preset> {
 pub fn layer_term(name: &str, weight: f32) -> Result<LayerTerm> {
     let (layer, channel) = match name.split_once(':') {
         Some((l, c)) => {
-            let c = c.trim().parse::<usize>().map_err(|_| Error::usage(format!("bad channel '{c}' in '{name}': expected a number")))?;
+            let c = c
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| Error::usage(format!("bad channel '{c}' in '{name}': expected a number")))?;
             (l.trim(), Some(c))
         }
         None => (name.trim(), None),
@@ -341,7 +347,11 @@ impl DreamJob {
         };
         let classes = match (&cli.classes, &o.classes) {
             (Some(spec), _) => parse_classes(spec)?,
-            (None, Some(map)) => map.iter().map(|(k, &w)| Ok((class_index(k)?, w))).collect::<Result<_>>().map_err(|e| preset_err("classes", e))?,
+            (None, Some(map)) => map
+                .iter()
+                .map(|(k, &w)| Ok((class_index(k)?, w)))
+                .collect::<Result<_>>()
+                .map_err(|e| preset_err("classes", e))?,
             (None, None) => Vec::new(),
         };
         let class_mode = match (&cli.class_mode, &o.class_mode) {
@@ -351,7 +361,10 @@ impl DreamJob {
         };
         // Guide and style: each setting from the command line if given, else from the preset
         // (whose errors name the preset key). A preset image path is relative to the preset.
-        let terms = |spec: &Option<String>, preset: Option<&BTreeMap<String, f32>>, key: &str| -> Result<Option<Vec<LayerTerm>>> {
+        let terms = |spec: &Option<String>,
+                     preset: Option<&BTreeMap<String, f32>>,
+                     key: &str|
+         -> Result<Option<Vec<LayerTerm>>> {
             match (spec, preset) {
                 (Some(spec), _) => parse_layers(spec).map(Some),
                 (None, Some(map)) => layer_map(map).map(Some).map_err(|e| preset_err(key, e)),
@@ -383,23 +396,22 @@ impl DreamJob {
             (None, None) => None,
             (_, s) => Some(Style {
                 image: image(&cli.style, s.as_ref().map(|s| &s.image))?,
-                layers: terms(&cli.style_layers, s.as_ref().map(|s| &s.layers), "layers")?
-                    .ok_or_else(|| Error::usage("--style needs --style-layers, e.g. --style-layers block1,block3,block5"))?,
+                layers: terms(&cli.style_layers, s.as_ref().map(|s| &s.layers), "layers")?.ok_or_else(|| {
+                    Error::usage("--style needs --style-layers, e.g. --style-layers block1,block3,block5")
+                })?,
                 weight: cli.style_weight.or(s.as_ref().and_then(|s| s.weight)).unwrap_or(1.0),
-                content_layers: terms(&cli.content_layers, s.as_ref().map(|s| &s.content_layers), "content_layers")?.unwrap_or_default(),
+                content_layers: terms(&cli.content_layers, s.as_ref().map(|s| &s.content_layers), "content_layers")?
+                    .unwrap_or_default(),
                 content_weight: cli.content_weight.or(s.as_ref().and_then(|s| s.content_weight)).unwrap_or(1.0),
             }),
         };
-        let objective = Objective {
-            layers,
-            border: 2,
-            classes,
-            class_mode,
-            guide,
-            style,
-            tv: cli.tv.or(o.tv).unwrap_or(0.0),
-        };
-        if objective.layers.is_empty() && objective.classes.is_empty() && objective.guide.is_none() && objective.style.is_none() {
+        let objective =
+            Objective { layers, border: 2, classes, class_mode, guide, style, tv: cli.tv.or(o.tv).unwrap_or(0.0) };
+        if objective.layers.is_empty()
+            && objective.classes.is_empty()
+            && objective.guide.is_none()
+            && objective.style.is_none()
+        {
             return Err(bad("layers", "the preset names no layers and none were given".into()));
         }
         let regularize = Regularize {
@@ -422,7 +434,14 @@ impl DreamJob {
             tiling: cli.tile.or(d.tile).map_or_else(Tiling::default, Tiling::with_tile),
         };
         let model = cli.model.clone().or(p.model).unwrap_or_else(|| crate::model::DEFAULT_MODEL.to_owned());
-        let job = DreamJob { model, params, max_size: cli.max_size.or(d.max_size), zoom: p.zoom, video: p.video, output: p.output };
+        let job = DreamJob {
+            model,
+            params,
+            max_size: cli.max_size.or(d.max_size),
+            zoom: p.zoom,
+            video: p.video,
+            output: p.output,
+        };
         job.check_values()?;
         Ok(job)
     }

@@ -5,15 +5,15 @@ pub mod objective;
 pub mod tile;
 pub mod zoom;
 
+pub use objective::{ClassMode, Guide, GuideMode, LayerTerm, Objective, Prepared, Style, class_index};
 pub use tile::{Tiler, Tiling};
 pub use zoom::ZoomTransform;
-pub use objective::{class_index, ClassMode, Guide, GuideMode, LayerTerm, Objective, Prepared, Style};
 
 use crate::model::FeatureNet;
 use crate::ops::{gaussian_blur, laplacian_normalize, resize_bilinear};
 use crate::{Error, Result};
 use candle_core::Tensor;
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 /// Smoothing applied around each ascent step.
 #[derive(Clone, Debug, PartialEq)]
@@ -122,12 +122,22 @@ pub struct DreamOutput {
 }
 
 /// The loss and its gradient with respect to the network input `x`.
-pub fn loss_and_grad(net: &dyn FeatureNet, objective: &Objective, x: &Tensor, prepared: &Prepared) -> Result<(f32, Tensor)> {
+pub fn loss_and_grad(
+    net: &dyn FeatureNet,
+    objective: &Objective,
+    x: &Tensor,
+    prepared: &Prepared,
+) -> Result<(f32, Tensor)> {
     objective.loss_and_grad(net, x, prepared)
 }
 
 /// Dreams `pixels` (`[1, 3, h, w]`, 0..255).
-pub fn dream(net: &dyn FeatureNet, pixels: &Tensor, params: &DreamParams, progress: &mut dyn Progress) -> Result<DreamOutput> {
+pub fn dream(
+    net: &dyn FeatureNet,
+    pixels: &Tensor,
+    params: &DreamParams,
+    progress: &mut dyn Progress,
+) -> Result<DreamOutput> {
     params.validate(net)?;
     let norm = net.normalization();
     let (lo, hi) = norm.valid_range(pixels.device())?;
@@ -177,7 +187,15 @@ pub fn dream(net: &dyn FeatureNet, pixels: &Tensor, params: &DreamParams, progre
                 x = x.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
             }
             losses.push(loss);
-            let info = StepInfo { octave: k, octaves: shapes.len(), step: s, steps: params.steps, loss, height: oh, width: ow };
+            let info = StepInfo {
+                octave: k,
+                octaves: shapes.len(),
+                step: s,
+                steps: params.steps,
+                loss,
+                height: oh,
+                width: ow,
+            };
             if !progress.step(&info) {
                 return Err(Error::Cancelled);
             }
@@ -189,7 +207,12 @@ pub fn dream(net: &dyn FeatureNet, pixels: &Tensor, params: &DreamParams, progre
 
 /// Fails early, with advice, when the smallest octave is too small for the network to reach
 /// the objective's layers (a network without "SAME" padding shrinks its input at every stage).
-fn check_smallest_octave(net: &dyn FeatureNet, objective: &Objective, (h, w): (usize, usize), device: &candle_core::Device) -> Result<()> {
+fn check_smallest_octave(
+    net: &dyn FeatureNet,
+    objective: &Objective,
+    (h, w): (usize, usize),
+    device: &candle_core::Device,
+) -> Result<()> {
     // A video or zoom dreams every frame at the same sizes: probe each combination once (per
     // thread; the probe is a whole forward pass, a tenth of a 4-step frame).
     thread_local! {
@@ -205,14 +228,22 @@ fn check_smallest_octave(net: &dyn FeatureNet, objective: &Objective, (h, w): (u
     Ok(())
 }
 
-fn probe_smallest_octave(net: &dyn FeatureNet, objective: &Objective, (h, w): (usize, usize), device: &candle_core::Device) -> Result<()> {
+fn probe_smallest_octave(
+    net: &dyn FeatureNet,
+    objective: &Objective,
+    (h, w): (usize, usize),
+    device: &candle_core::Device,
+) -> Result<()> {
     let probe = Tensor::zeros((1, 3, h, w), candle_core::DType::F32, device)?;
     match net.forward(&probe, &objective.taps(), !objective.classes.is_empty()) {
         Ok(features) => {
             for term in &objective.layers {
                 let channels = features.taps[&term.layer].dim(1)?;
                 if let Some(c) = term.channel.filter(|&c| c >= channels) {
-                    return Err(Error::usage(format!("layer {} has {channels} channels; channel {c} does not exist", term.layer)));
+                    return Err(Error::usage(format!(
+                        "layer {} has {channels} channels; channel {c} does not exist",
+                        term.layer
+                    )));
                 }
             }
             Ok(())

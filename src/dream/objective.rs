@@ -7,10 +7,10 @@
 //! - style: match Gram matrices of a style image, keep the content of the input;
 //! - total variation, subtracted to keep the image smooth.
 
-use crate::model::{labels, FeatureNet, Features};
+use crate::model::{FeatureNet, Features, labels};
 use crate::ops::resize_bilinear;
 use crate::{Error, Result};
-use candle_core::{DType, Tensor, D};
+use candle_core::{D, DType, Tensor};
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -115,9 +115,17 @@ impl Prepared {
     }
 
     /// The targets for the window `rows x cols` of the octave image.
-    pub fn window(&self, objective: &Objective, net: &dyn FeatureNet, rows: Range<usize>, cols: Range<usize>) -> Result<Prepared> {
+    pub fn window(
+        &self,
+        objective: &Objective,
+        net: &dyn FeatureNet,
+        rows: Range<usize>,
+        cols: Range<usize>,
+    ) -> Result<Prepared> {
         let mut p = self.clone();
-        let crop = |img: &Tensor| -> Result<Tensor> { Ok(img.narrow(2, rows.start, rows.len())?.narrow(3, cols.start, cols.len())?) };
+        let crop = |img: &Tensor| -> Result<Tensor> {
+            Ok(img.narrow(2, rows.start, rows.len())?.narrow(3, cols.start, cols.len())?)
+        };
         if let (Some(img), Some(g)) = (&self.l2_guide_image, &objective.guide) {
             p.guide = detached_taps(net, &crop(img)?, &g.layers)?;
         }
@@ -132,13 +140,18 @@ impl Prepared {
 pub fn class_index(name: &str) -> Result<usize> {
     let labels = labels::imagenet();
     if let Ok(i) = name.parse::<usize>() {
-        return if i < labels.len() { Ok(i) } else { Err(Error::usage(format!("class index {i} is out of range 0..{}", labels.len()))) };
+        return if i < labels.len() {
+            Ok(i)
+        } else {
+            Err(Error::usage(format!("class index {i} is out of range 0..{}", labels.len())))
+        };
     }
     let wanted = name.trim().to_lowercase().replace(['_', '-'], " ");
     if let Some(i) = labels.iter().position(|l| l.to_lowercase() == wanted) {
         return Ok(i);
     }
-    let mut scored: Vec<(f64, &str)> = labels.iter().map(|l| (strsim::normalized_damerau_levenshtein(&wanted, &l.to_lowercase()), *l)).collect();
+    let mut scored: Vec<(f64, &str)> =
+        labels.iter().map(|l| (strsim::normalized_damerau_levenshtein(&wanted, &l.to_lowercase()), *l)).collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
     let close: Vec<_> = scored.iter().take(3).map(|(_, l)| format!("'{l}'")).collect();
     Err(Error::usage(format!("unknown ImageNet class '{name}'; did you mean {}?", close.join(", "))))
@@ -192,13 +205,25 @@ fn add(total: Option<Tensor>, term: Tensor) -> Result<Option<Tensor>> {
 fn resize_to_area(img: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let (_, _, ih, iw) = img.dims4()?;
     let scale = ((h * w) as f64 / (ih * iw) as f64).sqrt();
-    Ok(resize_bilinear(img, ((ih as f64 * scale).round() as usize).max(1), ((iw as f64 * scale).round() as usize).max(1))?)
+    Ok(resize_bilinear(
+        img,
+        ((ih as f64 * scale).round() as usize).max(1),
+        ((iw as f64 * scale).round() as usize).max(1),
+    )?)
 }
 
 impl Objective {
     /// The classic objective on some layers.
     pub fn layers(terms: Vec<LayerTerm>) -> Self {
-        Objective { layers: terms, border: 2, classes: Vec::new(), class_mode: ClassMode::LogSoftmax, guide: None, style: None, tv: 0.0 }
+        Objective {
+            layers: terms,
+            border: 2,
+            classes: Vec::new(),
+            class_mode: ClassMode::LogSoftmax,
+            guide: None,
+            style: None,
+            tv: 0.0,
+        }
     }
 
     /// Every layer any term reads.
@@ -259,7 +284,9 @@ impl Objective {
                     let img = norm.apply(&resize_to_area(&g.image.to_device(base.device())?, h, w)?)?;
                     p.guide = detached_taps(net, &img, &g.layers)?;
                 }
-                GuideMode::L2 => p.l2_guide_image = Some(norm.apply(&resize_bilinear(&g.image.to_device(base.device())?, h, w)?)?),
+                GuideMode::L2 => {
+                    p.l2_guide_image = Some(norm.apply(&resize_bilinear(&g.image.to_device(base.device())?, h, w)?)?)
+                }
             }
         }
         if let Some(s) = &self.style {
@@ -288,7 +315,8 @@ impl Objective {
 
     /// The scalar to maximise, from the network's features for input `x` (and `x` itself).
     pub fn loss_of(&self, features: &Features, x: &Tensor, prepared: &Prepared) -> Result<Tensor> {
-        let tap = |name: &str| features.taps.get(name).ok_or_else(|| Error::usage(format!("layer {name} was not computed")));
+        let tap =
+            |name: &str| features.taps.get(name).ok_or_else(|| Error::usage(format!("layer {name} was not computed")));
         let mut total: Option<Tensor> = None;
         for term in &self.layers {
             let a = tap(&term.layer)?;
@@ -297,7 +325,10 @@ impl Objective {
                 Some(c) => {
                     let channels = a.dim(1)?;
                     if c >= channels {
-                        return Err(Error::usage(format!("layer {} has {channels} channels; channel {c} does not exist", term.layer)));
+                        return Err(Error::usage(format!(
+                            "layer {} has {channels} channels; channel {c} does not exist",
+                            term.layer
+                        )));
                     }
                     a.narrow(1, c, 1)?.mean_all()?
                 }

@@ -53,7 +53,10 @@ impl Tiling {
             return Err(Error::usage(format!("tile must be 0 (off) or at least 256 pixels, got {}", self.tile)));
         }
         if self.tile > 0 && 4 * self.margin > self.tile {
-            return Err(Error::usage(format!("tile margin {} is more than a quarter of the tile {}", self.margin, self.tile)));
+            return Err(Error::usage(format!(
+                "tile margin {} is more than a quarter of the tile {}",
+                self.margin, self.tile
+            )));
         }
         Ok(())
     }
@@ -134,7 +137,12 @@ impl Tiler {
         for rows in spans(h, tiling) {
             for cols in spans(w, tiling) {
                 let mut prepared = shared.window(objective, net, rows.range.clone(), cols.range.clone())?;
-                prepared.set_inner_sides([rows.range.start > 0, rows.range.end < h, cols.range.start > 0, cols.range.end < w]);
+                prepared.set_inner_sides([
+                    rows.range.start > 0,
+                    rows.range.end < h,
+                    cols.range.start > 0,
+                    cols.range.end < w,
+                ]);
                 windows.push(Window { rows: rows.clone(), cols, prepared });
             }
         }
@@ -149,7 +157,13 @@ impl Tiler {
     /// The loss and its gradient for the whole image `x`, window by window. `x` is the octave's
     /// image rolled by `shift` (the jitter): targets compared position by position are taken
     /// from their images rolled alike (a fresh forward pass per window), the others as planned.
-    pub fn loss_and_grad(&self, net: &dyn FeatureNet, objective: &Objective, x: &Tensor, shift: (i32, i32)) -> Result<(f32, Tensor)> {
+    pub fn loss_and_grad(
+        &self,
+        net: &dyn FeatureNet,
+        objective: &Objective,
+        x: &Tensor,
+        shift: (i32, i32),
+    ) -> Result<(f32, Tensor)> {
         let (_, _, h, w) = x.dims4()?;
         if (h, w) != (self.h, self.w) {
             return Err(Error::usage(format!("tiler planned for {}x{}, given {w}x{h}", self.w, self.h)));
@@ -158,7 +172,12 @@ impl Tiler {
             true => Some(self.shared.rolled(shift.0, shift.1)?),
             false => None,
         };
-        fn targets<'w>(win: &'w Window, rolled: Option<&Prepared>, objective: &Objective, net: &dyn FeatureNet) -> Result<Cow<'w, Prepared>> {
+        fn targets<'w>(
+            win: &'w Window,
+            rolled: Option<&Prepared>,
+            objective: &Objective,
+            net: &dyn FeatureNet,
+        ) -> Result<Cow<'w, Prepared>> {
             Ok(match rolled {
                 Some(r) => Cow::Owned(r.window(objective, net, win.rows.range.clone(), win.cols.range.clone())?),
                 None => Cow::Borrowed(&win.prepared),
@@ -174,7 +193,8 @@ impl Tiler {
             let (r, c) = (&win.rows.range, &win.cols.range);
             let crop = x.narrow(2, r.start, r.len())?.narrow(3, c.start, c.len())?.contiguous()?;
             let (l, g) = super::loss_and_grad(net, objective, &crop, &*targets(win)?)?;
-            let core: f64 = win.rows.weights.iter().map(|&v| v as f64).sum::<f64>() * win.cols.weights.iter().map(|&v| v as f64).sum::<f64>();
+            let core: f64 = win.rows.weights.iter().map(|&v| v as f64).sum::<f64>()
+                * win.cols.weights.iter().map(|&v| v as f64).sum::<f64>();
             loss += l as f64 * core / area;
             let scale = (r.len() * c.len()) as f64 / area;
             let wy = Tensor::from_slice(&win.rows.weights, (1, 1, r.len(), 1), x.device())?;
@@ -196,18 +216,33 @@ mod tests {
 
     #[test]
     fn weights_sum_to_one_everywhere() {
-        for (len, tile, margin) in [(1080, 1024, 128), (1920, 512, 64), (1000, 300, 40), (700, 700, 87), (129, 64, 16)] {
+        for (len, tile, margin) in [(1080, 1024, 128), (1920, 512, 64), (1000, 300, 40), (700, 700, 87), (129, 64, 16)]
+        {
             let spans = spans(len, Tiling { tile, margin });
             let mut sum = vec![0.0f32; len];
             for s in &spans {
                 assert_eq!(s.weights.len(), s.range.len());
-                assert!(s.range.len() <= tile + 2 * margin + 2 * ALIGN || spans.len() == 1, "{len} {tile}: {:?}", s.range);
-                assert!(s.range.start % ALIGN == 0 && s.range.len() % ALIGN == len % ALIGN, "{len} {tile}: {:?}", s.range);
+                assert!(
+                    s.range.len() <= tile + 2 * margin + 2 * ALIGN || spans.len() == 1,
+                    "{len} {tile}: {:?}",
+                    s.range
+                );
+                assert!(
+                    s.range.start % ALIGN == 0 && s.range.len() % ALIGN == len % ALIGN,
+                    "{len} {tile}: {:?}",
+                    s.range
+                );
                 for (p, &wt) in s.range.clone().zip(&s.weights) {
                     sum[p] += wt;
                 }
             }
-            if let Some(p) = sum.iter().position(|v| (v - 1.0).abs() >= 1e-6) { panic!("{len} {tile} {margin}: sum {} at {p}; {:?}", sum[p], spans.iter().map(|s| s.range.clone()).collect::<Vec<_>>()); }
+            if let Some(p) = sum.iter().position(|v| (v - 1.0).abs() >= 1e-6) {
+                panic!(
+                    "{len} {tile} {margin}: sum {} at {p}; {:?}",
+                    sum[p],
+                    spans.iter().map(|s| s.range.clone()).collect::<Vec<_>>()
+                );
+            }
             assert_eq!(spans.len(), len.div_ceil(tile));
         }
     }

@@ -5,9 +5,9 @@
 //! `_bn1`, `_fc`. Padding is TensorFlow "SAME" from the actual input size, so any image size
 //! works. Taps: `stem`, `block0..blockN` (outputs of `_blocks.N`), `head`.
 
+use super::Normalization;
 use super::network::{Block, Chain, GlobalAvgPool, Network};
 use super::weights::Weights;
-use super::Normalization;
 use crate::ops::{Activation, ConvSpec, Padding};
 use crate::{Error, Result};
 use std::path::Path;
@@ -50,14 +50,27 @@ pub fn build(name: &str, w: &Weights, path: &Path) -> Result<Network> {
             mid = expand.out_channels();
             body.push(Box::new(expand));
         }
-        body.push(Box::new(conv_bn(w, &format!("{p}._depthwise_conv"), &format!("{p}._bn1"), spec(stride, mid, Activation::Relu6))?));
-        body.push(Box::new(conv_bn(w, &format!("{p}._project_conv"), &format!("{p}._bn2"), spec(1, 1, Activation::Identity))?));
+        body.push(Box::new(conv_bn(
+            w,
+            &format!("{p}._depthwise_conv"),
+            &format!("{p}._bn1"),
+            spec(stride, mid, Activation::Relu6),
+        )?));
+        body.push(Box::new(conv_bn(
+            w,
+            &format!("{p}._project_conv"),
+            &format!("{p}._bn2"),
+            spec(1, 1, Activation::Identity),
+        )?));
         net.push_inverted_residual(format!("block{i}"), Chain(body), stride == 1 && in_ch == out_ch);
         in_ch = out_ch;
         i += 1;
     }
     if i == 0 {
-        return Err(Error::Weights { path: path.to_owned(), reason: "no EfficientNet blocks (_blocks.N) found".into() });
+        return Err(Error::Weights {
+            path: path.to_owned(),
+            reason: "no EfficientNet blocks (_blocks.N) found".into(),
+        });
     }
     let head = conv_bn(w, "_conv_head", "_bn1", spec(1, 1, Activation::Relu6))?;
     let features = head.out_channels();

@@ -59,7 +59,9 @@ fn download(url: &str, partial: &Path, progress: &mut dyn FnMut(u64, Option<u64>
     let mut done = start;
     progress(done, total);
     loop {
-        let n = body.read(&mut buf).map_err(|e| net_err(format!("connection lost after {done} bytes ({e}); run the same command again to resume")))?;
+        let n = body.read(&mut buf).map_err(|e| {
+            net_err(format!("connection lost after {done} bytes ({e}); run the same command again to resume"))
+        })?;
         if n == 0 {
             break;
         }
@@ -69,14 +71,22 @@ fn download(url: &str, partial: &Path, progress: &mut dyn FnMut(u64, Option<u64>
     }
     file.sync_all()?;
     if let Some(t) = total.filter(|&t| t != done) {
-        return Err(net_err(format!("connection closed after {done} of {t} bytes; run the same command again to resume")));
+        return Err(net_err(format!(
+            "connection closed after {done} of {t} bytes; run the same command again to resume"
+        )));
     }
     Ok(())
 }
 
 /// Fetches weights for `model` from `url` into `dir` (the cache by default), verifying
 /// `sha256` (full, or torchvision's prefix). Returns the path of the installed safetensors.
-pub fn fetch(model: &str, url: &str, sha256: &str, dir: &Path, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<PathBuf> {
+pub fn fetch(
+    model: &str,
+    url: &str,
+    sha256: &str,
+    dir: &Path,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<PathBuf> {
     let info = super::info(model)?;
     let dest = dir.join(info.file);
     let pdir = partial_dir(dir);
@@ -86,7 +96,9 @@ pub fn fetch(model: &str, url: &str, sha256: &str, dir: &Path, progress: &mut dy
     let actual = sha256_file(&partial)?;
     if !hash_matches(&actual, sha256) {
         let _ = std::fs::remove_file(&partial);
-        return Err(Error::Usage(format!("checksum mismatch for {url}: got sha256 {actual}, expected {sha256}; the download was discarded")));
+        return Err(Error::Usage(format!(
+            "checksum mismatch for {url}: got sha256 {actual}, expected {sha256}; the download was discarded"
+        )));
     }
     let result = install(model, &partial, &dest);
     let _ = std::fs::remove_file(&partial);
@@ -119,5 +131,7 @@ pub fn install(model: &str, src: &Path, dest: &Path) -> Result<()> {
 fn is_safetensors(path: &Path) -> Result<bool> {
     let mut head = [0u8; 9];
     let mut f = std::fs::File::open(path)?;
-    Ok(f.read_exact(&mut head).is_ok() && head[8] == b'{' && u64::from_le_bytes(head[..8].try_into().unwrap()) < 100_000_000)
+    Ok(f.read_exact(&mut head).is_ok()
+        && head[8] == b'{'
+        && u64::from_le_bytes(head[..8].try_into().unwrap()) < 100_000_000)
 }

@@ -4,14 +4,19 @@
 //! Taps: `conv1`, `pool1`, `conv2`, `conv3`, `pool2`, `inception3a` .. `inception5b`,
 //! `pool3`, `pool4`.
 
+use super::Normalization;
 use super::network::{Chain, Fork, ForkBranch, GlobalAvgPool, Network};
 use super::weights::Weights;
-use super::Normalization;
-use crate::ops::{Activation, Conv2d, ConvSpec, Padding, Pool2d};
 use crate::Result;
+use crate::ops::{Activation, Conv2d, ConvSpec, Padding, Pool2d};
 
 fn basic(w: &Weights, p: &str, co: usize, ci: usize, k: usize, stride: usize) -> Result<Conv2d> {
-    let spec = ConvSpec { stride: (stride, stride), padding: Padding::symmetric(k / 2, k / 2), groups: 1, activation: Activation::Relu };
+    let spec = ConvSpec {
+        stride: (stride, stride),
+        padding: Padding::symmetric(k / 2, k / 2),
+        groups: 1,
+        activation: Activation::Relu,
+    };
     w.conv_bn(&format!("{p}.conv"), &format!("{p}.bn"), 1e-3, [co, ci, k, k], spec)
 }
 
@@ -34,9 +39,18 @@ fn inception(w: &Weights, p: &str, c: [usize; 7]) -> Result<Fork> {
     let b = |s: &str| format!("{p}.{s}");
     Fork::new(vec![
         ForkBranch::Head(basic(w, &b("branch1"), c1, cin, 1, 1)?, vec![]),
-        ForkBranch::Head(basic(w, &b("branch2.0"), c3r, cin, 1, 1)?, vec![Box::new(basic(w, &b("branch2.1"), c3, c3r, 3, 1)?)]),
-        ForkBranch::Head(basic(w, &b("branch3.0"), c5r, cin, 1, 1)?, vec![Box::new(basic(w, &b("branch3.1"), c5, c5r, 3, 1)?)]),
-        ForkBranch::Own(Box::new(Chain(vec![Box::new(Pool2d::max(3, 1, 1, true)), Box::new(basic(w, &b("branch4.1"), cp, cin, 1, 1)?)]))),
+        ForkBranch::Head(
+            basic(w, &b("branch2.0"), c3r, cin, 1, 1)?,
+            vec![Box::new(basic(w, &b("branch2.1"), c3, c3r, 3, 1)?)],
+        ),
+        ForkBranch::Head(
+            basic(w, &b("branch3.0"), c5r, cin, 1, 1)?,
+            vec![Box::new(basic(w, &b("branch3.1"), c5, c5r, 3, 1)?)],
+        ),
+        ForkBranch::Own(Box::new(Chain(vec![
+            Box::new(Pool2d::max(3, 1, 1, true)),
+            Box::new(basic(w, &b("branch4.1"), cp, cin, 1, 1)?),
+        ]))),
     ])
 }
 

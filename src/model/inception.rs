@@ -9,11 +9,11 @@
 //! Taps: the stem convs and pools, and `mixed0 .. mixed10` (the Keras names of
 //! `Mixed_5b .. Mixed_7c`).
 
+use super::Normalization;
 use super::network::{Block, Chain, Concat, Fork, ForkBranch, GlobalAvgPool, Network};
 use super::weights::Weights;
-use super::Normalization;
-use crate::ops::{Activation, Conv2d, ConvSpec, Padding, Pool2d};
 use crate::Result;
+use crate::ops::{Activation, Conv2d, ConvSpec, Padding, Pool2d};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Variant {
@@ -43,8 +43,21 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// BasicConv2d: conv without bias, batch norm, ReLU. `k` and `pad` as (rows, cols).
-    fn conv(&self, p: &str, co: usize, ci: usize, k: (usize, usize), stride: usize, pad: (usize, usize)) -> Result<Conv2d> {
-        let spec = ConvSpec { stride: (stride, stride), padding: Padding::symmetric(pad.0, pad.1), groups: 1, activation: Activation::Relu };
+    fn conv(
+        &self,
+        p: &str,
+        co: usize,
+        ci: usize,
+        k: (usize, usize),
+        stride: usize,
+        pad: (usize, usize),
+    ) -> Result<Conv2d> {
+        let spec = ConvSpec {
+            stride: (stride, stride),
+            padding: Padding::symmetric(pad.0, pad.1),
+            groups: 1,
+            activation: Activation::Relu,
+        };
         self.w.conv_bn(&format!("{p}.conv"), &format!("{p}.bn"), 1e-3, [co, ci, k.0, k.1], spec)
     }
 
@@ -66,7 +79,10 @@ impl Ctx<'_> {
         let c1 = |s: &str, co: usize| self.conv(&n(s), co, cin, (1, 1), 1, (0, 0));
         Fork::new(vec![
             ForkBranch::Head(c1("branch1x1", 64)?, vec![]),
-            ForkBranch::Head(c1("branch5x5_1", 48)?, vec![Box::new(self.conv(&n("branch5x5_2"), 64, 48, (5, 5), 1, (2, 2))?)]),
+            ForkBranch::Head(
+                c1("branch5x5_1", 48)?,
+                vec![Box::new(self.conv(&n("branch5x5_2"), 64, 48, (5, 5), 1, (2, 2))?)],
+            ),
             ForkBranch::Head(
                 c1("branch3x3dbl_1", 64)?,
                 vec![
@@ -94,14 +110,23 @@ impl Ctx<'_> {
     fn c(&self, p: &str, cin: usize, c7: usize) -> Result<Fork> {
         let n = |s: &str| format!("{p}.{s}");
         let c1 = |s: &str, co: usize| self.conv(&n(s), co, cin, (1, 1), 1, (0, 0));
-        let row = |name: &str, co: usize, ci: usize| -> Result<Box<dyn Block>> { Ok(Box::new(self.conv(&n(name), co, ci, (1, 7), 1, (0, 3))?)) };
-        let col = |name: &str, co: usize, ci: usize| -> Result<Box<dyn Block>> { Ok(Box::new(self.conv(&n(name), co, ci, (7, 1), 1, (3, 0))?)) };
+        let row = |name: &str, co: usize, ci: usize| -> Result<Box<dyn Block>> {
+            Ok(Box::new(self.conv(&n(name), co, ci, (1, 7), 1, (0, 3))?))
+        };
+        let col = |name: &str, co: usize, ci: usize| -> Result<Box<dyn Block>> {
+            Ok(Box::new(self.conv(&n(name), co, ci, (7, 1), 1, (3, 0))?))
+        };
         Fork::new(vec![
             ForkBranch::Head(c1("branch1x1", 192)?, vec![]),
             ForkBranch::Head(c1("branch7x7_1", c7)?, vec![row("branch7x7_2", c7, c7)?, col("branch7x7_3", 192, c7)?]),
             ForkBranch::Head(
                 c1("branch7x7dbl_1", c7)?,
-                vec![col("branch7x7dbl_2", c7, c7)?, row("branch7x7dbl_3", c7, c7)?, col("branch7x7dbl_4", c7, c7)?, row("branch7x7dbl_5", 192, c7)?],
+                vec![
+                    col("branch7x7dbl_2", c7, c7)?,
+                    row("branch7x7dbl_3", c7, c7)?,
+                    col("branch7x7dbl_4", c7, c7)?,
+                    row("branch7x7dbl_5", 192, c7)?,
+                ],
             ),
             ForkBranch::Own(self.chain(vec![self.avg(), self.c1(&n("branch_pool"), 192, cin)?])),
         ])
@@ -111,7 +136,10 @@ impl Ctx<'_> {
         let n = |s: &str| format!("{p}.{s}");
         let c1 = |s: &str| self.conv(&n(s), 192, cin, (1, 1), 1, (0, 0));
         Fork::new(vec![
-            ForkBranch::Head(c1("branch3x3_1")?, vec![Box::new(self.conv(&n("branch3x3_2"), 320, 192, (3, 3), 2, (0, 0))?)]),
+            ForkBranch::Head(
+                c1("branch3x3_1")?,
+                vec![Box::new(self.conv(&n("branch3x3_2"), 320, 192, (3, 3), 2, (0, 0))?)],
+            ),
             ForkBranch::Head(
                 c1("branch7x7x3_1")?,
                 vec![
@@ -132,7 +160,9 @@ impl Ctx<'_> {
             (Variant::Tf2015, true) => Box::new(Pool2d::max(3, 1, 1, false)),
             _ => self.avg(),
         };
-        let conv = |s: &str, co: usize, ci: usize, k: (usize, usize), pad: (usize, usize)| -> Result<Box<dyn Block>> { Ok(Box::new(self.conv(&n(s), co, ci, k, 1, pad)?)) };
+        let conv = |s: &str, co: usize, ci: usize, k: (usize, usize), pad: (usize, usize)| -> Result<Box<dyn Block>> {
+            Ok(Box::new(self.conv(&n(s), co, ci, k, 1, pad)?))
+        };
         let split = |a: &str, b: &str| -> Result<Box<dyn Block>> {
             Ok(Box::new(Concat(vec![conv(a, 384, 384, (1, 3), (0, 1))?, conv(b, 384, 384, (3, 1), (1, 0))?])))
         };

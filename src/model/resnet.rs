@@ -3,11 +3,11 @@
 //! downsample}`, `fc`. Taps: `stem` (after the max pool), `layer1 .. layer4`, and each block
 //! `layerN.M`.
 
+use super::Normalization;
 use super::network::{Chain, GlobalAvgPool, Network, Residual};
 use super::weights::Weights;
-use super::Normalization;
-use crate::ops::{Activation, ConvSpec, Padding, Pool2d};
 use crate::Result;
+use crate::ops::{Activation, ConvSpec, Padding, Pool2d};
 
 const EPS: f64 = 1e-5;
 const BLOCKS: [usize; 4] = [3, 4, 6, 3];
@@ -27,12 +27,36 @@ pub fn build(name: &str, w: &Weights) -> Result<Network> {
             let p = format!("layer{}.{b}", l + 1);
             let stride = if b == 0 && l > 0 { 2 } else { 1 };
             let body = Chain(vec![
-                Box::new(w.conv_bn(&format!("{p}.conv1"), &format!("{p}.bn1"), EPS, [width, in_ch, 1, 1], spec(1, 1, Activation::Relu))?),
-                Box::new(w.conv_bn(&format!("{p}.conv2"), &format!("{p}.bn2"), EPS, [width, width, 3, 3], spec(3, stride, Activation::Relu))?),
-                Box::new(w.conv_bn(&format!("{p}.conv3"), &format!("{p}.bn3"), EPS, [width * 4, width, 1, 1], spec(1, 1, Activation::Identity))?),
+                Box::new(w.conv_bn(
+                    &format!("{p}.conv1"),
+                    &format!("{p}.bn1"),
+                    EPS,
+                    [width, in_ch, 1, 1],
+                    spec(1, 1, Activation::Relu),
+                )?),
+                Box::new(w.conv_bn(
+                    &format!("{p}.conv2"),
+                    &format!("{p}.bn2"),
+                    EPS,
+                    [width, width, 3, 3],
+                    spec(3, stride, Activation::Relu),
+                )?),
+                Box::new(w.conv_bn(
+                    &format!("{p}.conv3"),
+                    &format!("{p}.bn3"),
+                    EPS,
+                    [width * 4, width, 1, 1],
+                    spec(1, 1, Activation::Identity),
+                )?),
             ]);
             let shortcut = match b {
-                0 => Some(Box::new(w.conv_bn(&format!("{p}.downsample.0"), &format!("{p}.downsample.1"), EPS, [width * 4, in_ch, 1, 1], spec(1, stride, Activation::Identity))?) as _),
+                0 => Some(Box::new(w.conv_bn(
+                    &format!("{p}.downsample.0"),
+                    &format!("{p}.downsample.1"),
+                    EPS,
+                    [width * 4, in_ch, 1, 1],
+                    spec(1, stride, Activation::Identity),
+                )?) as _),
                 _ => None,
             };
             net.push(p, Residual { body: Box::new(body), shortcut, relu_after: true });

@@ -3,8 +3,13 @@
 //! (`Mixed_6b.branch7x7dbl_3.conv.weight`), so one InceptionV3 implementation serves both.
 //! The archive's batch norm has no scale (gamma = 1): `beta`, `mean`, `var` only.
 
-const STEM: [(&str, &str); 5] =
-    [("conv", "Conv2d_1a_3x3"), ("conv_1", "Conv2d_2a_3x3"), ("conv_2", "Conv2d_2b_3x3"), ("conv_3", "Conv2d_3b_1x1"), ("conv_4", "Conv2d_4a_3x3")];
+const STEM: [(&str, &str); 5] = [
+    ("conv", "Conv2d_1a_3x3"),
+    ("conv_1", "Conv2d_2a_3x3"),
+    ("conv_2", "Conv2d_2b_3x3"),
+    ("conv_3", "Conv2d_3b_1x1"),
+    ("conv_4", "Conv2d_4a_3x3"),
+];
 
 /// TF module name, torchvision module name, and the module's branch names (TF, torchvision).
 fn module(tf: &str) -> Option<(&'static str, &'static [(&'static str, &'static str)])> {
@@ -98,8 +103,14 @@ mod tests {
     #[test]
     fn maps_archive_keys() {
         assert_eq!(torchvision_name("net.layers.conv_4.var").unwrap(), "Conv2d_4a_3x3.bn.running_var");
-        assert_eq!(torchvision_name("net.layers.mixed_4.tower_1.conv_2.weight").unwrap(), "Mixed_6b.branch7x7dbl_3.conv.weight");
-        assert_eq!(torchvision_name("net.layers.mixed_10.tower_1_mixed_conv_1.beta").unwrap(), "Mixed_7c.branch3x3dbl_3b.bn.bias");
+        assert_eq!(
+            torchvision_name("net.layers.mixed_4.tower_1.conv_2.weight").unwrap(),
+            "Mixed_6b.branch7x7dbl_3.conv.weight"
+        );
+        assert_eq!(
+            torchvision_name("net.layers.mixed_10.tower_1_mixed_conv_1.beta").unwrap(),
+            "Mixed_7c.branch3x3dbl_3b.bn.bias"
+        );
         assert_eq!(torchvision_name("net.layers.mixed_3.conv.mean").unwrap(), "Mixed_6a.branch3x3.bn.running_mean");
         assert!(torchvision_name("net.layers.pool2.whatever").is_none());
     }

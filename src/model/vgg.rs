@@ -2,11 +2,11 @@
 //! Image Recognition", 2014), torchvision's layout: `features.N`, `classifier.{0,3,6}`.
 //! Taps `conv1_1 .. conv5_4` are taken after the ReLU; `pool1 .. pool5` after each max pool.
 
+use super::Normalization;
 use super::network::{AdaptiveAvgPoolFlat, Block, Chain, Network, Relu};
 use super::weights::Weights;
-use super::Normalization;
-use crate::ops::{Activation, ConvSpec, Padding, Pool2d};
 use crate::Result;
+use crate::ops::{Activation, ConvSpec, Padding, Pool2d};
 
 /// Convolutions per block: VGG16 and VGG19.
 pub const VGG16: [usize; 5] = [2, 2, 3, 3, 3];
@@ -19,7 +19,10 @@ pub fn build(name: &str, w: &Weights, blocks: [usize; 5]) -> Result<Network> {
     let (mut idx, mut in_ch) = (0, 3);
     for (b, (&n, &width)) in blocks.iter().zip(&WIDTHS).enumerate() {
         for k in 0..n {
-            net.push(format!("conv{}_{}", b + 1, k + 1), w.conv(&format!("features.{idx}"), [width, in_ch, 3, 3], true, spec)?);
+            net.push(
+                format!("conv{}_{}", b + 1, k + 1),
+                w.conv(&format!("features.{idx}"), [width, in_ch, 3, 3], true, spec)?,
+            );
             idx += 2; // conv, relu
             in_ch = width;
         }

@@ -47,8 +47,10 @@ pub struct Weights {
 }
 
 pub fn load_safetensors(path: &Path) -> Result<Weights> {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| Error::Weights { path: path.to_owned(), reason: format!("not a readable safetensors file: {e}") })?;
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::Weights {
+        path: path.to_owned(),
+        reason: format!("not a readable safetensors file: {e}"),
+    })?;
     Ok(Weights { path: path.to_owned(), source: Source::Tensors(tensors) })
 }
 
@@ -179,7 +181,8 @@ impl Weights {
 pub fn import_pth(src: &Path, dest: &Path) -> Result<usize> {
     let mut tensors: HashMap<String, Tensor> = pth::read_pth(src)?.into_iter().collect();
     if tensors.keys().any(|k| k.starts_with("net.layers.")) {
-        tensors = tensors.into_iter().filter_map(|(k, t)| super::tf2015::torchvision_name(&k).map(|n| (n, t))).collect();
+        tensors =
+            tensors.into_iter().filter_map(|(k, t)| super::tf2015::torchvision_name(&k).map(|n| (n, t))).collect();
     }
     let count = tensors.len();
     let out_err = |e: String| Error::Output { path: dest.to_owned(), reason: e };

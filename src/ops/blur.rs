@@ -15,7 +15,8 @@ pub fn gaussian_blur(x: &Tensor, sigma: f64) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let radius = (3.0 * sigma).ceil() as i64;
-    let mut kernel: Vec<f32> = (-radius..=radius).map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp() as f32).collect();
+    let mut kernel: Vec<f32> =
+        (-radius..=radius).map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp() as f32).collect();
     let sum: f32 = kernel.iter().sum();
     kernel.iter_mut().for_each(|k| *k /= sum);
     if super::portable::wanted(x) {
@@ -52,12 +53,22 @@ impl CustomOp1 for Gaussian {
             let clamp = |i: isize, len: usize| i.clamp(0, len as isize - 1) as usize;
             for yy in 0..h {
                 for xx in 0..w {
-                    tmp[yy * w + xx] = self.kernel.iter().enumerate().map(|(k, wt)| wt * plane[yy * w + clamp(xx as isize + k as isize - r, w)]).sum();
+                    tmp[yy * w + xx] = self
+                        .kernel
+                        .iter()
+                        .enumerate()
+                        .map(|(k, wt)| wt * plane[yy * w + clamp(xx as isize + k as isize - r, w)])
+                        .sum();
                 }
             }
             for yy in 0..h {
                 for xx in 0..w {
-                    out[yy * w + xx] = self.kernel.iter().enumerate().map(|(k, wt)| wt * tmp[clamp(yy as isize + k as isize - r, h) * w + xx]).sum();
+                    out[yy * w + xx] = self
+                        .kernel
+                        .iter()
+                        .enumerate()
+                        .map(|(k, wt)| wt * tmp[clamp(yy as isize + k as isize - r, h) * w + xx])
+                        .sum();
                 }
             }
         });

@@ -6,9 +6,9 @@
 //! gemm for 1x1), depthwise is a direct per-channel loop, and the backward returns the input
 //! gradient alone.
 
-use super::gemm::{sgemm, sgemm_ld, Trans};
+use super::gemm::{Trans, sgemm, sgemm_ld};
 use super::{cpu_slice, portable, tf_same_padding};
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -116,8 +116,17 @@ impl ConvInner {
             let ci = cig * self.spec.groups;
             let weight = Tensor::from_slice(&self.weight, (co, cig, kh, kw), device)?;
             let flipped = Tensor::from_slice(self.flipped(), (ci, co / self.spec.groups, kh, kw), device)?;
-            let taps = if cig == 1 && co == self.spec.groups { Some((depthwise_taps(&weight)?, depthwise_taps(&flipped)?)) } else { None };
-            Ok(Arc::new(DeviceWeights { weight, bias: Tensor::from_slice(&self.bias, (1, co, 1, 1), device)?, flipped, taps }))
+            let taps = if cig == 1 && co == self.spec.groups {
+                Some((depthwise_taps(&weight)?, depthwise_taps(&flipped)?))
+            } else {
+                None
+            };
+            Ok(Arc::new(DeviceWeights {
+                weight,
+                bias: Tensor::from_slice(&self.bias, (1, co, 1, 1), device)?,
+                flipped,
+                taps,
+            }))
         })
     }
 
@@ -160,7 +169,16 @@ impl Conv2d {
         if bias.len() != co {
             bail!("conv: bias has {} values for {co} output channels", bias.len());
         }
-        Ok(Conv2d { inner: Arc::new(ConvInner { weight, bias, wshape: [co, cig, kh, kw], spec, flipped: Default::default(), on_device: Default::default() }) })
+        Ok(Conv2d {
+            inner: Arc::new(ConvInner {
+                weight,
+                bias,
+                wshape: [co, cig, kh, kw],
+                spec,
+                flipped: Default::default(),
+                on_device: Default::default(),
+            }),
+        })
     }
 
     /// One convolution computing `convs` at once, their outputs stacked along the channels in
@@ -180,7 +198,14 @@ impl Conv2d {
             bias.extend_from_slice(&c.inner.bias);
         }
         let co = bias.len();
-        let inner = ConvInner { weight, bias, wshape: [co, cig, kh, kw], spec, flipped: Default::default(), on_device: Default::default() };
+        let inner = ConvInner {
+            weight,
+            bias,
+            wshape: [co, cig, kh, kw],
+            spec,
+            flipped: Default::default(),
+            on_device: Default::default(),
+        };
         Ok(Conv2d { inner: Arc::new(inner) })
     }
 
@@ -198,7 +223,8 @@ impl Conv2d {
         if portable::wanted(gy) {
             return self.input_grad_portable(gy, y, in_dims);
         }
-        gy.contiguous()?.apply_op2_no_bwd(&y.contiguous()?, &ConvInputGrad { inner: self.inner.clone(), in_dims: in_dims.to_vec() })
+        gy.contiguous()?
+            .apply_op2_no_bwd(&y.contiguous()?, &ConvInputGrad { inner: self.inner.clone(), in_dims: in_dims.to_vec() })
     }
 
     /// Runs the convolution on an `[n, ci, h, w]` tensor; differentiable with respect to `x`.
@@ -307,8 +333,14 @@ impl Geometry {
     }
 
     fn is_pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.pt == 0 && self.pl == 0
-            && self.oh == self.h && self.ow == self.w
+        self.kh == 1
+            && self.kw == 1
+            && self.sh == 1
+            && self.sw == 1
+            && self.pt == 0
+            && self.pl == 0
+            && self.oh == self.h
+            && self.ow == self.w
     }
 
     /// Floating-point operations of the forward pass (the input gradient costs the same).
@@ -367,7 +399,14 @@ impl Geometry {
 /// or strided copy between zeroed margins. With `mask = (y, act)` only the entries whose `y`
 /// the activation passes get through (zero elsewhere): the gradient at a pre-activation,
 /// gathered without first writing it out.
-fn im2col(x: &[f32], mask: Option<(&[f32], Activation)>, g: &Geometry, channels: usize, rows: std::ops::Range<usize>, col: &mut [f32]) {
+fn im2col(
+    x: &[f32],
+    mask: Option<(&[f32], Activation)>,
+    g: &Geometry,
+    channels: usize,
+    rows: std::ops::Range<usize>,
+    col: &mut [f32],
+) {
     let ohw = rows.len() * g.ow;
     let cols: Vec<_> = (0..g.kw).map(|kx| valid_cols(g.ow, g.sw, kx, g.pl, g.w)).collect();
     col[..channels * g.kh * g.kw * ohw].par_chunks_mut(ohw).enumerate().for_each(|(row, out)| {
@@ -468,7 +507,9 @@ fn mask_into(dst: &mut [f32], src: &[f32], y: &[f32], act: Activation) {
     match act {
         Activation::Identity => dst.copy_from_slice(&src[..dst.len()]),
         Activation::Relu => pairs.for_each(|(d, (s, o))| *d = f32::from_bits(s.to_bits() & keep(*o > 0.0))),
-        Activation::Relu6 => pairs.for_each(|(d, (s, o))| *d = f32::from_bits(s.to_bits() & keep(*o > 0.0 && *o < 6.0))),
+        Activation::Relu6 => {
+            pairs.for_each(|(d, (s, o))| *d = f32::from_bits(s.to_bits() & keep(*o > 0.0 && *o < 6.0)))
+        }
     }
 }
 
@@ -600,7 +641,17 @@ fn conv_forward_into(inner: &ConvInner, x: &[f32], g: &Geometry, y: &mut [f32], 
                 for rows in bands(g.oh, g.ow, k_len) {
                     let cols = rows.len() * g.ow;
                     im2col(xg, None, g, g.cig, rows.clone(), &mut col[..k_len * cols]);
-                    sgemm_ld(g.cog, cols, k_len, wg, &col[..k_len * cols], cols, &mut yg[rows.start * g.ow..], ohw, true);
+                    sgemm_ld(
+                        g.cog,
+                        cols,
+                        k_len,
+                        wg,
+                        &col[..k_len * cols],
+                        cols,
+                        &mut yg[rows.start * g.ow..],
+                        ohw,
+                        true,
+                    );
                 }
             }
         }
@@ -632,7 +683,9 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
                 buf.resize(gy.len(), 0.0);
             }
             let gpre = &mut buf[..gy.len()];
-            gpre.par_chunks_mut(1 << 14).zip(gy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14))).for_each(|(d, (gs, ys))| mask_into(d, gs, ys, act));
+            gpre.par_chunks_mut(1 << 14)
+                .zip(gy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
+                .for_each(|(d, (gs, ys))| mask_into(d, gs, ys, act));
             finish_backward(inner, gpre, None, g, gx)
         });
     }
@@ -657,7 +710,14 @@ fn finish_backward(inner: &ConvInner, gpre: &[f32], y: Option<&[f32]>, g: &Geome
 
 /// `gpre` is the gradient at the pre-activation, or with `y` the output gradient still to be
 /// masked by the activation (the stride-1 route only).
-fn conv_backward_into(inner: &ConvInner, gpre: &[f32], y: Option<&[f32]>, g: &Geometry, gx: &mut [f32], col: &mut [f32]) {
+fn conv_backward_into(
+    inner: &ConvInner,
+    gpre: &[f32],
+    y: Option<&[f32]>,
+    g: &Geometry,
+    gx: &mut [f32],
+    col: &mut [f32],
+) {
     let ohw = g.oh * g.ow;
     let k_len = g.cig * g.kh * g.kw;
     for b in 0..g.n {
@@ -684,7 +744,17 @@ fn conv_backward_into(inner: &ConvInner, gpre: &[f32], y: Option<&[f32]>, g: &Ge
                 for rows in bands(t.oh, t.ow, k_t) {
                     let cols = rows.len() * t.ow;
                     im2col(gyg, mask, &t, g.cog, rows.clone(), &mut col[..k_t * cols]);
-                    sgemm_ld(g.cig, cols, k_t, ft, &col[..k_t * cols], cols, &mut gxg[rows.start * t.ow..], g.h * g.w, true);
+                    sgemm_ld(
+                        g.cig,
+                        cols,
+                        k_t,
+                        ft,
+                        &col[..k_t * cols],
+                        cols,
+                        &mut gxg[rows.start * t.ow..],
+                        g.h * g.w,
+                        true,
+                    );
                 }
             } else {
                 sgemm(k_len, ohw, g.cog, wg, Trans::Yes, gyg, Trans::No, col, false);
@@ -710,10 +780,10 @@ impl CustomOp1 for ConvOp {
     }
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let gx = grad_res.contiguous()?.apply_op2_no_bwd(&res.contiguous()?, &ConvInputGrad {
-            inner: self.0.clone(),
-            in_dims: arg.dims().to_vec(),
-        })?;
+        let gx = grad_res.contiguous()?.apply_op2_no_bwd(
+            &res.contiguous()?,
+            &ConvInputGrad { inner: self.0.clone(), in_dims: arg.dims().to_vec() },
+        )?;
         Ok(Some(gx))
     }
 }

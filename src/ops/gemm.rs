@@ -35,18 +35,43 @@ pub fn sgemm(
 /// `c[m, n] (+)= a[m, k] * b[k, n]` where `b`'s rows are `ldb` floats apart and `c`'s `ldc`:
 /// a product into (or from) a block of columns of a wider matrix.
 #[allow(clippy::too_many_arguments)]
-pub fn sgemm_ld(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+pub fn sgemm_ld(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     product(m, n, k, a, Trans::No, b, Trans::No, ldb, c, ldc, accumulate);
 }
 
 /// Both products: checks the operands' extents, handles empty shapes, then runs the backend.
 #[allow(clippy::too_many_arguments)]
-fn product(m: usize, n: usize, k: usize, a: &[f32], ta: Trans, b: &[f32], tb: Trans, ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    ta: Trans,
+    b: &[f32],
+    tb: Trans,
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     // Floats a matrix of `rows` rows `ld` apart, `width` used in each, reaches.
     let span = |rows: usize, ld: usize, width: usize| if rows == 0 { 0 } else { (rows - 1) * ld + width };
     let (b_rows, b_width) = if tb == Trans::No { (k, n) } else { (n, k) };
     assert!(ldb >= b_width && ldc >= n, "sgemm: leading dimension below the width");
-    assert!(a.len() >= m * k && b.len() >= span(b_rows, ldb, b_width) && c.len() >= span(m, ldc, n), "sgemm: operand too small");
+    assert!(
+        a.len() >= m * k && b.len() >= span(b_rows, ldb, b_width) && c.len() >= span(m, ldc, n),
+        "sgemm: operand too small"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -98,7 +123,19 @@ mod cblas {
 /// cores (11% of a dream step went to the scheduler that way).
 #[cfg(feature = "openblas")]
 #[allow(clippy::too_many_arguments)]
-fn openblas_sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: Trans, b: &[f32], tb: Trans, ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+fn openblas_sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    ta: Trans,
+    b: &[f32],
+    tb: Trans,
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     static SINGLE_THREADED: std::sync::Once = std::sync::Once::new();
     // SAFETY: plain setter in OpenBLAS, called once before any product.
     SINGLE_THREADED.call_once(|| unsafe { cblas::openblas_set_num_threads(1) });
@@ -156,7 +193,19 @@ fn openblas_sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: Trans, b: &[f32],
 
 #[cfg(not(feature = "openblas"))]
 #[allow(clippy::too_many_arguments)]
-fn crate_sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: Trans, b: &[f32], tb: Trans, ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+fn crate_sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    ta: Trans,
+    b: &[f32],
+    tb: Trans,
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     let (a_rs, a_cs) = match ta {
         Trans::No => (k as isize, 1),
         Trans::Yes => (1, m as isize),
@@ -167,11 +216,8 @@ fn crate_sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: Trans, b: &[f32], tb
     };
     let threads = rayon::current_num_threads();
     // Small products are faster on one thread than split across many.
-    let parallelism = if threads > 1 && m * n * k > 64 * 64 * 64 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
+    let parallelism =
+        if threads > 1 && m * n * k > 64 * 64 * 64 { Parallelism::Rayon(threads) } else { Parallelism::None };
     // SAFETY: the asserts in `product` guarantee every index the strides reach is inside the slices,
     // and `c` is borrowed mutably so it cannot alias `a` or `b`.
     unsafe {

@@ -2,7 +2,7 @@
 
 use super::*;
 use candle_core::{Device, Tensor, Var};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 fn random(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-scale..scale)).collect()
@@ -69,7 +69,8 @@ fn conv_case(shape: [usize; 4], co: usize, k: (usize, usize), spec: ConvSpec) {
     // A step crosses a kink when some pre-activation changes side of 0 (or 6).
     let kink = |xm: &Tensor, xp: &Tensor| {
         let (a, b) = (linear.forward(xm).unwrap(), linear.forward(xp).unwrap());
-        let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let (a, b) =
+            (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         a.iter().zip(&b).any(|(&u, &v)| (u > 0.0) != (v > 0.0) || (u < 6.0) != (v < 6.0))
     };
     gradcheck(&|t| conv.forward(t).unwrap(), x, &shape, 1e-2, &kink);
@@ -104,7 +105,8 @@ fn conv_pointwise_with_relu() {
 #[test]
 fn conv_depthwise_and_grouped() {
     for stride in [1, 2] {
-        let spec = ConvSpec { stride: (stride, stride), padding: Padding::Same, groups: 6, activation: Activation::Relu6 };
+        let spec =
+            ConvSpec { stride: (stride, stride), padding: Padding::Same, groups: 6, activation: Activation::Relu6 };
         conv_case([1, 6, 13, 10], 6, (3, 3), spec);
         conv_case([1, 6, 9, 12], 12, (5, 5), spec); // channel multiplier 2
     }
@@ -146,7 +148,9 @@ fn max_pool_gradient_is_one_at_the_maximum() {
 
 #[test]
 fn avg_pool_gradient_stays_inside() {
-    for (k, s, p, ceil, inc) in [(3, 2, 1, true, true), (3, 2, 1, true, false), (2, 2, 0, false, true), (3, 1, 1, false, false)] {
+    for (k, s, p, ceil, inc) in
+        [(3, 2, 1, true, true), (3, 2, 1, true, false), (2, 2, 0, false, true), (3, 1, 1, false, false)]
+    {
         let shape = [2, 2, 9, 7];
         let pool = Pool2d::avg(k, s, p, ceil, inc);
         gradcheck(&|t| pool.forward(t).unwrap(), distinct(252, 3), &shape, 1e-2, &no_kink);

@@ -11,12 +11,12 @@ pub mod resize;
 #[cfg(test)]
 mod gradcheck;
 
+pub use blur::{gaussian_blur, laplacian_normalize};
 pub use conv::{Activation, Conv2d, ConvSpec, Padding};
 pub use pool::{Pool2d, PoolKind};
-pub use blur::{gaussian_blur, laplacian_normalize};
 pub use resize::resize_bilinear;
 
-use candle_core::{bail, CpuStorage, Layout, Result};
+use candle_core::{CpuStorage, Layout, Result, bail};
 
 /// A process-wide count of the floating-point operations the convolutions have run (a
 /// multiply-add counts as two), read by `deepdream bench` to print GFLOP/s.

@@ -5,14 +5,16 @@
 //! Output sizes and window clipping follow PyTorch exactly.
 
 use super::{cpu_slice, portable};
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolKind {
     Max,
     /// Average; `count_include_pad` counts padded zeros in the divisor, as PyTorch's default.
-    Avg { count_include_pad: bool },
+    Avg {
+        count_include_pad: bool,
+    },
 }
 
 /// A pooling window: kernel, stride and symmetric padding as (rows, cols).
@@ -51,7 +53,13 @@ struct Span {
 
 impl Pool2d {
     pub fn max(kernel: usize, stride: usize, padding: usize, ceil_mode: bool) -> Self {
-        Pool2d { kind: PoolKind::Max, kernel: (kernel, kernel), stride: (stride, stride), padding: (padding, padding), ceil_mode }
+        Pool2d {
+            kind: PoolKind::Max,
+            kernel: (kernel, kernel),
+            stride: (stride, stride),
+            padding: (padding, padding),
+            ceil_mode,
+        }
     }
 
     pub fn avg(kernel: usize, stride: usize, padding: usize, ceil_mode: bool, count_include_pad: bool) -> Self {
@@ -89,7 +97,9 @@ impl Pool2d {
         let (oh, ow) = self.out_dims(h, w)?;
         let (t, b, l, r) = self.exact_padding(h, w, oh, ow);
         match self.kind {
-            PoolKind::Max => portable::pad2(x, t, b, l, r, f32::NEG_INFINITY)?.max_pool2d_with_stride(self.kernel, self.stride),
+            PoolKind::Max => {
+                portable::pad2(x, t, b, l, r, f32::NEG_INFINITY)?.max_pool2d_with_stride(self.kernel, self.stride)
+            }
             PoolKind::Avg { .. } => {
                 let mean = portable::pad2(x, t, b, l, r, 0.0)?.avg_pool2d_with_stride(self.kernel, self.stride)?;
                 let k = (self.kernel.0 * self.kernel.1) as f64;
@@ -112,12 +122,15 @@ impl Pool2d {
         let padded_grad = match self.kind {
             PoolKind::Avg { .. } => {
                 let share = gy.broadcast_div(&self.divisors(h, w, gy.device())?)?;
-                let spread = portable::dilate(&share, sh, sw)?.reshape((n * c, 1, (oh - 1) * sh + 1, (ow - 1) * sw + 1))?;
+                let spread =
+                    portable::dilate(&share, sh, sw)?.reshape((n * c, 1, (oh - 1) * sh + 1, (ow - 1) * sw + 1))?;
                 let ones = Tensor::ones((1, 1, kh, kw), gy.dtype(), gy.device())?;
                 // A correlation with the box, output hp x wp: the spread gradient padded by
                 // kernel - 1 before, and to hp + kernel - 1 in all.
                 let (bottom, right) = (hp as isize - spread.dim(2)? as isize, wp as isize - spread.dim(3)? as isize);
-                portable::pad2(&spread, kh as isize - 1, bottom, kw as isize - 1, right, 0.0)?.conv2d(&ones, 0, 1, 1, 1)?.reshape((n, c, hp, wp))?
+                portable::pad2(&spread, kh as isize - 1, bottom, kw as isize - 1, right, 0.0)?
+                    .conv2d(&ones, 0, 1, 1, 1)?
+                    .reshape((n, c, hp, wp))?
             }
             PoolKind::Max => {
                 let xp = portable::pad2(x, t, b, l, r, f32::NEG_INFINITY)?;
@@ -126,11 +139,19 @@ impl Pool2d {
                 let mut acc: Option<Tensor> = None;
                 for ky in 0..kh {
                     for kx in 0..kw {
-                        let cand = portable::subsample(&xp.narrow(2, ky, hp - ky)?.narrow(3, kx, wp - kx)?, sh, sw, oh, ow)?;
+                        let cand =
+                            portable::subsample(&xp.narrow(2, ky, hp - ky)?.narrow(3, kx, wp - kx)?, sh, sw, oh, ow)?;
                         let here = (portable::as_f32(&cand.eq(&out)?)? * &unclaimed)?;
                         unclaimed = (&unclaimed - &here)?;
                         let spread = portable::dilate(&(gy * here)?, sh, sw)?;
-                        let placed = portable::pad2(&spread, ky as isize, (hp - ky - spread.dim(2)?) as isize, kx as isize, (wp - kx - spread.dim(3)?) as isize, 0.0)?;
+                        let placed = portable::pad2(
+                            &spread,
+                            ky as isize,
+                            (hp - ky - spread.dim(2)?) as isize,
+                            kx as isize,
+                            (wp - kx - spread.dim(3)?) as isize,
+                            0.0,
+                        )?;
                         acc = Some(match acc {
                             Some(a) => (a + placed)?,
                             None => placed,
@@ -196,11 +217,7 @@ impl Pool2d {
 /// PyTorch's max with NaN propagation (a NaN anywhere in a window makes the window's max NaN).
 #[inline(always)]
 fn nanmax(a: f32, b: f32) -> f32 {
-    if b > a || b.is_nan() {
-        b
-    } else {
-        a
-    }
+    if b > a || b.is_nan() { b } else { a }
 }
 
 /// Along each row of `plane` (`h x w`), the maximum over each column span, into `val`
@@ -217,7 +234,11 @@ fn row_max(plane: &[f32], w: usize, kw: usize, cols: &[Span], val: &mut [f32]) {
             run[..full].iter_mut().zip(&row[j..j + full]).for_each(|(r, &v)| *r = nanmax(*r, v));
         }
         for (v, c) in vrow.iter_mut().zip(cols) {
-            *v = if c.hi - c.lo == kw { run[c.lo] } else { row[c.lo..c.hi].iter().fold(f32::NEG_INFINITY, |m, &x| nanmax(m, x)) };
+            *v = if c.hi - c.lo == kw {
+                run[c.lo]
+            } else {
+                row[c.lo..c.hi].iter().fold(f32::NEG_INFINITY, |m, &x| nanmax(m, x))
+            };
         }
     }
 }

@@ -68,7 +68,11 @@ pub(crate) fn dilate(x: &Tensor, sy: usize, sx: usize) -> Result<Tensor> {
     }
     let rows = x.dim(2)?;
     if sx > 1 {
-        x = x.unsqueeze(4)?.pad_with_zeros(4, 0, sx - 1)?.reshape((n, c, rows, w * sx))?.narrow(3, 0, (w - 1) * sx + 1)?;
+        x = x.unsqueeze(4)?.pad_with_zeros(4, 0, sx - 1)?.reshape((n, c, rows, w * sx))?.narrow(
+            3,
+            0,
+            (w - 1) * sx + 1,
+        )?;
     }
     Ok(x)
 }
@@ -85,7 +89,13 @@ pub(crate) fn subsample(x: &Tensor, sy: usize, sx: usize, oh: usize, ow: usize) 
 /// per kernel tap, at `stride`, to `out` = (oh, ow): a sum of shifted, scaled copies. candle's
 /// grouped conv2d runs one convolution per group (a kernel launch per channel on a GPU); this
 /// is two elementwise ops per tap whatever the channel count.
-pub(crate) fn depthwise(xp: &Tensor, taps: &[Tensor], k: (usize, usize), stride: usize, out: (usize, usize)) -> Result<Tensor> {
+pub(crate) fn depthwise(
+    xp: &Tensor,
+    taps: &[Tensor],
+    k: (usize, usize),
+    stride: usize,
+    out: (usize, usize),
+) -> Result<Tensor> {
     let (kh, kw) = k;
     let (oh, ow) = out;
     let (_, _, hp, wp) = xp.dims4()?;
@@ -157,9 +167,9 @@ pub(crate) fn as_f32(mask: &Tensor) -> Result<Tensor> {
 mod tests {
     //! The portable path against the CPU kernels, op by op, on odd sizes.
     use super::*;
+    use crate::ops::{Activation, Conv2d, ConvSpec, Padding, Pool2d, gaussian_blur, resize_bilinear};
     use candle_core::Device;
-    use crate::ops::{gaussian_blur, resize_bilinear, Activation, Conv2d, ConvSpec, Padding, Pool2d};
-    use rand::{rngs::StdRng, Rng, SeedableRng};
+    use rand::{Rng, SeedableRng, rngs::StdRng};
 
     fn random(rng: &mut StdRng, shape: &[usize], scale: f32) -> Tensor {
         let n = shape.iter().product();
@@ -203,7 +213,13 @@ mod tests {
                 conv_case(&mut rng, [2, 3, 9, 14], 5, (3, 3), spec(Padding::symmetric(1, 1), 1));
                 conv_case(&mut rng, [1, 3, 10, 7], 4, (3, 3), spec(Padding::symmetric(0, 0), 1));
                 conv_case(&mut rng, [1, 4, 11, 8], 3, (5, 3), spec(Padding::Same, 1));
-                conv_case(&mut rng, [1, 2, 7, 6], 3, (1, 7), spec(Padding::Explicit { top: 0, bottom: 3, left: 3, right: 0 }, 1));
+                conv_case(
+                    &mut rng,
+                    [1, 2, 7, 6],
+                    3,
+                    (1, 7),
+                    spec(Padding::Explicit { top: 0, bottom: 3, left: 3, right: 0 }, 1),
+                );
                 conv_case(&mut rng, [1, 6, 13, 10], 6, (3, 3), spec(Padding::Same, 6));
                 conv_case(&mut rng, [1, 6, 9, 12], 12, (5, 5), spec(Padding::Same, 6));
                 conv_case(&mut rng, [1, 4, 7, 5], 6, (3, 2), spec(Padding::symmetric(1, 0), 2));

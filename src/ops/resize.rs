@@ -3,7 +3,7 @@
 //! differentiated graph, so it has no backward.
 
 use super::cpu_slice;
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 /// Resizes an `[n, c, h, w]` tensor to `[n, c, out_h, out_w]`.
@@ -90,9 +90,7 @@ mod tests {
         //   mode="bilinear", align_corners=False)
         let x = Tensor::new(&[[[[0f32, 1.], [2., 3.]]]], &Device::Cpu).unwrap();
         let y = resize_bilinear(&x, 4, 4).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let want = [
-            0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0,
-        ];
+        let want = [0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0];
         for (a, b) in y.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{y:?}");
         }

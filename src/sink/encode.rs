@@ -4,8 +4,8 @@
 use super::{AudioSource, FrameSink, SinkKind, SinkOptions};
 use crate::source::Rational;
 use crate::{Error, Result};
+use ffmpeg::{Dictionary, Packet, codec, encoder, filter, format, media, software::scaling, util::frame::video::Video};
 use ffmpeg_next as ffmpeg;
-use ffmpeg::{codec, encoder, filter, format, media, software::scaling, util::frame::video::Video, Dictionary, Packet};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
 
@@ -31,7 +31,12 @@ struct AudioCopy {
 
 impl AudioCopy {
     /// Copies packets until the audio reaches `until_seconds` (all of it when `None`).
-    fn copy_until(&mut self, octx: &mut format::context::Output, out_tb: ffmpeg::Rational, until_seconds: Option<f64>) -> Result<()> {
+    fn copy_until(
+        &mut self,
+        octx: &mut format::context::Output,
+        out_tb: ffmpeg::Rational,
+        until_seconds: Option<f64>,
+    ) -> Result<()> {
         let tb = self.in_tb.numerator() as f64 / self.in_tb.denominator() as f64;
         while !self.done {
             let mut packet = Packet::empty();
@@ -90,7 +95,15 @@ pub struct Encoded {
 // SAFETY: the ffmpeg contexts are owned by this value alone and used from one thread at a time.
 unsafe impl Send for Encoded {}
 
-pub fn open(kind: SinkKind, dest: &Path, width: u32, height: u32, rate: Rational, time_base: Rational, opts: &SinkOptions) -> Result<Box<dyn FrameSink>> {
+pub fn open(
+    kind: SinkKind,
+    dest: &Path,
+    width: u32,
+    height: u32,
+    rate: Rational,
+    time_base: Rational,
+    opts: &SinkOptions,
+) -> Result<Box<dyn FrameSink>> {
     crate::source::video::init()?;
     let (fmt, codec_name) = match kind {
         SinkKind::Mp4 => (
@@ -108,7 +121,8 @@ pub fn open(kind: SinkKind, dest: &Path, width: u32, height: u32, rate: Rational
     let tmp = crate::io::temp_path(dest);
     let mut octx = format::output_as(&tmp, fmt).map_err(ff(dest, "cannot create the output"))?;
     let global_header = octx.format().flags().contains(format::Flags::GLOBAL_HEADER);
-    let codec = encoder::find_by_name(codec_name).ok_or_else(|| Error::usage(format!("this ffmpeg has no {codec_name} encoder")))?;
+    let codec = encoder::find_by_name(codec_name)
+        .ok_or_else(|| Error::usage(format!("this ffmpeg has no {codec_name} encoder")))?;
     // yuv420p needs even sizes; GIF takes any.
     let (ew, eh) = match kind {
         SinkKind::Gif => (width, height),
@@ -119,7 +133,10 @@ pub fn open(kind: SinkKind, dest: &Path, width: u32, height: u32, rate: Rational
         _ => rational(time_base),
     };
     let mut ost = octx.add_stream(codec).map_err(ff(dest, "cannot add the video stream"))?;
-    let mut enc = codec::context::Context::new_with_codec(codec).encoder().video().map_err(ff(dest, "cannot set up the encoder"))?;
+    let mut enc = codec::context::Context::new_with_codec(codec)
+        .encoder()
+        .video()
+        .map_err(ff(dest, "cannot set up the encoder"))?;
     enc.set_width(ew);
     enc.set_height(eh);
     enc.set_format(if kind == SinkKind::Gif { format::Pixel::PAL8 } else { format::Pixel::YUV420P });
@@ -155,7 +172,8 @@ pub fn open(kind: SinkKind, dest: &Path, width: u32, height: u32, rate: Rational
     }
     octx.write_header_with(header).map_err(ff(dest, "cannot write the header"))?;
     let out_tb = octx.stream(0).expect("video stream").time_base();
-    let audio_tb = audio.as_ref().map(|a| octx.stream(a.out_index).expect("audio stream").time_base()).unwrap_or(out_tb);
+    let audio_tb =
+        audio.as_ref().map(|a| octx.stream(a.out_index).expect("audio stream").time_base()).unwrap_or(out_tb);
     let graph = match kind {
         SinkKind::Gif => Some(gif_graph(dest, width, height)?),
         _ => None,
@@ -180,10 +198,13 @@ pub fn open(kind: SinkKind, dest: &Path, width: u32, height: u32, rate: Rational
 }
 
 fn audio_copy(octx: &mut format::context::Output, src: &AudioSource) -> Result<Option<AudioCopy>> {
-    let mut ictx = format::input(&src.path).map_err(|e| Error::Image { path: src.path.clone(), reason: format!("cannot reopen for audio ({e})") })?;
+    let mut ictx = format::input(&src.path)
+        .map_err(|e| Error::Image { path: src.path.clone(), reason: format!("cannot reopen for audio ({e})") })?;
     let Some(ist) = ictx.streams().best(media::Type::Audio) else { return Ok(None) };
     let (in_index, in_tb) = (ist.index(), ist.time_base());
-    let mut ost = octx.add_stream(encoder::find(codec::Id::None)).map_err(|e| Error::usage(format!("cannot add the audio stream: {e}")))?;
+    let mut ost = octx
+        .add_stream(encoder::find(codec::Id::None))
+        .map_err(|e| Error::usage(format!("cannot add the audio stream: {e}")))?;
     ost.set_parameters(ist.parameters());
     // SAFETY: plain field write on parameters this stream owns; a tag from another container
     // may be invalid in this one, and 0 lets the muxer choose.
@@ -242,9 +263,10 @@ impl Encoded {
         let mut packet = Packet::empty();
         // One nominal frame, so the last frame keeps its duration in the container.
         let frame_ticks = match Some(self.encoder.frame_rate()) {
-            Some(r) if r.numerator() > 0 && r.denominator() > 0 => {
-                ((self.enc_tb.denominator() as i64 * r.denominator() as i64) as f64 / (self.enc_tb.numerator() as i64 * r.numerator() as i64) as f64).round() as i64
-            }
+            Some(r) if r.numerator() > 0 && r.denominator() > 0 => ((self.enc_tb.denominator() as i64
+                * r.denominator() as i64) as f64
+                / (self.enc_tb.numerator() as i64 * r.numerator() as i64) as f64)
+                .round() as i64,
             _ => 0,
         };
         while self.encoder.receive_packet(&mut packet).is_ok() {
@@ -291,14 +313,29 @@ impl FrameSink for Encoded {
         self.last_pts = Some(enc_pts);
         let frame = self.rgb_frame(img, enc_pts);
         if self.graph.is_some() {
-            self.graph.as_mut().unwrap().get("in").expect("source").source().add(&frame).map_err(ff(&self.dest, "GIF filter"))?;
+            self.graph
+                .as_mut()
+                .unwrap()
+                .get("in")
+                .expect("source")
+                .source()
+                .add(&frame)
+                .map_err(ff(&self.dest, "GIF filter"))?;
             return self.drain_graph();
         }
         let sc = match &mut self.scaler {
             Some(s) => s,
             None => self.scaler.insert(
-                scaling::Context::get(format::Pixel::RGB24, frame.width(), frame.height(), format::Pixel::YUV420P, frame.width(), frame.height(), scaling::Flags::BICUBIC)
-                    .map_err(ff(&self.dest, "cannot convert frames"))?,
+                scaling::Context::get(
+                    format::Pixel::RGB24,
+                    frame.width(),
+                    frame.height(),
+                    format::Pixel::YUV420P,
+                    frame.width(),
+                    frame.height(),
+                    scaling::Flags::BICUBIC,
+                )
+                .map_err(ff(&self.dest, "cannot convert frames"))?,
             ),
         };
         let mut yuv = Video::empty();
@@ -308,7 +345,8 @@ impl FrameSink for Encoded {
         let now = pts as f64 * self.src_tb.as_f64();
         let (out_tb, dest) = (self.audio_tb, self.dest.clone());
         if let Some(a) = &mut self.audio {
-            a.copy_until(&mut self.octx, out_tb, Some(now)).map_err(|e| Error::Output { path: dest, reason: e.to_string() })?;
+            a.copy_until(&mut self.octx, out_tb, Some(now))
+                .map_err(|e| Error::Output { path: dest, reason: e.to_string() })?;
         }
         Ok(())
     }
@@ -316,7 +354,14 @@ impl FrameSink for Encoded {
     fn finish(mut self: Box<Self>) -> Result<()> {
         let result = (|| -> Result<()> {
             if self.graph.is_some() {
-                self.graph.as_mut().unwrap().get("in").expect("source").source().flush().map_err(ff(&self.dest, "GIF filter"))?;
+                self.graph
+                    .as_mut()
+                    .unwrap()
+                    .get("in")
+                    .expect("source")
+                    .source()
+                    .flush()
+                    .map_err(ff(&self.dest, "GIF filter"))?;
                 self.drain_graph()?;
             }
             self.encode(None)?;
@@ -329,7 +374,10 @@ impl FrameSink for Encoded {
             self.octx.write_trailer().map_err(ff(&self.dest, "cannot finish the file"))?;
             Ok(())
         })();
-        match result.and_then(|_| std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::Output { path: self.dest.clone(), reason: e.to_string() })) {
+        match result.and_then(|_| {
+            std::fs::rename(&self.tmp, &self.dest)
+                .map_err(|e| Error::Output { path: self.dest.clone(), reason: e.to_string() })
+        }) {
             Ok(()) => Ok(()),
             Err(e) => {
                 let _ = std::fs::remove_file(&self.tmp);

@@ -71,7 +71,14 @@ impl SinkKind {
 }
 
 /// Opens the sink an output path asks for. `time_base` is seconds per pts tick.
-pub fn open(path: &Path, width: u32, height: u32, rate: Rational, time_base: Rational, opts: &SinkOptions) -> Result<Box<dyn FrameSink>> {
+pub fn open(
+    path: &Path,
+    width: u32,
+    height: u32,
+    rate: Rational,
+    time_base: Rational,
+    opts: &SinkOptions,
+) -> Result<Box<dyn FrameSink>> {
     let kind = SinkKind::from_path(path)?;
     match kind {
         SinkKind::Png => Ok(Box::new(PngSequence::create(path)?)),
@@ -80,7 +87,9 @@ pub fn open(path: &Path, width: u32, height: u32, rate: Rational, time_base: Rat
         #[cfg(not(feature = "video"))]
         _ => {
             let _ = (width, height, rate, time_base, opts);
-            Err(Error::usage("this build has no video support (built without the `video` feature); write PNG frames to a directory instead"))
+            Err(Error::usage(
+                "this build has no video support (built without the `video` feature); write PNG frames to a directory instead",
+            ))
         }
     }
 }
@@ -108,7 +117,10 @@ impl PngSequence {
     pub fn create(dir: &Path) -> Result<Self> {
         let dir = PathBuf::from(dir.to_string_lossy().trim_end_matches('/'));
         if dir.exists() && !is_frame_dir(&dir) {
-            return Err(Error::Output { path: dir, reason: "exists and is not a directory of frame_NNNNN.png files".into() });
+            return Err(Error::Output {
+                path: dir,
+                reason: "exists and is not a directory of frame_NNNNN.png files".into(),
+            });
         }
         let tmp = crate::io::temp_path(&dir);
         let _ = std::fs::remove_dir_all(&tmp);
@@ -129,6 +141,7 @@ impl FrameSink for PngSequence {
             // An earlier render's frames (checked at creation): replaced as a whole.
             let _ = std::fs::remove_dir_all(&self.dir);
         }
-        std::fs::rename(&self.tmp, &self.dir).map_err(|e| Error::Output { path: self.dir.clone(), reason: e.to_string() })
+        std::fs::rename(&self.tmp, &self.dir)
+            .map_err(|e| Error::Output { path: self.dir.clone(), reason: e.to_string() })
     }
 }

@@ -1,10 +1,10 @@
 //! Video decoding through ffmpeg: any codec and container it can read, rotation metadata
 //! applied, frames passed on with their own timestamps (so variable frame rates survive).
 
-use super::{fit, Frame, Rational, SourceInfo};
+use super::{Frame, Rational, SourceInfo, fit};
 use crate::{Error, Result};
-use ffmpeg_next as ffmpeg;
 use ffmpeg::{codec, format, media, software::scaling, util::frame::video::Video};
+use ffmpeg_next as ffmpeg;
 use image::RgbImage;
 use std::path::Path;
 
@@ -40,7 +40,11 @@ fn rotation(stream: &format::stream::Stream) -> u32 {
             }
         }
     }
-    stream.metadata().get("rotate").and_then(|r| r.parse::<i64>().ok()).map_or(0, |r| (r.rem_euclid(360) as u32 / 90) * 90)
+    stream
+        .metadata()
+        .get("rotate")
+        .and_then(|r| r.parse::<i64>().ok())
+        .map_or(0, |r| (r.rem_euclid(360) as u32 / 90) * 90)
 }
 
 struct Opened {
@@ -62,7 +66,8 @@ fn open(path: &Path) -> Result<Opened> {
     let ictx = format::input(&path).map_err(|e| err(path, format!("not a readable video ({e})")))?;
     let stream = ictx.streams().best(media::Type::Video).ok_or_else(|| err(path, "has no video stream"))?;
     let index = stream.index();
-    let ctx = codec::context::Context::from_parameters(stream.parameters()).map_err(|e| err(path, format!("bad video stream ({e})")))?;
+    let ctx = codec::context::Context::from_parameters(stream.parameters())
+        .map_err(|e| err(path, format!("bad video stream ({e})")))?;
     let decoder = ctx.decoder().video().map_err(|e| err(path, format!("unsupported video codec ({e})")))?;
     let tb = stream.time_base();
     let mut rate = stream.avg_frame_rate();
@@ -132,8 +137,16 @@ pub fn decode(path: &Path, opts: &VideoOptions, emit: &mut dyn FnMut(Frame) -> b
         let sc = match scaler {
             Some(s) => s,
             None => scaler.insert(
-                scaling::Context::get(frame.format(), frame.width(), frame.height(), format::Pixel::RGB24, sw, sh, scaling::Flags::BICUBIC)
-                    .map_err(|e| err(path, format!("cannot convert frames ({e})")))?,
+                scaling::Context::get(
+                    frame.format(),
+                    frame.width(),
+                    frame.height(),
+                    format::Pixel::RGB24,
+                    sw,
+                    sh,
+                    scaling::Flags::BICUBIC,
+                )
+                .map_err(|e| err(path, format!("cannot convert frames ({e})")))?,
             ),
         };
         let mut rgb = Video::empty();
@@ -142,7 +155,8 @@ pub fn decode(path: &Path, opts: &VideoOptions, emit: &mut dyn FnMut(Frame) -> b
         let data = rgb.data(0);
         let mut img = RgbImage::new(sw, sh);
         for y in 0..sh as usize {
-            img.as_mut()[y * sw as usize * 3..(y + 1) * sw as usize * 3].copy_from_slice(&data[y * stride..y * stride + sw as usize * 3]);
+            img.as_mut()[y * sw as usize * 3..(y + 1) * sw as usize * 3]
+                .copy_from_slice(&data[y * stride..y * stride + sw as usize * 3]);
         }
         let img = match o.rotate {
             90 => image::imageops::rotate90(&img),

@@ -2,8 +2,8 @@
 //! (formula weights, so no download is needed): the same loss, the same input gradient.
 
 use candle_core::{Device, Tensor};
-use deepdream::model::{self, weights::Weights, FeatureNet, Features, Normalization, ZOO};
 use deepdream::Result;
+use deepdream::model::{self, FeatureNet, Features, Normalization, ZOO, weights::Weights};
 
 /// Forwards only, so `loss_and_grad` is the trait's default: candle's autograd end to end.
 struct CandleOnly<'a>(&'a dyn FeatureNet);
@@ -58,7 +58,11 @@ fn own_backward_matches_candle_autograd_on_every_architecture() {
         let (ref_loss, reference) = CandleOnly(net.as_ref()).loss_and_grad(&x, &taps, logits, &loss).unwrap();
         let scale = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         let diff = (&own - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!((own_loss - ref_loss).abs() <= 1e-5 * ref_loss.abs().max(1.0), "{}: loss {own_loss} vs {ref_loss}", info.name);
+        assert!(
+            (own_loss - ref_loss).abs() <= 1e-5 * ref_loss.abs().max(1.0),
+            "{}: loss {own_loss} vs {ref_loss}",
+            info.name
+        );
         assert!(scale > 0.0 && diff <= 1e-4 * scale, "{}: gradients differ by {diff} (scale {scale})", info.name);
         checked.push(info.name);
     }

@@ -27,8 +27,24 @@ fn dream_writes_a_changed_image() {
     let dir = scratch("dream");
     let out = dir.join("out.png");
     let o = deepdream(&[
-        "dream", &example(), "-o", out.to_str().unwrap(), "--max-size", "120", "--octaves", "2", "--steps", "3",
-        "--layers", "block3=1,block5=0.5", "--jitter", "4", "--seed", "3", "--step", "0.05",
+        "dream",
+        &example(),
+        "-o",
+        out.to_str().unwrap(),
+        "--max-size",
+        "120",
+        "--octaves",
+        "2",
+        "--steps",
+        "3",
+        "--layers",
+        "block3=1,block5=0.5",
+        "--jitter",
+        "4",
+        "--seed",
+        "3",
+        "--step",
+        "0.05",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let got = image::open(&out).unwrap().to_rgb8();
@@ -130,7 +146,15 @@ fn import_converts_a_legacy_checkpoint() {
     let dir = scratch("import");
     // A checkpoint that is not an EfficientNet: converted, then refused, and nothing kept.
     let fixture = repo().join("tests/fixtures/tiny_legacy.pth");
-    let o = deepdream(&["models", "import", fixture.to_str().unwrap(), "--as", "efficientnet-lite0", "--dir", dir.to_str().unwrap()]);
+    let o = deepdream(&[
+        "models",
+        "import",
+        fixture.to_str().unwrap(),
+        "--as",
+        "efficientnet-lite0",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
     assert_user_error(&o, "missing tensor", &dir);
     let o = deepdream(&["models", "import", "/no/such.pth", "--dir", dir.to_str().unwrap()]);
     assert_user_error(&o, "/no/such.pth", &dir);
@@ -147,8 +171,18 @@ fn classic_inceptionv3_preset_dreams_an_unseen_photo() {
     let dir = scratch("classic-inception");
     let out = dir.join("coffee.png");
     let o = deepdream(&[
-        "dream", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--preset", "classic-inceptionv3", "--max-size", "160",
-        "--steps", "6", "--step", "0.03",
+        "dream",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--preset",
+        "classic-inceptionv3",
+        "--max-size",
+        "160",
+        "--steps",
+        "6",
+        "--step",
+        "0.03",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let got = image::open(&out).unwrap().to_rgb8();
@@ -162,7 +196,16 @@ fn classic_inceptionv3_preset_dreams_an_unseen_photo() {
 fn missing_model_says_how_to_get_it() {
     let dir = scratch("missing-model");
     let o = Command::new(env!("CARGO_BIN_EXE_deepdream"))
-        .args(["dream", &example(), "-o", dir.join("o.png").to_str().unwrap(), "--model", "vgg16", "--layers", "conv4_3"])
+        .args([
+            "dream",
+            &example(),
+            "-o",
+            dir.join("o.png").to_str().unwrap(),
+            "--model",
+            "vgg16",
+            "--layers",
+            "conv4_3",
+        ])
         .env("DEEPDREAM_MODELS", dir.to_str().unwrap())
         .env("XDG_CACHE_HOME", dir.join("cache").to_str().unwrap())
         .output()
@@ -177,10 +220,25 @@ fn portable_path_dreams_the_same_picture() {
     // steps, with jitter, with a zoom of the pipeline too.
     let dir = scratch("portable");
     let args = |out: &Path, device: &str| -> Vec<String> {
-        ["dream", &example(), "-o", out.to_str().unwrap(), "--max-size", "96", "--octaves", "2", "--steps", "3", "--jitter", "3", "--device", device]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "dream",
+            &example(),
+            "-o",
+            out.to_str().unwrap(),
+            "--max-size",
+            "96",
+            "--octaves",
+            "2",
+            "--steps",
+            "3",
+            "--jitter",
+            "3",
+            "--device",
+            device,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let (a, b) = (dir.join("cpu.png"), dir.join("portable.png"));
     for (out, device) in [(&a, "cpu"), (&b, "cpu-portable")] {

@@ -2,7 +2,7 @@
 
 use crate::util::{lite0, repo};
 use candle_core::{Device, Tensor};
-use deepdream::dream::{self, loss_and_grad, DreamParams, LayerTerm, Objective, Prepared, Quiet};
+use deepdream::dream::{self, DreamParams, LayerTerm, Objective, Prepared, Quiet, loss_and_grad};
 use deepdream::io;
 
 fn small_example(max: u32) -> Tensor {
@@ -61,7 +61,8 @@ fn pixels_stay_in_range() {
     let mut p = params(4, 4, 0);
     p.step = 0.5; // large steps push against the clip
     let out = dream::dream(lite0(), &small_example(64), &p, &mut Quiet).unwrap().pixels;
-    let (lo, hi) = (out.min_all().unwrap().to_scalar::<f32>().unwrap(), out.max_all().unwrap().to_scalar::<f32>().unwrap());
+    let (lo, hi) =
+        (out.min_all().unwrap().to_scalar::<f32>().unwrap(), out.max_all().unwrap().to_scalar::<f32>().unwrap());
     assert!(lo >= -1e-3 && hi <= 255.0 + 1e-3, "{lo}..{hi}");
 }
 
@@ -87,11 +88,13 @@ fn a_1024x768_step_fits_in_memory() {
 
 /// Cosine similarity and relative L1 distance of two gradients.
 fn compare(a: &Tensor, b: &Tensor) -> (f64, f64) {
-    let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    let (a, b) =
+        (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
     let dot: f64 = a.iter().zip(&b).map(|(x, y)| (x * y) as f64).sum();
     let na: f64 = a.iter().map(|x| (x * x) as f64).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| (x * x) as f64).sum::<f64>().sqrt();
-    let l1: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).abs() as f64).sum::<f64>() / b.iter().map(|y| y.abs() as f64).sum::<f64>();
+    let l1: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).abs() as f64).sum::<f64>()
+        / b.iter().map(|y| y.abs() as f64).sum::<f64>();
     (dot / (na * nb), l1)
 }
 
@@ -122,7 +125,17 @@ fn tiled_gradient_matches_the_whole_image_and_has_no_seams() {
         let n = band.dim(axis).unwrap();
         let d = (band.narrow(axis, 1, n - 1).unwrap() - band.narrow(axis, 0, n - 1).unwrap()).unwrap().abs().unwrap();
         let keep = if axis == 3 { [0, 1, 2] } else { [0, 1, 3] };
-        let mut steps = d.sum_keepdim(keep[2]).unwrap().sum_keepdim(keep[1]).unwrap().sum_keepdim(keep[0]).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut steps = d
+            .sum_keepdim(keep[2])
+            .unwrap()
+            .sum_keepdim(keep[1])
+            .unwrap()
+            .sum_keepdim(keep[0])
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         steps.sort_by(f32::total_cmp);
         steps[steps.len() - 1] / steps[steps.len() / 2]
     };
@@ -141,13 +154,19 @@ fn tiled_dream_runs_end_to_end_with_positional_targets() {
     let mut p = params(3, 0, 1);
     p.octaves = 1;
     p.tiling = dream::Tiling::with_tile(256);
-    let guided = |guide: Tensor| dream::Guide { image: guide, layers: vec![LayerTerm::new("block5", 1.0)], mode: dream::GuideMode::L2, weight: 1.0 };
+    let guided = |guide: Tensor| dream::Guide {
+        image: guide,
+        layers: vec![LayerTerm::new("block5", 1.0)],
+        mode: dream::GuideMode::L2,
+        weight: 1.0,
+    };
     // Guided by itself, every tile's features equal its target: the loss is exactly zero.
     p.objective = Objective { guide: Some(guided(img.clone())), ..Objective::layers(vec![]) };
     let own = dream::dream(lite0(), &img, &p, &mut Quiet).unwrap();
     assert!(own.losses[0].abs() < 1e-6, "tiles compared with the wrong part of the guide: {:?}", own.losses);
     // Guided by another picture, the tiled ascent closes the distance step by step.
-    let coffee = io::to_tensor(&io::load_rgb(&repo().join("examples/coffee.jpg"), Some(451)).unwrap(), &Device::Cpu).unwrap();
+    let coffee =
+        io::to_tensor(&io::load_rgb(&repo().join("examples/coffee.jpg"), Some(451)).unwrap(), &Device::Cpu).unwrap();
     p.objective.guide = Some(guided(coffee));
     let out = dream::dream(lite0(), &img, &p, &mut Quiet).unwrap();
     assert_eq!(out.pixels.dims(), img.dims());
@@ -160,7 +179,12 @@ fn positional_targets_roll_with_the_jitter() {
     // position with the guide's features some pixels away. Guided by itself, the rolled image
     // matches its rolled targets: loss zero, whole and tiled, whatever the shift.
     let img = small_example(300);
-    let guide = dream::Guide { image: img.clone(), layers: vec![LayerTerm::new("block5", 1.0)], mode: dream::GuideMode::L2, weight: 1.0 };
+    let guide = dream::Guide {
+        image: img.clone(),
+        layers: vec![LayerTerm::new("block5", 1.0)],
+        mode: dream::GuideMode::L2,
+        weight: 1.0,
+    };
     let objective = Objective { guide: Some(guide), ..Objective::layers(vec![]) };
     let x = lite0().normalization().apply(&img).unwrap();
     for tile in [0, 128] {
@@ -169,7 +193,10 @@ fn positional_targets_roll_with_the_jitter() {
         for (dy, dx) in [(0, 0), (5, -7), (-12, 3)] {
             let rolled = x.roll(dy, 2).unwrap().roll(dx, 3).unwrap();
             let (loss, _) = tiler.loss_and_grad(lite0(), &objective, &rolled, (dy, dx)).unwrap();
-            assert!(loss.abs() < 1e-6, "tile {tile}, shift ({dy}, {dx}): the guide did not move with the image: loss {loss}");
+            assert!(
+                loss.abs() < 1e-6,
+                "tile {tile}, shift ({dy}, {dx}): the guide did not move with the image: loss {loss}"
+            );
             if (dy, dx) != (0, 0) {
                 // Told no shift, the same image is compared with unrolled targets: far off.
                 let (stale, _) = tiler.loss_and_grad(lite0(), &objective, &rolled, (0, 0)).unwrap();

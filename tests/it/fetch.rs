@@ -37,9 +37,17 @@ fn serve(body: Vec<u8>, cut_first: usize, requests: usize) -> Server {
             let start: usize = range.as_deref().and_then(|r| r.parse().ok()).unwrap_or(0);
             let rest = &body[start..];
             let head = if start > 0 {
-                format!("HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nConnection: close\r\n\r\n", rest.len(), body.len() - 1, body.len())
+                format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nConnection: close\r\n\r\n",
+                    rest.len(),
+                    body.len() - 1,
+                    body.len()
+                )
             } else {
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n", rest.len())
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+                    rest.len()
+                )
             };
             let _ = stream.write_all(head.as_bytes());
             let send = if n < cut_first { &rest[..rest.len() / 2] } else { rest };

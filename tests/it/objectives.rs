@@ -32,7 +32,14 @@ fn class_objective_makes_the_class_win() {
 #[test]
 fn misspelt_class_suggests_names() {
     let dir = scratch("misspelt");
-    let o = deepdream(&["dream", repo().join("examples/chelsea.png").to_str().unwrap(), "-o", dir.join("o.png").to_str().unwrap(), "--class", "bananna"]);
+    let o = deepdream(&[
+        "dream",
+        repo().join("examples/chelsea.png").to_str().unwrap(),
+        "-o",
+        dir.join("o.png").to_str().unwrap(),
+        "--class",
+        "bananna",
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("did you mean") && err.contains("'banana'"), "{err}");
@@ -43,8 +50,18 @@ fn misspelt_class_suggests_names() {
 fn bad_channel_is_an_error() {
     let dir = scratch("channel");
     let o = deepdream(&[
-        "dream", repo().join("examples/chelsea.png").to_str().unwrap(), "-o", dir.join("o.png").to_str().unwrap(),
-        "--layers", "block3:4000", "--max-size", "64", "--steps", "1", "--octaves", "1",
+        "dream",
+        repo().join("examples/chelsea.png").to_str().unwrap(),
+        "-o",
+        dir.join("o.png").to_str().unwrap(),
+        "--layers",
+        "block3:4000",
+        "--max-size",
+        "64",
+        "--steps",
+        "1",
+        "--octaves",
+        "1",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
@@ -73,7 +90,12 @@ fn guide_objective_lowers_the_feature_distance() {
     let guide_here = deepdream::ops::resize_bilinear(&guide_img, h, w).unwrap();
     for mode in [GuideMode::L2, GuideMode::Dot] {
         let objective = Objective {
-            guide: Some(Guide { image: guide_img.clone(), layers: vec![LayerTerm::new("block8", 1.0)], mode, weight: 1.0 }),
+            guide: Some(Guide {
+                image: guide_img.clone(),
+                layers: vec![LayerTerm::new("block8", 1.0)],
+                mode,
+                weight: 1.0,
+            }),
             ..Objective::layers(Vec::new())
         };
         let params = dream::DreamParams {
@@ -91,7 +113,8 @@ fn guide_objective_lowers_the_feature_distance() {
         let out = dream::dream(lite0(), &photo, &params, &mut Quiet).unwrap();
         assert!(out.losses.last().unwrap() > out.losses.first().unwrap(), "{mode:?}: objective did not rise");
         if mode == GuideMode::L2 {
-            let (d0, d1) = (feature_distance(&photo, &guide_here, "block8"), feature_distance(&out.pixels, &guide_here, "block8"));
+            let (d0, d1) =
+                (feature_distance(&photo, &guide_here, "block8"), feature_distance(&out.pixels, &guide_here, "block8"));
             assert!(d1 < 0.8 * d0, "feature distance {d0} -> {d1}");
         }
     }
@@ -108,7 +131,18 @@ fn every_preset_runs() {
             continue;
         }
         let out = dir.join(format!("{name}.png"));
-        let o = deepdream(&["dream", example.to_str().unwrap(), "-o", out.to_str().unwrap(), "--preset", name, "--max-size", "200", "--steps", "2"]);
+        let o = deepdream(&[
+            "dream",
+            example.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--preset",
+            name,
+            "--max-size",
+            "200",
+            "--steps",
+            "2",
+        ]);
         assert!(o.status.success(), "preset {name}: {}", String::from_utf8_lossy(&o.stderr));
         assert!(out.is_file(), "preset {name} wrote nothing");
     }
@@ -122,8 +156,14 @@ fn too_small_for_the_network_is_a_clear_error() {
     }
     let dir = scratch("small");
     let o = deepdream(&[
-        "dream", repo().join("examples/chelsea.png").to_str().unwrap(), "-o", dir.join("o.png").to_str().unwrap(),
-        "--preset", "classic-inceptionv3", "--max-size", "96",
+        "dream",
+        repo().join("examples/chelsea.png").to_str().unwrap(),
+        "-o",
+        dir.join("o.png").to_str().unwrap(),
+        "--preset",
+        "classic-inceptionv3",
+        "--max-size",
+        "96",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");

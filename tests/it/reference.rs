@@ -2,7 +2,7 @@
 
 use crate::util::{lite0, psnr, shared};
 use candle_core::{Device, Tensor};
-use deepdream::dream::{self, loss_and_grad, DreamParams, LayerTerm, Objective, Prepared, Quiet};
+use deepdream::dream::{self, DreamParams, LayerTerm, Objective, Prepared, Quiet, loss_and_grad};
 use deepdream::io;
 use deepdream::model::FeatureNet;
 use serde_json::Value;
@@ -126,9 +126,11 @@ fn check_formula(model: &str, json: &str) {
     let path = std::path::Path::new("formula");
     let net = deepdream::model::build(model, &deepdream::model::weights::Weights::formula(), path).unwrap();
     for case in reference["cases"].as_array().unwrap() {
-        let shape: Vec<usize> = case["input"]["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> =
+            case["input"]["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
         let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n as u64).map(|i| (2.0 * deepdream::model::weights::formula_unit("input", i) - 1.0) as f32).collect();
+        let data: Vec<f32> =
+            (0..n as u64).map(|i| (2.0 * deepdream::model::weights::formula_unit("input", i) - 1.0) as f32).collect();
         let x = Tensor::from_vec(data, shape.clone(), &Device::Cpu).unwrap();
         // Random-weight networks sit on many ReLU/ReLU6 kinks, where f32 rounding decides the
         // gradient: PyTorch f32 on this machine misses these input gradients by up to ~1% of
@@ -188,9 +190,11 @@ fn reference_params(r: &Value) -> DreamParams {
 /// the reference's per-step losses.
 fn run_reference(stem: &str) -> Option<(image::RgbImage, image::RgbImage, Vec<f32>, Vec<f64>)> {
     let shared = shared()?;
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(shared.join(format!("reference/{stem}.json"))).unwrap()).unwrap();
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(shared.join(format!("reference/{stem}.json"))).unwrap()).unwrap();
     let img = io::load_rgb(&shared.join("media").join(r["image"].as_str().unwrap()), None).unwrap();
-    let out = dream::dream(lite0(), &io::to_tensor(&img, &Device::Cpu).unwrap(), &reference_params(&r), &mut Quiet).unwrap();
+    let out =
+        dream::dream(lite0(), &io::to_tensor(&img, &Device::Cpu).unwrap(), &reference_params(&r), &mut Quiet).unwrap();
     let ours = io::to_image(&out.pixels).unwrap();
     let theirs = io::load_rgb(&shared.join(format!("reference/{stem}.png")), None).unwrap();
     let want = r["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();

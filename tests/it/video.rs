@@ -2,8 +2,8 @@
 //! Outputs are checked with the project's own ffmpeg decoder.
 
 use crate::util::{deepdream, repo, scratch, shared};
-use deepdream::source::video::{summarize, MediaSummary};
 use deepdream::source::Rational;
+use deepdream::source::video::{MediaSummary, summarize};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -31,7 +31,11 @@ fn bigbuckbunny_keeps_frames_rate_size_and_audio() {
     assert_eq!(m.rate, Rational::new(25, 1));
     assert_eq!((m.width, m.height), (160, 90));
     let audio = m.audio_seconds.expect("the audio is kept");
-    assert!((audio - 5.28).abs() < 0.1 && (m.video_seconds - 5.28).abs() < 0.01, "audio {audio} s, video {} s", m.video_seconds);
+    assert!(
+        (audio - 5.28).abs() < 0.1 && (m.video_seconds - 5.28).abs() < 0.01,
+        "audio {audio} s, video {} s",
+        m.video_seconds
+    );
 }
 
 #[test]
@@ -39,7 +43,20 @@ fn zoom_gif_plays_and_loops() {
     let dir = scratch("gif");
     let out = dir.join("zoom.gif");
     let example = repo().join("examples/chelsea.png");
-    let mut args = vec!["zoom", s(&example), "-o", s(&out), "--frames", "48", "--max-size", "96", "--zoom", "1.05", "--frame-steps", "1"];
+    let mut args = vec![
+        "zoom",
+        s(&example),
+        "-o",
+        s(&out),
+        "--frames",
+        "48",
+        "--max-size",
+        "96",
+        "--zoom",
+        "1.05",
+        "--frame-steps",
+        "1",
+    ];
     args.extend(FAST);
     ok(&deepdream(&args));
     let m = summarize(&out).unwrap();
@@ -54,7 +71,8 @@ fn zoom_gif_plays_and_loops() {
 fn unseen_clip(dir: &Path) -> PathBuf {
     let clip = dir.join("clip.mov");
     let example = repo().join("examples/chelsea.png");
-    let mut args = vec!["zoom", s(&example), "-o", s(&clip), "--frames", "12", "--max-size", "97", "--fps", "30000/1001"];
+    let mut args =
+        vec!["zoom", s(&example), "-o", s(&clip), "--frames", "12", "--max-size", "97", "--fps", "30000/1001"];
     args.extend(FAST);
     ok(&deepdream(&args));
     clip
@@ -92,7 +110,20 @@ fn unseen_clip_keeps_frame_count_and_rate() {
 fn interrupted_render_resumes_to_the_same_frames() {
     let dir = scratch("resume");
     let example = repo().join("examples/chelsea.png");
-    let common = ["--frames", "16", "--max-size", "128", "--frame-steps", "2", "--octaves", "1", "--steps", "2", "--jitter", "4"];
+    let common = [
+        "--frames",
+        "16",
+        "--max-size",
+        "128",
+        "--frame-steps",
+        "2",
+        "--octaves",
+        "1",
+        "--steps",
+        "2",
+        "--jitter",
+        "4",
+    ];
     let full = dir.join("full");
     let mut args = vec!["zoom", s(&example), "-o", s(&full)];
     args.extend(common);
@@ -101,7 +132,8 @@ fn interrupted_render_resumes_to_the_same_frames() {
     let cut = dir.join("cut");
     let mut args = vec!["zoom", s(&example), "-o", s(&cut)];
     args.extend(common);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deepdream")).args(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_deepdream")).args(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
     let store = dir.join(".cut.frames");
     let start = std::time::Instant::now();
     while std::fs::read_dir(&store).map(|d| d.count()).unwrap_or(0) < 4 && start.elapsed().as_secs() < 60 {
@@ -120,7 +152,8 @@ fn interrupted_render_resumes_to_the_same_frames() {
     ok(&deepdream(&args));
     for i in 1..=16 {
         let name = format!("frame_{i:05}.png");
-        let (a, b) = (image::open(full.join(&name)).unwrap().to_rgb8(), image::open(cut.join(&name)).unwrap().to_rgb8());
+        let (a, b) =
+            (image::open(full.join(&name)).unwrap().to_rgb8(), image::open(cut.join(&name)).unwrap().to_rgb8());
         assert!(a == b, "{name} differs between the resumed and the uninterrupted render");
     }
     assert!(!store.exists(), "the frame store is removed once the render is complete");
@@ -156,6 +189,7 @@ fn bad_videos_are_clear_errors() {
         assert!(err.contains("no frames"), "{err}");
     }
     std::fs::remove_file(&text).unwrap();
-    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != "corrupt.mp4").collect();
+    let left: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != "corrupt.mp4").collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
