@@ -1,28 +1,49 @@
-//! The library's one error type. `main.rs` maps it to messages and exit codes.
+//! The library's one error type. `main.rs` maps it to messages and exit codes through
+//! [`Error::exit_code`]: 2 means "the input or the flags are wrong" and nothing else.
 
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The user asked for something that does not exist or cannot work (bad flag value,
-    /// unknown layer, bad preset). Exit code 2.
+    /// unknown layer). The message names the flag. Exit code 2.
     #[error("{0}")]
     Usage(String),
 
-    #[error("cannot read image {path}: {reason}")]
-    Image { path: PathBuf, reason: String },
-
-    #[error("cannot write {path}: {reason}")]
-    Output { path: PathBuf, reason: String },
-
-    #[error("{path}: {reason}")]
-    Weights { path: PathBuf, reason: String },
-
+    /// A preset file is malformed or holds a bad value; `reason` names the line and key.
     #[error("preset {path}: {reason}")]
     Preset { path: PathBuf, reason: String },
 
-    /// The progress callback asked to stop.
-    #[error("cancelled")]
+    /// An input image cannot be read.
+    #[error("cannot read image {path}: {reason}")]
+    Image { path: PathBuf, reason: String },
+
+    /// An input video cannot be read.
+    #[error("cannot read video {path}: {reason}")]
+    Video { path: PathBuf, reason: String },
+
+    /// The output path cannot be used (bad extension, missing directory, not writable).
+    #[error("cannot write {path}: {reason}")]
+    Output { path: PathBuf, reason: String },
+
+    /// A weights file is missing, or is not the model it claims to be.
+    #[error("{path}: {reason}")]
+    Weights { path: PathBuf, reason: String },
+
+    /// This build or this ffmpeg cannot do what was asked (no CUDA, no encoder). Exit code 1.
+    #[error("{0}")]
+    Unsupported(String),
+
+    /// A download failed (the network, the server, or a checksum). Exit code 1.
+    #[error("download of {url} failed: {reason}")]
+    Network { url: String, reason: String },
+
+    /// A broken invariant: a bug in deepdream, never the user's doing. Exit code 1.
+    #[error("internal error (a bug in deepdream): {0}")]
+    Internal(String),
+
+    /// A progress callback asked to stop (Ctrl-C). Exit code 130.
+    #[error("interrupted")]
     Cancelled,
 
     #[error(transparent)]
@@ -39,8 +60,30 @@ impl Error {
         Error::Usage(msg.into())
     }
 
-    /// True for mistakes in what the user asked for (exit code 2), false for internal failures.
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Error::Internal(msg.into())
+    }
+
+    /// True for mistakes in what the user asked for or gave (exit code 2).
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, Error::Candle(_) | Error::Cancelled)
+        matches!(
+            self,
+            Error::Usage(_)
+                | Error::Preset { .. }
+                | Error::Image { .. }
+                | Error::Video { .. }
+                | Error::Output { .. }
+                | Error::Weights { .. }
+        )
+    }
+
+    /// The process exit code for this error: 2 for user mistakes, 130 for an interruption,
+    /// 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Cancelled => 130,
+            e if e.is_user_error() => 2,
+            _ => 1,
+        }
     }
 }

@@ -7,9 +7,67 @@ use image::{ImageFormat, RgbImage};
 use std::path::{Path, PathBuf};
 
 /// `dir/.name.PID.tmp`: same directory (so the rename is atomic), hidden, unique per process.
-pub fn temp_path(dest: &Path) -> PathBuf {
+fn temp_path(dest: &Path) -> PathBuf {
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
     dest.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// A file or directory being written beside its destination: [`Staged::commit`] moves it into
+/// place; dropped uncommitted (an error, a panic), it is removed, so no half-written output
+/// ever carries the destination's name. The one temp-then-rename of the project.
+pub struct Staged {
+    tmp: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Stages `dest`; whatever an earlier run of this process left at the staging path goes.
+    pub fn new(dest: &Path) -> Staged {
+        let tmp = temp_path(dest);
+        remove_any(&tmp);
+        Staged { tmp, dest: dest.to_owned(), committed: false }
+    }
+
+    /// Where to write.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Moves the staged file or directory over the destination.
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.dest)
+            .map_err(|e| Error::Output { path: self.dest.clone(), reason: e.to_string() })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            remove_any(&self.tmp);
+        }
+    }
+}
+
+fn remove_any(path: &Path) {
+    match path.is_dir() {
+        true => drop(std::fs::remove_dir_all(path)),
+        false => drop(std::fs::remove_file(path)),
+    }
+}
+
+/// Writes `dest` through `write` (given the staging path) and moves it into place when
+/// `write` succeeds.
+pub fn write_atomic(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let staged = Staged::new(dest);
+    write(staged.path())?;
+    staged.commit()
 }
 
 /// Reads an image as RGB, shrunk (never enlarged) so its longer side is at most `max_size`.
@@ -77,26 +135,61 @@ pub fn output_format(path: &Path) -> Result<ImageFormat> {
 /// Checks up front that `path` can be written, so a long render does not fail at the end.
 pub fn check_writable(path: &Path) -> Result<()> {
     output_format(path)?;
-    let tmp = temp_path(path);
-    std::fs::write(&tmp, b"").map_err(|e| Error::Output { path: path.to_owned(), reason: e.to_string() })?;
-    let _ = std::fs::remove_file(&tmp);
     if path.is_dir() {
         return Err(Error::Output { path: path.to_owned(), reason: "is a directory".into() });
     }
-    Ok(())
+    let staged = Staged::new(path);
+    std::fs::write(staged.path(), b"").map_err(|e| Error::Output { path: path.to_owned(), reason: e.to_string() })
 }
 
 /// Writes the image to a temporary file and renames it over `path` when complete.
 pub fn save(img: &RgbImage, path: &Path) -> Result<()> {
     let format = output_format(path)?;
-    let tmp = temp_path(path);
-    let err = |e: String| Error::Output { path: path.to_owned(), reason: e };
-    let result = img
-        .save_with_format(&tmp, format)
-        .map_err(|e| err(e.to_string()))
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| err(e.to_string())));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    write_atomic(path, |tmp| {
+        img.save_with_format(tmp, format).map_err(|e| Error::Output { path: path.to_owned(), reason: e.to_string() })
+    })
+}
+
+/// Identifies a file's content cheaply (for resume fingerprints): its size, modification
+/// time, and a sha256 of its first and last MiB.
+pub fn content_hash(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::{Read, Seek, SeekFrom};
+    let err = |e: std::io::Error| Error::Image { path: path.to_owned(), reason: e.to_string() };
+    let mut file = std::fs::File::open(path).map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
+    let mut h = sha2::Sha256::new();
+    h.update(format!("{} {}.{:09}", meta.len(), mtime.as_secs(), mtime.subsec_nanos()));
+    let mut buf = Vec::with_capacity(1 << 20);
+    file.by_ref().take(1 << 20).read_to_end(&mut buf).map_err(err)?;
+    h.update(&buf);
+    if meta.len() > 2 << 20 {
+        buf.clear();
+        file.seek(SeekFrom::End(-(1 << 20))).map_err(err)?;
+        file.read_to_end(&mut buf).map_err(err)?;
+        h.update(&buf);
     }
-    result
+    Ok(hex(&h.finalize()))
+}
+
+/// The sha256 of a whole file (a model's weights in a resume fingerprint).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf)? {
+            0 => break,
+            n => h.update(&buf[..n]),
+        }
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// Lower-case hexadecimal of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -1,45 +1,45 @@
-//! The frame pipeline, the only place that knows about threads: a decode thread (video), the
-//! dream on the calling thread, and an encode thread, joined by small bounded channels (so a
-//! slow stage holds the others back). Frames stay in order. One abort flag stops everything;
-//! an aborted or failed render still finishes a playable file with the frames done so far and
-//! keeps its frame store, so `resume` carries on where it stopped and gives the same result.
+//! The frame pipeline, the only place that knows about threads: a decode stage (the
+//! [`Source`]), the dream on the calling thread, and an encode stage (the sink, opened, written
+//! and finished on its own thread), joined by small bounded channels so a slow stage holds the
+//! others back. Frames stay in order. The progress callback's return value stops everything;
+//! an interrupted or failed render still finishes a playable file with the frames done so far
+//! and keeps its frame store, so `resume` carries on where it stopped and gives the same result.
 
-use crate::dream::{self, DreamParams, Progress, StepInfo, ZoomTransform};
+use crate::device::Backend;
+use crate::dream::{self, DreamParams, Progress, StepInfo};
 use crate::model::FeatureNet;
-use crate::sink::{self, FrameSink, SinkOptions};
-use crate::source::{Rational, SourceInfo};
+use crate::sink::{self, SinkOptions};
+use crate::source::{Frame, Source};
 use crate::{Error, Result, io};
-use crossbeam_channel::bounded;
+use crossbeam_channel::{Receiver, Sender, bounded};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Where frames come from.
-pub enum Input {
-    /// A still image dreamed into `frames` frames of fractal zoom at `rate` frames per second.
-    Zoom { image: RgbImage, frames: u64, rate: Rational, transform: ZoomTransform },
-    /// A video, every frame dreamed; `blend` mixes in the previous dreamed frame (0: none).
-    #[cfg(feature = "video")]
-    Video { path: PathBuf, options: crate::source::video::VideoOptions, blend: f64 },
-}
-
-pub struct RenderJob {
-    pub input: Input,
-    pub output: PathBuf,
-    /// Dream parameters of the first frame (zoom) or of every frame (video).
-    pub params: DreamParams,
-    /// Dream parameters of the zoom frames after the first.
-    pub frame_params: DreamParams,
-    pub sink: SinkOptions,
+/// One render: a source dreamed frame by frame into an output.
+pub struct RenderJob<'a> {
+    pub net: &'a dyn FeatureNet,
+    pub backend: &'a Backend,
+    pub source: &'a dyn Source,
+    pub output: &'a Path,
+    pub sink: &'a SinkOptions,
+    /// Dream settings of a frame that starts afresh (the first).
+    pub params: &'a DreamParams,
+    /// Dream settings of a frame that continues the previous dreamed frame.
+    pub frame_params: &'a DreamParams,
+    /// Identifies the settings, model and input: a resume continues only the same render.
+    pub fingerprint: String,
     /// Continue an interrupted render from its frame store.
     pub resume: bool,
-    /// Where the frames are dreamt.
-    pub device: candle_core::Device,
 }
 
-/// Per-frame progress (the abort flag, not this, stops a render).
+/// Progress of a render. Returning `false` from either method stops it.
 pub trait FrameProgress: Send {
-    fn frame(&mut self, done: u64, total: Option<u64>);
+    /// After each ascent step of a frame.
+    fn step(&mut self, _info: &StepInfo) -> bool {
+        true
+    }
+    /// After each finished frame.
+    fn frame(&mut self, done: u64, total: Option<u64>) -> bool;
 }
 
 /// How a render ended.
@@ -47,23 +47,10 @@ pub trait FrameProgress: Send {
 pub struct RenderSummary {
     pub frames: u64,
     pub resumed_from: u64,
-    pub aborted: bool,
+    /// Stopped by the progress callback; the output holds the frames done so far.
+    pub interrupted: bool,
     pub width: u32,
     pub height: u32,
-}
-
-/// Warps the previous dreamed frame onto the current one before blending. The identity today;
-/// optical flow plugs in here.
-pub trait FrameWarp: Send {
-    fn warp(&mut self, previous_dream: &RgbImage, current: &RgbImage) -> RgbImage;
-}
-
-pub struct NoWarp;
-
-impl FrameWarp for NoWarp {
-    fn warp(&mut self, previous_dream: &RgbImage, _current: &RgbImage) -> RgbImage {
-        previous_dream.clone()
-    }
 }
 
 /// The frame store beside the output: every finished frame as PNG, and a ledger of the
@@ -93,12 +80,12 @@ impl Store {
     /// Frames already done by an interrupted render with the same settings.
     fn done(&self) -> Result<u64> {
         let text = std::fs::read_to_string(self.dir.join("ledger.json"))
-            .map_err(|_| Error::usage(format!("nothing to resume: no frame store at {}", self.dir.display())))?;
+            .map_err(|_| Error::usage(format!("--resume: nothing to resume, no frame store at {}", self.dir.display())))?;
         let ledger: Ledger = serde_json::from_str(&text)
-            .map_err(|e| Error::usage(format!("bad ledger in {}: {e}", self.dir.display())))?;
+            .map_err(|e| Error::Output { path: self.dir.clone(), reason: format!("bad ledger: {e}") })?;
         if ledger.fingerprint != self.fingerprint {
             return Err(Error::usage(
-                "cannot resume: the settings differ from the interrupted render's; run without --resume to start over",
+                "--resume: the settings, model or input differ from the interrupted render's; run without --resume to start over",
             ));
         }
         let done = ledger.pts.len() as u64;
@@ -121,41 +108,18 @@ impl Store {
         let mut all = self.pts.lock().expect("ledger lock");
         all.truncate(i as usize);
         all.push(pts);
-        let ledger = serde_json::to_string(&Ledger { fingerprint: self.fingerprint.clone(), pts: all.clone() })
-            .expect("serialisable");
-        let tmp = self.dir.join("ledger.json.tmp");
-        std::fs::write(&tmp, ledger)
-            .and_then(|_| std::fs::rename(&tmp, self.dir.join("ledger.json")))
-            .map_err(|e| err(e.to_string()))
+        let ledger = Ledger { fingerprint: self.fingerprint.clone(), pts: all.clone() };
+        let text = serde_json::to_string(&ledger).map_err(|e| Error::internal(e.to_string()))?;
+        io::write_atomic(&self.dir.join("ledger.json"), |tmp| std::fs::write(tmp, text).map_err(|e| err(e.to_string())))
     }
 
     fn load(&self, i: u64) -> Result<RgbImage> {
         io::load_rgb(&self.frame_path(i), None)
     }
-}
 
-/// Stops a frame's dream when the abort flag is raised.
-struct AbortCheck<'a>(&'a AtomicBool);
-
-impl Progress for AbortCheck<'_> {
-    fn step(&mut self, _: &StepInfo) -> bool {
-        !self.0.load(Ordering::Relaxed)
+    fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn dream_frame(
-    net: &dyn FeatureNet,
-    img: &RgbImage,
-    params: &DreamParams,
-    index: u64,
-    abort: &AtomicBool,
-    device: &candle_core::Device,
-) -> Result<RgbImage> {
-    let mut p = params.clone();
-    p.seed = params.seed.wrapping_add(index); // per-frame jitter, reproducible on resume
-    let pixels = io::to_tensor(img, device)?;
-    let out = dream::dream(net, &pixels, &p, &mut AbortCheck(abort))?;
-    io::to_image(&out.pixels)
 }
 
 /// Message from the dream stage to the encode stage.
@@ -166,203 +130,164 @@ struct Done {
     fresh: bool,
 }
 
-/// Runs the render. `abort` stops it cleanly (Ctrl-C).
-pub fn render(
-    net: &dyn FeatureNet,
-    job: &RenderJob,
-    progress: &mut dyn FrameProgress,
-    abort: &AtomicBool,
-) -> Result<RenderSummary> {
-    let info = source_info(job)?;
-    let fingerprint = format!(
-        "{:?}|{:?}|{:?}|{}x{}",
-        job.params,
-        job.frame_params,
-        input_fingerprint(&job.input),
-        info.width,
-        info.height
-    );
-    let store = Store::new(&job.output, fingerprint);
+/// Runs the render.
+pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<RenderSummary> {
+    let info = job.source.info().clone();
+    let store = Store::new(job.output, job.fingerprint.clone());
     let resumed_from = if job.resume { store.done()? } else { 0 };
-    let mut sink = sink::open(&job.output, info.width, info.height, info.rate, info.time_base, &job.sink)?;
-    if !job.resume {
-        store.reset()?;
-    }
-    let (to_encode, encoded) = bounded::<Done>(4);
-    let (encoded_count, stage_error) = std::thread::scope(|s| {
+    let audio = job.source.audio();
+    let (dreamed, encoded) = std::thread::scope(|s| {
+        let (ready_tx, ready_rx) = bounded::<bool>(1);
+        let (to_encode, from_dream) = bounded::<Done>(4);
         let store = &store;
-        // Encode stage: writes frames in order, stores fresh ones for resume.
+        let audio = audio.as_ref();
+        let info = &info;
         let encoder = std::thread::Builder::new()
             .name("encode".into())
-            .spawn_scoped(s, move || -> Result<(Box<dyn FrameSink>, u64)> {
-                let mut n = 0;
-                for d in encoded.iter() {
-                    sink.write(&d.image, d.pts)?;
-                    if d.fresh {
-                        store.save(d.index, &d.image, d.pts)?;
-                    }
-                    n += 1;
-                }
-                Ok((sink, n))
+            .spawn_scoped(s, move || -> Result<u64> {
+                let sink = sink::open(job.output, info.width, info.height, info.rate, info.time_base, job.sink, audio);
+                let _ = ready_tx.send(sink.is_ok());
+                encode_stage(sink?, from_dream, store)
             })
-            .expect("spawn encode thread");
-        let dreamed = run_source(net, job, &info, store, resumed_from, &to_encode, progress, abort, s);
-        drop(to_encode);
-        let encoded = encoder.join().expect("encode thread");
-        // The root cause first: a dream error, else the encoder's.
-        match (dreamed, encoded) {
-            (Ok(_), Ok(done)) => (Some(done), None),
-            (Err(e), Ok(done)) => (Some(done), Some(e)),
-            (Ok(_), Err(e)) | (Err(_), Err(e)) => (None, Some(e)),
-        }
-    });
-    let aborted = abort.load(Ordering::Relaxed);
-    let Some((sink, n)) = encoded_count else { return Err(stage_error.expect("an error")) };
-    if n == 0 {
-        // Nothing to show: no output file at all (the sink's temporary file goes with it).
-        drop(sink);
-        let _ = std::fs::remove_dir_all(&store.dir);
-        return Err(stage_error.unwrap_or_else(|| Error::usage("no frames were rendered")));
-    }
-    sink.finish()?;
-    if let Some(e) = stage_error
-        && !matches!(e, Error::Cancelled)
-    {
-        return Err(e);
-    }
-    if !aborted {
-        let _ = std::fs::remove_dir_all(&store.dir);
-    }
-    Ok(RenderSummary { frames: n, resumed_from, aborted, width: info.width, height: info.height })
-}
-
-fn input_fingerprint(input: &Input) -> String {
-    match input {
-        Input::Zoom { image, frames, rate, transform } => {
-            format!("zoom {}x{} {frames} {rate:?} {transform:?} {}", image.width(), image.height(), checksum(image))
-        }
-        #[cfg(feature = "video")]
-        Input::Video { path, options, blend } => format!("video {} {options:?} {blend}", path.display()),
-    }
-}
-
-fn checksum(img: &RgbImage) -> u64 {
-    img.as_raw().iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
-}
-
-fn source_info(job: &RenderJob) -> Result<SourceInfo> {
-    match &job.input {
-        Input::Zoom { image, frames, rate, .. } => {
-            if *frames == 0 {
-                return Err(Error::usage("zero frames requested"));
+            .map_err(|e| Error::internal(format!("cannot start the encode stage: {e}")));
+        let encoder = match encoder {
+            Ok(encoder) => encoder,
+            Err(e) => return (Err(e), Ok(0)),
+        };
+        // Nothing is dreamed until the output is known to open.
+        let dreamed = match ready_rx.recv() {
+            Ok(true) => match job.resume {
+                true => Ok(()),
+                false => store.reset(),
             }
-            Ok(SourceInfo {
-                width: image.width(),
-                height: image.height(),
-                rate: *rate,
-                time_base: rate.inverse(),
-                frames: Some(*frames),
-                has_audio: false,
-            })
+            .and_then(|_| {
+                let _ops = job.backend.enter();
+                dream_stage(job, store, resumed_from, &to_encode, progress, s)
+            }),
+            _ => Ok(()),
+        };
+        drop(to_encode);
+        (dreamed, joined(encoder.join(), "encode"))
+    });
+    // The root cause first: the encoder's error (the dream then only saw a closed channel),
+    // else the dream's. A render that stored nothing leaves no store behind.
+    let frames = encoded?;
+    if frames == 0 {
+        store.remove();
+    }
+    let summary = |interrupted| RenderSummary { frames, resumed_from, interrupted, width: info.width, height: info.height };
+    match dreamed {
+        Err(Error::Cancelled) if frames > 0 => Ok(summary(true)),
+        Err(e) => Err(e),
+        Ok(()) if frames == 0 => Err(Error::usage("the input has no frames to render in the requested range")),
+        Ok(()) => {
+            store.remove();
+            Ok(summary(false))
         }
-        #[cfg(feature = "video")]
-        Input::Video { path, options, .. } => crate::source::video::probe(path, options),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_source<'scope, 'env>(
-    net: &dyn FeatureNet,
-    job: &'env RenderJob,
-    info: &SourceInfo,
-    store: &'env Store,
+/// Writes frames in order and stores fresh ones for resume; finishes the output when it holds
+/// at least one frame (so an interrupted render is playable), else leaves nothing.
+fn encode_stage(mut sink: Box<dyn sink::FrameSink>, from_dream: Receiver<Done>, store: &Store) -> Result<u64> {
+    let mut n = 0;
+    for d in from_dream.iter() {
+        sink.write(&d.image, d.pts)?;
+        if d.fresh {
+            store.save(d.index, &d.image, d.pts)?;
+        }
+        n += 1;
+    }
+    if n > 0 {
+        sink.finish()?;
+    }
+    Ok(n)
+}
+
+/// A stage's result, or its panic as an error.
+fn joined<T>(r: std::thread::Result<Result<T>>, stage: &str) -> Result<T> {
+    r.unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::internal(format!("the {stage} stage panicked: {msg}")))
+    })
+}
+
+/// Decodes on its own stage and dreams each frame here.
+fn dream_stage<'scope, 'env>(
+    job: &'env RenderJob<'env>,
+    store: &Store,
     resumed_from: u64,
-    to_encode: &crossbeam_channel::Sender<Done>,
+    to_encode: &Sender<Done>,
     progress: &mut dyn FrameProgress,
-    abort: &'env AtomicBool,
     scope: &'scope std::thread::Scope<'scope, 'env>,
-) -> Result<u64> {
-    let send = |d: Done| to_encode.send(d).map_err(|_| Error::usage("the encoder stopped"));
+) -> Result<()> {
+    let (frames_tx, frames_rx) = bounded::<Frame>(4);
+    let source = job.source;
+    let decoder = std::thread::Builder::new()
+        .name("decode".into())
+        .spawn_scoped(scope, move || source.decode(&mut |f| frames_tx.send(f).is_ok()))
+        .map_err(|e| Error::internal(format!("cannot start the decode stage: {e}")))?;
+    let dreamed = dream_frames(job, store, resumed_from, &frames_rx, to_encode, progress);
+    drop(frames_rx); // a decoder waiting to hand over a frame stops
+    let decoded = joined(decoder.join(), "decode");
+    dreamed.and(decoded)
+}
+
+fn dream_frames(
+    job: &RenderJob,
+    store: &Store,
+    resumed_from: u64,
+    frames: &Receiver<Frame>,
+    to_encode: &Sender<Done>,
+    progress: &mut dyn FrameProgress,
+) -> Result<()> {
+    let send = |d: Done| to_encode.send(d).map_err(|_| Error::internal("the encode stage stopped"));
     // Frames an interrupted render already finished go straight to the encoder.
     for i in 0..resumed_from {
-        let image = store.load(i)?;
-        send(Done { index: i, pts: store.pts(i), image, fresh: false })?;
+        send(Done { index: i, pts: store.pts(i), image: store.load(i)?, fresh: false })?;
     }
-    match &job.input {
-        Input::Zoom { image, frames, transform, .. } => {
-            let mut previous = if resumed_from > 0 { Some(store.load(resumed_from - 1)?) } else { None };
-            for i in resumed_from..*frames {
-                if abort.load(Ordering::Relaxed) {
-                    return Err(Error::Cancelled);
-                }
-                let (input, params) = match &previous {
-                    None => (image.clone(), &job.params),
-                    Some(prev) => (transform.apply(prev), &job.frame_params),
-                };
-                let out = dream_frame(net, &input, params, i, abort, &job.device)?;
-                send(Done { index: i, pts: i as i64, image: out.clone(), fresh: true })?;
-                previous = Some(out);
-                progress.frame(i + 1, Some(*frames));
-            }
-            Ok(*frames)
+    let mut previous = if resumed_from > 0 { Some(store.load(resumed_from - 1)?) } else { None };
+    let total = job.source.info().frames;
+    for frame in frames.iter() {
+        if frame.index < resumed_from {
+            continue;
         }
-        #[cfg(feature = "video")]
-        Input::Video { path, options, blend } => {
-            let (frames_tx, frames_rx) = bounded::<crate::source::Frame>(4);
-            let decoder = std::thread::Builder::new()
-                .name("decode".into())
-                .spawn_scoped(scope, move || {
-                    crate::source::video::decode(path, options, &mut |f| {
-                        !abort.load(Ordering::Relaxed) && frames_tx.send(f).is_ok()
-                    })
-                })
-                .expect("spawn decode thread");
-            let mut previous = if resumed_from > 0 { Some(store.load(resumed_from - 1)?) } else { None };
-            let mut warp = NoWarp;
-            let mut result = Ok(0);
-            for frame in frames_rx.iter() {
-                if frame.index < resumed_from {
-                    continue;
-                }
-                if abort.load(Ordering::Relaxed) {
-                    result = Err(Error::Cancelled);
-                    break;
-                }
-                let input = match (&previous, *blend > 0.0) {
-                    (Some(prev), true) => blend_images(&frame.image, &warp.warp(prev, &frame.image), *blend),
-                    _ => frame.image.clone(),
-                };
-                let out = match dream_frame(net, &input, &job.params, frame.index, abort, &job.device) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                };
-                if let Err(e) = send(Done { index: frame.index, pts: frame.pts, image: out.clone(), fresh: true }) {
-                    result = Err(e);
-                    break;
-                }
-                previous = Some(out);
-                progress.frame(frame.index + 1, info.frames);
-                result = Ok(frame.index + 1);
-            }
-            drop(frames_rx);
-            let decoded = decoder.join().expect("decode thread");
-            match (result, decoded) {
-                (Err(e), _) => Err(e),
-                (Ok(_), Err(e)) => Err(e),
-                (Ok(n), Ok(_)) => Ok(n),
-            }
+        let (index, pts) = (frame.index, frame.pts);
+        let input = job.source.dream_input(frame, previous.as_ref());
+        let params = if input.continues { job.frame_params } else { job.params };
+        let image = dream_frame(job, &input.image, params, index, progress)?;
+        send(Done { index, pts, image: image.clone(), fresh: true })?;
+        previous = Some(image);
+        if !progress.frame(index + 1, total) {
+            return Err(Error::Cancelled);
         }
+    }
+    Ok(())
+}
+
+/// Passes a frame's ascent steps to the render's progress.
+struct Steps<'a>(&'a mut dyn FrameProgress);
+
+impl Progress for Steps<'_> {
+    fn step(&mut self, info: &StepInfo) -> bool {
+        self.0.step(info)
     }
 }
 
-/// `(1 - w) * a + w * b`, per pixel.
-pub fn blend_images(a: &RgbImage, b: &RgbImage, w: f64) -> RgbImage {
-    let mut out = a.clone();
-    for (o, &q) in out.iter_mut().zip(b.as_raw().iter()) {
-        *o = ((1.0 - w) * *o as f64 + w * q as f64).round().clamp(0.0, 255.0) as u8;
-    }
-    out
+fn dream_frame(
+    job: &RenderJob,
+    img: &RgbImage,
+    params: &DreamParams,
+    index: u64,
+    progress: &mut dyn FrameProgress,
+) -> Result<RgbImage> {
+    let mut p = params.clone();
+    p.seed = params.seed.wrapping_add(index); // per-frame jitter, reproducible on resume
+    let pixels = io::to_tensor(img, &job.backend.device)?;
+    let out = dream::dream(job.net, &pixels, &p, &mut Steps(progress))?;
+    io::to_image(&out.pixels)
 }

@@ -16,7 +16,7 @@ use candle_core::Tensor;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 /// Smoothing applied around each ascent step.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Regularize {
     /// Gaussian blur of the gradient, sigma in pixels (0: off).
     pub grad_blur: f64,
@@ -36,8 +36,9 @@ impl Default for Regularize {
     }
 }
 
-/// Everything one dream needs besides the network and the image.
-#[derive(Clone, Debug)]
+/// Everything one dream needs besides the network and the image. Its values are checked
+/// once, with their origins, by [`crate::config`]; the dream trusts them.
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct DreamParams {
     pub objective: Objective,
     pub regularize: Regularize,
@@ -68,25 +69,24 @@ pub fn octave_shapes(h: usize, w: usize, octaves: usize, scale: f64) -> Vec<(usi
 }
 
 impl DreamParams {
-    /// Checks the parameters against the network before any work starts.
-    pub fn validate(&self, net: &dyn FeatureNet) -> Result<()> {
-        self.check_ranges()?;
+    /// The checks that need the network (layer names, channels, classifier), run once after
+    /// the model loads; see also [`check_smallest_octave`].
+    pub fn check_network(&self, net: &dyn FeatureNet) -> Result<()> {
         self.objective.check(net)
     }
+}
 
-    /// The range checks that need no network.
-    pub fn check_ranges(&self) -> Result<()> {
-        if self.octaves == 0 {
-            return Err(Error::usage("octaves must be at least 1"));
-        }
-        if !(self.octave_scale.is_finite() && self.octave_scale >= 1.0) {
-            return Err(Error::usage(format!("octave scale must be at least 1, got {}", self.octave_scale)));
-        }
-        if !(self.step.is_finite() && self.step > 0.0) {
-            return Err(Error::usage(format!("step must be positive, got {}", self.step)));
-        }
-        self.tiling.check()
+/// Serialises a tensor as the sha256 of its values (a guide or style image in a job's
+/// fingerprint: its content, not its path).
+pub(crate) fn pixels_hash<S: serde::Serializer>(t: &Tensor, s: S) -> std::result::Result<S::Ok, S::Error> {
+    use sha2::Digest;
+    let values = t.flatten_all().and_then(|v| v.to_vec1::<f32>()).map_err(serde::ser::Error::custom)?;
+    let mut h = sha2::Sha256::new();
+    h.update(format!("{:?}", t.dims()));
+    for v in values {
+        h.update(v.to_le_bytes());
     }
+    s.serialize_str(&format!("sha256:{}", crate::io::hex(&h.finalize())))
 }
 
 /// Where a dream is, reported after every ascent step.
@@ -138,13 +138,11 @@ pub fn dream(
     params: &DreamParams,
     progress: &mut dyn Progress,
 ) -> Result<DreamOutput> {
-    params.validate(net)?;
     let norm = net.normalization();
     let (lo, hi) = norm.valid_range(pixels.device())?;
     let base = norm.apply(pixels)?;
     let (_, _, h, w) = base.dims4()?;
     let shapes = octave_shapes(h, w, params.octaves, params.octave_scale);
-    check_smallest_octave(net, &params.objective, shapes[0], pixels.device())?;
     let mut rng = StdRng::seed_from_u64(params.seed);
     let mut x = resize_bilinear(&base, shapes[0].0, shapes[0].1)?;
     let mut shrunk = x.clone();
@@ -205,56 +203,38 @@ pub fn dream(
     Ok(DreamOutput { pixels: norm.invert(&x)?, losses })
 }
 
-/// Fails early, with advice, when the smallest octave is too small for the network to reach
-/// the objective's layers (a network without "SAME" padding shrinks its input at every stage).
-fn check_smallest_octave(
+/// Fails early, with advice, when the smallest octave of an `h` x `w` image is too small for
+/// the network to reach the objective's layers (a network without "SAME" padding shrinks its
+/// input at every stage), or names a channel the layer lacks. One forward pass: run it once
+/// per job and size, not per frame. Other failures (out of memory, a device error) pass
+/// through as they are.
+pub fn check_smallest_octave(
     net: &dyn FeatureNet,
-    objective: &Objective,
+    params: &DreamParams,
     (h, w): (usize, usize),
     device: &candle_core::Device,
 ) -> Result<()> {
-    // A video or zoom dreams every frame at the same sizes: probe each combination once (per
-    // thread; the probe is a whole forward pass, a tenth of a 4-step frame).
-    thread_local! {
-        static PASSED: std::cell::RefCell<std::collections::HashSet<String>> = Default::default();
-    }
-    let channels: Vec<_> = objective.layers.iter().map(|t| (&t.layer, t.channel)).collect();
-    let key = format!("{}|{:?}|{channels:?}|{}|{h}x{w}", net.name(), objective.taps(), !objective.classes.is_empty());
-    if PASSED.with(|p| p.borrow().contains(&key)) {
-        return Ok(());
-    }
-    probe_smallest_octave(net, objective, (h, w), device)?;
-    PASSED.with(|p| p.borrow_mut().insert(key));
-    Ok(())
-}
-
-fn probe_smallest_octave(
-    net: &dyn FeatureNet,
-    objective: &Objective,
-    (h, w): (usize, usize),
-    device: &candle_core::Device,
-) -> Result<()> {
+    let objective = &params.objective;
+    let (h, w) = octave_shapes(h, w, params.octaves, params.octave_scale)[0];
     let probe = Tensor::zeros((1, 3, h, w), candle_core::DType::F32, device)?;
-    match net.forward(&probe, &objective.taps(), !objective.classes.is_empty()) {
-        Ok(features) => {
-            for term in &objective.layers {
-                let channels = features.taps[&term.layer].dim(1)?;
-                if let Some(c) = term.channel.filter(|&c| c >= channels) {
-                    return Err(Error::usage(format!(
-                        "layer {} has {channels} channels; channel {c} does not exist",
-                        term.layer
-                    )));
-                }
-            }
-            Ok(())
+    let features = match net.forward(&probe, &objective.taps(), !objective.classes.is_empty()) {
+        Ok(features) => features,
+        Err(Error::Candle(e)) if crate::ops::is_too_small(&e) => {
+            return Err(Error::usage(format!(
+                "the smallest octave ({w}x{h}) is too small for {} to reach layers {}; use fewer octaves, a smaller octave scale or a larger image",
+                net.name(),
+                objective.taps().join(", "),
+            )));
         }
-        Err(e) => Err(Error::usage(format!(
-            "the smallest octave ({w}x{h}) is too small for {} to reach layers {} ({}); use fewer octaves, a smaller octave scale or a larger image",
-            net.name(),
-            objective.taps().join(", "),
-            e.to_string().lines().next().unwrap_or("")
-        ))),
+        Err(e) => return Err(e),
+    };
+    for term in &objective.layers {
+        let channels = features.taps[&term.layer].dim(1)?;
+        if let Some(c) = term.channel.filter(|&c| c >= channels) {
+            return Err(Error::usage(format!("layer {} has {channels} channels; channel {c} does not exist", term.layer)));
+        }
     }
+    Ok(())
 }
 
 /// The image shrunk by one octave step of `scale` (what the octave below works on).

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 /// One layer of the layer objective, optionally one channel of it, and its weight.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct LayerTerm {
     pub layer: String,
     pub channel: Option<usize>,
@@ -28,7 +28,7 @@ impl LayerTerm {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum ClassMode {
     /// Raw logits: the class grows without pushing the others down.
     Logits,
@@ -36,7 +36,7 @@ pub enum ClassMode {
     LogSoftmax,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum GuideMode {
     /// Each position moves toward the guide feature it already matches best (Mordvintsev).
     Dot,
@@ -45,8 +45,10 @@ pub enum GuideMode {
 }
 
 /// A guide image (pixels 0..255, `[1, 3, h, w]`) and the layers it guides.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Guide {
+    /// Fingerprinted as a hash of its pixels.
+    #[serde(serialize_with = "super::pixels_hash")]
     pub image: Tensor,
     pub layers: Vec<LayerTerm>,
     pub mode: GuideMode,
@@ -54,8 +56,9 @@ pub struct Guide {
 }
 
 /// Gram-matrix style of `image` at `layers`, plus the content of the input at `content_layers`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Style {
+    #[serde(serialize_with = "super::pixels_hash")]
     pub image: Tensor,
     pub layers: Vec<LayerTerm>,
     pub weight: f32,
@@ -63,7 +66,7 @@ pub struct Style {
     pub content_weight: f32,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Objective {
     pub layers: Vec<LayerTerm>,
     /// Pixels of each activation's border left out of the layer sum (the recipe's 2).

@@ -23,7 +23,7 @@ use std::ops::Range;
 pub const DEFAULT_TILE: usize = 1024;
 
 /// How a large image is cut.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Tiling {
     /// Largest core side in pixels (0: never tile).
     pub tile: usize,
@@ -46,19 +46,6 @@ impl Tiling {
     /// `tile` with the default margin for it (an eighth of the tile).
     pub fn with_tile(tile: usize) -> Self {
         Tiling { tile, margin: tile / 8 }
-    }
-
-    pub fn check(&self) -> Result<()> {
-        if self.tile > 0 && self.tile < 256 {
-            return Err(Error::usage(format!("tile must be 0 (off) or at least 256 pixels, got {}", self.tile)));
-        }
-        if self.tile > 0 && 4 * self.margin > self.tile {
-            return Err(Error::usage(format!(
-                "tile margin {} is more than a quarter of the tile {}",
-                self.margin, self.tile
-            )));
-        }
-        Ok(())
     }
 }
 
@@ -166,7 +153,7 @@ impl Tiler {
     ) -> Result<(f32, Tensor)> {
         let (_, _, h, w) = x.dims4()?;
         if (h, w) != (self.h, self.w) {
-            return Err(Error::usage(format!("tiler planned for {}x{}, given {w}x{h}", self.w, self.h)));
+            return Err(Error::internal(format!("tiler planned for {}x{}, given {w}x{h}", self.w, self.h)));
         }
         let rolled = match shift != (0, 0) && self.shared.is_positional() {
             true => Some(self.shared.rolled(shift.0, shift.1)?),

@@ -4,7 +4,7 @@
 
 use image::RgbImage;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct ZoomTransform {
     /// Magnification per frame (1.04 = 4% closer each frame).
     pub zoom: f64,

@@ -38,7 +38,7 @@ pub fn hash_matches(actual: &str, expected: &str) -> bool {
 
 /// Downloads `url` to `partial`, resuming from what is already there. `progress(done, total)`.
 fn download(url: &str, partial: &Path, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<()> {
-    let net_err = |e: String| Error::Usage(format!("download of {url} failed: {e}"));
+    let net_err = |reason: String| Error::Network { url: url.to_owned(), reason };
     let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
     let mut req = ureq::get(url);
     if have > 0 {
@@ -96,9 +96,7 @@ pub fn fetch(
     let actual = sha256_file(&partial)?;
     if !hash_matches(&actual, sha256) {
         let _ = std::fs::remove_file(&partial);
-        return Err(Error::Usage(format!(
-            "checksum mismatch for {url}: got sha256 {actual}, expected {sha256}; the download was discarded"
-        )));
+        return Err(Error::Network { url: url.to_owned(), reason: format!("checksum mismatch: got sha256 {actual}, expected {sha256}; the download was discarded") });
     }
     let result = install(model, &partial, &dest);
     let _ = std::fs::remove_file(&partial);
@@ -111,19 +109,16 @@ pub fn install(model: &str, src: &Path, dest: &Path) -> Result<()> {
     if let Some(d) = dest.parent() {
         std::fs::create_dir_all(d).map_err(|e| Error::Output { path: d.to_owned(), reason: e.to_string() })?;
     }
+    // Converted and proven beside the destination: the installed model stays until the new
+    // one builds the network.
+    let staged = crate::io::Staged::new(dest);
     if is_safetensors(src)? {
-        let tmp = crate::io::temp_path(dest);
-        std::fs::copy(src, &tmp).and_then(|_| std::fs::rename(&tmp, dest)).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::Output { path: dest.to_owned(), reason: e.to_string() }
-        })?;
+        std::fs::copy(src, staged.path()).map_err(|e| Error::Output { path: dest.to_owned(), reason: e.to_string() })?;
     } else {
-        weights::import_pth(src, dest)?;
+        weights::import_pth(src, staged.path())?;
     }
-    if let Err(e) = super::load_from(model, dest) {
-        let _ = std::fs::remove_file(dest);
-        return Err(e);
-    }
+    super::load_from(model, staged.path())?;
+    staged.commit()?;
     Ok(())
 }
 

@@ -97,7 +97,7 @@ pub trait FeatureNet: Send + Sync {
         let value = loss(&features, var.as_tensor())?;
         let grads = value.backward()?;
         let grad =
-            grads.get(var.as_tensor()).ok_or_else(|| Error::usage("the objective does not depend on the image"))?;
+            grads.get(var.as_tensor()).ok_or_else(|| Error::internal("the objective does not depend on the image"))?;
         Ok((value.to_scalar::<f32>()?, grad.clone()))
     }
 
@@ -246,15 +246,19 @@ pub fn info(name: &str) -> Result<&'static ModelInfo> {
 
 /// Loads a zoo model by name from the first weights directory that has its file.
 pub fn load(name: &str) -> Result<Box<dyn FeatureNet>> {
+    load_from(name, &weights_path(name)?)
+}
+
+/// The installed weights file of zoo model `name`.
+pub fn weights_path(name: &str) -> Result<std::path::PathBuf> {
     let info = info(name)?;
-    let path = weights::find(info.file).ok_or_else(|| {
+    weights::find(info.file).ok_or_else(|| {
         Error::usage(format!(
             "no weights for {name}: {} is in none of {}; get them with `deepdream models fetch {name}` or `deepdream models import FILE --as {name}`",
             info.file,
             weights::search_dirs().iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
         ))
-    })?;
-    load_from(name, &path)
+    })
 }
 
 /// Loads zoo model `name` from a given safetensors file.

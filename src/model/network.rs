@@ -47,7 +47,7 @@ pub trait Block: Send + Sync {
 
 /// The generic backward: the forward again under candle's autograd, from the kept input.
 fn recompute_backward<B: Block + ?Sized>(block: &B, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
-    let Saved::Input(x) = saved else { return Err(Error::usage("internal: a block's saved state does not match it")) };
+    let Saved::Input(x) = saved else { return Err(Error::internal("a block's saved state does not match it")) };
     let v = Var::from_tensor(x)?;
     let y = block.forward(v.as_tensor())?;
     let grads = (y * gy)?.sum_all()?.backward()?;
@@ -70,7 +70,7 @@ impl Block for Conv2d {
     fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
         match saved {
             Saved::Conv { in_dims, y } => Ok(self.input_grad(gy, y, in_dims)?),
-            _ => Err(Error::usage("internal: a convolution's saved state does not match it")),
+            _ => Err(Error::internal("a convolution's saved state does not match it")),
         }
     }
 }
@@ -83,7 +83,7 @@ impl Block for Pool2d {
     fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
         match saved {
             Saved::Input(x) => Ok(self.input_grad(gy, x)?),
-            _ => Err(Error::usage("internal: a pool's saved state does not match it")),
+            _ => Err(Error::internal("a pool's saved state does not match it")),
         }
     }
 }
@@ -121,7 +121,7 @@ impl Block for Chain {
 
     fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
         let Saved::Seq(saved) = saved else {
-            return Err(Error::usage("internal: a chain's saved state does not match it"));
+            return Err(Error::internal("a chain's saved state does not match it"));
         };
         let mut g = gy.clone();
         for (b, s) in self.0.iter().zip(saved).rev() {
@@ -153,14 +153,14 @@ impl Block for Concat {
 
     fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
         let Saved::Branches(saved) = saved else {
-            return Err(Error::usage("internal: a concat's saved state does not match it"));
+            return Err(Error::internal("a concat's saved state does not match it"));
         };
         let (mut gx, mut at) = (None, 0);
         for (b, (s, c)) in self.0.iter().zip(saved) {
             gx = add_grad(gx, b.backward(s, &gy.narrow(1, at, *c)?)?)?;
             at += c;
         }
-        gx.ok_or_else(|| Error::usage("internal: a concat without branches"))
+        gx.ok_or_else(|| Error::internal("a concat without branches"))
     }
 }
 
@@ -241,7 +241,7 @@ impl Block for Fork {
 
     fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
         let Saved::Fork { head, branches: saved } = saved else {
-            return Err(Error::usage("internal: a fork's saved state does not match it"));
+            return Err(Error::internal("a fork's saved state does not match it"));
         };
         let (mut gx, mut head_grads, mut at) = (None, Vec::new(), 0);
         for (b, (s, c)) in self.branches.iter().zip(saved) {
@@ -254,7 +254,7 @@ impl Block for Fork {
         }
         let gh = Tensor::cat(&head_grads, 1)?;
         add_grad(gx, Block::backward(&self.head, head, &gh)?)?
-            .ok_or_else(|| Error::usage("internal: a fork without branches"))
+            .ok_or_else(|| Error::internal("a fork without branches"))
     }
 }
 
@@ -294,7 +294,7 @@ impl Block for Residual {
 
     fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
         let Saved::Residual { body, shortcut, y } = saved else {
-            return Err(Error::usage("internal: a residual block's saved state does not match it"));
+            return Err(Error::internal("a residual block's saved state does not match it"));
         };
         let g = match y {
             // ReLU passes where its output is > 0, as PyTorch's.
@@ -304,7 +304,7 @@ impl Block for Residual {
         let through = match (&self.shortcut, shortcut) {
             (Some(s), Some(saved)) => s.backward(saved, &g)?,
             (None, None) => g.clone(),
-            _ => return Err(Error::usage("internal: a residual block's saved state does not match it")),
+            _ => return Err(Error::internal("a residual block's saved state does not match it")),
         };
         Ok((self.body.backward(body, &g)? + through)?)
     }
@@ -317,7 +317,7 @@ pub struct Linear {
     /// `[out]`, on the CPU.
     bias: Tensor,
     /// The weights copied to the (non-CPU) devices the layer has run on.
-    on_device: crate::device::PerDevice<(Tensor, Tensor)>,
+    on_device: crate::ops::PerDevice<(Tensor, Tensor)>,
 }
 
 impl Linear {
@@ -539,7 +539,7 @@ impl FeatureNet for Network {
         if let Some(direct) = grads.get(input.as_tensor()) {
             g = add_grad(g, direct.clone())?;
         }
-        let grad = g.ok_or_else(|| Error::usage("the objective does not depend on the image"))?;
+        let grad = g.ok_or_else(|| Error::internal("the objective does not depend on the image"))?;
         Ok((value.to_scalar::<f32>()?, grad))
     }
 }

@@ -175,27 +175,17 @@ impl Weights {
     }
 }
 
-/// Converts a PyTorch checkpoint (zip or legacy `.pth`) to safetensors at `dest`, written to a
-/// temporary file first. Returns the number of tensors written.
-/// TorchScript archives of InceptionV3 TF2015 are renamed into torchvision's layout.
-pub fn import_pth(src: &Path, dest: &Path) -> Result<usize> {
+/// Converts a PyTorch checkpoint (zip or legacy `.pth`) to safetensors at `out` (a staging
+/// path: [`super::fetch::install`] proves the result before moving it into place). Returns the
+/// number of tensors written. TorchScript archives of InceptionV3 TF2015 are renamed into
+/// torchvision's layout.
+pub fn import_pth(src: &Path, out: &Path) -> Result<usize> {
     let mut tensors: HashMap<String, Tensor> = pth::read_pth(src)?.into_iter().collect();
     if tensors.keys().any(|k| k.starts_with("net.layers.")) {
         tensors =
             tensors.into_iter().filter_map(|(k, t)| super::tf2015::torchvision_name(&k).map(|n| (n, t))).collect();
     }
-    let count = tensors.len();
-    let out_err = |e: String| Error::Output { path: dest.to_owned(), reason: e };
-    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| out_err(e.to_string()))?;
-    }
-    let tmp = crate::io::temp_path(dest);
-    let written = candle_core::safetensors::save(&tensors, &tmp).map_err(|e| out_err(e.to_string()));
-    match written.and_then(|_| std::fs::rename(&tmp, dest).map_err(|e| out_err(e.to_string()))) {
-        Ok(()) => Ok(count),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    candle_core::safetensors::save(&tensors, out)
+        .map_err(|e| Error::Output { path: out.to_owned(), reason: e.to_string() })?;
+    Ok(tensors.len())
 }

@@ -88,7 +88,7 @@ struct ConvInner {
     /// made on the first stride-1 backward pass (see `conv_backward_into`).
     flipped: std::sync::OnceLock<Vec<f32>>,
     /// The weights as tensors on the (non-CPU) devices the portable path has run on.
-    on_device: crate::device::PerDevice<Arc<DeviceWeights>>,
+    on_device: crate::ops::PerDevice<Arc<DeviceWeights>>,
 }
 
 /// Weight `[co, ci/g, kh, kw]`, bias `[1, co, 1, 1]`, and the flipped, transposed weight
@@ -324,7 +324,7 @@ impl Geometry {
             }
         };
         if h + pt + pb < kh || w + pl + pr < kw {
-            bail!("conv: input {h}x{w} is smaller than the {kh}x{kw} kernel");
+            return Err(super::too_small(format_args!("conv: input {h}x{w} is smaller than the {kh}x{kw} kernel")));
         }
         let oh = (h + pt + pb - kh) / sh + 1;
         let ow = (w + pl + pr - kw) / sw + 1;
@@ -595,13 +595,28 @@ thread_local! {
 
 /// Runs `f` with this thread's scratch buffer of at least `len` floats (contents undefined).
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|s| {
-        let mut buf = s.borrow_mut();
-        if buf.len() < len {
-            buf.resize(len, 0.0);
+    with_buffer(&SCRATCH, len, f)
+}
+
+/// Runs `f` with the buffer kept in `cell`, grown to `len` floats. The buffer is taken out of
+/// the cell for the call, so a nested call on this thread (rayon runs another job's conv
+/// while this one waits for its workers) gets a buffer of its own instead of a borrow panic.
+fn with_buffer<R>(
+    cell: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut buf = cell.with(|c| c.take());
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let result = f(&mut buf[..len]);
+    cell.with(|c| {
+        if c.borrow().len() < buf.len() {
+            c.replace(buf);
         }
-        f(&mut buf[..len])
-    })
+    });
+    result
 }
 
 fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
@@ -677,12 +692,7 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
         return finish_backward(inner, gy, Some(y), g, gx);
     }
     if act != Activation::Identity {
-        return GPRE.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            if buf.len() < gy.len() {
-                buf.resize(gy.len(), 0.0);
-            }
-            let gpre = &mut buf[..gy.len()];
+        return with_buffer(&GPRE, gy.len(), |gpre| {
             gpre.par_chunks_mut(1 << 14)
                 .zip(gy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
                 .for_each(|(d, (gs, ys))| mask_into(d, gs, ys, act));

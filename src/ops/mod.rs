@@ -35,6 +35,47 @@ pub mod flops {
     }
 }
 
+/// Values made once per device and kept (a layer's weights copied to the devices it has run
+/// on).
+pub(crate) struct PerDevice<T>(std::sync::Mutex<Vec<(candle_core::Device, T)>>);
+
+impl<T> Default for PerDevice<T> {
+    fn default() -> Self {
+        PerDevice(Default::default())
+    }
+}
+
+impl<T: Clone> PerDevice<T> {
+    /// The value for `device`, made by `make` the first time.
+    pub(crate) fn get_or_make<E>(
+        &self,
+        device: &candle_core::Device,
+        make: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let mut cache = self.0.lock().expect("per-device cache lock");
+        if let Some((_, v)) = cache.iter().find(|(d, _)| d.same_device(device)) {
+            return Ok(v.clone());
+        }
+        let v = make()?;
+        cache.push((device.clone(), v.clone()));
+        Ok(v)
+    }
+}
+
+/// Marks the error an op raises when its input is smaller than its window, so that the
+/// smallest-octave check can tell "too small" from every other failure.
+const TOO_SMALL: &str = "input too small:";
+
+/// The error for an input smaller than an op's window.
+pub(crate) fn too_small(what: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{TOO_SMALL} {what}"))
+}
+
+/// Whether `e` says an input was smaller than an op's window.
+pub fn is_too_small(e: &candle_core::Error) -> bool {
+    e.to_string().contains(TOO_SMALL)
+}
+
 /// The f32 data of a contiguous CPU tensor, from its start offset.
 pub(crate) fn cpu_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else { bail!("deepdream ops take f32 tensors") };

@@ -31,7 +31,7 @@ pub struct Pool2d {
 fn out_len(len: usize, k: usize, s: usize, pad: usize, ceil: bool) -> Result<usize> {
     let span = len as isize + 2 * pad as isize - k as isize;
     if span < 0 {
-        bail!("pool: input of {len} is smaller than the kernel {k}");
+        return Err(super::too_small(format_args!("pool: input of {len} is smaller than the kernel {k}")));
     }
     let span = span as usize;
     let mut out = if ceil { span.div_ceil(s) } else { span / s } + 1;

@@ -1,7 +1,7 @@
 //! The ops on any candle device, built from candle's own tensor ops (conv2d, pooling, matmul,
 //! padding, comparisons), all of which have CUDA kernels: what runs when a tensor is not on the
 //! CPU. On the CPU the hand-written kernels run instead, and these serve as a second,
-//! independent implementation that the tests compare them with ([`force_on_this_thread`]).
+//! independent implementation that the tests compare them with ([`PathGuard`]).
 //!
 //! Gradients here are explicit functions, never candle's autograd: the networks run their own
 //! reverse pass, which calls [`Conv2d::input_grad`](super::Conv2d::input_grad) and
@@ -14,14 +14,32 @@ thread_local! {
     static FORCED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Makes the ops on this thread take the portable path on the CPU too (tests compare the two).
-pub fn force_on_this_thread(on: bool) {
-    FORCED.with(|f| f.set(on));
+/// While alive, the ops on this thread take the portable path (on) or the native one (off);
+/// the previous choice comes back when it drops. Made by [`crate::device::Backend::enter`].
+pub struct PathGuard {
+    previous: bool,
+}
+
+impl PathGuard {
+    pub(crate) fn new(portable: bool) -> Self {
+        PathGuard { previous: FORCED.with(|f| f.replace(portable)) }
+    }
+}
+
+impl Drop for PathGuard {
+    fn drop(&mut self) {
+        FORCED.with(|f| f.set(self.previous));
+    }
+}
+
+/// Whether this thread's CPU ops are forced onto the portable path.
+pub(crate) fn forced() -> bool {
+    FORCED.with(|f| f.get())
 }
 
 /// Whether an op on `x` takes the portable path.
 pub(crate) fn wanted(x: &Tensor) -> bool {
-    !x.device().is_cpu() || FORCED.with(|f| f.get())
+    !x.device().is_cpu() || forced()
 }
 
 /// Pads dims 2 and 3 with `value`: `top`, `bottom`, `left`, `right` rows and columns; a
@@ -179,11 +197,11 @@ mod tests {
 
     /// Runs `f` on the CPU kernels and on the portable path; the results must agree.
     fn both(what: &str, f: &dyn Fn() -> Tensor) {
-        force_on_this_thread(false);
         let native = f();
-        force_on_this_thread(true);
-        let portable = f();
-        force_on_this_thread(false);
+        let portable = {
+            let _portable = PathGuard::new(true);
+            f()
+        };
         assert_eq!(native.dims(), portable.dims(), "{what}: shapes");
         let scale = native.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
         let diff = (&native - &portable).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -198,7 +216,6 @@ mod tests {
         let x = random(rng, &shape, 2.0);
         let what = format!("conv {shape:?} -> {co}, {k:?}, {spec:?}");
         both(&format!("{what} forward"), &|| conv.forward(&x).unwrap());
-        force_on_this_thread(false);
         let y = conv.forward(&x).unwrap();
         let gy = random(rng, y.dims(), 1.0);
         both(&format!("{what} input gradient"), &|| conv.input_grad(&gy, &y, x.dims()).unwrap());
@@ -248,8 +265,7 @@ mod tests {
                 let x = random(&mut rng, &shape, 2.0);
                 let x = if i == 2 { x.round().unwrap() } else { x };
                 both(&format!("{pool:?} {shape:?} forward"), &|| pool.forward(&x).unwrap());
-                force_on_this_thread(false);
-                let gy = random(&mut rng, pool.forward(&x).unwrap().dims(), 1.0);
+                        let gy = random(&mut rng, pool.forward(&x).unwrap().dims(), 1.0);
                 both(&format!("{pool:?} {shape:?} input gradient"), &|| pool.input_grad(&gy, &x).unwrap());
             }
         }

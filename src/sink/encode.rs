@@ -1,8 +1,8 @@
 //! MP4/MOV/MKV (H.264, yuv420p, CRF and preset, audio copied from the source), WebM (VP9) and
 //! GIF (palettegen + paletteuse through libavfilter, looping forever) through ffmpeg.
 
-use super::{AudioSource, FrameSink, SinkKind, SinkOptions};
-use crate::source::Rational;
+use super::{FrameSink, SinkKind, SinkOptions};
+use crate::media::{AudioSource, Rational};
 use crate::{Error, Result};
 use ffmpeg::{Dictionary, Packet, codec, encoder, filter, format, media, software::scaling, util::frame::video::Video};
 use ffmpeg_next as ffmpeg;
@@ -64,7 +64,7 @@ impl AudioCopy {
             packet.rescale_ts(self.in_tb, out_tb);
             packet.set_position(-1);
             packet.set_stream(self.out_index);
-            packet.write_interleaved(octx).map_err(|e| Error::usage(format!("cannot copy audio: {e}")))?;
+            packet.write_interleaved(octx).map_err(|e| Error::Unsupported(format!("cannot copy audio: {e}")))?;
             if until_seconds.is_some_and(|u| (pts - self.start_ts) as f64 * tb > u) {
                 break;
             }
@@ -76,7 +76,6 @@ impl AudioCopy {
 pub struct Encoded {
     kind: SinkKind,
     dest: PathBuf,
-    tmp: PathBuf,
     octx: format::context::Output,
     encoder: encoder::Video,
     enc_tb: ffmpeg::Rational,
@@ -90,10 +89,10 @@ pub struct Encoded {
     audio: Option<AudioCopy>,
     audio_tb: ffmpeg::Rational,
     last_pts: Option<i64>,
+    /// The file being written; declared last so it is removed (when never committed) only
+    /// after the ffmpeg contexts above have closed it.
+    staged: Option<crate::io::Staged>,
 }
-
-// SAFETY: the ffmpeg contexts are owned by this value alone and used from one thread at a time.
-unsafe impl Send for Encoded {}
 
 pub fn open(
     kind: SinkKind,
@@ -103,8 +102,9 @@ pub fn open(
     rate: Rational,
     time_base: Rational,
     opts: &SinkOptions,
+    audio_from: Option<&AudioSource>,
 ) -> Result<Box<dyn FrameSink>> {
-    crate::source::video::init()?;
+    crate::media::init_ffmpeg()?;
     let (fmt, codec_name) = match kind {
         SinkKind::Mp4 => (
             match dest.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
@@ -118,11 +118,11 @@ pub fn open(
         SinkKind::Gif => ("gif", "gif"),
         SinkKind::Png => unreachable!("PNG sequences are not encoded"),
     };
-    let tmp = crate::io::temp_path(dest);
-    let mut octx = format::output_as(&tmp, fmt).map_err(ff(dest, "cannot create the output"))?;
+    let staged = crate::io::Staged::new(dest);
+    let mut octx = format::output_as(staged.path(), fmt).map_err(ff(dest, "cannot create the output"))?;
     let global_header = octx.format().flags().contains(format::Flags::GLOBAL_HEADER);
     let codec = encoder::find_by_name(codec_name)
-        .ok_or_else(|| Error::usage(format!("this ffmpeg has no {codec_name} encoder")))?;
+        .ok_or_else(|| Error::Unsupported(format!("this ffmpeg has no {codec_name} encoder")))?;
     // yuv420p needs even sizes; GIF takes any.
     let (ew, eh) = match kind {
         SinkKind::Gif => (width, height),
@@ -163,7 +163,7 @@ pub fn open(
     ost.set_parameters(&encoder);
     ost.set_time_base(enc_tb);
     let mut audio = None;
-    if let (SinkKind::Mp4, Some(src)) = (kind, &opts.audio_from) {
+    if let (SinkKind::Mp4, Some(src)) = (kind, audio_from) {
         audio = audio_copy(&mut octx, src)?;
     }
     let mut header = Dictionary::new();
@@ -181,7 +181,6 @@ pub fn open(
     Ok(Box::new(Encoded {
         kind,
         dest: dest.to_owned(),
-        tmp,
         octx,
         encoder,
         enc_tb,
@@ -194,6 +193,7 @@ pub fn open(
         audio,
         audio_tb,
         last_pts: None,
+        staged: Some(staged),
     }))
 }
 
@@ -204,7 +204,7 @@ fn audio_copy(octx: &mut format::context::Output, src: &AudioSource) -> Result<O
     let (in_index, in_tb) = (ist.index(), ist.time_base());
     let mut ost = octx
         .add_stream(encoder::find(codec::Id::None))
-        .map_err(|e| Error::usage(format!("cannot add the audio stream: {e}")))?;
+        .map_err(|e| Error::Unsupported(format!("cannot add the audio stream: {e}")))?;
     ost.set_parameters(ist.parameters());
     // SAFETY: plain field write on parameters this stream owns; a tag from another container
     // may be invalid in this one, and 0 lets the muxer choose.
@@ -374,22 +374,7 @@ impl FrameSink for Encoded {
             self.octx.write_trailer().map_err(ff(&self.dest, "cannot finish the file"))?;
             Ok(())
         })();
-        match result.and_then(|_| {
-            std::fs::rename(&self.tmp, &self.dest)
-                .map_err(|e| Error::Output { path: self.dest.clone(), reason: e.to_string() })
-        }) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let _ = std::fs::remove_file(&self.tmp);
-                Err(e)
-            }
-        }
-    }
-}
-
-impl Drop for Encoded {
-    fn drop(&mut self) {
-        // A sink dropped without finish (an error elsewhere) leaves nothing behind.
-        let _ = std::fs::remove_file(&self.tmp);
+        result?;
+        self.staged.take().expect("staged until finished").commit()
     }
 }

@@ -5,12 +5,14 @@
 #[cfg(feature = "video")]
 pub mod encode;
 
-use crate::source::Rational;
+use crate::media::{AudioSource, Rational};
 use crate::{Error, Result};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
 
-pub trait FrameSink: Send {
+/// Where dreamed frames go. A sink is opened, written and finished on one thread (the
+/// pipeline's encode stage), so it need not be `Send`.
+pub trait FrameSink {
     /// Adds a frame at `pts` (in the time base the sink was opened with).
     fn write(&mut self, frame: &RgbImage, pts: i64) -> Result<()>;
     /// Completes the output and moves it into place.
@@ -18,26 +20,21 @@ pub trait FrameSink: Send {
 }
 
 /// Encoder settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct SinkOptions {
-    /// x264 constant rate factor (lower is better; 18 is visually lossless).
+    /// x264/VP9 constant rate factor (lower is better; 18 is visually lossless).
     pub crf: u32,
     /// x264 preset (ultrafast .. veryslow).
     pub preset: String,
-    /// Copy the audio of this video into the output, from `start` seconds for `duration`.
-    pub audio_from: Option<AudioSource>,
 }
 
-#[derive(Clone, Debug)]
-pub struct AudioSource {
-    pub path: PathBuf,
-    pub start: f64,
-    pub duration: Option<f64>,
-}
+/// The x264 presets, fastest first.
+pub const X264_PRESETS: &[&str] =
+    &["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"];
 
 impl Default for SinkOptions {
     fn default() -> Self {
-        SinkOptions { crf: 18, preset: "medium".into(), audio_from: None }
+        SinkOptions { crf: 18, preset: "medium".into() }
     }
 }
 
@@ -70,7 +67,8 @@ impl SinkKind {
     }
 }
 
-/// Opens the sink an output path asks for. `time_base` is seconds per pts tick.
+/// Opens the sink an output path asks for. `time_base` is seconds per pts tick; `audio` is
+/// copied into outputs that carry sound.
 pub fn open(
     path: &Path,
     width: u32,
@@ -78,16 +76,17 @@ pub fn open(
     rate: Rational,
     time_base: Rational,
     opts: &SinkOptions,
+    audio: Option<&AudioSource>,
 ) -> Result<Box<dyn FrameSink>> {
     let kind = SinkKind::from_path(path)?;
     match kind {
         SinkKind::Png => Ok(Box::new(PngSequence::create(path)?)),
         #[cfg(feature = "video")]
-        _ => encode::open(kind, path, width, height, rate, time_base, opts),
+        _ => encode::open(kind, path, width, height, rate, time_base, opts, audio),
         #[cfg(not(feature = "video"))]
         _ => {
-            let _ = (width, height, rate, time_base, opts);
-            Err(Error::usage(
+            let _ = (width, height, rate, time_base, opts, audio);
+            Err(Error::Unsupported(
                 "this build has no video support (built without the `video` feature); write PNG frames to a directory instead",
             ))
         }
@@ -109,7 +108,7 @@ fn is_frame_dir(dir: &Path) -> bool {
 /// into place when complete.
 pub struct PngSequence {
     dir: PathBuf,
-    tmp: PathBuf,
+    staged: crate::io::Staged,
     count: u64,
 }
 
@@ -117,22 +116,18 @@ impl PngSequence {
     pub fn create(dir: &Path) -> Result<Self> {
         let dir = PathBuf::from(dir.to_string_lossy().trim_end_matches('/'));
         if dir.exists() && !is_frame_dir(&dir) {
-            return Err(Error::Output {
-                path: dir,
-                reason: "exists and is not a directory of frame_NNNNN.png files".into(),
-            });
+            return Err(Error::Output { path: dir, reason: "exists and is not a directory of frame_NNNNN.png files".into() });
         }
-        let tmp = crate::io::temp_path(&dir);
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::Output { path: dir.clone(), reason: e.to_string() })?;
-        Ok(PngSequence { dir, tmp, count: 0 })
+        let staged = crate::io::Staged::new(&dir);
+        std::fs::create_dir_all(staged.path()).map_err(|e| Error::Output { path: dir.clone(), reason: e.to_string() })?;
+        Ok(PngSequence { dir, staged, count: 0 })
     }
 }
 
 impl FrameSink for PngSequence {
     fn write(&mut self, frame: &RgbImage, _pts: i64) -> Result<()> {
         self.count += 1;
-        let path = self.tmp.join(format!("frame_{:05}.png", self.count));
+        let path = self.staged.path().join(format!("frame_{:05}.png", self.count));
         frame.save(&path).map_err(|e| Error::Output { path, reason: e.to_string() })
     }
 
@@ -141,7 +136,6 @@ impl FrameSink for PngSequence {
             // An earlier render's frames (checked at creation): replaced as a whole.
             let _ = std::fs::remove_dir_all(&self.dir);
         }
-        std::fs::rename(&self.tmp, &self.dir)
-            .map_err(|e| Error::Output { path: self.dir.clone(), reason: e.to_string() })
+        self.staged.commit()
     }
 }

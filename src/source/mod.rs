@@ -1,51 +1,14 @@
-//! Frame sources: a still image looped (the zoom feeds back its own frames), or a video decoded
-//! by ffmpeg (`video` feature).
+//! Frame sources, one trait: a still image looped (the zoom feeds back its own dreamed frames)
+//! or a video decoded by ffmpeg (`video` feature). The pipeline runs [`Source::decode`] on its
+//! decode stage and [`Source::dream_input`] on its dream stage; a source never sees a thread.
 
 #[cfg(feature = "video")]
 pub mod video;
 
+use crate::dream::ZoomTransform;
+use crate::media::{AudioSource, Rational};
+use crate::{Error, Result};
 use image::RgbImage;
-
-/// A rational number: frames per second, or seconds per timestamp tick.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Rational {
-    pub num: i32,
-    pub den: i32,
-}
-
-impl Rational {
-    pub fn new(num: i32, den: i32) -> Self {
-        Rational { num, den }
-    }
-
-    pub fn as_f64(&self) -> f64 {
-        self.num as f64 / self.den as f64
-    }
-
-    pub fn inverse(&self) -> Self {
-        Rational { num: self.den, den: self.num }
-    }
-
-    /// A frame rate given as `30000/1001`, `29.97` or `25`.
-    pub fn parse_rate(s: &str) -> Option<Self> {
-        let r = match s.split_once('/') {
-            Some((n, d)) => Rational::new(n.trim().parse().ok()?, d.trim().parse().ok()?),
-            None => {
-                let v: f64 = s.trim().parse().ok()?;
-                // Exact for integers and for the NTSC family (x * 1000/1001).
-                let ntsc = (v * 1001.0 / 1000.0).round();
-                if (v - v.round()).abs() < 1e-9 {
-                    Rational::new(v.round() as i32, 1)
-                } else if (ntsc * 1000.0 / 1001.0 - v).abs() < 0.005 {
-                    Rational::new(ntsc as i32 * 1000, 1001)
-                } else {
-                    Rational::new((v * 1000.0).round() as i32, 1000)
-                }
-            }
-        };
-        (r.num > 0 && r.den > 0).then_some(r)
-    }
-}
 
 /// One decoded frame: its position, its timestamp in the source's time base, its pixels.
 pub struct Frame {
@@ -68,6 +31,85 @@ pub struct SourceInfo {
     pub has_audio: bool,
 }
 
+/// The image the dream stage works on for one frame, and whether it continues the previous
+/// dreamed frame (then it gets the job's continuing-frame settings) or starts afresh.
+pub struct FrameInput {
+    pub image: RgbImage,
+    pub continues: bool,
+}
+
+/// Where frames come from.
+pub trait Source: Sync {
+    fn info(&self) -> &SourceInfo;
+    /// Hands every frame, in order, to `emit` until it returns false (the decode stage).
+    fn decode(&self, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()>;
+    /// What to dream for `frame`, given the previous dreamed frame (none for the first).
+    fn dream_input(&self, frame: Frame, previous: Option<&RgbImage>) -> FrameInput;
+    /// Audio to carry into the output.
+    fn audio(&self) -> Option<AudioSource> {
+        None
+    }
+}
+
+/// A still image dreamed into `frames` frames of fractal zoom: each frame after the first is
+/// the previous dreamed frame, transformed.
+pub struct StillLoop {
+    image: RgbImage,
+    transform: ZoomTransform,
+    info: SourceInfo,
+}
+
+impl StillLoop {
+    pub fn new(image: RgbImage, frames: u64, rate: Rational, transform: ZoomTransform) -> Result<StillLoop> {
+        if frames == 0 {
+            return Err(Error::internal("a zoom of zero frames"));
+        }
+        let info = SourceInfo {
+            width: image.width(),
+            height: image.height(),
+            rate,
+            time_base: rate.inverse(),
+            frames: Some(frames),
+            has_audio: false,
+        };
+        Ok(StillLoop { image, transform, info })
+    }
+}
+
+impl Source for StillLoop {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn decode(&self, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()> {
+        for index in 0..self.info.frames.unwrap_or(0) {
+            // Only the first frame reads the still; the others are made from the dream.
+            let image = if index == 0 { self.image.clone() } else { RgbImage::new(0, 0) };
+            if !emit(Frame { index, pts: index as i64, image }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn dream_input(&self, frame: Frame, previous: Option<&RgbImage>) -> FrameInput {
+        match previous {
+            None if frame.index == 0 => FrameInput { image: frame.image, continues: false },
+            None => FrameInput { image: self.image.clone(), continues: false },
+            Some(prev) => FrameInput { image: self.transform.apply(prev), continues: true },
+        }
+    }
+}
+
+/// `(1 - w) * a + w * b`, per pixel.
+pub fn blend_images(a: &RgbImage, b: &RgbImage, w: f64) -> RgbImage {
+    let mut out = a.clone();
+    for (o, &q) in out.iter_mut().zip(b.as_raw().iter()) {
+        *o = ((1.0 - w) * *o as f64 + w * q as f64).round().clamp(0.0, 255.0) as u8;
+    }
+    out
+}
+
 /// Output size for an input of `w` x `h` shrunk to at most `max` on the longer side.
 pub fn fit(w: u32, h: u32, max: Option<u32>) -> (u32, u32) {
     match max {
@@ -76,20 +118,5 @@ pub fn fit(w: u32, h: u32, max: Option<u32>) -> (u32, u32) {
             (((w as f64 * s).round() as u32).max(1), ((h as f64 * s).round() as u32).max(1))
         }
         _ => (w, h),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rates_parse_exactly() {
-        assert_eq!(Rational::parse_rate("30000/1001"), Some(Rational::new(30000, 1001)));
-        assert_eq!(Rational::parse_rate("29.97"), Some(Rational::new(30000, 1001)));
-        assert_eq!(Rational::parse_rate("25"), Some(Rational::new(25, 1)));
-        assert_eq!(Rational::parse_rate("12.5"), Some(Rational::new(12500, 1000)));
-        assert_eq!(Rational::parse_rate("0"), None);
-        assert_eq!(Rational::parse_rate("abc"), None);
     }
 }

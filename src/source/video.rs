@@ -1,7 +1,8 @@
 //! Video decoding through ffmpeg: any codec and container it can read, rotation metadata
 //! applied, frames passed on with their own timestamps (so variable frame rates survive).
 
-use super::{Frame, Rational, SourceInfo, fit};
+use super::{Frame, FrameInput, Source, SourceInfo, fit};
+use crate::media::{AudioSource, Rational};
 use crate::{Error, Result};
 use ffmpeg::{codec, format, media, software::scaling, util::frame::video::Video};
 use ffmpeg_next as ffmpeg;
@@ -18,14 +19,8 @@ pub struct VideoOptions {
     pub duration: Option<f64>,
 }
 
-pub(crate) fn init() -> Result<()> {
-    ffmpeg::init().map_err(|e| Error::usage(format!("cannot initialise ffmpeg: {e}")))?;
-    ffmpeg::log::set_level(ffmpeg::log::Level::Error);
-    Ok(())
-}
-
 fn err(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Image { path: path.to_owned(), reason: reason.into() }
+    Error::Video { path: path.to_owned(), reason: reason.into() }
 }
 
 /// Rotation to apply for display, clockwise degrees (0, 90, 180, 270), from the display
@@ -59,7 +54,7 @@ struct Opened {
 }
 
 fn open(path: &Path) -> Result<Opened> {
-    init()?;
+    crate::media::init_ffmpeg()?;
     if !path.exists() {
         return Err(err(path, "no such file"));
     }
@@ -225,4 +220,48 @@ pub fn summarize(path: &Path) -> Result<MediaSummary> {
     let audio_seconds = o.ictx.streams().best(media::Type::Audio).and_then(|s| secs(&s));
     let frames = decode(path, &VideoOptions { max_size: Some(32), ..Default::default() }, &mut |_| true)?;
     Ok(MediaSummary { width: info.width, height: info.height, rate: info.rate, frames, video_seconds, audio_seconds })
+}
+
+/// A video, every frame dreamed. With `blend` > 0 each frame starts from a mix with the
+/// previous dreamed frame (against flicker).
+pub struct VideoSource {
+    path: std::path::PathBuf,
+    options: VideoOptions,
+    blend: f64,
+    info: SourceInfo,
+}
+
+impl VideoSource {
+    /// Opens and probes the video.
+    pub fn open(path: &Path, options: VideoOptions, blend: f64) -> Result<VideoSource> {
+        let info = probe(path, &options)?;
+        Ok(VideoSource { path: path.to_owned(), options, blend, info })
+    }
+}
+
+impl Source for VideoSource {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn decode(&self, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()> {
+        decode(&self.path, &self.options, emit).map(|_| ())
+    }
+
+    fn dream_input(&self, frame: Frame, previous: Option<&RgbImage>) -> FrameInput {
+        match previous {
+            Some(prev) if self.blend > 0.0 => {
+                FrameInput { image: super::blend_images(&frame.image, prev, self.blend), continues: true }
+            }
+            _ => FrameInput { image: frame.image, continues: previous.is_some() },
+        }
+    }
+
+    fn audio(&self) -> Option<AudioSource> {
+        self.info.has_audio.then(|| AudioSource {
+            path: self.path.clone(),
+            start: self.options.start.unwrap_or(0.0),
+            duration: self.options.duration,
+        })
+    }
 }

@@ -8,4 +8,5 @@ mod fetch;
 mod objectives;
 mod reference;
 mod util;
+#[cfg(feature = "video")]
 mod video;

@@ -125,9 +125,9 @@ fn every_preset_runs() {
     let dir = scratch("presets");
     let example = repo().join("examples/chelsea.png");
     for (name, _) in deepdream::config::BUILTIN_PRESETS {
-        let job = deepdream::config::DreamJob::resolve(Some(name), &Default::default()).unwrap();
-        if deepdream::model::weights::find(deepdream::model::info(&job.model).unwrap().file).is_none() {
-            eprintln!("skipped preset {name}: {} is not installed", job.model);
+        let flags = deepdream::config::DreamFlags { preset: Some(name.to_string()), ..Default::default() };
+        let job = deepdream::config::Job::dream(&example, &dir.join("o.png"), &flags).unwrap();
+        if !crate::util::installed(&job.model) {
             continue;
         }
         let out = dir.join(format!("{name}.png"));
@@ -150,8 +150,7 @@ fn every_preset_runs() {
 
 #[test]
 fn too_small_for_the_network_is_a_clear_error() {
-    if deepdream::model::weights::find("inception_v3_tf2015.safetensors").is_none() {
-        eprintln!("skipped: inception-v3-tf2015 is not installed");
+    if !crate::util::installed("inception-v3-tf2015") {
         return;
     }
     let dir = scratch("small");

@@ -96,12 +96,10 @@ fn real_efficientnet_lite0_matches_pytorch() {
 /// A zoo model whose real weights come from a registry package: compared when installed
 /// (`scripts/fetch-registry-models.sh`), skipped with the reason otherwise.
 fn check_installed(model: &str, json: &str, grad_rel: f64) {
-    let info = deepdream::model::info(model).unwrap();
-    let Some(path) = deepdream::model::weights::find(info.file) else {
-        eprintln!("skipped: {model} is not installed (scripts/fetch-registry-models.sh installs it)");
+    if !crate::util::installed(model) {
         return;
-    };
-    let net = deepdream::model::load_from(model, &path).unwrap();
+    }
+    let net = deepdream::model::load(model).unwrap();
     check_real(net.as_ref(), json, grad_rel);
 }
 

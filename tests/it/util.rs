@@ -2,15 +2,34 @@ use deepdream::model::{self, FeatureNet};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-/// `../shared`, or `None` (with the reason printed) when this checkout has none.
+/// Reports a test that cannot run here because an input is missing. With
+/// `DEEPDREAM_REQUIRE_ALL=1` (CI sets it) a skip is a failure, so a green CI cannot hide one.
+pub fn skip(reason: &str) {
+    if std::env::var_os("DEEPDREAM_REQUIRE_ALL").is_some_and(|v| v != "0") {
+        panic!("required input missing (DEEPDREAM_REQUIRE_ALL is set): {reason}");
+    }
+    eprintln!("skipped: {reason}");
+}
+
+/// `../shared`, or `None` (with the reason reported through [`skip`]) when this checkout has none.
 pub fn shared() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
     if dir.join("reference").is_dir() {
         Some(dir)
     } else {
-        eprintln!("skipped: ../shared/reference is not present in this checkout");
+        skip("../shared/reference is not present in this checkout");
         None
     }
+}
+
+/// Whether zoo model `name` is installed; when it is not, the test is skipped through [`skip`].
+pub fn installed(name: &str) -> bool {
+    let file = model::info(name).expect("a zoo model").file;
+    let found = model::weights::find(file).is_some();
+    if !found {
+        skip(&format!("{name} is not installed (scripts/fetch-registry-models.sh installs it)"));
+    }
+    found
 }
 
 pub fn lite0() -> &'static dyn FeatureNet {

@@ -1,0 +1,135 @@
+//! `classify`, `layers` and `bench`: look at a model rather than dream with it.
+
+use deepdream::config::{Rule, flag, parse_layers, parse_size};
+use deepdream::device::DeviceSpec;
+use deepdream::dream::{self, LayerTerm, Objective};
+use deepdream::model::{self, FeatureNet, weights};
+use deepdream::{Result, io, ops};
+use std::path::Path;
+use std::time::Instant;
+
+pub fn classify(input: &Path, top: usize, model_name: &str, max_size: u32) -> Result<()> {
+    let top = flag("--top", &Some(top)).expect("given").check(Rule::Between(1.0, 1000.0))?;
+    let max_size = flag("--max-size", &Some(max_size)).expect("given").check(Rule::Between(16.0, 65_536.0))?;
+    model::info(model_name).map_err(|e| deepdream::config::Origin::Flag("--model").blame(e))?;
+    let img = io::load_rgb(input, Some(max_size))?;
+    let net = model::load(model_name)?;
+    let pixels = io::to_tensor(&img, &candle_core::Device::Cpu)?;
+    let labels = model::labels::imagenet();
+    for (i, p) in dream::classify(net.as_ref(), &pixels, top)? {
+        println!("{:6.2}%  {:4}  {}", p * 100.0, i, labels.get(i).copied().unwrap_or("?"));
+    }
+    Ok(())
+}
+
+pub fn layers(model_name: &str, size: &str) -> Result<()> {
+    let (w, h) = flag("--size", &Some(size.to_owned())).expect("given").parse(parse_size)?;
+    model::info(model_name).map_err(|e| deepdream::config::Origin::Flag("--model").blame(e))?;
+    let net = model::load(model_name)?;
+    let names = net.layer_names();
+    let x = candle_core::Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    let feats = net.forward(&x, &names, false)?;
+    println!("layers of {} at {w}x{h} (channels x height x width):", net.name());
+    for name in names {
+        let d = feats.taps[&name].dims().to_vec();
+        println!("  {name:<10} {}x{}x{}", d[1], d[2], d[3]);
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = model::DEFAULT_MODEL)]
+    model: String,
+    /// Image size, WxH.
+    #[arg(long, default_value = "512x512")]
+    size: String,
+    /// Layers to dream on (default: the deepest layer, so the whole trunk runs).
+    #[arg(long)]
+    layers: Option<String>,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Use deterministic formula weights: timing without the real weights installed.
+    #[arg(long)]
+    formula_weights: bool,
+    /// cpu, cuda, cuda:N or cpu-portable (see `dream --help`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// Medians of the timed steps, in seconds, and the FLOPs of one forward and one whole step.
+struct Timings {
+    forward: f64,
+    step: f64,
+    resize: f64,
+    forward_flops: u64,
+    step_flops: u64,
+}
+
+pub fn bench(a: &BenchArgs) -> Result<()> {
+    let backend = DeviceSpec::parse(&a.device)?.open()?;
+    let (w, h) = flag("--size", &Some(a.size.clone())).expect("given").parse(parse_size)?;
+    let steps = flag("--steps", &Some(a.steps)).expect("given").check(Rule::Between(1.0, 10_000.0))?;
+    model::info(&a.model).map_err(|e| deepdream::config::Origin::Flag("--model").blame(e))?;
+    let net = match a.formula_weights {
+        true => model::build(&a.model, &weights::Weights::formula(), Path::new("formula"))?,
+        false => model::load(&a.model)?,
+    };
+    let terms = match &a.layers {
+        Some(spec) => flag("--layers", &Some(spec.clone())).expect("given").parse(|s| parse_layers(s).map_err(|e| e.to_string()))?,
+        None => vec![LayerTerm::new(&net.layer_names().last().cloned().unwrap_or_default(), 1.0)],
+    };
+    let objective = Objective::layers(terms);
+    objective.check(net.as_ref())?;
+    let _ops = backend.enter();
+    let t = time_steps(net.as_ref(), &objective, &backend.device, (h, w), steps)?;
+    let layers: Vec<_> = objective.layers.iter().map(|t| t.layer.as_str()).collect();
+    let threads = rayon::current_num_threads();
+    println!("{} {w}x{h} layers {} ({steps} steps, medians, {threads} threads)", a.model, layers.join(","));
+    let gf = |flops: u64| flops as f64 / 1e9;
+    let (bwd, bwd_flops) = ((t.step - t.forward).max(1e-9), t.step_flops.saturating_sub(t.forward_flops));
+    let line = |what: &str, secs: f64, flops: u64| {
+        println!("  {what:<9} {:8.1} ms  {:7.2} GFLOP  {:6.1} GFLOP/s", secs * 1e3, gf(flops), gf(flops) / secs);
+    };
+    line("forward", t.forward, t.forward_flops);
+    line("backward", bwd, bwd_flops);
+    println!("  resize    {:8.1} ms  (upscale from the octave below, x1.4)", t.resize * 1e3);
+    println!("  step      {:8.1} ms  (forward + backward)", t.step * 1e3);
+    Ok(())
+}
+
+fn time_steps(
+    net: &dyn FeatureNet,
+    objective: &Objective,
+    device: &candle_core::Device,
+    (h, w): (usize, usize),
+    steps: usize,
+) -> Result<Timings> {
+    let x = candle_core::Tensor::rand(-1f32, 1f32, (1, 3, h, w), device)?;
+    let prepared = objective.prepare(net, &x)?;
+    let small = dream::resize_for_octave(&x, 1.4)?;
+    dream::loss_and_grad(net, objective, &x, &prepared)?; // warm-up
+    let (mut fwd, mut step, mut resize) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut forward_flops, mut step_flops) = (0u64, 0u64);
+    for _ in 0..steps {
+        let (t, f) = (Instant::now(), ops::flops::total());
+        objective.loss(net, &x, &prepared)?.to_scalar::<f32>()?;
+        fwd.push(t.elapsed().as_secs_f64());
+        let (t, f2) = (Instant::now(), ops::flops::total());
+        forward_flops = f2 - f;
+        dream::loss_and_grad(net, objective, &x, &prepared)?;
+        device.synchronize()?; // a GPU runs asynchronously: wait before reading the clock
+        step.push(t.elapsed().as_secs_f64());
+        step_flops = ops::flops::total() - f2;
+        let t = Instant::now();
+        ops::resize_bilinear(&small, h, w)?;
+        device.synchronize()?;
+        resize.push(t.elapsed().as_secs_f64());
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(Timings { forward: median(fwd), step: median(step), resize: median(resize), forward_flops, step_flops })
+}

@@ -1,0 +1,122 @@
+//! The command line, by concern: the clap types here, progress displays in [`progress`], one
+//! module per command family. Each command resolves its flags into a validated job first
+//! (`deepdream::config`), then works.
+
+mod inspect;
+mod models;
+mod progress;
+mod render;
+
+use clap::{Parser, Subcommand};
+use deepdream::Result;
+use deepdream::config::{DreamFlags, EncodeFlags, VideoFlags, ZoomFlags};
+use deepdream::model::DEFAULT_MODEL;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Parser)]
+#[command(name = "deepdream", version, about = "DeepDream renderer: octave gradient ascent on pretrained ImageNet networks")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Dream a still image.
+    Dream {
+        input: PathBuf,
+        /// Output image (.png, .jpg, .bmp, .tif, .webp).
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        dream: DreamFlags,
+    },
+    /// Render an infinite fractal zoom from a still image into a GIF, MP4, WebM or PNG frames.
+    Zoom {
+        input: PathBuf,
+        /// Output: .gif, .mp4, .mov, .mkv, .webm, or a directory for PNG frames.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        zoom: ZoomFlags,
+        #[command(flatten)]
+        encode: EncodeFlags,
+        #[command(flatten)]
+        dream: DreamFlags,
+    },
+    /// Dream every frame of a video (audio kept in MP4 output).
+    Video {
+        input: PathBuf,
+        /// Output: .mp4, .mov, .mkv (audio kept), .webm, .gif, or a directory for PNG frames.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        video: VideoFlags,
+        #[command(flatten)]
+        encode: EncodeFlags,
+        #[command(flatten)]
+        dream: DreamFlags,
+    },
+    /// Print the ImageNet classes a model sees in an image.
+    Classify {
+        input: PathBuf,
+        /// How many classes to print.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        model: String,
+        /// Shrink the image so its longer side is at most this many pixels first.
+        #[arg(long, default_value_t = 512)]
+        max_size: u32,
+    },
+    /// List the layers a model can dream on, with their shapes.
+    Layers {
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        model: String,
+        /// Input size for the shapes, WxH.
+        #[arg(long, default_value = "224x224")]
+        size: String,
+    },
+    /// List the model zoo, or import weights.
+    Models {
+        #[command(subcommand)]
+        action: Option<models::ModelsAction>,
+    },
+    /// List the built-in presets.
+    Presets,
+    /// Time dream steps (forward + input gradient) on a random image.
+    Bench(inspect::BenchArgs),
+}
+
+/// Raised by Ctrl-C or SIGTERM; the progress displays read it and answer "stop".
+#[derive(Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn raise(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn raised(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+pub fn run(cli: Cli, cancel: &Cancel) -> Result<()> {
+    match cli.command {
+        Command::Dream { input, output, dream } => render::dream(&input, &output, &dream, cancel),
+        Command::Zoom { input, output, zoom, encode, dream } => {
+            render::zoom(&input, &output, &dream, &zoom, &encode, cancel)
+        }
+        Command::Video { input, output, video, encode, dream } => {
+            render::video(&input, &output, &dream, &video, &encode, cancel)
+        }
+        Command::Classify { input, top, model, max_size } => inspect::classify(&input, top, &model, max_size),
+        Command::Layers { model, size } => inspect::layers(&model, &size),
+        Command::Models { action } => models::run(action),
+        Command::Presets => models::presets(),
+        Command::Bench(args) => inspect::bench(&args),
+    }
+}

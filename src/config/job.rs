@@ -1,0 +1,496 @@
+//! Flags over preset over defaults, resolved into one immutable, validated, serialisable
+//! [`Job`]. Every setting's default and range check is written here once, and every error
+//! names the value's origin.
+
+use super::flags::{DreamFlags, EncodeFlags, VideoFlags, ZoomFlags};
+use super::origin::{Origin, Rule, Sourced};
+use super::parse::{class_mode, guide_mode, layer_term, parse_classes, parse_layers, parse_pan, parse_rate};
+use super::preset::{DEFAULT_PRESET, PresetFile, Weights};
+use crate::device::DeviceSpec;
+use crate::dream::{
+    DreamParams, Guide, GuideMode, LayerTerm, Objective, Regularize, Style, Tiling, ZoomTransform, class_index,
+};
+use crate::media::Rational;
+use crate::sink::{SinkKind, SinkOptions, X264_PRESETS};
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// One command's work, fully resolved and checked: nothing in it can fail a range check.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Job {
+    pub model: String,
+    pub device: DeviceSpec,
+    pub input: PathBuf,
+    pub output: PathBuf,
+    /// The input is shrunk so its longer side is at most this.
+    pub max_size: Option<u32>,
+    pub work: Work,
+    /// Continue an interrupted render (not part of what is rendered: a resume must match).
+    #[serde(skip)]
+    pub resume: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub enum Work {
+    /// One still image.
+    Still { params: DreamParams },
+    Zoom(ZoomPlan),
+    Video(VideoPlan),
+}
+
+/// A fractal zoom: the first frame gets `params`, every later frame `frame_params` on the
+/// previous dreamed frame moved by `transform`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ZoomPlan {
+    pub params: DreamParams,
+    pub frame_params: DreamParams,
+    pub frames: u64,
+    pub rate: Rational,
+    pub transform: ZoomTransform,
+    pub encoder: SinkOptions,
+}
+
+/// A dreamed video.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VideoPlan {
+    pub params: DreamParams,
+    pub blend: f64,
+    pub start: Option<f64>,
+    pub duration: Option<f64>,
+    pub encoder: SinkOptions,
+}
+
+impl Job {
+    /// `deepdream dream INPUT -o OUTPUT`.
+    pub fn dream(input: &Path, output: &Path, flags: &DreamFlags) -> Result<Job> {
+        crate::io::output_format(output)?;
+        let s = Settings::load(flags)?;
+        let params = s.params()?;
+        s.job(input, output, Work::Still { params })
+    }
+
+    /// `deepdream zoom INPUT -o OUTPUT`.
+    pub fn zoom(input: &Path, output: &Path, flags: &DreamFlags, z: &ZoomFlags, e: &EncodeFlags) -> Result<Job> {
+        SinkKind::from_path(output)?;
+        let s = Settings::load(flags)?;
+        let params = s.params()?;
+        let p = &s.file.preset.zoom;
+        let rate = pick_with(flag("--fps", &z.fps), s.file.get("zoom.fps", &p.fps).map(|r| r.map(|r| r.text())), |t| {
+            parse_rate(t)
+        })?
+        .unwrap_or(Rational::new(25, 1));
+        let frames_flag = flag("--frames", &z.frames).map(|f| f.check(Rule::at_least(1.0))).transpose()?;
+        let frames_preset = s.file.get("zoom.frames", &p.frames).map(|f| f.check(Rule::at_least(1.0))).transpose()?;
+        let duration = exclusive(
+            flag("--duration", &z.duration),
+            s.file.get("zoom.duration", &p.duration),
+            frames_flag.is_some(),
+            frames_preset.is_some(),
+            "zoom.frames",
+        )?
+        .map(|d| frames_for(d, rate))
+        .transpose()?;
+        let frames = frames_flag.or(duration.filter(|_| frames_flag.is_none())).or(frames_preset).unwrap_or(48);
+        let rotate = pick(flag("--rotate", &z.rotate), s.file.get("zoom.rotate", &p.rotate), 0.0, Rule::Finite)?;
+        let pan = match (flag("--pan", &z.pan), s.file.get("zoom.pan", &p.pan)) {
+            (Some(f), _) => f.parse(|t| parse_pan(t))?,
+            (None, Some(p)) => p.parse(|&[x, y]| match x.is_finite() && y.is_finite() {
+                true => Ok((x, y)),
+                false => Err(format!("must be two finite numbers, got [{x}, {y}]")),
+            })?,
+            (None, None) => (0.0, 0.0),
+        };
+        let per_frame = flag("--zoom", &z.zoom).map(|v| v.check(Rule::Positive)).transpose()?;
+        let per_second = exclusive(
+            flag("--zoom-per-second", &z.zoom_per_second),
+            s.file.get("zoom.zoom_per_second", &p.zoom_per_second),
+            per_frame.is_some(),
+            p.zoom.is_some(),
+            "zoom.zoom",
+        )?;
+        let per_second = per_second.map(|v| v.check(Rule::Positive)).transpose()?;
+        let preset_zoom = s.file.get("zoom.zoom", &p.zoom).map(|v| v.check(Rule::Positive)).transpose()?;
+        let transform = match (per_frame, per_second) {
+            (None, Some(zps)) => ZoomTransform {
+                rotate_deg: rotate,
+                pan,
+                ..ZoomTransform::per_second(zps, 0.0, (0.0, 0.0), rate.as_f64())
+            },
+            (zoom, _) => ZoomTransform { zoom: zoom.or(preset_zoom).unwrap_or(1.04), rotate_deg: rotate, pan },
+        };
+        let frame_steps =
+            pick(flag("--frame-steps", &z.frame_steps), s.file.get("zoom.frame_steps", &p.frame_steps), 5, STEP_COUNT)?;
+        let frame_params = DreamParams { octaves: 1, steps: frame_steps, ..params.clone() };
+        let plan = ZoomPlan { params, frame_params, frames, rate, transform, encoder: s.encoder(e)? };
+        Ok(Job { resume: e.resume, ..s.job(input, output, Work::Zoom(plan))? })
+    }
+
+    /// `deepdream video INPUT -o OUTPUT`.
+    pub fn video(input: &Path, output: &Path, flags: &DreamFlags, v: &VideoFlags, e: &EncodeFlags) -> Result<Job> {
+        SinkKind::from_path(output)?;
+        let s = Settings::load(flags)?;
+        let params = s.params()?;
+        let p = &s.file.preset.video;
+        let blend = pick(flag("--blend", &v.blend), s.file.get("video.blend", &p.blend), 0.0, Rule::From(0.0, 1.0))?;
+        let start = optional(flag("--start", &v.start), s.file.get("video.start", &p.start), Rule::at_least(0.0))?;
+        let duration = optional(flag("--duration", &v.duration), s.file.get("video.duration", &p.duration), Rule::Positive)?;
+        let plan = VideoPlan { params, blend, start, duration, encoder: s.encoder(e)? };
+        Ok(Job { resume: e.resume, ..s.job(input, output, Work::Video(plan))? })
+    }
+
+    /// The dream settings of the first frame (of the only one, for a still).
+    pub fn params(&self) -> &DreamParams {
+        match &self.work {
+            Work::Still { params } => params,
+            Work::Zoom(z) => &z.params,
+            Work::Video(v) => &v.params,
+        }
+    }
+
+    /// The checks that need the network, run once right after the model loads and before any
+    /// output is touched: layer names, classifier, channels, and whether the smallest octave
+    /// of an `h` x `w` input reaches the objective's layers.
+    pub fn check_network(
+        &self,
+        net: &dyn crate::model::FeatureNet,
+        (h, w): (usize, usize),
+        device: &candle_core::Device,
+    ) -> Result<()> {
+        let params = self.params();
+        params.check_network(net)?;
+        crate::dream::check_smallest_octave(net, params, (h, w), device)
+    }
+
+    /// The number of frames the plan asks for, when it says (a video's duration at `rate`).
+    pub fn frame_count(&self, rate: f64) -> Option<u64> {
+        match &self.work {
+            Work::Still { .. } => Some(1),
+            Work::Zoom(z) => Some(z.frames),
+            Work::Video(v) => v.duration.map(|d| (d * rate).round() as u64),
+        }
+    }
+
+    /// What a resume must match: the job (a guide or style image as a hash of its pixels)
+    /// without the encoder settings, which the stored frames do not depend on; the model's
+    /// weights; and the input's content. One sha256.
+    pub fn fingerprint(&self) -> Result<String> {
+        use sha2::Digest;
+        let weights = crate::model::weights_path(&self.model)?;
+        let mut job = serde_json::to_value(self).map_err(|e| Error::internal(e.to_string()))?;
+        if let Some(plan) = job["work"].as_object_mut().and_then(|w| w.values_mut().next()).and_then(|p| p.as_object_mut()) {
+            plan.remove("encoder");
+        }
+        let text = serde_json::json!({
+            "job": job,
+            "weights": crate::io::file_sha256(&weights)?,
+            "input": crate::io::content_hash(&self.input)?,
+        });
+        Ok(crate::io::hex(&sha2::Sha256::digest(text.to_string().as_bytes())))
+    }
+}
+
+/// Ascent steps: at least one per octave (zero would return the input unchanged).
+const STEPS: Rule = Rule::Between(1.0, 100_000.0);
+/// Steps on a continuing zoom frame: zero zooms without dreaming.
+const STEP_COUNT: Rule = Rule::Between(0.0, 100_000.0);
+
+/// A flag's value with its origin.
+pub fn flag<T: Clone>(name: &'static str, v: &Option<T>) -> Option<Sourced<T>> {
+    v.as_ref().map(|v| Sourced { value: v.clone(), origin: Origin::Flag(name) })
+}
+
+/// The flag's value, else the preset's, else `default`; each value given is checked.
+fn pick<T: super::origin::Number>(
+    flag: Option<Sourced<T>>,
+    preset: Option<Sourced<T>>,
+    default: T,
+    rule: Rule,
+) -> Result<T> {
+    Ok(optional(flag, preset, rule)?.unwrap_or(default))
+}
+
+/// Like [`pick`], without a default.
+fn optional<T: super::origin::Number>(
+    flag: Option<Sourced<T>>,
+    preset: Option<Sourced<T>>,
+    rule: Rule,
+) -> Result<Option<T>> {
+    let preset = preset.map(|p| p.check(rule)).transpose()?;
+    let flag = flag.map(|f| f.check(rule)).transpose()?;
+    Ok(flag.or(preset))
+}
+
+/// The flag's value, else the preset's, each interpreted by `parse` with errors at its origin.
+fn pick_with<T, U>(
+    flag: Option<Sourced<T>>,
+    preset: Option<Sourced<T>>,
+    parse: impl Fn(&T) -> std::result::Result<U, String>,
+) -> Result<Option<U>> {
+    let preset = preset.map(|p| p.parse(&parse)).transpose()?;
+    let flag = flag.map(|f| f.parse(&parse)).transpose()?;
+    Ok(flag.or(preset))
+}
+
+/// A value that replaces another setting (`duration` for `frames`): the flag applies unless
+/// the other setting's flag is given; the preset's value must not sit beside the other
+/// setting's preset value.
+fn exclusive<T>(
+    flag: Option<Sourced<T>>,
+    preset: Option<Sourced<T>>,
+    other_flag: bool,
+    other_in_preset: bool,
+    other_key: &str,
+) -> Result<Option<Sourced<T>>> {
+    if let Some(p) = &preset
+        && other_in_preset
+    {
+        return Err(p.origin.error(format!("conflicts with `{other_key}`: give one of them")));
+    }
+    Ok(match other_flag {
+        true => None,
+        false => flag.or(preset),
+    })
+}
+
+/// The frame count for `seconds` at `rate`: at least one.
+fn frames_for(seconds: Sourced<f64>, rate: Rational) -> Result<u64> {
+    let origin = seconds.origin.clone();
+    let d = seconds.check(Rule::Positive)?;
+    let frames = (d * rate.as_f64()).round();
+    if frames < 1.0 {
+        return Err(origin.error(format!("{d} s is less than one frame at {} fps", rate.as_f64())));
+    }
+    Ok(frames as u64)
+}
+
+/// The preset and the flags of one command, before they become a job.
+struct Settings<'a> {
+    flags: &'a DreamFlags,
+    file: PresetFile,
+}
+
+impl<'a> Settings<'a> {
+    fn load(flags: &'a DreamFlags) -> Result<Settings<'a>> {
+        let file = PresetFile::load(flags.preset.as_deref().unwrap_or(DEFAULT_PRESET))?;
+        Ok(Settings { flags, file })
+    }
+
+    fn job(&self, input: &Path, output: &Path, work: Work) -> Result<Job> {
+        let f = self.flags;
+        let d = &self.file.preset.dream;
+        let model = match (flag("--model", &f.model), self.file.get("model", &self.file.preset.model)) {
+            (Some(m), _) | (None, Some(m)) => {
+                m.parse(|name| crate::model::info(name).map(|_| name.clone()).map_err(|e| e.to_string()))?
+            }
+            (None, None) => crate::model::DEFAULT_MODEL.to_owned(),
+        };
+        let device = f.device.as_deref().map_or(Ok(DeviceSpec::Cpu), DeviceSpec::parse)?;
+        let max_size = optional(flag("--max-size", &f.max_size), self.file.get("dream.max_size", &d.max_size), MAX_SIZE)?;
+        Ok(Job { model, device, input: input.to_owned(), output: output.to_owned(), max_size, work, resume: false })
+    }
+
+    fn encoder(&self, e: &EncodeFlags) -> Result<SinkOptions> {
+        let o = &self.file.preset.output;
+        let crf = pick(flag("--crf", &e.crf), self.file.get("output.crf", &o.crf), 18, Rule::Between(0.0, 63.0))?;
+        let preset = pick_with(flag("--x264-preset", &e.x264_preset), self.file.get("output.preset", &o.preset), |p| {
+            match X264_PRESETS.contains(&p.as_str()) {
+                true => Ok(p.clone()),
+                false => Err(format!("unknown x264 preset '{p}': expected one of {}", X264_PRESETS.join(", "))),
+            }
+        })?
+        .unwrap_or_else(|| "medium".into());
+        Ok(SinkOptions { crf, preset })
+    }
+
+    /// The dream settings.
+    fn params(&self) -> Result<DreamParams> {
+        let (f, file) = (self.flags, &self.file);
+        let d = &file.preset.dream;
+        let r = &file.preset.regularize;
+        let tile = optional(flag("--tile", &f.tile), file.get("dream.tile", &d.tile), Rule::Finite)?;
+        let tile_origin = flag("--tile", &f.tile).or(file.get("dream.tile", &d.tile)).map(|t| t.origin);
+        if let (Some(t @ 1..256), Some(origin)) = (tile, tile_origin) {
+            return Err(origin.error(format!("must be 0 (off) or at least 256 pixels, got {t}")));
+        }
+        let regularize = Regularize {
+            grad_blur: pick(flag("--grad-blur", &f.grad_blur), file.get("regularize.grad_blur", &r.grad_blur), 0.0, SIGMA)?,
+            image_blur: pick(flag("--image-blur", &f.image_blur), file.get("regularize.image_blur", &r.image_blur), 0.0, SIGMA)?,
+            decay: pick(flag("--decay", &f.decay), file.get("regularize.decay", &r.decay), 0.0, Rule::From(0.0, 1.0))?,
+            laplacian: pick(flag("--laplacian", &f.laplacian), file.get("regularize.laplacian", &r.laplacian), 0, LEVELS)?,
+            clip: !f.no_clip && r.clip.as_ref().is_none_or(|c| *c.get_ref()),
+        };
+        Ok(DreamParams {
+            objective: self.objective()?,
+            regularize,
+            octaves: pick(flag("--octaves", &f.octaves), file.get("dream.octaves", &d.octaves), 3, Rule::Between(1.0, 64.0))?,
+            octave_scale: pick(
+                flag("--octave-scale", &f.octave_scale),
+                file.get("dream.octave_scale", &d.octave_scale),
+                1.4,
+                Rule::Between(1.0, 16.0),
+            )?,
+            steps: pick(flag("--steps", &f.steps), file.get("dream.steps", &d.steps), 20, STEPS)?,
+            step: pick(flag("--step", &f.step), file.get("dream.step", &d.step), 0.01, Rule::Positive)?,
+            max_loss: optional(flag("--max-loss", &f.max_loss), file.get("dream.max_loss", &d.max_loss), Rule::Finite)?,
+            jitter: pick(flag("--jitter", &f.jitter), file.get("dream.jitter", &d.jitter), 0, Rule::Between(0.0, 4096.0))?,
+            seed: flag("--seed", &f.seed).or(file.get("dream.seed", &d.seed)).map_or(0, |s| s.value),
+            tiling: tile.map_or_else(Tiling::default, Tiling::with_tile),
+        })
+    }
+
+    fn objective(&self) -> Result<Objective> {
+        let (f, file) = (self.flags, &self.file);
+        let o = &file.preset.objective;
+        // A new objective on the command line replaces the preset's layer terms.
+        let cli_objective = f.classes.is_some() || f.guide.is_some() || f.style.is_some();
+        let layers = match (flag("--layers", &f.layers), &file.preset.dream.layers) {
+            (Some(spec), _) => spec.parse(|s| parse_layers(s).map_err(|e| e.to_string()))?,
+            (None, _) if cli_objective => Vec::new(),
+            (None, Some(map)) => self.layer_terms("dream.layers", map)?,
+            (None, None) => Vec::new(),
+        };
+        let classes = match (flag("--class", &f.classes), &o.classes) {
+            (Some(spec), _) => spec.parse(|s| parse_classes(s).map_err(|e| e.to_string()))?,
+            (None, Some(map)) => self
+                .weights("objective.classes", map)?
+                .into_iter()
+                .map(|(name, w)| Ok((name.parse(|n| class_index(n).map_err(|e| e.to_string()))?, w)))
+                .collect::<Result<_>>()?,
+            (None, None) => Vec::new(),
+        };
+        let class_mode = pick_with(flag("--class-mode", &f.class_mode), file.get("objective.class_mode", &o.class_mode), |m| {
+            class_mode(m)
+        })?
+        .unwrap_or(crate::dream::ClassMode::LogSoftmax);
+        let objective = Objective {
+            layers,
+            border: 2,
+            classes,
+            class_mode,
+            guide: self.guide()?,
+            style: self.style()?,
+            tv: pick(flag("--tv", &f.tv), file.get("objective.tv", &o.tv), 0.0, Rule::at_least(0.0))?,
+        };
+        if objective.layers.is_empty() && objective.classes.is_empty() && objective.guide.is_none() && objective.style.is_none()
+        {
+            return Err(Error::usage(format!(
+                "nothing to dream on: {} names no layers, classes, guide or style, and no --layers was given",
+                file.path.display()
+            )));
+        }
+        Ok(objective)
+    }
+
+    /// A `name = weight` table's entries, each weight checked where it is written.
+    fn weights(&self, key: &str, map: &Spanned<Weights>) -> Result<Vec<(Sourced<String>, f32)>> {
+        map.get_ref()
+            .iter()
+            .map(|(name, w)| {
+                let origin = self.file.origin(&format!("{key}.{name}"), w.span());
+                let weight = Sourced { value: *w.get_ref(), origin: origin.clone() }.check(Rule::Finite)?;
+                Ok((Sourced { value: name.clone(), origin }, weight))
+            })
+            .collect()
+    }
+
+    fn layer_terms(&self, key: &str, map: &Spanned<Weights>) -> Result<Vec<LayerTerm>> {
+        let terms: Vec<LayerTerm> = self
+            .weights(key, map)?
+            .into_iter()
+            .map(|(name, w)| name.parse(|n| layer_term(n, w).map_err(|e| e.to_string())))
+            .collect::<Result<_>>()?;
+        if terms.is_empty() {
+            return Err(self.file.origin(key, map.span()).error("names no layers"));
+        }
+        Ok(terms)
+    }
+
+    /// Layer terms from a flag, else from the preset table at `key`.
+    fn terms(&self, flag_name: &'static str, spec: &Option<String>, key: &str, map: &Option<Spanned<Weights>>) -> Result<Option<Vec<LayerTerm>>> {
+        match (flag(flag_name, spec), map) {
+            (Some(spec), _) => spec.parse(|s| parse_layers(s).map_err(|e| e.to_string())).map(Some),
+            (None, Some(map)) => self.layer_terms(key, map).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// A guide or style image: the flag's path, else the preset's (relative to the preset).
+    fn image(&self, flag_path: &Option<PathBuf>, key: &str, preset: Option<&Spanned<String>>) -> Result<candle_core::Tensor> {
+        let load = |path: &Path| {
+            crate::io::to_tensor(&crate::io::load_rgb(path, Some(1024))?, &candle_core::Device::Cpu)
+        };
+        match (flag_path, preset) {
+            (Some(path), _) => load(path),
+            (None, Some(rel)) => load(&self.file.base_dir.join(rel.get_ref())).map_err(|e| self.file.origin(key, rel.span()).blame(e)),
+            (None, None) => Err(Error::internal("an image was asked for where none is given")),
+        }
+    }
+
+    /// A weight from a flag or the preset, default 1.
+    fn weight(&self, name: &'static str, f: &Option<f32>, key: &str, preset: &Option<Spanned<f32>>) -> Result<f32> {
+        pick(flag(name, f), self.file.get(key, preset), 1.0, Rule::Finite)
+    }
+
+    fn guide(&self) -> Result<Option<Guide>> {
+        let f = self.flags;
+        let g = self.file.preset.objective.guide.as_ref();
+        if f.guide.is_none() && g.is_none() {
+            return Ok(None);
+        }
+        let layers = self.terms("--guide-layers", &f.guide_layers, "objective.guide.layers", &g.and_then(|g| g.layers.clone()))?;
+        let layers = layers.ok_or_else(|| match g {
+            Some(g) => self.file.origin("objective.guide", g.image.span()).error("needs `layers`, e.g. layers = { block8 = 1 }"),
+            None => Error::usage("--guide needs --guide-layers, e.g. --guide-layers block8"),
+        })?;
+        let mode = pick_with(flag("--guide-mode", &f.guide_mode), g.and_then(|g| self.file.get("objective.guide.mode", &g.mode)), |m| {
+            guide_mode(m)
+        })?;
+        let none = None;
+        Ok(Some(Guide {
+            image: self.image(&f.guide, "objective.guide.image", g.map(|g| &g.image))?,
+            layers,
+            mode: mode.unwrap_or(GuideMode::Dot),
+            weight: self.weight("--guide-weight", &f.guide_weight, "objective.guide.weight", g.map_or(&none, |g| &g.weight))?,
+        }))
+    }
+
+    fn style(&self) -> Result<Option<Style>> {
+        let f = self.flags;
+        let s = self.file.preset.objective.style.as_ref();
+        if f.style.is_none() && s.is_none() {
+            return Ok(None);
+        }
+        let layers = self.terms("--style-layers", &f.style_layers, "objective.style.layers", &s.and_then(|s| s.layers.clone()))?;
+        let layers = layers.ok_or_else(|| match s {
+            Some(s) => self.file.origin("objective.style", s.image.span()).error("needs `layers`, e.g. layers = { block1 = 1 }"),
+            None => Error::usage("--style needs --style-layers, e.g. --style-layers block1,block3,block5"),
+        })?;
+        let content_layers = self.terms(
+            "--content-layers",
+            &f.content_layers,
+            "objective.style.content_layers",
+            &s.and_then(|s| s.content_layers.clone()),
+        )?;
+        let none = None;
+        Ok(Some(Style {
+            image: self.image(&f.style, "objective.style.image", s.map(|s| &s.image))?,
+            layers,
+            weight: self.weight("--style-weight", &f.style_weight, "objective.style.weight", s.map_or(&none, |s| &s.weight))?,
+            content_layers: content_layers.unwrap_or_default(),
+            content_weight: self.weight(
+                "--content-weight",
+                &f.content_weight,
+                "objective.style.content_weight",
+                s.map_or(&none, |s| &s.content_weight),
+            )?,
+        }))
+    }
+}
+
+/// Blur sigmas, in pixels.
+const SIGMA: Rule = Rule::Between(0.0, 20.0);
+/// Laplacian pyramid levels.
+const LEVELS: Rule = Rule::Between(0.0, 16.0);
+/// The input's longest side.
+const MAX_SIZE: Rule = Rule::Between(1.0, 65_536.0);

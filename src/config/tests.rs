@@ -1,0 +1,217 @@
+//! Every preset key and every numeric flag, given a bad value, is reported on one line that
+//! names its true origin.
+
+use super::*;
+use crate::dream::LayerTerm;
+use std::path::{Path, PathBuf};
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chelsea.png")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dd-config-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Resolves a zoom (or, for `[video]` keys, a video) job from a preset text.
+fn resolve(dir: &Path, text: &str, video: bool) -> crate::Result<Job> {
+    let path = dir.join("p.toml");
+    std::fs::write(&path, text).unwrap();
+    let flags = DreamFlags { preset: Some(path.to_string_lossy().into_owned()), ..Default::default() };
+    let (input, e) = (example(), EncodeFlags::default());
+    match video {
+        true => Job::video(&input, Path::new("out.mp4"), &flags, &VideoFlags::default(), &e),
+        false => Job::zoom(&input, Path::new("out.gif"), &flags, &ZoomFlags::default(), &e),
+    }
+}
+
+#[test]
+fn every_builtin_preset_resolves() {
+    for (name, _) in BUILTIN_PRESETS {
+        let flags = DreamFlags { preset: Some(name.to_string()), ..Default::default() };
+        let job = Job::zoom(&example(), Path::new("o.gif"), &flags, &ZoomFlags::default(), &EncodeFlags::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let o = &job.params().objective;
+        assert!(!o.layers.is_empty() || !o.classes.is_empty() || o.guide.is_some() || o.style.is_some(), "{name}");
+    }
+}
+
+#[test]
+fn every_bad_preset_value_names_its_file_line_and_key() {
+    let dir = scratch("keys");
+    let guide = format!("image = \"{}\"\nlayers = {{ block8 = 1 }}", example().display());
+    // (section, lines before the bad one, the bad line, the key the error must name)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("dream", "", "layers = { block5 = nan }", "dream.layers.block5"),
+        ("dream", "", "layers = { \"block5:x\" = 1 }", "dream.layers.block5:x"),
+        ("dream", "", "octaves = 0", "dream.octaves"),
+        ("dream", "", "octave_scale = 0.5", "dream.octave_scale"),
+        ("dream", "", "octave_scale = nan", "dream.octave_scale"),
+        ("dream", "", "steps = 0", "dream.steps"),
+        ("dream", "", "step = -1", "dream.step"),
+        ("dream", "", "step = nan", "dream.step"),
+        ("dream", "", "max_loss = inf", "dream.max_loss"),
+        ("dream", "", "jitter = 100000", "dream.jitter"),
+        ("dream", "", "max_size = 0", "dream.max_size"),
+        ("dream", "", "tile = 100", "dream.tile"),
+        ("objective", "", "classes = { bananaa = 1 }", "objective.classes.bananaa"),
+        ("objective", "", "classes = { banana = inf }", "objective.classes.banana"),
+        ("objective", "", "class_mode = \"soft\"", "objective.class_mode"),
+        ("objective", "", "tv = -1", "objective.tv"),
+        ("objective.guide", "layers = { block8 = 1 }", "image = \"no-such.png\"", "objective.guide.image"),
+        ("objective.guide", &guide, "mode = \"x\"", "objective.guide.mode"),
+        ("objective.guide", &guide, "weight = nan", "objective.guide.weight"),
+        ("objective.guide", "", "image = \"x.png\"", "objective.guide"),
+        ("objective.guide", "", "image = \"x.png\"\nlayers = { block8 = inf }", "objective.guide.layers.block8"),
+        ("objective.style", &guide.replace("block8", "block1"), "weight = -inf", "objective.style.weight"),
+        ("objective.style", &guide.replace("block8", "block1"), "content_weight = nan", "objective.style.content_weight"),
+        ("objective.style", &guide, "content_layers = { \"b:q\" = 1 }", "objective.style.content_layers.b:q"),
+        ("regularize", "", "grad_blur = 50", "regularize.grad_blur"),
+        ("regularize", "", "image_blur = -1", "regularize.image_blur"),
+        ("regularize", "", "decay = 2.0", "regularize.decay"),
+        ("regularize", "", "laplacian = 100", "regularize.laplacian"),
+        ("zoom", "", "frames = 0", "zoom.frames"),
+        ("zoom", "", "duration = -1", "zoom.duration"),
+        ("zoom", "", "duration = 0.001", "zoom.duration"),
+        ("zoom", "frames = 10", "duration = 2", "zoom.duration"),
+        ("zoom", "", "fps = \"abc\"", "zoom.fps"),
+        ("zoom", "", "fps = 0", "zoom.fps"),
+        ("zoom", "", "zoom = 0", "zoom.zoom"),
+        ("zoom", "", "zoom_per_second = -2", "zoom.zoom_per_second"),
+        ("zoom", "zoom = 1.1", "zoom_per_second = 2", "zoom.zoom_per_second"),
+        ("zoom", "", "rotate = nan", "zoom.rotate"),
+        ("zoom", "", "pan = [1, nan]", "zoom.pan"),
+        ("zoom", "", "frame_steps = 1000000", "zoom.frame_steps"),
+        ("video", "", "blend = 1.0", "video.blend"),
+        ("video", "", "start = -1", "video.start"),
+        ("video", "", "duration = 0", "video.duration"),
+        ("output", "", "crf = 99", "output.crf"),
+        ("output", "", "preset = \"warp\"", "output.preset"),
+        ("", "", "model = \"resnet9000\"", "model"),
+    ];
+    for &(section, before, bad, key) in cases {
+        // `steps = 20` above `step = ...`: the error must name the right one of two similar keys.
+        let filler = if bad.starts_with("steps") { "seed = 7" } else { "steps = 20" };
+        let layers = if bad.starts_with("layers") { "" } else { "layers = { block5 = 1 }\n" };
+        let head = format!("description = \"test\"\n[dream]\n{layers}{filler}\n");
+        let (head, section_line) = match section {
+            "" => (format!("{bad}\n{head}"), String::new()),
+            "dream" => (head, String::new()),
+            s => (head, format!("[{s}]\n")),
+        };
+        let body = if section.is_empty() { String::new() } else { format!("{section_line}{before}\n{bad}\n") };
+        let text = format!("{head}{body}");
+        let bad_first = bad.lines().last().unwrap();
+        let line = text.lines().position(|l| l == bad_first).unwrap() + 1;
+        let err = resolve(&dir, &text, section == "video").map(|_| ()).unwrap_err().to_string();
+        let want = format!("line {line}, key `{key}`");
+        assert!(err.contains("p.toml") && err.contains(&want), "{bad} in [{section}]: want '{want}' in: {err}\n{text}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn every_bad_flag_names_the_flag() {
+    let input = example();
+    let ex = Some(input.clone());
+    let d = DreamFlags::default;
+    let dream_cases: Vec<(DreamFlags, &str)> = vec![
+        (DreamFlags { octaves: Some(0), ..d() }, "--octaves"),
+        (DreamFlags { octave_scale: Some(f64::NAN), ..d() }, "--octave-scale"),
+        (DreamFlags { steps: Some(0), ..d() }, "--steps"),
+        (DreamFlags { step: Some(-1.0), ..d() }, "--step"),
+        (DreamFlags { step: Some(f64::NAN), ..d() }, "--step"),
+        (DreamFlags { max_loss: Some(f64::INFINITY), ..d() }, "--max-loss"),
+        (DreamFlags { jitter: Some(99_999), ..d() }, "--jitter"),
+        (DreamFlags { max_size: Some(0), ..d() }, "--max-size"),
+        (DreamFlags { tile: Some(5), ..d() }, "--tile"),
+        (DreamFlags { tv: Some(-1.0), ..d() }, "--tv"),
+        (DreamFlags { grad_blur: Some(30.0), ..d() }, "--grad-blur"),
+        (DreamFlags { image_blur: Some(f64::NAN), ..d() }, "--image-blur"),
+        (DreamFlags { decay: Some(1.0), ..d() }, "--decay"),
+        (DreamFlags { laplacian: Some(99), ..d() }, "--laplacian"),
+        (DreamFlags { layers: Some("block5=nan".into()), ..d() }, "--layers"),
+        (DreamFlags { layers: Some("block5:x".into()), ..d() }, "--layers"),
+        (DreamFlags { classes: Some("bananaa".into()), ..d() }, "--class"),
+        (DreamFlags { class_mode: Some("x".into()), ..d() }, "--class-mode"),
+        (DreamFlags { guide: ex.clone(), guide_layers: Some("block8".into()), guide_mode: Some("x".into()), ..d() }, "--guide-mode"),
+        (DreamFlags { guide: ex.clone(), guide_layers: Some("block8".into()), guide_weight: Some(f32::NAN), ..d() }, "--guide-weight"),
+        (DreamFlags { guide: ex.clone(), ..d() }, "--guide"),
+        (DreamFlags { style: ex.clone(), style_layers: Some("block1".into()), style_weight: Some(f32::NAN), ..d() }, "--style-weight"),
+        (DreamFlags { style: ex.clone(), style_layers: Some("block1".into()), content_weight: Some(f32::INFINITY), ..d() }, "--content-weight"),
+        (DreamFlags { style: ex.clone(), ..d() }, "--style"),
+        (DreamFlags { model: Some("nope".into()), ..d() }, "--model"),
+        (DreamFlags { device: Some("tpu".into()), ..d() }, "--device"),
+        (DreamFlags { preset: Some("nope".into()), ..d() }, "--preset"),
+    ];
+    for (flags, name) in dream_cases {
+        let err = Job::dream(&input, Path::new("o.png"), &flags).map(|_| ()).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{name}:")) || err.starts_with(&format!("{name} ")), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    let z = ZoomFlags::default;
+    let zoom_cases: Vec<(ZoomFlags, &str)> = vec![
+        (ZoomFlags { frames: Some(0), ..z() }, "--frames"),
+        (ZoomFlags { duration: Some(-1.0), ..z() }, "--duration"),
+        (ZoomFlags { duration: Some(0.001), ..z() }, "--duration"),
+        (ZoomFlags { fps: Some("abc".into()), ..z() }, "--fps"),
+        (ZoomFlags { zoom: Some(0.0), ..z() }, "--zoom"),
+        (ZoomFlags { zoom_per_second: Some(f64::NAN), ..z() }, "--zoom-per-second"),
+        (ZoomFlags { rotate: Some(f64::INFINITY), ..z() }, "--rotate"),
+        (ZoomFlags { pan: Some("1".into()), ..z() }, "--pan"),
+        (ZoomFlags { frame_steps: Some(1_000_000), ..z() }, "--frame-steps"),
+    ];
+    let (flags, e) = (DreamFlags::default(), EncodeFlags::default());
+    for (zf, name) in zoom_cases {
+        let err = Job::zoom(&input, Path::new("o.gif"), &flags, &zf, &e).map(|_| ()).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{name}:")), "{name}: {err}");
+    }
+    let v = VideoFlags::default;
+    for (vf, name) in [
+        (VideoFlags { blend: Some(1.0), ..v() }, "--blend"),
+        (VideoFlags { start: Some(-1.0), ..v() }, "--start"),
+        (VideoFlags { duration: Some(0.0), ..v() }, "--duration"),
+    ] {
+        let err = Job::video(&input, Path::new("o.mp4"), &flags, &vf, &e).map(|_| ()).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{name}:")), "{name}: {err}");
+    }
+    for (ef, name) in [
+        (EncodeFlags { crf: Some(64), ..Default::default() }, "--crf"),
+        (EncodeFlags { x264_preset: Some("warp".into()), ..Default::default() }, "--x264-preset"),
+    ] {
+        let err = Job::zoom(&input, Path::new("o.mp4"), &flags, &z(), &ef).map(|_| ()).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{name}:")), "{name}: {err}");
+    }
+}
+
+#[test]
+fn flags_override_the_preset_and_replace_its_objective() {
+    let input = example();
+    let flags = DreamFlags { layers: Some("block3=2, block4".into()), steps: Some(5), ..Default::default() };
+    let job = Job::dream(&input, Path::new("o.png"), &flags).unwrap();
+    assert_eq!(job.params().steps, 5);
+    assert_eq!(job.params().objective.layers, vec![LayerTerm::new("block3", 2.0), LayerTerm::new("block4", 1.0)]);
+    let flags = DreamFlags { classes: Some("banana".into()), ..Default::default() };
+    let job = Job::dream(&input, Path::new("o.png"), &flags).unwrap();
+    assert!(job.params().objective.layers.is_empty(), "--class replaces the preset's layers");
+}
+
+#[test]
+fn a_bad_preset_value_is_reported_even_when_a_flag_overrides_it() {
+    let dir = scratch("both");
+    let path = dir.join("p.toml");
+    std::fs::write(&path, "[dream]\nlayers = { block5 = 1 }\nstep = -1\n").unwrap();
+    let flags = DreamFlags { preset: Some(path.to_string_lossy().into()), step: Some(0.02), ..Default::default() };
+    let err = Job::dream(&example(), Path::new("o.png"), &flags).unwrap_err().to_string();
+    assert!(err.contains("line 3, key `dream.step`"), "{err}");
+}
+
+#[test]
+fn the_job_serialises_with_image_hashes_not_paths() {
+    let flags = DreamFlags { preset: Some("guide".into()), ..Default::default() };
+    let job = Job::dream(&example(), Path::new("o.png"), &flags).unwrap();
+    let text = serde_json::to_string(&job).unwrap();
+    assert!(text.contains("sha256:"), "{text}");
+}
