@@ -29,7 +29,9 @@ impl DeviceSpec {
                     .parse::<usize>()
                     .map(DeviceSpec::Cuda)
                     .map_err(|_| Error::usage(format!("--device: bad '{spec}': expected cuda or cuda:N"))),
-                None => Err(Error::usage(format!("--device: unknown '{spec}': expected cpu, cuda, cuda:N or cpu-portable"))),
+                None => {
+                    Err(Error::usage(format!("--device: unknown '{spec}': expected cpu, cuda, cuda:N or cpu-portable")))
+                }
             },
         }
     }
@@ -71,7 +73,9 @@ fn cuda(index: usize) -> Result<Device> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda(_: usize) -> Result<Device> {
-    Err(Error::Unsupported("this build has no CUDA support; build with `--features cuda` (scripts/build-cuda.sh)".into()))
+    Err(Error::Unsupported(
+        "this build has no CUDA support; build with `--features cuda` (scripts/build-cuda.sh)".into(),
+    ))
 }
 
 #[cfg(test)]

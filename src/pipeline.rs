@@ -79,8 +79,9 @@ impl Store {
 
     /// Frames already done by an interrupted render with the same settings.
     fn done(&self) -> Result<u64> {
-        let text = std::fs::read_to_string(self.dir.join("ledger.json"))
-            .map_err(|_| Error::usage(format!("--resume: nothing to resume, no frame store at {}", self.dir.display())))?;
+        let text = std::fs::read_to_string(self.dir.join("ledger.json")).map_err(|_| {
+            Error::usage(format!("--resume: nothing to resume, no frame store at {}", self.dir.display()))
+        })?;
         let ledger: Ledger = serde_json::from_str(&text)
             .map_err(|e| Error::Output { path: self.dir.clone(), reason: format!("bad ledger: {e}") })?;
         if ledger.fingerprint != self.fingerprint {
@@ -175,7 +176,8 @@ pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<Rende
     if frames == 0 {
         store.remove();
     }
-    let summary = |interrupted| RenderSummary { frames, resumed_from, interrupted, width: info.width, height: info.height };
+    let summary =
+        |interrupted| RenderSummary { frames, resumed_from, interrupted, width: info.width, height: info.height };
     match dreamed {
         Err(Error::Cancelled) if frames > 0 => Ok(summary(true)),
         Err(e) => Err(e),

@@ -77,7 +77,9 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         false => model::load(&a.model)?,
     };
     let terms = match &a.layers {
-        Some(spec) => flag("--layers", &Some(spec.clone())).expect("given").parse(|s| parse_layers(s).map_err(|e| e.to_string()))?,
+        Some(spec) => flag("--layers", &Some(spec.clone()))
+            .expect("given")
+            .parse(|s| parse_layers(s).map_err(|e| e.to_string()))?,
         None => vec![LayerTerm::new(&net.layer_names().last().cloned().unwrap_or_default(), 1.0)],
     };
     let objective = Objective::layers(terms);

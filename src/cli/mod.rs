@@ -16,7 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
-#[command(name = "deepdream", version, about = "DeepDream renderer: octave gradient ascent on pretrained ImageNet networks")]
+#[command(
+    name = "deepdream",
+    version,
+    about = "DeepDream renderer: octave gradient ascent on pretrained ImageNet networks"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -34,7 +34,9 @@ pub struct Job {
 #[derive(Clone, Debug, serde::Serialize)]
 pub enum Work {
     /// One still image.
-    Still { params: DreamParams },
+    Still {
+        params: DreamParams,
+    },
     Zoom(ZoomPlan),
     Video(VideoPlan),
 }
@@ -76,10 +78,11 @@ impl Job {
         let s = Settings::load(flags)?;
         let params = s.params()?;
         let p = &s.file.preset.zoom;
-        let rate = pick_with(flag("--fps", &z.fps), s.file.get("zoom.fps", &p.fps).map(|r| r.map(|r| r.text())), |t| {
-            parse_rate(t)
-        })?
-        .unwrap_or(Rational::new(25, 1));
+        let rate =
+            pick_with(flag("--fps", &z.fps), s.file.get("zoom.fps", &p.fps).map(|r| r.map(|r| r.text())), |t| {
+                parse_rate(t)
+            })?
+            .unwrap_or(Rational::new(25, 1));
         let frames_flag = flag("--frames", &z.frames).map(|f| f.check(Rule::at_least(1.0))).transpose()?;
         let frames_preset = s.file.get("zoom.frames", &p.frames).map(|f| f.check(Rule::at_least(1.0))).transpose()?;
         let duration = exclusive(
@@ -134,7 +137,8 @@ impl Job {
         let p = &s.file.preset.video;
         let blend = pick(flag("--blend", &v.blend), s.file.get("video.blend", &p.blend), 0.0, Rule::From(0.0, 1.0))?;
         let start = optional(flag("--start", &v.start), s.file.get("video.start", &p.start), Rule::at_least(0.0))?;
-        let duration = optional(flag("--duration", &v.duration), s.file.get("video.duration", &p.duration), Rule::Positive)?;
+        let duration =
+            optional(flag("--duration", &v.duration), s.file.get("video.duration", &p.duration), Rule::Positive)?;
         let plan = VideoPlan { params, blend, start, duration, encoder: s.encoder(e)? };
         Ok(Job { resume: e.resume, ..s.job(input, output, Work::Video(plan))? })
     }
@@ -178,7 +182,9 @@ impl Job {
         use sha2::Digest;
         let weights = crate::model::weights_path(&self.model)?;
         let mut job = serde_json::to_value(self).map_err(|e| Error::internal(e.to_string()))?;
-        if let Some(plan) = job["work"].as_object_mut().and_then(|w| w.values_mut().next()).and_then(|p| p.as_object_mut()) {
+        if let Some(plan) =
+            job["work"].as_object_mut().and_then(|w| w.values_mut().next()).and_then(|p| p.as_object_mut())
+        {
             plan.remove("encoder");
         }
         let text = serde_json::json!({
@@ -286,20 +292,22 @@ impl<'a> Settings<'a> {
             (None, None) => crate::model::DEFAULT_MODEL.to_owned(),
         };
         let device = f.device.as_deref().map_or(Ok(DeviceSpec::Cpu), DeviceSpec::parse)?;
-        let max_size = optional(flag("--max-size", &f.max_size), self.file.get("dream.max_size", &d.max_size), MAX_SIZE)?;
+        let max_size =
+            optional(flag("--max-size", &f.max_size), self.file.get("dream.max_size", &d.max_size), MAX_SIZE)?;
         Ok(Job { model, device, input: input.to_owned(), output: output.to_owned(), max_size, work, resume: false })
     }
 
     fn encoder(&self, e: &EncodeFlags) -> Result<SinkOptions> {
         let o = &self.file.preset.output;
         let crf = pick(flag("--crf", &e.crf), self.file.get("output.crf", &o.crf), 18, Rule::Between(0.0, 63.0))?;
-        let preset = pick_with(flag("--x264-preset", &e.x264_preset), self.file.get("output.preset", &o.preset), |p| {
-            match X264_PRESETS.contains(&p.as_str()) {
-                true => Ok(p.clone()),
-                false => Err(format!("unknown x264 preset '{p}': expected one of {}", X264_PRESETS.join(", "))),
-            }
-        })?
-        .unwrap_or_else(|| "medium".into());
+        let preset =
+            pick_with(flag("--x264-preset", &e.x264_preset), self.file.get("output.preset", &o.preset), |p| {
+                match X264_PRESETS.contains(&p.as_str()) {
+                    true => Ok(p.clone()),
+                    false => Err(format!("unknown x264 preset '{p}': expected one of {}", X264_PRESETS.join(", "))),
+                }
+            })?
+            .unwrap_or_else(|| "medium".into());
         Ok(SinkOptions { crf, preset })
     }
 
@@ -314,16 +322,36 @@ impl<'a> Settings<'a> {
             return Err(origin.error(format!("must be 0 (off) or at least 256 pixels, got {t}")));
         }
         let regularize = Regularize {
-            grad_blur: pick(flag("--grad-blur", &f.grad_blur), file.get("regularize.grad_blur", &r.grad_blur), 0.0, SIGMA)?,
-            image_blur: pick(flag("--image-blur", &f.image_blur), file.get("regularize.image_blur", &r.image_blur), 0.0, SIGMA)?,
+            grad_blur: pick(
+                flag("--grad-blur", &f.grad_blur),
+                file.get("regularize.grad_blur", &r.grad_blur),
+                0.0,
+                SIGMA,
+            )?,
+            image_blur: pick(
+                flag("--image-blur", &f.image_blur),
+                file.get("regularize.image_blur", &r.image_blur),
+                0.0,
+                SIGMA,
+            )?,
             decay: pick(flag("--decay", &f.decay), file.get("regularize.decay", &r.decay), 0.0, Rule::From(0.0, 1.0))?,
-            laplacian: pick(flag("--laplacian", &f.laplacian), file.get("regularize.laplacian", &r.laplacian), 0, LEVELS)?,
+            laplacian: pick(
+                flag("--laplacian", &f.laplacian),
+                file.get("regularize.laplacian", &r.laplacian),
+                0,
+                LEVELS,
+            )?,
             clip: !f.no_clip && r.clip.as_ref().is_none_or(|c| *c.get_ref()),
         };
         Ok(DreamParams {
             objective: self.objective()?,
             regularize,
-            octaves: pick(flag("--octaves", &f.octaves), file.get("dream.octaves", &d.octaves), 3, Rule::Between(1.0, 64.0))?,
+            octaves: pick(
+                flag("--octaves", &f.octaves),
+                file.get("dream.octaves", &d.octaves),
+                3,
+                Rule::Between(1.0, 64.0),
+            )?,
             octave_scale: pick(
                 flag("--octave-scale", &f.octave_scale),
                 file.get("dream.octave_scale", &d.octave_scale),
@@ -333,7 +361,12 @@ impl<'a> Settings<'a> {
             steps: pick(flag("--steps", &f.steps), file.get("dream.steps", &d.steps), 20, STEPS)?,
             step: pick(flag("--step", &f.step), file.get("dream.step", &d.step), 0.01, Rule::Positive)?,
             max_loss: optional(flag("--max-loss", &f.max_loss), file.get("dream.max_loss", &d.max_loss), Rule::Finite)?,
-            jitter: pick(flag("--jitter", &f.jitter), file.get("dream.jitter", &d.jitter), 0, Rule::Between(0.0, 4096.0))?,
+            jitter: pick(
+                flag("--jitter", &f.jitter),
+                file.get("dream.jitter", &d.jitter),
+                0,
+                Rule::Between(0.0, 4096.0),
+            )?,
             seed: flag("--seed", &f.seed).or(file.get("dream.seed", &d.seed)).map_or(0, |s| s.value),
             tiling: tile.map_or_else(Tiling::default, Tiling::with_tile),
         })
@@ -359,10 +392,11 @@ impl<'a> Settings<'a> {
                 .collect::<Result<_>>()?,
             (None, None) => Vec::new(),
         };
-        let class_mode = pick_with(flag("--class-mode", &f.class_mode), file.get("objective.class_mode", &o.class_mode), |m| {
-            class_mode(m)
-        })?
-        .unwrap_or(crate::dream::ClassMode::LogSoftmax);
+        let class_mode =
+            pick_with(flag("--class-mode", &f.class_mode), file.get("objective.class_mode", &o.class_mode), |m| {
+                class_mode(m)
+            })?
+            .unwrap_or(crate::dream::ClassMode::LogSoftmax);
         let objective = Objective {
             layers,
             border: 2,
@@ -372,7 +406,10 @@ impl<'a> Settings<'a> {
             style: self.style()?,
             tv: pick(flag("--tv", &f.tv), file.get("objective.tv", &o.tv), 0.0, Rule::at_least(0.0))?,
         };
-        if objective.layers.is_empty() && objective.classes.is_empty() && objective.guide.is_none() && objective.style.is_none()
+        if objective.layers.is_empty()
+            && objective.classes.is_empty()
+            && objective.guide.is_none()
+            && objective.style.is_none()
         {
             return Err(Error::usage(format!(
                 "nothing to dream on: {} names no layers, classes, guide or style, and no --layers was given",
@@ -407,7 +444,13 @@ impl<'a> Settings<'a> {
     }
 
     /// Layer terms from a flag, else from the preset table at `key`.
-    fn terms(&self, flag_name: &'static str, spec: &Option<String>, key: &str, map: &Option<Spanned<Weights>>) -> Result<Option<Vec<LayerTerm>>> {
+    fn terms(
+        &self,
+        flag_name: &'static str,
+        spec: &Option<String>,
+        key: &str,
+        map: &Option<Spanned<Weights>>,
+    ) -> Result<Option<Vec<LayerTerm>>> {
         match (flag(flag_name, spec), map) {
             (Some(spec), _) => spec.parse(|s| parse_layers(s).map_err(|e| e.to_string())).map(Some),
             (None, Some(map)) => self.layer_terms(key, map).map(Some),
@@ -416,13 +459,19 @@ impl<'a> Settings<'a> {
     }
 
     /// A guide or style image: the flag's path, else the preset's (relative to the preset).
-    fn image(&self, flag_path: &Option<PathBuf>, key: &str, preset: Option<&Spanned<String>>) -> Result<candle_core::Tensor> {
-        let load = |path: &Path| {
-            crate::io::to_tensor(&crate::io::load_rgb(path, Some(1024))?, &candle_core::Device::Cpu)
-        };
+    fn image(
+        &self,
+        flag_path: &Option<PathBuf>,
+        key: &str,
+        preset: Option<&Spanned<String>>,
+    ) -> Result<candle_core::Tensor> {
+        let load =
+            |path: &Path| crate::io::to_tensor(&crate::io::load_rgb(path, Some(1024))?, &candle_core::Device::Cpu);
         match (flag_path, preset) {
             (Some(path), _) => load(path),
-            (None, Some(rel)) => load(&self.file.base_dir.join(rel.get_ref())).map_err(|e| self.file.origin(key, rel.span()).blame(e)),
+            (None, Some(rel)) => {
+                load(&self.file.base_dir.join(rel.get_ref())).map_err(|e| self.file.origin(key, rel.span()).blame(e))
+            }
             (None, None) => Err(Error::internal("an image was asked for where none is given")),
         }
     }
@@ -438,20 +487,31 @@ impl<'a> Settings<'a> {
         if f.guide.is_none() && g.is_none() {
             return Ok(None);
         }
-        let layers = self.terms("--guide-layers", &f.guide_layers, "objective.guide.layers", &g.and_then(|g| g.layers.clone()))?;
+        let layers =
+            self.terms("--guide-layers", &f.guide_layers, "objective.guide.layers", &g.and_then(|g| g.layers.clone()))?;
         let layers = layers.ok_or_else(|| match g {
-            Some(g) => self.file.origin("objective.guide", g.image.span()).error("needs `layers`, e.g. layers = { block8 = 1 }"),
+            Some(g) => self
+                .file
+                .origin("objective.guide", g.image.span())
+                .error("needs `layers`, e.g. layers = { block8 = 1 }"),
             None => Error::usage("--guide needs --guide-layers, e.g. --guide-layers block8"),
         })?;
-        let mode = pick_with(flag("--guide-mode", &f.guide_mode), g.and_then(|g| self.file.get("objective.guide.mode", &g.mode)), |m| {
-            guide_mode(m)
-        })?;
+        let mode = pick_with(
+            flag("--guide-mode", &f.guide_mode),
+            g.and_then(|g| self.file.get("objective.guide.mode", &g.mode)),
+            |m| guide_mode(m),
+        )?;
         let none = None;
         Ok(Some(Guide {
             image: self.image(&f.guide, "objective.guide.image", g.map(|g| &g.image))?,
             layers,
             mode: mode.unwrap_or(GuideMode::Dot),
-            weight: self.weight("--guide-weight", &f.guide_weight, "objective.guide.weight", g.map_or(&none, |g| &g.weight))?,
+            weight: self.weight(
+                "--guide-weight",
+                &f.guide_weight,
+                "objective.guide.weight",
+                g.map_or(&none, |g| &g.weight),
+            )?,
         }))
     }
 
@@ -461,9 +521,13 @@ impl<'a> Settings<'a> {
         if f.style.is_none() && s.is_none() {
             return Ok(None);
         }
-        let layers = self.terms("--style-layers", &f.style_layers, "objective.style.layers", &s.and_then(|s| s.layers.clone()))?;
+        let layers =
+            self.terms("--style-layers", &f.style_layers, "objective.style.layers", &s.and_then(|s| s.layers.clone()))?;
         let layers = layers.ok_or_else(|| match s {
-            Some(s) => self.file.origin("objective.style", s.image.span()).error("needs `layers`, e.g. layers = { block1 = 1 }"),
+            Some(s) => self
+                .file
+                .origin("objective.style", s.image.span())
+                .error("needs `layers`, e.g. layers = { block1 = 1 }"),
             None => Error::usage("--style needs --style-layers, e.g. --style-layers block1,block3,block5"),
         })?;
         let content_layers = self.terms(
@@ -476,7 +540,12 @@ impl<'a> Settings<'a> {
         Ok(Some(Style {
             image: self.image(&f.style, "objective.style.image", s.map(|s| &s.image))?,
             layers,
-            weight: self.weight("--style-weight", &f.style_weight, "objective.style.weight", s.map_or(&none, |s| &s.weight))?,
+            weight: self.weight(
+                "--style-weight",
+                &f.style_weight,
+                "objective.style.weight",
+                s.map_or(&none, |s| &s.weight),
+            )?,
             content_layers: content_layers.unwrap_or_default(),
             content_weight: self.weight(
                 "--content-weight",

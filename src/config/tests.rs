@@ -66,7 +66,12 @@ fn every_bad_preset_value_names_its_file_line_and_key() {
         ("objective.guide", "", "image = \"x.png\"", "objective.guide"),
         ("objective.guide", "", "image = \"x.png\"\nlayers = { block8 = inf }", "objective.guide.layers.block8"),
         ("objective.style", &guide.replace("block8", "block1"), "weight = -inf", "objective.style.weight"),
-        ("objective.style", &guide.replace("block8", "block1"), "content_weight = nan", "objective.style.content_weight"),
+        (
+            "objective.style",
+            &guide.replace("block8", "block1"),
+            "content_weight = nan",
+            "objective.style.content_weight",
+        ),
         ("objective.style", &guide, "content_layers = { \"b:q\" = 1 }", "objective.style.content_layers.b:q"),
         ("regularize", "", "grad_blur = 50", "regularize.grad_blur"),
         ("regularize", "", "image_blur = -1", "regularize.image_blur"),
@@ -136,11 +141,28 @@ fn every_bad_flag_names_the_flag() {
         (DreamFlags { layers: Some("block5:x".into()), ..d() }, "--layers"),
         (DreamFlags { classes: Some("bananaa".into()), ..d() }, "--class"),
         (DreamFlags { class_mode: Some("x".into()), ..d() }, "--class-mode"),
-        (DreamFlags { guide: ex.clone(), guide_layers: Some("block8".into()), guide_mode: Some("x".into()), ..d() }, "--guide-mode"),
-        (DreamFlags { guide: ex.clone(), guide_layers: Some("block8".into()), guide_weight: Some(f32::NAN), ..d() }, "--guide-weight"),
+        (
+            DreamFlags { guide: ex.clone(), guide_layers: Some("block8".into()), guide_mode: Some("x".into()), ..d() },
+            "--guide-mode",
+        ),
+        (
+            DreamFlags { guide: ex.clone(), guide_layers: Some("block8".into()), guide_weight: Some(f32::NAN), ..d() },
+            "--guide-weight",
+        ),
         (DreamFlags { guide: ex.clone(), ..d() }, "--guide"),
-        (DreamFlags { style: ex.clone(), style_layers: Some("block1".into()), style_weight: Some(f32::NAN), ..d() }, "--style-weight"),
-        (DreamFlags { style: ex.clone(), style_layers: Some("block1".into()), content_weight: Some(f32::INFINITY), ..d() }, "--content-weight"),
+        (
+            DreamFlags { style: ex.clone(), style_layers: Some("block1".into()), style_weight: Some(f32::NAN), ..d() },
+            "--style-weight",
+        ),
+        (
+            DreamFlags {
+                style: ex.clone(),
+                style_layers: Some("block1".into()),
+                content_weight: Some(f32::INFINITY),
+                ..d()
+            },
+            "--content-weight",
+        ),
         (DreamFlags { style: ex.clone(), ..d() }, "--style"),
         (DreamFlags { model: Some("nope".into()), ..d() }, "--model"),
         (DreamFlags { device: Some("tpu".into()), ..d() }, "--device"),

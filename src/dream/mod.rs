@@ -231,7 +231,10 @@ pub fn check_smallest_octave(
     for term in &objective.layers {
         let channels = features.taps[&term.layer].dim(1)?;
         if let Some(c) = term.channel.filter(|&c| c >= channels) {
-            return Err(Error::usage(format!("layer {} has {channels} channels; channel {c} does not exist", term.layer)));
+            return Err(Error::usage(format!(
+                "layer {} has {channels} channels; channel {c} does not exist",
+                term.layer
+            )));
         }
     }
     Ok(())

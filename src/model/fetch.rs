@@ -96,7 +96,10 @@ pub fn fetch(
     let actual = sha256_file(&partial)?;
     if !hash_matches(&actual, sha256) {
         let _ = std::fs::remove_file(&partial);
-        return Err(Error::Network { url: url.to_owned(), reason: format!("checksum mismatch: got sha256 {actual}, expected {sha256}; the download was discarded") });
+        return Err(Error::Network {
+            url: url.to_owned(),
+            reason: format!("checksum mismatch: got sha256 {actual}, expected {sha256}; the download was discarded"),
+        });
     }
     let result = install(model, &partial, &dest);
     let _ = std::fs::remove_file(&partial);
@@ -113,7 +116,8 @@ pub fn install(model: &str, src: &Path, dest: &Path) -> Result<()> {
     // one builds the network.
     let staged = crate::io::Staged::new(dest);
     if is_safetensors(src)? {
-        std::fs::copy(src, staged.path()).map_err(|e| Error::Output { path: dest.to_owned(), reason: e.to_string() })?;
+        std::fs::copy(src, staged.path())
+            .map_err(|e| Error::Output { path: dest.to_owned(), reason: e.to_string() })?;
     } else {
         weights::import_pth(src, staged.path())?;
     }

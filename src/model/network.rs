@@ -253,8 +253,7 @@ impl Block for Fork {
             }
         }
         let gh = Tensor::cat(&head_grads, 1)?;
-        add_grad(gx, Block::backward(&self.head, head, &gh)?)?
-            .ok_or_else(|| Error::internal("a fork without branches"))
+        add_grad(gx, Block::backward(&self.head, head, &gh)?)?.ok_or_else(|| Error::internal("a fork without branches"))
     }
 }
 

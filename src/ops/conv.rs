@@ -474,6 +474,9 @@ fn col2im(col: &[f32], g: &Geometry, channels: usize, x: &mut [f32]) {
         plane.fill(0.0);
         for ky in 0..g.kh {
             for (kx, r) in cols.iter().enumerate() {
+                if r.is_empty() {
+                    continue; // this tap column reads only padding
+                }
                 let src = &col[(c * kk + ky * g.kw + kx) * ohw..][..ohw];
                 let first = r.start * g.sw + kx - g.pl;
                 for oy in 0..g.oh {
@@ -515,7 +518,7 @@ fn mask_into(dst: &mut [f32], src: &[f32], y: &[f32], act: Activation) {
 
 /// Output columns `ox` whose input column `ox*s + k - pad` lies inside `0..len`.
 fn valid_cols(out_len: usize, s: usize, k: usize, pad: usize, len: usize) -> std::ops::Range<usize> {
-    let lo = pad.saturating_sub(k).div_ceil(s);
+    let lo = pad.saturating_sub(k).div_ceil(s).min(out_len);
     let hi = if len + pad > k { ((len + pad - k - 1) / s + 1).min(out_len) } else { 0 };
     lo..hi.max(lo)
 }
@@ -535,6 +538,9 @@ fn depthwise_forward(x: &[f32], wt: &[f32], g: &Geometry, y: &mut [f32]) {
             for ky in ky0..ky1 {
                 let irow = &plane[(iy0 + ky as isize) as usize * g.w..][..g.w];
                 for (kx, r) in cols.iter().enumerate() {
+                    if r.is_empty() {
+                        continue; // this tap column reads only padding (a row narrower than the kernel)
+                    }
                     let wv = k[ky * g.kw + kx];
                     let first = r.start * g.sw + kx - g.pl;
                     if g.sw == 1 {
@@ -567,6 +573,9 @@ fn depthwise_backward(gy: &[f32], wt: &[f32], g: &Geometry, gx: &mut [f32]) {
                 for ky in ky0..ky1 {
                     let irow = &mut plane[(iy0 + ky as isize) as usize * g.w..][..g.w];
                     for (kx, r) in cols.iter().enumerate() {
+                        if r.is_empty() {
+                            continue; // this tap column reads only padding
+                        }
                         let wv = k[ky * g.kw + kx];
                         let first = r.start * g.sw + kx - g.pl;
                         if g.sw == 1 {

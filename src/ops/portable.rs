@@ -239,6 +239,10 @@ mod tests {
                 );
                 conv_case(&mut rng, [1, 6, 13, 10], 6, (3, 3), spec(Padding::Same, 6));
                 conv_case(&mut rng, [1, 6, 9, 12], 12, (5, 5), spec(Padding::Same, 6));
+                // Rows and columns narrower than the kernel (a tiny octave): no tap may index
+                // past the row it reads.
+                conv_case(&mut rng, [1, 6, 1, 2], 6, (5, 5), spec(Padding::Same, 6));
+                conv_case(&mut rng, [1, 4, 2, 1], 4, (3, 3), spec(Padding::Same, 4));
                 conv_case(&mut rng, [1, 4, 7, 5], 6, (3, 2), spec(Padding::symmetric(1, 0), 2));
                 conv_case(&mut rng, [1, 6, 5, 9], 7, (1, 1), spec(Padding::symmetric(0, 0), 1));
                 // Large enough that the CPU kernels gather and multiply in several bands of
@@ -265,7 +269,7 @@ mod tests {
                 let x = random(&mut rng, &shape, 2.0);
                 let x = if i == 2 { x.round().unwrap() } else { x };
                 both(&format!("{pool:?} {shape:?} forward"), &|| pool.forward(&x).unwrap());
-                        let gy = random(&mut rng, pool.forward(&x).unwrap().dims(), 1.0);
+                let gy = random(&mut rng, pool.forward(&x).unwrap().dims(), 1.0);
                 both(&format!("{pool:?} {shape:?} input gradient"), &|| pool.input_grad(&gy, &x).unwrap());
             }
         }

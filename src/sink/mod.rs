@@ -116,10 +116,14 @@ impl PngSequence {
     pub fn create(dir: &Path) -> Result<Self> {
         let dir = PathBuf::from(dir.to_string_lossy().trim_end_matches('/'));
         if dir.exists() && !is_frame_dir(&dir) {
-            return Err(Error::Output { path: dir, reason: "exists and is not a directory of frame_NNNNN.png files".into() });
+            return Err(Error::Output {
+                path: dir,
+                reason: "exists and is not a directory of frame_NNNNN.png files".into(),
+            });
         }
         let staged = crate::io::Staged::new(&dir);
-        std::fs::create_dir_all(staged.path()).map_err(|e| Error::Output { path: dir.clone(), reason: e.to_string() })?;
+        std::fs::create_dir_all(staged.path())
+            .map_err(|e| Error::Output { path: dir.clone(), reason: e.to_string() })?;
         Ok(PngSequence { dir, staged, count: 0 })
     }
 }
