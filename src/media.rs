@@ -44,6 +44,16 @@ impl Rational {
     }
 }
 
+/// The frames a sink receives: their size, nominal rate, and the time base of their
+/// timestamps (seconds per tick).
+#[derive(Clone, Copy, Debug)]
+pub struct FrameFormat {
+    pub width: u32,
+    pub height: u32,
+    pub rate: Rational,
+    pub time_base: Rational,
+}
+
 /// Audio to copy from a source file into the output: from `start` seconds for `duration`.
 #[derive(Clone, Debug)]
 pub struct AudioSource {

@@ -7,6 +7,7 @@
 
 use crate::device::Backend;
 use crate::dream::{self, DreamParams, Progress, StepInfo};
+use crate::media::FrameFormat;
 use crate::model::FeatureNet;
 use crate::sink::{self, SinkOptions};
 use crate::source::{Frame, Source};
@@ -146,7 +147,9 @@ pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<Rende
         let encoder = std::thread::Builder::new()
             .name("encode".into())
             .spawn_scoped(s, move || -> Result<u64> {
-                let sink = sink::open(job.output, info.width, info.height, info.rate, info.time_base, job.sink, audio);
+                let format =
+                    FrameFormat { width: info.width, height: info.height, rate: info.rate, time_base: info.time_base };
+                let sink = sink::open(job.output, &format, job.sink, audio);
                 let _ = ready_tx.send(sink.is_ok());
                 encode_stage(sink?, from_dream, store)
             })

@@ -37,7 +37,7 @@ pub enum Work {
     Still {
         params: DreamParams,
     },
-    Zoom(ZoomPlan),
+    Zoom(Box<ZoomPlan>),
     Video(VideoPlan),
 }
 
@@ -97,7 +97,7 @@ impl Job {
         let frames = frames_flag.or(duration.filter(|_| frames_flag.is_none())).or(frames_preset).unwrap_or(48);
         let rotate = pick(flag("--rotate", &z.rotate), s.file.get("zoom.rotate", &p.rotate), 0.0, Rule::Finite)?;
         let pan = match (flag("--pan", &z.pan), s.file.get("zoom.pan", &p.pan)) {
-            (Some(f), _) => f.parse(|t| parse_pan(t))?,
+            (Some(f), _) => f.parse(parse_pan)?,
             (None, Some(p)) => p.parse(|&[x, y]| match x.is_finite() && y.is_finite() {
                 true => Ok((x, y)),
                 false => Err(format!("must be two finite numbers, got [{x}, {y}]")),
@@ -126,7 +126,7 @@ impl Job {
             pick(flag("--frame-steps", &z.frame_steps), s.file.get("zoom.frame_steps", &p.frame_steps), 5, STEP_COUNT)?;
         let frame_params = DreamParams { octaves: 1, steps: frame_steps, ..params.clone() };
         let plan = ZoomPlan { params, frame_params, frames, rate, transform, encoder: s.encoder(e)? };
-        Ok(Job { resume: e.resume, ..s.job(input, output, Work::Zoom(plan))? })
+        Ok(Job { resume: e.resume, ..s.job(input, output, Work::Zoom(Box::new(plan)))? })
     }
 
     /// `deepdream video INPUT -o OUTPUT`.
@@ -392,11 +392,12 @@ impl<'a> Settings<'a> {
                 .collect::<Result<_>>()?,
             (None, None) => Vec::new(),
         };
-        let class_mode =
-            pick_with(flag("--class-mode", &f.class_mode), file.get("objective.class_mode", &o.class_mode), |m| {
-                class_mode(m)
-            })?
-            .unwrap_or(crate::dream::ClassMode::LogSoftmax);
+        let class_mode = pick_with(
+            flag("--class-mode", &f.class_mode),
+            file.get("objective.class_mode", &o.class_mode),
+            class_mode,
+        )?
+        .unwrap_or(crate::dream::ClassMode::LogSoftmax);
         let objective = Objective {
             layers,
             border: 2,
@@ -499,7 +500,7 @@ impl<'a> Settings<'a> {
         let mode = pick_with(
             flag("--guide-mode", &f.guide_mode),
             g.and_then(|g| self.file.get("objective.guide.mode", &g.mode)),
-            |m| guide_mode(m),
+            guide_mode,
         )?;
         let none = None;
         Ok(Some(Guide {

@@ -2,7 +2,7 @@
 //! GIF (palettegen + paletteuse through libavfilter, looping forever) through ffmpeg.
 
 use super::{FrameSink, SinkKind, SinkOptions};
-use crate::media::{AudioSource, Rational};
+use crate::media::{AudioSource, FrameFormat, Rational};
 use crate::{Error, Result};
 use ffmpeg::{Dictionary, Packet, codec, encoder, filter, format, media, software::scaling, util::frame::video::Video};
 use ffmpeg_next as ffmpeg;
@@ -97,14 +97,12 @@ pub struct Encoded {
 pub fn open(
     kind: SinkKind,
     dest: &Path,
-    width: u32,
-    height: u32,
-    rate: Rational,
-    time_base: Rational,
+    format: &FrameFormat,
     opts: &SinkOptions,
     audio_from: Option<&AudioSource>,
 ) -> Result<Box<dyn FrameSink>> {
     crate::media::init_ffmpeg()?;
+    let &FrameFormat { width, height, rate, time_base } = format;
     let (fmt, codec_name) = match kind {
         SinkKind::Mp4 => (
             match dest.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {

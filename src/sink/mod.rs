@@ -5,7 +5,7 @@
 #[cfg(feature = "video")]
 pub mod encode;
 
-use crate::media::{AudioSource, Rational};
+use crate::media::{AudioSource, FrameFormat};
 use crate::{Error, Result};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
@@ -67,14 +67,10 @@ impl SinkKind {
     }
 }
 
-/// Opens the sink an output path asks for. `time_base` is seconds per pts tick; `audio` is
-/// copied into outputs that carry sound.
+/// Opens the sink an output path asks for; `audio` is copied into outputs that carry sound.
 pub fn open(
     path: &Path,
-    width: u32,
-    height: u32,
-    rate: Rational,
-    time_base: Rational,
+    format: &FrameFormat,
     opts: &SinkOptions,
     audio: Option<&AudioSource>,
 ) -> Result<Box<dyn FrameSink>> {
@@ -82,12 +78,13 @@ pub fn open(
     match kind {
         SinkKind::Png => Ok(Box::new(PngSequence::create(path)?)),
         #[cfg(feature = "video")]
-        _ => encode::open(kind, path, width, height, rate, time_base, opts, audio),
+        _ => encode::open(kind, path, format, opts, audio),
         #[cfg(not(feature = "video"))]
         _ => {
-            let _ = (width, height, rate, time_base, opts, audio);
+            let _ = (format, opts, audio);
             Err(Error::Unsupported(
-                "this build has no video support (built without the `video` feature); write PNG frames to a directory instead",
+                "this build has no video support (built without the `video` feature); write PNG frames to a directory instead"
+                    .into(),
             ))
         }
     }
