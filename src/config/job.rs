@@ -450,13 +450,33 @@ impl<'a> Settings<'a> {
         flag_name: &'static str,
         spec: &Option<String>,
         key: &str,
-        map: &Option<Spanned<Weights>>,
+        map: Option<&Spanned<Weights>>,
     ) -> Result<Option<Vec<LayerTerm>>> {
         match (flag(flag_name, spec), map) {
             (Some(spec), _) => spec.parse(|s| parse_layers(s).map_err(|e| e.to_string())).map(Some),
             (None, Some(map)) => self.layer_terms(key, map).map(Some),
             (None, None) => Ok(None),
         }
+    }
+
+    /// The layers an image objective (`guide`, `style`) acts on: from its flag, else from its
+    /// preset section (given as its image and layers); one of the two is required.
+    fn image_layers(
+        &self,
+        kind: &str,
+        flag_name: &'static str,
+        spec: &Option<String>,
+        section: Option<(&Spanned<String>, Option<&Spanned<Weights>>)>,
+        example: &str,
+    ) -> Result<Vec<LayerTerm>> {
+        let key = format!("objective.{kind}");
+        let layers = self.terms(flag_name, spec, &format!("{key}.layers"), section.and_then(|(_, l)| l))?;
+        layers.ok_or_else(|| match section {
+            Some((image, _)) => {
+                self.file.origin(&key, image.span()).error(format!("needs `layers`, e.g. layers = {{ {example} = 1 }}"))
+            }
+            None => Error::usage(format!("--{kind} needs {flag_name}, e.g. {flag_name} {example}")),
+        })
     }
 
     /// A guide or style image: the flag's path, else the preset's (relative to the preset).
@@ -488,15 +508,13 @@ impl<'a> Settings<'a> {
         if f.guide.is_none() && g.is_none() {
             return Ok(None);
         }
-        let layers =
-            self.terms("--guide-layers", &f.guide_layers, "objective.guide.layers", &g.and_then(|g| g.layers.clone()))?;
-        let layers = layers.ok_or_else(|| match g {
-            Some(g) => self
-                .file
-                .origin("objective.guide", g.image.span())
-                .error("needs `layers`, e.g. layers = { block8 = 1 }"),
-            None => Error::usage("--guide needs --guide-layers, e.g. --guide-layers block8"),
-        })?;
+        let layers = self.image_layers(
+            "guide",
+            "--guide-layers",
+            &f.guide_layers,
+            g.map(|g| (&g.image, g.layers.as_ref())),
+            "block8",
+        )?;
         let mode = pick_with(
             flag("--guide-mode", &f.guide_mode),
             g.and_then(|g| self.file.get("objective.guide.mode", &g.mode)),
@@ -522,20 +540,18 @@ impl<'a> Settings<'a> {
         if f.style.is_none() && s.is_none() {
             return Ok(None);
         }
-        let layers =
-            self.terms("--style-layers", &f.style_layers, "objective.style.layers", &s.and_then(|s| s.layers.clone()))?;
-        let layers = layers.ok_or_else(|| match s {
-            Some(s) => self
-                .file
-                .origin("objective.style", s.image.span())
-                .error("needs `layers`, e.g. layers = { block1 = 1 }"),
-            None => Error::usage("--style needs --style-layers, e.g. --style-layers block1,block3,block5"),
-        })?;
+        let layers = self.image_layers(
+            "style",
+            "--style-layers",
+            &f.style_layers,
+            s.map(|s| (&s.image, s.layers.as_ref())),
+            "block1",
+        )?;
         let content_layers = self.terms(
             "--content-layers",
             &f.content_layers,
             "objective.style.content_layers",
-            &s.and_then(|s| s.content_layers.clone()),
+            s.and_then(|s| s.content_layers.as_ref()),
         )?;
         let none = None;
         Ok(Some(Style {

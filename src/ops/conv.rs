@@ -826,3 +826,31 @@ impl CustomOp2 for ConvInputGrad {
         Ok((CpuStorage::F32(gx), Shape::from(self.in_dims.clone())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// A thread waiting inside one convolution (its scratch buffers in use) may run another
+    /// convolution's job: rayon does that when dreams share its pool. The nested call must get
+    /// buffers of its own, not a borrow panic, and both must compute what they compute alone.
+    #[test]
+    fn scratch_buffers_are_reentrant() {
+        let values = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<_>>();
+        let w = Tensor::from_vec(values(4 * 3 * 9, 0.7), (4, 3, 3, 3), &Device::Cpu).unwrap();
+        let spec = ConvSpec { stride: (1, 1), padding: Padding::Same, groups: 1, activation: Activation::Relu };
+        let conv = Conv2d::new(&w, None, spec).unwrap();
+        let x = Tensor::from_vec(values(3 * 20 * 24, 0.3), (1, 3, 20, 24), &Device::Cpu).unwrap();
+        let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let gy = conv.forward(&x).unwrap();
+        let alone = (flat(gy.clone()), flat(conv.input_grad(&gy, &gy, x.dims()).unwrap()));
+        let nested = with_scratch(1 << 12, |outer| {
+            with_buffer(&GPRE, 1 << 12, |_| {
+                outer.fill(f32::NAN); // the outer call's data stays its own
+                (flat(conv.forward(&x).unwrap()), flat(conv.input_grad(&gy, &gy, x.dims()).unwrap()))
+            })
+        });
+        assert_eq!(nested, alone);
+    }
+}

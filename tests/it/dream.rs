@@ -205,3 +205,24 @@ fn positional_targets_roll_with_the_jitter() {
         }
     }
 }
+
+#[test]
+fn dreams_at_once_in_one_thread_pool() {
+    // A rayon thread waiting inside one dream's convolution picks up another queued dream and
+    // runs its convolutions: each needs a scratch buffer of its own (one borrowed per thread
+    // panicked "already borrowed").
+    let inputs: Vec<Tensor> = [112, 96, 104, 88].into_iter().map(small_example).collect();
+    let p = params(3, 4, 1);
+    let alone = |x: &Tensor| dream::dream(lite0(), x, &p, &mut Quiet).unwrap().pixels;
+    let diff = |p: &Tensor, q: &Tensor| (p - q).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let together = std::sync::Mutex::new(vec![None; inputs.len()]);
+    rayon::scope(|s| {
+        for (i, x) in inputs.iter().enumerate() {
+            let (together, alone) = (&together, &alone);
+            s.spawn(move |_| together.lock().unwrap()[i] = Some(alone(x)));
+        }
+    });
+    for (x, t) in inputs.iter().zip(together.into_inner().unwrap()) {
+        assert_eq!(diff(&t.unwrap(), &alone(x)), 0.0, "a dream beside others gives what it gives alone");
+    }
+}
