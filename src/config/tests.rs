@@ -237,3 +237,23 @@ fn the_job_serialises_with_image_hashes_not_paths() {
     let text = serde_json::to_string(&job).unwrap();
     assert!(text.contains("sha256:"), "{text}");
 }
+
+#[test]
+fn the_fingerprint_follows_what_is_rendered_not_the_encoder() {
+    let dir = scratch("fingerprint");
+    let input = dir.join("in.png");
+    std::fs::copy(example(), &input).unwrap();
+    let fingerprint = |flags: DreamFlags, e: EncodeFlags| {
+        let job = Job::zoom(&input, &dir.join("o.gif"), &flags, &ZoomFlags::default(), &e).unwrap();
+        job.fingerprint().unwrap()
+    };
+    let d = DreamFlags::default;
+    let base = fingerprint(d(), EncodeFlags::default());
+    let reencoded = EncodeFlags { crf: Some(30), x264_preset: Some("fast".into()), resume: true };
+    assert_eq!(base, fingerprint(d(), reencoded), "the stored frames do not depend on the encoder");
+    assert_ne!(base, fingerprint(DreamFlags { device: Some("cpu-portable".into()), ..d() }, EncodeFlags::default()));
+    assert_ne!(base, fingerprint(DreamFlags { steps: Some(3), ..d() }, EncodeFlags::default()));
+    let other = image::RgbImage::from_pixel(40, 30, image::Rgb([9, 99, 199]));
+    other.save(&input).unwrap();
+    assert_ne!(base, fingerprint(d(), EncodeFlags::default()), "new content at the same path");
+}

@@ -262,3 +262,29 @@ fn cuda_without_the_feature_is_a_clear_error() {
     // Not the user's mistake but this build's limit: exit 1.
     assert_error(&o, 1, "no CUDA support", &dir);
 }
+
+#[test]
+fn bad_values_name_their_origin() {
+    let dir = scratch("origin");
+    let out = dir.join("o.png");
+    let run = |extra: &[&str]| {
+        let mut args =
+            vec!["dream", &example(), "-o", out.to_str().unwrap()].into_iter().map(String::from).collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        deepdream(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    assert_user_error(&run(&["--decay", "2"]), "--decay: must be in [0, 1), got 2", &dir);
+    assert_user_error(&run(&["--step", "nan"]), "--step: must be positive, got NaN", &dir);
+    // clap's own parse errors are one line too, and name the flag.
+    assert_user_error(&run(&["--steps", "abc"]), "'--steps <STEPS>'", &dir);
+    let presets = scratch("origin-presets");
+    let preset = presets.join("p.toml");
+    std::fs::write(&preset, "[dream]\nlayers = { block5 = 1 }\nsteps = 20\nstep = -1\n").unwrap();
+    assert_user_error(&run(&["--preset", preset.to_str().unwrap()]), "p.toml: line 4, key `dream.step`", &dir);
+    std::fs::write(&preset, "[dream]\nlayers = { block5 = 1 }\n[regularize]\ndecay = 2.0\n").unwrap();
+    assert_user_error(&run(&["--preset", preset.to_str().unwrap()]), "line 4, key `regularize.decay`", &dir);
+    std::fs::write(&preset, "[dream]\nlayers = { block5 = 1 }\n[zoom]\nfps = \"abc\"\n").unwrap();
+    let gif = dir.join("o.gif");
+    let o = deepdream(&["zoom", &example(), "-o", gif.to_str().unwrap(), "--preset", preset.to_str().unwrap()]);
+    assert_user_error(&o, "line 4, key `zoom.fps`: bad frame rate 'abc'", &dir);
+}

@@ -132,15 +132,8 @@ fn interrupted_render_resumes_to_the_same_frames() {
     let cut = dir.join("cut");
     let mut args = vec!["zoom", s(&example), "-o", s(&cut)];
     args.extend(common);
-    let mut child =
-        Command::new(env!("CARGO_BIN_EXE_deepdream")).args(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let status = interrupt(&args, &dir.join(".cut.frames"), 2);
     let store = dir.join(".cut.frames");
-    let start = std::time::Instant::now();
-    while std::fs::read_dir(&store).map(|d| d.count()).unwrap_or(0) < 4 && start.elapsed().as_secs() < 60 {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    unsafe { libc_kill(child.id() as i32, 2) };
-    let status = child.wait().unwrap();
     // Forty frames take seconds; the signal comes after three.
     assert_eq!(status.code(), Some(130), "the render was not interrupted");
     let partial = std::fs::read_dir(&cut).unwrap().count();
@@ -154,6 +147,31 @@ fn interrupted_render_resumes_to_the_same_frames() {
         assert!(a == b, "{name} differs between the resumed and the uninterrupted render");
     }
     assert!(!store.exists(), "the frame store is removed once the render is complete");
+}
+
+/// Runs `deepdream ARGS`, sends `signal` once three frames are stored in `store`, and waits.
+fn interrupt(args: &[&str], store: &Path, signal: i32) -> std::process::ExitStatus {
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_deepdream")).args(args).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while std::fs::read_dir(store).map(|d| d.count()).unwrap_or(0) < 4 && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    unsafe { libc_kill(child.id() as i32, signal) };
+    child.wait().unwrap()
+}
+
+#[test]
+fn sigterm_finishes_a_playable_file_and_keeps_the_store() {
+    let dir = scratch("sigterm");
+    let example = repo().join("examples/chelsea.png");
+    let gif = dir.join("cut.gif");
+    let args = ["zoom", s(&example), "-o", s(&gif), "--frames", "40", "--max-size", "96", "--octaves", "1"];
+    let status = interrupt(&args, &dir.join(".cut.gif.frames"), 15);
+    assert_eq!(status.code(), Some(130), "a scheduler's SIGTERM stops the render like Ctrl-C");
+    let frames = summarize(&gif).unwrap().frames;
+    assert!((1..40).contains(&frames), "{frames} frames in the interrupted GIF");
+    assert!(dir.join(".cut.gif.frames/ledger.json").is_file(), "the store stays for --resume");
 }
 
 unsafe extern "C" {
