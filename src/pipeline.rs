@@ -132,44 +132,41 @@ struct Done {
     fresh: bool,
 }
 
-/// Runs the render.
+/// Runs the render: the encode stage opens the output first; only then do the decode stage
+/// and the dream start. Both stages are created and joined here.
 pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<RenderSummary> {
     let info = job.source.info().clone();
     let store = Store::new(job.output, job.fingerprint.clone());
     let resumed_from = if job.resume { store.done()? } else { 0 };
     let audio = job.source.audio();
+    let format = FrameFormat { width: info.width, height: info.height, rate: info.rate, time_base: info.time_base };
     let (dreamed, encoded) = std::thread::scope(|s| {
         let (ready_tx, ready_rx) = bounded::<bool>(1);
         let (to_encode, from_dream) = bounded::<Done>(4);
-        let store = &store;
-        let audio = audio.as_ref();
-        let info = &info;
-        let encoder = std::thread::Builder::new()
-            .name("encode".into())
-            .spawn_scoped(s, move || -> Result<u64> {
-                let format =
-                    FrameFormat { width: info.width, height: info.height, rate: info.rate, time_base: info.time_base };
-                let sink = sink::open(job.output, &format, job.sink, audio);
-                let _ = ready_tx.send(sink.is_ok());
-                encode_stage(sink?, from_dream, store)
-            })
-            .map_err(|e| Error::internal(format!("cannot start the encode stage: {e}")));
+        let (store, audio, format) = (&store, audio.as_ref(), &format);
+        let encoder = spawn(s, "encode", move || {
+            let sink = sink::open(job.output, format, job.sink, audio);
+            let _ = ready_tx.send(sink.is_ok());
+            encode_stage(sink?, from_dream, store)
+        });
         let encoder = match encoder {
             Ok(encoder) => encoder,
             Err(e) => return (Err(e), Ok(0)),
         };
-        // Nothing is dreamed until the output is known to open.
-        let dreamed = match ready_rx.recv() {
-            Ok(true) => match job.resume {
-                true => Ok(()),
-                false => store.reset(),
-            }
-            .and_then(|_| {
-                let _ops = job.backend.enter();
-                dream_stage(job, store, resumed_from, &to_encode, progress, s)
-            }),
-            _ => Ok(()),
-        };
+        // Nothing is decoded or dreamed until the output is known to open.
+        let ready = ready_rx.recv().unwrap_or(false);
+        let mut dreamed = if ready && !job.resume { store.reset() } else { Ok(()) };
+        if ready && dreamed.is_ok() {
+            let (frames_tx, frames_rx) = bounded::<Frame>(4);
+            let source = job.source;
+            dreamed =
+                spawn(s, "decode", move || source.decode(&mut |f| frames_tx.send(f).is_ok())).and_then(|decoder| {
+                    let _ops = job.backend.enter();
+                    let dreamed = dream_frames(job, store, resumed_from, &frames_rx, &to_encode, progress);
+                    drop(frames_rx); // a decoder waiting to hand over a frame stops
+                    dreamed.and(joined(decoder.join(), "decode"))
+                });
+        }
         drop(to_encode);
         (dreamed, joined(encoder.join(), "encode"))
     });
@@ -190,6 +187,18 @@ pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<Rende
             Ok(summary(false))
         }
     }
+}
+
+/// Starts a named stage thread in `scope`.
+fn spawn<'scope, 'env, T: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    name: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'scope,
+) -> Result<std::thread::ScopedJoinHandle<'scope, Result<T>>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn_scoped(scope, f)
+        .map_err(|e| Error::internal(format!("cannot start the {name} stage: {e}")))
 }
 
 /// Writes frames in order and stores fresh ones for resume; finishes the output when it holds
@@ -219,27 +228,6 @@ fn joined<T>(r: std::thread::Result<Result<T>>, stage: &str) -> Result<T> {
             .unwrap_or_default();
         Err(Error::internal(format!("the {stage} stage panicked: {msg}")))
     })
-}
-
-/// Decodes on its own stage and dreams each frame here.
-fn dream_stage<'scope, 'env>(
-    job: &'env RenderJob<'env>,
-    store: &Store,
-    resumed_from: u64,
-    to_encode: &Sender<Done>,
-    progress: &mut dyn FrameProgress,
-    scope: &'scope std::thread::Scope<'scope, 'env>,
-) -> Result<()> {
-    let (frames_tx, frames_rx) = bounded::<Frame>(4);
-    let source = job.source;
-    let decoder = std::thread::Builder::new()
-        .name("decode".into())
-        .spawn_scoped(scope, move || source.decode(&mut |f| frames_tx.send(f).is_ok()))
-        .map_err(|e| Error::internal(format!("cannot start the decode stage: {e}")))?;
-    let dreamed = dream_frames(job, store, resumed_from, &frames_rx, to_encode, progress);
-    drop(frames_rx); // a decoder waiting to hand over a frame stops
-    let decoded = joined(decoder.join(), "decode");
-    dreamed.and(decoded)
 }
 
 fn dream_frames(

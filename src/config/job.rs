@@ -298,8 +298,9 @@ impl<'a> Settings<'a> {
     }
 
     fn encoder(&self, e: &EncodeFlags) -> Result<SinkOptions> {
-        let o = &self.file.preset.output;
-        let crf = pick(flag("--crf", &e.crf), self.file.get("output.crf", &o.crf), 18, Rule::Between(0.0, 63.0))?;
+        let (o, default) = (&self.file.preset.output, SinkOptions::default());
+        let crf =
+            pick(flag("--crf", &e.crf), self.file.get("output.crf", &o.crf), default.crf, Rule::Between(0.0, 63.0))?;
         let preset =
             pick_with(flag("--x264-preset", &e.x264_preset), self.file.get("output.preset", &o.preset), |p| {
                 match X264_PRESETS.contains(&p.as_str()) {
@@ -307,7 +308,7 @@ impl<'a> Settings<'a> {
                     false => Err(format!("unknown x264 preset '{p}': expected one of {}", X264_PRESETS.join(", "))),
                 }
             })?
-            .unwrap_or_else(|| "medium".into());
+            .unwrap_or(default.preset);
         Ok(SinkOptions { crf, preset })
     }
 
