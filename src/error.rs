@@ -26,6 +26,10 @@ pub enum Error {
     #[error("cannot write {path}: {reason}")]
     Output { path: PathBuf, reason: String },
 
+    /// Writing failed after the output was accepted (disk full, an encoder error). Exit code 1.
+    #[error("writing {path} failed: {reason}")]
+    Write { path: PathBuf, reason: String },
+
     /// A weights file is missing, or is not the model it claims to be.
     #[error("{path}: {reason}")]
     Weights { path: PathBuf, reason: String },

@@ -41,7 +41,7 @@ impl Staged {
     /// Moves the staged file or directory over the destination.
     pub fn commit(mut self) -> Result<()> {
         std::fs::rename(&self.tmp, &self.dest)
-            .map_err(|e| Error::Output { path: self.dest.clone(), reason: e.to_string() })?;
+            .map_err(|e| Error::Write { path: self.dest.clone(), reason: e.to_string() })?;
         self.committed = true;
         Ok(())
     }
@@ -146,7 +146,7 @@ pub fn check_writable(path: &Path) -> Result<()> {
 pub fn save(img: &RgbImage, path: &Path) -> Result<()> {
     let format = output_format(path)?;
     write_atomic(path, |tmp| {
-        img.save_with_format(tmp, format).map_err(|e| Error::Output { path: path.to_owned(), reason: e.to_string() })
+        img.save_with_format(tmp, format).map_err(|e| Error::Write { path: path.to_owned(), reason: e.to_string() })
     })
 }
 
@@ -155,7 +155,7 @@ pub fn save(img: &RgbImage, path: &Path) -> Result<()> {
 pub fn content_hash(path: &Path) -> Result<String> {
     use sha2::Digest;
     use std::io::{Read, Seek, SeekFrom};
-    let err = |e: std::io::Error| Error::Image { path: path.to_owned(), reason: e.to_string() };
+    let err = |e: std::io::Error| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())));
     let mut file = std::fs::File::open(path).map_err(err)?;
     let meta = file.metadata().map_err(err)?;
     let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();

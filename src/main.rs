@@ -24,7 +24,16 @@ fn main() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            e.exit()
+        }
         Err(e) => {
             // One line, like every other error: clap's first, without its usage block.
             let text = e.render().to_string();
@@ -35,8 +44,15 @@ fn main() {
     };
     let cancel = cli::Cancel::default();
     let handler = cancel.clone();
-    // Ctrl-C and SIGTERM: a render stops after the current step and finishes a playable file.
-    let _ = ctrlc::set_handler(move || handler.raise());
+    // Ctrl-C and SIGTERM: a dream or render stops after the current step (a render first
+    // finishes a playable file); a second signal, or any signal to another command, exits now.
+    let renders = args.renders();
+    let _ = ctrlc::set_handler(move || {
+        if !renders || handler.raised() {
+            std::process::exit(130);
+        }
+        handler.raise();
+    });
     // Run on one of rayon's worker threads rather than beside them: the serial stretches of a
     // dream step then share the cores with one idle worker instead of all of them spinning
     // (three busy threads on two cores otherwise).

@@ -105,7 +105,7 @@ impl Store {
     }
 
     fn save(&self, i: u64, img: &RgbImage, pts: i64) -> Result<()> {
-        let err = |e: String| Error::Output { path: self.dir.clone(), reason: e };
+        let err = |e: String| Error::Write { path: self.dir.clone(), reason: e };
         img.save(self.frame_path(i)).map_err(|e| err(e.to_string()))?;
         let mut all = self.pts.lock().expect("ledger lock");
         all.truncate(i as usize);
@@ -121,6 +121,13 @@ impl Store {
 
     fn remove(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// Removes the store when it holds no finished frame (the ledger is written with each).
+    fn remove_if_empty(&self) {
+        if !self.dir.join("ledger.json").exists() {
+            self.remove();
+        }
     }
 }
 
@@ -172,7 +179,7 @@ pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<Rende
     });
     // The root cause first: the encoder's error (the dream then only saw a closed channel),
     // else the dream's. A render that stored nothing leaves no store behind.
-    let frames = encoded?;
+    let frames = encoded.inspect_err(|_| store.remove_if_empty())?;
     if frames == 0 {
         store.remove();
     }

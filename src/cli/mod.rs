@@ -108,6 +108,13 @@ impl Cancel {
     }
 }
 
+impl Cli {
+    /// Whether the command dreams (and so stops cleanly on Ctrl-C through its progress).
+    pub fn renders(&self) -> bool {
+        matches!(self.command, Command::Dream { .. } | Command::Zoom { .. } | Command::Video { .. })
+    }
+}
+
 pub fn run(cli: Cli, cancel: &Cancel) -> Result<()> {
     match cli.command {
         Command::Dream { input, output, dream } => render::dream(&input, &output, &dream, cancel),

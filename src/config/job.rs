@@ -83,45 +83,30 @@ impl Job {
                 parse_rate(t)
             })?
             .unwrap_or(Rational::new(25, 1));
-        let frames_flag = flag("--frames", &z.frames).map(|f| f.check(Rule::at_least(1.0))).transpose()?;
-        let frames_preset = s.file.get("zoom.frames", &p.frames).map(|f| f.check(Rule::at_least(1.0))).transpose()?;
-        let duration = exclusive(
-            flag("--duration", &z.duration),
-            s.file.get("zoom.duration", &p.duration),
-            frames_flag.is_some(),
-            frames_preset.is_some(),
-            "zoom.frames",
-        )?
-        .map(|d| frames_for(d, rate))
-        .transpose()?;
-        let frames = frames_flag.or(duration.filter(|_| frames_flag.is_none())).or(frames_preset).unwrap_or(48);
+        // Each value given is checked where it was written; a flag settles a pair of preset
+        // values that would otherwise conflict.
+        let at_least_one = Rule::at_least(1.0);
+        let frames_flag = flag("--frames", &z.frames).map(|f| f.check(at_least_one)).transpose()?;
+        let frames_preset = s.file.get("zoom.frames", &p.frames).map(|f| f.check(at_least_one)).transpose()?;
+        let seconds_flag = flag("--duration", &z.duration).map(|d| frames_for(d, rate)).transpose()?;
+        let seconds_preset = s.file.get("zoom.duration", &p.duration);
+        let seconds_origin = seconds_preset.as_ref().map(|d| d.origin.clone());
+        let seconds_preset = seconds_preset.map(|d| frames_for(d, rate)).transpose()?;
+        if let (None, None, Some(_), Some(origin)) = (frames_flag, seconds_flag, frames_preset, &seconds_origin) {
+            return Err(origin.error("conflicts with `zoom.frames`: give one of them"));
+        }
+        let frames = frames_flag.or(seconds_flag).or(frames_preset).or(seconds_preset).unwrap_or(48);
         let rotate = pick(flag("--rotate", &z.rotate), s.file.get("zoom.rotate", &p.rotate), 0.0, Rule::Finite)?;
         let pan = match (flag("--pan", &z.pan), s.file.get("zoom.pan", &p.pan)) {
-            (Some(f), _) => f.parse(parse_pan)?,
-            (None, Some(p)) => p.parse(|&[x, y]| match x.is_finite() && y.is_finite() {
-                true => Ok((x, y)),
-                false => Err(format!("must be two finite numbers, got [{x}, {y}]")),
-            })?,
+            (f, Some(p)) => {
+                let preset = p.map(|[x, y]| format!("{x},{y}")).parse(parse_pan)?;
+                f.map_or(Ok(preset), |f| f.parse(parse_pan))?
+            }
+            (Some(f), None) => f.parse(parse_pan)?,
             (None, None) => (0.0, 0.0),
         };
-        let per_frame = flag("--zoom", &z.zoom).map(|v| v.check(Rule::Positive)).transpose()?;
-        let per_second = exclusive(
-            flag("--zoom-per-second", &z.zoom_per_second),
-            s.file.get("zoom.zoom_per_second", &p.zoom_per_second),
-            per_frame.is_some(),
-            p.zoom.is_some(),
-            "zoom.zoom",
-        )?;
-        let per_second = per_second.map(|v| v.check(Rule::Positive)).transpose()?;
-        let preset_zoom = s.file.get("zoom.zoom", &p.zoom).map(|v| v.check(Rule::Positive)).transpose()?;
-        let transform = match (per_frame, per_second) {
-            (None, Some(zps)) => ZoomTransform {
-                rotate_deg: rotate,
-                pan,
-                ..ZoomTransform::per_second(zps, 0.0, (0.0, 0.0), rate.as_f64())
-            },
-            (zoom, _) => ZoomTransform { zoom: zoom.or(preset_zoom).unwrap_or(1.04), rotate_deg: rotate, pan },
-        };
+        let transform = ZoomTransform { zoom: 1.04, rotate_deg: rotate, pan };
+        let transform = Self::magnification(z, p, &s.file, rate, transform)?;
         let frame_steps =
             pick(flag("--frame-steps", &z.frame_steps), s.file.get("zoom.frame_steps", &p.frame_steps), 5, STEP_COUNT)?;
         let frame_params = DreamParams { octaves: 1, steps: frame_steps, ..params.clone() };
@@ -141,6 +126,44 @@ impl Job {
             optional(flag("--duration", &v.duration), s.file.get("video.duration", &p.duration), Rule::Positive)?;
         let plan = VideoPlan { params, blend, start, duration, encoder: s.encoder(e)? };
         Ok(Job { resume: e.resume, ..s.job(input, output, Work::Video(plan))? })
+    }
+
+    /// The zoom per frame: `--zoom`, else `--zoom-per-second`, else the preset's `zoom` or
+    /// `zoom_per_second` (not both); whichever gives it, a frame's magnification must stay
+    /// within [0.01, 100].
+    fn magnification(
+        z: &ZoomFlags,
+        p: &super::preset::ZoomSection,
+        file: &PresetFile,
+        rate: Rational,
+        transform: ZoomTransform,
+    ) -> Result<ZoomTransform> {
+        let per_frame =
+            |v: Option<Sourced<f64>>| v.map(|v| v.check(ZOOM).map(|zoom| ZoomTransform { zoom, ..transform }));
+        let per_second = |v: Option<Sourced<f64>>| {
+            v.map(|v| {
+                let origin = v.origin.clone();
+                let t = ZoomTransform::per_second(v.check(Rule::Positive)?, 0.0, (0.0, 0.0), rate.as_f64());
+                match ZOOM.problem(t.zoom) {
+                    None => Ok(ZoomTransform { zoom: t.zoom, ..transform }),
+                    Some(_) => Err(origin.error(format!(
+                        "gives {} per frame at {} fps; a frame may zoom 0.01 to 100 times",
+                        t.zoom,
+                        rate.as_f64()
+                    ))),
+                }
+            })
+        };
+        let preset_frame = per_frame(file.get("zoom.zoom", &p.zoom)).transpose()?;
+        let preset_second = per_second(file.get("zoom.zoom_per_second", &p.zoom_per_second)).transpose()?;
+        let flag_frame = per_frame(flag("--zoom", &z.zoom)).transpose()?;
+        let flag_second = per_second(flag("--zoom-per-second", &z.zoom_per_second)).transpose()?;
+        if let (None, None, Some(_), Some(zps)) = (flag_frame, flag_second, preset_frame, &p.zoom_per_second) {
+            return Err(file
+                .origin("zoom.zoom_per_second", zps.span())
+                .error("conflicts with `zoom.zoom`: give one of them"));
+        }
+        Ok(flag_frame.or(flag_second).or(preset_frame).or(preset_second).unwrap_or(transform))
     }
 
     /// The dream settings of the first frame (of the only one, for a still).
@@ -177,7 +200,7 @@ impl Job {
 
     /// What a resume must match: the job (a guide or style image as a hash of its pixels)
     /// without the encoder settings, which the stored frames do not depend on; the model's
-    /// weights; and the input's content. One sha256.
+    /// weights and the input, by content (size, time, first and last MiB). One sha256.
     pub fn fingerprint(&self) -> Result<String> {
         use sha2::Digest;
         let weights = crate::model::weights_path(&self.model)?;
@@ -187,9 +210,14 @@ impl Job {
         {
             plan.remove("encoder");
         }
+        // The input by content (below), not by how its path was spelt.
+        if let Some(job) = job.as_object_mut() {
+            job.remove("input");
+            job.remove("output");
+        }
         let text = serde_json::json!({
             "job": job,
-            "weights": crate::io::file_sha256(&weights)?,
+            "weights": crate::io::content_hash(&weights)?,
             "input": crate::io::content_hash(&self.input)?,
         });
         Ok(crate::io::hex(&sha2::Sha256::digest(text.to_string().as_bytes())))
@@ -236,27 +264,6 @@ fn pick_with<T, U>(
     let preset = preset.map(|p| p.parse(&parse)).transpose()?;
     let flag = flag.map(|f| f.parse(&parse)).transpose()?;
     Ok(flag.or(preset))
-}
-
-/// A value that replaces another setting (`duration` for `frames`): the flag applies unless
-/// the other setting's flag is given; the preset's value must not sit beside the other
-/// setting's preset value.
-fn exclusive<T>(
-    flag: Option<Sourced<T>>,
-    preset: Option<Sourced<T>>,
-    other_flag: bool,
-    other_in_preset: bool,
-    other_key: &str,
-) -> Result<Option<Sourced<T>>> {
-    if let Some(p) = &preset
-        && other_in_preset
-    {
-        return Err(p.origin.error(format!("conflicts with `{other_key}`: give one of them")));
-    }
-    Ok(match other_flag {
-        true => None,
-        false => flag.or(preset),
-    })
 }
 
 /// The frame count for `seconds` at `rate`: at least one.
@@ -317,11 +324,12 @@ impl<'a> Settings<'a> {
         let (f, file) = (self.flags, &self.file);
         let d = &file.preset.dream;
         let r = &file.preset.regularize;
-        let tile = optional(flag("--tile", &f.tile), file.get("dream.tile", &d.tile), Rule::Finite)?;
-        let tile_origin = flag("--tile", &f.tile).or(file.get("dream.tile", &d.tile)).map(|t| t.origin);
-        if let (Some(t @ 1..256), Some(origin)) = (tile, tile_origin) {
-            return Err(origin.error(format!("must be 0 (off) or at least 256 pixels, got {t}")));
-        }
+        let tile_rule = |t: Sourced<usize>| match t.value {
+            1..256 => Err(t.origin.error(format!("must be 0 (off) or at least 256 pixels, got {}", t.value))),
+            v => Ok(v),
+        };
+        let tile_preset = file.get("dream.tile", &d.tile).map(tile_rule).transpose()?;
+        let tile = flag("--tile", &f.tile).map(tile_rule).transpose()?.or(tile_preset);
         let regularize = Regularize {
             grad_blur: pick(
                 flag("--grad-blur", &f.grad_blur),
@@ -483,6 +491,7 @@ impl<'a> Settings<'a> {
     /// A guide or style image: the flag's path, else the preset's (relative to the preset).
     fn image(
         &self,
+        flag_name: &'static str,
         flag_path: &Option<PathBuf>,
         key: &str,
         preset: Option<&Spanned<String>>,
@@ -490,7 +499,7 @@ impl<'a> Settings<'a> {
         let load =
             |path: &Path| crate::io::to_tensor(&crate::io::load_rgb(path, Some(1024))?, &candle_core::Device::Cpu);
         match (flag_path, preset) {
-            (Some(path), _) => load(path),
+            (Some(path), _) => load(path).map_err(|e| Origin::Flag(flag_name).blame(e)),
             (None, Some(rel)) => {
                 load(&self.file.base_dir.join(rel.get_ref())).map_err(|e| self.file.origin(key, rel.span()).blame(e))
             }
@@ -523,7 +532,7 @@ impl<'a> Settings<'a> {
         )?;
         let none = None;
         Ok(Some(Guide {
-            image: self.image(&f.guide, "objective.guide.image", g.map(|g| &g.image))?,
+            image: self.image("--guide", &f.guide, "objective.guide.image", g.map(|g| &g.image))?,
             layers,
             mode: mode.unwrap_or(GuideMode::Dot),
             weight: self.weight(
@@ -556,7 +565,7 @@ impl<'a> Settings<'a> {
         )?;
         let none = None;
         Ok(Some(Style {
-            image: self.image(&f.style, "objective.style.image", s.map(|s| &s.image))?,
+            image: self.image("--style", &f.style, "objective.style.image", s.map(|s| &s.image))?,
             layers,
             weight: self.weight(
                 "--style-weight",
@@ -574,6 +583,9 @@ impl<'a> Settings<'a> {
         }))
     }
 }
+
+/// A frame's magnification.
+const ZOOM: Rule = Rule::Between(0.01, 100.0);
 
 /// Blur sigmas, in pixels.
 const SIGMA: Rule = Rule::Between(0.0, 20.0);

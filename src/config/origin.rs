@@ -34,9 +34,7 @@ impl Origin {
     pub fn blame(&self, e: Error) -> Error {
         match e {
             Error::Usage(problem) => self.error(problem),
-            Error::Image { path, reason } if matches!(self, Origin::Preset { .. }) => {
-                self.error(format!("cannot read image {}: {reason}", path.display()))
-            }
+            Error::Image { path, reason } => self.error(format!("cannot read image {}: {reason}", path.display())),
             e => e,
         }
     }

@@ -79,9 +79,9 @@ pub fn parse_pan(s: &String) -> std::result::Result<(f64, f64), String> {
     let bad = || format!("bad pan '{s}': expected X,Y in pixels per frame, e.g. 2,-1");
     let (x, y) = s.split_once(',').ok_or_else(bad)?;
     let (x, y) = (x.trim().parse::<f64>().map_err(|_| bad())?, y.trim().parse::<f64>().map_err(|_| bad())?);
-    match x.is_finite() && y.is_finite() {
+    match x.abs() <= 10_000.0 && y.abs() <= 10_000.0 {
         true => Ok((x, y)),
-        false => Err(bad()),
+        false => Err(format!("pan '{s}' is out of range: at most 10000 pixels per frame each way")),
     }
 }
 

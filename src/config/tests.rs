@@ -86,7 +86,10 @@ fn every_bad_preset_value_names_its_file_line_and_key() {
         ("zoom", "", "zoom = 0", "zoom.zoom"),
         ("zoom", "", "zoom_per_second = -2", "zoom.zoom_per_second"),
         ("zoom", "zoom = 1.1", "zoom_per_second = 2", "zoom.zoom_per_second"),
+        ("zoom", "", "zoom = 1000", "zoom.zoom"),
+        ("zoom", "", "zoom_per_second = 1e-300", "zoom.zoom_per_second"),
         ("zoom", "", "rotate = nan", "zoom.rotate"),
+        ("zoom", "", "pan = [1e9, 0]", "zoom.pan"),
         ("zoom", "", "pan = [1, nan]", "zoom.pan"),
         ("zoom", "", "frame_steps = 1000000", "zoom.frame_steps"),
         ("video", "", "blend = 1.0", "video.blend"),
@@ -181,6 +184,9 @@ fn every_bad_flag_names_the_flag() {
         (ZoomFlags { fps: Some("abc".into()), ..z() }, "--fps"),
         (ZoomFlags { zoom: Some(0.0), ..z() }, "--zoom"),
         (ZoomFlags { zoom_per_second: Some(f64::NAN), ..z() }, "--zoom-per-second"),
+        (ZoomFlags { zoom: Some(1e-300), ..z() }, "--zoom"),
+        (ZoomFlags { zoom_per_second: Some(1e-300), ..z() }, "--zoom-per-second"),
+        (ZoomFlags { pan: Some("1e300,0".into()), ..z() }, "--pan"),
         (ZoomFlags { rotate: Some(f64::INFINITY), ..z() }, "--rotate"),
         (ZoomFlags { pan: Some("1".into()), ..z() }, "--pan"),
         (ZoomFlags { frame_steps: Some(1_000_000), ..z() }, "--frame-steps"),
@@ -256,4 +262,34 @@ fn the_fingerprint_follows_what_is_rendered_not_the_encoder() {
     let other = image::RgbImage::from_pixel(40, 30, image::Rgb([9, 99, 199]));
     other.save(&input).unwrap();
     assert_ne!(base, fingerprint(d(), EncodeFlags::default()), "new content at the same path");
+}
+
+#[test]
+fn a_flag_settles_a_preset_pair_but_every_preset_value_is_checked() {
+    let dir = scratch("settle");
+    let text = "[dream]\nlayers = { block5 = 1 }\n[zoom]\nframes = 10\nduration = 2\nzoom = 1.1\nzoom_per_second = 2\n";
+    let path = dir.join("p.toml");
+    std::fs::write(&path, text).unwrap();
+    let flags = DreamFlags { preset: Some(path.to_string_lossy().into()), ..Default::default() };
+    let z = ZoomFlags { frames: Some(7), zoom: Some(1.02), ..Default::default() };
+    let job = Job::zoom(&example(), Path::new("o.gif"), &flags, &z, &EncodeFlags::default()).unwrap();
+    let Work::Zoom(plan) = &job.work else { panic!("a zoom") };
+    assert_eq!((plan.frames, plan.transform.zoom), (7, 1.02));
+    std::fs::write(&path, "[dream]\nlayers = { block5 = 1 }\ntile = 100\n").unwrap();
+    let flags = DreamFlags { tile: Some(512), ..flags };
+    let err = Job::dream(&example(), Path::new("o.png"), &flags).unwrap_err().to_string();
+    assert!(err.contains("line 3, key `dream.tile`"), "{err}");
+}
+
+#[test]
+fn the_fingerprint_does_not_depend_on_how_paths_are_spelt() {
+    let dir = scratch("spelling");
+    let input = dir.join("in.png");
+    std::fs::copy(example(), &input).unwrap();
+    let dotted = dir.join(".").join("in.png");
+    let fingerprint = |input: &Path, output: &Path| {
+        let (d, z, e) = (DreamFlags::default(), ZoomFlags::default(), EncodeFlags::default());
+        Job::zoom(input, output, &d, &z, &e).unwrap().fingerprint().unwrap()
+    };
+    assert_eq!(fingerprint(&input, &dir.join("o.gif")), fingerprint(&dotted, &dir.join(".").join("o.gif")));
 }

@@ -138,6 +138,12 @@ pub fn dream(
     params: &DreamParams,
     progress: &mut dyn Progress,
 ) -> Result<DreamOutput> {
+    if params.octaves == 0 || !(params.step.is_finite() && params.octave_scale >= 1.0) {
+        // The CLI's settings are checked with their origins in `config`; a library caller that
+        // skips that gets this instead of a panic or a black image.
+        let (o, s, k) = (params.octaves, params.step, params.octave_scale);
+        return Err(Error::internal(format!("unchecked dream settings: {o} octaves, step {s}, octave scale {k}")));
+    }
     let norm = net.normalization();
     let (lo, hi) = norm.valid_range(pixels.device())?;
     let base = norm.apply(pixels)?;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 fn ff(path: &Path, what: &str) -> impl Fn(ffmpeg::Error) -> Error + use<> {
     let (path, what) = (path.to_owned(), what.to_owned());
-    move |e| Error::Output { path: path.clone(), reason: format!("{what}: {e}") }
+    move |e| Error::Write { path: path.clone(), reason: format!("{what}: {e}") }
 }
 
 fn rational(r: Rational) -> ffmpeg::Rational {
@@ -117,7 +117,8 @@ pub fn open(
         SinkKind::Png => unreachable!("PNG sequences are not encoded"),
     };
     let staged = crate::io::Staged::new(dest);
-    let mut octx = format::output_as(staged.path(), fmt).map_err(ff(dest, "cannot create the output"))?;
+    let mut octx = format::output_as(staged.path(), fmt)
+        .map_err(|e| Error::Output { path: dest.to_owned(), reason: format!("cannot create the output: {e}") })?;
     let global_header = octx.format().flags().contains(format::Flags::GLOBAL_HEADER);
     let codec = encoder::find_by_name(codec_name)
         .ok_or_else(|| Error::Unsupported(format!("this ffmpeg has no {codec_name} encoder")))?;
@@ -197,7 +198,7 @@ pub fn open(
 
 fn audio_copy(octx: &mut format::context::Output, src: &AudioSource) -> Result<Option<AudioCopy>> {
     let mut ictx = format::input(&src.path)
-        .map_err(|e| Error::Image { path: src.path.clone(), reason: format!("cannot reopen for audio ({e})") })?;
+        .map_err(|e| Error::Video { path: src.path.clone(), reason: format!("cannot reopen for audio ({e})") })?;
     let Some(ist) = ictx.streams().best(media::Type::Audio) else { return Ok(None) };
     let (in_index, in_tb) = (ist.index(), ist.time_base());
     let mut ost = octx
@@ -344,7 +345,7 @@ impl FrameSink for Encoded {
         let (out_tb, dest) = (self.audio_tb, self.dest.clone());
         if let Some(a) = &mut self.audio {
             a.copy_until(&mut self.octx, out_tb, Some(now))
-                .map_err(|e| Error::Output { path: dest, reason: e.to_string() })?;
+                .map_err(|e| Error::Write { path: dest, reason: e.to_string() })?;
         }
         Ok(())
     }
