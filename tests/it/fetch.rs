@@ -119,3 +119,29 @@ fn torchvision_prefix_checks() {
     assert!(!hash_matches(full, "b0353105"));
     assert!(!hash_matches(full, "b03"), "too short a prefix proves nothing");
 }
+
+#[test]
+fn a_bad_import_keeps_the_installed_model() {
+    let dir = cache("keep");
+    let installed = dir.join("efficientnet_lite0.safetensors");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(repo().join("models/efficientnet_lite0.safetensors"), &installed).unwrap();
+    let before = std::fs::read(&installed).unwrap();
+    // A real safetensors file that is not EfficientNet-Lite0 (wrong tensors).
+    let wrong = dir.join("wrong.safetensors");
+    let t = candle_core::Tensor::zeros((3, 4), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("x".to_owned(), t)]), &wrong).unwrap();
+    let o = crate::util::deepdream(&[
+        "models",
+        "import",
+        wrong.to_str().unwrap(),
+        "--as",
+        "efficientnet-lite0",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&installed).unwrap(), before, "the installed model is untouched");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 2, "no staging file left: {left:?}");
+}
