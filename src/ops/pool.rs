@@ -230,7 +230,8 @@ fn row_max(plane: &[f32], w: usize, kw: usize, cols: &[Span], val: &mut [f32]) {
         // run[x] = max(row[x..x + kw]) for every x with a full window.
         let full = (w + 1).saturating_sub(kw);
         run[..full].copy_from_slice(&row[..full]);
-        for j in 1..kw {
+        // A row narrower than the window has no full window (and `row[j..]` would run past it).
+        for j in (1..kw).filter(|_| full > 0) {
             run[..full].iter_mut().zip(&row[j..j + full]).for_each(|(r, &v)| *r = nanmax(*r, v));
         }
         for (v, c) in vrow.iter_mut().zip(cols) {

@@ -226,3 +226,37 @@ fn dreams_at_once_in_one_thread_pool() {
         assert_eq!(diff(&t.unwrap(), &alone(x)), 0.0, "a dream beside others gives what it gives alone");
     }
 }
+
+/// Every size from 1 pixel up either dreams or is refused with a clear error, never a panic:
+/// narrow rows once sliced past their end in the depthwise and pooling kernels.
+#[test]
+fn tiny_and_narrow_inputs_dream_or_are_refused() {
+    let mut nets: Vec<(&str, &dyn deepdream::model::FeatureNet, &str)> =
+        vec![("efficientnet-lite0", lite0(), "block12")];
+    let inception =
+        crate::util::installed("inception-v3-tf2015").then(|| deepdream::model::load("inception-v3-tf2015").unwrap());
+    if let Some(net) = &inception {
+        nets.push(("inception-v3-tf2015", net.as_ref(), "mixed4"));
+    }
+    for (name, net, layer) in nets {
+        for (w, h) in (1..=40).map(|w| (w, 1 + w % 7)).chain([(64, 64), (3, 70), (70, 2)]) {
+            for octaves in [1, 3] {
+                let p = DreamParams {
+                    octaves,
+                    steps: 1,
+                    objective: Objective::layers(vec![LayerTerm::new(layer, 1.0)]),
+                    ..params(1, 2, 0)
+                };
+                let x = Tensor::ones((1, 3, h, w), candle_core::DType::F32, &Device::Cpu).unwrap();
+                let checked = dream::check_smallest_octave(net, &p, (h, w), &Device::Cpu);
+                match checked {
+                    Ok(()) => {
+                        let out = dream::dream(net, &x, &p, &mut Quiet).unwrap();
+                        assert_eq!(out.pixels.dims(), &[1, 3, h, w], "{name} {w}x{h}");
+                    }
+                    Err(e) => assert!(e.to_string().contains("too small"), "{name} {w}x{h}: {e}"),
+                }
+            }
+        }
+    }
+}
