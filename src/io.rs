@@ -81,7 +81,13 @@ pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
     if reader.format().is_none() {
         return Err(err("not an image format deepdream can read (PNG, JPEG, BMP, GIF, WebP, TIFF)".into()));
     }
-    let img = reader.decode().map_err(|e| err(format!("corrupt or unsupported image: {e}")))?;
+    let corrupt = |e: image::ImageError| err(format!("corrupt or unsupported image: {e}"));
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    // A phone photo stores its pixels sideways and says how to turn them (EXIF orientation).
+    let orientation =
+        image::ImageDecoder::orientation(&mut decoder).unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    img.apply_orientation(orientation);
     let img = match max_size {
         Some(m) if img.width().max(img.height()) > m => {
             let scale = m as f64 / img.width().max(img.height()) as f64;
@@ -148,6 +154,23 @@ pub fn save(img: &RgbImage, path: &Path) -> Result<()> {
     write_atomic(path, |tmp| {
         img.save_with_format(tmp, format).map_err(|e| Error::Write { path: path.to_owned(), reason: e.to_string() })
     })
+}
+
+/// Whether writing `output` would overwrite or replace `input`: the same file (by device and
+/// inode, so symlinks and `./` spellings count), or a directory output that holds the input.
+pub fn would_destroy(input: &Path, output: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let output = PathBuf::from(output.to_string_lossy().trim_end_matches('/'));
+    if let (Ok(a), Ok(b)) = (std::fs::metadata(input), std::fs::metadata(&output))
+        && a.dev() == b.dev()
+        && a.ino() == b.ino()
+    {
+        return true;
+    }
+    match (input.canonicalize(), output.canonicalize()) {
+        (Ok(i), Ok(o)) => i.starts_with(&o),
+        _ => false,
+    }
 }
 
 /// Identifies a file's content cheaply (for resume fingerprints): its size, modification

@@ -11,7 +11,7 @@ use crate::dream::{
     DreamParams, Guide, GuideMode, LayerTerm, Objective, Regularize, Style, Tiling, ZoomTransform, class_index,
 };
 use crate::media::Rational;
-use crate::sink::{SinkKind, SinkOptions, X264_PRESETS};
+use crate::sink::{SinkOptions, X264_PRESETS};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use toml::Spanned;
@@ -74,7 +74,7 @@ impl Job {
 
     /// `deepdream zoom INPUT -o OUTPUT`.
     pub fn zoom(input: &Path, output: &Path, flags: &DreamFlags, z: &ZoomFlags, e: &EncodeFlags) -> Result<Job> {
-        SinkKind::from_path(output)?;
+        crate::sink::check_output(output)?;
         let s = Settings::load(flags)?;
         let params = s.params()?;
         let p = &s.file.preset.zoom;
@@ -116,7 +116,7 @@ impl Job {
 
     /// `deepdream video INPUT -o OUTPUT`.
     pub fn video(input: &Path, output: &Path, flags: &DreamFlags, v: &VideoFlags, e: &EncodeFlags) -> Result<Job> {
-        SinkKind::from_path(output)?;
+        crate::sink::check_output(output)?;
         let s = Settings::load(flags)?;
         let params = s.params()?;
         let p = &s.file.preset.video;
@@ -290,6 +290,13 @@ impl<'a> Settings<'a> {
     }
 
     fn job(&self, input: &Path, output: &Path, work: Work) -> Result<Job> {
+        if crate::io::would_destroy(input, output) {
+            return Err(Error::usage(format!(
+                "-o: {} would overwrite the input {}; choose another output",
+                output.display(),
+                input.display()
+            )));
+        }
         let f = self.flags;
         let d = &self.file.preset.dream;
         let model = match (flag("--model", &f.model), self.file.get("model", &self.file.preset.model)) {
@@ -414,7 +421,7 @@ impl<'a> Settings<'a> {
             class_mode,
             guide: self.guide()?,
             style: self.style()?,
-            tv: pick(flag("--tv", &f.tv), file.get("objective.tv", &o.tv), 0.0, Rule::at_least(0.0))?,
+            tv: pick(flag("--tv", &f.tv), file.get("objective.tv", &o.tv), 0.0, Rule::Between(0.0, 10_000.0))?,
         };
         if objective.layers.is_empty()
             && objective.classes.is_empty()
@@ -435,7 +442,7 @@ impl<'a> Settings<'a> {
             .iter()
             .map(|(name, w)| {
                 let origin = self.file.origin(&format!("{key}.{name}"), w.span());
-                let weight = Sourced { value: *w.get_ref(), origin: origin.clone() }.check(Rule::Finite)?;
+                let weight = Sourced { value: *w.get_ref(), origin: origin.clone() }.check(WEIGHT)?;
                 Ok((Sourced { value: name.clone(), origin }, weight))
             })
             .collect()
@@ -509,7 +516,7 @@ impl<'a> Settings<'a> {
 
     /// A weight from a flag or the preset, default 1.
     fn weight(&self, name: &'static str, f: &Option<f32>, key: &str, preset: &Option<Spanned<f32>>) -> Result<f32> {
-        pick(flag(name, f), self.file.get(key, preset), 1.0, Rule::Finite)
+        pick(flag(name, f), self.file.get(key, preset), 1.0, WEIGHT)
     }
 
     fn guide(&self) -> Result<Option<Guide>> {
@@ -583,6 +590,9 @@ impl<'a> Settings<'a> {
         }))
     }
 }
+
+/// The weight of an objective term: finite, and small enough that the loss stays finite.
+pub const WEIGHT: Rule = Rule::Between(-10_000.0, 10_000.0);
 
 /// A frame's magnification.
 const ZOOM: Rule = Rule::Between(0.01, 100.0);

@@ -26,8 +26,11 @@ fn parse_weighted(spec: &str, what: &str) -> Result<Vec<(String, f32)>> {
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (name, weight) = match part.split_once('=') {
             Some((n, w)) => {
-                let weight = w.trim().parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
-                    Error::usage(format!("bad {what} weight '{}' in '{part}': expected a finite number", w.trim()))
+                let weight = w.trim().parse::<f32>().ok().filter(|v| v.abs() <= 10_000.0).ok_or_else(|| {
+                    Error::usage(format!(
+                        "bad {what} weight '{}' in '{part}': expected a number from -10000 to 10000",
+                        w.trim()
+                    ))
                 })?;
                 (n.trim(), weight)
             }

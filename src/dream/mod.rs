@@ -169,6 +169,9 @@ pub fn dream(
             };
             let shifted = roll2(&x, dy, dx)?;
             let (loss, mut grad) = tiler.loss_and_grad(net, &params.objective, &shifted, (dy, dx))?;
+            if !loss.is_finite() {
+                return Err(diverged(loss, k, s));
+            }
             if params.max_loss.is_some_and(|m| loss as f64 > m) {
                 break;
             }
@@ -178,7 +181,11 @@ pub fn dream(
             if r.laplacian > 0 {
                 grad = laplacian_normalize(&grad, r.laplacian)?;
             }
-            let scale = grad.abs()?.mean_all()?.to_scalar::<f32>()?.max(1e-7) as f64;
+            let scale = grad.abs()?.mean_all()?.to_scalar::<f32>()?;
+            if !scale.is_finite() {
+                return Err(diverged(scale, k, s));
+            }
+            let scale = scale.max(1e-7) as f64;
             let moved = (shifted + (grad * (params.step / scale))?)?;
             x = roll2(&moved, -dy, -dx)?;
             if r.decay > 0.0 {
@@ -207,6 +214,15 @@ pub fn dream(
     }
     let x = x.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
     Ok(DreamOutput { pixels: norm.invert(&x)?, losses })
+}
+
+/// The error for a loss or gradient that is no longer a number: never written out as black.
+fn diverged(value: f32, octave: usize, step: usize) -> Error {
+    Error::usage(format!(
+        "the dream diverged ({value} at octave {}, step {}): lower the objective weights or the step size",
+        octave + 1,
+        step + 1
+    ))
 }
 
 /// Fails early, with advice, when the smallest octave of an `h` x `w` image is too small for

@@ -67,6 +67,23 @@ impl SinkKind {
     }
 }
 
+/// The sink an output path asks for, checked before any work: a file output must not be an
+/// existing directory, and the directory it goes in must exist.
+pub fn check_output(path: &Path) -> Result<SinkKind> {
+    let kind = SinkKind::from_path(path)?;
+    let bad = |reason: &str| Error::Output { path: path.to_owned(), reason: reason.into() };
+    if kind != SinkKind::Png && path.is_dir() {
+        return Err(bad("is a directory; give a file name, e.g. out.mp4"));
+    }
+    let trimmed = PathBuf::from(path.to_string_lossy().trim_end_matches('/'));
+    if let Some(parent) = trimmed.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        return Err(bad(&format!("no such directory {}", parent.display())));
+    }
+    Ok(kind)
+}
+
 /// Opens the sink an output path asks for; `audio` is copied into outputs that carry sound.
 pub fn open(
     path: &Path,

@@ -288,3 +288,66 @@ fn bad_values_name_their_origin() {
     let o = deepdream(&["zoom", &example(), "-o", gif.to_str().unwrap(), "--preset", preset.to_str().unwrap()]);
     assert_user_error(&o, "line 4, key `zoom.fps`: bad frame rate 'abc'", &dir);
 }
+
+#[test]
+fn an_output_that_would_destroy_the_input_is_refused() {
+    let dir = scratch("same");
+    let photo = dir.join("a.png");
+    std::fs::copy(example(), &photo).unwrap();
+    let link = dir.join("link.png");
+    std::os::unix::fs::symlink(&photo, &link).unwrap();
+    let before = std::fs::read(&photo).unwrap();
+    let dotted = dir.join(".").join("a.png");
+    for out in [&photo, &link, &dotted] {
+        let o = deepdream(&["dream", photo.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("would overwrite the input"), "{}", stderr(&o));
+    }
+    // A frame directory output that holds the input would be replaced as a whole.
+    let frames = dir.join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    let frame = frames.join("frame_00001.png");
+    std::fs::copy(example(), &frame).unwrap();
+    let o = deepdream(&["zoom", frame.to_str().unwrap(), "-o", frames.to_str().unwrap(), "--frames", "2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&photo).unwrap(), before);
+    assert!(frame.is_file());
+}
+
+#[test]
+fn unusable_render_outputs_are_refused_before_work() {
+    let dir = scratch("outdirs");
+    let taken = dir.join("taken.mp4");
+    std::fs::create_dir(&taken).unwrap();
+    let o = deepdream(&["zoom", &example(), "-o", taken.to_str().unwrap(), "--frames", "2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+    let o = deepdream(&["zoom", &example(), "-o", "/no/such/dir/out.gif", "--frames", "2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no such directory"), "{}", stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("taken.mp4")]);
+}
+
+#[test]
+fn exif_orientation_is_applied() {
+    let dir = scratch("exif");
+    // 40x20 pixels stored, left half red; EXIF orientation 6 says "turn 90 degrees clockwise".
+    let img =
+        image::RgbImage::from_fn(40, 20, |x, _| if x < 20 { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) });
+    let exif = vec![
+        b'I', b'I', 42, 0, 8, 0, 0, 0, // TIFF header, first IFD at 8
+        1, 0, // one entry
+        0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0, // Orientation (SHORT) = 6
+        0, 0, 0, 0, // no next IFD
+    ];
+    let path = dir.join("phone.jpg");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut file, 95);
+    image::ImageEncoder::set_exif_metadata(&mut encoder, exif).unwrap();
+    image::ImageEncoder::write_image(encoder, img.as_raw(), 40, 20, image::ExtendedColorType::Rgb8).unwrap();
+    drop(file);
+    let loaded = deepdream::io::load_rgb(&path, None).unwrap();
+    assert_eq!(loaded.dimensions(), (20, 40), "turned upright");
+    assert!(loaded.get_pixel(10, 5)[0] > 200, "the red half is on top after the turn");
+}

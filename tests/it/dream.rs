@@ -260,3 +260,10 @@ fn tiny_and_narrow_inputs_dream_or_are_refused() {
         }
     }
 }
+
+#[test]
+fn a_diverging_dream_is_an_error_not_a_black_image() {
+    let x = Tensor::full(f32::NAN, (1, 3, 64, 64), &Device::Cpu).unwrap();
+    let err = dream::dream(lite0(), &x, &params(2, 0, 0), &mut Quiet).err().expect("an error");
+    assert!(err.to_string().contains("diverged"), "{err}");
+}
