@@ -62,6 +62,16 @@ pub struct AudioSource {
     pub duration: Option<f64>,
 }
 
+/// A path as ffmpeg must be given it: as a file, never as a URL (`take1:2.mp4` would name
+/// the protocol `take1`).
+#[cfg(feature = "video")]
+pub(crate) fn ffmpeg_path(path: &std::path::Path) -> PathBuf {
+    match path.to_string_lossy().contains(':') {
+        true => PathBuf::from(format!("file:{}", path.display())),
+        false => path.to_owned(),
+    }
+}
+
 /// Initialises ffmpeg once (both the decoder and the encoders call it).
 #[cfg(feature = "video")]
 pub(crate) fn init_ffmpeg() -> crate::Result<()> {

@@ -117,7 +117,7 @@ pub fn open(
         SinkKind::Png => unreachable!("PNG sequences are not encoded"),
     };
     let staged = crate::io::Staged::new(dest);
-    let mut octx = format::output_as(staged.path(), fmt)
+    let mut octx = format::output_as(&crate::media::ffmpeg_path(staged.path()), fmt)
         .map_err(|e| Error::Output { path: dest.to_owned(), reason: format!("cannot create the output: {e}") })?;
     let global_header = octx.format().flags().contains(format::Flags::GLOBAL_HEADER);
     let codec = encoder::find_by_name(codec_name)
@@ -197,7 +197,7 @@ pub fn open(
 }
 
 fn audio_copy(octx: &mut format::context::Output, src: &AudioSource) -> Result<Option<AudioCopy>> {
-    let mut ictx = format::input(&src.path)
+    let mut ictx = format::input(&crate::media::ffmpeg_path(&src.path))
         .map_err(|e| Error::Video { path: src.path.clone(), reason: format!("cannot reopen for audio ({e})") })?;
     let Some(ist) = ictx.streams().best(media::Type::Audio) else { return Ok(None) };
     let (in_index, in_tb) = (ist.index(), ist.time_base());

@@ -58,7 +58,8 @@ fn open(path: &Path) -> Result<Opened> {
     if !path.exists() {
         return Err(err(path, "no such file"));
     }
-    let ictx = format::input(&path).map_err(|e| err(path, format!("not a readable video ({e})")))?;
+    let ictx = format::input(&crate::media::ffmpeg_path(path))
+        .map_err(|e| err(path, format!("not a readable video ({e})")))?;
     let stream = ictx.streams().best(media::Type::Video).ok_or_else(|| err(path, "has no video stream"))?;
     let index = stream.index();
     let ctx = codec::context::Context::from_parameters(stream.parameters())

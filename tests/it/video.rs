@@ -208,3 +208,18 @@ fn bad_videos_are_clear_errors() {
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != "corrupt.mp4").collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn file_names_with_a_colon_are_files_not_protocols() {
+    let dir = scratch("colon");
+    let example = repo().join("examples/chelsea.png");
+    let mp4 = dir.join("take1:2.mp4");
+    let gif = dir.join("12:30.gif");
+    let mut args = vec!["zoom", s(&example), "-o", s(&mp4), "--frames", "3", "--max-size", "64"];
+    args.extend(FAST);
+    ok(&deepdream(&args));
+    let mut args = vec!["video", s(&mp4), "-o", s(&gif)];
+    args.extend(FAST);
+    ok(&deepdream(&args));
+    assert_eq!((summarize(&mp4).unwrap().frames, summarize(&gif).unwrap().frames), (3, 3));
+}
