@@ -1,9 +1,10 @@
 //! The frame pipeline, the only place that knows about threads: a decode stage (the
 //! [`Source`]), the dream on the calling thread, and an encode stage (the sink, opened, written
 //! and finished on its own thread), joined by small bounded channels so a slow stage holds the
-//! others back. Frames stay in order. The progress callback's return value stops everything;
-//! an interrupted or failed render still finishes a playable file with the frames done so far
-//! and keeps its frame store, so `resume` carries on where it stopped and gives the same result.
+//! others back. Frames stay in order. The progress callback's return value stops everything:
+//! an interrupted render still finishes a playable file with the frames done so far; a failed
+//! one leaves no output. Both keep their frame store, so `resume` carries on where they stopped
+//! and gives the same result.
 
 use crate::device::Backend;
 use crate::dream::{self, DreamParams, Progress, StepInfo};
@@ -15,6 +16,7 @@ use crate::{Error, Result, io};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One render: a source dreamed frame by frame into an output.
 pub struct RenderJob<'a> {
@@ -147,14 +149,16 @@ pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<Rende
     let resumed_from = if job.resume { store.done()? } else { 0 };
     let audio = job.source.audio();
     let format = FrameFormat { width: info.width, height: info.height, rate: info.rate, time_base: info.time_base };
+    let keep = AtomicBool::new(true);
     let (dreamed, encoded) = std::thread::scope(|s| {
         let (ready_tx, ready_rx) = bounded::<bool>(1);
         let (to_encode, from_dream) = bounded::<Done>(4);
         let (store, audio, format) = (&store, audio.as_ref(), &format);
+        let keep = &keep;
         let encoder = spawn(s, "encode", move || {
             let sink = sink::open(job.output, format, job.sink, audio);
             let _ = ready_tx.send(sink.is_ok());
-            encode_stage(sink?, from_dream, store)
+            encode_stage(sink?, format, from_dream, store, keep)
         });
         let encoder = match encoder {
             Ok(encoder) => encoder,
@@ -174,6 +178,9 @@ pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<Rende
                     dreamed.and(joined(decoder.join(), "decode"))
                 });
         }
+        // A failed render leaves no output (its frames stay in the store); a finished or
+        // interrupted one gets a playable file. Set before the channel closes, read after.
+        keep.store(!matches!(&dreamed, Err(e) if !matches!(e, Error::Cancelled)), Ordering::Release);
         drop(to_encode);
         (dreamed, joined(encoder.join(), "encode"))
     });
@@ -209,17 +216,35 @@ fn spawn<'scope, 'env, T: Send + 'scope>(
 }
 
 /// Writes frames in order and stores fresh ones for resume; finishes the output when it holds
-/// at least one frame (so an interrupted render is playable), else leaves nothing.
-fn encode_stage(mut sink: Box<dyn sink::FrameSink>, from_dream: Receiver<Done>, store: &Store) -> Result<u64> {
+/// at least one frame and `keep` says so, else leaves nothing.
+fn encode_stage(
+    mut sink: Box<dyn sink::FrameSink>,
+    format: &FrameFormat,
+    from_dream: Receiver<Done>,
+    store: &Store,
+    keep: &AtomicBool,
+) -> Result<u64> {
     let mut n = 0;
     for d in from_dream.iter() {
+        if d.image.dimensions() != (format.width, format.height) {
+            let (w, h) = d.image.dimensions();
+            return Err(Error::Output {
+                path: store.dir.clone(),
+                reason: format!(
+                    "frame {} is {w}x{h}, the render {}x{}: a damaged frame store; run without --resume",
+                    d.index + 1,
+                    format.width,
+                    format.height
+                ),
+            });
+        }
         sink.write(&d.image, d.pts)?;
         if d.fresh {
             store.save(d.index, &d.image, d.pts)?;
         }
         n += 1;
     }
-    if n > 0 {
+    if n > 0 && keep.load(Ordering::Acquire) {
         sink.finish()?;
     }
     Ok(n)

@@ -172,6 +172,17 @@ fn sigterm_finishes_a_playable_file_and_keeps_the_store() {
     let frames = summarize(&gif).unwrap().frames;
     assert!((1..40).contains(&frames), "{frames} frames in the interrupted GIF");
     assert!(dir.join(".cut.gif.frames/ledger.json").is_file(), "the store stays for --resume");
+    // A stored frame of another size (a damaged store) is a clear error on resume, not a panic
+    // of the encode stage; the store and the earlier output stay.
+    image::RgbImage::new(10, 10).save(dir.join(".cut.gif.frames/000001.png")).unwrap();
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    let o = deepdream(&resume);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("damaged frame store") && !err.contains("panicked"), "{err}");
+    assert_eq!(summarize(&gif).unwrap().frames, frames, "the interrupted render's file is untouched");
+    assert!(dir.join(".cut.gif.frames/ledger.json").is_file());
 }
 
 unsafe extern "C" {
