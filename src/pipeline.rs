@@ -50,6 +50,9 @@ pub trait FrameProgress: Send {
 pub struct RenderSummary {
     pub frames: u64,
     pub resumed_from: u64,
+    /// The first stored frame that was damaged (missing, unreadable, another size) and was
+    /// rendered again with everything after it.
+    pub damaged_from: Option<u64>,
     /// Stopped by the progress callback; the output holds the frames done so far.
     pub interrupted: bool,
     pub width: u32,
@@ -80,8 +83,11 @@ impl Store {
         self.dir.join(format!("{i:06}.png"))
     }
 
-    /// Frames already done by an interrupted render with the same settings.
-    fn done(&self) -> Result<u64> {
+    /// Frames already done by an interrupted render with the same settings: the ledger's, up
+    /// to the first stored frame that is missing, does not decode, or is not `w` x `h` (that
+    /// one and all after it are rendered again; nothing is deleted here). Also returns where
+    /// the damage starts, if anywhere.
+    fn done(&self, (w, h): (u32, u32)) -> Result<(u64, Option<u64>)> {
         let text = std::fs::read_to_string(self.dir.join("ledger.json")).map_err(|_| {
             Error::usage(format!("--resume: nothing to resume, no frame store at {}", self.dir.display()))
         })?;
@@ -92,9 +98,12 @@ impl Store {
                 "--resume: the settings, model or input differ from the interrupted render's; run without --resume to start over",
             ));
         }
-        let done = ledger.pts.len() as u64;
-        *self.pts.lock().expect("ledger lock") = ledger.pts;
-        Ok(done)
+        let listed = ledger.pts.len() as u64;
+        let sound = (0..listed).find(|&i| !self.load(i).is_ok_and(|f| f.dimensions() == (w, h))).unwrap_or(listed);
+        let mut pts = ledger.pts;
+        pts.truncate(sound as usize);
+        *self.pts.lock().expect("ledger lock") = pts;
+        Ok((sound, (sound < listed).then_some(sound)))
     }
 
     fn pts(&self, i: u64) -> i64 {
@@ -146,7 +155,7 @@ struct Done {
 pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<RenderSummary> {
     let info = job.source.info().clone();
     let store = Store::new(job.output, job.fingerprint.clone());
-    let resumed_from = if job.resume { store.done()? } else { 0 };
+    let (resumed_from, damaged_from) = if job.resume { store.done((info.width, info.height))? } else { (0, None) };
     let audio = job.source.audio();
     let format = FrameFormat { width: info.width, height: info.height, rate: info.rate, time_base: info.time_base };
     let keep = AtomicBool::new(true);
@@ -190,8 +199,14 @@ pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<Rende
     if frames == 0 {
         store.remove();
     }
-    let summary =
-        |interrupted| RenderSummary { frames, resumed_from, interrupted, width: info.width, height: info.height };
+    let summary = |interrupted| RenderSummary {
+        frames,
+        resumed_from,
+        damaged_from,
+        interrupted,
+        width: info.width,
+        height: info.height,
+    };
     match dreamed {
         Err(Error::Cancelled) if frames > 0 => Ok(summary(true)),
         Err(e) => Err(e),

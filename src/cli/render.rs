@@ -119,6 +119,9 @@ fn render(
     bar.finish();
     let s = summary?;
     let fresh = s.frames - s.resumed_from;
+    if let Some(k) = s.damaged_from {
+        eprintln!("warning: stored frame {} was damaged; it and the frames after it were rendered again", k + 1);
+    }
     let resumed = if s.resumed_from > 0 { format!(", resumed after {}", s.resumed_from) } else { String::new() };
     let per_frame = start.elapsed().as_secs_f64() / fresh.max(1) as f64;
     let stopped = if s.interrupted { "; interrupted: run again with --resume to finish" } else { "" };
