@@ -1,7 +1,7 @@
 //! `models` (list, registry, import, fetch) and `presets`.
 
 use super::progress::DownloadBar;
-use deepdream::config::{BUILTIN_PRESETS, parse_preset};
+use deepdream::config::{BUILTIN_PRESETS, Rule, flag, parse_preset};
 use deepdream::model::{self, ZOO, weights};
 use deepdream::{Error, Result};
 use std::path::PathBuf;
@@ -23,6 +23,9 @@ pub enum ModelsAction {
         /// Directory to install into (default: the user cache).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Give up when the server does not connect, answer or send for this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
     },
     /// Convert a PyTorch checkpoint (zip or legacy .pth) into the model directory.
     Import {
@@ -63,12 +66,13 @@ pub fn run(action: Option<ModelsAction>) -> Result<()> {
             model::fetch::install(&name, &file, &dest)?;
             println!("imported {name} into {}", dest.display());
         }
-        Some(ModelsAction::Fetch { name, url, sha256, dir }) => fetch(&name, url, sha256, dir)?,
+        Some(ModelsAction::Fetch { name, url, sha256, dir, timeout }) => fetch(&name, url, sha256, dir, timeout)?,
     }
     Ok(())
 }
 
-fn fetch(name: &str, url: Option<String>, sha256: Option<String>, dir: Option<PathBuf>) -> Result<()> {
+fn fetch(name: &str, url: Option<String>, sha256: Option<String>, dir: Option<PathBuf>, timeout: f64) -> Result<()> {
+    let timeout = flag("--timeout", &Some(timeout)).expect("given").check(Rule::Between(0.1, 86_400.0))?;
     let info = model::info(name)?;
     let (url, sha256) = match (url, sha256, &info.download) {
         (Some(u), Some(s), _) => (u, s),
@@ -84,7 +88,8 @@ fn fetch(name: &str, url: Option<String>, sha256: Option<String>, dir: Option<Pa
     let dir = dir.unwrap_or_else(weights::cache_dir);
     let mut bar = DownloadBar::new();
     eprintln!("fetching {name} from {url}");
-    let dest = model::fetch::fetch(name, &url, &sha256, &dir, &mut |done, total| bar.update(done, total));
+    let timeout = std::time::Duration::from_secs_f64(timeout);
+    let dest = model::fetch::fetch(name, &url, &sha256, &dir, timeout, &mut |done, total| bar.update(done, total));
     bar.finish();
     println!("installed {name} into {}", dest?.display());
     Ok(())

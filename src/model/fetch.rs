@@ -36,24 +36,45 @@ pub fn hash_matches(actual: &str, expected: &str) -> bool {
     expected.len() >= 8 && actual.starts_with(&expected)
 }
 
+/// The largest download accepted: more than any model in the zoo (VGG19 is 548 MB).
+const MAX_DOWNLOAD: u64 = 2 << 30;
+
 /// Downloads `url` to `partial`, resuming from what is already there. `progress(done, total)`.
-fn download(url: &str, partial: &Path, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<()> {
+/// A server that does not connect, answer or send within `timeout` is an error (resumable).
+fn download(
+    url: &str,
+    partial: &Path,
+    timeout: std::time::Duration,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<()> {
     let net_err = |reason: String| Error::Network { url: url.to_owned(), reason };
+    let write_err = |e: std::io::Error| Error::Write { path: partial.to_owned(), reason: e.to_string() };
     let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
     let mut req = ureq::get(url);
     if have > 0 {
         req = req.header("Range", &format!("bytes={have}-"));
     }
-    let resp = req.config().http_status_as_error(false).build().call().map_err(|e| net_err(e.to_string()))?;
+    let resp = req
+        .config()
+        .http_status_as_error(false)
+        .timeout_connect(Some(timeout))
+        .timeout_recv_response(Some(timeout))
+        .timeout_per_read(Some(timeout))
+        .build()
+        .call()
+        .map_err(|e| net_err(e.to_string()))?;
     let status = resp.status().as_u16();
     let (mut file, start) = match status {
-        206 if have > 0 => (std::fs::OpenOptions::new().append(true).open(partial)?, have),
-        200 => (std::fs::File::create(partial)?, 0),
+        206 if have > 0 => (std::fs::OpenOptions::new().append(true).open(partial).map_err(write_err)?, have),
+        200 => (std::fs::File::create(partial).map_err(write_err)?, 0),
         416 if have > 0 => return Ok(()), // nothing left to send: the partial file is whole
         s => return Err(net_err(format!("HTTP status {s}"))),
     };
     let length = resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let total = length.map(|l| l + start);
+    if let Some(t) = total.filter(|&t| t > MAX_DOWNLOAD) {
+        return Err(net_err(format!("the server offers {t} bytes, more than any model ({MAX_DOWNLOAD})")));
+    }
     let mut body = resp.into_body().into_with_config().limit(u64::MAX).reader();
     let mut buf = vec![0u8; 1 << 16];
     let mut done = start;
@@ -65,11 +86,17 @@ fn download(url: &str, partial: &Path, progress: &mut dyn FnMut(u64, Option<u64>
         if n == 0 {
             break;
         }
-        file.write_all(&buf[..n])?;
+        file.write_all(&buf[..n]).map_err(write_err)?;
         done += n as u64;
+        if done > total.unwrap_or(MAX_DOWNLOAD) {
+            return Err(net_err(format!(
+                "the server sent more than the {} bytes it announced",
+                total.unwrap_or(MAX_DOWNLOAD)
+            )));
+        }
         progress(done, total);
     }
-    file.sync_all()?;
+    file.sync_all().map_err(write_err)?;
     if let Some(t) = total.filter(|&t| t != done) {
         return Err(net_err(format!(
             "connection closed after {done} of {t} bytes; run the same command again to resume"
@@ -85,6 +112,7 @@ pub fn fetch(
     url: &str,
     sha256: &str,
     dir: &Path,
+    timeout: std::time::Duration,
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<PathBuf> {
     let info = super::info(model)?;
@@ -92,7 +120,7 @@ pub fn fetch(
     let pdir = partial_dir(dir);
     std::fs::create_dir_all(&pdir).map_err(|e| Error::Output { path: pdir.clone(), reason: e.to_string() })?;
     let partial = pdir.join(format!("{model}.part"));
-    download(url, &partial, progress)?;
+    download(url, &partial, timeout, progress)?;
     let actual = sha256_file(&partial)?;
     if !hash_matches(&actual, sha256) {
         let _ = std::fs::remove_file(&partial);

@@ -145,3 +145,41 @@ fn a_bad_import_keeps_the_installed_model() {
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left.len(), 2, "no staging file left: {left:?}");
 }
+
+/// A server that accepts, then goes silent: before answering, or after half the body.
+fn silent_server(body: Vec<u8>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/lite0.safetensors", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            if n == 1 {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body[..body.len() / 2]);
+            }
+            held.push(stream); // never closed, never finished
+        }
+    });
+    url
+}
+
+#[test]
+fn a_silent_server_times_out() {
+    let (body, sha) = weight_file();
+    let url = silent_server(body);
+    let dir = cache("silent");
+    for _ in 0..2 {
+        let start = std::time::Instant::now();
+        let o = Command::new(env!("CARGO_BIN_EXE_deepdream"))
+            .args(["models", "fetch", "efficientnet-lite0", "--url", &url, "--sha256", &sha])
+            .args(["--dir", dir.to_str().unwrap(), "--timeout", "1"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("download of") && start.elapsed().as_secs() < 20, "{err}");
+        assert!(!dir.join("efficientnet_lite0.safetensors").exists());
+    }
+}
