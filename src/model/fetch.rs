@@ -150,6 +150,10 @@ pub fn install(model: &str, src: &Path, dest: &Path) -> Result<()> {
         weights::import_pth(src, staged.path())?;
     }
     super::load_from(model, staged.path())?;
+    weights::check_finite(staged.path()).map_err(|e| match e {
+        Error::Weights { reason, .. } => Error::Weights { path: src.to_owned(), reason },
+        e => e,
+    })?;
     staged.commit()?;
     Ok(())
 }

@@ -54,6 +54,25 @@ pub fn load_safetensors(path: &Path) -> Result<Weights> {
     Ok(Weights { path: path.to_owned(), source: Source::Tensors(tensors) })
 }
 
+/// Checks that every value in a safetensors file is a finite number (a checkpoint of NaNs
+/// builds the network and then dreams black), naming the first tensor that is not.
+pub fn check_finite(path: &Path) -> Result<()> {
+    let Source::Tensors(tensors) = load_safetensors(path)?.source else { return Ok(()) };
+    let mut names: Vec<_> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = tensors[name].to_dtype(DType::F32)?.flatten_all()?;
+        let bad = t.to_vec1::<f32>()?.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            return Err(Error::Weights {
+                path: path.to_owned(),
+                reason: format!("tensor {name} holds {bad} values that are not finite numbers (NaN or infinite)"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The unit stream of FORMULA.md: element `i` of tensor `name`, a u in [0, 1).
 pub fn formula_unit(name: &str, i: u64) -> f64 {
     let mut seed: u64 = 0xcbf29ce484222325;

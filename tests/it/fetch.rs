@@ -142,8 +142,28 @@ fn a_bad_import_keeps_the_installed_model() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(&installed).unwrap(), before, "the installed model is untouched");
+    // The right tensors, one of them all NaN: it builds the network, and would dream black.
+    let mut tensors = candle_core::safetensors::load(&installed, &candle_core::Device::Cpu).unwrap();
+    let key = tensors.keys().min().unwrap().clone();
+    let nan = (tensors[&key].ones_like().unwrap() * f64::NAN).unwrap();
+    tensors.insert(key, nan);
+    let poisoned = dir.join("poisoned.safetensors");
+    candle_core::safetensors::save(&tensors, &poisoned).unwrap();
+    let o = crate::util::deepdream(&[
+        "models",
+        "import",
+        poisoned.to_str().unwrap(),
+        "--as",
+        "efficientnet-lite0",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("not finite"), "{err}");
+    assert_eq!(std::fs::read(&installed).unwrap(), before, "the installed model is untouched");
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left.len(), 2, "no staging file left: {left:?}");
+    assert_eq!(left.len(), 3, "no staging file left: {left:?}");
 }
 
 /// A server that accepts, then goes silent: before answering, or after half the body.
