@@ -76,7 +76,9 @@ pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
     if !path.exists() {
         return Err(err("no such file".into()));
     }
-    let reader = image::ImageReader::open(path).map_err(|e| err(e.to_string()))?;
+    // Read whole, then decode: a pipe or process substitution (`<(curl ...)`) cannot seek.
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes));
     let reader = reader.with_guessed_format().map_err(|e| err(e.to_string()))?;
     if reader.format().is_none() {
         return Err(err("not an image format deepdream can read (PNG, JPEG, BMP, GIF, WebP, TIFF)".into()));

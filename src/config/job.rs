@@ -99,7 +99,10 @@ impl Job {
         let rotate = pick(flag("--rotate", &z.rotate), s.file.get("zoom.rotate", &p.rotate), 0.0, Rule::Finite)?;
         let pan = match (flag("--pan", &z.pan), s.file.get("zoom.pan", &p.pan)) {
             (f, Some(p)) => {
-                let preset = p.map(|[x, y]| format!("{x},{y}")).parse(parse_pan)?;
+                let preset = p.parse(|v| match v.as_slice() {
+                    [x, y] => parse_pan(&format!("{x},{y}")),
+                    _ => Err(format!("must be [x, y], two numbers, got {} of them", v.len())),
+                })?;
                 f.map_or(Ok(preset), |f| f.parse(parse_pan))?
             }
             (Some(f), None) => f.parse(parse_pan)?,

@@ -129,7 +129,7 @@ pub struct ZoomSection {
     /// Degrees per frame.
     pub rotate: V<f64>,
     /// Pixels per frame, [x, y].
-    pub pan: V<[f64; 2]>,
+    pub pan: V<Vec<f64>>,
     /// Ascent steps on each frame after the first (which gets the full octave treatment).
     pub frame_steps: V<usize>,
 }

@@ -90,6 +90,7 @@ fn every_bad_preset_value_names_its_file_line_and_key() {
         ("zoom", "", "zoom_per_second = 1e-300", "zoom.zoom_per_second"),
         ("zoom", "", "rotate = nan", "zoom.rotate"),
         ("zoom", "", "pan = [1e9, 0]", "zoom.pan"),
+        ("zoom", "", "pan = [1, 2, 3]", "zoom.pan"),
         ("zoom", "", "pan = [1, nan]", "zoom.pan"),
         ("zoom", "", "frame_steps = 1000000", "zoom.frame_steps"),
         ("video", "", "blend = 1.0", "video.blend"),

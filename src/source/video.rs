@@ -58,6 +58,10 @@ fn open(path: &Path) -> Result<Opened> {
     if !path.exists() {
         return Err(err(path, "no such file"));
     }
+    if !path.is_file() {
+        // ffmpeg reads a video twice (probe, then decode): a pipe would hang the second time.
+        return Err(err(path, "not a regular file (a pipe?); save the video to a file first"));
+    }
     let ictx = format::input(&crate::media::ffmpeg_path(path))
         .map_err(|e| err(path, format!("not a readable video ({e})")))?;
     let stream = ictx.streams().best(media::Type::Video).ok_or_else(|| err(path, "has no video stream"))?;

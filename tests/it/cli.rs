@@ -351,3 +351,28 @@ fn exif_orientation_is_applied() {
     assert_eq!(loaded.dimensions(), (20, 40), "turned upright");
     assert!(loaded.get_pixel(10, 5)[0] > 200, "the red half is on top after the turn");
 }
+
+#[test]
+fn pipes_as_inputs() {
+    let dir = scratch("fifo");
+    let fifo = dir.join("photo.png");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let (src, pipe) = (example(), fifo.clone());
+    std::thread::spawn(move || std::fs::write(&pipe, std::fs::read(src).unwrap()));
+    let out = dir.join("o.png");
+    let args = ["--max-size", "64", "--octaves", "1", "--steps", "1"];
+    let o = deepdream(&[&["dream", fifo.to_str().unwrap(), "-o", out.to_str().unwrap()], &args[..]].concat());
+    assert!(o.status.success(), "an image through a pipe dreams: {}", stderr(&o));
+    // A video is read twice (probe, then decode): a pipe is refused at once, not a hang.
+    #[cfg(feature = "video")]
+    video_through_a_pipe_is_refused(&dir);
+}
+
+#[cfg(feature = "video")]
+fn video_through_a_pipe_is_refused(dir: &Path) {
+    let video_fifo = dir.join("clip.mp4");
+    assert!(Command::new("mkfifo").arg(&video_fifo).status().unwrap().success());
+    let o = deepdream(&["video", video_fifo.to_str().unwrap(), "-o", dir.join("o.gif").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+}
