@@ -142,6 +142,37 @@ impl Store {
     }
 }
 
+/// One render per output at a time: two would share one frame store. An advisory lock on
+/// `.NAME.lock` beside the output, released (and the file removed) when the render ends; the
+/// system releases it if the process dies.
+struct RenderLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl RenderLock {
+    fn take(output: &Path) -> Result<RenderLock> {
+        let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let path = output.with_file_name(format!(".{name}.lock"));
+        let file =
+            std::fs::File::create(&path).map_err(|e| Error::Output { path: path.clone(), reason: e.to_string() })?;
+        match file.try_lock() {
+            Ok(()) => Ok(RenderLock { path, _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::usage(format!(
+                "-o: another render is writing {} right now; wait for it or choose another output",
+                output.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::Output { path, reason: e.to_string() }),
+        }
+    }
+}
+
+impl Drop for RenderLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Message from the dream stage to the encode stage.
 struct Done {
     index: u64,
@@ -155,6 +186,7 @@ struct Done {
 pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<RenderSummary> {
     let info = job.source.info().clone();
     let store = Store::new(job.output, job.fingerprint.clone());
+    let _lock = RenderLock::take(job.output)?;
     let (resumed_from, damaged_from) = if job.resume { store.done((info.width, info.height))? } else { (0, None) };
     let audio = job.source.audio();
     let format = FrameFormat { width: info.width, height: info.height, rate: info.rate, time_base: info.time_base };

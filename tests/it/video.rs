@@ -235,3 +235,27 @@ fn file_names_with_a_colon_are_files_not_protocols() {
     ok(&deepdream(&args));
     assert_eq!((summarize(&mp4).unwrap().frames, summarize(&gif).unwrap().frames), (3, 3));
 }
+
+#[test]
+fn a_second_render_to_the_same_output_is_refused() {
+    let dir = scratch("lock");
+    let example = repo().join("examples/chelsea.png");
+    let gif = dir.join("o.gif");
+    let args = ["zoom", s(&example), "-o", s(&gif), "--frames", "40", "--max-size", "96", "--octaves", "1"];
+    let mut first =
+        Command::new(env!("CARGO_BIN_EXE_deepdream")).args(args).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while std::fs::read_dir(dir.join(".o.gif.frames")).map(|d| d.count()).unwrap_or(0) < 3
+        && start.elapsed().as_secs() < 60
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let o = deepdream(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("another render is writing"), "{err}");
+    assert!(first.wait().unwrap().success(), "the first render is undisturbed");
+    assert_eq!(summarize(&gif).unwrap().frames, 40);
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("o.gif")], "no lock or store left behind");
+}
