@@ -120,6 +120,12 @@ fn torchvision_prefix_checks() {
     assert!(!hash_matches(full, "b03"), "too short a prefix proves nothing");
 }
 
+/// `deepdream models import FILE --as efficientnet-lite0 --dir DIR`.
+fn import(file: &std::path::Path, dir: &std::path::Path) -> std::process::Output {
+    let (file, dir) = (file.to_str().unwrap(), dir.to_str().unwrap());
+    crate::util::deepdream(&["models", "import", file, "--as", "efficientnet-lite0", "--dir", dir])
+}
+
 #[test]
 fn a_bad_import_keeps_the_installed_model() {
     let dir = cache("keep");
@@ -131,15 +137,7 @@ fn a_bad_import_keeps_the_installed_model() {
     let wrong = dir.join("wrong.safetensors");
     let t = candle_core::Tensor::zeros((3, 4), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     candle_core::safetensors::save(&std::collections::HashMap::from([("x".to_owned(), t)]), &wrong).unwrap();
-    let o = crate::util::deepdream(&[
-        "models",
-        "import",
-        wrong.to_str().unwrap(),
-        "--as",
-        "efficientnet-lite0",
-        "--dir",
-        dir.to_str().unwrap(),
-    ]);
+    let o = import(&wrong, &dir);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(&installed).unwrap(), before, "the installed model is untouched");
     // The right tensors, one of them all NaN: it builds the network, and would dream black.
@@ -149,15 +147,7 @@ fn a_bad_import_keeps_the_installed_model() {
     tensors.insert(key, nan);
     let poisoned = dir.join("poisoned.safetensors");
     candle_core::safetensors::save(&tensors, &poisoned).unwrap();
-    let o = crate::util::deepdream(&[
-        "models",
-        "import",
-        poisoned.to_str().unwrap(),
-        "--as",
-        "efficientnet-lite0",
-        "--dir",
-        dir.to_str().unwrap(),
-    ]);
+    let o = import(&poisoned, &dir);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("not finite"), "{err}");
