@@ -78,10 +78,15 @@ pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
     }
     // Read whole, then decode: a pipe or process substitution (`<(curl ...)`) cannot seek.
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    // The decoder fills a cut-off JPEG with grey and calls it a success.
+    let truncated_jpeg = image::guess_format(&bytes).ok() == Some(ImageFormat::Jpeg) && !ends_a_jpeg(&bytes);
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes));
     let reader = reader.with_guessed_format().map_err(|e| err(e.to_string()))?;
     if reader.format().is_none() {
         return Err(err("not an image format deepdream can read (PNG, JPEG, BMP, GIF, WebP, TIFF)".into()));
+    }
+    if truncated_jpeg {
+        return Err(err("truncated image: the JPEG ends before its end-of-image marker".into()));
     }
     let corrupt = |e: image::ImageError| err(format!("corrupt or unsupported image: {e}"));
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
@@ -102,6 +107,14 @@ pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
         _ => img,
     };
     Ok(img.to_rgb8())
+}
+
+/// Whether a JPEG's last bytes hold its end-of-image marker (FF D9). Inside the compressed
+/// data an FF is always followed by 00 or a restart marker, so a cut-off file has none there;
+/// some writers append a few bytes after the marker, hence the search of the tail.
+fn ends_a_jpeg(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// An RGB image as a `[1, 3, h, w]` f32 tensor of 0..255 values.

@@ -8,12 +8,23 @@ use deepdream::{Result, io, ops};
 use std::path::Path;
 use std::time::Instant;
 
+/// Refuses an input too small for `net` to reach `taps`, saying what would work.
+fn fits(net: &dyn FeatureNet, taps: &[String], logits: bool, size: (usize, usize), what: &str) -> Result<()> {
+    let cpu = candle_core::Device::Cpu;
+    match model::reaches(net, taps, logits, size, &cpu)? {
+        true => Ok(()),
+        false => Err(model::too_small(net, taps, logits, size, what, &cpu)),
+    }
+}
+
 pub fn classify(input: &Path, top: usize, model_name: &str, max_size: u32) -> Result<()> {
     let top = flag("--top", &Some(top)).expect("given").check(Rule::Between(1.0, 1000.0))?;
     let max_size = flag("--max-size", &Some(max_size)).expect("given").check(Rule::Between(16.0, 65_536.0))?;
     model::info(model_name).map_err(|e| deepdream::config::Origin::Flag("--model").blame(e))?;
     let img = io::load_rgb(input, Some(max_size))?;
     let net = model::load(model_name)?;
+    let size = (img.height() as usize, img.width() as usize);
+    fits(net.as_ref(), &[], true, size, "the image, shrunk to --max-size,")?;
     let pixels = io::to_tensor(&img, &candle_core::Device::Cpu)?;
     let labels = model::labels::imagenet();
     for (i, p) in dream::classify(net.as_ref(), &pixels, top)? {
@@ -27,6 +38,7 @@ pub fn layers(model_name: &str, size: &str) -> Result<()> {
     model::info(model_name).map_err(|e| deepdream::config::Origin::Flag("--model").blame(e))?;
     let net = model::load(model_name)?;
     let names = net.layer_names();
+    fits(net.as_ref(), &names, false, (h, w), "--size")?;
     let x = candle_core::Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &candle_core::Device::Cpu)?;
     let feats = net.forward(&x, &names, false)?;
     println!("layers of {} at {w}x{h} (channels x height x width):", net.name());
@@ -85,6 +97,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let objective = Objective::layers(terms);
     objective.check(net.as_ref())?;
     let _ops = backend.enter();
+    fits(net.as_ref(), &objective.taps(), false, (h, w), "--size")?;
     let t = time_steps(net.as_ref(), &objective, &backend.device, (h, w), steps)?;
     let layers: Vec<_> = objective.layers.iter().map(|t| t.layer.as_str()).collect();
     let threads = rayon::current_num_threads();

@@ -88,13 +88,13 @@ pub fn parse_pan(s: &String) -> std::result::Result<(f64, f64), String> {
     }
 }
 
-/// An image size `WxH`, at least 16x16.
+/// An image size `WxH`, from 16x16 to 4096x4096 (a probe of the whole network at that size).
 pub fn parse_size(s: &String) -> std::result::Result<(usize, usize), String> {
     let bad = || format!("bad size '{s}': expected WxH, e.g. 224x224");
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
     let (w, h) = (w.trim().parse::<usize>().map_err(|_| bad())?, h.trim().parse::<usize>().map_err(|_| bad())?);
-    if w < 16 || h < 16 || w > 16384 || h > 16384 {
-        return Err(format!("size {s} is out of range: 16x16 to 16384x16384"));
+    if w < 16 || h < 16 || w > 4096 || h > 4096 {
+        return Err(format!("size {s} is out of range: 16x16 to 4096x4096"));
     }
     Ok((w, h))
 }

@@ -238,17 +238,15 @@ pub fn check_smallest_octave(
 ) -> Result<()> {
     let objective = &params.objective;
     let (h, w) = octave_shapes(h, w, params.octaves, params.octave_scale)[0];
-    let probe = Tensor::zeros((1, 3, h, w), candle_core::DType::F32, device)?;
-    let features = match net.forward(&probe, &objective.taps(), !objective.classes.is_empty()) {
-        Ok(features) => features,
-        Err(Error::Candle(e)) if crate::ops::is_too_small(&e) => {
-            return Err(Error::usage(format!(
-                "the smallest octave ({w}x{h}) is too small for {} to reach layers {}; use fewer octaves, a smaller octave scale or a larger image",
-                net.name(),
-                objective.taps().join(", "),
-            )));
-        }
-        Err(e) => return Err(e),
+    let (taps, logits) = (objective.taps(), !objective.classes.is_empty());
+    let Some(features) = crate::model::probe(net, &taps, logits, (h, w), device)? else {
+        let e = crate::model::too_small(net, &taps, logits, (h, w), "the smallest octave", device);
+        return Err(match e {
+            Error::Usage(m) => {
+                Error::Usage(format!("{m}; use fewer octaves, a smaller octave scale or a larger image"))
+            }
+            e => e,
+        });
     };
     for term in &objective.layers {
         let channels = features.taps[&term.layer].dim(1)?;

@@ -244,6 +244,79 @@ pub fn info(name: &str) -> Result<&'static ModelInfo> {
     })
 }
 
+/// Whether `net` can run an `h` x `w` input as far as `taps` (and the classifier, if
+/// `logits`): `Ok(false)` when the input is too small for a layer's window, other failures
+/// (out of memory, a device error) as they are.
+pub fn reaches(
+    net: &dyn FeatureNet,
+    taps: &[String],
+    logits: bool,
+    size: (usize, usize),
+    device: &candle_core::Device,
+) -> Result<bool> {
+    Ok(probe(net, taps, logits, size, device)?.is_some())
+}
+
+/// The features of a zero `h` x `w` input, or `None` when it is too small for a layer's window.
+pub fn probe(
+    net: &dyn FeatureNet,
+    taps: &[String],
+    logits: bool,
+    (h, w): (usize, usize),
+    device: &candle_core::Device,
+) -> Result<Option<Features>> {
+    let zeros = Tensor::zeros((1, 3, h, w), candle_core::DType::F32, device)?;
+    match net.forward(&zeros, taps, logits) {
+        Ok(features) => Ok(Some(features)),
+        Err(Error::Candle(e)) if crate::ops::is_too_small(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// An error for an `h` x `w` input too small for `net` to reach `taps`, naming `what` (a flag
+/// or the smallest octave) and the smallest square that works.
+pub fn too_small(
+    net: &dyn FeatureNet,
+    taps: &[String],
+    logits: bool,
+    (h, w): (usize, usize),
+    what: &str,
+    device: &candle_core::Device,
+) -> Error {
+    let side = match min_input_side(net, taps, logits, device) {
+        Ok(side) => side,
+        Err(e) => return e,
+    };
+    let reach = if taps.is_empty() { "its classifier".to_owned() } else { format!("layers {}", taps.join(", ")) };
+    Error::usage(format!("{what} ({w}x{h}) is too small for {} to reach {reach}: at least {side}x{side}", net.name()))
+}
+
+/// The smallest square side `net` runs as far as `taps` (and the classifier, if `logits`):
+/// a few forward passes on small inputs, for error messages that say what would work.
+pub fn min_input_side(
+    net: &dyn FeatureNet,
+    taps: &[String],
+    logits: bool,
+    device: &candle_core::Device,
+) -> Result<usize> {
+    let (mut lo, mut hi) = (1, 16);
+    while !reaches(net, taps, logits, (hi, hi), device)? {
+        if hi >= 4096 {
+            return Err(Error::internal(format!("{} does not run even at {hi}x{hi}", net.name())));
+        }
+        (lo, hi) = (hi, hi * 2);
+    }
+    // `lo` fails (or is 1), `hi` works: halve the gap.
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        match reaches(net, taps, logits, (mid, mid), device)? {
+            true => hi = mid,
+            false => lo = mid,
+        }
+    }
+    Ok(hi)
+}
+
 /// Loads a zoo model by name from the first weights directory that has its file.
 pub fn load(name: &str) -> Result<Box<dyn FeatureNet>> {
     load_from(name, &weights_path(name)?)

@@ -376,3 +376,36 @@ fn video_through_a_pipe_is_refused(dir: &Path) {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_truncated_jpeg_is_refused() {
+    let dir = scratch("truncated");
+    let inputs = scratch("truncated-src");
+    let cut = inputs.join("cut.jpg");
+    std::fs::write(&cut, &std::fs::read(repo().join("examples/coffee.jpg")).unwrap()[..10_000]).unwrap();
+    let o = deepdream(&["dream", cut.to_str().unwrap(), "-o", dir.join("o.png").to_str().unwrap()]);
+    assert_user_error(&o, "truncated image", &dir);
+}
+
+#[test]
+fn inputs_too_small_for_the_network_say_what_would_work() {
+    if !crate::util::installed("inception-v3-tf2015") {
+        return;
+    }
+    let dir = scratch("toosmall");
+    let o = deepdream(&["layers", "--model", "inception-v3-tf2015", "--size", "16x16"]);
+    assert_user_error(&o, "--size (16x16) is too small for inception-v3-tf2015", &dir);
+    assert!(stderr(&o).contains("at least 75x75"), "{}", stderr(&o));
+    let o = deepdream(&[
+        "bench",
+        "--model",
+        "inception-v3-tf2015",
+        "--size",
+        "20x20",
+        "--layers",
+        "mixed5",
+        "--steps",
+        "1",
+    ]);
+    assert_user_error(&o, "at least 43x43", &dir);
+}
