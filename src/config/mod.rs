@@ -8,12 +8,14 @@ pub mod job;
 pub mod origin;
 pub mod parse;
 pub mod preset;
+pub mod settings;
 
 pub use flags::{DreamFlags, EncodeFlags, VideoFlags, ZoomFlags};
-pub use job::{Job, VideoPlan, Work, ZoomPlan, flag};
+pub use job::{Job, VideoPlan, Work, ZoomPlan};
 pub use origin::{Origin, Rule, Sourced};
 pub use parse::{parse_classes, parse_layers, parse_size};
 pub use preset::{BUILTIN_PRESETS, DEFAULT_PRESET, PresetFile, parse_preset};
+pub use settings::flag;
 
 #[cfg(test)]
 mod tests;
