@@ -1,6 +1,6 @@
-//! Flags over preset over defaults, resolved into one immutable, validated, serialisable
-//! [`Job`]. Every setting's default and range check is written here once, and every error
-//! names the value's origin.
+//! The immutable, validated, serialisable [`Job`] of one command and its plans (still, zoom,
+//! video): the dream settings from [`super::settings`], plus the zoom, video and encoder
+//! settings, each resolved flag over preset over default and checked once where it was written.
 
 use super::flags::{DreamFlags, EncodeFlags, VideoFlags, ZoomFlags};
 use super::origin::{Rule, Sourced};
