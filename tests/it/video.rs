@@ -241,7 +241,7 @@ fn a_second_render_to_the_same_output_is_refused() {
     let dir = scratch("lock");
     let example = repo().join("examples/chelsea.png");
     let gif = dir.join("o.gif");
-    let args = ["zoom", s(&example), "-o", s(&gif), "--frames", "40", "--max-size", "96", "--octaves", "1"];
+    let args = ["zoom", s(&example), "-o", s(&gif), "--frames", "80", "--max-size", "96", "--octaves", "1"];
     let mut first =
         Command::new(env!("CARGO_BIN_EXE_deepdream")).args(args).stderr(std::process::Stdio::null()).spawn().unwrap();
     let start = std::time::Instant::now();
@@ -255,7 +255,7 @@ fn a_second_render_to_the_same_output_is_refused() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("another render is writing"), "{err}");
     assert!(first.wait().unwrap().success(), "the first render is undisturbed");
-    assert_eq!(summarize(&gif).unwrap().frames, 40);
+    assert_eq!(summarize(&gif).unwrap().frames, 80);
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("o.gif")], "no lock or store left behind");
 }
