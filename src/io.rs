@@ -166,9 +166,16 @@ pub fn check_writable(path: &Path) -> Result<()> {
 /// Writes the image to a temporary file and renames it over `path` when complete.
 pub fn save(img: &RgbImage, path: &Path) -> Result<()> {
     let format = output_format(path)?;
-    write_atomic(path, |tmp| {
-        img.save_with_format(tmp, format).map_err(|e| Error::Write { path: path.to_owned(), reason: e.to_string() })
-    })
+    write_atomic(path, |tmp| write_image(img, tmp, format))
+}
+
+/// Encodes the image in memory and writes it out with every error reported: the encoders'
+/// own buffered writers drop a failed flush (a full disk then gave a cut-off file and success).
+pub fn write_image(img: &RgbImage, path: &Path, format: ImageFormat) -> Result<()> {
+    let err = |reason: String| Error::Write { path: path.to_owned(), reason };
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, format).map_err(|e| err(e.to_string()))?;
+    std::fs::write(path, bytes.into_inner()).map_err(|e| err(e.to_string()))
 }
 
 /// Whether writing `output` would overwrite or replace `input`: the same file (by device and

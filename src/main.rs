@@ -17,11 +17,22 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// the eager-commit-delay entry); the crate names no constant for it.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+const SIGPIPE: i32 = 13;
+const SIG_DFL: usize = 0;
+
+unsafe extern "C" {
+    /// libc's `signal`: the handler is passed as an address (`SIG_DFL` is 0).
+    fn signal(sig: i32, handler: usize) -> usize;
+}
+
 fn main() {
     // Keep freed memory instead of returning it to the kernel 10 ms later: the next dream step
     // asks for the same sizes again, and faulting fresh pages in costs several percent.
     // SAFETY: sets a process-wide allocator option; no memory is touched.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // `deepdream models | head` ends quietly, as Unix tools do, when the reader goes away.
+    // SAFETY: restores the default action of one signal before any thread starts.
+    unsafe { signal(SIGPIPE, SIG_DFL) };
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,
         Err(e)
@@ -35,10 +46,12 @@ fn main() {
             e.exit()
         }
         Err(e) => {
-            // One line, like every other error: clap's first, without its usage block.
+            // One line, like every other error: clap's message (with the argument list some
+            // kinds put below it), without its usage block.
             let text = e.render().to_string();
-            let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("bad arguments");
-            eprintln!("deepdream: {line} (see --help)");
+            let first: Vec<_> =
+                text.lines().map(str::trim).skip_while(|l| l.is_empty()).take_while(|l| !l.is_empty()).collect();
+            eprintln!("deepdream: {} (see --help)", first.join(" "));
             std::process::exit(2);
         }
     };

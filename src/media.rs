@@ -76,7 +76,8 @@ pub(crate) fn ffmpeg_path(path: &std::path::Path) -> PathBuf {
 #[cfg(feature = "video")]
 pub(crate) fn init_ffmpeg() -> crate::Result<()> {
     ffmpeg_next::init().map_err(|e| crate::Error::Unsupported(format!("cannot initialise ffmpeg: {e}")))?;
-    ffmpeg_next::log::set_level(ffmpeg_next::log::Level::Error);
+    // Quiet: every failure comes back as an error that deepdream reports in its one line.
+    ffmpeg_next::log::set_level(ffmpeg_next::log::Level::Quiet);
     Ok(())
 }
 

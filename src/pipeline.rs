@@ -91,8 +91,12 @@ impl Store {
         let text = std::fs::read_to_string(self.dir.join("ledger.json")).map_err(|_| {
             Error::usage(format!("--resume: nothing to resume, no frame store at {}", self.dir.display()))
         })?;
-        let ledger: Ledger = serde_json::from_str(&text)
-            .map_err(|e| Error::Output { path: self.dir.clone(), reason: format!("bad ledger: {e}") })?;
+        let ledger: Ledger = serde_json::from_str(&text).map_err(|e| {
+            Error::usage(format!(
+                "--resume: the ledger in {} is damaged ({e}); run without --resume to start over",
+                self.dir.display()
+            ))
+        })?;
         if ledger.fingerprint != self.fingerprint {
             return Err(Error::usage(
                 "--resume: the settings, model or input differ from the interrupted render's; run without --resume to start over",
@@ -117,7 +121,7 @@ impl Store {
 
     fn save(&self, i: u64, img: &RgbImage, pts: i64) -> Result<()> {
         let err = |e: String| Error::Write { path: self.dir.clone(), reason: e };
-        img.save(self.frame_path(i)).map_err(|e| err(e.to_string()))?;
+        io::write_image(img, &self.frame_path(i), image::ImageFormat::Png)?;
         let mut all = self.pts.lock().expect("ledger lock");
         all.truncate(i as usize);
         all.push(pts);

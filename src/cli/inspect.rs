@@ -28,7 +28,7 @@ pub fn classify(input: &Path, top: usize, model_name: &str, max_size: u32) -> Re
     let pixels = io::to_tensor(&img, &candle_core::Device::Cpu)?;
     let labels = model::labels::imagenet();
     for (i, p) in dream::classify(net.as_ref(), &pixels, top)? {
-        println!("{:6.2}%  {:4}  {}", p * 100.0, i, labels.get(i).copied().unwrap_or("?"));
+        say!("{:6.2}%  {:4}  {}", p * 100.0, i, labels.get(i).copied().unwrap_or("?"));
     }
     Ok(())
 }
@@ -41,10 +41,10 @@ pub fn layers(model_name: &str, size: &str) -> Result<()> {
     fits(net.as_ref(), &names, false, (h, w), "--size")?;
     let x = candle_core::Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &candle_core::Device::Cpu)?;
     let feats = net.forward(&x, &names, false)?;
-    println!("layers of {} at {w}x{h} (channels x height x width):", net.name());
+    say!("layers of {} at {w}x{h} (channels x height x width):", net.name());
     for name in names {
         let d = feats.taps[&name].dims().to_vec();
-        println!("  {name:<10} {}x{}x{}", d[1], d[2], d[3]);
+        say!("  {name:<10} {}x{}x{}", d[1], d[2], d[3]);
     }
     Ok(())
 }
@@ -101,16 +101,14 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let t = time_steps(net.as_ref(), &objective, &backend.device, (h, w), steps)?;
     let layers: Vec<_> = objective.layers.iter().map(|t| t.layer.as_str()).collect();
     let threads = rayon::current_num_threads();
-    println!("{} {w}x{h} layers {} ({steps} steps, medians, {threads} threads)", a.model, layers.join(","));
+    say!("{} {w}x{h} layers {} ({steps} steps, medians, {threads} threads)", a.model, layers.join(","));
     let gf = |flops: u64| flops as f64 / 1e9;
     let (bwd, bwd_flops) = ((t.step - t.forward).max(1e-9), t.step_flops.saturating_sub(t.forward_flops));
-    let line = |what: &str, secs: f64, flops: u64| {
-        println!("  {what:<9} {:8.1} ms  {:7.2} GFLOP  {:6.1} GFLOP/s", secs * 1e3, gf(flops), gf(flops) / secs);
-    };
-    line("forward", t.forward, t.forward_flops);
-    line("backward", bwd, bwd_flops);
-    println!("  resize    {:8.1} ms  (upscale from the octave below, x1.4)", t.resize * 1e3);
-    println!("  step      {:8.1} ms  (forward + backward)", t.step * 1e3);
+    for (what, secs, flops) in [("forward", t.forward, t.forward_flops), ("backward", bwd, bwd_flops)] {
+        say!("  {what:<9} {:8.1} ms  {:7.2} GFLOP  {:6.1} GFLOP/s", secs * 1e3, gf(flops), gf(flops) / secs);
+    }
+    say!("  resize    {:8.1} ms  (upscale from the octave below, x1.4)", t.resize * 1e3);
+    say!("  step      {:8.1} ms  (forward + backward)", t.step * 1e3);
     Ok(())
 }
 

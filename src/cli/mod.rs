@@ -2,6 +2,17 @@
 //! module per command family. Each command resolves its flags into a validated job first
 //! (`deepdream::config`), then works.
 
+/// `println!` that reports a closed or full standard output as an error instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(|e| deepdream::Error::Write {
+            path: "standard output".into(),
+            reason: e.to_string(),
+        })?
+    }};
+}
+
 mod inspect;
 mod models;
 mod progress;

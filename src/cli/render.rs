@@ -112,7 +112,7 @@ fn render(
         resume: job.resume,
     };
     let info = source.info();
-    let total = job.frame_count(info.rate.as_f64()).or(info.frames);
+    let total = job.frame_count(info.rate.as_f64(), info.frames);
     let mut bar = FrameBar::new(total, cancel);
     let start = Instant::now();
     let summary = pipeline::render(&render, &mut bar);

@@ -83,7 +83,7 @@ impl Job {
             .unwrap_or(Rational::new(25, 1));
         // Each value given is checked where it was written; a flag settles a pair of preset
         // values that would otherwise conflict.
-        let at_least_one = Rule::at_least(1.0);
+        let at_least_one = FRAMES;
         let frames_flag = flag("--frames", &z.frames).map(|f| f.check(at_least_one)).transpose()?;
         let frames_preset = s.file.get("zoom.frames", &p.frames).map(|f| f.check(at_least_one)).transpose()?;
         let seconds_flag = flag("--duration", &z.duration).map(|d| frames_for(d, rate)).transpose()?;
@@ -190,12 +190,17 @@ impl Job {
         crate::dream::check_smallest_octave(net, params, (h, w), device)
     }
 
-    /// The number of frames the plan asks for, when it says (a video's duration at `rate`).
-    pub fn frame_count(&self, rate: f64) -> Option<u64> {
+    /// The number of frames the plan asks for, for a source of `frames` frames at `rate`
+    /// (a video's duration, or what is left after its start).
+    pub fn frame_count(&self, rate: f64, frames: Option<u64>) -> Option<u64> {
         match &self.work {
             Work::Still { .. } => Some(1),
             Work::Zoom(z) => Some(z.frames),
-            Work::Video(v) => v.duration.map(|d| (d * rate).round() as u64),
+            Work::Video(v) => {
+                let skipped = (v.start.unwrap_or(0.0) * rate).round() as u64;
+                let left = frames.map(|f| f.saturating_sub(skipped));
+                v.duration.map(|d| (d * rate).round() as u64).map_or(left, |d| Some(left.map_or(d, |l| l.min(d))))
+            }
         }
     }
 
@@ -233,11 +238,16 @@ fn frames_for(seconds: Sourced<f64>, rate: Rational) -> Result<u64> {
     let origin = seconds.origin.clone();
     let d = seconds.check(Rule::Positive)?;
     let frames = (d * rate.as_f64()).round();
-    if frames < 1.0 {
-        return Err(origin.error(format!("{d} s is less than one frame at {} fps", rate.as_f64())));
+    match FRAMES.problem(frames) {
+        None => Ok(frames as u64),
+        Some(_) => {
+            Err(origin.error(format!("{d} s is {frames} frames at {} fps; a zoom has 1 to 1000000", rate.as_f64())))
+        }
     }
-    Ok(frames as u64)
 }
+
+/// A zoom's length in frames: eleven hours at 25 fps.
+const FRAMES: Rule = Rule::Between(1.0, 1_000_000.0);
 
 /// A frame's magnification.
 const ZOOM: Rule = Rule::Between(0.01, 100.0);

@@ -66,12 +66,14 @@ impl<'a> Settings<'a> {
     }
 
     pub(super) fn job(&self, input: &Path, output: &Path, work: Work) -> Result<Job> {
-        if crate::io::would_destroy(input, output) {
-            return Err(Error::usage(format!(
-                "-o: {} would overwrite the input {}; choose another output",
-                output.display(),
-                input.display()
-            )));
+        for source in self.sources(input) {
+            if crate::io::would_destroy(&source, output) {
+                return Err(Error::usage(format!(
+                    "-o: {} would overwrite the input {}; choose another output",
+                    output.display(),
+                    source.display()
+                )));
+            }
         }
         let f = self.flags;
         let d = &self.file.preset.dream;
@@ -85,6 +87,17 @@ impl<'a> Settings<'a> {
         let max_size =
             optional(flag("--max-size", &f.max_size), self.file.get("dream.max_size", &d.max_size), MAX_SIZE)?;
         Ok(Job { model, device, input: input.to_owned(), output: output.to_owned(), max_size, work, resume: false })
+    }
+
+    /// Every file the job reads: the input, the preset file, guide and style images.
+    fn sources(&self, input: &Path) -> Vec<PathBuf> {
+        let (f, file) = (self.flags, &self.file);
+        let o = &file.preset.objective;
+        let in_preset = [o.guide.as_ref().map(|g| &g.image), o.style.as_ref().map(|s| &s.image)];
+        let mut sources = vec![input.to_owned(), file.path.clone()];
+        sources.extend(f.guide.iter().chain(&f.style).cloned());
+        sources.extend(in_preset.into_iter().flatten().map(|rel| file.base_dir.join(rel.get_ref())));
+        sources
     }
 
     pub(super) fn encoder(&self, e: &EncodeFlags) -> Result<SinkOptions> {
@@ -299,7 +312,8 @@ impl<'a> Settings<'a> {
         let f = self.flags;
         let g = self.file.preset.objective.guide.as_ref();
         if f.guide.is_none() && g.is_none() {
-            return Ok(None);
+            let given = [("--guide-layers", f.guide_layers.is_some()), ("--guide-mode", f.guide_mode.is_some())];
+            return unused(&given, ("--guide-weight", f.guide_weight.is_some()), "--guide", "[objective.guide]");
         }
         let layers = self.image_layers(
             "guide",
@@ -331,7 +345,10 @@ impl<'a> Settings<'a> {
         let f = self.flags;
         let s = self.file.preset.objective.style.as_ref();
         if f.style.is_none() && s.is_none() {
-            return Ok(None);
+            let given =
+                [("--style-layers", f.style_layers.is_some()), ("--content-layers", f.content_layers.is_some())];
+            let weights = f.style_weight.is_some() || f.content_weight.is_some();
+            return unused(&given, ("--style-weight or --content-weight", weights), "--style", "[objective.style]");
         }
         let layers = self.image_layers(
             "style",
@@ -364,6 +381,15 @@ impl<'a> Settings<'a> {
                 s.map_or(&none, |s| &s.content_weight),
             )?,
         }))
+    }
+}
+
+/// `Ok(None)` when none of an absent objective's own flags is given, else the error naming
+/// the first: they would be silently ignored.
+fn unused<T>(given: &[(&str, bool)], weight: (&str, bool), needs: &str, section: &str) -> Result<Option<T>> {
+    match given.iter().chain([&weight]).find(|(_, on)| *on) {
+        Some((name, _)) => Err(Error::usage(format!("{name}: needs {needs} (or a preset with {section})"))),
+        None => Ok(None),
     }
 }
 

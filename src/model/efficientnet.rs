@@ -72,6 +72,22 @@ pub fn build(name: &str, w: &Weights, path: &Path) -> Result<Network> {
             reason: "no EfficientNet blocks (_blocks.N) found".into(),
         });
     }
+    // The shapes come from the file, so another variant's weights would build too: check the
+    // variant's depth and width (a Lite0 file imported as Lite1 once dreamed as Lite0).
+    let expected = match name {
+        "efficientnet-lite0" => Some((16, 320)),
+        "efficientnet-lite1" => Some((21, 320)),
+        "efficientnet-lite2" => Some((21, 352)),
+        _ => None,
+    };
+    if let Some((blocks, width)) = expected.filter(|&e| e != (i, in_ch)) {
+        return Err(Error::Weights {
+            path: path.to_owned(),
+            reason: format!(
+                "not {name}: {i} blocks ending in {in_ch} channels, where {name} has {blocks} ending in {width}"
+            ),
+        });
+    }
     let head = conv_bn(w, "_conv_head", "_bn1", spec(1, 1, Activation::Relu6))?;
     let features = head.out_channels();
     net.push("head", head);

@@ -149,11 +149,13 @@ pub fn install(model: &str, src: &Path, dest: &Path) -> Result<()> {
     } else {
         weights::import_pth(src, staged.path())?;
     }
-    super::load_from(model, staged.path())?;
-    weights::check_finite(staged.path()).map_err(|e| match e {
+    // Errors about the staged copy are about the file the user gave.
+    let theirs = |e: Error| match e {
         Error::Weights { reason, .. } => Error::Weights { path: src.to_owned(), reason },
         e => e,
-    })?;
+    };
+    super::load_from(model, staged.path()).map_err(theirs)?;
+    weights::check_finite(staged.path()).map_err(theirs)?;
     staged.commit()?;
     Ok(())
 }

@@ -96,8 +96,9 @@ pub trait FeatureNet: Send + Sync {
         let features = self.forward(var.as_tensor(), taps, logits)?;
         let value = loss(&features, var.as_tensor())?;
         let grads = value.backward()?;
-        let grad =
-            grads.get(var.as_tensor()).ok_or_else(|| Error::internal("the objective does not depend on the image"))?;
+        let grad = grads.get(var.as_tensor()).ok_or_else(|| {
+            Error::usage("nothing to dream: the objective does not depend on the image (are all its weights 0?)")
+        })?;
         Ok((value.to_scalar::<f32>()?, grad.clone()))
     }
 

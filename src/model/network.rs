@@ -538,7 +538,9 @@ impl FeatureNet for Network {
         if let Some(direct) = grads.get(input.as_tensor()) {
             g = add_grad(g, direct.clone())?;
         }
-        let grad = g.ok_or_else(|| Error::internal("the objective does not depend on the image"))?;
+        let grad = g.ok_or_else(|| {
+            Error::usage("nothing to dream: the objective does not depend on the image (are all its weights 0?)")
+        })?;
         Ok((value.to_scalar::<f32>()?, grad))
     }
 }

@@ -146,7 +146,7 @@ impl FrameSink for PngSequence {
     fn write(&mut self, frame: &RgbImage, _pts: i64) -> Result<()> {
         self.count += 1;
         let path = self.staged.path().join(format!("frame_{:05}.png", self.count));
-        frame.save(&path).map_err(|e| Error::Write { path, reason: e.to_string() })
+        crate::io::write_image(frame, &path, image::ImageFormat::Png)
     }
 
     fn finish(self: Box<Self>) -> Result<()> {

@@ -303,6 +303,24 @@ fn an_output_that_would_destroy_the_input_is_refused() {
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(stderr(&o).contains("would overwrite the input"), "{}", stderr(&o));
     }
+    // The other inputs too: a guide image, the preset file.
+    let main = example();
+    let o = deepdream(&[
+        "dream",
+        &main,
+        "-o",
+        photo.to_str().unwrap(),
+        "--guide",
+        photo.to_str().unwrap(),
+        "--guide-layers",
+        "block8",
+    ]);
+    assert_user_error(&o, "would overwrite the input", &scratch("same-empty"));
+    let preset = dir.join("p.toml");
+    std::fs::write(&preset, "[dream]\nlayers = { block5 = 1 }\n").unwrap();
+    let o = deepdream(&["dream", &main, "-o", preset.to_str().unwrap(), "--preset", preset.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&preset).unwrap(), "[dream]\nlayers = { block5 = 1 }\n");
     // A frame directory output that holds the input would be replaced as a whole.
     let frames = dir.join("frames");
     std::fs::create_dir(&frames).unwrap();
@@ -408,4 +426,37 @@ fn inputs_too_small_for_the_network_say_what_would_work() {
         "1",
     ]);
     assert_user_error(&o, "at least 43x43", &dir);
+}
+
+#[test]
+fn weights_that_leave_nothing_to_dream_are_the_users_mistake() {
+    let dir = scratch("zero");
+    let o = deepdream(&[
+        "dream",
+        &example(),
+        "-o",
+        dir.join("o.png").to_str().unwrap(),
+        "--layers",
+        "block5=0",
+        "--max-size",
+        "64",
+    ]);
+    assert_user_error(&o, "does not depend on the image", &dir);
+    let o = deepdream(&["dream", &example(), "-o", dir.join("o.png").to_str().unwrap(), "--guide-weight", "2"]);
+    assert_user_error(&o, "--guide-weight: needs --guide", &dir);
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_output_quietly() {
+    for args in [&["models"][..], &["presets"][..], &["models", "registry"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_deepdream"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // `| head -c 0`
+        let o = child.wait_with_output().unwrap();
+        assert!(!stderr(&o).contains("panicked") && o.status.code() != Some(101), "{args:?}: {}", stderr(&o));
+    }
 }

@@ -140,6 +140,19 @@ fn a_bad_import_keeps_the_installed_model() {
     let o = import(&wrong, &dir);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(&installed).unwrap(), before, "the installed model is untouched");
+    // Another variant's weights build a network of their own shape: refused by depth and width.
+    let o = crate::util::deepdream(&[
+        "models",
+        "import",
+        installed.to_str().unwrap(),
+        "--as",
+        "efficientnet-lite1",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("not efficientnet-lite1") && !err.contains(".tmp"), "{err}");
     // The right tensors, one of them all NaN: it builds the network, and would dream black.
     let mut tensors = candle_core::safetensors::load(&installed, &candle_core::Device::Cpu).unwrap();
     let key = tensors.keys().min().unwrap().clone();
@@ -192,4 +205,25 @@ fn a_silent_server_times_out() {
         assert!(err.contains("download of") && start.elapsed().as_secs() < 20, "{err}");
         assert!(!dir.join("efficientnet_lite0.safetensors").exists());
     }
+}
+
+#[test]
+fn bad_download_requests_are_refused_before_any_download() {
+    let dir = cache("badurl");
+    for (url, sha, needle) in [
+        ("not a url", "0123456789abcdef", "--url"),
+        ("ftp://example.org/x.pth", "0123456789abcdef", "--url"),
+        ("http://127.0.0.1:9/x.pth", "zz", "--sha256"),
+    ] {
+        let o = fetch(url, sha, &dir);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle) && err.lines().count() == 1, "{err}");
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_deepdream"))
+        .args(["models", "fetch", "vgg16", "--url", "http://x/y"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--sha256") && err.lines().count() == 1, "clap names the missing flag: {err}");
 }
