@@ -166,7 +166,12 @@ pub fn check_writable(path: &Path) -> Result<()> {
 /// Writes the image to a temporary file and renames it over `path` when complete.
 pub fn save(img: &RgbImage, path: &Path) -> Result<()> {
     let format = output_format(path)?;
-    write_atomic(path, |tmp| write_image(img, tmp, format))
+    write_atomic(path, |tmp| {
+        write_image(img, tmp, format).map_err(|e| match e {
+            Error::Write { reason, .. } => Error::Write { path: path.to_owned(), reason },
+            e => e,
+        })
+    })
 }
 
 /// Encodes the image in memory and writes it out with every error reported: the encoders'
