@@ -27,6 +27,10 @@ pub struct Job {
     /// Continue an interrupted render (not part of what is rendered: a resume must match).
     #[serde(skip)]
     pub resume: bool,
+    /// Each layer the objective names, with where it was named (the checks against the
+    /// network report it there).
+    #[serde(skip)]
+    pub layers: Vec<(String, super::origin::Origin)>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -185,9 +189,21 @@ impl Job {
         (h, w): (usize, usize),
         device: &candle_core::Device,
     ) -> Result<()> {
+        let names = net.layer_names();
+        if let Some((layer, origin)) = self.layers.iter().find(|(l, _)| !names.contains(l)) {
+            let valid = names.join(", ");
+            return Err(origin.error(format!("unknown layer '{layer}' for {}; valid layers: {valid}", net.name())));
+        }
         let params = self.params();
         params.check_network(net)?;
-        crate::dream::check_smallest_octave(net, params, (h, w), device)
+        crate::dream::check_smallest_octave(net, params, (h, w), device).map_err(|e| match e {
+            // A channel the layer lacks: said where that layer was named.
+            Error::Usage(m) => match self.layers.iter().find(|(l, _)| m.starts_with(&format!("layer {l} has"))) {
+                Some((_, origin)) => origin.error(m),
+                None => Error::Usage(m),
+            },
+            e => e,
+        })
     }
 
     /// The number of frames the plan asks for, for a source of `frames` frames at `rate`

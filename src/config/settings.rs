@@ -57,12 +57,14 @@ pub(super) fn pick_with<T, U>(
 pub(super) struct Settings<'a> {
     flags: &'a DreamFlags,
     pub(super) file: PresetFile,
+    /// Where each layer an objective names came from, for the checks against the network.
+    layers: std::cell::RefCell<Vec<(String, Origin)>>,
 }
 
 impl<'a> Settings<'a> {
     pub(super) fn load(flags: &'a DreamFlags) -> Result<Settings<'a>> {
         let file = PresetFile::load(flags.preset.as_deref().unwrap_or(DEFAULT_PRESET))?;
-        Ok(Settings { flags, file })
+        Ok(Settings { flags, file, layers: Default::default() })
     }
 
     pub(super) fn job(&self, input: &Path, output: &Path, work: Work) -> Result<Job> {
@@ -86,7 +88,17 @@ impl<'a> Settings<'a> {
         let device = f.device.as_deref().map_or(Ok(DeviceSpec::Cpu), DeviceSpec::parse)?;
         let max_size =
             optional(flag("--max-size", &f.max_size), self.file.get("dream.max_size", &d.max_size), MAX_SIZE)?;
-        Ok(Job { model, device, input: input.to_owned(), output: output.to_owned(), max_size, work, resume: false })
+        let layers = self.layers.borrow().clone();
+        Ok(Job {
+            model,
+            device,
+            input: input.to_owned(),
+            output: output.to_owned(),
+            max_size,
+            work,
+            resume: false,
+            layers,
+        })
     }
 
     /// Every file the job reads: the input, the preset file, guide and style images.
@@ -183,7 +195,7 @@ impl<'a> Settings<'a> {
         // A new objective on the command line replaces the preset's layer terms.
         let cli_objective = f.classes.is_some() || f.guide.is_some() || f.style.is_some();
         let layers = match (flag("--layers", &f.layers), &file.preset.dream.layers) {
-            (Some(spec), _) => spec.parse(|s| parse_layers(s).map_err(|e| e.to_string()))?,
+            (Some(spec), _) => self.flag_terms(&spec)?,
             (None, _) if cli_objective => Vec::new(),
             (None, Some(map)) => self.layer_terms("dream.layers", map)?,
             (None, None) => Vec::new(),
@@ -241,11 +253,22 @@ impl<'a> Settings<'a> {
         let terms: Vec<LayerTerm> = self
             .weights(key, map)?
             .into_iter()
-            .map(|(name, w)| name.parse(|n| layer_term(n, w).map_err(|e| e.to_string())))
+            .map(|(name, w)| {
+                let term = name.parse(|n| layer_term(n, w).map_err(|e| e.to_string()))?;
+                self.layers.borrow_mut().push((term.layer.clone(), name.origin));
+                Ok(term)
+            })
             .collect::<Result<_>>()?;
         if terms.is_empty() {
             return Err(self.file.origin(key, map.span()).error("names no layers"));
         }
+        Ok(terms)
+    }
+
+    /// Layer terms from a flag's `block5=1,block8` list, remembered as coming from the flag.
+    fn flag_terms(&self, spec: &Sourced<String>) -> Result<Vec<LayerTerm>> {
+        let terms = spec.parse(|s| parse_layers(s).map_err(|e| e.to_string()))?;
+        self.layers.borrow_mut().extend(terms.iter().map(|t| (t.layer.clone(), spec.origin.clone())));
         Ok(terms)
     }
 
@@ -258,7 +281,7 @@ impl<'a> Settings<'a> {
         map: Option<&Spanned<Weights>>,
     ) -> Result<Option<Vec<LayerTerm>>> {
         match (flag(flag_name, spec), map) {
-            (Some(spec), _) => spec.parse(|s| parse_layers(s).map_err(|e| e.to_string())).map(Some),
+            (Some(spec), _) => self.flag_terms(&spec).map(Some),
             (None, Some(map)) => self.layer_terms(key, map).map(Some),
             (None, None) => Ok(None),
         }

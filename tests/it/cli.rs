@@ -283,6 +283,11 @@ fn bad_values_name_their_origin() {
     assert_user_error(&run(&["--preset", preset.to_str().unwrap()]), "p.toml: line 4, key `dream.step`", &dir);
     std::fs::write(&preset, "[dream]\nlayers = { block5 = 1 }\n[regularize]\ndecay = 2.0\n").unwrap();
     assert_user_error(&run(&["--preset", preset.to_str().unwrap()]), "line 4, key `regularize.decay`", &dir);
+    // Checks against the network say where the layer was named too.
+    std::fs::write(&preset, "[dream]\nsteps = 2\nlayers = { block99 = 1 }\n").unwrap();
+    let o = run(&["--preset", preset.to_str().unwrap()]);
+    assert_user_error(&o, "line 3, key `dream.layers.block99`: unknown layer 'block99'", &dir);
+    assert_user_error(&run(&["--layers", "block5:9999", "--max-size", "64"]), "--layers: layer block5 has", &dir);
     std::fs::write(&preset, "[dream]\nlayers = { block5 = 1 }\n[zoom]\nfps = \"abc\"\n").unwrap();
     let gif = dir.join("o.gif");
     let o = deepdream(&["zoom", &example(), "-o", gif.to_str().unwrap(), "--preset", preset.to_str().unwrap()]);
