@@ -25,6 +25,12 @@ unsafe extern "C" {
     fn signal(sig: i32, handler: usize) -> usize;
 }
 
+/// One line on stderr; if stderr itself is closed or full there is nobody to tell.
+fn tell(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 fn main() {
     // Keep freed memory instead of returning it to the kernel 10 ms later: the next dream step
     // asks for the same sizes again, and faulting fresh pages in costs several percent.
@@ -51,7 +57,7 @@ fn main() {
             let text = e.render().to_string();
             let first: Vec<_> =
                 text.lines().map(str::trim).skip_while(|l| l.is_empty()).take_while(|l| !l.is_empty()).collect();
-            eprintln!("deepdream: {} (see --help)", first.join(" "));
+            tell(&format!("deepdream: {} (see --help)", first.join(" ")));
             std::process::exit(2);
         }
     };
@@ -72,13 +78,13 @@ fn main() {
     let code = match rayon::scope(|_| cli::run(args, &cancel)) {
         Ok(()) => 0,
         Err(deepdream::Error::Cancelled) => {
-            eprintln!("deepdream: interrupted");
+            tell("deepdream: interrupted");
             130
         }
         Err(e) => {
             // One line: candle errors can carry a backtrace after the message.
             let msg = e.to_string();
-            eprintln!("deepdream: error: {}", msg.lines().next().unwrap_or("unknown error"));
+            tell(&format!("deepdream: error: {}", msg.lines().next().unwrap_or("unknown error")));
             e.exit_code()
         }
     };

@@ -13,6 +13,14 @@ macro_rules! say {
     }};
 }
 
+/// `eprintln!` that never panics: with stderr closed or full there is nobody to tell.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod inspect;
 mod models;
 mod progress;

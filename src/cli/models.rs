@@ -94,7 +94,7 @@ fn fetch(name: &str, url: Option<String>, sha256: Option<String>, dir: Option<Pa
     }
     let dir = dir.unwrap_or_else(weights::cache_dir);
     let mut bar = DownloadBar::new();
-    eprintln!("fetching {name} from {url}");
+    tell!("fetching {name} from {url}");
     let timeout = std::time::Duration::from_secs_f64(timeout);
     let dest = model::fetch::fetch(name, &url, &sha256, &dir, timeout, &mut |done, total| bar.update(done, total));
     bar.finish();

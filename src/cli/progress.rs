@@ -44,7 +44,7 @@ impl Progress for StepBar<'_> {
                 bar.inc(1);
                 bar.set_message(msg);
             }
-            None => eprintln!("step {}/{}, {msg}", i.step + 1, i.steps),
+            None => tell!("step {}/{}, {msg}", i.step + 1, i.steps),
         }
         !self.cancel.raised()
     }
@@ -84,7 +84,7 @@ impl FrameProgress for FrameBar<'_> {
                 let of = total.map(|t| format!("/{t}")).unwrap_or_default();
                 let eta = total.map(|t| format!(", ETA {:.0} s", t.saturating_sub(done) as f64 / fps.max(1e-9)));
                 let per_frame = secs / done as f64;
-                eprintln!("frame {done}{of} ({fps:.2} frames/s, {per_frame:.2} s/frame{})", eta.unwrap_or_default());
+                tell!("frame {done}{of} ({fps:.2} frames/s, {per_frame:.2} s/frame{})", eta.unwrap_or_default());
             }
         }
         !self.cancel.raised()
@@ -111,7 +111,7 @@ impl DownloadBar {
             None if done >= self.last_line + (8 << 20) || Some(done) == total => {
                 self.last_line = done;
                 let of = total.map(|t| format!(" of {} MB", t >> 20)).unwrap_or_default();
-                eprintln!("downloaded {} MB{of}", done >> 20);
+                tell!("downloaded {} MB{of}", done >> 20);
             }
             None => {}
         }

@@ -39,7 +39,7 @@ pub fn dream(input: &Path, output: &Path, flags: &DreamFlags, cancel: &Cancel) -
     let out = out?;
     io::save(&io::to_image(&out.pixels)?, output)?;
     let (w, h, steps) = (img.width(), img.height(), out.losses.len());
-    eprintln!("wrote {} ({w}x{h}, {steps} steps in {secs:.1} s)", output.display());
+    tell!("wrote {} ({w}x{h}, {steps} steps in {secs:.1} s)", output.display());
     Ok(())
 }
 
@@ -120,13 +120,13 @@ fn render(
     let s = summary?;
     let fresh = s.frames - s.resumed_from;
     if let Some(k) = s.damaged_from {
-        eprintln!("warning: stored frame {} was damaged; it and the frames after it were rendered again", k + 1);
+        tell!("warning: stored frame {} was damaged; it and the frames after it were rendered again", k + 1);
     }
     let resumed = if s.resumed_from > 0 { format!(", resumed after {}", s.resumed_from) } else { String::new() };
     let per_frame = start.elapsed().as_secs_f64() / fresh.max(1) as f64;
     let stopped = if s.interrupted { "; interrupted: run again with --resume to finish" } else { "" };
     let (out, n, w, h) = (job.output.display(), s.frames, s.width, s.height);
-    eprintln!("wrote {out} ({n} frames at {w}x{h}{resumed}; {per_frame:.2} s per frame){stopped}");
+    tell!("wrote {out} ({n} frames at {w}x{h}{resumed}; {per_frame:.2} s per frame){stopped}");
     if s.interrupted {
         return Err(Error::Cancelled);
     }
