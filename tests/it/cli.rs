@@ -463,5 +463,9 @@ fn a_reader_that_goes_away_ends_output_quietly() {
         drop(child.stdout.take()); // `| head -c 0`
         let o = child.wait_with_output().unwrap();
         assert!(!stderr(&o).contains("panicked") && o.status.code() != Some(101), "{args:?}: {}", stderr(&o));
-    }
+    } // Nobody to tell: a mistake with stderr on a full device still exits 2, not with a panic.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_deepdream")).args(["dream", "--steps", "x"]).stderr(full).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
 }
