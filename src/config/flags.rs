@@ -33,7 +33,7 @@ pub struct DreamFlags {
     /// dot (best-match dot product, default) or l2 (feature distance).
     #[arg(long)]
     pub guide_mode: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub guide_weight: Option<f32>,
     /// Style image (Gram-matrix style loss).
     #[arg(long)]
@@ -41,55 +41,55 @@ pub struct DreamFlags {
     /// Layers whose Gram matrices are matched, e.g. block1,block3,block5.
     #[arg(long)]
     pub style_layers: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub style_weight: Option<f32>,
     /// Layers whose features keep the input's content, e.g. block10.
     #[arg(long)]
     pub content_layers: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub content_weight: Option<f32>,
     /// Total-variation penalty weight (smoothness).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub tv: Option<f32>,
     /// Blur the gradient with this sigma (pixels).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub grad_blur: Option<f64>,
     /// Blur the image after each step with this sigma (pixels).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub image_blur: Option<f64>,
     /// Decay the image toward grey by this fraction per step.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub decay: Option<f64>,
     /// Laplacian-pyramid gradient normalisation with this many levels.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub laplacian: Option<usize>,
     /// Clip to the valid pixel range only at the end, not after every step.
     #[arg(long)]
     pub no_clip: bool,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub octaves: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub octave_scale: Option<f64>,
     /// Ascent steps per octave.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub steps: Option<usize>,
     /// Step size on the gradient normalised by its mean absolute value.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub step: Option<f64>,
     /// Stop an octave once the loss passes this.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub max_loss: Option<f64>,
     /// Largest random shift per step, in pixels.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub jitter: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// Shrink the input so its longer side is at most this many pixels.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub max_size: Option<u32>,
     /// Dream images larger than this many pixels a side in overlapping tiles, blended without
     /// seams, to bound memory (default 1024; 0: never tile).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub tile: Option<usize>,
 }
 
@@ -97,7 +97,7 @@ pub struct DreamFlags {
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct EncodeFlags {
     /// x264/VP9 constant rate factor, 0..63 (lower is better; default 18).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub crf: Option<u32>,
     /// x264 preset (ultrafast .. veryslow; default medium).
     #[arg(long)]
@@ -111,28 +111,28 @@ pub struct EncodeFlags {
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct ZoomFlags {
     /// Number of frames (default 48).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub frames: Option<u64>,
     /// Seconds of output instead of --frames.
-    #[arg(long, conflicts_with = "frames")]
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "frames")]
     pub duration: Option<f64>,
     /// Frames per second: 25, 29.97 or 30000/1001 (default 25).
     #[arg(long)]
     pub fps: Option<String>,
     /// Magnification per frame (default 1.04).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub zoom: Option<f64>,
     /// Magnification per second, independent of fps.
-    #[arg(long, conflicts_with = "zoom")]
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "zoom")]
     pub zoom_per_second: Option<f64>,
     /// Rotation per frame in degrees.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub rotate: Option<f64>,
     /// Pan per frame in pixels, X,Y.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub pan: Option<String>,
     /// Ascent steps on each frame after the first (default 5; 0: zoom without dreaming).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub frame_steps: Option<usize>,
 }
 
@@ -140,12 +140,12 @@ pub struct ZoomFlags {
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct VideoFlags {
     /// Mix this much of the previous dreamed frame into each frame (0..1) against flicker.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub blend: Option<f64>,
     /// Start at this many seconds.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub start: Option<f64>,
     /// Seconds to render.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub duration: Option<f64>,
 }

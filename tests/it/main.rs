@@ -5,6 +5,7 @@ mod backward;
 mod cli;
 mod dream;
 mod fetch;
+mod hostile;
 mod objectives;
 mod reference;
 mod util;

@@ -1,0 +1,89 @@
+//! Hostile inputs through the binary, one table: each case must exit with its code, say one
+//! line on stderr naming the problem, never panic, and leave nothing in the output directory.
+//! (More cases live beside the features they guard: cli.rs, video.rs, fetch.rs, config tests.)
+
+use crate::util::{deepdream, repo, scratch};
+use std::path::Path;
+
+/// Inputs made here: a 1x1 and a 1x300 image, a text file named .png, an empty file.
+fn inputs(dir: &Path) {
+    image::RgbImage::from_pixel(1, 1, image::Rgb([200, 10, 10])).save(dir.join("dot.png")).unwrap();
+    image::RgbImage::from_fn(1, 300, |_, y| image::Rgb([y as u8, 90, 200])).save(dir.join("line.bmp")).unwrap();
+    std::fs::write(dir.join("text.png"), "not an image").unwrap();
+    std::fs::write(dir.join("empty.jpg"), b"").unwrap();
+}
+
+#[test]
+fn hostile_inputs_get_one_clear_line() {
+    let src = scratch("hostile-src");
+    inputs(&src);
+    let out = scratch("hostile-out");
+    let (ex, o_png, o_gif) = (
+        repo().join("examples/chelsea.png").to_string_lossy().into_owned(),
+        out.join("o.png").to_string_lossy().into_owned(),
+        out.join("o.gif").to_string_lossy().into_owned(),
+    );
+    let s = |name: &str| src.join(name).to_string_lossy().into_owned();
+    let dream = |extra: &[&'static str]| [&["dream", ex.as_str(), "-o", o_png.as_str()][..], extra].concat();
+    let zoom = |extra: &[&'static str]| [&["zoom", ex.as_str(), "-o", o_gif.as_str()][..], extra].concat();
+    let (text, empty) = (s("text.png"), s("empty.jpg"));
+    // (arguments, exit code, text the one line must hold)
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (dream(&["--step", "nan"]), 2, "--step: must be positive"),
+        (dream(&["--step=-inf"]), 2, "--step"),
+        (dream(&["--octave-scale", "inf"]), 2, "--octave-scale"),
+        (dream(&["--octaves", "0"]), 2, "--octaves"),
+        (dream(&["--octaves", "18446744073709551615"]), 2, "--octaves"),
+        (dream(&["--jitter", "99999999999"]), 2, "--jitter"),
+        (dream(&["--decay", "-0.1"]), 2, "--decay"),
+        (dream(&["--tv", "1e308"]), 2, "--tv"),
+        (dream(&["--max-size", "0"]), 2, "--max-size"),
+        (dream(&["--tile", "100"]), 2, "--tile"),
+        (dream(&["--layers", "block5=nan"]), 2, "--layers"),
+        (dream(&["--layers", "block5=1e38"]), 2, "--layers"),
+        (dream(&["--class", "zzz"]), 2, "--class"),
+        (dream(&["--class", "banana=inf"]), 2, "--class"),
+        (dream(&["--seed", "-1"]), 2, "--seed"),
+        (dream(&["--device", "tpu"]), 2, "--device"),
+        (dream(&["--preset", "no-such-preset"]), 2, "--preset"),
+        (vec!["dream", text.as_str(), "-o", o_png.as_str()], 2, "not an image format"),
+        (vec!["dream", empty.as_str(), "-o", o_png.as_str()], 2, "cannot read image"),
+        (vec!["dream", ex.as_str(), "-o", "/no/such/dir/o.png"], 2, "/no/such/dir/o.png"),
+        (zoom(&["--frames", "0"]), 2, "--frames"),
+        (zoom(&["--frames", "18446744073709551615"]), 2, "--frames"),
+        (zoom(&["--duration", "1e308"]), 2, "--duration"),
+        (zoom(&["--fps", "0"]), 2, "--fps"),
+        (zoom(&["--fps", "inf"]), 2, "--fps"),
+        (zoom(&["--zoom", "0"]), 2, "--zoom"),
+        (zoom(&["--zoom-per-second", "1e-300"]), 2, "--zoom-per-second"),
+        (zoom(&["--pan", "1,inf"]), 2, "--pan"),
+        (zoom(&["--rotate", "nan"]), 2, "--rotate"),
+        (zoom(&["--crf", "99"]), 2, "--crf"),
+        (zoom(&["--x264-preset", "warp"]), 2, "--x264-preset"),
+        (vec!["layers", "--size", "0x0"], 2, "--size"),
+        (vec!["layers", "--size", "18446744073709551615x2"], 2, "--size"),
+        (vec!["classify", ex.as_str(), "--top", "0"], 2, "--top"),
+        (vec!["classify", ex.as_str(), "--max-size", "0"], 2, "--max-size"),
+        (vec!["bench", "--steps", "0", "--size", "32x32"], 2, "--steps"),
+        (vec!["models", "import", text.as_str(), "--dir", out.to_str().unwrap()], 2, "text.png"),
+    ];
+    for (args, code, needle) in &cases {
+        let o = deepdream(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(*code), "{args:?}: {err}");
+        assert!(
+            err.contains(needle) && err.trim_end().lines().count() == 1,
+            "{args:?}: want one line with {needle:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
+    // Tiny and one-pixel-wide images dream (the default network pads every layer).
+    for (name, size) in [("dot.png", (1, 1)), ("line.bmp", (1, 300))] {
+        let o = deepdream(&["dream", &s(name), "-o", &o_png, "--octaves", "2", "--steps", "1"]);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(image::open(&o_png).unwrap().to_rgb8().dimensions(), size);
+        std::fs::remove_file(&o_png).unwrap();
+    }
+}
