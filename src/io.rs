@@ -6,10 +6,16 @@ use candle_core::{Device, Tensor};
 use image::{ImageFormat, RgbImage};
 use std::path::{Path, PathBuf};
 
+/// `dir/.name.SUFFIX`: a hidden companion of `dest` in its directory (a staging file, a frame
+/// store, a lock).
+pub fn beside(dest: &Path, suffix: &str) -> PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    dest.with_file_name(format!(".{name}.{suffix}"))
+}
+
 /// `dir/.name.PID.tmp`: same directory (so the rename is atomic), hidden, unique per process.
 fn temp_path(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    dest.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    beside(dest, &format!("{}.tmp", std::process::id()))
 }
 
 /// A file or directory being written beside its destination: [`Staged::commit`] moves it into
@@ -219,22 +225,6 @@ pub fn content_hash(path: &Path) -> Result<String> {
         file.seek(SeekFrom::End(-(1 << 20))).map_err(err)?;
         file.read_to_end(&mut buf).map_err(err)?;
         h.update(&buf);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-/// The sha256 of a whole file (a model's weights in a resume fingerprint).
-pub fn file_sha256(path: &Path) -> Result<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match file.read(&mut buf)? {
-            0 => break,
-            n => h.update(&buf[..n]),
-        }
     }
     Ok(hex(&h.finalize()))
 }

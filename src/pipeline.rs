@@ -75,8 +75,7 @@ struct Ledger {
 
 impl Store {
     fn new(output: &Path, fingerprint: String) -> Self {
-        let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Store { dir: output.with_file_name(format!(".{name}.frames")), fingerprint, pts: Default::default() }
+        Store { dir: io::beside(output, "frames"), fingerprint, pts: Default::default() }
     }
 
     fn frame_path(&self, i: u64) -> PathBuf {
@@ -156,8 +155,7 @@ struct RenderLock {
 
 impl RenderLock {
     fn take(output: &Path) -> Result<RenderLock> {
-        let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let path = output.with_file_name(format!(".{name}.lock"));
+        let path = io::beside(output, "lock");
         let file =
             std::fs::File::create(&path).map_err(|e| Error::Output { path: path.clone(), reason: e.to_string() })?;
         match file.try_lock() {

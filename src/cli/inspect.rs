@@ -1,12 +1,17 @@
 //! `classify`, `layers` and `bench`: look at a model rather than dream with it.
 
-use deepdream::config::{Rule, flag, parse_layers, parse_size};
+use deepdream::config::{Origin, Rule, Sourced, parse_layers, parse_size};
 use deepdream::device::DeviceSpec;
 use deepdream::dream::{self, LayerTerm, Objective};
 use deepdream::model::{self, FeatureNet, weights};
 use deepdream::{Result, io, ops};
 use std::path::Path;
 use std::time::Instant;
+
+/// Refuses a model name the zoo does not know, blaming `--model`.
+fn known_model(name: &str) -> Result<()> {
+    model::info(name).map(|_| ()).map_err(|e| Origin::Flag("--model").blame(e))
+}
 
 /// Refuses an input too small for `net` to reach `taps`, saying what would work.
 fn fits(net: &dyn FeatureNet, taps: &[String], logits: bool, size: (usize, usize), what: &str) -> Result<()> {
@@ -18,9 +23,9 @@ fn fits(net: &dyn FeatureNet, taps: &[String], logits: bool, size: (usize, usize
 }
 
 pub fn classify(input: &Path, top: usize, model_name: &str, max_size: u32) -> Result<()> {
-    let top = flag("--top", &Some(top)).expect("given").check(Rule::Between(1.0, 1000.0))?;
-    let max_size = flag("--max-size", &Some(max_size)).expect("given").check(Rule::Between(16.0, 65_536.0))?;
-    model::info(model_name).map_err(|e| deepdream::config::Origin::Flag("--model").blame(e))?;
+    let top = Sourced::flag("--top", top).check(Rule::Between(1.0, 1000.0))?;
+    let max_size = Sourced::flag("--max-size", max_size).check(Rule::Between(16.0, 65_536.0))?;
+    known_model(model_name)?;
     let img = io::load_rgb(input, Some(max_size))?;
     let net = model::load(model_name)?;
     let size = (img.height() as usize, img.width() as usize);
@@ -34,8 +39,8 @@ pub fn classify(input: &Path, top: usize, model_name: &str, max_size: u32) -> Re
 }
 
 pub fn layers(model_name: &str, size: &str) -> Result<()> {
-    let (w, h) = flag("--size", &Some(size.to_owned())).expect("given").parse(parse_size)?;
-    model::info(model_name).map_err(|e| deepdream::config::Origin::Flag("--model").blame(e))?;
+    let (w, h) = Sourced::flag("--size", size.to_owned()).parse(parse_size)?;
+    known_model(model_name)?;
     let net = model::load(model_name)?;
     let names = net.layer_names();
     fits(net.as_ref(), &names, false, (h, w), "--size")?;
@@ -81,17 +86,15 @@ struct Timings {
 
 pub fn bench(a: &BenchArgs) -> Result<()> {
     let backend = DeviceSpec::parse(&a.device)?.open()?;
-    let (w, h) = flag("--size", &Some(a.size.clone())).expect("given").parse(parse_size)?;
-    let steps = flag("--steps", &Some(a.steps)).expect("given").check(Rule::Between(1.0, 10_000.0))?;
-    model::info(&a.model).map_err(|e| deepdream::config::Origin::Flag("--model").blame(e))?;
+    let (w, h) = Sourced::flag("--size", a.size.clone()).parse(parse_size)?;
+    let steps = Sourced::flag("--steps", a.steps).check(Rule::Between(1.0, 10_000.0))?;
+    known_model(&a.model)?;
     let net = match a.formula_weights {
         true => model::build(&a.model, &weights::Weights::formula(), Path::new("formula"))?,
         false => model::load(&a.model)?,
     };
     let terms = match &a.layers {
-        Some(spec) => flag("--layers", &Some(spec.clone()))
-            .expect("given")
-            .parse(|s| parse_layers(s).map_err(|e| e.to_string()))?,
+        Some(spec) => Sourced::flag("--layers", spec.clone()).parse(|s| parse_layers(s).map_err(|e| e.to_string()))?,
         None => vec![LayerTerm::new(&net.layer_names().last().cloned().unwrap_or_default(), 1.0)],
     };
     let objective = Objective::layers(terms);

@@ -1,7 +1,7 @@
 //! `models` (list, registry, import, fetch) and `presets`.
 
 use super::progress::DownloadBar;
-use deepdream::config::{BUILTIN_PRESETS, Rule, flag, parse_preset};
+use deepdream::config::{BUILTIN_PRESETS, Rule, Sourced, parse_preset};
 use deepdream::model::{self, ZOO, weights};
 use deepdream::{Error, Result};
 use std::path::PathBuf;
@@ -72,7 +72,7 @@ pub fn run(action: Option<ModelsAction>) -> Result<()> {
 }
 
 fn fetch(name: &str, url: Option<String>, sha256: Option<String>, dir: Option<PathBuf>, timeout: f64) -> Result<()> {
-    let timeout = flag("--timeout", &Some(timeout)).expect("given").check(Rule::Between(0.1, 86_400.0))?;
+    let timeout = Sourced::flag("--timeout", timeout).check(Rule::Between(0.1, 86_400.0))?;
     let info = model::info(name)?;
     let (url, sha256) = match (url, sha256, &info.download) {
         (Some(u), Some(s), _) => (u, s),

@@ -109,6 +109,11 @@ impl<T: Number> Sourced<T> {
 }
 
 impl<T> Sourced<T> {
+    /// A value the user gave with the flag `name`.
+    pub fn flag(name: &'static str, value: T) -> Self {
+        Sourced { value, origin: Origin::Flag(name) }
+    }
+
     /// The same origin for a converted value.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Sourced<U> {
         Sourced { value: f(self.value), origin: self.origin }

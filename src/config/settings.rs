@@ -18,7 +18,7 @@ const STEPS: Rule = Rule::Between(1.0, 100_000.0);
 
 /// A flag's value with its origin.
 pub fn flag<T: Clone>(name: &'static str, v: &Option<T>) -> Option<Sourced<T>> {
-    v.as_ref().map(|v| Sourced { value: v.clone(), origin: Origin::Flag(name) })
+    v.as_ref().map(|v| Sourced::flag(name, v.clone()))
 }
 
 /// The flag's value, else the preset's, else `default`; each value given is checked.

@@ -26,7 +26,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::io::hex(&h.finalize()))
 }
 
 /// Whether `actual` (64 hex digits) satisfies `expected`: equal, or starting with it when the
