@@ -4,6 +4,7 @@
 use candle_core::{Device, Tensor};
 use deepdream::Result;
 use deepdream::model::{self, FeatureNet, Features, Normalization, ZOO, weights::Weights};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 /// Forwards only, so `loss_and_grad` is the trait's default: candle's autograd end to end.
 struct CandleOnly<'a>(&'a dyn FeatureNet);
@@ -53,7 +54,13 @@ fn own_backward_matches_candle_autograd_on_every_architecture() {
             }
             Ok(total)
         };
-        let x = Tensor::rand(-1f32, 1f32, (1, 3, 101, 117), &Device::Cpu).unwrap();
+        // A fixed input. candle's ReLU passes the gradient where its input is exactly 0 (`ge`),
+        // PyTorch's and ours do not (`gt`): where a residual sum is 0 + 0 (a zero body output on
+        // a zero shortcut), the two subgradients differ. On ResNet-50 with formula weights about
+        // one random input in twenty has such a point, so a random input made this test flaky.
+        let mut rng = StdRng::seed_from_u64(7);
+        let values: Vec<f32> = (0..3 * 101 * 117).map(|_| rng.random_range(-1f32..1f32)).collect();
+        let x = Tensor::from_vec(values, (1, 3, 101, 117), &Device::Cpu).unwrap();
         let (own_loss, own) = net.loss_and_grad(&x, &taps, logits, &loss).unwrap();
         let (ref_loss, reference) = CandleOnly(net.as_ref()).loss_and_grad(&x, &taps, logits, &loss).unwrap();
         let scale = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
