@@ -19,11 +19,16 @@ const LEGACY_MAGIC_BYTES: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 
 /// `num_batches_tracked` are left out.
 pub fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let err = |reason: String| Error::Weights { path: path.to_owned(), reason };
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let tensors = if bytes.starts_with(b"PK\x03\x04") {
+    let size = std::fs::metadata(path).map_err(|e| err(e.to_string()))?.len();
+    if size > MAX_CHECKPOINT_BYTES {
+        return Err(err(format!("{size} bytes, larger than any network's checkpoint")));
+    }
+    let mut magic = Vec::with_capacity(4);
+    std::fs::File::open(path).and_then(|f| f.take(4).read_to_end(&mut magic)).map_err(|e| err(e.to_string()))?;
+    let tensors = if magic.starts_with(b"PK\x03\x04") {
         read_zip(path).map_err(|e| err(format!("not a readable PyTorch zip checkpoint: {e}")))?
     } else {
-        read_legacy(&bytes).map_err(err)?
+        read_legacy(&std::fs::read(path).map_err(|e| err(e.to_string()))?).map_err(err)?
     };
     let mut out = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
@@ -50,28 +55,45 @@ fn read_zip(path: &Path) -> std::result::Result<Vec<(String, Tensor)>, String> {
         .find(|n| n.ends_with("/data.pkl") || n == "data.pkl")
         .ok_or("no data.pkl in the archive")?;
     let mut bytes = Vec::new();
-    archive.by_name(&pkl).map_err(|e| e.to_string())?.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    archive
+        .by_name(&pkl)
+        .map_err(|e| e.to_string())?
+        .take(MAX_PICKLE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_PICKLE_BYTES {
+        return Err(format!("{pkl} is larger than {} MiB", MAX_PICKLE_BYTES >> 20));
+    }
     let root = read_pickle(&mut Cursor::new(&bytes))?;
     let dir = pkl.strip_suffix(".pkl").unwrap_or(&pkl).to_owned();
     let mut infos = Vec::new();
     collect_tensor_infos(root, "", Path::new(&dir), &mut infos);
+    // How many bytes of each storage the tensors reach, checked before anything is read: the
+    // archive's declared sizes and its compressed streams are not trusted to be small.
+    let mut needed: HashMap<String, usize> = HashMap::new();
+    for info in &infos {
+        let reach = View::of(info).map_err(|e| format!("{}: {e}", info.name))?.reach * info.dtype.size_in_bytes();
+        let n = needed.entry(info.path.clone()).or_default();
+        *n = (*n).max(reach);
+    }
+    if needed.values().map(|&n| n as u64).sum::<u64>() > MAX_CHECKPOINT_BYTES {
+        return Err(format!("its tensors need more than {} GiB, more than any network's", MAX_CHECKPOINT_BYTES >> 30));
+    }
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut out = Vec::with_capacity(infos.len());
     for info in infos {
         if !storages.contains_key(&info.path) {
-            let mut entry = archive.by_name(&info.path).map_err(|e| format!("{}: {e}", info.path))?;
-            let mut data = Vec::with_capacity(entry.size() as usize);
-            entry.read_to_end(&mut data).map_err(|e| format!("{}: {e}", info.path))?;
+            let want = needed[&info.path];
+            let entry = archive.by_name(&info.path).map_err(|e| format!("{}: {e}", info.path))?;
+            let mut data = Vec::with_capacity(want);
+            entry.take(want as u64).read_to_end(&mut data).map_err(|e| format!("{}: {e}", info.path))?;
+            if data.len() < want {
+                return Err(format!("{}: storage {} is truncated", info.name, info.path));
+            }
             storages.insert(info.path.clone(), data);
         }
         let data = &storages[&info.path];
-        let storage =
-            Tensor::from_raw_buffer(data, info.dtype, &[data.len() / info.dtype.size_in_bytes()], &Device::Cpu)
-                .map_err(|e| first_line(&e.to_string()))?;
-        out.push((
-            info.name.clone(),
-            strided_view(&storage, &info).map_err(|e| format!("{}: {}", info.name, first_line(&e.to_string())))?,
-        ));
+        out.push((info.name.clone(), tensor_in(data, &info)?));
     }
     Ok(out)
 }
@@ -131,10 +153,13 @@ fn read_legacy(bytes: &[u8]) -> std::result::Result<Vec<(String, Tensor)>, Strin
         let key = key.unicode().map_err(|o| format!("bad storage key {o:?}"))?;
         let mut count = [0u8; 8];
         r.read_exact(&mut count).map_err(|_| "truncated storage header".to_string())?;
-        let count = u64::from_le_bytes(count) as usize;
         let elem = *elem_sizes.get(&key).ok_or_else(|| format!("storage {key} is not used by any tensor"))?;
-        storages.insert(key, (r.position() as usize, count));
-        r.set_position(r.position() + (count * elem) as u64);
+        let len = u64::from_le_bytes(count)
+            .checked_mul(elem as u64)
+            .filter(|&len| len <= (bytes.len() as u64).saturating_sub(r.position()))
+            .ok_or_else(|| format!("storage {key} is truncated"))?;
+        storages.insert(key, (r.position() as usize, len as usize));
+        r.set_position(r.position() + len);
     }
     let entries = match state {
         Object::Dict(entries) => entries,
@@ -197,25 +222,99 @@ fn legacy_tensor(
     storages: &HashMap<String, (usize, usize)>,
 ) -> std::result::Result<Tensor, String> {
     let key = info.path.rsplit('/').next().unwrap_or(&info.path);
-    let &(start, count) = storages.get(key).ok_or_else(|| format!("{}: storage {key} is missing", info.name))?;
-    let elem = info.dtype.size_in_bytes();
-    let data =
-        bytes.get(start..start + count * elem).ok_or_else(|| format!("{}: storage {key} is truncated", info.name))?;
-    let storage =
-        Tensor::from_raw_buffer(data, info.dtype, &[count], &Device::Cpu).map_err(|e| first_line(&e.to_string()))?;
-    strided_view(&storage, info).map_err(|e| format!("{}: {}", info.name, first_line(&e.to_string())))
+    let &(start, len) = storages.get(key).ok_or_else(|| format!("{}: storage {key} is missing", info.name))?;
+    tensor_in(&bytes[start..start + len], info)
 }
 
-/// The tensor that `info`'s shape, strides and offset describe inside a flat storage.
-fn strided_view(storage: &Tensor, info: &TensorInfo) -> candle_core::Result<Tensor> {
-    let dims = info.layout.dims().to_vec();
-    let strides = info.layout.stride().to_vec();
-    let offset = info.layout.start_offset() / info.dtype.size_in_bytes();
-    let numel: usize = dims.iter().product();
-    let mut index = Vec::with_capacity(numel);
+/// The largest tensor a checkpoint may declare, in elements (the largest weight in the zoo,
+/// VGG-16's first classifier layer, has 103 million).
+const MAX_ELEMENTS: usize = 1 << 28;
+/// The most storage bytes read from one checkpoint (VGG-16's, the largest in the zoo, holds
+/// 528 MiB); a legacy checkpoint is read whole, so this caps its file size too.
+const MAX_CHECKPOINT_BYTES: u64 = 2 << 30;
+/// A view may hold more elements than its storage (zero or overlapping strides, as from
+/// `expand`) only up to this many.
+const MAX_OVERLAPPING_ELEMENTS: usize = 1 << 24;
+/// The largest pickle read from a zip checkpoint.
+const MAX_PICKLE_BYTES: u64 = 64 << 20;
+
+/// A tensor's shape, strides and offset, checked against overflow before anything is allocated.
+struct View {
+    dims: Vec<usize>,
+    strides: Vec<usize>,
+    offset: usize,
+    numel: usize,
+    /// One past the last storage element the view reads (0 when it is empty).
+    reach: usize,
+}
+
+impl View {
+    fn of(info: &TensorInfo) -> std::result::Result<View, String> {
+        let (dims, strides) = (info.layout.dims().to_vec(), info.layout.stride().to_vec());
+        if dims.len() != strides.len() {
+            return Err(format!("{} sizes but {} strides", dims.len(), strides.len()));
+        }
+        let offset = info.layout.start_offset() / info.dtype.size_in_bytes();
+        let too_big = || format!("declares a tensor of shape {dims:?}, larger than any network's weights");
+        let numel = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).filter(|&n| n <= MAX_ELEMENTS);
+        let numel = numel.ok_or_else(too_big)?;
+        let reach = match numel {
+            0 => 0,
+            _ => dims
+                .iter()
+                .zip(&strides)
+                .try_fold(offset, |r, (&d, &s)| r.checked_add((d - 1).checked_mul(s)?))
+                .and_then(|last| last.checked_add(1))
+                .ok_or_else(too_big)?,
+        };
+        if reach > u32::MAX as usize {
+            return Err(too_big());
+        }
+        if numel > reach.max(MAX_OVERLAPPING_ELEMENTS) {
+            return Err(format!("declares {numel} elements over a storage of {reach}"));
+        }
+        Ok(View { dims, strides, offset, numel, reach })
+    }
+
+    fn is_contiguous(&self) -> bool {
+        let mut expected = 1;
+        for (&d, &s) in self.dims.iter().zip(&self.strides).rev() {
+            if d != 1 && s != expected {
+                return false;
+            }
+            expected *= d;
+        }
+        true
+    }
+}
+
+/// The tensor that `info`'s shape, strides and offset describe inside the storage `data`.
+fn tensor_in(data: &[u8], info: &TensorInfo) -> std::result::Result<Tensor, String> {
+    let fail = |e: String| format!("{}: {e}", info.name);
+    let view = View::of(info).map_err(fail)?;
+    let elem = info.dtype.size_in_bytes();
+    let count = data.len() / elem;
+    if view.reach > count {
+        return Err(fail(format!("strides reach element {} of a storage of {count}", view.reach - 1)));
+    }
+    let storage = Tensor::from_raw_buffer(&data[..count * elem], info.dtype, &[count], &Device::Cpu)
+        .map_err(|e| fail(first_line(&e.to_string())))?;
+    strided_view(&storage, &view).map_err(|e| fail(first_line(&e.to_string())))
+}
+
+/// The view's elements in row-major order: a slice when it is contiguous, a gather otherwise.
+fn strided_view(storage: &Tensor, view: &View) -> candle_core::Result<Tensor> {
+    let dims = view.dims.clone();
+    if view.numel == 0 {
+        return Tensor::zeros(dims, storage.dtype(), storage.device());
+    }
+    if view.is_contiguous() {
+        return storage.narrow(0, view.offset, view.numel)?.reshape(dims);
+    }
+    let mut index = Vec::with_capacity(view.numel);
     let mut pos = vec![0usize; dims.len()];
-    for _ in 0..numel {
-        index.push((offset + pos.iter().zip(&strides).map(|(p, s)| p * s).sum::<usize>()) as u32);
+    for _ in 0..view.numel {
+        index.push((view.offset + pos.iter().zip(&view.strides).map(|(p, s)| p * s).sum::<usize>()) as u32);
         for d in (0..dims.len()).rev() {
             pos[d] += 1;
             if pos[d] < dims[d] {
@@ -224,10 +323,7 @@ fn strided_view(storage: &Tensor, info: &TensorInfo) -> candle_core::Result<Tens
             pos[d] = 0;
         }
     }
-    if index.iter().any(|&i| i as usize >= storage.elem_count()) {
-        candle_core::bail!("strides reach outside the storage");
-    }
-    let index = Tensor::from_vec(index, numel, storage.device())?;
+    let index = Tensor::from_vec(index, view.numel, storage.device())?;
     storage.index_select(&index, 0)?.reshape(dims)
 }
 
@@ -274,6 +370,81 @@ mod tests {
         let cut = dir.join("cut.pth");
         std::fs::write(&cut, &full[..full.len() - 20]).unwrap();
         assert!(read_pth(&cut).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `tiny_legacy.pth` with conv.weight's shape and strides replaced (pickled as BININT1s).
+    fn legacy_with_conv_view(size: &[u8], stride: &[u8]) -> Vec<u8> {
+        let full = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_legacy.pth")).unwrap();
+        let replace = |bytes: Vec<u8>, from: &[u8], to: &[u8]| {
+            let at = bytes.windows(from.len()).position(|w| w == from).expect("pattern in the fixture");
+            [&bytes[..at], to, &bytes[at + from.len()..]].concat()
+        };
+        let bytes = replace(full, b"(K\x02K\x03K\x02K\x02t", size);
+        replace(bytes, b"(K\x0cK\x04K\x02K\x01t", stride)
+    }
+
+    #[test]
+    fn a_huge_declared_shape_is_refused_before_allocating() {
+        let dir = std::env::temp_dir().join(format!("dd-pth-bomb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bomb = dir.join("bomb.pth");
+        // 2^30 x 3 x 2 x 2 elements (48 GiB as f32) on stride 0 over a 24-element storage: the
+        // old reader built a 12-billion-entry index before looking at the strides.
+        std::fs::write(&bomb, legacy_with_conv_view(b"(J\x00\x00\x00\x40K\x03K\x02K\x02t", b"(K\x00K\x04K\x02K\x01t"))
+            .unwrap();
+        let err = read_pth(&bomb).unwrap_err().to_string();
+        assert!(err.contains("conv.weight") && err.contains("larger than any network"), "{err}");
+        // 2^22 x 3 x 2 x 2 on stride 0: under the element cap, but 50 million elements over 12.
+        std::fs::write(&bomb, legacy_with_conv_view(b"(J\x00\x00\x40\x00K\x03K\x02K\x02t", b"(K\x00K\x04K\x02K\x01t"))
+            .unwrap();
+        let err = read_pth(&bomb).unwrap_err().to_string();
+        assert!(err.contains("50331648 elements over a storage of 12"), "{err}");
+        // Strides that reach past the storage: element 12*3+... of 24.
+        std::fs::write(&bomb, legacy_with_conv_view(b"(K\x02K\x03K\x02K\x02t", b"(K\x30K\x04K\x02K\x01t")).unwrap();
+        let err = read_pth(&bomb).unwrap_err().to_string();
+        assert!(err.contains("reach element 59 of a storage of 24"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn zip_storages_are_read_only_as_far_as_the_tensors_reach() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("dd-pth-zip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_zip.pth");
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&source).unwrap()).unwrap();
+        let mut write = |name: &str, storage: &dyn Fn(&str, &[u8]) -> Option<Vec<u8>>| {
+            let path = dir.join(name);
+            let mut out = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+            for i in 0..archive.len() {
+                let mut entry = archive.by_index(i).unwrap();
+                let entry_name = entry.name().unwrap().into_owned();
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).unwrap();
+                let bytes = storage(&entry_name, &bytes).unwrap_or(bytes);
+                let options = zip::write::SimpleFileOptions::default()
+                    .compression_method(zip::CompressionMethod::Deflated)
+                    .large_file(bytes.len() > u32::MAX as usize);
+                out.start_file(entry_name, options).unwrap();
+                out.write_all(&bytes).unwrap();
+            }
+            out.finish().unwrap();
+            path
+        };
+        // conv.weight's storage followed by 256 MiB of zeros, deflated to a few hundred KiB.
+        let padded = write("padded.pth", &|name, bytes| {
+            name.ends_with("data/0").then(|| [bytes, &vec![0u8; 256 << 20]].concat())
+        });
+        let t: HashMap<String, Tensor> = read_pth(&padded).unwrap().into_iter().collect();
+        assert_eq!(
+            t["conv.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            (0..24).map(|i| i as f32 / 8.0).collect::<Vec<_>>()
+        );
+        // conv.weight's storage cut short.
+        let cut = write("cut.pth", &|name, bytes| name.ends_with("data/0").then(|| bytes[..40].to_vec()));
+        let err = read_pth(&cut).unwrap_err().to_string();
+        assert!(err.contains("conv.weight: storage") && err.contains("truncated"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
