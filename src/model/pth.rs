@@ -407,6 +407,9 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Replaces an archive entry's bytes (by entry name) where it returns `Some`.
+    type Rewrite = dyn Fn(&str, &[u8]) -> Option<Vec<u8>>;
+
     #[test]
     fn zip_storages_are_read_only_as_far_as_the_tensors_reach() {
         use std::io::Write;
@@ -414,7 +417,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_zip.pth");
         let mut archive = zip::ZipArchive::new(std::fs::File::open(&source).unwrap()).unwrap();
-        let mut write = |name: &str, storage: &dyn Fn(&str, &[u8]) -> Option<Vec<u8>>| {
+        let mut write = |name: &str, storage: &Rewrite| {
             let path = dir.join(name);
             let mut out = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
             for i in 0..archive.len() {
