@@ -46,6 +46,9 @@ struct Opened {
     ictx: format::context::Input,
     index: usize,
     decoder: ffmpeg::decoder::Video,
+    /// The stream's own time base.
+    stream_time_base: Rational,
+    /// The time base of the frames handed on (see [`working_time_base`]).
     time_base: Rational,
     rate: Rational,
     rotate: u32,
@@ -70,12 +73,13 @@ fn open(path: &Path) -> Result<Opened> {
         .map_err(|e| err(path, format!("bad video stream ({e})")))?;
     let decoder = ctx.decoder().video().map_err(|e| err(path, format!("unsupported video codec ({e})")))?;
     let tb = stream.time_base();
-    let mut rate = stream.avg_frame_rate();
-    if rate.numerator() <= 0 || rate.denominator() <= 0 {
-        rate = stream.rate();
-    }
-    if rate.numerator() <= 0 || rate.denominator() <= 0 {
-        rate = ffmpeg::Rational::new(25, 1);
+    let plausible =
+        |r: ffmpeg::Rational| r.numerator() > 0 && r.denominator() > 0 && (MIN_FPS..=MAX_FPS).contains(&(f64::from(r)));
+    let rate = [stream.avg_frame_rate(), stream.rate()].into_iter().find(|&r| plausible(r));
+    let rate = rate.map_or(Rational::new(25, 1), |r| Rational::new(r.numerator(), r.denominator()));
+    let stream_time_base = Rational::new(tb.numerator(), tb.denominator());
+    if stream_time_base.num <= 0 || stream_time_base.den <= 0 {
+        return Err(err(path, format!("bad time base {}/{}", stream_time_base.num, stream_time_base.den)));
     }
     let rotate = rotation(&stream);
     let frames = (stream.frames() > 0).then_some(stream.frames() as u64);
@@ -83,13 +87,48 @@ fn open(path: &Path) -> Result<Opened> {
     Ok(Opened {
         index,
         decoder,
-        time_base: Rational::new(tb.numerator(), tb.denominator()),
-        rate: Rational::new(rate.numerator(), rate.denominator()),
+        stream_time_base,
+        time_base: working_time_base(stream_time_base, rate),
+        rate,
         rotate,
         frames,
         has_audio,
         ictx,
     })
+}
+
+/// Frame rates outside this range are taken for a broken header, not for the video's.
+const MIN_FPS: f64 = 0.01;
+const MAX_FPS: f64 = 1000.0;
+
+/// The time base the frames are handed on in: the stream's own where it is an ordinary one (so
+/// variable frame rates pass through exactly), a 90 kHz clock (or 1000 ticks a frame where the
+/// rate does not divide it) where it is so fine that a container's 32-bit durations would
+/// overflow: 1/2147483647 wraps after 2 s.
+fn working_time_base(stream: Rational, rate: Rational) -> Rational {
+    if stream.num >= 1 && stream.den >= 1 && stream.den / stream.num <= 1 << 20 {
+        return stream;
+    }
+    match (90_000i64 * rate.den as i64) % rate.num as i64 {
+        0 => Rational::new(1, 90_000),
+        _ => match rate.num.checked_mul(1000) {
+            Some(den) => Rational::new(rate.den, den),
+            None => Rational::new(1, 90_000),
+        },
+    }
+}
+
+/// `t` ticks of `from` in ticks of `to`, rounded to the nearest.
+fn rescale(t: i64, from: Rational, to: Rational) -> i64 {
+    let num = t as i128 * from.num as i128 * to.den as i128;
+    let den = from.den as i128 * to.num as i128;
+    let q = (2 * num + den.signum() * den) / (2 * den);
+    q.clamp(i64::MIN as i128 / 2, i64::MAX as i128 / 2) as i64
+}
+
+/// The ticks of `time_base` one frame at `rate` lasts (at least 1).
+fn frame_ticks(rate: Rational, time_base: Rational) -> i64 {
+    rescale(1, rate.inverse(), time_base).max(1)
 }
 
 /// Output size after rotation and shrinking.
@@ -115,9 +154,15 @@ pub fn decode(path: &Path, opts: &VideoOptions, emit: &mut dyn FnMut(Frame) -> b
     let mut o = open(path)?;
     let (w, h) = out_size(&o, opts.max_size);
     let (sw, sh) = if o.rotate % 180 == 90 { (h, w) } else { (w, h) };
-    let tb = o.time_base.as_f64();
+    let (stream_tb, work_tb) = (o.stream_time_base, o.time_base);
+    let tb = work_tb.as_f64();
+    let step = frame_ticks(o.rate, work_tb);
     let start_ts = opts.start.map(|s| (s / tb).round() as i64);
     let end_ts = opts.duration.map(|d| ((opts.start.unwrap_or(0.0) + d) / tb).round() as i64);
+    // Timestamps as handed on: the decoder's, in the working time base, made strictly
+    // increasing; one frame after the last where a frame has none (raw .h264 streams) or
+    // repeats one.
+    let mut last_ts: Option<i64> = None;
     if let Some(s) = opts.start.filter(|&s| s > 0.0) {
         let t = (s * ffmpeg::ffi::AV_TIME_BASE as f64) as i64;
         o.ictx.seek(t, ..t).map_err(|e| err(path, format!("cannot seek to {s} s ({e})")))?;
@@ -127,7 +172,13 @@ pub fn decode(path: &Path, opts: &VideoOptions, emit: &mut dyn FnMut(Frame) -> b
     let mut count = 0u64;
     let mut done = false;
     let mut handle = |frame: &Video, scaler: &mut Option<scaling::Context>, count: &mut u64| -> Result<bool> {
-        let ts = frame.timestamp().unwrap_or(*count as i64);
+        let ts = match (frame.timestamp().map(|t| rescale(t, stream_tb, work_tb)), last_ts) {
+            (Some(t), Some(last)) if t <= last => last + step,
+            (Some(t), _) => t,
+            (None, Some(last)) => last + step,
+            (None, None) => 0,
+        };
+        last_ts = Some(ts);
         if start_ts.is_some_and(|s| ts < s) {
             return Ok(true);
         }

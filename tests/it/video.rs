@@ -259,3 +259,74 @@ fn a_second_render_to_the_same_output_is_refused() {
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("o.gif")], "no lock or store left behind");
 }
+
+/// Copies `src`'s video stream, packets untouched, into a `format` container, asking for time
+/// base `1/time_scale` where given: how the tests make inputs the project's encoder would never
+/// write.
+fn remux(src: &Path, dst: &Path, format: &str, time_scale: Option<i32>) {
+    use ffmpeg_next as ff;
+    ff::init().unwrap();
+    let mut ictx = ff::format::input(&src).unwrap();
+    let mut octx = ff::format::output_as(&dst, format).unwrap();
+    let ist = ictx.streams().best(ff::media::Type::Video).unwrap();
+    let (index, in_tb) = (ist.index(), ist.time_base());
+    let mut ost = octx.add_stream(ff::encoder::find(ff::codec::Id::None)).unwrap();
+    ost.set_parameters(ist.parameters());
+    // SAFETY: the stream's parameters were just set; the tag of one container means nothing in another.
+    unsafe { (*ost.parameters().as_mut_ptr()).codec_tag = 0 };
+    if let Some(scale) = time_scale {
+        ost.set_time_base(ff::Rational::new(1, scale));
+    }
+    octx.write_header().unwrap();
+    let out_tb = octx.stream(0).unwrap().time_base();
+    for (stream, mut packet) in ictx.packets() {
+        if stream.index() != index {
+            continue;
+        }
+        packet.rescale_ts(in_tb, out_tb);
+        packet.set_position(-1);
+        packet.set_stream(0);
+        packet.write_interleaved(&mut octx).unwrap();
+    }
+    octx.write_trailer().unwrap();
+}
+
+/// A 2 s, 12 fps, 24-frame H.264 MP4 made by the project's own encoder from a zoom.
+fn two_second_clip(dir: &Path) -> PathBuf {
+    let clip = dir.join("clip.mp4");
+    let example = repo().join("examples/chelsea.png");
+    let mut args = vec!["zoom", s(&example), "-o", s(&clip), "--frames", "24", "--max-size", "80", "--fps", "12"];
+    args.extend(FAST);
+    ok(&deepdream(&args));
+    clip
+}
+
+#[test]
+fn raw_h264_without_timestamps_keeps_its_duration() {
+    let dir = scratch("rawh264");
+    let clip = two_second_clip(&dir);
+    let raw = dir.join("clip.h264");
+    remux(&clip, &raw, "h264", None);
+    let out = dir.join("out.mp4");
+    let mut args = vec!["video", s(&raw), "-o", s(&out)];
+    args.extend(FAST);
+    ok(&deepdream(&args));
+    let m = summarize(&out).unwrap();
+    assert_eq!(m.frames, 24);
+    assert!((m.video_seconds - 2.0).abs() < 0.1, "{m:?}");
+}
+
+#[test]
+fn a_huge_time_base_keeps_every_frame() {
+    let dir = scratch("hugetb");
+    let clip = two_second_clip(&dir);
+    let odd = dir.join("odd.nut");
+    remux(&clip, &odd, "nut", Some(i32::MAX));
+    let out = dir.join("out.mp4");
+    let mut args = vec!["video", s(&odd), "-o", s(&out)];
+    args.extend(FAST);
+    ok(&deepdream(&args));
+    let m = summarize(&out).unwrap();
+    assert_eq!(m.frames, 24, "{m:?}");
+    assert!((m.video_seconds - 2.0).abs() < 0.1, "{m:?}");
+}
