@@ -131,6 +131,9 @@ fn frame_ticks(rate: Rational, time_base: Rational) -> i64 {
     rescale(1, rate.inverse(), time_base).max(1)
 }
 
+/// What a frame converter is made for: the decoded frames' pixel format and size.
+type ScalerKey = (format::Pixel, u32, u32);
+
 /// Output size after rotation and shrinking.
 fn out_size(o: &Opened, max: Option<u32>) -> (u32, u32) {
     let (w, h) = (o.decoder.width(), o.decoder.height());
@@ -167,59 +170,64 @@ pub fn decode(path: &Path, opts: &VideoOptions, emit: &mut dyn FnMut(Frame) -> b
         let t = (s * ffmpeg::ffi::AV_TIME_BASE as f64) as i64;
         o.ictx.seek(t, ..t).map_err(|e| err(path, format!("cannot seek to {s} s ({e})")))?;
     }
-    let mut scaler: Option<scaling::Context> = None;
+    let mut scaler: Option<(ScalerKey, scaling::Context)> = None;
     let mut first_ts: Option<i64> = None;
     let mut count = 0u64;
     let mut done = false;
-    let mut handle = |frame: &Video, scaler: &mut Option<scaling::Context>, count: &mut u64| -> Result<bool> {
-        let ts = match (frame.timestamp().map(|t| rescale(t, stream_tb, work_tb)), last_ts) {
-            (Some(t), Some(last)) if t <= last => last + step,
-            (Some(t), _) => t,
-            (None, Some(last)) => last + step,
-            (None, None) => 0,
+    let mut handle =
+        |frame: &Video, scaler: &mut Option<(ScalerKey, scaling::Context)>, count: &mut u64| -> Result<bool> {
+            let ts = match (frame.timestamp().map(|t| rescale(t, stream_tb, work_tb)), last_ts) {
+                (Some(t), Some(last)) if t <= last => last + step,
+                (Some(t), _) => t,
+                (None, Some(last)) => last + step,
+                (None, None) => 0,
+            };
+            last_ts = Some(ts);
+            if start_ts.is_some_and(|s| ts < s) {
+                return Ok(true);
+            }
+            if end_ts.is_some_and(|e| ts >= e) {
+                return Ok(false);
+            }
+            // A stream whose picture size or format changes midway gets a new converter, and every
+            // frame comes out at the first frame's size.
+            let key = (frame.format(), frame.width(), frame.height());
+            let sc = match scaler {
+                Some((k, s)) if *k == key => s,
+                _ => {
+                    let context = scaling::Context::get(
+                        frame.format(),
+                        frame.width(),
+                        frame.height(),
+                        format::Pixel::RGB24,
+                        sw,
+                        sh,
+                        scaling::Flags::BICUBIC,
+                    )
+                    .map_err(|e| err(path, format!("cannot convert frames ({e})")))?;
+                    &mut scaler.insert((key, context)).1
+                }
+            };
+            let mut rgb = Video::empty();
+            sc.run(frame, &mut rgb).map_err(|e| err(path, format!("cannot convert a frame ({e})")))?;
+            let stride = rgb.stride(0);
+            let data = rgb.data(0);
+            let mut img = RgbImage::new(sw, sh);
+            for y in 0..sh as usize {
+                img.as_mut()[y * sw as usize * 3..(y + 1) * sw as usize * 3]
+                    .copy_from_slice(&data[y * stride..y * stride + sw as usize * 3]);
+            }
+            let img = match o.rotate {
+                90 => image::imageops::rotate90(&img),
+                180 => image::imageops::rotate180(&img),
+                270 => image::imageops::rotate270(&img),
+                _ => img,
+            };
+            let first = *first_ts.get_or_insert(ts);
+            let keep = emit(Frame { index: *count, pts: ts - first, image: img });
+            *count += 1;
+            Ok(keep)
         };
-        last_ts = Some(ts);
-        if start_ts.is_some_and(|s| ts < s) {
-            return Ok(true);
-        }
-        if end_ts.is_some_and(|e| ts >= e) {
-            return Ok(false);
-        }
-        let sc = match scaler {
-            Some(s) => s,
-            None => scaler.insert(
-                scaling::Context::get(
-                    frame.format(),
-                    frame.width(),
-                    frame.height(),
-                    format::Pixel::RGB24,
-                    sw,
-                    sh,
-                    scaling::Flags::BICUBIC,
-                )
-                .map_err(|e| err(path, format!("cannot convert frames ({e})")))?,
-            ),
-        };
-        let mut rgb = Video::empty();
-        sc.run(frame, &mut rgb).map_err(|e| err(path, format!("cannot convert a frame ({e})")))?;
-        let stride = rgb.stride(0);
-        let data = rgb.data(0);
-        let mut img = RgbImage::new(sw, sh);
-        for y in 0..sh as usize {
-            img.as_mut()[y * sw as usize * 3..(y + 1) * sw as usize * 3]
-                .copy_from_slice(&data[y * stride..y * stride + sw as usize * 3]);
-        }
-        let img = match o.rotate {
-            90 => image::imageops::rotate90(&img),
-            180 => image::imageops::rotate180(&img),
-            270 => image::imageops::rotate270(&img),
-            _ => img,
-        };
-        let first = *first_ts.get_or_insert(ts);
-        let keep = emit(Frame { index: *count, pts: ts - first, image: img });
-        *count += 1;
-        Ok(keep)
-    };
     let mut decoded = Video::empty();
     for (stream, packet) in o.ictx.packets() {
         if stream.index() != o.index {

@@ -330,3 +330,28 @@ fn a_huge_time_base_keeps_every_frame() {
     assert_eq!(m.frames, 24, "{m:?}");
     assert!((m.video_seconds - 2.0).abs() < 0.1, "{m:?}");
 }
+
+#[test]
+fn a_stream_whose_size_changes_midway_keeps_the_first_size() {
+    let dir = scratch("sizechange");
+    let example = repo().join("examples/chelsea.png");
+    let mut stream = Vec::new();
+    for (name, size) in [("big", "80"), ("small", "56")] {
+        let mp4 = dir.join(format!("{name}.mp4"));
+        let mut args = vec!["zoom", s(&example), "-o", s(&mp4), "--frames", "6", "--max-size", size, "--fps", "12"];
+        args.extend(FAST);
+        ok(&deepdream(&args));
+        let raw = dir.join(format!("{name}.h264"));
+        remux(&mp4, &raw, "h264", None);
+        stream.extend(std::fs::read(&raw).unwrap());
+    }
+    // Annex B streams concatenate: 6 frames at 80x54, then 6 at 56x38.
+    let both = dir.join("both.h264");
+    std::fs::write(&both, stream).unwrap();
+    let out = dir.join("out.gif");
+    let mut args = vec!["video", s(&both), "-o", s(&out)];
+    args.extend(FAST);
+    ok(&deepdream(&args));
+    let m = summarize(&out).unwrap();
+    assert_eq!((m.width, m.height, m.frames), (80, 54, 12), "{m:?}");
+}
