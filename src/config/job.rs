@@ -3,7 +3,7 @@
 //! settings, each resolved flag over preset over default and checked once where it was written.
 
 use super::flags::{DreamFlags, EncodeFlags, VideoFlags, ZoomFlags};
-use super::origin::{Rule, Sourced};
+use super::origin::{Origin, Rule, Sourced};
 use super::parse::{parse_pan, parse_rate};
 use super::preset::PresetFile;
 use super::settings::{Settings, flag, optional, pick, pick_with};
@@ -61,6 +61,9 @@ pub struct VideoPlan {
     pub params: DreamParams,
     pub blend: f64,
     pub start: Option<f64>,
+    /// Where `start` was given, for [`Job::check_source`].
+    #[serde(skip)]
+    pub start_origin: Option<Origin>,
     pub duration: Option<f64>,
     pub encoder: SinkOptions,
 }
@@ -126,10 +129,12 @@ impl Job {
         let params = s.params()?;
         let p = &s.file.preset.video;
         let blend = pick(flag("--blend", &v.blend), s.file.get("video.blend", &p.blend), 0.0, Rule::From(0.0, 1.0))?;
-        let start = optional(flag("--start", &v.start), s.file.get("video.start", &p.start), Rule::at_least(0.0))?;
+        let (start_flag, start_preset) = (flag("--start", &v.start), s.file.get("video.start", &p.start));
+        let start_origin = start_flag.as_ref().or(start_preset.as_ref()).map(|s| s.origin.clone());
+        let start = optional(start_flag, start_preset, Rule::at_least(0.0))?;
         let duration =
             optional(flag("--duration", &v.duration), s.file.get("video.duration", &p.duration), Rule::Positive)?;
-        let plan = VideoPlan { params, blend, start, duration, encoder: s.encoder(e)? };
+        let plan = VideoPlan { params, blend, start, start_origin, duration, encoder: s.encoder(e)? };
         Ok(Job { resume: e.resume, ..s.job(input, output, Work::Video(plan))? })
     }
 
@@ -204,6 +209,20 @@ impl Job {
             },
             e => e,
         })
+    }
+
+    /// Checks against the opened source: a video's `start` must fall inside it.
+    pub fn check_source(&self, info: &crate::source::SourceInfo) -> Result<()> {
+        if let (Work::Video(VideoPlan { start: Some(start), start_origin: Some(origin), .. }), Some(seconds)) =
+            (&self.work, info.seconds)
+            && *start >= seconds
+        {
+            return Err(origin.error(format!(
+                "starts at {start} s, past the end of {} ({seconds:.2} s long)",
+                self.input.display()
+            )));
+        }
+        Ok(())
     }
 
     /// The number of frames the plan asks for, for a source of `frames` frames at `rate`

@@ -28,6 +28,8 @@ pub struct SourceInfo {
     pub time_base: Rational,
     /// Frame count when the container knows it.
     pub frames: Option<u64>,
+    /// Length in seconds when the container knows it.
+    pub seconds: Option<f64>,
     pub has_audio: bool,
 }
 
@@ -70,6 +72,7 @@ impl StillLoop {
             rate,
             time_base: rate.inverse(),
             frames: Some(frames),
+            seconds: Some(frames as f64 / rate.as_f64()),
             has_audio: false,
         };
         Ok(StillLoop { image, transform, info })

@@ -53,6 +53,7 @@ struct Opened {
     rate: Rational,
     rotate: u32,
     frames: Option<u64>,
+    seconds: Option<f64>,
     has_audio: bool,
 }
 
@@ -83,6 +84,10 @@ fn open(path: &Path) -> Result<Opened> {
     }
     let rotate = rotation(&stream);
     let frames = (stream.frames() > 0).then_some(stream.frames() as u64);
+    let seconds = match stream.duration() {
+        d if d > 0 => Some(d as f64 * stream_time_base.as_f64()),
+        _ => (ictx.duration() > 0).then(|| ictx.duration() as f64 / ffmpeg::ffi::AV_TIME_BASE as f64),
+    };
     let has_audio = ictx.streams().best(media::Type::Audio).is_some();
     Ok(Opened {
         index,
@@ -92,6 +97,7 @@ fn open(path: &Path) -> Result<Opened> {
         rate,
         rotate,
         frames,
+        seconds,
         has_audio,
         ictx,
     })
@@ -148,7 +154,15 @@ pub fn probe(path: &Path, opts: &VideoOptions) -> Result<SourceInfo> {
         return Err(err(path, "video stream has no picture size"));
     }
     let (width, height) = out_size(&o, opts.max_size);
-    Ok(SourceInfo { width, height, rate: o.rate, time_base: o.time_base, frames: o.frames, has_audio: o.has_audio })
+    Ok(SourceInfo {
+        width,
+        height,
+        rate: o.rate,
+        time_base: o.time_base,
+        frames: o.frames,
+        seconds: o.seconds,
+        has_audio: o.has_audio,
+    })
 }
 
 /// Decodes every frame in the chosen range and hands it to `emit`, in order; `emit` returns
