@@ -81,6 +81,17 @@ impl Error {
         )
     }
 
+    /// The message as one line for a terminal: candle's errors keep only their first line (a
+    /// backtrace can follow it); every other message is kept whole, with its control
+    /// characters escaped (see [`printable`]).
+    pub fn one_line(&self) -> String {
+        let msg = self.to_string();
+        match self {
+            Error::Candle(_) => printable(msg.lines().next().unwrap_or("unknown error")).into_owned(),
+            _ => printable(&msg).into_owned(),
+        }
+    }
+
     /// The process exit code for this error: 2 for user mistakes, 130 for an interruption,
     /// 1 for everything else.
     pub fn exit_code(&self) -> i32 {
@@ -89,5 +100,27 @@ impl Error {
             e if e.is_user_error() => 2,
             _ => 1,
         }
+    }
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`): a file name holding a newline
+/// or a terminal escape sequence is shown, not obeyed, and a message stays one line.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(printable("plain name.png"), "plain name.png");
+        assert_eq!(printable("a\nb\x1b[31m.png\t"), "a\\nb\\u{1b}[31m.png\\t");
+        let e = Error::Image { path: "x\ny.png".into(), reason: "gone".into() };
+        assert_eq!(e.one_line(), "cannot read image x\\ny.png: gone");
     }
 }

@@ -57,7 +57,7 @@ fn main() {
             let text = e.render().to_string();
             let first: Vec<_> =
                 text.lines().map(str::trim).skip_while(|l| l.is_empty()).take_while(|l| !l.is_empty()).collect();
-            tell(&format!("deepdream: {} (see --help)", first.join(" ")));
+            tell(&format!("deepdream: {} (see --help)", deepdream::error::printable(&first.join(" "))));
             std::process::exit(2);
         }
     };
@@ -82,9 +82,7 @@ fn main() {
             130
         }
         Err(e) => {
-            // One line: candle errors can carry a backtrace after the message.
-            let msg = e.to_string();
-            tell(&format!("deepdream: error: {}", msg.lines().next().unwrap_or("unknown error")));
+            tell(&format!("deepdream: error: {}", e.one_line()));
             e.exit_code()
         }
     };

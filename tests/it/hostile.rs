@@ -27,6 +27,8 @@ fn hostile_inputs_get_one_clear_line() {
     let dream = |extra: &[&'static str]| [&["dream", ex.as_str(), "-o", o_png.as_str()][..], extra].concat();
     let zoom = |extra: &[&'static str]| [&["zoom", ex.as_str(), "-o", o_gif.as_str()][..], extra].concat();
     let (text, empty) = (s("text.png"), s("empty.jpg"));
+    // A name that would print a line break and turn the terminal red.
+    let odd = s("odd\n\u{1b}[31mname.png");
     // (arguments, exit code, text the one line must hold)
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (dream(&["--step", "nan"]), 2, "--step: must be positive"),
@@ -48,6 +50,7 @@ fn hostile_inputs_get_one_clear_line() {
         (dream(&["--preset", "no-such-preset"]), 2, "--preset"),
         (vec!["dream", text.as_str(), "-o", o_png.as_str()], 2, "not an image format"),
         (vec!["dream", empty.as_str(), "-o", o_png.as_str()], 2, "cannot read image"),
+        (vec!["dream", odd.as_str(), "-o", o_png.as_str()], 2, "odd\\n\\u{1b}[31mname.png"),
         (vec!["dream", ex.as_str(), "-o", "/no/such/dir/o.png"], 2, "/no/such/dir/o.png"),
         (zoom(&["--frames", "0"]), 2, "--frames"),
         (zoom(&["--frames", "18446744073709551615"]), 2, "--frames"),
