@@ -227,7 +227,12 @@ pub fn parse_preset(path: &Path, text: &str) -> Result<Preset> {
                 let line = line_of(text, span.start);
                 let line_text = text.lines().nth(line - 1).unwrap_or("");
                 let key = line_text.split('=').next().unwrap_or("").trim();
-                if key.is_empty() || msg.contains(&format!("`{key}`")) || line_text.trim_start().starts_with('[') {
+                let header = line_text.trim_start().starts_with('[');
+                if header && msg == "duplicate key" {
+                    // A table given twice: `[dream]` ... `[dream]`.
+                    let table = line_text.trim().trim_matches(|c| c == '[' || c == ']').trim();
+                    format!("line {line}: table [{table}] appears twice (merge its keys into one [{table}])")
+                } else if key.is_empty() || msg.contains(&format!("`{key}`")) || header {
                     format!("line {line}: {msg}")
                 } else {
                     format!("line {line}, key `{key}`: {msg}")
@@ -255,6 +260,16 @@ mod tests {
         let text = "[dream]\nsteps = 10\noctave_scale = \"big\"\n";
         let err = parse_preset(Path::new("p.toml"), text).unwrap_err().to_string();
         assert!(err.contains("p.toml") && err.contains("octave_scale") && err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn a_table_given_twice_is_named() {
+        let text = "[dream]\nsteps = 3\n\n[dream]\nsteps = 4\n";
+        let err = parse_preset(Path::new("p.toml"), text).unwrap_err().to_string();
+        assert!(err.contains("p.toml: line 4: table [dream] appears twice"), "{err}");
+        let text = "[dream]\nsteps = 3\nsteps = 4\n";
+        let err = parse_preset(Path::new("p.toml"), text).unwrap_err().to_string();
+        assert!(err.contains("line 3, key `steps`: duplicate key"), "{err}");
     }
 
     #[test]
