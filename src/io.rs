@@ -159,6 +159,26 @@ pub fn output_format(path: &Path) -> Result<ImageFormat> {
     }
 }
 
+/// Checks that a `w` x `h` image fits `path`'s format (WebP stores at most 16383 pixels a
+/// side, JPEG 65535), before any work is spent on it.
+pub fn check_size(path: &Path, (w, h): (u32, u32)) -> Result<()> {
+    let limit = match output_format(path)? {
+        ImageFormat::WebP => 16383,
+        ImageFormat::Jpeg => 65535,
+        _ => return Ok(()),
+    };
+    if w > limit || h > limit {
+        let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+        return Err(Error::Output {
+            path: path.to_owned(),
+            reason: format!(
+                "a {w}x{h} image is too large for .{ext} (at most {limit} pixels a side); use .png or --max-size"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Checks up front that `path` can be written, so a long render does not fail at the end.
 pub fn check_writable(path: &Path) -> Result<()> {
     output_format(path)?;
@@ -185,7 +205,9 @@ pub fn save(img: &RgbImage, path: &Path) -> Result<()> {
 pub fn write_image(img: &RgbImage, path: &Path, format: ImageFormat) -> Result<()> {
     let err = |reason: String| Error::Write { path: path.to_owned(), reason };
     let mut bytes = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut bytes, format).map_err(|e| err(e.to_string()))?;
+    // The image crate's encoders can put the reason on a second line.
+    let one_line = |e: image::ImageError| e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+    img.write_to(&mut bytes, format).map_err(|e| err(one_line(e)))?;
     std::fs::write(path, bytes.into_inner()).map_err(|e| err(e.to_string()))
 }
 

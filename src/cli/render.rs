@@ -27,6 +27,7 @@ pub fn dream(input: &Path, output: &Path, flags: &DreamFlags, cancel: &Cancel) -
     let job = Job::dream(input, output, flags)?;
     io::check_writable(output)?;
     let img = io::load_rgb(input, job.max_size)?;
+    io::check_size(output, img.dimensions())?;
     let (backend, net) = prepare(&job, (img.height(), img.width()))?;
     let params = job.params();
     let _ops = backend.enter();

@@ -5,12 +5,13 @@
 use crate::util::{deepdream, repo, scratch};
 use std::path::Path;
 
-/// Inputs made here: a 1x1 and a 1x300 image, a text file named .png, an empty file.
+/// Inputs made here: a 1x1, a 1x300 and a 1x16384 image, a text file named .png, an empty file.
 fn inputs(dir: &Path) {
     image::RgbImage::from_pixel(1, 1, image::Rgb([200, 10, 10])).save(dir.join("dot.png")).unwrap();
     image::RgbImage::from_fn(1, 300, |_, y| image::Rgb([y as u8, 90, 200])).save(dir.join("line.bmp")).unwrap();
     std::fs::write(dir.join("text.png"), "not an image").unwrap();
     std::fs::write(dir.join("empty.jpg"), b"").unwrap();
+    image::RgbImage::from_pixel(1, 16384, image::Rgb([9, 9, 9])).save(dir.join("tall.png")).unwrap();
 }
 
 #[test]
@@ -26,7 +27,8 @@ fn hostile_inputs_get_one_clear_line() {
     let s = |name: &str| src.join(name).to_string_lossy().into_owned();
     let dream = |extra: &[&'static str]| [&["dream", ex.as_str(), "-o", o_png.as_str()][..], extra].concat();
     let zoom = |extra: &[&'static str]| [&["zoom", ex.as_str(), "-o", o_gif.as_str()][..], extra].concat();
-    let (text, empty) = (s("text.png"), s("empty.jpg"));
+    let (text, empty, tall) = (s("text.png"), s("empty.jpg"), s("tall.png"));
+    let o_webp = out.join("o.webp").to_string_lossy().into_owned();
     // A name that would print a line break and turn the terminal red.
     let odd = s("odd\n\u{1b}[31mname.png");
     // (arguments, exit code, text the one line must hold)
@@ -51,6 +53,7 @@ fn hostile_inputs_get_one_clear_line() {
         (vec!["dream", text.as_str(), "-o", o_png.as_str()], 2, "not an image format"),
         (vec!["dream", empty.as_str(), "-o", o_png.as_str()], 2, "cannot read image"),
         (vec!["dream", odd.as_str(), "-o", o_png.as_str()], 2, "odd\\n\\u{1b}[31mname.png"),
+        (vec!["dream", tall.as_str(), "-o", o_webp.as_str()], 2, "1x16384 image is too large for .webp"),
         (vec!["dream", ex.as_str(), "-o", "/no/such/dir/o.png"], 2, "/no/such/dir/o.png"),
         (zoom(&["--frames", "0"]), 2, "--frames"),
         (zoom(&["--frames", "18446744073709551615"]), 2, "--frames"),
