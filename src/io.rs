@@ -28,10 +28,13 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// Stages `dest`; whatever an earlier run of this process left at the staging path goes.
+    /// Stages `dest`; whatever an earlier run of this process left at the staging path goes,
+    /// and so do the staging files of runs that died without cleaning up (killed with
+    /// SIGKILL, or by a power cut): `.NAME.PID.tmp` whose process no longer exists.
     pub fn new(dest: &Path) -> Staged {
         let tmp = temp_path(dest);
         remove_any(&tmp);
+        remove_orphans(dest);
         Staged { tmp, dest: dest.to_owned(), committed: false }
     }
 
@@ -57,6 +60,27 @@ impl Drop for Staged {
     fn drop(&mut self) {
         if !self.committed {
             remove_any(&self.tmp);
+        }
+    }
+}
+
+/// Removes `.NAME.PID.tmp` beside `dest` for every PID that is not a running process (Linux,
+/// through /proc; elsewhere nothing is removed).
+fn remove_orphans(dest: &Path) {
+    let (Some(name), Some(dir)) = (dest.file_name(), dest.parent()) else { return };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let pid = file.strip_prefix(&prefix).and_then(|rest| rest.strip_suffix(".tmp"));
+        if let Some(pid) = pid.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            && !Path::new("/proc").join(pid).exists()
+        {
+            remove_any(&entry.path());
         }
     }
 }

@@ -93,3 +93,20 @@ fn hostile_inputs_get_one_clear_line() {
         std::fs::remove_file(&o_png).unwrap();
     }
 }
+
+#[test]
+fn staging_files_of_killed_runs_are_cleaned_up() {
+    let dir = scratch("orphans");
+    let out = dir.join("o.png");
+    // PID 4194305 is above Linux's largest; PID 1 always runs; the others are not ours.
+    let names = [".o.png.4194305.tmp", ".o.png.1.tmp", ".o.png.notes.tmp", ".other.png.4194305.tmp"];
+    for name in names {
+        std::fs::write(dir.join(name), b"partial").unwrap();
+    }
+    let example = repo().join("examples/chelsea.png");
+    let o = deepdream(&["dream", example.to_str().unwrap(), "-o", out.to_str().unwrap(), "--steps", "1", "--octaves", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    left.sort();
+    assert_eq!(left, [".o.png.1.tmp", ".o.png.notes.tmp", ".other.png.4194305.tmp", "o.png"]);
+}
