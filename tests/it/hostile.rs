@@ -104,9 +104,43 @@ fn staging_files_of_killed_runs_are_cleaned_up() {
         std::fs::write(dir.join(name), b"partial").unwrap();
     }
     let example = repo().join("examples/chelsea.png");
-    let o = deepdream(&["dream", example.to_str().unwrap(), "-o", out.to_str().unwrap(), "--steps", "1", "--octaves", "1"]);
+    let o =
+        deepdream(&["dream", example.to_str().unwrap(), "-o", out.to_str().unwrap(), "--steps", "1", "--octaves", "1"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let mut left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut left: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     left.sort();
     assert_eq!(left, [".o.png.1.tmp", ".o.png.notes.tmp", ".other.png.4194305.tmp", "o.png"]);
+}
+
+/// Runs the binary with files limited to `kib` KiB (RLIMIT_FSIZE, SIGXFSZ ignored), which
+/// makes a write fail the way a full disk does, without needing a small filesystem.
+fn with_file_limit(kib: u32, args: &[&str]) -> std::process::Output {
+    let script = format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\"");
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_deepdream"))
+        .args(args)
+        .output()
+        .expect("bash runs")
+}
+
+#[test]
+fn a_full_disk_names_the_file_and_leaves_no_output() {
+    let dir = scratch("fulldisk");
+    let example = repo().join("examples/chelsea.png");
+    let (ex, png, mp4) = (example.to_str().unwrap(), dir.join("o.png"), dir.join("o.mp4"));
+    let still = ["dream", ex, "-o", png.to_str().unwrap(), "--octaves", "1", "--steps", "1"];
+    let zoom = ["zoom", ex, "-o", mp4.to_str().unwrap(), "--frames", "30", "--octaves", "1", "--steps", "1"];
+    for (args, names) in [(&still[..], "o.png"), (&zoom[..], ".o.mp4.frames/000000.png")] {
+        let o = with_file_limit(10, args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        let last = err.trim_end().lines().last().unwrap_or("");
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(last.contains(names) && last.contains("File too large"), "{args:?}: {last}");
+        assert!(!err.contains("panicked"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
 }
