@@ -2,6 +2,7 @@
 //! or a video decoded by ffmpeg (`video` feature). The pipeline runs [`Source::decode`] on its
 //! decode stage and [`Source::dream_input`] on its dream stage; a source never sees a thread.
 
+pub mod flow;
 #[cfg(feature = "video")]
 pub mod video;
 
