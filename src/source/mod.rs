@@ -3,6 +3,7 @@
 //! decode stage and [`Source::dream_input`] on its dream stage; a source never sees a thread.
 
 pub mod flow;
+pub mod motion;
 #[cfg(feature = "video")]
 pub mod video;
 

@@ -1,0 +1,175 @@
+//! What the optical flow says about a video frame: where each of its pixels was in the
+//! previous frame, which of them can be trusted, and whether the frame starts a new shot.
+//!
+//! The trust mask is the forward-backward consistency check of Sundaram, Brox and Keutzer
+//! (2010) as Ruder, Dosovitskiy and Brox use it for video style transfer (2016): a pixel is
+//! occluded when following the backward flow and then the forward flow does not lead back to
+//! it, on a motion boundary when the flow changes sharply around it, and lost when the flow
+//! leads out of the frame. The thresholds are theirs (and the temporal metric's).
+
+use super::flow::{DisParams, Flow, Plane, dis};
+use image::RgbImage;
+
+/// The motion from the previous source frame to this one.
+#[derive(Clone, Debug)]
+pub struct Motion {
+    /// Flow from this frame back to the previous one: pixel `x` here was at `x + back(x)`.
+    pub back: Flow,
+    /// 1 where the pixel was seen in the previous frame (consistent, inside), else 0.
+    pub mask: Vec<f32>,
+    /// The fraction of pixels with mask 1.
+    pub matched: f64,
+}
+
+impl DisParams {
+    /// The settings for frames of `width` x `height`: the finest level solved is about 320 to
+    /// 640 pixels on its longer side (finer costs more than the dream gains from it).
+    pub fn for_size(width: usize, height: usize) -> DisParams {
+        let side = width.max(height).max(1) as f64;
+        let finest_scale = (side / 320.0).log2().floor().clamp(0.0, 4.0) as u32;
+        DisParams { finest_scale, ..DisParams::default() }
+    }
+}
+
+/// The motion from `previous` to `current` (two source frames of one size).
+pub fn motion(previous: &Plane, current: &Plane, params: &DisParams) -> Motion {
+    let back = dis(current, previous, params);
+    let forward = dis(previous, current, params);
+    let (w, h) = (back.width, back.height);
+    let mut mask = vec![0.0f32; w * h];
+    let mut matched = 0usize;
+    for y in 0..h {
+        for x in 0..w {
+            let (u, v) = back.at(x, y);
+            let (px, py) = (x as f32 + u, y as f32 + v);
+            if px < 0.0 || py < 0.0 || px > (w - 1) as f32 || py > (h - 1) as f32 {
+                continue; // came from outside the frame
+            }
+            let (fu, fv) = forward.sample(px, py);
+            let there_and_back = (fu + u).powi(2) + (fv + v).powi(2);
+            if there_and_back > 0.01 * (fu * fu + fv * fv + u * u + v * v) + 0.5 {
+                continue; // occluded
+            }
+            let (ux, vx) = difference(&back, x, y, 1, 0);
+            let (uy, vy) = difference(&back, x, y, 0, 1);
+            if ux * ux + uy * uy + vx * vx + vy * vy > 0.01 * (u * u + v * v) + 0.002 {
+                continue; // a motion boundary
+            }
+            mask[y * w + x] = 1.0;
+            matched += 1;
+        }
+    }
+    Motion { back, mask, matched: matched as f64 / (w * h).max(1) as f64 }
+}
+
+/// The flow's forward difference at `(x, y)` along `(dx, dy)` (zero at the far border).
+fn difference(f: &Flow, x: usize, y: usize, dx: usize, dy: usize) -> (f32, f32) {
+    let (nx, ny) = ((x + dx).min(f.width - 1), (y + dy).min(f.height - 1));
+    let ((u0, v0), (u1, v1)) = (f.at(x, y), f.at(nx, ny));
+    (u1 - u0, v1 - v0)
+}
+
+/// `image` (a previous frame) moved onto the current one: pixel `x` takes `image(x + back(x))`,
+/// bilinear, the border extended.
+pub fn warp(image: &RgbImage, back: &Flow) -> RgbImage {
+    assert_eq!((image.width() as usize, image.height() as usize), (back.width, back.height));
+    let (w, h) = (back.width, back.height);
+    let src = image.as_raw();
+    let mut out = RgbImage::new(w as u32, h as u32);
+    for (i, px) in out.as_mut().chunks_exact_mut(3).enumerate() {
+        let (x, y) = (i % w, i / w);
+        let (u, v) = back.at(x, y);
+        let (sx, sy) = ((x as f32 + u).clamp(0.0, (w - 1) as f32), (y as f32 + v).clamp(0.0, (h - 1) as f32));
+        let (x0, y0) = (sx as usize, sy as usize);
+        let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+        let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+        for (c, o) in px.iter_mut().enumerate() {
+            let at = |xx: usize, yy: usize| src[(yy * w + xx) * 3 + c] as f32;
+            let top = at(x0, y0) + fx * (at(x1, y0) - at(x0, y0));
+            let bottom = at(x0, y1) + fx * (at(x1, y1) - at(x0, y1));
+            *o = (top + fy * (bottom - top)).round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    out
+}
+
+/// Where a continuing frame's dream starts: on trusted pixels the previous dreamed frame
+/// carried along the flow, mixed with the source as `(1 - weight) * source + weight * warped`;
+/// elsewhere (occlusions, newly revealed areas) the source itself.
+pub fn continue_from(source: &RgbImage, previous_dream: &RgbImage, motion: &Motion, weight: f64) -> RgbImage {
+    let warped = warp(previous_dream, &motion.back);
+    let mut out = source.clone();
+    let weight = weight as f32;
+    for ((o, &w), &m) in out.as_mut().iter_mut().zip(warped.as_raw()).zip(motion.mask.iter().flat_map(|m| [m; 3].into_iter()))
+    {
+        let mixed = (1.0 - weight) * *o as f32 + weight * w as f32;
+        *o = (m * mixed + (1.0 - m) * *o as f32).round().clamp(0.0, 255.0) as u8;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn photo(width: u32) -> RgbImage {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chelsea.png");
+        let img = image::open(path).unwrap().to_rgb8();
+        let h = (img.height() as f32 * width as f32 / img.width() as f32).round() as u32;
+        image::imageops::resize(&img, width, h, image::imageops::FilterType::Triangle)
+    }
+
+    /// `img` shifted right by `dx` and down by `dy` whole pixels, the revealed strip grey.
+    fn shifted(img: &RgbImage, dx: u32, dy: u32) -> RgbImage {
+        RgbImage::from_fn(img.width(), img.height(), |x, y| match (x.checked_sub(dx), y.checked_sub(dy)) {
+            (Some(sx), Some(sy)) => *img.get_pixel(sx, sy),
+            _ => image::Rgb([128, 128, 128]),
+        })
+    }
+
+    #[test]
+    fn a_pan_is_followed_and_the_revealed_strip_is_not_trusted() {
+        let a = photo(240);
+        let b = shifted(&a, 6, 3);
+        let m = motion(&Plane::luma(&a), &Plane::luma(&b), &DisParams::for_size(240, 160));
+        let w = a.width() as usize;
+        // Inside: found, trusted, and the warp of the previous frame reproduces the current one.
+        let (u, v) = m.back.at(120, 80);
+        assert!((u + 6.0).abs() < 0.3 && (v + 3.0).abs() < 0.3, "({u}, {v})");
+        assert_eq!(m.mask[80 * w + 120], 1.0);
+        let warped = warp(&a, &m.back);
+        let err: f64 = (20..140)
+            .flat_map(|y| (20..220).map(move |x| (x, y)))
+            .map(|(x, y)| (warped.get_pixel(x, y)[1] as f64 - b.get_pixel(x, y)[1] as f64).abs())
+            .sum::<f64>()
+            / (120.0 * 200.0);
+        assert!(err < 3.0, "mean warp error {err}");
+        // The strip the pan revealed (left 6 columns) came from outside: not trusted.
+        let strip = (20..140).filter(|&y| m.mask[y * w + 2] == 1.0).count();
+        assert!(strip < 10, "{strip} revealed pixels trusted");
+        assert!(m.matched > 0.8, "{}", m.matched);
+    }
+
+    #[test]
+    fn a_new_shot_matches_little() {
+        let a = photo(240);
+        let other = image::imageops::flip_vertical(&image::imageops::rotate180(&photo(240)));
+        let other = image::imageops::resize(&other, 240, a.height(), image::imageops::FilterType::Triangle);
+        let cut = motion(&Plane::luma(&a), &Plane::luma(&image::imageops::huerotate(&other, 90)), &DisParams::default());
+        let same = motion(&Plane::luma(&a), &Plane::luma(&a), &DisParams::default());
+        assert!(same.matched > 0.95, "{}", same.matched);
+        assert!(cut.matched < 0.2, "{}", cut.matched);
+    }
+
+    #[test]
+    fn continuing_mixes_only_trusted_pixels() {
+        let source = RgbImage::from_pixel(20, 10, image::Rgb([100, 100, 100]));
+        let dream = RgbImage::from_pixel(20, 10, image::Rgb([200, 0, 50]));
+        let mut mask = vec![1.0; 200];
+        mask[..100].iter_mut().for_each(|m| *m = 0.0);
+        let m = Motion { back: Flow::zero(20, 10), mask, matched: 0.5 };
+        let out = continue_from(&source, &dream, &m, 0.9);
+        assert_eq!(out.get_pixel(3, 2).0, [100, 100, 100], "untrusted: the source");
+        assert_eq!(out.get_pixel(3, 7).0, [190, 10, 55], "trusted: 0.1 source + 0.9 dream");
+    }
+}
