@@ -74,10 +74,10 @@ pub fn video(
     let job = Job::video(input, output, flags, v, e)?;
     let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
     let options = VideoOptions { max_size: job.max_size, start: plan.start, duration: plan.duration };
-    let source = VideoSource::open(input, options, plan.blend)?;
+    let source = VideoSource::open(input, options, plan.continuation)?;
     job.check_source(source.info())?;
     let (backend, net) = prepare(&job, (source.info().height, source.info().width))?;
-    let frames = Frames { params: &plan.params, frame_params: &plan.params, encoder: &plan.encoder };
+    let frames = Frames { params: &plan.params, frame_params: &plan.frame_params, encoder: &plan.encoder };
     render(&job, net.as_ref(), &backend, &source, frames, cancel)
 }
 

@@ -139,7 +139,32 @@ pub struct ZoomFlags {
 /// `video`'s own flags.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct VideoFlags {
-    /// Mix this much of the previous dreamed frame into each frame (0..1) against flicker.
+    /// How each frame continues the previous dreamed one: `flow` (carry the dream along the
+    /// optical flow, so it moves with the scene, then dream lightly) or `blend` (mix the
+    /// previous dream in, then dream fully: the dream stays on the screen). Default: flow.
+    #[arg(long)]
+    pub motion: Option<String>,
+    /// With --motion flow: weight of the carried dream on pixels the flow can follow (0..1;
+    /// default 0.9). Lower lets more of the new frame through.
+    #[arg(long, allow_negative_numbers = true)]
+    pub warp: Option<f64>,
+    /// With --motion flow: a frame whose pixels the flow can follow fall below this fraction
+    /// (0..1; default 0.2) is a scene cut and gets the full dream afresh.
+    #[arg(long, allow_negative_numbers = true)]
+    pub cut: Option<f64>,
+    /// With --motion flow: octaves of the light dream on continuing frames (default: 2, or
+    /// --octaves if fewer).
+    #[arg(long, allow_negative_numbers = true)]
+    pub frame_octaves: Option<usize>,
+    /// With --motion flow: ascent steps per octave on continuing frames (default 2; 0: carry
+    /// the dream without dreaming further).
+    #[arg(long, allow_negative_numbers = true)]
+    pub frame_steps: Option<usize>,
+    /// With --motion flow: step size on continuing frames (default: half of --step).
+    #[arg(long, allow_negative_numbers = true)]
+    pub frame_step: Option<f64>,
+    /// With --motion blend: mix this much of the previous dreamed frame into each frame (0..1;
+    /// default 0).
     #[arg(long, allow_negative_numbers = true)]
     pub blend: Option<f64>,
     /// Start at this many seconds.

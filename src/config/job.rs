@@ -11,6 +11,7 @@ use crate::device::DeviceSpec;
 use crate::dream::{DreamParams, ZoomTransform};
 use crate::media::Rational;
 use crate::sink::SinkOptions;
+use crate::source::motion::Continuation;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -58,8 +59,11 @@ pub struct ZoomPlan {
 /// A dreamed video.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct VideoPlan {
+    /// The dream of a frame that starts a shot (the first, and the first after a cut).
     pub params: DreamParams,
-    pub blend: f64,
+    /// The dream of a frame that continues the previous one.
+    pub frame_params: DreamParams,
+    pub continuation: Continuation,
     pub start: Option<f64>,
     /// Where `start` was given, for [`Job::check_source`].
     #[serde(skip)]
@@ -128,13 +132,46 @@ impl Job {
         let s = Settings::load(flags)?;
         let params = s.params()?;
         let p = &s.file.preset.video;
+        let flow = pick_with(flag("--motion", &v.motion), s.file.get("video.motion", &p.motion), |m| {
+            match m.as_str() {
+                "flow" => Ok(true),
+                "blend" => Ok(false),
+                _ => Err(format!("unknown motion '{m}': expected flow or blend")),
+            }
+        })?
+        .unwrap_or(true);
+        // Every value given is checked, whichever motion uses it.
         let blend = pick(flag("--blend", &v.blend), s.file.get("video.blend", &p.blend), 0.0, Rule::From(0.0, 1.0))?;
+        let warp = pick(flag("--warp", &v.warp), s.file.get("video.warp", &p.warp), 0.9, Rule::Between(0.0, 1.0))?;
+        let cut = pick(flag("--cut", &v.cut), s.file.get("video.cut", &p.cut), 0.2, Rule::Between(0.0, 1.0))?;
+        let frame_octaves = pick(
+            flag("--frame-octaves", &v.frame_octaves),
+            s.file.get("video.frame_octaves", &p.frame_octaves),
+            params.octaves.min(2),
+            Rule::Between(1.0, 64.0),
+        )?;
+        let frame_steps =
+            pick(flag("--frame-steps", &v.frame_steps), s.file.get("video.frame_steps", &p.frame_steps), 2, STEP_COUNT)?;
+        let frame_step = pick(
+            flag("--frame-step", &v.frame_step),
+            s.file.get("video.frame_step", &p.frame_step),
+            params.step / 2.0,
+            Rule::Positive,
+        )?;
+        let (continuation, frame_params) = match flow {
+            true => (
+                Continuation::Flow { warp, cut },
+                DreamParams { octaves: frame_octaves, steps: frame_steps, step: frame_step, ..params.clone() },
+            ),
+            false => (Continuation::Blend { blend }, params.clone()),
+        };
         let (start_flag, start_preset) = (flag("--start", &v.start), s.file.get("video.start", &p.start));
         let start_origin = start_flag.as_ref().or(start_preset.as_ref()).map(|s| s.origin.clone());
         let start = optional(start_flag, start_preset, Rule::at_least(0.0))?;
         let duration =
             optional(flag("--duration", &v.duration), s.file.get("video.duration", &p.duration), Rule::Positive)?;
-        let plan = VideoPlan { params, blend, start, start_origin, duration, encoder: s.encoder(e)? };
+        let plan =
+            VideoPlan { params, frame_params, continuation, start, start_origin, duration, encoder: s.encoder(e)? };
         Ok(Job { resume: e.resume, ..s.job(input, output, Work::Video(plan))? })
     }
 

@@ -155,7 +155,17 @@ impl Rate {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VideoSection {
-    /// Weight of the previous dreamed frame mixed into each input frame (0..1).
+    /// `flow` or `blend`: how a frame continues the previous dreamed one.
+    pub motion: V<String>,
+    /// Flow: weight of the dream carried along the flow (0..1).
+    pub warp: V<f64>,
+    /// Flow: the fraction of followed pixels under which a frame starts a new shot (0..1).
+    pub cut: V<f64>,
+    /// Flow: octaves, steps and step size of the light dream on continuing frames.
+    pub frame_octaves: V<usize>,
+    pub frame_steps: V<usize>,
+    pub frame_step: V<f64>,
+    /// Blend: weight of the previous dreamed frame mixed into each input frame (0..1).
     pub blend: V<f64>,
     pub start: V<f64>,
     pub duration: V<f64>,

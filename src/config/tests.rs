@@ -94,6 +94,12 @@ fn every_bad_preset_value_names_its_file_line_and_key() {
         ("zoom", "", "pan = [1, nan]", "zoom.pan"),
         ("zoom", "", "frame_steps = 1000000", "zoom.frame_steps"),
         ("video", "", "blend = 1.0", "video.blend"),
+        ("video", "", "motion = \"swirl\"", "video.motion"),
+        ("video", "", "warp = 1.5", "video.warp"),
+        ("video", "", "cut = nan", "video.cut"),
+        ("video", "", "frame_octaves = 0", "video.frame_octaves"),
+        ("video", "", "frame_steps = 1000000", "video.frame_steps"),
+        ("video", "", "frame_step = 0", "video.frame_step"),
         ("video", "", "start = -1", "video.start"),
         ("video", "", "duration = 0", "video.duration"),
         ("output", "", "crf = 99", "output.crf"),
@@ -203,6 +209,12 @@ fn every_bad_flag_names_the_flag() {
     let v = VideoFlags::default;
     for (vf, name) in [
         (VideoFlags { blend: Some(1.0), ..v() }, "--blend"),
+        (VideoFlags { motion: Some("swirl".into()), ..v() }, "--motion"),
+        (VideoFlags { warp: Some(-0.1), ..v() }, "--warp"),
+        (VideoFlags { cut: Some(f64::INFINITY), ..v() }, "--cut"),
+        (VideoFlags { frame_octaves: Some(0), ..v() }, "--frame-octaves"),
+        (VideoFlags { frame_steps: Some(1_000_000), ..v() }, "--frame-steps"),
+        (VideoFlags { frame_step: Some(f64::NAN), ..v() }, "--frame-step"),
         (VideoFlags { start: Some(-1.0), ..v() }, "--start"),
         (VideoFlags { duration: Some(0.0), ..v() }, "--duration"),
     ] {

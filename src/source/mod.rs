@@ -12,11 +12,13 @@ use crate::media::{AudioSource, Rational};
 use crate::{Error, Result};
 use image::RgbImage;
 
-/// One decoded frame: its position, its timestamp in the source's time base, its pixels.
+/// One decoded frame: its position, its timestamp in the source's time base, its pixels, and
+/// (for a video dreamed along the optical flow) its motion from the previous frame.
 pub struct Frame {
     pub index: u64,
     pub pts: i64,
     pub image: RgbImage,
+    pub motion: Option<Box<motion::Motion>>,
 }
 
 /// What the rest of the pipeline needs to know about a source.
@@ -90,7 +92,7 @@ impl Source for StillLoop {
         for index in 0..self.info.frames.unwrap_or(0) {
             // Only the first frame reads the still; the others are made from the dream.
             let image = if index == 0 { self.image.clone() } else { RgbImage::new(0, 0) };
-            if !emit(Frame { index, pts: index as i64, image }) {
+            if !emit(Frame { index, pts: index as i64, image, motion: None }) {
                 break;
             }
         }

@@ -10,6 +10,19 @@
 use super::flow::{DisParams, Flow, Plane, dis};
 use image::RgbImage;
 
+/// How a video frame continues the previous dreamed frame.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub enum Continuation {
+    /// The previous dreamed frame is carried along the optical flow onto this frame and mixed
+    /// in with weight `warp` where the flow can be trusted ([`continue_from`]); then a light
+    /// dream. A frame matching fewer than `cut` of its pixels starts a new shot: the source
+    /// alone, the full dream.
+    Flow { warp: f64, cut: f64 },
+    /// `blend` of the previous dreamed frame mixed into every pixel, then the full dream (the
+    /// 2015 look; the dream stays where it is on the screen).
+    Blend { blend: f64 },
+}
+
 /// The motion from the previous source frame to this one.
 #[derive(Clone, Debug)]
 pub struct Motion {

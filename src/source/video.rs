@@ -1,6 +1,8 @@
 //! Video decoding through ffmpeg: any codec and container it can read, rotation metadata
 //! applied, frames passed on with their own timestamps (so variable frame rates survive).
 
+use super::flow::{DisParams, Plane};
+use super::motion::{self, Continuation};
 use super::{Frame, FrameInput, Source, SourceInfo, fit};
 use crate::media::{AudioSource, Rational};
 use crate::{Error, Result};
@@ -238,7 +240,7 @@ pub fn decode(path: &Path, opts: &VideoOptions, emit: &mut dyn FnMut(Frame) -> b
                 _ => img,
             };
             let first = *first_ts.get_or_insert(ts);
-            let keep = emit(Frame { index: *count, pts: ts - first, image: img });
+            let keep = emit(Frame { index: *count, pts: ts - first, image: img, motion: None });
             *count += 1;
             Ok(keep)
         };
@@ -300,20 +302,21 @@ pub fn summarize(path: &Path) -> Result<MediaSummary> {
     Ok(MediaSummary { width: info.width, height: info.height, rate: info.rate, frames, video_seconds, audio_seconds })
 }
 
-/// A video, every frame dreamed. With `blend` > 0 each frame starts from a mix with the
-/// previous dreamed frame (against flicker).
+/// A video, every frame dreamed, each continuing the previous dreamed frame as
+/// `continuation` says (along the optical flow, computed here on the decode stage, or by
+/// blending).
 pub struct VideoSource {
     path: std::path::PathBuf,
     options: VideoOptions,
-    blend: f64,
+    continuation: Continuation,
     info: SourceInfo,
 }
 
 impl VideoSource {
     /// Opens and probes the video.
-    pub fn open(path: &Path, options: VideoOptions, blend: f64) -> Result<VideoSource> {
+    pub fn open(path: &Path, options: VideoOptions, continuation: Continuation) -> Result<VideoSource> {
         let info = probe(path, &options)?;
-        Ok(VideoSource { path: path.to_owned(), options, blend, info })
+        Ok(VideoSource { path: path.to_owned(), options, continuation, info })
     }
 }
 
@@ -323,15 +326,33 @@ impl Source for VideoSource {
     }
 
     fn decode(&self, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()> {
-        decode(&self.path, &self.options, emit).map(|_| ())
+        let Continuation::Flow { .. } = self.continuation else {
+            return decode(&self.path, &self.options, emit).map(|_| ());
+        };
+        let params = DisParams::for_size(self.info.width as usize, self.info.height as usize);
+        let mut previous: Option<Plane> = None;
+        decode(&self.path, &self.options, &mut |mut frame| {
+            let plane = Plane::luma(&frame.image);
+            frame.motion = previous.as_ref().map(|p| Box::new(motion::motion(p, &plane, &params)));
+            previous = Some(plane);
+            emit(frame)
+        })
+        .map(|_| ())
     }
 
     fn dream_input(&self, frame: Frame, previous: Option<&RgbImage>) -> FrameInput {
-        match previous {
-            Some(prev) if self.blend > 0.0 => {
-                FrameInput { image: super::blend_images(&frame.image, prev, self.blend), continues: true }
+        match (self.continuation, previous, &frame.motion) {
+            (Continuation::Flow { warp, cut }, Some(prev), Some(m)) if m.matched >= cut => {
+                FrameInput { image: motion::continue_from(&frame.image, prev, m, warp), continues: true }
             }
-            _ => FrameInput { image: frame.image, continues: previous.is_some() },
+            // The first frame, or the first of a new shot: the full dream.
+            (Continuation::Flow { .. }, ..) => FrameInput { image: frame.image, continues: false },
+            (Continuation::Blend { blend }, Some(prev), _) if blend > 0.0 => {
+                FrameInput { image: super::blend_images(&frame.image, prev, blend), continues: true }
+            }
+            (Continuation::Blend { .. }, previous, _) => {
+                FrameInput { image: frame.image, continues: previous.is_some() }
+            }
         }
     }
 
