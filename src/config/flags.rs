@@ -145,7 +145,7 @@ pub struct VideoFlags {
     #[arg(long)]
     pub motion: Option<String>,
     /// With --motion flow: weight of the carried dream on pixels the flow can follow (0..1;
-    /// default 0.9). Lower lets more of the new frame through.
+    /// default 0.99). Lower lets more of the new frame through, and the dream fades.
     #[arg(long, allow_negative_numbers = true)]
     pub warp: Option<f64>,
     /// With --motion flow: a frame whose pixels the flow can follow fall below this fraction
@@ -160,7 +160,7 @@ pub struct VideoFlags {
     /// the dream without dreaming further).
     #[arg(long, allow_negative_numbers = true)]
     pub frame_steps: Option<usize>,
-    /// With --motion flow: step size on continuing frames (default: half of --step).
+    /// With --motion flow: step size on continuing frames (default: a third of --step).
     #[arg(long, allow_negative_numbers = true)]
     pub frame_step: Option<f64>,
     /// With --motion blend: mix this much of the previous dreamed frame into each frame (0..1;

@@ -38,10 +38,10 @@ pub struct Job {
 pub enum Work {
     /// One still image.
     Still {
-        params: DreamParams,
+        params: Box<DreamParams>,
     },
     Zoom(Box<ZoomPlan>),
-    Video(VideoPlan),
+    Video(Box<VideoPlan>),
 }
 
 /// A fractal zoom: the first frame gets `params`, every later frame `frame_params` on the
@@ -78,7 +78,7 @@ impl Job {
         crate::io::output_format(output)?;
         let s = Settings::load(flags)?;
         let params = s.params()?;
-        s.job(input, output, Work::Still { params })
+        s.job(input, output, Work::Still { params: Box::new(params) })
     }
 
     /// `deepdream zoom INPUT -o OUTPUT`.
@@ -132,17 +132,16 @@ impl Job {
         let s = Settings::load(flags)?;
         let params = s.params()?;
         let p = &s.file.preset.video;
-        let flow = pick_with(flag("--motion", &v.motion), s.file.get("video.motion", &p.motion), |m| {
-            match m.as_str() {
+        let flow =
+            pick_with(flag("--motion", &v.motion), s.file.get("video.motion", &p.motion), |m| match m.as_str() {
                 "flow" => Ok(true),
                 "blend" => Ok(false),
                 _ => Err(format!("unknown motion '{m}': expected flow or blend")),
-            }
-        })?
-        .unwrap_or(true);
+            })?
+            .unwrap_or(true);
         // Every value given is checked, whichever motion uses it.
         let blend = pick(flag("--blend", &v.blend), s.file.get("video.blend", &p.blend), 0.0, Rule::From(0.0, 1.0))?;
-        let warp = pick(flag("--warp", &v.warp), s.file.get("video.warp", &p.warp), 0.9, Rule::Between(0.0, 1.0))?;
+        let warp = pick(flag("--warp", &v.warp), s.file.get("video.warp", &p.warp), 0.99, Rule::Between(0.0, 1.0))?;
         let cut = pick(flag("--cut", &v.cut), s.file.get("video.cut", &p.cut), 0.2, Rule::Between(0.0, 1.0))?;
         let frame_octaves = pick(
             flag("--frame-octaves", &v.frame_octaves),
@@ -150,12 +149,16 @@ impl Job {
             params.octaves.min(2),
             Rule::Between(1.0, 64.0),
         )?;
-        let frame_steps =
-            pick(flag("--frame-steps", &v.frame_steps), s.file.get("video.frame_steps", &p.frame_steps), 2, STEP_COUNT)?;
+        let frame_steps = pick(
+            flag("--frame-steps", &v.frame_steps),
+            s.file.get("video.frame_steps", &p.frame_steps),
+            2,
+            STEP_COUNT,
+        )?;
         let frame_step = pick(
             flag("--frame-step", &v.frame_step),
             s.file.get("video.frame_step", &p.frame_step),
-            params.step / 2.0,
+            params.step / 3.0,
             Rule::Positive,
         )?;
         let (continuation, frame_params) = match flow {
@@ -172,7 +175,7 @@ impl Job {
             optional(flag("--duration", &v.duration), s.file.get("video.duration", &p.duration), Rule::Positive)?;
         let plan =
             VideoPlan { params, frame_params, continuation, start, start_origin, duration, encoder: s.encoder(e)? };
-        Ok(Job { resume: e.resume, ..s.job(input, output, Work::Video(plan))? })
+        Ok(Job { resume: e.resume, ..s.job(input, output, Work::Video(Box::new(plan)))? })
     }
 
     /// The zoom per frame: `--zoom`, else `--zoom-per-second`, else the preset's `zoom` or
@@ -250,9 +253,9 @@ impl Job {
 
     /// Checks against the opened source: a video's `start` must fall inside it.
     pub fn check_source(&self, info: &crate::source::SourceInfo) -> Result<()> {
-        if let (Work::Video(VideoPlan { start: Some(start), start_origin: Some(origin), .. }), Some(seconds)) =
-            (&self.work, info.seconds)
-            && *start >= seconds
+        if let (Work::Video(plan), Some(seconds)) = (&self.work, info.seconds)
+            && let (Some(start), Some(origin)) = (plan.start, &plan.start_origin)
+            && start >= seconds
         {
             return Err(origin.error(format!(
                 "starts at {start} s, past the end of {} ({seconds:.2} s long)",

@@ -121,13 +121,28 @@ impl Flow {
             return self.clone();
         }
         let (sx, sy) = (self.width as f32 / width as f32, self.height as f32 / height as f32);
+        // Pixel centres line up: source position (x + 0.5) * s - 0.5. The taps and weights of
+        // each output column and row are worked out once.
+        let taps = |n: usize, s: f32, len: usize| -> Vec<(usize, usize, f32)> {
+            (0..n)
+                .map(|i| {
+                    let p = ((i as f32 + 0.5) * s - 0.5).clamp(0.0, (len - 1) as f32);
+                    let i0 = p as usize;
+                    (i0, (i0 + 1).min(len - 1), p - i0 as f32)
+                })
+                .collect()
+        };
+        let (cols, rows) = (taps(width, sx, self.width), taps(height, sy, self.height));
         let mut out = Flow::zero(width, height);
-        for y in 0..height {
-            for x in 0..width {
-                // Pixel centres line up: (x + 0.5) * s - 0.5.
-                let (u, v) = self.sample((x as f32 + 0.5) * sx - 0.5, (y as f32 + 0.5) * sy - 0.5);
-                out.u[y * width + x] = u / sx;
-                out.v[y * width + x] = v / sy;
+        for (plane, target, scale) in [(&self.u, &mut out.u, 1.0 / sx), (&self.v, &mut out.v, 1.0 / sy)] {
+            for (y, &(y0, y1, fy)) in rows.iter().enumerate() {
+                let (r0, r1) =
+                    (&plane[y0 * self.width..(y0 + 1) * self.width], &plane[y1 * self.width..(y1 + 1) * self.width]);
+                for (o, &(x0, x1, fx)) in target[y * width..(y + 1) * width].iter_mut().zip(&cols) {
+                    let top = r0[x0] + fx * (r0[x1] - r0[x0]);
+                    let bottom = r1[x0] + fx * (r1[x1] - r1[x0]);
+                    *o = (top + fy * (bottom - top)) * scale;
+                }
             }
         }
         out
@@ -238,9 +253,10 @@ fn solve_level(a: &Plane, b: &Plane, init: &Flow, patch: usize, stride: usize, i
                     (start, start_cost) = (c, e);
                 }
             }
-            let (hxx, hxy, hyy) = tgx.iter().zip(&tgy).fold((0.0f32, 0.0f32, 0.0f32), |(xx, xy, yy), (&dx, &dy)| {
-                (xx + dx * dx, xy + dx * dy, yy + dy * dy)
-            });
+            let (hxx, hxy, hyy) = tgx
+                .iter()
+                .zip(&tgy)
+                .fold((0.0f32, 0.0f32, 0.0f32), |(xx, xy, yy), (&dx, &dy)| (xx + dx * dx, xy + dx * dy, yy + dy * dy));
             // A little damping keeps flat or one-directional patches (an edge) from running off.
             let (hxx, hyy) = (hxx + 1e-2 * n as f32, hyy + 1e-2 * n as f32);
             let det = hxx * hyy - hxy * hxy;
@@ -277,7 +293,8 @@ fn solve_level(a: &Plane, b: &Plane, init: &Flow, patch: usize, stride: usize, i
 fn warp_patch(b: &Plane, px: usize, py: usize, patch: usize, d: (f32, f32), out: &mut [f32]) {
     let (x, y) = (px as f32 + d.0, py as f32 + d.1);
     let (x0, y0) = (x.floor(), y.floor());
-    let inside = x0 >= 0.0 && y0 >= 0.0 && x0 + patch as f32 + 1.0 < b.width as f32 && y0 + patch as f32 + 1.0 < b.height as f32;
+    let inside =
+        x0 >= 0.0 && y0 >= 0.0 && x0 + patch as f32 + 1.0 < b.width as f32 && y0 + patch as f32 + 1.0 < b.height as f32;
     if !inside {
         for r in 0..patch {
             for c in 0..patch {

@@ -85,39 +85,55 @@ fn difference(f: &Flow, x: usize, y: usize, dx: usize, dy: usize) -> (f32, f32) 
 /// `image` (a previous frame) moved onto the current one: pixel `x` takes `image(x + back(x))`,
 /// bilinear, the border extended.
 pub fn warp(image: &RgbImage, back: &Flow) -> RgbImage {
+    let mut out = RgbImage::new(image.width(), image.height());
+    warp_each(image, back, |i, rgb| {
+        for (o, v) in out.as_mut()[3 * i..3 * i + 3].iter_mut().zip(rgb) {
+            *o = (v + 0.5).clamp(0.0, 255.0) as u8;
+        }
+    });
+    out
+}
+
+/// Calls `f(pixel index, [r, g, b])` with `image` sampled at `x + back(x)` for every pixel.
+fn warp_each(image: &RgbImage, back: &Flow, mut f: impl FnMut(usize, [f32; 3])) {
     assert_eq!((image.width() as usize, image.height() as usize), (back.width, back.height));
     let (w, h) = (back.width, back.height);
     let src = image.as_raw();
-    let mut out = RgbImage::new(w as u32, h as u32);
-    for (i, px) in out.as_mut().chunks_exact_mut(3).enumerate() {
-        let (x, y) = (i % w, i / w);
-        let (u, v) = back.at(x, y);
-        let (sx, sy) = ((x as f32 + u).clamp(0.0, (w - 1) as f32), (y as f32 + v).clamp(0.0, (h - 1) as f32));
-        let (x0, y0) = (sx as usize, sy as usize);
-        let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
-        let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
-        for (c, o) in px.iter_mut().enumerate() {
-            let at = |xx: usize, yy: usize| src[(yy * w + xx) * 3 + c] as f32;
-            let top = at(x0, y0) + fx * (at(x1, y0) - at(x0, y0));
-            let bottom = at(x0, y1) + fx * (at(x1, y1) - at(x0, y1));
-            *o = (top + fy * (bottom - top)).round().clamp(0.0, 255.0) as u8;
+    let (xmax, ymax) = ((w - 1) as f32, (h - 1) as f32);
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            let (sx, sy) = ((x as f32 + back.u[i]).clamp(0.0, xmax), (y as f32 + back.v[i]).clamp(0.0, ymax));
+            let (x0, y0) = (sx as usize, sy as usize);
+            let (dx, dy) = (usize::from(x0 + 1 < w), usize::from(y0 + 1 < h));
+            let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+            let (a, b) = (3 * (y0 * w + x0), 3 * ((y0 + dy) * w + x0));
+            let mut rgb = [0.0f32; 3];
+            for (c, v) in rgb.iter_mut().enumerate() {
+                let (p00, p10) = (src[a + c] as f32, src[a + 3 * dx + c] as f32);
+                let (p01, p11) = (src[b + c] as f32, src[b + 3 * dx + c] as f32);
+                let top = p00 + fx * (p10 - p00);
+                let bottom = p01 + fx * (p11 - p01);
+                *v = top + fy * (bottom - top);
+            }
+            f(i, rgb);
         }
     }
-    out
 }
 
 /// Where a continuing frame's dream starts: on trusted pixels the previous dreamed frame
 /// carried along the flow, mixed with the source as `(1 - weight) * source + weight * warped`;
 /// elsewhere (occlusions, newly revealed areas) the source itself.
 pub fn continue_from(source: &RgbImage, previous_dream: &RgbImage, motion: &Motion, weight: f64) -> RgbImage {
-    let warped = warp(previous_dream, &motion.back);
     let mut out = source.clone();
     let weight = weight as f32;
-    for ((o, &w), &m) in out.as_mut().iter_mut().zip(warped.as_raw()).zip(motion.mask.iter().flat_map(|m| [m; 3].into_iter()))
-    {
-        let mixed = (1.0 - weight) * *o as f32 + weight * w as f32;
-        *o = (m * mixed + (1.0 - m) * *o as f32).round().clamp(0.0, 255.0) as u8;
-    }
+    warp_each(previous_dream, &motion.back, |i, rgb| {
+        let m = motion.mask[i] * weight;
+        for (c, carried) in rgb.into_iter().enumerate() {
+            let o = &mut out.as_mut()[3 * i + c];
+            *o = ((1.0 - m) * *o as f32 + m * carried + 0.5).clamp(0.0, 255.0) as u8;
+        }
+    });
     out
 }
 
@@ -168,7 +184,8 @@ mod tests {
         let a = photo(240);
         let other = image::imageops::flip_vertical(&image::imageops::rotate180(&photo(240)));
         let other = image::imageops::resize(&other, 240, a.height(), image::imageops::FilterType::Triangle);
-        let cut = motion(&Plane::luma(&a), &Plane::luma(&image::imageops::huerotate(&other, 90)), &DisParams::default());
+        let cut =
+            motion(&Plane::luma(&a), &Plane::luma(&image::imageops::huerotate(&other, 90)), &DisParams::default());
         let same = motion(&Plane::luma(&a), &Plane::luma(&a), &DisParams::default());
         assert!(same.matched > 0.95, "{}", same.matched);
         assert!(cut.matched < 0.2, "{}", cut.matched);

@@ -355,3 +355,66 @@ fn a_stream_whose_size_changes_midway_keeps_the_first_size() {
     let m = summarize(&out).unwrap();
     assert_eq!((m.width, m.height, m.frames), (80, 54, 12), "{m:?}");
 }
+
+/// Every frame of a video at `max_size`.
+fn frames(path: &Path, max_size: u32) -> Vec<image::RgbImage> {
+    let mut out = Vec::new();
+    let options = deepdream::source::video::VideoOptions { max_size: Some(max_size), ..Default::default() };
+    deepdream::source::video::decode(path, &options, &mut |f| {
+        out.push(f.image);
+        true
+    })
+    .unwrap();
+    out
+}
+
+/// Lai et al.'s warping error of `output` against `source` (x1000), with the project's own
+/// flow on the source frames, and the dream strength (mean |output - source|, 0..255).
+fn warping_error(source: &[image::RgbImage], output: &[image::RgbImage]) -> (f64, f64) {
+    use deepdream::source::flow::{DisParams, Plane};
+    use deepdream::source::motion::{motion, warp};
+    assert_eq!(source.len(), output.len());
+    let (w, h) = source[0].dimensions();
+    let params = DisParams::for_size(w as usize, h as usize);
+    let (mut e_warp, mut strength) = (0.0, 0.0);
+    for t in 1..source.len() {
+        let m = motion(&Plane::luma(&source[t - 1]), &Plane::luma(&source[t]), &params);
+        let warped = warp(&output[t - 1], &m.back);
+        let (mut sum, mut n) = (0.0, 0.0);
+        for (i, (o, p)) in output[t].pixels().zip(warped.pixels()).enumerate() {
+            let d: f64 = (0..3).map(|c| ((o[c] as f64 - p[c] as f64) / 255.0).powi(2)).sum();
+            sum += m.mask[i] as f64 * d;
+            n += m.mask[i] as f64;
+        }
+        e_warp += 1000.0 * sum / n.max(1.0);
+        strength +=
+            output[t].as_raw().iter().zip(source[t].as_raw()).map(|(&a, &b)| (a as f64 - b as f64).abs()).sum::<f64>()
+                / (w * h * 3) as f64;
+    }
+    (e_warp / (source.len() - 1) as f64, strength / (source.len() - 1) as f64)
+}
+
+#[test]
+fn flow_keeps_the_dream_on_the_moving_scene() {
+    let Some(shared) = shared() else { return };
+    let dir = scratch("flowvideo");
+    let bbb = shared.join("media/bigbuckbunny.mp4");
+    let render = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let mut args = vec!["video", s(&bbb), "-o", s(&out), "--duration", "0.75", "--max-size", "160"];
+        args.extend(["--octaves", "2", "--steps", "3", "--step", "0.03"]);
+        args.extend(extra);
+        ok(&deepdream(&args));
+        frames(&out, 160)
+    };
+    let source: Vec<_> = frames(&bbb, 160).into_iter().take(19).collect();
+    let (flow, blend) = (render("flow.mp4", &[]), render("blend.mp4", &["--motion", "blend", "--blend", "0.5"]));
+    assert_eq!((flow.len(), blend.len()), (19, 19));
+    let ((e_flow, s_flow), (e_blend, s_blend)) = (warping_error(&source, &flow), warping_error(&source, &blend));
+    let (e_source, _) = warping_error(&source, &source);
+    eprintln!(
+        "E_warp x1e3 / strength: source {e_source:.3}, flow {e_flow:.3} / {s_flow:.1}, blend {e_blend:.3} / {s_blend:.1}"
+    );
+    assert!(e_flow < 0.5 * e_blend, "flow {e_flow:.3} vs blend {e_blend:.3}");
+    assert!(s_flow > 0.7 * s_blend, "the dream stays as strong: {s_flow:.1} vs {s_blend:.1}");
+}
