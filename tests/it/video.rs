@@ -418,3 +418,37 @@ fn flow_keeps_the_dream_on_the_moving_scene() {
     assert!(e_flow < 0.5 * e_blend, "flow {e_flow:.3} vs blend {e_blend:.3}");
     assert!(s_flow > 0.7 * s_blend, "the dream stays as strong: {s_flow:.1} vs {s_blend:.1}");
 }
+
+#[test]
+fn a_scene_cut_restarts_the_dream() {
+    let dir = scratch("cut");
+    let mut stream = Vec::new();
+    for name in ["chelsea.png", "coffee.jpg"] {
+        let mp4 = dir.join(format!("{name}.mp4"));
+        let still = repo().join("examples").join(name);
+        let mut args =
+            vec!["zoom", s(&still), "-o", s(&mp4), "--frames", "6", "--max-size", "96", "--fps", "12", "--steps", "1"];
+        args.extend(["--octaves", "1", "--step", "0.001", "--frame-steps", "0"]);
+        ok(&deepdream(&args));
+        let raw = dir.join(format!("{name}.h264"));
+        remux(&mp4, &raw, "h264", None);
+        stream.extend(std::fs::read(&raw).unwrap());
+    }
+    // Two shots of six frames: the seventh frame shows another picture.
+    let clip = dir.join("cut.h264");
+    std::fs::write(&clip, stream).unwrap();
+    let out = dir.join("out.mp4");
+    let mut args = vec!["video", s(&clip), "-o", s(&out), "--octaves", "2", "--steps", "4", "--step", "0.04"];
+    args.extend(["--frame-octaves", "1", "--frame-steps", "1", "--frame-step", "0.005"]);
+    ok(&deepdream(&args));
+    let (source, output) = (frames(&clip, 96), frames(&out, 96));
+    assert_eq!((source.len(), output.len()), (12, 12));
+    let strength = |t: usize| {
+        output[t].as_raw().iter().zip(source[t].as_raw()).map(|(&a, &b)| (a as f64 - b as f64).abs()).sum::<f64>()
+            / source[t].as_raw().len() as f64
+    };
+    let (first, last_of_shot, cut) = (strength(0), strength(5), strength(6));
+    eprintln!("mean |dream - source|: frame 1 {first:.1}, frame 6 {last_of_shot:.1}, frame 7 (the cut) {cut:.1}");
+    // The first frame of the new shot gets the full dream again, not the light one.
+    assert!(cut > 0.7 * first, "{cut:.1} vs {first:.1}");
+}
