@@ -4,6 +4,7 @@
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use image::{ImageFormat, RgbImage};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 /// `dir/.name.SUFFIX`: a hidden companion of `dest` in its directory (a staging file, a frame
@@ -100,14 +101,26 @@ pub fn write_atomic(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     staged.commit()
 }
 
+/// The largest image file read.
+const MAX_IMAGE_BYTES: u64 = 512 << 20;
+/// The largest picture decoded: a side, and the decoded bytes.
+const MAX_IMAGE_SIDE: u32 = 32768;
+const MAX_IMAGE_ALLOC: u64 = 2 << 30;
+
 /// Reads an image as RGB, shrunk (never enlarged) so its longer side is at most `max_size`.
 pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
     let err = |reason: String| Error::Image { path: path.to_owned(), reason };
     if !path.exists() {
         return Err(err("no such file".into()));
     }
-    // Read whole, then decode: a pipe or process substitution (`<(curl ...)`) cannot seek.
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    // Read whole, then decode: a pipe or process substitution (`<(curl ...)`) cannot seek. At
+    // most MAX_IMAGE_BYTES: `/dev/zero` or a sparse 10 GB file is not read until memory runs out.
+    let mut bytes = Vec::new();
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    file.take(MAX_IMAGE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| err(e.to_string()))?;
+    if bytes.len() as u64 > MAX_IMAGE_BYTES {
+        return Err(err(format!("larger than {} MiB, more than any image deepdream can dream", MAX_IMAGE_BYTES >> 20)));
+    }
     // The decoder fills a cut-off JPEG with grey and calls it a success.
     let truncated_jpeg = image::guess_format(&bytes).ok() == Some(ImageFormat::Jpeg) && !ends_a_jpeg(&bytes);
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes));
@@ -118,7 +131,21 @@ pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
     if truncated_jpeg {
         return Err(err("truncated image: the JPEG ends before its end-of-image marker".into()));
     }
-    let corrupt = |e: image::ImageError| err(format!("corrupt or unsupported image: {e}"));
+    let corrupt = |e: image::ImageError| match e {
+        image::ImageError::Limits(_) => err(format!(
+            "declares a picture larger than {MAX_IMAGE_SIDE} pixels a side or {} MiB decoded; not decoded",
+            MAX_IMAGE_ALLOC >> 20
+        )),
+        e => err(format!("corrupt or unsupported image: {e}")),
+    };
+    // A few hundred bytes can declare a 65535 x 65535 picture: the limits are checked against
+    // the header before anything is allocated.
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_ALLOC);
+    let mut reader = reader;
+    reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     // A phone photo stores its pixels sideways and says how to turn them (EXIF orientation).
     let orientation =
@@ -215,7 +242,12 @@ pub fn check_writable(path: &Path) -> Result<()> {
 
 /// Writes the image to a temporary file and renames it over `path` when complete.
 pub fn save(img: &RgbImage, path: &Path) -> Result<()> {
-    let format = output_format(path)?;
+    save_as(img, path, output_format(path)?)
+}
+
+/// Writes the image in `format` to a temporary file and renames it over `path`; errors name
+/// `path`.
+pub fn save_as(img: &RgbImage, path: &Path, format: ImageFormat) -> Result<()> {
     write_atomic(path, |tmp| {
         write_image(img, tmp, format).map_err(|e| match e {
             Error::Write { reason, .. } => Error::Write { path: path.to_owned(), reason },

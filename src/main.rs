@@ -63,11 +63,11 @@ fn main() {
     };
     let cancel = cli::Cancel::default();
     let handler = cancel.clone();
-    // Ctrl-C and SIGTERM: a dream or render stops after the current step (a render first
-    // finishes a playable file); a second signal, or any signal to another command, exits now.
-    let renders = args.renders();
+    // Ctrl-C and SIGTERM: a dream or render under way stops after the current step (a render
+    // first finishes a playable file); a second signal, or a signal to a command that is not
+    // dreaming yet (or never does), exits now.
     let _ = ctrlc::set_handler(move || {
-        if !renders || handler.raised() {
+        if !handler.armed() || handler.raised() {
             std::process::exit(130);
         }
         handler.raise();

@@ -65,6 +65,9 @@ struct Store {
     dir: PathBuf,
     fingerprint: String,
     pts: std::sync::Mutex<Vec<i64>>,
+    /// Set once the directory is known to be this render's store (made by [`Store::reset`] or
+    /// resumed from); only then is it ever removed.
+    owned: AtomicBool,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -75,7 +78,7 @@ struct Ledger {
 
 impl Store {
     fn new(output: &Path, fingerprint: String) -> Self {
-        Store { dir: io::beside(output, "frames"), fingerprint, pts: Default::default() }
+        Store { dir: io::beside(output, "frames"), fingerprint, pts: Default::default(), owned: AtomicBool::new(false) }
     }
 
     fn frame_path(&self, i: u64) -> PathBuf {
@@ -106,6 +109,7 @@ impl Store {
         let mut pts = ledger.pts;
         pts.truncate(sound as usize);
         *self.pts.lock().expect("ledger lock") = pts;
+        self.owned.store(true, Ordering::Release);
         Ok((sound, (sound < listed).then_some(sound)))
     }
 
@@ -113,14 +117,41 @@ impl Store {
         self.pts.lock().expect("ledger lock")[i as usize]
     }
 
+    /// Starts an empty store, removing an earlier render's; anything else at that path (a
+    /// file, a link, a directory holding files no render wrote) is refused, not removed.
     fn reset(&self) -> Result<()> {
-        let _ = std::fs::remove_dir_all(&self.dir);
-        std::fs::create_dir_all(&self.dir).map_err(|e| Error::Output { path: self.dir.clone(), reason: e.to_string() })
+        let bad = |reason: String| Error::Output { path: self.dir.clone(), reason };
+        match std::fs::symlink_metadata(&self.dir) {
+            Err(_) => {}
+            Ok(m) if m.is_dir() => {
+                let entries = std::fs::read_dir(&self.dir).map_err(|e| bad(e.to_string()))?;
+                for entry in entries {
+                    let name = entry.map_err(|e| bad(e.to_string()))?.file_name();
+                    if !Self::is_store_file(&name.to_string_lossy()) {
+                        return Err(bad(format!(
+                            "exists and holds {}, which no render wrote; move it away",
+                            name.to_string_lossy()
+                        )));
+                    }
+                }
+                std::fs::remove_dir_all(&self.dir).map_err(|e| bad(e.to_string()))?;
+            }
+            Ok(_) => return Err(bad("exists and is not a frame store; move it away".into())),
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| bad(e.to_string()))?;
+        self.owned.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// A name a store holds: the ledger, a frame, or one being written.
+    fn is_store_file(name: &str) -> bool {
+        let frame = |n: &str| n.len() == 10 && n.ends_with(".png") && n[..6].bytes().all(|b| b.is_ascii_digit());
+        name == "ledger.json" || frame(name) || (name.starts_with('.') && name.ends_with(".tmp"))
     }
 
     fn save(&self, i: u64, img: &RgbImage, pts: i64) -> Result<()> {
         let err = |e: String| Error::Write { path: self.dir.clone(), reason: e };
-        io::write_image(img, &self.frame_path(i), image::ImageFormat::Png)?;
+        io::save_as(img, &self.frame_path(i), image::ImageFormat::Png)?;
         let mut all = self.pts.lock().expect("ledger lock");
         all.truncate(i as usize);
         all.push(pts);
@@ -134,7 +165,9 @@ impl Store {
     }
 
     fn remove(&self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owned.load(Ordering::Acquire) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 
     /// Removes the store when it holds no finished frame (the ledger is written with each).
@@ -155,11 +188,33 @@ struct RenderLock {
 
 impl RenderLock {
     fn take(output: &Path) -> Result<RenderLock> {
+        use std::io::Write as _;
         let path = io::beside(output, "lock");
-        let file =
-            std::fs::File::create(&path).map_err(|e| Error::Output { path: path.clone(), reason: e.to_string() })?;
+        let bad = |reason: String| Error::Output { path: path.clone(), reason };
+        // Never through a link (a planted one would have the render truncate its target), and
+        // never over someone's file: the lock is an empty file or holds a process id.
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(bad("is a symbolic link; deepdream does not follow it (remove it)".into()));
+            }
+            Ok(m) if !m.is_file() || !Self::is_ours(&path) => {
+                return Err(bad("exists and is not a deepdream lock (move it away)".into()));
+            }
+            _ => {}
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| bad(e.to_string()))?;
         match file.try_lock() {
-            Ok(()) => Ok(RenderLock { path, _file: file }),
+            Ok(()) => {
+                // Ours now: say whose it is.
+                let _ = file.set_len(0).and_then(|()| write!(file, "{}", std::process::id()));
+                Ok(RenderLock { path, _file: file })
+            }
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::usage(format!(
                 "-o: another render is writing {} right now; wait for it or choose another output",
                 output.display()
@@ -169,9 +224,18 @@ impl RenderLock {
     }
 }
 
+impl RenderLock {
+    /// Whether the file at `path` looks like a lock deepdream left: empty or a process id.
+    fn is_ours(path: &Path) -> bool {
+        std::fs::read(path).is_ok_and(|b| b.len() <= 20 && b.iter().all(u8::is_ascii_digit))
+    }
+}
+
 impl Drop for RenderLock {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if Self::is_ours(&self.path) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

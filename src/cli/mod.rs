@@ -114,24 +114,31 @@ enum Command {
     Bench(inspect::BenchArgs),
 }
 
-/// Raised by Ctrl-C or SIGTERM; the progress displays read it and answer "stop".
+/// Raised by Ctrl-C or SIGTERM; the progress displays read it and answer "stop". Armed once
+/// a progress display exists (the dream or render has begun and will look at it); before
+/// that (loading, a FIFO that never opens, a huge decode) a signal ends the process at once.
 #[derive(Clone, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+pub struct Cancel {
+    raised: Arc<AtomicBool>,
+    armed: Arc<AtomicBool>,
+}
 
 impl Cancel {
     pub fn raise(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.raised.store(true, Ordering::Relaxed);
     }
 
     pub fn raised(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.raised.load(Ordering::Relaxed)
     }
-}
 
-impl Cli {
-    /// Whether the command dreams (and so stops cleanly on Ctrl-C through its progress).
-    pub fn renders(&self) -> bool {
-        matches!(self.command, Command::Dream { .. } | Command::Zoom { .. } | Command::Video { .. })
+    /// Someone now reads [`Cancel::raised`] and stops cleanly.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::Relaxed);
+    }
+
+    pub fn armed(&self) -> bool {
+        self.armed.load(Ordering::Relaxed)
     }
 }
 

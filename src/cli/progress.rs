@@ -26,6 +26,7 @@ pub struct StepBar<'a> {
 impl<'a> StepBar<'a> {
     pub fn new(total: u64, cancel: &'a Cancel) -> Self {
         let template = "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps, ETA {eta} {msg}";
+        cancel.arm();
         StepBar { bar: bar(total, template), cancel }
     }
 
@@ -60,6 +61,7 @@ pub struct FrameBar<'a> {
 impl<'a> FrameBar<'a> {
     pub fn new(total: Option<u64>, cancel: &'a Cancel) -> Self {
         let template = "[{elapsed_precise}] {bar:30} {pos}/{len} frames, {per_sec}, ETA {eta}";
+        cancel.arm();
         FrameBar { bar: bar(total.unwrap_or(0), template), start: Instant::now(), cancel }
     }
 

@@ -15,12 +15,19 @@ use crate::source::motion::Continuation;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
+/// A path as text (any bytes that are not UTF-8 replaced), so every job serialises.
+fn lossy_path<S: serde::Serializer>(path: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
+}
+
 /// One command's work, fully resolved and checked: nothing in it can fail a range check.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Job {
     pub model: String,
     pub device: DeviceSpec,
+    #[serde(serialize_with = "lossy_path")]
     pub input: PathBuf,
+    #[serde(serialize_with = "lossy_path")]
     pub output: PathBuf,
     /// The input is shrunk so its longer side is at most this.
     pub max_size: Option<u32>,

@@ -72,6 +72,9 @@ impl SinkKind {
 pub fn check_output(path: &Path) -> Result<SinkKind> {
     let kind = SinkKind::from_path(path)?;
     let bad = |reason: &str| Error::Output { path: path.to_owned(), reason: reason.into() };
+    if path.to_str().is_none() {
+        return Err(bad("the name is not valid UTF-8, which ffmpeg needs; rename it"));
+    }
     if kind != SinkKind::Png && path.is_dir() {
         return Err(bad("is a directory; give a file name, e.g. out.mp4"));
     }

@@ -64,6 +64,9 @@ fn open(path: &Path) -> Result<Opened> {
     if !path.exists() {
         return Err(err(path, "no such file"));
     }
+    if path.to_str().is_none() {
+        return Err(err(path, "the name is not valid UTF-8, which ffmpeg needs; rename the file"));
+    }
     if !path.is_file() {
         // ffmpeg reads a video twice (probe, then decode): a pipe would hang the second time.
         return Err(err(path, "not a regular file (a pipe?); save the video to a file first"));

@@ -12,6 +12,15 @@ fn inputs(dir: &Path) {
     std::fs::write(dir.join("text.png"), "not an image").unwrap();
     std::fs::write(dir.join("empty.jpg"), b"").unwrap();
     image::RgbImage::from_pixel(1, 16384, image::Rgb([9, 9, 9])).save(dir.join("tall.png")).unwrap();
+    // A 60 bytes BMP that declares 60000 x 60000 pixels (10 GB decoded).
+    let mut bmp = b"BM".to_vec();
+    for v in [62u32, 0, 54, 40, 60000, 60000] {
+        bmp.extend(v.to_le_bytes());
+    }
+    bmp.extend(1u16.to_le_bytes());
+    bmp.extend(24u16.to_le_bytes());
+    bmp.extend([0u8; 24 + 8]);
+    std::fs::write(dir.join("bomb.bmp"), bmp).unwrap();
 }
 
 #[test]
@@ -27,7 +36,7 @@ fn hostile_inputs_get_one_clear_line() {
     let s = |name: &str| src.join(name).to_string_lossy().into_owned();
     let dream = |extra: &[&'static str]| [&["dream", ex.as_str(), "-o", o_png.as_str()][..], extra].concat();
     let zoom = |extra: &[&'static str]| [&["zoom", ex.as_str(), "-o", o_gif.as_str()][..], extra].concat();
-    let (text, empty, tall) = (s("text.png"), s("empty.jpg"), s("tall.png"));
+    let (text, empty, tall, bomb) = (s("text.png"), s("empty.jpg"), s("tall.png"), s("bomb.bmp"));
     let o_webp = out.join("o.webp").to_string_lossy().into_owned();
     // A name that would print a line break and turn the terminal red.
     let odd = s("odd\n\u{1b}[31mname.png");
@@ -54,6 +63,9 @@ fn hostile_inputs_get_one_clear_line() {
         (vec!["dream", empty.as_str(), "-o", o_png.as_str()], 2, "cannot read image"),
         (vec!["dream", odd.as_str(), "-o", o_png.as_str()], 2, "odd\\n\\u{1b}[31mname.png"),
         (vec!["dream", tall.as_str(), "-o", o_webp.as_str()], 2, "1x16384 image is too large for .webp"),
+        (vec!["dream", bomb.as_str(), "-o", o_png.as_str()], 2, "declares a picture larger than 32768 pixels"),
+        (vec!["classify", bomb.as_str()], 2, "declares a picture larger than 32768 pixels"),
+        (vec!["dream", "/dev/zero", "-o", o_png.as_str()], 2, "larger than 512 MiB"),
         (vec!["dream", ex.as_str(), "-o", "/no/such/dir/o.png"], 2, "/no/such/dir/o.png"),
         (zoom(&["--frames", "0"]), 2, "--frames"),
         (zoom(&["--frames", "18446744073709551615"]), 2, "--frames"),
@@ -143,4 +155,59 @@ fn a_full_disk_names_the_file_and_leaves_no_output() {
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(left.is_empty(), "{args:?} left {left:?}");
     }
+}
+
+#[test]
+fn planted_files_are_refused_not_destroyed() {
+    let dir = scratch("planted");
+    let example = repo().join("examples/chelsea.png");
+    let out = dir.join("o.gif");
+    let victim = dir.join("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    let args = ["zoom", example.to_str().unwrap(), "-o", out.to_str().unwrap(), "--frames", "2", "--max-size", "64"];
+    let run = |extra: &[&str]| deepdream(&[&args[..], extra, &["--octaves", "1", "--steps", "1"]].concat());
+    // A lock that is a link to someone's file: refused, the file untouched.
+    std::os::unix::fs::symlink(&victim, dir.join(".o.gif.lock")).unwrap();
+    let o = run(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(".o.gif.lock") && err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    std::fs::remove_file(dir.join(".o.gif.lock")).unwrap();
+    // A directory by the frame store's name holding someone's files: refused, kept.
+    let store = dir.join(".o.gif.frames");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::write(store.join("notes.txt"), "mine").unwrap();
+    let o = run(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("notes.txt, which no render wrote"), "{err}");
+    assert_eq!(std::fs::read_to_string(store.join("notes.txt")).unwrap(), "mine");
+    std::fs::remove_dir_all(&store).unwrap();
+    assert!(run(&[]).status.success());
+    assert!(out.exists() && !store.exists() && !dir.join(".o.gif.lock").exists());
+}
+
+#[test]
+fn a_signal_before_the_dream_starts_exits_at_once() {
+    let dir = scratch("fifo");
+    let fifo = dir.join("in.png");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let out = dir.join("o.png");
+    // Opening a FIFO nobody writes to blocks; SIGTERM must still end the process.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_deepdream"))
+        .args(["dream", fifo.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    unsafe { kill(child.id() as i32, 15) };
+    let start = std::time::Instant::now();
+    let status = child.wait_with_output().unwrap().status;
+    assert_eq!(status.code(), Some(130));
+    assert!(start.elapsed().as_secs() < 5);
+    assert!(!out.exists());
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
 }
