@@ -38,6 +38,12 @@ pub fn dream(input: &Path, output: &Path, flags: &DreamFlags, cancel: &Cancel) -
     let secs = start.elapsed().as_secs_f64(); // the dream alone, as the PyTorch peers time theirs
     progress.finish();
     let out = out?;
+    if out.losses.is_empty() {
+        return Err(Error::usage(format!(
+            "no ascent step was taken: the loss was past max_loss ({}) from the first step; raise --max-loss",
+            params.max_loss.map_or("none".into(), |m| m.to_string())
+        )));
+    }
     io::save(&io::to_image(&out.pixels)?, output)?;
     let (w, h, steps) = (img.width(), img.height(), out.losses.len());
     tell!("wrote {} ({w}x{h}, {steps} steps in {secs:.1} s)", output.display());

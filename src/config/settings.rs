@@ -177,7 +177,15 @@ impl<'a> Settings<'a> {
             )?,
             steps: pick(flag("--steps", &f.steps), file.get("dream.steps", &d.steps), 20, STEPS)?,
             step: pick(flag("--step", &f.step), file.get("dream.step", &d.step), 0.01, Rule::Positive)?,
-            max_loss: optional(flag("--max-loss", &f.max_loss), file.get("dream.max_loss", &d.max_loss), Rule::Finite)?,
+            // A preset's max_loss is tuned to its own objective: one given on the command line
+            // (--layers, --class, --guide, --style) drops it, unless --max-loss is given.
+            max_loss: {
+                let replaced = f.layers.is_some() || f.classes.is_some() || f.guide.is_some() || f.style.is_some();
+                let preset = file.get("dream.max_loss", &d.max_loss);
+                let preset =
+                    if replaced { preset.map(|p| p.check(Rule::Finite)).transpose()?.and(None) } else { preset };
+                optional(flag("--max-loss", &f.max_loss), preset, Rule::Finite)?
+            },
             jitter: pick(
                 flag("--jitter", &f.jitter),
                 file.get("dream.jitter", &d.jitter),

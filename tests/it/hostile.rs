@@ -57,6 +57,7 @@ fn hostile_inputs_get_one_clear_line() {
         (dream(&["--class", "zzz"]), 2, "--class"),
         (dream(&["--class", "banana=inf"]), 2, "--class"),
         (dream(&["--seed", "-1"]), 2, "--seed"),
+        (dream(&["--max-loss", "5", "--steps", "1", "--octaves", "1"]), 2, "no ascent step was taken"),
         (dream(&["--device", "tpu"]), 2, "--device"),
         (dream(&["--preset", "no-such-preset"]), 2, "--preset"),
         (vec!["dream", text.as_str(), "-o", o_png.as_str()], 2, "not an image format"),
@@ -97,10 +98,23 @@ fn hostile_inputs_get_one_clear_line() {
         let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(left.is_empty(), "{args:?} left {left:?}");
     }
-    // Tiny and one-pixel-wide images dream (the default network pads every layer).
+    // A layer given on the command line is not held back by the default preset's max_loss
+    // (tuned to its own layers): it dreams.
+    let o = deepdream(&dream(&["--layers", "block12=100", "--steps", "2", "--octaves", "1", "--max-size", "96"]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("2 steps"), "{err}");
+    std::fs::remove_file(&o_png).unwrap();
+    // Tiny and one-pixel-wide images dream (the default network pads every layer). A 1x1
+    // red dot's loss starts past the default preset's max_loss, which the dream says instead
+    // of writing the input back unchanged; without the limit it dreams.
+    let o = deepdream(&["dream", &s("dot.png"), "-o", &o_png, "--octaves", "2", "--steps", "1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.code() == Some(2) && err.contains("past max_loss (600)") && !Path::new(&o_png).exists(), "{err}");
     for (name, size) in [("dot.png", (1, 1)), ("line.bmp", (1, 300))] {
-        let o = deepdream(&["dream", &s(name), "-o", &o_png, "--octaves", "2", "--steps", "1"]);
-        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let args = ["dream", &s(name), "-o", &o_png, "--octaves", "2", "--steps", "1", "--max-loss", "1e30"];
+        let o = deepdream(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() && err.contains("2 steps"), "{name}: {err}");
         assert_eq!(image::open(&o_png).unwrap().to_rgb8().dimensions(), size);
         std::fs::remove_file(&o_png).unwrap();
     }
