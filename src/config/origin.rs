@@ -58,6 +58,8 @@ pub enum Rule {
     Between(f64, f64),
     /// lo <= v < hi.
     From(f64, f64),
+    /// 0 (off), or lo <= v <= hi.
+    OffOrBetween(f64, f64),
 }
 
 impl Rule {
@@ -69,6 +71,7 @@ impl Rule {
                 Rule::Positive => v > 0.0,
                 Rule::Between(lo, hi) => lo <= v && v <= hi,
                 Rule::From(lo, hi) => lo <= v && v < hi,
+                Rule::OffOrBetween(lo, hi) => v == 0.0 || (lo <= v && v <= hi),
             };
         if ok {
             return None;
@@ -79,6 +82,7 @@ impl Rule {
             Rule::Between(lo, hi) if hi == f64::MAX => format!("at least {lo}"),
             Rule::Between(lo, hi) => format!("between {lo} and {hi}"),
             Rule::From(lo, hi) => format!("in [{lo}, {hi})"),
+            Rule::OffOrBetween(lo, hi) => format!("0 (off) or between {lo} and {hi}"),
         };
         Some(format!("must be {want}, got {v}"))
     }

@@ -39,7 +39,8 @@ fn parse_weighted(spec: &str, what: &str) -> Result<Vec<(String, f32)>> {
         out.push((name.to_owned(), weight));
     }
     if out.is_empty() {
-        return Err(Error::usage(format!("no {what}s in '{spec}'")));
+        let plural = if what.ends_with('s') { format!("{what}es") } else { format!("{what}s") };
+        return Err(Error::usage(format!("no {plural} in '{spec}'")));
     }
     Ok(out)
 }

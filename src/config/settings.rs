@@ -98,6 +98,7 @@ impl<'a> Settings<'a> {
             work,
             resume: false,
             layers,
+            default_preset: f.preset.is_none(),
         })
     }
 
@@ -427,8 +428,8 @@ fn unused<T>(given: &[(&str, bool)], weight: (&str, bool), needs: &str, section:
 /// The weight of an objective term: finite, and small enough that the loss stays finite.
 pub const WEIGHT: Rule = Rule::Between(-10_000.0, 10_000.0);
 
-/// Blur sigmas, in pixels.
-const SIGMA: Rule = Rule::Between(0.0, 20.0);
+/// Blur sigmas, in pixels (below a tenth of a pixel a blur does nothing but divide by ~0).
+const SIGMA: Rule = Rule::OffOrBetween(0.1, 20.0);
 /// Laplacian pyramid levels.
 const LEVELS: Rule = Rule::Between(0.0, 16.0);
 /// The input's longest side.

@@ -149,8 +149,10 @@ pub fn class_index(name: &str) -> Result<usize> {
             Err(Error::usage(format!("class index {i} is out of range 0..{}", labels.len())))
         };
     }
-    let wanted = name.trim().to_lowercase().replace(['_', '-'], " ");
-    if let Some(i) = labels.iter().position(|l| l.to_lowercase() == wanted) {
+    // `go-kart`, `go_kart` and `Go Kart` are one name, on both sides.
+    let norm = |s: &str| s.trim().to_lowercase().replace(['_', '-'], " ");
+    let wanted = norm(name);
+    if let Some(i) = labels.iter().position(|l| norm(l) == wanted) {
         return Ok(i);
     }
     let mut scored: Vec<(f64, &str)> =
@@ -393,6 +395,11 @@ mod tests {
         assert_eq!(class_index("Egyptian_cat").unwrap(), 285);
         assert_eq!(class_index("281").unwrap(), 281);
         assert!(class_index("1000").is_err());
+        // Names with hyphens, however spelt.
+        let kart = class_index("go-kart").unwrap();
+        assert_eq!(crate::model::labels::imagenet()[kart], "go-kart");
+        assert_eq!((class_index("go_kart").unwrap(), class_index("Go Kart").unwrap()), (kart, kart));
+        assert!(class_index("jack-o'-lantern").is_ok() && class_index("three-toed sloth").is_ok());
     }
 
     #[test]

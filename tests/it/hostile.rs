@@ -50,6 +50,8 @@ fn hostile_inputs_get_one_clear_line() {
         (dream(&["--jitter", "99999999999"]), 2, "--jitter"),
         (dream(&["--decay", "-0.1"]), 2, "--decay"),
         (dream(&["--tv", "1e308"]), 2, "--tv"),
+        (dream(&["--grad-blur", "1e-320"]), 2, "--grad-blur: must be 0 (off) or between 0.1 and 20"),
+        (dream(&["--class", ""]), 2, "--class: no classes in"),
         (dream(&["--max-size", "0"]), 2, "--max-size"),
         (dream(&["--tile", "100"]), 2, "--tile"),
         (dream(&["--layers", "block5=nan"]), 2, "--layers"),
