@@ -112,9 +112,24 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
+/// A number as a person reads it: `0.5`, `25`, and `1e-320` or `1e308` rather than hundreds
+/// of digits.
+pub fn number(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e15).contains(&v.abs()) { format!("{v:e}") } else { format!("{v}") }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_stay_short() {
+        assert_eq!(number(0.5), "0.5");
+        assert_eq!(number(25.0), "25");
+        assert_eq!(number(1e-320), "1e-320");
+        assert_eq!(number(-1e308), "-1e308");
+        assert_eq!(number(f64::INFINITY), "inf");
+    }
 
     #[test]
     fn control_characters_are_shown_not_obeyed() {

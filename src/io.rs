@@ -233,6 +233,9 @@ pub fn check_size(path: &Path, (w, h): (u32, u32)) -> Result<()> {
 /// Checks up front that `path` can be written, so a long render does not fail at the end.
 pub fn check_writable(path: &Path) -> Result<()> {
     output_format(path)?;
+    if path.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(Error::Output { path: path.to_owned(), reason: "ends with '/'; give a file name".into() });
+    }
     if path.is_dir() {
         return Err(Error::Output { path: path.to_owned(), reason: "is a directory".into() });
     }

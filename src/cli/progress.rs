@@ -54,6 +54,8 @@ impl Progress for StepBar<'_> {
 /// Frames of a render, with fps and ETA.
 pub struct FrameBar<'a> {
     bar: Option<ProgressBar>,
+    /// The frames the job renders (a video's range, not its length), when known.
+    total: Option<u64>,
     start: Instant,
     cancel: &'a Cancel,
 }
@@ -62,7 +64,7 @@ impl<'a> FrameBar<'a> {
     pub fn new(total: Option<u64>, cancel: &'a Cancel) -> Self {
         let template = "[{elapsed_precise}] {bar:30} {pos}/{len} frames, {per_sec}, ETA {eta}";
         cancel.arm();
-        FrameBar { bar: bar(total.unwrap_or(0), template), start: Instant::now(), cancel }
+        FrameBar { bar: bar(total.unwrap_or(0), template), total, start: Instant::now(), cancel }
     }
 
     pub fn finish(&self) {
@@ -77,7 +79,8 @@ impl FrameProgress for FrameBar<'_> {
         !self.cancel.raised()
     }
 
-    fn frame(&mut self, done: u64, total: Option<u64>) -> bool {
+    fn frame(&mut self, done: u64, source_total: Option<u64>) -> bool {
+        let total = self.total.or(source_total);
         match &self.bar {
             Some(b) => b.set_position(done),
             None => {

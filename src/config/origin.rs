@@ -84,7 +84,7 @@ impl Rule {
             Rule::From(lo, hi) => format!("in [{lo}, {hi})"),
             Rule::OffOrBetween(lo, hi) => format!("0 (off) or between {lo} and {hi}"),
         };
-        Some(format!("must be {want}, got {v}"))
+        Some(format!("must be {want}, got {}", crate::error::number(v)))
     }
 
     pub fn at_least(lo: f64) -> Rule {

@@ -274,7 +274,17 @@ pub fn decode(path: &Path, opts: &VideoOptions, emit: &mut dyn FnMut(Frame) -> b
         }
     }
     if count == 0 {
-        return Err(err(path, "no frames could be decoded (corrupt file, or an empty range)"));
+        let reason = match (opts.start, opts.duration) {
+            (None, None) => "no frames could be decoded (a corrupt file?)".to_owned(),
+            (start, duration) => {
+                let from = start.unwrap_or(0.0);
+                let to = duration.map_or("its end".to_owned(), |d| format!("{} s", crate::error::number(from + d)));
+                let from = crate::error::number(from);
+                let length = o.seconds.map_or(String::new(), |s| format!(" ({s:.2} s long)"));
+                format!("no frame falls between {from} s and {to} of the video{length}")
+            }
+        };
+        return Err(err(path, reason));
     }
     Ok(count)
 }

@@ -38,6 +38,7 @@ fn hostile_inputs_get_one_clear_line() {
     let zoom = |extra: &[&'static str]| [&["zoom", ex.as_str(), "-o", o_gif.as_str()][..], extra].concat();
     let (text, empty, tall, bomb) = (s("text.png"), s("empty.jpg"), s("tall.png"), s("bomb.bmp"));
     let o_webp = out.join("o.webp").to_string_lossy().into_owned();
+    let o_slash = format!("{o_png}/");
     // A name that would print a line break and turn the terminal red.
     let odd = s("odd\n\u{1b}[31mname.png");
     // (arguments, exit code, text the one line must hold)
@@ -70,6 +71,7 @@ fn hostile_inputs_get_one_clear_line() {
         (vec!["classify", bomb.as_str()], 2, "declares a picture larger than 32768 pixels"),
         (vec!["dream", "/dev/zero", "-o", o_png.as_str()], 2, "larger than 512 MiB"),
         (vec!["dream", ex.as_str(), "-o", "/no/such/dir/o.png"], 2, "/no/such/dir/o.png"),
+        (vec!["dream", ex.as_str(), "-o", o_slash.as_str()], 2, "ends with '/'"),
         (zoom(&["--frames", "0"]), 2, "--frames"),
         (zoom(&["--frames", "18446744073709551615"]), 2, "--frames"),
         (zoom(&["--duration", "1e308"]), 2, "--duration"),
