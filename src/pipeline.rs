@@ -53,8 +53,12 @@ pub struct RenderSummary {
     /// The first stored frame that was damaged (missing, unreadable, another size) and was
     /// rendered again with everything after it.
     pub damaged_from: Option<u64>,
-    /// Stopped by the progress callback; the output holds the frames done so far.
+    /// Stopped by the progress callback; the output holds the frames done so far, unless
+    /// `kept_earlier` says it was left alone.
     pub interrupted: bool,
+    /// Interrupted with an earlier output at the path: that output was not replaced by the
+    /// partial one (the frames done are in the store for `--resume`).
+    pub kept_earlier: bool,
     pub width: u32,
     pub height: u32,
 }
@@ -257,6 +261,7 @@ pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<Rende
     let audio = job.source.audio();
     let format = FrameFormat { width: info.width, height: info.height, rate: info.rate, time_base: info.time_base };
     let keep = AtomicBool::new(true);
+    let earlier = std::fs::symlink_metadata(job.output).is_ok();
     let (dreamed, encoded) = std::thread::scope(|s| {
         let (ready_tx, ready_rx) = bounded::<bool>(1);
         let (to_encode, from_dream) = bounded::<Done>(4);
@@ -287,7 +292,13 @@ pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<Rende
         }
         // A failed render leaves no output (its frames stay in the store); a finished or
         // interrupted one gets a playable file. Set before the channel closes, read after.
-        keep.store(!matches!(&dreamed, Err(e) if !matches!(e, Error::Cancelled)), Ordering::Release);
+        // An interrupted render does not replace an earlier output with its partial one.
+        let finish = match &dreamed {
+            Ok(()) => true,
+            Err(Error::Cancelled) => !earlier,
+            Err(_) => false,
+        };
+        keep.store(finish, Ordering::Release);
         drop(to_encode);
         (dreamed, joined(encoder.join(), "encode"))
     });
@@ -302,6 +313,7 @@ pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<Rende
         resumed_from,
         damaged_from,
         interrupted,
+        kept_earlier: interrupted && earlier,
         width: info.width,
         height: info.height,
     };

@@ -134,7 +134,11 @@ fn render(
     let per_frame = start.elapsed().as_secs_f64() / fresh.max(1) as f64;
     let stopped = if s.interrupted { "; interrupted: run again with --resume to finish" } else { "" };
     let (out, n, w, h) = (job.output.display(), s.frames, s.width, s.height);
-    tell!("wrote {out} ({n} frames at {w}x{h}{resumed}; {per_frame:.2} s per frame){stopped}");
+    if s.kept_earlier {
+        tell!("interrupted after {n} frames; {out} still holds the earlier render: run again with --resume to finish");
+    } else {
+        tell!("wrote {out} ({n} frames at {w}x{h}{resumed}; {per_frame:.2} s per frame){stopped}");
+    }
     if s.interrupted {
         return Err(Error::Cancelled);
     }

@@ -184,6 +184,11 @@ fn sigterm_finishes_a_playable_file_and_keeps_the_store() {
     assert!(err.contains("stored frame 2 was damaged") && err.contains("resumed after 1"), "{err}");
     assert_eq!(summarize(&gif).unwrap().frames, 40);
     assert!(!dir.join(".cut.gif.frames").exists(), "the store goes once the render is complete");
+    // Interrupting a new render to the same path leaves the complete one there.
+    let status = interrupt(&args, &dir.join(".cut.gif.frames"), 2);
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(summarize(&gif).unwrap().frames, 40, "the earlier, complete render stays");
+    assert!(dir.join(".cut.gif.frames/ledger.json").is_file(), "the new one can be resumed");
 }
 
 unsafe extern "C" {
