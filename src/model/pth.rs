@@ -17,7 +17,23 @@ const LEGACY_MAGIC_BYTES: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 
 
 /// All floating-point tensors of a `.pth` state dict, as f32, by name. Integer buffers such as
 /// `num_batches_tracked` are left out.
+///
+/// Read on a thread of its own with a large stack: candle's pickle objects are dropped (and
+/// cloned) recursively, so a pickle nested a million levels deep needs a deep stack. A pickle
+/// is at most [`MAX_PICKLE_BYTES`] long and each level of nesting takes at least one byte, so
+/// [`PARSE_STACK`] bounds what any accepted file can need.
 pub fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    std::thread::scope(|s| {
+        let reader = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .stack_size(PARSE_STACK)
+            .spawn_scoped(s, || read_pth_here(path))
+            .map_err(|e| Error::internal(format!("cannot start the checkpoint reader: {e}")))?;
+        reader.join().unwrap_or_else(|_| Err(Error::internal("the checkpoint reader panicked")))
+    })
+}
+
+fn read_pth_here(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let err = |reason: String| Error::Weights { path: path.to_owned(), reason };
     let size = std::fs::metadata(path).map_err(|e| err(e.to_string()))?.len();
     if size > MAX_CHECKPOINT_BYTES {
@@ -120,9 +136,19 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_owned()
 }
 
+/// The pickle at `r`'s position (at most [`MAX_PICKLE_BYTES`] long); `r` moves past it.
 fn read_pickle(r: &mut Cursor<&[u8]>) -> std::result::Result<Object, String> {
+    let (all, start) = (*r.get_ref(), r.position() as usize);
+    let end = start.saturating_add(MAX_PICKLE_BYTES as usize).min(all.len());
+    let mut window = Cursor::new(all.get(start..end).unwrap_or(&[]));
     let mut stack = Stack::empty();
-    stack.read_loop(r).map_err(|e| format!("bad pickle at byte {}: {}", r.position(), first_line(&e.to_string())))?;
+    let read = stack.read_loop(&mut window);
+    let at = start + window.position() as usize;
+    read.map_err(|e| match end < all.len() && at >= end {
+        true => format!("a pickle longer than {} MiB, more than any checkpoint's", MAX_PICKLE_BYTES >> 20),
+        false => format!("bad pickle at byte {at}: {}", first_line(&e.to_string())),
+    })?;
+    r.set_position(at as u64);
     stack.finalize().map_err(|e| first_line(&e.to_string()))
 }
 
@@ -235,8 +261,10 @@ const MAX_CHECKPOINT_BYTES: u64 = 2 << 30;
 /// A view may hold more elements than its storage (zero or overlapping strides, as from
 /// `expand`) only up to this many.
 const MAX_OVERLAPPING_ELEMENTS: usize = 1 << 24;
-/// The largest pickle read from a zip checkpoint.
-const MAX_PICKLE_BYTES: u64 = 64 << 20;
+/// The longest pickle read (a state dict's is tens of KiB).
+const MAX_PICKLE_BYTES: u64 = 4 << 20;
+/// The checkpoint reader's stack: room for 4 Mi levels of nesting at up to 256 bytes each.
+const PARSE_STACK: usize = 1 << 30;
 
 /// A tensor's shape, strides and offset, checked against overflow before anything is allocated.
 struct View {
@@ -370,6 +398,32 @@ mod tests {
         let cut = dir.join("cut.pth");
         std::fs::write(&cut, &full[..full.len() - 20]).unwrap();
         assert!(read_pth(&cut).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_deeply_nested_pickle_is_an_error_not_a_stack_overflow() {
+        let dir = std::env::temp_dir().join(format!("dd-pth-deep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A legacy checkpoint whose state dict is a 1-tuple nested a million levels deep.
+        let mut bytes = vec![0x80, 0x02, 0x8a, 0x0a];
+        bytes.extend(LEGACY_MAGIC_BYTES);
+        bytes.push(b'.');
+        bytes.extend(b"\x80\x02M\xe9\x03."); // protocol version 1001
+        bytes.extend(b"\x80\x02}."); // system info
+        bytes.extend(b"\x80\x02)");
+        bytes.extend(std::iter::repeat_n(0x85u8, 1_000_000)); // TUPLE1
+        bytes.push(b'.');
+        bytes.extend(b"\x80\x02]."); // storage keys
+        let deep = dir.join("deep.pth");
+        std::fs::write(&deep, &bytes).unwrap();
+        let err = read_pth(&deep).unwrap_err().to_string();
+        assert!(err.contains("no state dict"), "{err}");
+        // Longer than any real pickle: refused before it is parsed to the end.
+        let huge: Vec<u8> = [&bytes[..28], &vec![0x85u8; 5 << 20][..], b"."].concat();
+        std::fs::write(&deep, &huge).unwrap();
+        let err = read_pth(&deep).unwrap_err().to_string();
+        assert!(err.contains("a pickle longer than 4 MiB"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
