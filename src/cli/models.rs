@@ -62,7 +62,7 @@ pub fn run(action: Option<ModelsAction>) -> Result<()> {
             if !file.is_file() {
                 return Err(Error::Weights { path: file, reason: "no such file".into() });
             }
-            let dest = dir.unwrap_or_else(weights::cache_dir).join(info.file);
+            let dest = dir.map_or_else(weights::cache_dir_or_error, Ok)?.join(info.file);
             model::fetch::install(&name, &file, &dest)?;
             say!("imported {name} into {}", dest.display());
         }
@@ -92,7 +92,7 @@ fn fetch(name: &str, url: Option<String>, sha256: Option<String>, dir: Option<Pa
     if !((8..=64).contains(&sha256.len()) && sha256.chars().all(|c| c.is_ascii_hexdigit())) {
         return Err(Error::usage(format!("--sha256: {sha256:?} is not a sha256 (8 to 64 hexadecimal digits)")));
     }
-    let dir = dir.unwrap_or_else(weights::cache_dir);
+    let dir = dir.map_or_else(weights::cache_dir_or_error, Ok)?;
     let mut bar = DownloadBar::new();
     tell!("fetching {name} from {url}");
     let timeout = std::time::Duration::from_secs_f64(timeout);

@@ -1,7 +1,8 @@
 //! Downloads official weights over HTTP(S) into the weight cache: resumable (HTTP Range),
 //! checked against a sha256, converted to safetensors, and moved into place only once whole
-//! and verified. The partial download lives outside the model directory, so a cut connection
-//! or a wrong checksum never leaves a model file behind.
+//! and verified. The partial download waits in a hidden `.partial/` inside the model
+//! directory, never under a model's file name, so a cut connection or a wrong checksum never
+//! leaves a model file behind.
 
 use super::weights;
 use crate::{Error, Result};
@@ -9,9 +10,10 @@ use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Where interrupted downloads wait to be resumed.
+/// Where interrupted downloads wait to be resumed: a hidden directory inside the model
+/// directory (no model file is ever named like it).
 pub fn partial_dir(cache: &Path) -> PathBuf {
-    cache.with_file_name("partial")
+    cache.join(".partial")
 }
 
 /// Hex sha256 of a file.

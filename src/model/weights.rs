@@ -16,17 +16,25 @@ pub fn search_dirs() -> Vec<PathBuf> {
         dirs.push(PathBuf::from(d));
     }
     dirs.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models")));
-    dirs.push(cache_dir());
+    dirs.extend(cache_dir());
     dirs
 }
 
-/// The user cache for imported and fetched weights.
-pub fn cache_dir() -> PathBuf {
+/// The user cache for imported and fetched weights, if the environment names one (never a
+/// shared directory such as /tmp, where anyone could plant weights).
+pub fn cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("deepdream").join("models")
+        .or_else(|| std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("deepdream").join("models"))
+}
+
+/// [`cache_dir`], or an error saying how to name one.
+pub fn cache_dir_or_error() -> crate::Result<PathBuf> {
+    cache_dir().ok_or_else(|| {
+        crate::Error::usage("no cache directory: neither XDG_CACHE_HOME nor HOME is set; set one, or give --dir")
+    })
 }
 
 pub fn find(file: &str) -> Option<PathBuf> {

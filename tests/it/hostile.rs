@@ -229,3 +229,19 @@ fn a_signal_before_the_dream_starts_exits_at_once() {
 unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
+
+#[test]
+fn without_a_home_nothing_goes_to_a_shared_directory() {
+    let dir = scratch("nohome");
+    let file = dir.join("w.pth");
+    std::fs::write(&file, b"not a checkpoint").unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_deepdream"))
+        .args(["models", "import", file.to_str().unwrap(), "--as", "efficientnet-lite1"])
+        .env_remove("HOME")
+        .env_remove("XDG_CACHE_HOME")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("no cache directory") && err.contains("--dir"), "{err}");
+}
