@@ -156,10 +156,37 @@ pub fn install(model: &str, src: &Path, dest: &Path) -> Result<()> {
         Error::Weights { reason, .. } => Error::Weights { path: src.to_owned(), reason },
         e => e,
     };
-    super::load_from(model, staged.path()).map_err(theirs)?;
+    let net = super::load_from(model, staged.path()).map_err(theirs)?;
     weights::check_finite(staged.path()).map_err(theirs)?;
+    check_responds(net.as_ref()).map_err(|reason| Error::Weights { path: src.to_owned(), reason })?;
     staged.commit()?;
     Ok(())
+}
+
+/// Whether the network's deepest layer tells two different images apart: weights that are all
+/// zero (or otherwise dead) build the network but leave nothing to dream.
+fn check_responds(net: &dyn super::FeatureNet) -> std::result::Result<(), String> {
+    use candle_core::{Device, Tensor};
+    let deepest = net.layer_names().pop().ok_or("the network has no layers")?;
+    let taps = [deepest.clone()];
+    let features = |seed: u32| -> crate::Result<Tensor> {
+        let values: Vec<f32> = (0..3 * 160 * 160)
+            .map(|i: u32| ((i.wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let x = Tensor::from_vec(values, (1, 3, 160, 160), &Device::Cpu)?;
+        Ok(net.forward(&x, &taps, false)?.taps[&deepest].clone())
+    };
+    let differs = (|| -> crate::Result<f32> {
+        let (a, b) = (features(1)?, features(0x5bd1e995)?);
+        Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
+    })()
+    .map_err(|e| format!("the network does not run on a test image: {e}"))?;
+    match differs > 0.0 {
+        true => Ok(()),
+        false => {
+            Err(format!("its layer {deepest} gives the same output for every image (all-zero weights?); not installed"))
+        }
+    }
 }
 
 /// A safetensors file opens with a little-endian u64 header length and a JSON object.

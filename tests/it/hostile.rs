@@ -245,3 +245,28 @@ fn without_a_home_nothing_goes_to_a_shared_directory() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("no cache directory") && err.contains("--dir"), "{err}");
 }
+
+#[test]
+fn weights_that_compute_nothing_are_not_installed() {
+    let dir = scratch("zeroweights");
+    let shipped = repo().join("models/efficientnet_lite0.safetensors");
+    let tensors = candle_core::safetensors::load(&shipped, &candle_core::Device::Cpu).unwrap();
+    let zeros: std::collections::HashMap<String, candle_core::Tensor> =
+        tensors.into_iter().map(|(k, t)| (k, t.zeros_like().unwrap())).collect();
+    let file = dir.join("zeros.safetensors");
+    candle_core::safetensors::save(&zeros, &file).unwrap();
+    let models = dir.join("models");
+    let o = deepdream(&[
+        "models",
+        "import",
+        file.to_str().unwrap(),
+        "--as",
+        "efficientnet-lite0",
+        "--dir",
+        models.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("gives the same output for every image"), "{err}");
+    assert!(!models.join("efficientnet_lite0.safetensors").exists());
+}
