@@ -125,6 +125,9 @@ fn render(
     let start = Instant::now();
     let summary = pipeline::render(&render, &mut bar);
     bar.finish();
+    for note in source.notes() {
+        tell!("warning: {note}");
+    }
     let s = summary?;
     let fresh = s.frames - s.resumed_from;
     if let Some(k) = s.damaged_from {

@@ -55,6 +55,10 @@ pub trait Source: Sync {
     fn audio(&self) -> Option<AudioSource> {
         None
     }
+    /// What the user should know after decoding (damaged data skipped, ...).
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A still image dreamed into `frames` frames of fractal zoom: each frame after the first is

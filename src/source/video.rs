@@ -173,6 +173,16 @@ pub fn probe(path: &Path, opts: &VideoOptions) -> Result<SourceInfo> {
 /// Decodes every frame in the chosen range and hands it to `emit`, in order; `emit` returns
 /// false to stop early. Returns the number of frames emitted.
 pub fn decode(path: &Path, opts: &VideoOptions, emit: &mut dyn FnMut(Frame) -> bool) -> Result<u64> {
+    decode_counting(path, opts, emit, &mut 0)
+}
+
+/// [`decode`], counting into `damaged` the packets the decoder refused (and skipped).
+fn decode_counting(
+    path: &Path,
+    opts: &VideoOptions,
+    emit: &mut dyn FnMut(Frame) -> bool,
+    damaged: &mut u64,
+) -> Result<u64> {
     let mut o = open(path)?;
     let (w, h) = out_size(&o, opts.max_size);
     let (sw, sh) = if o.rotate % 180 == 90 { (h, w) } else { (w, h) };
@@ -253,6 +263,7 @@ pub fn decode(path: &Path, opts: &VideoOptions, emit: &mut dyn FnMut(Frame) -> b
             continue;
         }
         if o.decoder.send_packet(&packet).is_err() {
+            *damaged += 1;
             continue; // a damaged packet: skip it, as ffmpeg does
         }
         while o.decoder.receive_frame(&mut decoded).is_ok() {
@@ -323,13 +334,15 @@ pub struct VideoSource {
     options: VideoOptions,
     continuation: Continuation,
     info: SourceInfo,
+    /// Packets the decoder refused (damaged data), skipped as ffmpeg skips them.
+    damaged: std::sync::atomic::AtomicU64,
 }
 
 impl VideoSource {
     /// Opens and probes the video.
     pub fn open(path: &Path, options: VideoOptions, continuation: Continuation) -> Result<VideoSource> {
         let info = probe(path, &options)?;
-        Ok(VideoSource { path: path.to_owned(), options, continuation, info })
+        Ok(VideoSource { path: path.to_owned(), options, continuation, info, damaged: Default::default() })
     }
 }
 
@@ -339,18 +352,30 @@ impl Source for VideoSource {
     }
 
     fn decode(&self, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()> {
-        let Continuation::Flow { .. } = self.continuation else {
-            return decode(&self.path, &self.options, emit).map(|_| ());
+        let mut damaged = 0;
+        let decoded = match self.continuation {
+            Continuation::Blend { .. } => decode_counting(&self.path, &self.options, emit, &mut damaged),
+            Continuation::Flow { .. } => {
+                let params = DisParams::for_size(self.info.width as usize, self.info.height as usize);
+                let mut previous: Option<Plane> = None;
+                let mut with_motion = |mut frame: Frame| {
+                    let plane = Plane::luma(&frame.image);
+                    frame.motion = previous.as_ref().map(|p| Box::new(motion::motion(p, &plane, &params)));
+                    previous = Some(plane);
+                    emit(frame)
+                };
+                decode_counting(&self.path, &self.options, &mut with_motion, &mut damaged)
+            }
         };
-        let params = DisParams::for_size(self.info.width as usize, self.info.height as usize);
-        let mut previous: Option<Plane> = None;
-        decode(&self.path, &self.options, &mut |mut frame| {
-            let plane = Plane::luma(&frame.image);
-            frame.motion = previous.as_ref().map(|p| Box::new(motion::motion(p, &plane, &params)));
-            previous = Some(plane);
-            emit(frame)
-        })
-        .map(|_| ())
+        self.damaged.store(damaged, std::sync::atomic::Ordering::Relaxed);
+        decoded.map(|_| ())
+    }
+
+    fn notes(&self) -> Vec<String> {
+        match self.damaged.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Vec::new(),
+            n => vec![format!("{n} damaged packets of {} could not be decoded and were skipped", self.path.display())],
+        }
     }
 
     fn dream_input(&self, frame: Frame, previous: Option<&RgbImage>) -> FrameInput {

@@ -457,3 +457,22 @@ fn a_scene_cut_restarts_the_dream() {
     // The first frame of the new shot gets the full dream again, not the light one.
     assert!(cut > 0.7 * first, "{cut:.1} vs {first:.1}");
 }
+
+#[test]
+fn damaged_packets_are_skipped_with_a_warning() {
+    let Some(shared) = shared() else { return };
+    let dir = scratch("garbled");
+    // Big Buck Bunny with one byte in a thousand changed: two packets no longer decode.
+    let mut bytes = std::fs::read(shared.join("media/bigbuckbunny.mp4")).unwrap();
+    let end = bytes.len();
+    (1044..end).step_by(997).for_each(|i| bytes[i] ^= 0x5a);
+    let garbled = dir.join("garbled.mp4");
+    std::fs::write(&garbled, &bytes).unwrap();
+    let out = dir.join("out.mp4");
+    let mut args = vec!["video", s(&garbled), "-o", s(&out), "--max-size", "32", "--motion", "blend"];
+    args.extend(FAST);
+    let o = deepdream(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("damaged packets of") && err.contains("were skipped"), "{err}");
+}
