@@ -10,8 +10,25 @@ use std::path::{Path, PathBuf};
 /// `dir/.name.SUFFIX`: a hidden companion of `dest` in its directory (a staging file, a frame
 /// store, a lock).
 pub fn beside(dest: &Path, suffix: &str) -> PathBuf {
+    dest.with_file_name(format!(".{}.{suffix}", hidden_stem(dest)))
+}
+
+/// The name part of [`beside`]: the destination's name, or, where that would make the
+/// companion's name longer than a file system allows (255 bytes), its first bytes and a hash
+/// of the whole.
+fn hidden_stem(dest: &Path) -> String {
+    /// The longest companion suffix with its dots: `.` + `.4194304.tmp`.
+    const ROOM: usize = 2 + 16;
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    dest.with_file_name(format!(".{name}.{suffix}"))
+    if name.len() + ROOM <= 255 {
+        return name;
+    }
+    let mut cut = 255 - ROOM - 9;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    use sha2::Digest;
+    format!("{}~{}", &name[..cut], &hex(&sha2::Sha256::digest(name.as_bytes()))[..8])
 }
 
 /// `dir/.name.PID.tmp`: same directory (so the rename is atomic), hidden, unique per process.
@@ -68,12 +85,12 @@ impl Drop for Staged {
 /// Removes `.NAME.PID.tmp` beside `dest` for every PID that is not a running process (Linux,
 /// through /proc; elsewhere nothing is removed).
 fn remove_orphans(dest: &Path) {
-    let (Some(name), Some(dir)) = (dest.file_name(), dest.parent()) else { return };
+    let (Some(_), Some(dir)) = (dest.file_name(), dest.parent()) else { return };
     if !Path::new("/proc/self").exists() {
         return;
     }
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    let prefix = format!(".{}.", name.to_string_lossy());
+    let prefix = format!(".{}.", hidden_stem(dest));
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();

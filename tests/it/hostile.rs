@@ -270,3 +270,20 @@ fn weights_that_compute_nothing_are_not_installed() {
     assert!(err.contains("gives the same output for every image"), "{err}");
     assert!(!models.join("efficientnet_lite0.safetensors").exists());
 }
+
+#[test]
+fn the_longest_names_a_file_system_allows_are_written() {
+    let dir = scratch("longname");
+    let example = repo().join("examples/chelsea.png");
+    let name = "n".repeat(251);
+    for (command, ext, extra) in
+        [("dream", "png", &[][..]), ("zoom", "gif", &["--frames", "2", "--max-size", "64"][..])]
+    {
+        let out = dir.join(format!("{name}.{ext}"));
+        let args = [command, example.to_str().unwrap(), "-o", out.to_str().unwrap(), "--steps", "1", "--octaves", "1"];
+        let o = deepdream(&[&args[..], extra].concat());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.is_file());
+    }
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2, "no companions left");
+}
