@@ -238,14 +238,29 @@ pub fn parse_preset(path: &Path, text: &str) -> Result<Preset> {
                 let line_text = text.lines().nth(line - 1).unwrap_or("");
                 let key = line_text.split('=').next().unwrap_or("").trim();
                 let header = line_text.trim_start().starts_with('[');
+                // The table the line belongs to: the nearest `[header]` at or above it.
+                let table = text
+                    .lines()
+                    .take(line)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .map(str::trim)
+                    .find(|l| l.starts_with('['))
+                    .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+                let full_key = match (&table, header) {
+                    (Some(t), true) => t.clone(),
+                    (Some(t), false) if !key.is_empty() => format!("{t}.{key}"),
+                    _ => key.to_owned(),
+                };
                 if header && msg == "duplicate key" {
                     // A table given twice: `[dream]` ... `[dream]`.
                     let table = line_text.trim().trim_matches(|c| c == '[' || c == ']').trim();
                     format!("line {line}: table [{table}] appears twice (merge its keys into one [{table}])")
-                } else if key.is_empty() || msg.contains(&format!("`{key}`")) || header {
+                } else if full_key.is_empty() || msg.contains(&format!("`{key}`")) {
                     format!("line {line}: {msg}")
                 } else {
-                    format!("line {line}, key `{key}`: {msg}")
+                    format!("line {line}, key `{full_key}`: {msg}")
                 }
             }
             None => msg,
@@ -269,7 +284,9 @@ mod tests {
     fn bad_type_names_file_key_and_line() {
         let text = "[dream]\nsteps = 10\noctave_scale = \"big\"\n";
         let err = parse_preset(Path::new("p.toml"), text).unwrap_err().to_string();
-        assert!(err.contains("p.toml") && err.contains("octave_scale") && err.contains("line 3"), "{err}");
+        assert!(err.contains("p.toml: line 3, key `dream.octave_scale`"), "{err}");
+        let err = parse_preset(Path::new("p.toml"), "[dream.layers.block5]\nx = 1\n").unwrap_err().to_string();
+        assert!(err.contains("line 1, key `dream.layers.block5`: invalid type: map"), "{err}");
     }
 
     #[test]
@@ -279,7 +296,7 @@ mod tests {
         assert!(err.contains("p.toml: line 4: table [dream] appears twice"), "{err}");
         let text = "[dream]\nsteps = 3\nsteps = 4\n";
         let err = parse_preset(Path::new("p.toml"), text).unwrap_err().to_string();
-        assert!(err.contains("line 3, key `steps`: duplicate key"), "{err}");
+        assert!(err.contains("line 3, key `dream.steps`: duplicate key"), "{err}");
     }
 
     #[test]
