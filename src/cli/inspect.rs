@@ -90,7 +90,13 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let steps = Sourced::flag("--steps", a.steps).check(Rule::Between(1.0, 10_000.0))?;
     known_model(&a.model)?;
     let net = match a.formula_weights {
-        true => model::build(&a.model, &weights::Weights::formula(), Path::new("formula"))?,
+        true => model::build(&a.model, &weights::Weights::formula(), Path::new("formula")).map_err(|_| {
+            deepdream::Error::usage(format!(
+                "--formula-weights: {} has no formula weights (they exist for the torchvision architectures); \
+                 run without it",
+                a.model
+            ))
+        })?,
         false => model::load(&a.model)?,
     };
     let terms = match &a.layers {
