@@ -278,6 +278,19 @@ fn the_fingerprint_follows_what_is_rendered_not_the_encoder() {
     let other = image::RgbImage::from_pixel(40, 30, image::Rgb([9, 99, 199]));
     other.save(&input).unwrap();
     assert_ne!(base, fingerprint(d(), EncodeFlags::default()), "new content at the same path");
+    // A video's continuation settings are part of what is rendered.
+    let video = |v: VideoFlags| {
+        Job::video(&input, &dir.join("o.mp4"), &d(), &v, &EncodeFlags::default()).unwrap().fingerprint().unwrap()
+    };
+    let flow = video(VideoFlags::default());
+    for changed in [
+        VideoFlags { warp: Some(0.5), ..Default::default() },
+        VideoFlags { cut: Some(0.5), ..Default::default() },
+        VideoFlags { frame_steps: Some(5), ..Default::default() },
+        VideoFlags { motion: Some("blend".into()), ..Default::default() },
+    ] {
+        assert_ne!(flow, video(changed));
+    }
 }
 
 #[test]
