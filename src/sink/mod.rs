@@ -148,8 +148,12 @@ impl PngSequence {
 impl FrameSink for PngSequence {
     fn write(&mut self, frame: &RgbImage, _pts: i64) -> Result<()> {
         self.count += 1;
-        let path = self.staged.path().join(format!("frame_{:05}.png", self.count));
-        crate::io::write_image(frame, &path, image::ImageFormat::Png)
+        let name = format!("frame_{:05}.png", self.count);
+        // Errors name the frame where it will be, not in the staging directory.
+        crate::io::write_image(frame, &self.staged.path().join(&name), image::ImageFormat::Png).map_err(|e| match e {
+            Error::Write { reason, .. } => Error::Write { path: self.dir.join(&name), reason },
+            e => e,
+        })
     }
 
     fn finish(self: Box<Self>) -> Result<()> {

@@ -161,10 +161,11 @@ fn with_file_limit(kib: u32, args: &[&str]) -> std::process::Output {
 fn a_full_disk_names_the_file_and_leaves_no_output() {
     let dir = scratch("fulldisk");
     let example = repo().join("examples/chelsea.png");
-    let (ex, png, mp4) = (example.to_str().unwrap(), dir.join("o.png"), dir.join("o.mp4"));
+    // The zoom writes a directory of PNG frames, which every build can (no ffmpeg needed).
+    let (ex, png, frames) = (example.to_str().unwrap(), dir.join("o.png"), dir.join("frames"));
     let still = ["dream", ex, "-o", png.to_str().unwrap(), "--octaves", "1", "--steps", "1"];
-    let zoom = ["zoom", ex, "-o", mp4.to_str().unwrap(), "--frames", "30", "--octaves", "1", "--steps", "1"];
-    for (args, names) in [(&still[..], "o.png"), (&zoom[..], ".o.mp4.frames/000000.png")] {
+    let zoom = ["zoom", ex, "-o", frames.to_str().unwrap(), "--frames", "30", "--octaves", "1", "--steps", "1"];
+    for (args, names) in [(&still[..], "o.png"), (&zoom[..], "frames/frame_00001.png")] {
         let o = with_file_limit(10, args);
         let err = String::from_utf8_lossy(&o.stderr);
         let last = err.trim_end().lines().last().unwrap_or("");
@@ -180,21 +181,22 @@ fn a_full_disk_names_the_file_and_leaves_no_output() {
 fn planted_files_are_refused_not_destroyed() {
     let dir = scratch("planted");
     let example = repo().join("examples/chelsea.png");
-    let out = dir.join("o.gif");
+    // A directory of PNG frames: every build writes it (no ffmpeg needed).
+    let out = dir.join("o");
     let victim = dir.join("victim.txt");
     std::fs::write(&victim, "precious").unwrap();
     let args = ["zoom", example.to_str().unwrap(), "-o", out.to_str().unwrap(), "--frames", "2", "--max-size", "64"];
     let run = |extra: &[&str]| deepdream(&[&args[..], extra, &["--octaves", "1", "--steps", "1"]].concat());
     // A lock that is a link to someone's file: refused, the file untouched.
-    std::os::unix::fs::symlink(&victim, dir.join(".o.gif.lock")).unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join(".o.lock")).unwrap();
     let o = run(&[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains(".o.gif.lock") && err.contains("symbolic link"), "{err}");
+    assert!(err.contains(".o.lock") && err.contains("symbolic link"), "{err}");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
-    std::fs::remove_file(dir.join(".o.gif.lock")).unwrap();
+    std::fs::remove_file(dir.join(".o.lock")).unwrap();
     // A directory by the frame store's name holding someone's files: refused, kept.
-    let store = dir.join(".o.gif.frames");
+    let store = dir.join(".o.frames");
     std::fs::create_dir(&store).unwrap();
     std::fs::write(store.join("notes.txt"), "mine").unwrap();
     let o = run(&[]);
@@ -204,7 +206,7 @@ fn planted_files_are_refused_not_destroyed() {
     assert_eq!(std::fs::read_to_string(store.join("notes.txt")).unwrap(), "mine");
     std::fs::remove_dir_all(&store).unwrap();
     assert!(run(&[]).status.success());
-    assert!(out.exists() && !store.exists() && !dir.join(".o.gif.lock").exists());
+    assert!(out.is_dir() && !store.exists() && !dir.join(".o.lock").exists());
 }
 
 #[test]
@@ -277,14 +279,14 @@ fn the_longest_names_a_file_system_allows_are_written() {
     let dir = scratch("longname");
     let example = repo().join("examples/chelsea.png");
     let name = "n".repeat(251);
-    for (command, ext, extra) in
-        [("dream", "png", &[][..]), ("zoom", "gif", &["--frames", "2", "--max-size", "64"][..])]
+    // The zoom writes a directory of PNG frames (every build can).
+    for (command, ext, extra) in [("dream", ".png", &[][..]), ("zoom", "", &["--frames", "2", "--max-size", "64"][..])]
     {
-        let out = dir.join(format!("{name}.{ext}"));
+        let out = dir.join(format!("{name}{ext}"));
         let args = [command, example.to_str().unwrap(), "-o", out.to_str().unwrap(), "--steps", "1", "--octaves", "1"];
         let o = deepdream(&[&args[..], extra].concat());
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert!(out.is_file());
+        assert!(out.exists());
     }
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2, "no companions left");
 }
