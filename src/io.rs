@@ -128,7 +128,11 @@ const MAX_IMAGE_ALLOC: u64 = 2 << 30;
 pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
     let err = |reason: String| Error::Image { path: path.to_owned(), reason };
     if !path.exists() {
-        return Err(err("no such file".into()));
+        let dangling = std::fs::symlink_metadata(path).is_ok();
+        return Err(err(if dangling { "a link to nothing (or a loop of links)" } else { "no such file" }.into()));
+    }
+    if path.is_dir() {
+        return Err(err("is a directory, not an image".into()));
     }
     // Read whole, then decode: a pipe or process substitution (`<(curl ...)`) cannot seek. At
     // most MAX_IMAGE_BYTES: `/dev/zero` or a sparse 10 GB file is not read until memory runs out.

@@ -62,7 +62,11 @@ struct Opened {
 fn open(path: &Path) -> Result<Opened> {
     crate::media::init_ffmpeg()?;
     if !path.exists() {
-        return Err(err(path, "no such file"));
+        let dangling = std::fs::symlink_metadata(path).is_ok();
+        return Err(err(path, if dangling { "a link to nothing (or a loop of links)" } else { "no such file" }));
+    }
+    if path.is_dir() {
+        return Err(err(path, "is a directory, not a video"));
     }
     if path.to_str().is_none() {
         return Err(err(path, "the name is not valid UTF-8, which ffmpeg needs; rename the file"));
