@@ -177,6 +177,26 @@ fn a_full_disk_names_the_file_and_leaves_no_output() {
     }
 }
 
+/// A disk that fills while the video grows: the finished frames stay for --resume, and the one
+/// error line says so.
+#[cfg(feature = "video")]
+#[test]
+fn a_full_disk_mid_render_keeps_the_frames_and_says_how_to_resume() {
+    let dir = scratch("fullmid");
+    let example = repo().join("examples/chelsea.png");
+    let mp4 = dir.join("o.mp4");
+    let args = ["zoom", example.to_str().unwrap(), "-o", mp4.to_str().unwrap(), "--frames", "60", "--octaves", "1"];
+    let o = with_file_limit(
+        60,
+        &[&args[..], &["--steps", "1", "--frame-steps", "1", "--crf", "0", "--max-size", "128"]].concat(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    let last = err.trim_end().lines().last().unwrap_or("");
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(last.contains("File too large") && last.contains("kept in") && last.contains("--resume"), "{last}");
+    assert!(dir.join(".o.mp4.frames/ledger.json").is_file() && !mp4.exists());
+}
+
 #[test]
 fn planted_files_are_refused_not_destroyed() {
     let dir = scratch("planted");
