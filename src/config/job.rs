@@ -142,13 +142,57 @@ impl Job {
         let s = Settings::load(flags)?;
         let params = s.params()?;
         let p = &s.file.preset.video;
-        let flow =
+        let motion_flag = v.motion.is_some();
+        let motion =
             pick_with(flag("--motion", &v.motion), s.file.get("video.motion", &p.motion), |m| match m.as_str() {
                 "flow" => Ok(true),
                 "blend" => Ok(false),
                 _ => Err(format!("unknown motion '{m}': expected flow or blend")),
-            })?
-            .unwrap_or(true);
+            })?;
+        // A blend given without a motion asks for blending (as before flow existed); otherwise
+        // flow. A value for the other motion is a mistake, said where it was given (a preset's
+        // value gives way to a --motion flag).
+        let blend_given = flag("--blend", &v.blend).or(s.file.get("video.blend", &p.blend));
+        let flow = motion.unwrap_or(blend_given.is_none());
+        let misplaced = |given: Option<Origin>, is_flag: bool| -> Result<()> {
+            match given {
+                Some(origin) if is_flag || !motion_flag => Err(origin.error(format!(
+                    "applies only to motion {}, and this render's motion is {}",
+                    if flow { "blend" } else { "flow" },
+                    if flow { "flow (the default; --motion blend chooses blending)" } else { "blend" }
+                ))),
+                _ => Ok(()),
+            }
+        };
+        if flow {
+            misplaced(blend_given.map(|b| b.origin), v.blend.is_some())?;
+        } else {
+            let flow_only = [
+                (flag("--warp", &v.warp).or(s.file.get("video.warp", &p.warp)).map(|x| x.origin), v.warp.is_some()),
+                (flag("--cut", &v.cut).or(s.file.get("video.cut", &p.cut)).map(|x| x.origin), v.cut.is_some()),
+                (
+                    flag("--frame-octaves", &v.frame_octaves)
+                        .or(s.file.get("video.frame_octaves", &p.frame_octaves))
+                        .map(|x| x.origin),
+                    v.frame_octaves.is_some(),
+                ),
+                (
+                    flag("--frame-steps", &v.frame_steps)
+                        .or(s.file.get("video.frame_steps", &p.frame_steps))
+                        .map(|x| x.origin),
+                    v.frame_steps.is_some(),
+                ),
+                (
+                    flag("--frame-step", &v.frame_step)
+                        .or(s.file.get("video.frame_step", &p.frame_step))
+                        .map(|x| x.origin),
+                    v.frame_step.is_some(),
+                ),
+            ];
+            for (given, is_flag) in flow_only {
+                misplaced(given, is_flag)?;
+            }
+        }
         // Every value given is checked, whichever motion uses it.
         let blend = pick(flag("--blend", &v.blend), s.file.get("video.blend", &p.blend), 0.0, Rule::From(0.0, 1.0))?;
         let warp = pick(flag("--warp", &v.warp), s.file.get("video.warp", &p.warp), 0.99, Rule::Between(0.0, 1.0))?;

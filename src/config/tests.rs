@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::dream::LayerTerm;
+use crate::source::motion::Continuation;
 use std::path::{Path, PathBuf};
 
 fn example() -> PathBuf {
@@ -215,6 +216,10 @@ fn every_bad_flag_names_the_flag() {
         (VideoFlags { frame_octaves: Some(0), ..v() }, "--frame-octaves"),
         (VideoFlags { frame_steps: Some(1_000_000), ..v() }, "--frame-steps"),
         (VideoFlags { frame_step: Some(f64::NAN), ..v() }, "--frame-step"),
+        // A value for the other motion.
+        (VideoFlags { motion: Some("flow".into()), blend: Some(0.5), ..v() }, "--blend"),
+        (VideoFlags { motion: Some("blend".into()), warp: Some(0.5), ..v() }, "--warp"),
+        (VideoFlags { blend: Some(0.5), frame_steps: Some(3), ..v() }, "--frame-steps"),
         (VideoFlags { start: Some(-1.0), ..v() }, "--start"),
         (VideoFlags { duration: Some(0.0), ..v() }, "--duration"),
     ] {
@@ -321,4 +326,23 @@ fn the_fingerprint_does_not_depend_on_how_paths_are_spelt() {
         Job::zoom(input, output, &d, &z, &e).unwrap().fingerprint().unwrap()
     };
     assert_eq!(fingerprint(&input, &dir.join("o.gif")), fingerprint(&dotted, &dir.join(".").join("o.gif")));
+}
+
+#[test]
+fn a_blend_without_a_motion_blends_and_a_motion_flag_overrides_a_presets_blend() {
+    let dir = scratch("motion");
+    let video = |flags: &DreamFlags, v: VideoFlags| {
+        let job = Job::video(&example(), &dir.join("o.mp4"), flags, &v, &EncodeFlags::default()).unwrap();
+        let Work::Video(plan) = job.work else { panic!("a video") };
+        plan.continuation
+    };
+    let d = DreamFlags::default();
+    assert!(matches!(video(&d, VideoFlags::default()), Continuation::Flow { .. }));
+    assert_eq!(video(&d, VideoFlags { blend: Some(0.5), ..Default::default() }), Continuation::Blend { blend: 0.5 });
+    let path = dir.join("p.toml");
+    std::fs::write(&path, "[dream]\nlayers = { block5 = 1 }\n[video]\nblend = 0.4\n").unwrap();
+    let with_preset = DreamFlags { preset: Some(path.to_string_lossy().into()), ..Default::default() };
+    assert_eq!(video(&with_preset, VideoFlags::default()), Continuation::Blend { blend: 0.4 });
+    let flow = VideoFlags { motion: Some("flow".into()), ..Default::default() };
+    assert!(matches!(video(&with_preset, flow), Continuation::Flow { .. }), "the flag wins over the preset's blend");
 }
