@@ -82,26 +82,43 @@ impl Drop for Staged {
     }
 }
 
-/// Removes `.NAME.PID.tmp` beside `dest` for every PID that is not a running process (Linux,
-/// through /proc; elsewhere nothing is removed).
+/// Removes `.NAME.PID.tmp` beside `dest` where no process PID runs (Linux, through /proc;
+/// elsewhere nothing is removed) and the file has not changed for [`ORPHAN_AGE`] (a process
+/// in another PID namespace, or on another host sharing the directory, may still be writing
+/// it). Each directory is looked at once per process: a frame store saves thousands of files.
 fn remove_orphans(dest: &Path) {
+    static SWEPT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
     let (Some(_), Some(dir)) = (dest.file_name(), dest.parent()) else { return };
     if !Path::new("/proc/self").exists() {
         return;
     }
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    {
+        let mut swept = SWEPT.lock().unwrap_or_else(|e| e.into_inner());
+        if swept.iter().any(|d| d == dir) {
+            return;
+        }
+        swept.push(dir.to_owned());
+    }
     let prefix = format!(".{}.", hidden_stem(dest));
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
         let pid = file.strip_prefix(&prefix).and_then(|rest| rest.strip_suffix(".tmp"));
+        let stale =
+            || entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ORPHAN_AGE));
         if let Some(pid) = pid.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
             && !Path::new("/proc").join(pid).exists()
+            && stale()
         {
             remove_any(&entry.path());
         }
     }
 }
+
+/// How long a staging file of a process that is gone must have been left alone before it is
+/// taken for an orphan.
+const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 fn remove_any(path: &Path) {
     match path.is_dir() {

@@ -149,7 +149,8 @@ impl Store {
 
     /// A name a store holds: the ledger, a frame, or one being written.
     fn is_store_file(name: &str) -> bool {
-        let frame = |n: &str| n.len() == 10 && n.ends_with(".png") && n[..6].bytes().all(|b| b.is_ascii_digit());
+        let frame =
+            |n: &str| n.strip_suffix(".png").is_some_and(|d| d.len() >= 6 && d.bytes().all(|b| b.is_ascii_digit()));
         name == "ledger.json" || frame(name) || (name.starts_with('.') && name.ends_with(".tmp"))
     }
 
@@ -193,38 +194,51 @@ struct RenderLock {
 impl RenderLock {
     fn take(output: &Path) -> Result<RenderLock> {
         use std::io::Write as _;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let path = io::beside(output, "lock");
         let bad = |reason: String| Error::Output { path: path.clone(), reason };
-        // Never through a link (a planted one would have the render truncate its target), and
-        // never over someone's file: the lock is an empty file or holds a process id.
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(bad("is a symbolic link; deepdream does not follow it (remove it)".into()));
-            }
-            Ok(m) if !m.is_file() || !Self::is_ours(&path) => {
+        // A render that ends removes its lock file; one that opened the file just before may
+        // then hold a lock on a file no longer there. Locking is retried until the locked file
+        // is the one at the path.
+        for _ in 0..8 {
+            // Never through a link (O_NOFOLLOW: a planted one would have the render truncate
+            // its target), and never over someone's file: an empty file or a process id.
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ELOOP) => bad("is a symbolic link; deepdream does not follow it (remove it)".into()),
+                    _ => bad(e.to_string()),
+                })?;
+            let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+            if !meta.is_file() || !Self::is_ours(&path) {
                 return Err(bad("exists and is not a deepdream lock (move it away)".into()));
             }
-            _ => {}
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| bad(e.to_string()))?;
-        match file.try_lock() {
-            Ok(()) => {
-                // Ours now: say whose it is.
-                let _ = file.set_len(0).and_then(|()| write!(file, "{}", std::process::id()));
-                Ok(RenderLock { path, _file: file })
+            match file.try_lock() {
+                Ok(()) => {
+                    let same =
+                        std::fs::symlink_metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()));
+                    if !same {
+                        continue;
+                    }
+                    // Ours now: say whose it is.
+                    let _ = file.set_len(0).and_then(|()| write!(file, "{}", std::process::id()));
+                    return Ok(RenderLock { path, _file: file });
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::usage(format!(
+                        "-o: another render is writing {} right now; wait for it or choose another output",
+                        output.display()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(bad(e.to_string())),
             }
-            Err(std::fs::TryLockError::WouldBlock) => Err(Error::usage(format!(
-                "-o: another render is writing {} right now; wait for it or choose another output",
-                output.display()
-            ))),
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::Output { path, reason: e.to_string() }),
         }
+        Err(bad("could not be locked: other renders keep replacing it".into()))
     }
 }
 
@@ -282,8 +296,8 @@ pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<Rende
         if ready && dreamed.is_ok() {
             let (frames_tx, frames_rx) = bounded::<Frame>(4);
             let source = job.source;
-            dreamed =
-                spawn(s, "decode", move || source.decode(&mut |f| frames_tx.send(f).is_ok())).and_then(|decoder| {
+            dreamed = spawn(s, "decode", move || source.decode(resumed_from, &mut |f| frames_tx.send(f).is_ok()))
+                .and_then(|decoder| {
                     let _ops = job.backend.enter();
                     let dreamed = dream_frames(job, store, resumed_from, &frames_rx, &to_encode, progress);
                     drop(frames_rx); // a decoder waiting to hand over a frame stops

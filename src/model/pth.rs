@@ -132,6 +132,26 @@ fn collect_tensor_infos(obj: Object, prefix: &str, dir: &Path, out: &mut Vec<Ten
     }
 }
 
+/// What kind of pickle object `o` is, for messages: never the object itself, which a hostile
+/// file can nest a million levels deep.
+fn kind(o: &Object) -> &'static str {
+    match o {
+        Object::Class { .. } => "a class",
+        Object::Int(_) | Object::Long(_) => "an integer",
+        Object::Float(_) => "a float",
+        Object::Unicode(_) => "a string",
+        Object::Bool(_) => "a boolean",
+        Object::None => "None",
+        Object::Tuple(_) => "a tuple",
+        Object::List(_) => "a list",
+        Object::Mark => "a mark",
+        Object::Dict(_) => "a dict",
+        Object::Reduce { .. } => "a reduce call",
+        Object::Build { .. } => "a build call",
+        Object::PersistentLoad(_) => "a persistent id",
+    }
+}
+
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_owned()
 }
@@ -170,13 +190,13 @@ fn read_legacy(bytes: &[u8]) -> std::result::Result<Vec<(String, Tensor)>, Strin
     let state = read_pickle(&mut r)?;
     let keys = match read_pickle(&mut r)? {
         Object::List(keys) | Object::Tuple(keys) => keys,
-        other => return Err(format!("expected the list of storage keys, found {other:?}")),
+        other => return Err(format!("expected the list of storage keys, found {}", kind(&other))),
     };
     let elem_sizes = storage_elem_sizes(&state);
     // Each storage: u64 element count, then the elements.
     let mut storages: HashMap<String, (usize, usize)> = HashMap::new();
     for key in keys {
-        let key = key.unicode().map_err(|o| format!("bad storage key {o:?}"))?;
+        let key = key.unicode().map_err(|o| format!("bad storage key: {}", kind(&o)))?;
         let mut count = [0u8; 8];
         r.read_exact(&mut count).map_err(|_| "truncated storage header".to_string())?;
         let elem = *elem_sizes.get(&key).ok_or_else(|| format!("storage {key} is not used by any tensor"))?;

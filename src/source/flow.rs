@@ -37,6 +37,9 @@ impl Plane {
     /// The value at a fractional position, bilinear, with the border extended.
     #[inline]
     pub fn sample(&self, x: f32, y: f32) -> f32 {
+        if self.data.is_empty() {
+            return 0.0;
+        }
         let (x, y) = (x.clamp(0.0, (self.width - 1) as f32), y.clamp(0.0, (self.height - 1) as f32));
         let (x0, y0) = (x as usize, y as usize);
         let (x1, y1) = ((x0 + 1).min(self.width - 1), (y0 + 1).min(self.height - 1));
@@ -102,6 +105,9 @@ impl Flow {
     /// The displacement at a fractional position, bilinear, with the border extended.
     #[inline]
     pub fn sample(&self, x: f32, y: f32) -> (f32, f32) {
+        if self.u.is_empty() {
+            return (0.0, 0.0);
+        }
         let (x, y) = (x.clamp(0.0, (self.width - 1) as f32), y.clamp(0.0, (self.height - 1) as f32));
         let (x0, y0) = (x as usize, y as usize);
         let (x1, y1) = ((x0 + 1).min(self.width - 1), (y0 + 1).min(self.height - 1));
@@ -119,6 +125,9 @@ impl Flow {
     pub fn resized(&self, width: usize, height: usize) -> Flow {
         if (width, height) == (self.width, self.height) {
             return self.clone();
+        }
+        if self.u.is_empty() {
+            return Flow::zero(width, height); // nothing to stretch
         }
         let (sx, sy) = (self.width as f32 / width as f32, self.height as f32 / height as f32);
         // Pixel centres line up: source position (x + 0.5) * s - 0.5. The taps and weights of
@@ -204,6 +213,7 @@ pub fn dis(a: &Plane, b: &Plane, p: &DisParams) -> Flow {
 
 /// Patch origins along an axis of `len` pixels: every `stride`, and one flush with the end.
 fn origins(len: usize, patch: usize, stride: usize) -> Vec<usize> {
+    debug_assert!(len >= patch, "dis() only solves levels that hold a patch");
     let mut o: Vec<usize> = (0..=len - patch).step_by(stride).collect();
     if *o.last().expect("len >= patch") != len - patch {
         o.push(len - patch);
@@ -483,5 +493,9 @@ mod tests {
         f.v.iter_mut().for_each(|v| *v = -1.0);
         let g = f.resized(8, 8);
         assert!(g.u.iter().all(|&u| (u - 3.0).abs() < 1e-6) && g.v.iter().all(|&v| (v + 4.0).abs() < 1e-6));
+        // Empty flows and planes stretch and sample to nothing, without a panic.
+        assert_eq!(Flow::zero(0, 0).resized(3, 2), Flow::zero(3, 2));
+        assert_eq!(Flow::zero(0, 0).sample(1.0, 1.0), (0.0, 0.0));
+        assert_eq!(Plane { width: 0, height: 0, data: vec![] }.sample(0.5, 0.5), 0.0);
     }
 }

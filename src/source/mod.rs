@@ -48,7 +48,9 @@ pub struct FrameInput {
 pub trait Source: Sync {
     fn info(&self) -> &SourceInfo;
     /// Hands every frame, in order, to `emit` until it returns false (the decode stage).
-    fn decode(&self, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()>;
+    /// Frames before `needed` (already rendered, on a resume) are handed on too, but need
+    /// not carry their motion.
+    fn decode(&self, needed: u64, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()>;
     /// What to dream for `frame`, given the previous dreamed frame (none for the first).
     fn dream_input(&self, frame: Frame, previous: Option<&RgbImage>) -> FrameInput;
     /// Audio to carry into the output.
@@ -92,7 +94,7 @@ impl Source for StillLoop {
         &self.info
     }
 
-    fn decode(&self, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()> {
+    fn decode(&self, _needed: u64, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()> {
         for index in 0..self.info.frames.unwrap_or(0) {
             // Only the first frame reads the still; the others are made from the dream.
             let image = if index == 0 { self.image.clone() } else { RgbImage::new(0, 0) };

@@ -125,6 +125,7 @@ fn warp_each(image: &RgbImage, back: &Flow, mut f: impl FnMut(usize, [f32; 3])) 
 /// carried along the flow, mixed with the source as `(1 - weight) * source + weight * warped`;
 /// elsewhere (occlusions, newly revealed areas) the source itself.
 pub fn continue_from(source: &RgbImage, previous_dream: &RgbImage, motion: &Motion, weight: f64) -> RgbImage {
+    assert_eq!(source.dimensions(), previous_dream.dimensions(), "a continuing frame keeps the video's size");
     let mut out = source.clone();
     let weight = weight as f32;
     warp_each(previous_dream, &motion.back, |i, rgb| {

@@ -136,8 +136,8 @@ fn working_time_base(stream: Rational, rate: Rational) -> Rational {
 /// `t` ticks of `from` in ticks of `to`, rounded to the nearest.
 fn rescale(t: i64, from: Rational, to: Rational) -> i64 {
     let num = t as i128 * from.num as i128 * to.den as i128;
-    let den = from.den as i128 * to.num as i128;
-    let q = (2 * num + den.signum() * den) / (2 * den);
+    let den = from.den as i128 * to.num as i128; // > 0: both time bases are positive
+    let q = (2 * num + den).div_euclid(2 * den); // halves round up, negative times too
     q.clamp(i64::MIN as i128 / 2, i64::MAX as i128 / 2) as i64
 }
 
@@ -355,7 +355,7 @@ impl Source for VideoSource {
         &self.info
     }
 
-    fn decode(&self, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()> {
+    fn decode(&self, needed: u64, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()> {
         let mut damaged = 0;
         let decoded = match self.continuation {
             Continuation::Blend { .. } => decode_counting(&self.path, &self.options, emit, &mut damaged),
@@ -364,7 +364,9 @@ impl Source for VideoSource {
                 let mut previous: Option<Plane> = None;
                 let mut with_motion = |mut frame: Frame| {
                     let plane = Plane::luma(&frame.image);
-                    frame.motion = previous.as_ref().map(|p| Box::new(motion::motion(p, &plane, &params)));
+                    if frame.index >= needed {
+                        frame.motion = previous.as_ref().map(|p| Box::new(motion::motion(p, &plane, &params)));
+                    }
                     previous = Some(plane);
                     emit(frame)
                 };
@@ -404,5 +406,27 @@ impl Source for VideoSource {
             start: self.options.start.unwrap_or(0.0),
             duration: self.options.duration,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rescaling_rounds_to_the_nearest_tick_on_both_sides_of_zero() {
+        let (quarter, one) = (Rational::new(1, 4), Rational::new(1, 1));
+        let got: Vec<i64> = [-3, -2, -1, 0, 1, 2, 3].iter().map(|&t| rescale(t, quarter, one)).collect();
+        assert_eq!(got, [-1, 0, 0, 0, 0, 1, 1]);
+        assert_eq!(rescale(1001, Rational::new(1, 30000), Rational::new(1, 90_000)), 3003);
+        assert_eq!(frame_ticks(Rational::new(30000, 1001), Rational::new(1, 90_000)), 3003);
+    }
+
+    #[test]
+    fn fine_time_bases_are_replaced_and_ordinary_ones_kept() {
+        let rate = Rational::new(24, 1);
+        assert_eq!(working_time_base(Rational::new(1, 12288), rate), Rational::new(1, 12288));
+        assert_eq!(working_time_base(Rational::new(1, i32::MAX), rate), Rational::new(1, 90_000));
+        assert_eq!(working_time_base(Rational::new(1, i32::MAX), Rational::new(7, 1)), Rational::new(1, 7000));
     }
 }

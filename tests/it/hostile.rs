@@ -131,9 +131,14 @@ fn staging_files_of_killed_runs_are_cleaned_up() {
     let out = dir.join("o.png");
     // PID 4194305 is above Linux's largest; PID 1 always runs; the others are not ours.
     let names = [".o.png.4194305.tmp", ".o.png.1.tmp", ".o.png.notes.tmp", ".other.png.4194305.tmp"];
+    // Left an hour ago; one of the same kind written just now may belong to a process this
+    // machine cannot see (another host on a shared disk) and stays.
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     for name in names {
-        std::fs::write(dir.join(name), b"partial").unwrap();
+        let file = std::fs::File::create(dir.join(name)).unwrap();
+        file.set_modified(hour_ago).unwrap();
     }
+    std::fs::write(dir.join(".o.png.4194306.tmp"), b"fresh").unwrap();
     let example = repo().join("examples/chelsea.png");
     let o =
         deepdream(&["dream", example.to_str().unwrap(), "-o", out.to_str().unwrap(), "--steps", "1", "--octaves", "1"]);
@@ -141,7 +146,7 @@ fn staging_files_of_killed_runs_are_cleaned_up() {
     let mut left: Vec<_> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     left.sort();
-    assert_eq!(left, [".o.png.1.tmp", ".o.png.notes.tmp", ".other.png.4194305.tmp", "o.png"]);
+    assert_eq!(left, [".o.png.1.tmp", ".o.png.4194306.tmp", ".o.png.notes.tmp", ".other.png.4194305.tmp", "o.png"]);
 }
 
 /// Runs the binary with files limited to `kib` KiB (RLIMIT_FSIZE, SIGXFSZ ignored), which
