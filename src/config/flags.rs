@@ -148,8 +148,8 @@ pub struct VideoFlags {
     /// default 0.99). Lower lets more of the new frame through, and the dream fades.
     #[arg(long, allow_negative_numbers = true)]
     pub warp: Option<f64>,
-    /// With --motion flow: a frame whose pixels the flow can follow fall below this fraction
-    /// (0..1; default 0.2) is a scene cut and gets the full dream afresh.
+    /// With --motion flow: a frame where the flow can follow fewer than this fraction of the
+    /// pixels (0..1; default 0.2) is a scene cut and gets the full dream afresh.
     #[arg(long, allow_negative_numbers = true)]
     pub cut: Option<f64>,
     /// With --motion flow: octaves of the light dream on continuing frames (default: 2, or
@@ -164,7 +164,7 @@ pub struct VideoFlags {
     #[arg(long, allow_negative_numbers = true)]
     pub frame_step: Option<f64>,
     /// With --motion blend: mix this much of the previous dreamed frame into each frame (0..1;
-    /// default 0).
+    /// default 0). Given without --motion, it chooses blend.
     #[arg(long, allow_negative_numbers = true)]
     pub blend: Option<f64>,
     /// Start at this many seconds.
