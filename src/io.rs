@@ -161,9 +161,13 @@ pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
     }
     // The decoder fills a cut-off JPEG with grey and calls it a success.
     let truncated_jpeg = image::guess_format(&bytes).ok() == Some(ImageFormat::Jpeg) && !ends_a_jpeg(&bytes);
+    let video = looks_like_a_video(&bytes);
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes));
     let reader = reader.with_guessed_format().map_err(|e| err(e.to_string()))?;
     if reader.format().is_none() {
+        if video {
+            return Err(err("a video, not an image: dream it with `deepdream video`".into()));
+        }
         return Err(err("not an image format deepdream can read (PNG, JPEG, BMP, GIF, WebP, TIFF)".into()));
     }
     if truncated_jpeg {
@@ -202,6 +206,13 @@ pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
         _ => img,
     };
     Ok(img.to_rgb8())
+}
+
+/// Whether `bytes` open like a video container: MP4/MOV (`ftyp`), Matroska/WebM (EBML), AVI.
+fn looks_like_a_video(bytes: &[u8]) -> bool {
+    bytes.get(4..8) == Some(b"ftyp")
+        || bytes.starts_with(&[0x1a, 0x45, 0xdf, 0xa3])
+        || (bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"AVI "))
 }
 
 /// Whether a JPEG's last bytes hold its end-of-image marker (FF D9). Inside the compressed

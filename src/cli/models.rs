@@ -103,9 +103,10 @@ fn fetch(name: &str, url: Option<String>, sha256: Option<String>, dir: Option<Pa
 }
 
 pub fn presets() -> Result<()> {
+    let width = BUILTIN_PRESETS.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
     for (name, text) in BUILTIN_PRESETS {
         let desc = parse_preset(name.as_ref(), text)?.description.unwrap_or_default();
-        say!("{name:<10} {desc}");
+        say!("{name:<width$}  {desc}");
     }
     Ok(())
 }

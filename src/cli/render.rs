@@ -46,7 +46,8 @@ pub fn dream(input: &Path, output: &Path, flags: &DreamFlags, cancel: &Cancel) -
     }
     io::save(&io::to_image(&out.pixels)?, output)?;
     let (w, h, steps) = (img.width(), img.height(), out.losses.len());
-    tell!("wrote {} ({w}x{h}, {steps} steps in {secs:.1} s)", output.display());
+    let plural = if steps == 1 { "" } else { "s" };
+    tell!("wrote {} ({w}x{h}, {steps} step{plural} in {secs:.1} s)", output.display());
     Ok(())
 }
 

@@ -141,6 +141,10 @@ fn layers_presets_and_models_list() {
     for name in ["classic", "patterns", "textures", "objects"] {
         assert!(text.contains(name), "{text}");
     }
+    // One column for the descriptions.
+    let columns: std::collections::BTreeSet<usize> =
+        text.lines().map(|l| l.find("  ").unwrap() + l[l.find("  ").unwrap()..].find(|c| c != ' ').unwrap()).collect();
+    assert_eq!(columns.len(), 1, "{text}");
     let o = deepdream(&["models"]);
     let text = String::from_utf8(o.stdout).unwrap();
     assert!(text.contains("efficientnet-lite0") && text.contains("installed"), "{text}");

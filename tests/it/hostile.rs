@@ -11,6 +11,7 @@ fn inputs(dir: &Path) {
     image::RgbImage::from_fn(1, 300, |_, y| image::Rgb([y as u8, 90, 200])).save(dir.join("line.bmp")).unwrap();
     std::fs::write(dir.join("text.png"), "not an image").unwrap();
     std::fs::write(dir.join("empty.jpg"), b"").unwrap();
+    std::fs::write(dir.join("clip.mp4"), b"\0\0\0\x18ftypisom\0\0\x02\0isomiso2").unwrap();
     image::RgbImage::from_pixel(1, 16384, image::Rgb([9, 9, 9])).save(dir.join("tall.png")).unwrap();
     // A 60 bytes BMP that declares 60000 x 60000 pixels (10 GB decoded).
     let mut bmp = b"BM".to_vec();
@@ -37,6 +38,7 @@ fn hostile_inputs_get_one_clear_line() {
     let dream = |extra: &[&'static str]| [&["dream", ex.as_str(), "-o", o_png.as_str()][..], extra].concat();
     let zoom = |extra: &[&'static str]| [&["zoom", ex.as_str(), "-o", o_gif.as_str()][..], extra].concat();
     let (text, empty, tall, bomb) = (s("text.png"), s("empty.jpg"), s("tall.png"), s("bomb.bmp"));
+    let clip = s("clip.mp4");
     let o_webp = out.join("o.webp").to_string_lossy().into_owned();
     let o_slash = format!("{o_png}/");
     // A name that would print a line break and turn the terminal red.
@@ -65,6 +67,11 @@ fn hostile_inputs_get_one_clear_line() {
         (dream(&["--preset", "no-such-preset"]), 2, "--preset"),
         (vec!["dream", text.as_str(), "-o", o_png.as_str()], 2, "not an image format"),
         (vec!["dream", empty.as_str(), "-o", o_png.as_str()], 2, "cannot read image"),
+        (
+            vec!["dream", clip.as_str(), "-o", o_png.as_str()],
+            2,
+            "a video, not an image: dream it with `deepdream video`",
+        ),
         (vec!["dream", odd.as_str(), "-o", o_png.as_str()], 2, "odd\\n\\u{1b}[31mname.png"),
         (vec!["dream", tall.as_str(), "-o", o_webp.as_str()], 2, "1x16384 image is too large for .webp"),
         (vec!["dream", bomb.as_str(), "-o", o_png.as_str()], 2, "declares a picture larger than 32768 pixels"),
