@@ -357,15 +357,20 @@ fn densify(a: &Plane, b: &Plane, xs: &[usize], ys: &[usize], solved: &[(f32, f32
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    /// A textured test image: a real photo's luma, shrunk.
-    fn photo(width: u32) -> Plane {
+    /// A real photo shrunk to `width` (the motion tests use it too).
+    pub(in crate::source) fn photo_rgb(width: u32) -> RgbImage {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chelsea.png");
         let img = image::open(path).unwrap().to_rgb8();
         let h = (img.height() as f32 * width as f32 / img.width() as f32).round() as u32;
-        Plane::luma(&image::imageops::resize(&img, width, h, image::imageops::FilterType::Triangle))
+        image::imageops::resize(&img, width, h, image::imageops::FilterType::Triangle)
+    }
+
+    /// A textured test image: a real photo's luma, shrunk.
+    fn photo(width: u32) -> Plane {
+        Plane::luma(&photo_rgb(width))
     }
 
     /// `a` moved by `f`: `b(y) = a(y - f(y))`, so the flow from `b` back to `a` is exactly

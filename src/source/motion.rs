@@ -142,12 +142,7 @@ pub fn continue_from(source: &RgbImage, previous_dream: &RgbImage, motion: &Moti
 mod tests {
     use super::*;
 
-    fn photo(width: u32) -> RgbImage {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chelsea.png");
-        let img = image::open(path).unwrap().to_rgb8();
-        let h = (img.height() as f32 * width as f32 / img.width() as f32).round() as u32;
-        image::imageops::resize(&img, width, h, image::imageops::FilterType::Triangle)
-    }
+    use crate::source::flow::tests::photo_rgb as photo;
 
     /// `img` shifted right by `dx` and down by `dy` whole pixels, the revealed strip grey.
     fn shifted(img: &RgbImage, dx: u32, dy: u32) -> RgbImage {
