@@ -163,7 +163,7 @@ pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
     let truncated_jpeg = image::guess_format(&bytes).ok() == Some(ImageFormat::Jpeg) && !ends_a_jpeg(&bytes);
     let video = looks_like_a_video(&bytes);
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes));
-    let reader = reader.with_guessed_format().map_err(|e| err(e.to_string()))?;
+    let mut reader = reader.with_guessed_format().map_err(|e| err(e.to_string()))?;
     if reader.format().is_none() {
         if video {
             return Err(err("a video, not an image: dream it with `deepdream video`".into()));
@@ -186,7 +186,6 @@ pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(MAX_IMAGE_ALLOC);
-    let mut reader = reader;
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     // A phone photo stores its pixels sideways and says how to turn them (EXIF orientation).

@@ -175,6 +175,21 @@ impl Store {
         }
     }
 
+    /// A write error (a full disk, say) of a render whose finished frames stay in the store,
+    /// told where they are and how to continue, in the same line.
+    fn explain(&self, e: Error) -> Error {
+        match e {
+            Error::Write { path, reason } if self.dir.join("ledger.json").is_file() => Error::Write {
+                path,
+                reason: format!(
+                    "{reason}; the frames finished so far are kept in {}: run again with --resume",
+                    self.dir.display()
+                ),
+            },
+            e => e,
+        }
+    }
+
     /// Removes the store when it holds no finished frame (the ledger is written with each).
     fn remove_if_empty(&self) {
         if !self.dir.join("ledger.json").exists() {
@@ -240,9 +255,7 @@ impl RenderLock {
         }
         Err(bad("could not be locked: other renders keep replacing it".into()))
     }
-}
 
-impl RenderLock {
     /// Whether the file at `path` looks like a lock deepdream left: empty or a process id.
     fn is_ours(path: &Path) -> bool {
         std::fs::read(path).is_ok_and(|b| b.len() <= 20 && b.iter().all(u8::is_ascii_digit))
@@ -318,7 +331,10 @@ pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<Rende
     });
     // The root cause first: the encoder's error (the dream then only saw a closed channel),
     // else the dream's. A render that stored nothing leaves no store behind.
-    let frames = encoded.inspect_err(|_| store.remove_if_empty())?;
+    let frames = encoded.map_err(|e| {
+        store.remove_if_empty();
+        store.explain(e)
+    })?;
     if frames == 0 {
         store.remove();
     }
@@ -333,7 +349,7 @@ pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<Rende
     };
     match dreamed {
         Err(Error::Cancelled) if frames > 0 => Ok(summary(true)),
-        Err(e) => Err(e),
+        Err(e) => Err(store.explain(e)),
         Ok(()) if frames == 0 => Err(Error::usage("the input has no frames to render in the requested range")),
         Ok(()) => {
             store.remove();

@@ -129,19 +129,7 @@ fn render(
     for note in source.notes() {
         tell!("warning: {note}");
     }
-    // A render that failed (a full disk, say) keeps its finished frames: say where and how to
-    // continue, in the same line.
-    let store = io::beside(&job.output, "frames");
-    let s = summary.map_err(|e| match e {
-        Error::Write { path, reason } if store.join("ledger.json").is_file() => Error::Write {
-            path,
-            reason: format!(
-                "{reason}; the frames finished so far are kept in {}: run again with --resume",
-                store.display()
-            ),
-        },
-        e => e,
-    })?;
+    let s = summary?;
     let fresh = s.frames - s.resumed_from;
     if let Some(k) = s.damaged_from {
         tell!("warning: stored frame {} was damaged; it and the frames after it were rendered again", k + 1);

@@ -181,11 +181,10 @@ impl<'a> Settings<'a> {
             // A preset's max_loss is tuned to its own objective: one given on the command line
             // (--layers, --class, --guide, --style) drops it, unless --max-loss is given.
             max_loss: {
+                let max_loss = optional(flag("--max-loss", &f.max_loss), None, Rule::Finite)?;
+                let preset = optional(None, file.get("dream.max_loss", &d.max_loss), Rule::Finite)?;
                 let replaced = f.layers.is_some() || f.classes.is_some() || f.guide.is_some() || f.style.is_some();
-                let preset = file.get("dream.max_loss", &d.max_loss);
-                let preset =
-                    if replaced { preset.map(|p| p.check(Rule::Finite)).transpose()?.and(None) } else { preset };
-                optional(flag("--max-loss", &f.max_loss), preset, Rule::Finite)?
+                max_loss.or(preset.filter(|_| !replaced))
             },
             jitter: pick(
                 flag("--jitter", &f.jitter),
