@@ -159,6 +159,12 @@ pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
     if bytes.len() as u64 > MAX_IMAGE_BYTES {
         return Err(err(format!("larger than {} MiB, more than any image deepdream can dream", MAX_IMAGE_BYTES >> 20)));
     }
+    decode_rgb(bytes, path, max_size)
+}
+
+/// [`load_rgb`] of an image already in memory; errors name `path`.
+pub fn decode_rgb(bytes: Vec<u8>, path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
+    let err = |reason: String| Error::Image { path: path.to_owned(), reason };
     // The decoder fills a cut-off JPEG with grey and calls it a success.
     let truncated_jpeg = image::guess_format(&bytes).ok() == Some(ImageFormat::Jpeg) && !ends_a_jpeg(&bytes);
     let video = looks_like_a_video(&bytes);

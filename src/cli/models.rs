@@ -27,11 +27,15 @@ pub enum ModelsAction {
         #[arg(long, default_value_t = 60.0)]
         timeout: f64,
     },
-    /// Convert a PyTorch checkpoint (zip or legacy .pth) into the model directory.
+    /// Convert a checkpoint into the model directory. Accepted: PyTorch checkpoints in the zip
+    /// format (torch.save since 1.6: .pth, .pt), the legacy pickle format (torch.save before 1.6),
+    /// TorchScript archives of InceptionV3 TF2015 (pytorch-fid's), and safetensors
+    /// files. The weights are checked against the architecture and on a test image first.
     Import {
+        /// The checkpoint file.
         file: PathBuf,
-        /// The zoo name the weights are for.
-        #[arg(long = "as", default_value = model::DEFAULT_MODEL)]
+        /// The zoo model the weights are for (required: `deepdream models` lists them).
+        #[arg(long = "as", value_name = "MODEL")]
         name: String,
         /// Directory to write to (default: the user cache).
         #[arg(long)]
@@ -43,9 +47,9 @@ pub fn run(action: Option<ModelsAction>) -> Result<()> {
     match action {
         None => {
             for m in ZOO {
-                let status = match weights::find(m.file) {
-                    Some(p) => format!("installed: {}", p.display()),
-                    None => "not installed".to_owned(),
+                let status = match model::locate(m.name) {
+                    Ok(w) => format!("installed: {}", w.describe()),
+                    Err(_) => "not installed".to_owned(),
                 };
                 say!("{:<20} {}  [{}]", m.name, m.about, status);
             }

@@ -348,7 +348,7 @@ impl Job {
     /// weights and the input, by content (size, time, first and last MiB). One sha256.
     pub fn fingerprint(&self) -> Result<String> {
         use sha2::Digest;
-        let weights = crate::model::weights_path(&self.model)?;
+        let weights = crate::model::locate(&self.model)?;
         let mut job = serde_json::to_value(self).map_err(|e| Error::internal(e.to_string()))?;
         if let Some(plan) =
             job["work"].as_object_mut().and_then(|w| w.values_mut().next()).and_then(|p| p.as_object_mut())
@@ -362,7 +362,7 @@ impl Job {
         }
         let text = serde_json::json!({
             "job": job,
-            "weights": crate::io::content_hash(&weights)?,
+            "weights": weights.content_hash()?,
             "input": crate::io::content_hash(&self.input)?,
         });
         Ok(crate::io::hex(&sha2::Sha256::digest(text.to_string().as_bytes())))

@@ -24,8 +24,12 @@ pub const BUILTIN_PRESETS: &[(&str, &str)] = &[
     ("video", include_str!("../../presets/video.toml")),
 ];
 
-/// Where relative image paths in the built-in presets point: the repository's presets/.
-const BUILTIN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/presets");
+/// The images the built-in presets name (relative to presets/), compiled in as well: the
+/// installed binary runs every built-in preset from any directory.
+const BUILTIN_IMAGES: &[(&str, &[u8])] = &[
+    ("../examples/coffee.jpg", include_bytes!("../../examples/coffee.jpg")),
+    ("../examples/hubble.jpg", include_bytes!("../../examples/hubble.jpg")),
+];
 
 pub const DEFAULT_PRESET: &str = "classic";
 
@@ -184,8 +188,9 @@ pub struct OutputSection {
 pub struct PresetFile {
     pub path: PathBuf,
     text: String,
-    /// Where the preset's relative image paths point.
-    pub base_dir: PathBuf,
+    /// Where the preset's relative image paths point; `None` for a built-in preset, whose
+    /// images are built in too ([`PresetFile::image`]).
+    pub base_dir: Option<PathBuf>,
     pub preset: Preset,
 }
 
@@ -193,7 +198,7 @@ impl PresetFile {
     /// A preset given by built-in name or by file path.
     pub fn load(name_or_path: &str) -> Result<PresetFile> {
         let (path, text, base_dir) = match BUILTIN_PRESETS.iter().find(|(n, _)| *n == name_or_path) {
-            Some((name, text)) => (PathBuf::from(format!("presets/{name}.toml")), text.to_string(), BUILTIN_DIR.into()),
+            Some((name, text)) => (PathBuf::from(format!("presets/{name}.toml")), text.to_string(), None),
             None => {
                 let path = Path::new(name_or_path);
                 if !path.is_file() {
@@ -205,11 +210,23 @@ impl PresetFile {
                 }
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| Error::Preset { path: path.to_owned(), reason: e.to_string() })?;
-                (path.to_owned(), text, path.parent().map(Path::to_path_buf).unwrap_or_default())
+                (path.to_owned(), text, Some(path.parent().map(Path::to_path_buf).unwrap_or_default()))
             }
         };
         let preset = parse_preset(&path, &text)?;
         Ok(PresetFile { path, text, base_dir, preset })
+    }
+
+    /// An image the preset names by a path relative to itself: a file for a preset file, the
+    /// built-in bytes for a built-in preset.
+    pub fn image(&self, rel: &str) -> PresetImage {
+        match &self.base_dir {
+            Some(dir) => PresetImage::File(dir.join(rel)),
+            None => match BUILTIN_IMAGES.iter().find(|(name, _)| *name == rel) {
+                Some((name, bytes)) => PresetImage::BuiltIn(name, bytes),
+                None => PresetImage::File(PathBuf::from(rel)),
+            },
+        }
     }
 
     /// The origin of the value at `span` under the dotted `key`.
@@ -221,6 +238,12 @@ impl PresetFile {
     pub fn get<T: Clone>(&self, key: &str, v: &V<T>) -> Option<Sourced<T>> {
         v.as_ref().map(|s| Sourced { value: s.get_ref().clone(), origin: self.origin(key, s.span()) })
     }
+}
+
+/// An image named by a preset.
+pub enum PresetImage {
+    File(PathBuf),
+    BuiltIn(&'static str, &'static [u8]),
 }
 
 /// 1-based line of byte offset `at` in `text`.

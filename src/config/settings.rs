@@ -5,7 +5,7 @@ use super::flags::{DreamFlags, EncodeFlags};
 use super::job::{Job, Work};
 use super::origin::{Origin, Rule, Sourced};
 use super::parse::{class_mode, guide_mode, layer_term, parse_classes, parse_layers};
-use super::preset::{DEFAULT_PRESET, PresetFile, Weights};
+use super::preset::{DEFAULT_PRESET, PresetFile, PresetImage, Weights};
 use crate::device::DeviceSpec;
 use crate::dream::{DreamParams, Guide, GuideMode, LayerTerm, Objective, Regularize, Style, Tiling, class_index};
 use crate::sink::{SinkOptions, X264_PRESETS};
@@ -109,7 +109,10 @@ impl<'a> Settings<'a> {
         let in_preset = [o.guide.as_ref().map(|g| &g.image), o.style.as_ref().map(|s| &s.image)];
         let mut sources = vec![input.to_owned(), file.path.clone()];
         sources.extend(f.guide.iter().chain(&f.style).cloned());
-        sources.extend(in_preset.into_iter().flatten().map(|rel| file.base_dir.join(rel.get_ref())));
+        sources.extend(in_preset.into_iter().flatten().filter_map(|rel| match file.image(rel.get_ref()) {
+            PresetImage::File(path) => Some(path),
+            PresetImage::BuiltIn(..) => None,
+        }));
         sources
     }
 
@@ -327,9 +330,12 @@ impl<'a> Settings<'a> {
             |path: &Path| crate::io::to_tensor(&crate::io::load_rgb(path, Some(1024))?, &candle_core::Device::Cpu);
         match (flag_path, preset) {
             (Some(path), _) => load(path).map_err(|e| Origin::Flag(flag_name).blame(e)),
-            (None, Some(rel)) => {
-                load(&self.file.base_dir.join(rel.get_ref())).map_err(|e| self.file.origin(key, rel.span()).blame(e))
+            (None, Some(rel)) => match self.file.image(rel.get_ref()) {
+                PresetImage::File(path) => load(&path),
+                PresetImage::BuiltIn(name, bytes) => crate::io::decode_rgb(bytes.to_vec(), Path::new(name), Some(1024))
+                    .and_then(|img| crate::io::to_tensor(&img, &candle_core::Device::Cpu)),
             }
+            .map_err(|e| self.file.origin(key, rel.span()).blame(e)),
             (None, None) => Err(Error::internal("an image was asked for where none is given")),
         }
     }

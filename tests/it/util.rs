@@ -24,8 +24,7 @@ pub fn shared() -> Option<PathBuf> {
 
 /// Whether zoo model `name` is installed; when it is not, the test is skipped through [`skip`].
 pub fn installed(name: &str) -> bool {
-    let file = model::info(name).expect("a zoo model").file;
-    let found = model::weights::find(file).is_some();
+    let found = model::locate(name).is_ok();
     if !found {
         skip(&format!("{name} is not installed (scripts/fetch-registry-models.sh installs it)"));
     }
