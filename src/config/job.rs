@@ -39,9 +39,6 @@ pub struct Job {
     /// network report it there).
     #[serde(skip)]
     pub layers: Vec<(String, super::origin::Origin)>,
-    /// No --preset was given: the layers from a preset are the default preset's.
-    #[serde(skip)]
-    pub default_preset: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -290,16 +287,6 @@ impl Job {
     ) -> Result<()> {
         let names = net.layer_names();
         if let Some((layer, origin)) = self.layers.iter().find(|(l, _)| !names.contains(l)) {
-            if self.default_preset && matches!(origin, Origin::Preset { .. }) {
-                // The user chose a model and nothing else: the default layers are another
-                // network's.
-                return Err(Error::usage(format!(
-                    "--model {m}: the default layers ({layer}, ...) are {}'s; give this model's with --layers \
-                     (`deepdream layers --model {m}` lists them) or a --preset written for it",
-                    crate::model::DEFAULT_MODEL,
-                    m = net.name()
-                )));
-            }
             let valid = names.join(", ");
             return Err(origin.error(format!("unknown layer '{layer}' for {}; valid layers: {valid}", net.name())));
         }

@@ -57,6 +57,8 @@ pub(super) fn pick_with<T, U>(
 pub(super) struct Settings<'a> {
     flags: &'a DreamFlags,
     pub(super) file: PresetFile,
+    /// The zoo model: --model, else the preset's, else the default.
+    model: String,
     /// Where each layer an objective names came from, for the checks against the network.
     layers: std::cell::RefCell<Vec<(String, Origin)>>,
 }
@@ -64,7 +66,24 @@ pub(super) struct Settings<'a> {
 impl<'a> Settings<'a> {
     pub(super) fn load(flags: &'a DreamFlags) -> Result<Settings<'a>> {
         let file = PresetFile::load(flags.preset.as_deref().unwrap_or(DEFAULT_PRESET))?;
-        Ok(Settings { flags, file, layers: Default::default() })
+        let model = match (flag("--model", &flags.model), file.get("model", &file.preset.model)) {
+            (Some(m), _) | (None, Some(m)) => {
+                m.parse(|name| crate::model::info(name).map(|_| name.clone()).map_err(|e| e.to_string()))?
+            }
+            (None, None) => crate::model::DEFAULT_MODEL.to_owned(),
+        };
+        Ok(Settings { flags, file, model, layers: Default::default() })
+    }
+
+    /// The model the preset is written for, when it names one other than the job's.
+    fn foreign_preset(&self) -> Option<&str> {
+        self.file.preset.model.as_ref().map(|m| m.get_ref().as_str()).filter(|m| *m != self.model)
+    }
+
+    /// No --preset and a --model other than the default preset's: the model dreams on its own
+    /// default layers ([`crate::model::default_layers`]) with the default recipe.
+    fn own_default_layers(&self) -> bool {
+        self.flags.preset.is_none() && self.foreign_preset().is_some()
     }
 
     pub(super) fn job(&self, input: &Path, output: &Path, work: Work) -> Result<Job> {
@@ -79,12 +98,7 @@ impl<'a> Settings<'a> {
         }
         let f = self.flags;
         let d = &self.file.preset.dream;
-        let model = match (flag("--model", &f.model), self.file.get("model", &self.file.preset.model)) {
-            (Some(m), _) | (None, Some(m)) => {
-                m.parse(|name| crate::model::info(name).map(|_| name.clone()).map_err(|e| e.to_string()))?
-            }
-            (None, None) => crate::model::DEFAULT_MODEL.to_owned(),
-        };
+        let model = self.model.clone();
         let device = f.device.as_deref().map_or(Ok(DeviceSpec::Cpu), DeviceSpec::parse)?;
         let max_size =
             optional(flag("--max-size", &f.max_size), self.file.get("dream.max_size", &d.max_size), MAX_SIZE)?;
@@ -98,7 +112,6 @@ impl<'a> Settings<'a> {
             work,
             resume: false,
             layers,
-            default_preset: f.preset.is_none(),
         })
     }
 
@@ -186,7 +199,11 @@ impl<'a> Settings<'a> {
             max_loss: {
                 let max_loss = optional(flag("--max-loss", &f.max_loss), None, Rule::Finite)?;
                 let preset = optional(None, file.get("dream.max_loss", &d.max_loss), Rule::Finite)?;
-                let replaced = f.layers.is_some() || f.classes.is_some() || f.guide.is_some() || f.style.is_some();
+                let replaced = f.layers.is_some()
+                    || f.classes.is_some()
+                    || f.guide.is_some()
+                    || f.style.is_some()
+                    || self.own_default_layers();
                 max_loss.or(preset.filter(|_| !replaced))
             },
             jitter: pick(
@@ -208,6 +225,12 @@ impl<'a> Settings<'a> {
         let layers = match (flag("--layers", &f.layers), &file.preset.dream.layers) {
             (Some(spec), _) => self.flag_terms(&spec)?,
             (None, _) if cli_objective => Vec::new(),
+            (None, Some(_)) if self.own_default_layers() => {
+                let origin = Origin::Default("layers");
+                let defaults = crate::model::default_layers(&self.model);
+                self.layers.borrow_mut().extend(defaults.iter().map(|(l, _)| (l.to_string(), origin.clone())));
+                defaults.iter().map(|(l, w)| LayerTerm::new(l, *w)).collect()
+            }
             (None, Some(map)) => self.layer_terms("dream.layers", map)?,
             (None, None) => Vec::new(),
         };
@@ -265,7 +288,19 @@ impl<'a> Settings<'a> {
             .weights(key, map)?
             .into_iter()
             .map(|(name, w)| {
-                let term = name.parse(|n| layer_term(n, w).map_err(|e| e.to_string()))?;
+                let mut term = name.parse(|n| layer_term(n, w).map_err(|e| e.to_string()))?;
+                if let Some(from) = self.foreign_preset() {
+                    // A preset written for another model: its layers mapped where the networks
+                    // share a plan, else a clear refusal.
+                    let to = &self.model;
+                    term.layer = crate::model::map_layer(from, to, &term.layer, term.channel).ok_or_else(|| {
+                        name.origin.error(format!(
+                            "the preset is written for {from}, and layer '{}' has no counterpart in {to}; give \
+                             --layers (`deepdream layers --model {to}` lists them) or a preset written for {to}",
+                            name.value
+                        ))
+                    })?;
+                }
                 self.layers.borrow_mut().push((term.layer.clone(), name.origin));
                 Ok(term)
             })

@@ -397,3 +397,119 @@ pub fn build(name: &str, w: &weights::Weights, path: &std::path::Path) -> Result
         _ => return Err(Error::usage(format!("unknown model '{name}'"))),
     }))
 }
+
+/// Each model's own default layer mix: the classic recipe's blend of a little mid-level
+/// texture with mostly high-level parts (Keras' `deep_dream.py` weights 0.2 / 3 / 2 / 1.5),
+/// placed at the same depth in each network: the ends of the /16 stages and the first /32
+/// stage for the mobile networks, `mixed2`..`mixed5` for InceptionV3 (the book's own),
+/// GoogLeNet's `inception4c` (Google's 2015 notebook), VGG's fourth block, ResNet's layer3.
+/// `deepdream dream --model M` with no preset and no --layers dreams on these.
+pub fn default_layers(name: &str) -> &'static [(&'static str, f32)] {
+    match name {
+        "efficientnet-lite1" | "efficientnet-lite2" => {
+            &[("block7", 0.2), ("block11", 3.0), ("block14", 2.0), ("block16", 1.5)]
+        }
+        "mobilenet-v2" => &[("features.7", 0.2), ("features.11", 3.0), ("features.13", 2.0), ("features.15", 1.5)],
+        "inception-v3" | "inception-v3-tf2015" => &[("mixed2", 0.2), ("mixed3", 3.0), ("mixed4", 2.0), ("mixed5", 1.5)],
+        "googlenet" => &[("inception4b", 0.5), ("inception4c", 2.0), ("inception4d", 1.0)],
+        "vgg16" | "vgg19" => &[("conv4_2", 0.5), ("conv4_3", 2.0), ("conv5_1", 1.0)],
+        "resnet50" => &[("layer2", 0.2), ("layer3.2", 2.0), ("layer3", 2.0), ("layer4.0", 1.0)],
+        // efficientnet-lite0, the default preset's own.
+        _ => &[("block5", 0.2), ("block8", 3.0), ("block10", 2.0), ("block12", 1.5)],
+    }
+}
+
+/// Blocks per stage of the EfficientNet-Lite variants (Lite1 and Lite2 scale depth by 1.1 and
+/// 1.2, rounded up, with the first and last stage fixed).
+fn lite_stages(name: &str) -> Option<&'static [usize]> {
+    match name {
+        "efficientnet-lite0" => Some(&[1, 2, 2, 3, 3, 4, 1]),
+        "efficientnet-lite1" | "efficientnet-lite2" => Some(&[1, 3, 3, 4, 4, 5, 1]),
+        _ => None,
+    }
+}
+
+/// The layer of `to` that plays the part `layer` plays in `from`, for a preset written for one
+/// model and run on another: the same name between the two InceptionV3s and between the two
+/// VGGs (one layer vocabulary), the block at the same relative place in the same stage between
+/// EfficientNet-Lite variants (Lite0's `block10`, the last of its fourth stage, is Lite1's
+/// `block14`). `None` where no clean mapping exists (other families, or a channel, whose
+/// numbers differ between networks).
+pub fn map_layer(from: &str, to: &str, layer: &str, channel: Option<usize>) -> Option<String> {
+    if from == to {
+        return Some(layer.to_owned());
+    }
+    fn family(m: &str) -> &str {
+        match m {
+            "inception-v3" | "inception-v3-tf2015" => "inception",
+            "vgg16" | "vgg19" => "vgg",
+            m if m.starts_with("efficientnet-lite") => "lite",
+            m => m,
+        }
+    }
+    if family(from) != family(to) {
+        return None;
+    }
+    match (lite_stages(from), lite_stages(to)) {
+        (Some(a), Some(b)) => {
+            if channel.is_some() && from != to {
+                return None;
+            }
+            if layer == "stem" || layer == "head" {
+                return Some(layer.to_owned());
+            }
+            let mut index: usize = layer.strip_prefix("block")?.parse().ok()?;
+            let (mut start_b, mut stage) = (0, 0);
+            while stage < a.len() && index >= a[stage] {
+                index -= a[stage];
+                start_b += b[stage];
+                stage += 1;
+            }
+            let (na, nb) = (*a.get(stage)?, b[stage]);
+            let at = if na == 1 { 0 } else { (index as f64 * (nb - 1) as f64 / (na - 1) as f64).round() as usize };
+            Some(format!("block{}", start_b + at))
+        }
+        _ => Some(layer.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod mapping_tests {
+    use super::map_layer;
+
+    #[test]
+    fn lite_blocks_map_stage_by_stage() {
+        let to1 = |l: &str| map_layer("efficientnet-lite0", "efficientnet-lite1", l, None);
+        let got: Vec<_> = ["stem", "block0", "block1", "block2", "block5", "block8", "block10", "block12", "block15"]
+            .iter()
+            .map(|l| to1(l).unwrap())
+            .collect();
+        assert_eq!(got, ["stem", "block0", "block1", "block3", "block7", "block11", "block14", "block16", "block20"]);
+        assert_eq!(to1("block16"), None, "past the last block");
+        assert_eq!(map_layer("efficientnet-lite2", "efficientnet-lite0", "block14", None).as_deref(), Some("block10"));
+        assert_eq!(map_layer("efficientnet-lite0", "efficientnet-lite1", "block10", Some(3)), None);
+        assert_eq!(map_layer("efficientnet-lite0", "mobilenet-v2", "block10", None), None);
+        assert_eq!(map_layer("inception-v3-tf2015", "inception-v3", "mixed4", None).as_deref(), Some("mixed4"));
+    }
+}
+
+#[cfg(test)]
+mod default_layer_tests {
+    #[test]
+    fn every_model_has_its_default_layers() {
+        // Formula weights build every architecture without files. EfficientNet reads its
+        // shapes off the file, so only its names are checked, against its block count.
+        for m in super::ZOO {
+            let names: Vec<String> = match m.name {
+                "efficientnet-lite0" => (0..16).map(|i| format!("block{i}")).collect(),
+                "efficientnet-lite1" | "efficientnet-lite2" => (0..21).map(|i| format!("block{i}")).collect(),
+                name => super::build(name, &super::weights::Weights::formula(), std::path::Path::new("f"))
+                    .unwrap()
+                    .layer_names(),
+            };
+            for (layer, _) in super::default_layers(m.name) {
+                assert!(names.iter().any(|n| n == layer), "{}: {layer} not in {names:?}", m.name);
+            }
+        }
+    }
+}

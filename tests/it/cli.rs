@@ -54,7 +54,7 @@ fn dream_writes_a_changed_image() {
     assert!(o.status.success(), "{}", stderr(&o));
     let got = image::open(&out).unwrap().to_rgb8();
     assert_eq!(got.dimensions(), (120, 80));
-    let input = deepdream::io::load_rgb(Path::new(&example()), Some(120)).unwrap();
+    let input = deepdream::io::load_rgb(Path::new(&example()), Some(160)).unwrap();
     let db = crate::util::psnr(&got, &input);
     assert!(db < 30.0, "the dream barely changed the image ({db:.1} dB)");
     let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -165,7 +165,8 @@ fn import_converts_a_legacy_checkpoint() {
         dir.to_str().unwrap(),
     ]);
     assert_user_error(&o, "missing tensor", &dir);
-    let o = deepdream(&["models", "import", "/no/such.pth", "--as", "efficientnet-lite0", "--dir", dir.to_str().unwrap()]);
+    let o =
+        deepdream(&["models", "import", "/no/such.pth", "--as", "efficientnet-lite0", "--dir", dir.to_str().unwrap()]);
     assert_user_error(&o, "/no/such.pth", &dir);
 }
 
@@ -472,4 +473,66 @@ fn a_reader_that_goes_away_ends_output_quietly() {
     let o =
         Command::new(env!("CARGO_BIN_EXE_deepdream")).args(["dream", "--steps", "x"]).stderr(full).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn every_installed_model_dreams_on_its_own() {
+    // `--model M` and nothing else: each model's own default layers, and a picture that
+    // changed. The default model and the ones installed here; a missing one is a skip.
+    let dir = scratch("own-model");
+    for m in deepdream::model::ZOO {
+        if !crate::util::installed(m.name) {
+            continue;
+        }
+        let out = dir.join(format!("{}.png", m.name));
+        let o = deepdream(&["dream", &example(), "-o", out.to_str().unwrap(), "--model", m.name, "--max-size", "160"]);
+        assert!(o.status.success(), "{}: {}", m.name, stderr(&o));
+        let (a, b) = (
+            deepdream::io::load_rgb(&out, None).unwrap(),
+            deepdream::io::load_rgb(Path::new(&example()), Some(160)).unwrap(),
+        );
+        assert!(crate::util::psnr(&a, &b) < 30.0, "{}: the picture barely changed", m.name);
+    }
+}
+
+#[test]
+fn a_preset_for_another_model_maps_or_says_so() {
+    let dir = scratch("foreign-preset");
+    let out = scratch("foreign-preset-mapped").join("o.png");
+    // EfficientNet-Lite0's blocks, mapped stage by stage onto Lite1's deeper stages.
+    if crate::util::installed("efficientnet-lite1") {
+        let o = deepdream(&[
+            "dream",
+            &example(),
+            "-o",
+            out.to_str().unwrap(),
+            "--preset",
+            "objects",
+            "--model",
+            "efficientnet-lite1",
+            "--max-size",
+            "96",
+            "--octaves",
+            "1",
+            "--steps",
+            "2",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    // No counterpart: the preset file, its line and both models are named.
+    let o = deepdream(&[
+        "dream",
+        &example(),
+        "-o",
+        out.to_str().unwrap(),
+        "--preset",
+        "objects",
+        "--model",
+        "mobilenet-v2",
+    ]);
+    assert_user_error(
+        &o,
+        "presets/objects.toml: line 14, key `dream.layers.block10`: the preset is written for efficientnet-lite0, and layer 'block10' has no counterpart in mobilenet-v2",
+        &dir,
+    );
 }
