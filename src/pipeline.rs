@@ -43,6 +43,11 @@ pub trait FrameProgress: Send {
     }
     /// After each finished frame.
     fn frame(&mut self, done: u64, total: Option<u64>) -> bool;
+    /// Before the first frame, when a resumed render takes `frames` from its store.
+    fn resumed(&mut self, _frames: u64) {}
+    /// After the last frame, while the output is finished (a GIF's palette and encode happen
+    /// only now).
+    fn finishing(&mut self) {}
 }
 
 /// How a render ended.
@@ -327,6 +332,9 @@ pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<Rende
         };
         keep.store(finish, Ordering::Release);
         drop(to_encode);
+        if finish {
+            progress.finishing();
+        }
         (dreamed, joined(encoder.join(), "encode"))
     });
     // The root cause first: the encoder's error (the dream then only saw a closed channel),
@@ -426,6 +434,9 @@ fn dream_frames(
     progress: &mut dyn FrameProgress,
 ) -> Result<()> {
     let send = |d: Done| to_encode.send(d).map_err(|_| Error::internal("the encode stage stopped"));
+    if resumed_from > 0 {
+        progress.resumed(resumed_from);
+    }
     // Frames an interrupted render already finished go straight to the encoder.
     for i in 0..resumed_from {
         send(Done { index: i, pts: store.pts(i), image: store.load(i)?, fresh: false })?;

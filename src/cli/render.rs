@@ -14,25 +14,97 @@ use deepdream::{Error, Result, io};
 use std::path::Path;
 use std::time::Instant;
 
-/// The opened device and the loaded model, checked against the job for an `h` x `w` input.
-fn prepare(job: &Job, (h, w): (u32, u32)) -> Result<(Backend, Box<dyn FeatureNet>)> {
+/// The opened device and the loaded model, the octave count fitted to an `h` x `w` input
+/// (said when it changes) and the job checked against the network.
+fn prepare(job: &mut Job, (h, w): (u32, u32)) -> Result<(Backend, Box<dyn FeatureNet>)> {
     let backend = job.device.open()?;
     let net = model::load(&job.model)?;
     let _ops = backend.enter();
-    job.check_network(net.as_ref(), (h as usize, w as usize), &backend.device)?;
+    let size = (h as usize, w as usize);
+    if let Some((before, after)) = job.fit_octaves(net.as_ref(), size, &backend.device)? {
+        let why = match after > before {
+            true => "so the dream's features grow as large as on a smaller photo",
+            false => "the smallest octave would be too small for the network",
+        };
+        tell!("{w}x{h}: {after} octaves instead of the recipe's {before}, {why} (--octaves N sets them exactly)");
+    }
+    job.check_network(net.as_ref(), size, &backend.device)?;
     Ok((backend, net))
 }
 
+/// Work above this many pixel-steps (about 3 s of the default model on a desktop CPU) is
+/// announced with an estimate of its time before it starts.
+const LONG_WORK: f64 = 2.5e6;
+
+/// "3 octaves x 20 steps".
+fn recipe(p: &DreamParams) -> String {
+    let s = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    format!("{} x {}", s(p.octaves, "octave"), s(p.steps, "step"))
+}
+
+/// Says what a render or a long dream is about to do, with an estimate of the dream's time
+/// from two timed steps on a small image (skipped for a short dream, which just runs).
+fn announce(
+    job: &Job,
+    net: &dyn FeatureNet,
+    backend: &Backend,
+    (h, w): (usize, usize),
+    frames: Option<u64>,
+) -> Result<()> {
+    let (first, rest) = match &job.work {
+        Work::Still { params } => (params.as_ref(), None),
+        Work::Zoom(z) => (&z.params, Some(&z.frame_params)),
+        Work::Video(v) => (&v.params, Some(&v.frame_params)),
+    };
+    let later = frames.unwrap_or(1).saturating_sub(1) as f64;
+    let work = first.pixel_steps((h, w)) + rest.map_or(0.0, |r| r.pixel_steps((h, w)) * later);
+    if rest.is_none() && work < LONG_WORK {
+        return Ok(());
+    }
+    let estimate = match work >= LONG_WORK {
+        true => {
+            let _ops = backend.enter();
+            let per = dream::seconds_per_pixel_step(net, first, &backend.device)?;
+            let dreaming = if rest.is_some() { " of dreaming" } else { "" };
+            // An octave stopped by max_loss ends early: the estimate is then a bound.
+            let about = if first.max_loss.is_some() { "at most about" } else { "about" };
+            format!("; {about} {}{dreaming}", super::progress::human(per * work))
+        }
+        false => String::new(),
+    };
+    let model = net.name();
+    match (&job.work, rest) {
+        (Work::Still { .. }, _) | (_, None) => tell!("dreaming {w}x{h} on {model}: {}{estimate}", recipe(first)),
+        (Work::Zoom(_), Some(rest)) => tell!(
+            "zoom: {} frames of {w}x{h} on {model}: the first {}, then {} a frame{estimate}",
+            frames.unwrap_or(1),
+            recipe(first),
+            recipe(rest)
+        ),
+        (Work::Video(_), Some(rest)) => {
+            let n = frames.map_or_else(|| "the frames".to_owned(), |n| format!("{n} frames"));
+            tell!(
+                "video: {n} of {w}x{h} on {model}: {} on a shot's first frame, {} on the others{estimate}",
+                recipe(first),
+                recipe(rest)
+            )
+        }
+    }
+    Ok(())
+}
+
 pub fn dream(input: &Path, output: &Path, flags: &DreamFlags, cancel: &Cancel) -> Result<()> {
-    let job = Job::dream(input, output, flags)?;
+    let mut job = Job::dream(input, output, flags)?;
     io::check_writable(output)?;
     let img = io::load_rgb(input, job.max_size)?;
     io::check_size(output, img.dimensions())?;
-    let (backend, net) = prepare(&job, (img.height(), img.width()))?;
+    let size = (img.height() as usize, img.width() as usize);
+    let (backend, net) = prepare(&mut job, (img.height(), img.width()))?;
+    announce(&job, net.as_ref(), &backend, size, None)?;
     let params = job.params();
     let _ops = backend.enter();
     let pixels = io::to_tensor(&img, &backend.device)?;
-    let mut progress = StepBar::new((params.octaves * params.steps) as u64, cancel);
+    let mut progress = StepBar::new(params, size, cancel);
     let start = Instant::now();
     let out = dream::dream(net.as_ref(), &pixels, params, &mut progress);
     let secs = start.elapsed().as_secs_f64(); // the dream alone, as the PyTorch peers time theirs
@@ -59,10 +131,10 @@ pub fn zoom(
     e: &EncodeFlags,
     cancel: &Cancel,
 ) -> Result<()> {
-    let job = Job::zoom(input, output, flags, z, e)?;
-    let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a zoom job without a zoom plan")) };
+    let mut job = Job::zoom(input, output, flags, z, e)?;
     let image = io::load_rgb(input, job.max_size)?;
-    let (backend, net) = prepare(&job, (image.height(), image.width()))?;
+    let (backend, net) = prepare(&mut job, (image.height(), image.width()))?;
+    let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a zoom job without a zoom plan")) };
     let source = StillLoop::new(image, plan.frames, plan.rate, plan.transform)?;
     let frames = Frames { params: &plan.params, frame_params: &plan.frame_params, encoder: &plan.encoder };
     render(&job, net.as_ref(), &backend, &source, frames, cancel)
@@ -78,12 +150,13 @@ pub fn video(
     cancel: &Cancel,
 ) -> Result<()> {
     use deepdream::source::video::{VideoOptions, VideoSource};
-    let job = Job::video(input, output, flags, v, e)?;
+    let mut job = Job::video(input, output, flags, v, e)?;
     let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
     let options = VideoOptions { max_size: job.max_size, start: plan.start, duration: plan.duration };
     let source = VideoSource::open(input, options, plan.continuation)?;
     job.check_source(source.info())?;
-    let (backend, net) = prepare(&job, (source.info().height, source.info().width))?;
+    let (backend, net) = prepare(&mut job, (source.info().height, source.info().width))?;
+    let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
     let frames = Frames { params: &plan.params, frame_params: &plan.frame_params, encoder: &plan.encoder };
     render(&job, net.as_ref(), &backend, &source, frames, cancel)
 }
@@ -122,7 +195,9 @@ fn render(
     };
     let info = source.info();
     let total = job.frame_count(info.rate.as_f64(), info.frames);
-    let mut bar = FrameBar::new(total, cancel);
+    let size = (info.height as usize, info.width as usize);
+    announce(job, net, backend, size, total)?;
+    let mut bar = FrameBar::new(total, frames.params, frames.frame_params, size, cancel);
     let start = Instant::now();
     let summary = pipeline::render(&render, &mut bar);
     bar.finish();

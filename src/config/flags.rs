@@ -6,8 +6,9 @@ use std::path::PathBuf;
 /// The dream settings every rendering command shares: a preset and overrides of it.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct DreamFlags {
-    /// Built-in preset name or a TOML file.
-    #[arg(long)]
+    /// Built-in preset name (`deepdream presets` lists them) or a TOML file. Default: classic
+    /// for dream, zoom for zoom, video for video.
+    #[arg(long, value_name = "NAME|FILE")]
     pub preset: Option<String>,
     /// Where to dream: cpu (default), cuda, cuda:N (builds with the `cuda` feature), or
     /// cpu-portable (the GPU's code path run on the CPU).

@@ -5,7 +5,7 @@
 use super::flags::{DreamFlags, EncodeFlags, VideoFlags, ZoomFlags};
 use super::origin::{Origin, Rule, Sourced};
 use super::parse::{parse_pan, parse_rate};
-use super::preset::PresetFile;
+use super::preset::{DEFAULT_PRESET, PresetFile, VIDEO_PRESET, ZOOM_PRESET};
 use super::settings::{Settings, flag, optional, pick, pick_with};
 use crate::device::DeviceSpec;
 use crate::dream::{DreamParams, ZoomTransform};
@@ -39,7 +39,14 @@ pub struct Job {
     /// network report it there).
     #[serde(skip)]
     pub layers: Vec<(String, super::origin::Origin)>,
+    /// The octave count was given with --octaves: [`Job::fit_octaves`] leaves it alone.
+    #[serde(skip)]
+    pub octaves_given: bool,
 }
+
+/// The longer side the presets' octave counts are tuned for (the README's examples are 450 to
+/// 640 pixels): a larger picture gets more octaves ([`Job::fit_octaves`]).
+pub const OCTAVE_REFERENCE_SIDE: f64 = 640.0;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub enum Work {
@@ -83,7 +90,7 @@ impl Job {
     /// `deepdream dream INPUT -o OUTPUT`.
     pub fn dream(input: &Path, output: &Path, flags: &DreamFlags) -> Result<Job> {
         crate::io::output_format(output)?;
-        let s = Settings::load(flags)?;
+        let s = Settings::load(flags, DEFAULT_PRESET)?;
         let params = s.params()?;
         s.job(input, output, Work::Still { params: Box::new(params) })
     }
@@ -91,7 +98,7 @@ impl Job {
     /// `deepdream zoom INPUT -o OUTPUT`.
     pub fn zoom(input: &Path, output: &Path, flags: &DreamFlags, z: &ZoomFlags, e: &EncodeFlags) -> Result<Job> {
         crate::sink::check_output(output)?;
-        let s = Settings::load(flags)?;
+        let s = Settings::load(flags, ZOOM_PRESET)?;
         let params = s.params()?;
         let p = &s.file.preset.zoom;
         let rate =
@@ -136,7 +143,7 @@ impl Job {
     /// `deepdream video INPUT -o OUTPUT`.
     pub fn video(input: &Path, output: &Path, flags: &DreamFlags, v: &VideoFlags, e: &EncodeFlags) -> Result<Job> {
         crate::sink::check_output(output)?;
-        let s = Settings::load(flags)?;
+        let s = Settings::load(flags, VIDEO_PRESET)?;
         let params = s.params()?;
         let p = &s.file.preset.video;
         let motion_flag = v.motion.is_some();
@@ -265,6 +272,56 @@ impl Job {
                 .error("conflicts with `zoom.zoom`: give one of them"));
         }
         Ok(flag_frame.or(flag_second).or(preset_frame).or(preset_second).unwrap_or(transform))
+    }
+
+    /// Fits a recipe's octave count (not one given with --octaves) to an `h` x `w` input. A
+    /// larger picture than [`OCTAVE_REFERENCE_SIDE`] gets one more octave per octave scale it
+    /// is larger, so the smallest octave, where the dream's big features form, stays about as
+    /// large as at the reference size: a 4K photo then looks like the examples rather than
+    /// fine noise, for little more time (the added octaves are the small ones). An input too
+    /// small for the smallest octave to reach the objective's layers loses octaves instead.
+    /// Returns (before, after) when the count changed.
+    pub fn fit_octaves(
+        &mut self,
+        net: &dyn crate::model::FeatureNet,
+        (h, w): (usize, usize),
+        device: &candle_core::Device,
+    ) -> Result<Option<(usize, usize)>> {
+        if self.octaves_given {
+            return Ok(None);
+        }
+        let p = self.params();
+        let (before, scale) = (p.octaves, p.octave_scale);
+        let mut octaves = before;
+        let long = h.max(w) as f64;
+        if scale > 1.0 && long > OCTAVE_REFERENCE_SIDE {
+            octaves += ((long / OCTAVE_REFERENCE_SIDE).ln() / scale.ln()).round() as usize;
+            octaves = octaves.min(64);
+        }
+        let (taps, logits) = (p.objective.taps(), !p.objective.classes.is_empty());
+        while octaves > 1 {
+            let (sh, sw) = crate::dream::octave_shapes(h, w, octaves, scale)[0];
+            if crate::model::reaches(net, &taps, logits, (sh, sw), device)? {
+                break;
+            }
+            octaves -= 1;
+        }
+        if octaves == before {
+            return Ok(None);
+        }
+        let same_recipe = |f: &DreamParams, p: &DreamParams| f.octaves == p.octaves && f.steps == p.steps;
+        match &mut self.work {
+            Work::Still { params } => params.octaves = octaves,
+            Work::Zoom(z) => z.params.octaves = octaves,
+            Work::Video(v) => {
+                // A blend render dreams every frame with the full recipe.
+                if same_recipe(&v.frame_params, &v.params) {
+                    v.frame_params.octaves = octaves;
+                }
+                v.params.octaves = octaves;
+            }
+        }
+        Ok(Some((before, octaves)))
     }
 
     /// The dream settings of the first frame (of the only one, for a still).

@@ -14,7 +14,7 @@ pub use flags::{DreamFlags, EncodeFlags, VideoFlags, ZoomFlags};
 pub use job::{Job, VideoPlan, Work, ZoomPlan};
 pub use origin::{Origin, Rule, Sourced};
 pub use parse::{parse_classes, parse_layers, parse_size};
-pub use preset::{BUILTIN_PRESETS, DEFAULT_PRESET, PresetFile, parse_preset};
+pub use preset::{BUILTIN_PRESETS, DEFAULT_PRESET, PresetFile, VIDEO_PRESET, ZOOM_PRESET, parse_preset};
 pub use settings::flag;
 
 #[cfg(test)]

@@ -31,7 +31,11 @@ const BUILTIN_IMAGES: &[(&str, &[u8])] = &[
     ("../examples/hubble.jpg", include_bytes!("../../examples/hubble.jpg")),
 ];
 
+/// Each command's preset when none is given: `dream` the classic recipe, `zoom` and `video`
+/// their own (light continuation dreams at a size that renders in minutes, not hours).
 pub const DEFAULT_PRESET: &str = "classic";
+pub const ZOOM_PRESET: &str = "zoom";
+pub const VIDEO_PRESET: &str = "video";
 
 /// A value as written, with its byte span in the file.
 type V<T> = Option<Spanned<T>>;

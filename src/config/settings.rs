@@ -5,7 +5,7 @@ use super::flags::{DreamFlags, EncodeFlags};
 use super::job::{Job, Work};
 use super::origin::{Origin, Rule, Sourced};
 use super::parse::{class_mode, guide_mode, layer_term, parse_classes, parse_layers};
-use super::preset::{DEFAULT_PRESET, PresetFile, PresetImage, Weights};
+use super::preset::{PresetFile, PresetImage, Weights};
 use crate::device::DeviceSpec;
 use crate::dream::{DreamParams, Guide, GuideMode, LayerTerm, Objective, Regularize, Style, Tiling, class_index};
 use crate::sink::{SinkOptions, X264_PRESETS};
@@ -64,8 +64,9 @@ pub(super) struct Settings<'a> {
 }
 
 impl<'a> Settings<'a> {
-    pub(super) fn load(flags: &'a DreamFlags) -> Result<Settings<'a>> {
-        let file = PresetFile::load(flags.preset.as_deref().unwrap_or(DEFAULT_PRESET))?;
+    /// The flags with their preset: --preset, else the command's own `default_preset`.
+    pub(super) fn load(flags: &'a DreamFlags, default_preset: &str) -> Result<Settings<'a>> {
+        let file = PresetFile::load(flags.preset.as_deref().unwrap_or(default_preset))?;
         let model = match (flag("--model", &flags.model), file.get("model", &file.preset.model)) {
             (Some(m), _) | (None, Some(m)) => {
                 m.parse(|name| crate::model::info(name).map(|_| name.clone()).map_err(|e| e.to_string()))?
@@ -112,6 +113,7 @@ impl<'a> Settings<'a> {
             work,
             resume: false,
             layers,
+            octaves_given: f.octaves.is_some(),
         })
     }
 

@@ -69,6 +69,12 @@ pub fn octave_shapes(h: usize, w: usize, octaves: usize, scale: f64) -> Vec<(usi
 }
 
 impl DreamParams {
+    /// The work of one dream of an `h` x `w` image, in pixel-steps (each octave's pixels times
+    /// its steps): a step costs about its pixel count, so this weighs progress and estimates.
+    pub fn pixel_steps(&self, (h, w): (usize, usize)) -> f64 {
+        octave_shapes(h, w, self.octaves, self.octave_scale).iter().map(|&(h, w)| (h * w * self.steps) as f64).sum()
+    }
+
     /// The checks that need the network (layer names, channels, classifier), run once after
     /// the model loads; see also [`check_smallest_octave`].
     pub fn check_network(&self, net: &dyn FeatureNet) -> Result<()> {
@@ -214,6 +220,25 @@ pub fn dream(
     }
     let x = x.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
     Ok(DreamOutput { pixels: norm.invert(&x)?, losses })
+}
+
+/// Seconds a dream step of these settings takes per pixel on `device`, measured on a small
+/// grey image with two untimed warm-up steps: for the estimate printed before a long render.
+pub fn seconds_per_pixel_step(net: &dyn FeatureNet, params: &DreamParams, device: &candle_core::Device) -> Result<f64> {
+    struct Clock(Vec<std::time::Instant>);
+    impl Progress for Clock {
+        fn step(&mut self, _: &StepInfo) -> bool {
+            self.0.push(std::time::Instant::now());
+            true
+        }
+    }
+    let side = 256;
+    let p = DreamParams { octaves: 1, steps: 4, max_loss: None, jitter: 0, ..params.clone() };
+    let grey = Tensor::rand(100f32, 150f32, (1, 3, side, side), device)?;
+    let mut clock = Clock(Vec::new());
+    dream(net, &grey, &p, &mut clock)?;
+    let t = &clock.0;
+    Ok(t[3].duration_since(t[1]).as_secs_f64() / (2 * side * side) as f64)
 }
 
 /// The error for a loss or gradient that is no longer a number: never written out as black.
