@@ -143,6 +143,19 @@ const MAX_IMAGE_ALLOC: u64 = 2 << 30;
 
 /// Reads an image as RGB, shrunk (never enlarged) so its longer side is at most `max_size`.
 pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
+    load_rgb_with_metadata(path, max_size).map(|(img, _)| img)
+}
+
+/// What a photo says about itself that its dream should keep: its colour profile, and its
+/// EXIF (camera, date, place) with the orientation reset, since the pixels are turned upright.
+#[derive(Clone, Debug, Default)]
+pub struct Metadata {
+    pub icc: Option<Vec<u8>>,
+    pub exif: Option<Vec<u8>>,
+}
+
+/// [`load_rgb`], with the image's [`Metadata`].
+pub fn load_rgb_with_metadata(path: &Path, max_size: Option<u32>) -> Result<(RgbImage, Metadata)> {
     let err = |reason: String| Error::Image { path: path.to_owned(), reason };
     if !path.exists() {
         let dangling = std::fs::symlink_metadata(path).is_ok();
@@ -159,11 +172,15 @@ pub fn load_rgb(path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
     if bytes.len() as u64 > MAX_IMAGE_BYTES {
         return Err(err(format!("larger than {} MiB, more than any image deepdream can dream", MAX_IMAGE_BYTES >> 20)));
     }
-    decode_rgb(bytes, path, max_size)
+    decode_rgb_with_metadata(bytes, path, max_size)
 }
 
 /// [`load_rgb`] of an image already in memory; errors name `path`.
 pub fn decode_rgb(bytes: Vec<u8>, path: &Path, max_size: Option<u32>) -> Result<RgbImage> {
+    decode_rgb_with_metadata(bytes, path, max_size).map(|(img, _)| img)
+}
+
+fn decode_rgb_with_metadata(bytes: Vec<u8>, path: &Path, max_size: Option<u32>) -> Result<(RgbImage, Metadata)> {
     let err = |reason: String| Error::Image { path: path.to_owned(), reason };
     // The decoder fills a cut-off JPEG with grey and calls it a success.
     let truncated_jpeg = image::guess_format(&bytes).ok() == Some(ImageFormat::Jpeg) && !ends_a_jpeg(&bytes);
@@ -194,6 +211,12 @@ pub fn decode_rgb(bytes: Vec<u8>, path: &Path, max_size: Option<u32>) -> Result<
     limits.max_alloc = Some(MAX_IMAGE_ALLOC);
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    // Metadata a decoder cannot read is left behind, not an error.
+    let icc = image::ImageDecoder::icc_profile(&mut decoder).ok().flatten();
+    let mut exif = image::ImageDecoder::exif_metadata(&mut decoder).ok().flatten();
+    if let Some(chunk) = &mut exif {
+        let _ = image::metadata::Orientation::remove_from_exif_chunk(chunk);
+    }
     // A phone photo stores its pixels sideways and says how to turn them (EXIF orientation).
     let orientation =
         image::ImageDecoder::orientation(&mut decoder).unwrap_or(image::metadata::Orientation::NoTransforms);
@@ -210,7 +233,19 @@ pub fn decode_rgb(bytes: Vec<u8>, path: &Path, max_size: Option<u32>) -> Result<
         }
         _ => img,
     };
-    Ok(img.to_rgb8())
+    Ok((img.to_rgb8(), Metadata { icc, exif }))
+}
+
+/// The evaluation transform of torchvision and timm: the shorter side resized to
+/// `crop / 0.875` (256 for a 224 crop, 342 for 299), then the centre `crop` x `crop` square.
+pub fn center_crop(img: &RgbImage, crop: u32) -> RgbImage {
+    let short = (crop as f64 / 0.875).round();
+    let (w, h) = img.dimensions();
+    let scale = short / w.min(h) as f64;
+    let (rw, rh) = (((w as f64 * scale).round() as u32).max(crop), ((h as f64 * scale).round() as u32).max(crop));
+    let resized = image::imageops::resize(img, rw, rh, image::imageops::FilterType::Triangle);
+    let (left, top) = (((rw - crop) as f64 / 2.0).round() as u32, ((rh - crop) as f64 / 2.0).round() as u32);
+    image::imageops::crop_imm(&resized, left, top, crop, crop).to_image()
 }
 
 /// Whether `bytes` open like a video container: MP4/MOV (`ftyp`), Matroska/WebM (EBML), AVI.
@@ -313,6 +348,57 @@ pub fn save_as(img: &RgbImage, path: &Path, format: ImageFormat) -> Result<()> {
     })
 }
 
+/// How a still image is written: JPEG quality (1..100), and the input's metadata to keep.
+#[derive(Clone, Debug)]
+pub struct StillOptions {
+    pub quality: u8,
+    pub metadata: Metadata,
+}
+
+/// The JPEG quality when none is given.
+pub const DEFAULT_QUALITY: u8 = 95;
+
+impl Default for StillOptions {
+    fn default() -> Self {
+        StillOptions { quality: DEFAULT_QUALITY, metadata: Metadata::default() }
+    }
+}
+
+/// Writes a still image atomically, at `options`' quality and with its metadata where the
+/// format holds it (ICC and EXIF in PNG, JPEG and WebP; ICC in TIFF; none in BMP).
+pub fn save_still(img: &RgbImage, path: &Path, options: &StillOptions) -> Result<()> {
+    let format = output_format(path)?;
+    let err = |e: image::ImageError| Error::Write {
+        path: path.to_owned(),
+        reason: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+    };
+    /// Encodes with the metadata the format takes (an encoder refuses what it cannot hold).
+    fn encode(mut enc: impl image::ImageEncoder, img: &RgbImage, meta: &Metadata) -> image::ImageResult<()> {
+        if let Some(icc) = meta.icc.clone() {
+            let _ = enc.set_icc_profile(icc);
+        }
+        if let Some(exif) = meta.exif.clone() {
+            let _ = enc.set_exif_metadata(exif);
+        }
+        enc.write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+    }
+    let mut bytes = Vec::new();
+    let meta = &options.metadata;
+    match format {
+        ImageFormat::Jpeg => {
+            encode(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, options.quality), img, meta)
+        }
+        ImageFormat::Png => encode(image::codecs::png::PngEncoder::new(&mut bytes), img, meta),
+        ImageFormat::WebP => encode(image::codecs::webp::WebPEncoder::new_lossless(&mut bytes), img, meta),
+        ImageFormat::Tiff => encode(image::codecs::tiff::TiffEncoder::new(std::io::Cursor::new(&mut bytes)), img, meta),
+        _ => return save_as(img, path, format),
+    }
+    .map_err(err)?;
+    write_atomic(path, |tmp| {
+        std::fs::write(tmp, &bytes).map_err(|e| Error::Write { path: path.to_owned(), reason: e.to_string() })
+    })
+}
+
 /// Encodes the image in memory and writes it out with every error reported: the encoders'
 /// own buffered writers drop a failed flush (a full disk then gave a cut-off file and success).
 pub fn write_image(img: &RgbImage, path: &Path, format: ImageFormat) -> Result<()> {
@@ -367,4 +453,18 @@ pub fn content_hash(path: &Path) -> Result<String> {
 /// Lower-case hexadecimal of a digest.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod crop_tests {
+    #[test]
+    fn the_centre_crop_is_torchvisions() {
+        // 600x300: the shorter side to 256 (512x256), then the centre 224: columns 144..368.
+        let img = image::RgbImage::from_fn(600, 300, |x, _| image::Rgb([(x * 255 / 599) as u8, 0, 0]));
+        let c = super::center_crop(&img, 224);
+        assert_eq!(c.dimensions(), (224, 224));
+        let expect = |col: f64| (col / 512.0 * 600.0) * 255.0 / 599.0;
+        assert!((c.get_pixel(0, 100)[0] as f64 - expect(144.5)).abs() < 3.0);
+        assert!((c.get_pixel(223, 100)[0] as f64 - expect(367.5)).abs() < 3.0);
+    }
 }

@@ -22,11 +22,14 @@ fn fits(net: &dyn FeatureNet, taps: &[String], logits: bool, size: (usize, usize
     }
 }
 
-pub fn classify(input: &Path, top: usize, model_name: &str, max_size: u32) -> Result<()> {
+pub fn classify(input: &Path, top: usize, model_name: &str, max_size: Option<u32>) -> Result<()> {
     let top = Sourced::flag("--top", top).check(Rule::Between(1.0, 1000.0))?;
-    let max_size = Sourced::flag("--max-size", max_size).check(Rule::Between(16.0, 65_536.0))?;
+    let max_size = max_size.map(|m| Sourced::flag("--max-size", m).check(Rule::Between(16.0, 65_536.0))).transpose()?;
     known_model(model_name)?;
-    let img = io::load_rgb(input, Some(max_size))?;
+    let img = match max_size {
+        Some(m) => io::load_rgb(input, Some(m))?,
+        None => io::center_crop(&io::load_rgb(input, None)?, model::input_side(model_name) as u32),
+    };
     let net = model::load(model_name)?;
     let size = (img.height() as usize, img.width() as usize);
     fits(net.as_ref(), &[], true, size, "the image, shrunk to --max-size,")?;

@@ -48,17 +48,23 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Dream a still image.
+    /// Dream a still image. The output keeps the input's colour profile and EXIF (with the
+    /// orientation applied to the pixels) where its format can hold them.
     Dream {
+        /// The image (PNG, JPEG, BMP, GIF, WebP, TIFF).
         input: PathBuf,
         /// Output image (.png, .jpg, .bmp, .tif, .webp).
         #[arg(short, long)]
         output: PathBuf,
+        /// JPEG quality, 1..100 (default 95).
+        #[arg(long, allow_negative_numbers = true)]
+        quality: Option<u32>,
         #[command(flatten)]
         dream: DreamFlags,
     },
     /// Render an infinite fractal zoom from a still image into a GIF, MP4, WebM or PNG frames.
     Zoom {
+        /// The image (PNG, JPEG, BMP, GIF, WebP, TIFF).
         input: PathBuf,
         /// Output: .gif, .mp4, .mov, .mkv, .webm, or a directory for PNG frames.
         #[arg(short, long)]
@@ -70,8 +76,9 @@ enum Command {
         #[command(flatten)]
         dream: DreamFlags,
     },
-    /// Dream every frame of a video (audio kept in MP4 output).
+    /// Dream every frame of a video (audio kept in MP4, MOV, MKV and WebM output).
     Video {
+        /// The video: any container and codec ffmpeg decodes, or an animated GIF.
         input: PathBuf,
         /// Output: .mp4, .mov, .mkv (audio kept), .webm, .gif, or a directory for PNG frames.
         #[arg(short, long)]
@@ -83,17 +90,23 @@ enum Command {
         #[command(flatten)]
         dream: DreamFlags,
     },
-    /// Print the ImageNet classes a model sees in an image.
+    /// Print the ImageNet classes a model sees in an image. By default the image is prepared
+    /// as the model was evaluated (torchvision's and timm's transform): the shorter side
+    /// resized to the model's input side / 0.875, then the centre square of that side (224
+    /// pixels; 240 and 260 for EfficientNet-Lite1/2, 299 for InceptionV3).
     Classify {
+        /// The image (PNG, JPEG, BMP, GIF, WebP, TIFF).
         input: PathBuf,
         /// How many classes to print.
         #[arg(long, default_value_t = 5)]
         top: usize,
+        /// The model (`deepdream models` lists them).
         #[arg(long, default_value = DEFAULT_MODEL)]
         model: String,
-        /// Shrink the image so its longer side is at most this many pixels first.
-        #[arg(long, default_value_t = 512)]
-        max_size: u32,
+        /// Classify the whole image, shrunk so its longer side is at most this many pixels,
+        /// instead of the centre crop.
+        #[arg(long, value_name = "PX")]
+        max_size: Option<u32>,
     },
     /// List the layers a model can dream on, with their shapes.
     Layers {
@@ -144,7 +157,7 @@ impl Cancel {
 
 pub fn run(cli: Cli, cancel: &Cancel) -> Result<()> {
     match cli.command {
-        Command::Dream { input, output, dream } => render::dream(&input, &output, &dream, cancel),
+        Command::Dream { input, output, quality, dream } => render::dream(&input, &output, quality, &dream, cancel),
         Command::Zoom { input, output, zoom, encode, dream } => {
             render::zoom(&input, &output, &dream, &zoom, &encode, cancel)
         }

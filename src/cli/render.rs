@@ -3,7 +3,7 @@
 
 use super::Cancel;
 use super::progress::{FrameBar, StepBar};
-use deepdream::config::{DreamFlags, EncodeFlags, Job, VideoFlags, Work, ZoomFlags};
+use deepdream::config::{DreamFlags, EncodeFlags, Job, Rule, Sourced, VideoFlags, Work, ZoomFlags};
 use deepdream::device::Backend;
 use deepdream::dream::{self, DreamParams};
 use deepdream::model::{self, FeatureNet};
@@ -93,10 +93,17 @@ fn announce(
     Ok(())
 }
 
-pub fn dream(input: &Path, output: &Path, flags: &DreamFlags, cancel: &Cancel) -> Result<()> {
+pub fn dream(input: &Path, output: &Path, quality: Option<u32>, flags: &DreamFlags, cancel: &Cancel) -> Result<()> {
     let mut job = Job::dream(input, output, flags)?;
+    let quality = quality
+        .map(|q| Sourced::flag("--quality", q as u32).check(Rule::Between(1.0, 100.0)).map(|q| q as u8))
+        .transpose()?;
     io::check_writable(output)?;
-    let img = io::load_rgb(input, job.max_size)?;
+    if let Some(q) = quality.filter(|_| io::output_format(output).ok() != Some(image::ImageFormat::Jpeg)) {
+        tell!("warning: --quality {q} applies to JPEG output only; {} is written losslessly", output.display());
+    }
+    let quality = quality.unwrap_or(io::DEFAULT_QUALITY);
+    let (img, metadata) = io::load_rgb_with_metadata(input, job.max_size)?;
     io::check_size(output, img.dimensions())?;
     let size = (img.height() as usize, img.width() as usize);
     let (backend, net) = prepare(&mut job, (img.height(), img.width()))?;
@@ -116,7 +123,7 @@ pub fn dream(input: &Path, output: &Path, flags: &DreamFlags, cancel: &Cancel) -
             params.max_loss.map_or("none".into(), |m| m.to_string())
         )));
     }
-    io::save(&io::to_image(&out.pixels)?, output)?;
+    io::save_still(&io::to_image(&out.pixels)?, output, &io::StillOptions { quality, metadata })?;
     let (w, h, steps) = (img.width(), img.height(), out.losses.len());
     let plural = if steps == 1 { "" } else { "s" };
     tell!("wrote {} ({w}x{h}, {steps} step{plural} in {secs:.1} s)", output.display());
@@ -132,6 +139,7 @@ pub fn zoom(
     cancel: &Cancel,
 ) -> Result<()> {
     let mut job = Job::zoom(input, output, flags, z, e)?;
+    warn_ignored(output, e);
     let image = io::load_rgb(input, job.max_size)?;
     let (backend, net) = prepare(&mut job, (image.height(), image.width()))?;
     let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a zoom job without a zoom plan")) };
@@ -151,6 +159,7 @@ pub fn video(
 ) -> Result<()> {
     use deepdream::source::video::{VideoOptions, VideoSource};
     let mut job = Job::video(input, output, flags, v, e)?;
+    warn_ignored(output, e);
     let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
     let options = VideoOptions { max_size: job.max_size, start: plan.start, duration: plan.duration };
     let source = VideoSource::open(input, options, plan.continuation)?;
@@ -164,6 +173,15 @@ pub fn video(
 #[cfg(not(feature = "video"))]
 pub fn video(_: &Path, _: &Path, _: &DreamFlags, _: &VideoFlags, _: &EncodeFlags, _: &Cancel) -> Result<()> {
     Err(Error::Unsupported("this build has no video support (built without the `video` feature)".into()))
+}
+
+/// Warns of encoder flags the output ignores.
+fn warn_ignored(output: &Path, e: &EncodeFlags) {
+    if let Ok(kind) = deepdream::sink::SinkKind::from_path(output) {
+        for w in deepdream::sink::ignored_flags(kind, e.crf.is_some(), e.x264_preset.is_some()) {
+            tell!("warning: {w}");
+        }
+    }
 }
 
 /// What a render does with each frame.

@@ -120,16 +120,18 @@ pub struct ZoomFlags {
     /// Frames per second: 25, 29.97 or 30000/1001 (default 25).
     #[arg(long)]
     pub fps: Option<String>,
-    /// Magnification per frame (default 1.04).
+    /// Magnification per frame (default 1.04; below 1 zooms out, the picture mirrored beyond
+    /// its edges for the dream to paint over).
     #[arg(long, allow_negative_numbers = true)]
     pub zoom: Option<f64>,
     /// Magnification per second, independent of fps.
     #[arg(long, allow_negative_numbers = true, conflicts_with = "zoom")]
     pub zoom_per_second: Option<f64>,
-    /// Rotation per frame in degrees.
+    /// Rotation per frame in degrees, counter-clockwise (negative: clockwise; default 0).
     #[arg(long, allow_negative_numbers = true)]
     pub rotate: Option<f64>,
-    /// Pan per frame in pixels, X,Y.
+    /// Pan per frame in pixels, X,Y: the view moves right by X and down by Y each frame
+    /// (default 0,0).
     #[arg(long, allow_hyphen_values = true)]
     pub pan: Option<String>,
     /// Ascent steps on each frame after the first (default 5; 0: zoom without dreaming).

@@ -147,20 +147,23 @@ impl Job {
         let params = s.params()?;
         let p = &s.file.preset.video;
         let motion_flag = v.motion.is_some();
-        let motion =
-            pick_with(flag("--motion", &v.motion), s.file.get("video.motion", &p.motion), |m| match m.as_str() {
-                "flow" => Ok(true),
-                "blend" => Ok(false),
-                _ => Err(format!("unknown motion '{m}': expected flow or blend")),
-            })?;
+        // Without --preset, the command's default preset's motion and its settings are
+        // defaults, not choices: `--blend` alone still asks for blending.
+        let implicit = flags.preset.is_none();
+        let preset_motion = s.file.get("video.motion", &p.motion).filter(|_| !(implicit && v.blend.is_some()));
+        let motion = pick_with(flag("--motion", &v.motion), preset_motion, |m| match m.as_str() {
+            "flow" => Ok(true),
+            "blend" => Ok(false),
+            _ => Err(format!("unknown motion '{m}': expected flow or blend")),
+        })?;
         // A blend given without a motion asks for blending (as before flow existed); otherwise
         // flow. A value for the other motion is a mistake, said where it was given (a preset's
-        // value gives way to a --motion flag).
+        // value gives way to a --motion flag, and the default preset's to any choice).
         let blend_given = flag("--blend", &v.blend).or(s.file.get("video.blend", &p.blend));
         let flow = motion.unwrap_or(blend_given.is_none());
         let misplaced = |given: Option<Origin>, is_flag: bool| -> Result<()> {
             match given {
-                Some(origin) if is_flag || !motion_flag => Err(origin.error(format!(
+                Some(origin) if is_flag || !(motion_flag || implicit) => Err(origin.error(format!(
                     "applies only to motion {}, and this render's motion is {}",
                     if flow { "blend" } else { "flow" },
                     if flow { "flow (the default; --motion blend chooses blending)" } else { "blend" }
@@ -287,7 +290,9 @@ impl Job {
         (h, w): (usize, usize),
         device: &candle_core::Device,
     ) -> Result<Option<(usize, usize)>> {
-        if self.octaves_given {
+        // Unknown layers are [`Job::check_network`]'s to report, with their origin.
+        let names = net.layer_names();
+        if self.octaves_given || self.layers.iter().any(|(l, _)| !names.contains(l)) {
             return Ok(None);
         }
         let p = self.params();

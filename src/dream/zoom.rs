@@ -1,6 +1,9 @@
 //! The fractal-zoom step between frames: scale about the centre (a crop of the border scaled
 //! back up), an optional rotation and pan, with bilinear sampling at sub-pixel positions.
 //! Each frame's transform is computed exactly from its parameters, so nothing rounds or drifts.
+//! Where the view leaves the picture (zooming out, a rotation's corners, a pan) it sees the
+//! picture mirrored at its edges, which the next dream paints over like any other content;
+//! clamped edges would smear the border pixels into streaks that grow every frame.
 
 use image::RgbImage;
 
@@ -29,7 +32,7 @@ impl ZoomTransform {
     }
 
     /// The next frame seen through this transform: output pixel p samples the input at
-    /// `centre + pan + R^-1 (p - centre) / zoom`, edges clamped.
+    /// `centre + pan + R^-1 (p - centre) / zoom`, the picture mirrored beyond its edges.
     pub fn apply(&self, img: &RgbImage) -> RgbImage {
         if self.is_identity() {
             return img.clone();
@@ -39,8 +42,7 @@ impl ZoomTransform {
         let (s, c) = (-self.rotate_deg.to_radians()).sin_cos();
         let raw = img.as_raw();
         let px = |x: i64, y: i64, ch: usize| -> f64 {
-            let x = x.clamp(0, w as i64 - 1) as usize;
-            let y = y.clamp(0, h as i64 - 1) as usize;
+            let (x, y) = (mirror(x, w as i64), mirror(y, h as i64));
             raw[(y * w as usize + x) * 3 + ch] as f64
         };
         let mut out = RgbImage::new(w, h);
@@ -61,6 +63,16 @@ impl ZoomTransform {
     }
 }
 
+/// Index `i` reflected into `0..n` (`-1` is `1`, `n` is `n - 2`), for any distance outside.
+fn mirror(i: i64, n: i64) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    let period = 2 * (n - 1);
+    let m = i.rem_euclid(period);
+    (if m >= n { period - m } else { m }) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +90,19 @@ mod tests {
         // Magnified 1.5x, a horizontal ramp is stretched: 1/1.5 of the slope.
         let slope = |i: &RgbImage| i.get_pixel(18, 10)[0] as f64 - i.get_pixel(12, 10)[0] as f64;
         assert!((slope(&z) / slope(&img) - 1.0 / 1.5).abs() < 0.05, "{} vs {}", slope(&z), slope(&img));
+    }
+
+    #[test]
+    fn zooming_out_mirrors_the_picture_beyond_its_edges() {
+        let img = gradient(41, 21);
+        let out = ZoomTransform { zoom: 0.8, rotate_deg: 0.0, pan: (0.0, 0.0) }.apply(&img);
+        // Column 0 samples x = 20 - 20 / 0.8 = -5, the mirror of column 5.
+        assert_eq!(out.get_pixel(0, 10)[0], img.get_pixel(5, 10)[0]);
+        assert!(out.get_pixel(0, 10)[0] > out.get_pixel(2, 10)[0], "the ramp runs back toward the edge");
+        assert_eq!(
+            (super::mirror(-1, 5), super::mirror(5, 5), super::mirror(-9, 5), super::mirror(0, 1)),
+            (1, 3, 1, 0)
+        );
     }
 
     #[test]

@@ -238,6 +238,16 @@ pub const ZOO: &[ModelInfo] = &[
 
 pub const DEFAULT_MODEL: &str = "efficientnet-lite0";
 
+/// The square side a model was trained and evaluated at (`classify` centre-crops to it).
+pub fn input_side(name: &str) -> usize {
+    match name {
+        "efficientnet-lite1" => 240,
+        "efficientnet-lite2" => 260,
+        "inception-v3" | "inception-v3-tf2015" => 299,
+        _ => 224,
+    }
+}
+
 pub fn info(name: &str) -> Result<&'static ModelInfo> {
     ZOO.iter().find(|m| m.name == name).ok_or_else(|| {
         let names: Vec<_> = ZOO.iter().map(|m| m.name).collect();

@@ -67,6 +67,25 @@ impl SinkKind {
     }
 }
 
+/// Warnings for encoder flags an output ignores: `--crf` means nothing to a GIF or PNG
+/// frames, `--x264-preset` nothing but to H.264 (a WebM is VP9).
+pub fn ignored_flags(kind: SinkKind, crf: bool, x264_preset: bool) -> Vec<String> {
+    let what = match kind {
+        SinkKind::Mp4 => return Vec::new(),
+        SinkKind::WebM => "a WebM (VP9)",
+        SinkKind::Gif => "a GIF",
+        SinkKind::Png => "PNG frames",
+    };
+    let mut warnings = Vec::new();
+    if crf && matches!(kind, SinkKind::Gif | SinkKind::Png) {
+        warnings.push(format!("--crf does nothing for {what}; it sets the quality of .mp4, .mov, .mkv and .webm"));
+    }
+    if x264_preset {
+        warnings.push(format!("--x264-preset does nothing for {what}; it applies to H.264 (.mp4, .mov, .mkv)"));
+    }
+    warnings
+}
+
 /// The sink an output path asks for, checked before any work: a file output must not be an
 /// existing directory, and the directory it goes in must exist.
 pub fn check_output(path: &Path) -> Result<SinkKind> {

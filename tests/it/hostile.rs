@@ -96,7 +96,11 @@ fn hostile_inputs_get_one_clear_line() {
         (vec!["classify", ex.as_str(), "--max-size", "0"], 2, "--max-size"),
         (vec!["bench", "--steps", "0", "--size", "32x32"], 2, "--steps"),
         (vec!["bench", "--formula-weights", "--size", "32x32"], 2, "efficientnet-lite0 has no formula weights"),
-        (vec!["models", "import", text.as_str(), "--dir", out.to_str().unwrap()], 2, "text.png"),
+        (
+            vec!["models", "import", text.as_str(), "--as", "efficientnet-lite0", "--dir", out.to_str().unwrap()],
+            2,
+            "text.png",
+        ),
     ];
     for (args, code, needle) in &cases {
         let o = deepdream(args);

@@ -17,14 +17,14 @@ fn percent(out: &[u8], index: usize) -> f64 {
 #[test]
 fn class_objective_makes_the_class_win() {
     let example = repo().join("examples/chelsea.png");
-    let before = deepdream(&["classify", example.to_str().unwrap(), "--top", "1000"]);
+    let before = deepdream(&["classify", example.to_str().unwrap(), "--top", "1000", "--max-size", "512"]);
     let p0 = percent(&before.stdout, 954);
     assert!(p0 < 1.0, "banana is already {p0}%");
     let dir = scratch("class");
     let out = dir.join("banana.png");
     let o = deepdream(&["dream", example.to_str().unwrap(), "-o", out.to_str().unwrap(), "--class", "banana"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let after = deepdream(&["classify", out.to_str().unwrap(), "--top", "5"]);
+    let after = deepdream(&["classify", out.to_str().unwrap(), "--top", "5", "--max-size", "512"]);
     let p1 = percent(&after.stdout, 954);
     assert!(p1 > 50.0, "banana only {p1}% after the dream:\n{}", String::from_utf8_lossy(&after.stdout));
 }
@@ -163,6 +163,9 @@ fn too_small_for_the_network_is_a_clear_error() {
         "classic-inceptionv3",
         "--max-size",
         "96",
+        // Given, the octave count is kept (the recipe's own would be fitted to the size).
+        "--octaves",
+        "3",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
