@@ -5,6 +5,7 @@ mod backward;
 mod cli;
 mod dream;
 mod fetch;
+mod first;
 mod hostile;
 mod install;
 mod objectives;
