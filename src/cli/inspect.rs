@@ -59,6 +59,7 @@ pub fn layers(model_name: &str, size: &str) -> Result<()> {
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
+    /// The model (`deepdream models` lists them).
     #[arg(long, default_value = model::DEFAULT_MODEL)]
     model: String,
     /// Image size, WxH.

@@ -110,10 +110,11 @@ enum Command {
     },
     /// List the layers a model can dream on, with their shapes.
     Layers {
+        /// The model (`deepdream models` lists them).
         #[arg(long, default_value = DEFAULT_MODEL)]
         model: String,
-        /// Input size for the shapes, WxH.
-        #[arg(long, default_value = "224x224")]
+        /// Input size for the shapes, WxH in pixels.
+        #[arg(long, default_value = "224x224", value_name = "WxH")]
         size: String,
     },
     /// List the model zoo, or import weights.

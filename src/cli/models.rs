@@ -13,6 +13,8 @@ pub enum ModelsAction {
     Registry,
     /// Download a model's official weights (resumable, checksum-verified) into the cache.
     Fetch {
+        /// The model (`deepdream models` lists them; mobilenet-v2, inception-v3-tf2015,
+        /// inception-v3, googlenet, vgg16, vgg19 and resnet50 have official downloads).
         name: String,
         /// Download from this URL instead of the official one (a mirror).
         #[arg(long, requires = "sha256")]
@@ -24,7 +26,7 @@ pub enum ModelsAction {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Give up when the server does not connect, answer or send for this many seconds.
-        #[arg(long, default_value_t = 60.0)]
+        #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
         timeout: f64,
     },
     /// Convert a checkpoint into the model directory. Accepted: PyTorch checkpoints in the zip

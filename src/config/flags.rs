@@ -12,96 +12,120 @@ pub struct DreamFlags {
     pub preset: Option<String>,
     /// Where to dream: cpu (default), cuda, cuda:N (builds with the `cuda` feature), or
     /// cpu-portable (the GPU's code path run on the CPU).
-    #[arg(long)]
+    #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,
-    #[arg(long)]
+    /// The network: efficientnet-lite0 (default, built in), efficientnet-lite1,
+    /// efficientnet-lite2, mobilenet-v2, inception-v3-tf2015, inception-v3, googlenet, vgg16,
+    /// vgg19, resnet50 (`deepdream models` says which are installed). With no --preset or
+    /// --layers, each dreams on its own default layers.
+    #[arg(long, value_name = "NAME")]
     pub model: Option<String>,
-    /// Layers and weights, e.g. block5=1,block10=1; LAYER:N targets channel N.
-    #[arg(long)]
+    /// Layers and weights, e.g. block5=1,block10=1 (a bare name weighs 1); LAYER:N targets
+    /// channel N. `deepdream layers --model M` lists a model's layers. Default: the preset's.
+    #[arg(long, value_name = "LAYER=W,...")]
     pub layers: Option<String>,
-    /// ImageNet classes to grow, by name or index, e.g. banana or 954=1,tabby=0.5.
-    #[arg(long = "class")]
+    /// ImageNet classes to grow, by name or index, e.g. banana or 954=1,tabby=0.5 (replaces
+    /// the preset's layers).
+    #[arg(long = "class", value_name = "CLASS=W,...")]
     pub classes: Option<String>,
     /// Class scores: log-softmax (default) or logits.
-    #[arg(long)]
+    #[arg(long, value_name = "MODE")]
     pub class_mode: Option<String>,
-    /// Guide image: the dream's features move toward its features.
-    #[arg(long)]
+    /// Guide image: the dream's features move toward its features (replaces the preset's
+    /// layers; needs --guide-layers).
+    #[arg(long, value_name = "IMAGE")]
     pub guide: Option<PathBuf>,
     /// Layers the guide acts on, e.g. block8=1.
-    #[arg(long)]
+    #[arg(long, value_name = "LAYER=W,...")]
     pub guide_layers: Option<String>,
     /// dot (best-match dot product, default) or l2 (feature distance).
-    #[arg(long)]
+    #[arg(long, value_name = "MODE")]
     pub guide_mode: Option<String>,
-    #[arg(long, allow_negative_numbers = true)]
+    /// Weight of the guide term, -10000..10000 (default 1).
+    #[arg(long, allow_negative_numbers = true, value_name = "W")]
     pub guide_weight: Option<f32>,
-    /// Style image (Gram-matrix style loss).
-    #[arg(long)]
+    /// Style image (Gram-matrix style loss; replaces the preset's layers; needs
+    /// --style-layers).
+    #[arg(long, value_name = "IMAGE")]
     pub style: Option<PathBuf>,
     /// Layers whose Gram matrices are matched, e.g. block1,block3,block5.
-    #[arg(long)]
+    #[arg(long, value_name = "LAYER=W,...")]
     pub style_layers: Option<String>,
-    #[arg(long, allow_negative_numbers = true)]
+    /// Weight of the style term, -10000..10000 (default 1).
+    #[arg(long, allow_negative_numbers = true, value_name = "W")]
     pub style_weight: Option<f32>,
     /// Layers whose features keep the input's content, e.g. block10.
-    #[arg(long)]
+    #[arg(long, value_name = "LAYER=W,...")]
     pub content_layers: Option<String>,
-    #[arg(long, allow_negative_numbers = true)]
+    /// Weight of the content term, -10000..10000 (default 1).
+    #[arg(long, allow_negative_numbers = true, value_name = "W")]
     pub content_weight: Option<f32>,
-    /// Total-variation penalty weight (smoothness).
-    #[arg(long, allow_negative_numbers = true)]
+    /// Total-variation penalty weight, 0..10000 (smoothness; default: the preset's, else 0).
+    #[arg(long, allow_negative_numbers = true, value_name = "W")]
     pub tv: Option<f32>,
-    /// Blur the gradient with this sigma (pixels).
-    #[arg(long, allow_negative_numbers = true)]
+    /// Blur the gradient with this sigma, in pixels: 0 (off, the default) or 0.1..20.
+    #[arg(long, allow_negative_numbers = true, value_name = "SIGMA")]
     pub grad_blur: Option<f64>,
-    /// Blur the image after each step with this sigma (pixels).
-    #[arg(long, allow_negative_numbers = true)]
+    /// Blur the image after each step with this sigma, in pixels: 0 (off, the default) or
+    /// 0.1..20.
+    #[arg(long, allow_negative_numbers = true, value_name = "SIGMA")]
     pub image_blur: Option<f64>,
-    /// Decay the image toward grey by this fraction per step.
-    #[arg(long, allow_negative_numbers = true)]
+    /// Decay the image toward grey by this fraction per step, 0..1 (default 0).
+    #[arg(long, allow_negative_numbers = true, value_name = "FRACTION")]
     pub decay: Option<f64>,
-    /// Laplacian-pyramid gradient normalisation with this many levels.
-    #[arg(long, allow_negative_numbers = true)]
+    /// Laplacian-pyramid gradient normalisation with this many levels, 0..16 (0: off, the
+    /// default).
+    #[arg(long, allow_negative_numbers = true, value_name = "LEVELS")]
     pub laplacian: Option<usize>,
     /// Clip to the valid pixel range only at the end, not after every step.
     #[arg(long)]
     pub no_clip: bool,
-    #[arg(long, allow_negative_numbers = true)]
+    /// Octaves, 1..64: the image is dreamed at this many sizes, smallest first. Given here,
+    /// exact; from the preset (classic: 3, zoom: 3, video: 2), fitted to the picture: one more
+    /// per --octave-scale a picture's longer side is above 640 pixels, fewer where the
+    /// smallest would be too small for the network.
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub octaves: Option<usize>,
-    #[arg(long, allow_negative_numbers = true)]
+    /// Size ratio between octaves, 1..16 (preset's; classic 1.4).
+    #[arg(long, allow_negative_numbers = true, value_name = "RATIO")]
     pub octave_scale: Option<f64>,
-    /// Ascent steps per octave.
-    #[arg(long, allow_negative_numbers = true)]
+    /// Ascent steps per octave, at least 1 (preset's; classic 20, zoom 10, video 4).
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub steps: Option<usize>,
-    /// Step size on the gradient normalised by its mean absolute value.
-    #[arg(long, allow_negative_numbers = true)]
+    /// Step size on the gradient normalised by its mean absolute value, > 0 (preset's;
+    /// classic 0.01).
+    #[arg(long, allow_negative_numbers = true, value_name = "SIZE")]
     pub step: Option<f64>,
-    /// Stop an octave once the loss passes this.
-    #[arg(long, allow_negative_numbers = true)]
+    /// Stop an octave once the loss passes this (preset's; classic 600; dropped when
+    /// --layers, --class, --guide or --style replace the preset's objective).
+    #[arg(long, allow_negative_numbers = true, value_name = "LOSS")]
     pub max_loss: Option<f64>,
-    /// Largest random shift per step, in pixels.
-    #[arg(long, allow_negative_numbers = true)]
+    /// Largest random shift per step, in pixels, 0..4096 (preset's; classic 0, zoom 8).
+    #[arg(long, allow_negative_numbers = true, value_name = "PX")]
     pub jitter: Option<usize>,
-    #[arg(long, allow_negative_numbers = true)]
+    /// Seed of the jitter (preset's, else 0): the same seed gives the same picture. Frame k
+    /// of a render uses seed + k.
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub seed: Option<u64>,
-    /// Shrink the input so its longer side is at most this many pixels.
-    #[arg(long, allow_negative_numbers = true)]
+    /// Shrink the input so its longer side is at most this many pixels (preset's; zoom 480,
+    /// video 640; classic: full size).
+    #[arg(long, allow_negative_numbers = true, value_name = "PX")]
     pub max_size: Option<u32>,
     /// Dream images larger than this many pixels a side in overlapping tiles, blended without
-    /// seams, to bound memory (default 1024; 0: never tile).
-    #[arg(long, allow_negative_numbers = true)]
+    /// seams, to bound memory: 0 (never tile) or at least 256 (default 1024).
+    #[arg(long, allow_negative_numbers = true, value_name = "PX")]
     pub tile: Option<usize>,
 }
 
 /// Encoder flags shared by `zoom` and `video`.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct EncodeFlags {
-    /// x264/VP9 constant rate factor, 0..63 (lower is better; default 18).
-    #[arg(long, allow_negative_numbers = true)]
+    /// x264/VP9 constant rate factor, 0..63 (lower is better; default 18, the zoom and video
+    /// presets 20). MP4, MOV, MKV and WebM only.
+    #[arg(long, allow_negative_numbers = true, value_name = "CRF")]
     pub crf: Option<u32>,
-    /// x264 preset (ultrafast .. veryslow; default medium).
-    #[arg(long)]
+    /// x264 preset, ultrafast .. veryslow (default medium). MP4, MOV and MKV only.
+    #[arg(long, value_name = "PRESET")]
     pub x264_preset: Option<String>,
     /// Continue an interrupted render where it stopped.
     #[arg(long)]
@@ -111,31 +135,33 @@ pub struct EncodeFlags {
 /// `zoom`'s own flags.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct ZoomFlags {
-    /// Number of frames (default 48).
-    #[arg(long, allow_negative_numbers = true)]
+    /// Number of frames, 1..1000000 (preset's; zoom 96; else 48).
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub frames: Option<u64>,
     /// Seconds of output instead of --frames.
-    #[arg(long, allow_negative_numbers = true, conflicts_with = "frames")]
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "frames", value_name = "SECONDS")]
     pub duration: Option<f64>,
-    /// Frames per second: 25, 29.97 or 30000/1001 (default 25).
-    #[arg(long)]
+    /// Frames per second: 25, 29.97 or 30000/1001 (preset's; zoom 24; else 25).
+    #[arg(long, value_name = "RATE")]
     pub fps: Option<String>,
-    /// Magnification per frame (default 1.04; below 1 zooms out, the picture mirrored beyond
+    /// Magnification per frame, 0.01..100 (preset's; zoom 1.03; else 1.04; below 1 zooms out, the picture mirrored beyond
     /// its edges for the dream to paint over).
     #[arg(long, allow_negative_numbers = true)]
     pub zoom: Option<f64>,
     /// Magnification per second, independent of fps.
-    #[arg(long, allow_negative_numbers = true, conflicts_with = "zoom")]
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "zoom", value_name = "FACTOR")]
     pub zoom_per_second: Option<f64>,
-    /// Rotation per frame in degrees, counter-clockwise (negative: clockwise; default 0).
+    /// Rotation per frame in degrees, counter-clockwise (negative: clockwise; preset's; zoom
+    /// 0.2; else 0).
     #[arg(long, allow_negative_numbers = true)]
     pub rotate: Option<f64>,
     /// Pan per frame in pixels, X,Y: the view moves right by X and down by Y each frame
     /// (default 0,0).
     #[arg(long, allow_hyphen_values = true)]
     pub pan: Option<String>,
-    /// Ascent steps on each frame after the first (default 5; 0: zoom without dreaming).
-    #[arg(long, allow_negative_numbers = true)]
+    /// Ascent steps on each frame after the first (preset's; zoom 2; else 5; 0: zoom without
+    /// dreaming).
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub frame_steps: Option<usize>,
 }
 
@@ -170,10 +196,10 @@ pub struct VideoFlags {
     /// default 0). Given without --motion, it chooses blend.
     #[arg(long, allow_negative_numbers = true)]
     pub blend: Option<f64>,
-    /// Start at this many seconds.
-    #[arg(long, allow_negative_numbers = true)]
+    /// Start at this many seconds into the video (default 0).
+    #[arg(long, allow_negative_numbers = true, value_name = "SECONDS")]
     pub start: Option<f64>,
-    /// Seconds to render.
-    #[arg(long, allow_negative_numbers = true)]
+    /// Seconds to render (default: to the end).
+    #[arg(long, allow_negative_numbers = true, value_name = "SECONDS")]
     pub duration: Option<f64>,
 }

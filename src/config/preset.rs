@@ -46,6 +46,9 @@ pub type Weights = BTreeMap<String, Spanned<f32>>;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preset {
+    /// Another preset this one builds on (a built-in name, or a file relative to this one):
+    /// its settings hold wherever this file gives none.
+    pub base: V<String>,
     pub description: Option<String>,
     pub model: V<String>,
     #[serde(default)]
@@ -188,54 +191,146 @@ pub struct OutputSection {
     pub preset: V<String>,
 }
 
-/// A parsed preset and what its values' origins need: its display path and text.
-pub struct PresetFile {
-    pub path: PathBuf,
+/// Settings a preset file gives override its base's, field by field; a table of weights
+/// (`[dream.layers]`) or an image section replaces the base's whole.
+trait Merge {
+    fn merge(&mut self, base: Self);
+}
+
+macro_rules! merge_fields {
+    ($t:ty: $($field:ident),* ; sections $($section:ident),*) => {
+        impl Merge for $t {
+            fn merge(&mut self, base: Self) {
+                $(if self.$field.is_none() { self.$field = base.$field; })*
+                $(self.$section.merge(base.$section);)*
+            }
+        }
+    };
+}
+
+merge_fields!(Preset: description, model; sections dream, objective, regularize, zoom, video, output);
+merge_fields!(DreamSection: layers, octaves, octave_scale, steps, step, max_loss, jitter, seed, max_size, tile; sections);
+merge_fields!(ObjectiveSection: classes, class_mode, tv, guide, style; sections);
+merge_fields!(RegularizeSection: grad_blur, image_blur, decay, laplacian, clip; sections);
+merge_fields!(ZoomSection: frames, duration, fps, zoom, zoom_per_second, rotate, pan, frame_steps; sections);
+merge_fields!(VideoSection: motion, warp, cut, frame_octaves, frame_steps, frame_step, blend, start, duration; sections);
+merge_fields!(OutputSection: crf, preset; sections);
+
+/// How deep `base` chains may go.
+const MAX_BASES: usize = 8;
+
+/// One file of a preset and its bases: where its text starts in the spans (each file is
+/// parsed after as many spaces as the texts before it hold, so a span says which file it is
+/// in), its display path, its text and where its relative images point.
+struct Part {
+    start: usize,
+    path: PathBuf,
     text: String,
-    /// Where the preset's relative image paths point; `None` for a built-in preset, whose
-    /// images are built in too ([`PresetFile::image`]).
-    pub base_dir: Option<PathBuf>,
+    base_dir: Option<PathBuf>,
+}
+
+/// A parsed preset (merged with its bases) and what its values' origins need: each file's
+/// display path and text.
+pub struct PresetFile {
+    /// The preset named (not its bases).
+    pub path: PathBuf,
+    /// It and its bases, in the order read.
+    parts: Vec<Part>,
     pub preset: Preset,
 }
 
 impl PresetFile {
-    /// A preset given by built-in name or by file path.
+    /// A preset given by built-in name or by file path, merged with its bases.
     pub fn load(name_or_path: &str) -> Result<PresetFile> {
-        let (path, text, base_dir) = match BUILTIN_PRESETS.iter().find(|(n, _)| *n == name_or_path) {
+        let mut parts: Vec<Part> = Vec::new();
+        let mut preset = Self::read(name_or_path, None, &mut parts)?;
+        let mut base = preset.base.take();
+        while let Some(name) = base {
+            let at = parts.len() - 1;
+            let origin = Origin::Preset {
+                path: parts[at].path.clone(),
+                line: line_of(&parts[at].text, name.span().start - parts[at].start),
+                key: "base".into(),
+            };
+            if parts.len() > MAX_BASES {
+                return Err(origin.error(format!("more than {MAX_BASES} presets build on each other")));
+            }
+            let mut parent = Self::read(name.get_ref(), Some((&origin, parts[at].base_dir.clone())), &mut parts)?;
+            let path = &parts[parts.len() - 1].path;
+            if parts[..parts.len() - 1].iter().any(|p| same_file(&p.path, path)) {
+                return Err(origin.error(format!("{} builds on itself", path.display())));
+            }
+            base = parent.base.take();
+            preset.merge(parent);
+        }
+        Ok(PresetFile { path: parts[0].path.clone(), parts, preset })
+    }
+
+    /// Reads one preset file (or built-in) into `parts`, its spans counted after the texts
+    /// before it. A base's name is blamed on the `base` key that gave it.
+    fn read(name_or_path: &str, from: Option<(&Origin, Option<PathBuf>)>, parts: &mut Vec<Part>) -> Result<Preset> {
+        let builtin = BUILTIN_PRESETS.iter().find(|(n, _)| *n == name_or_path);
+        let (path, text, base_dir) = match builtin {
             Some((name, text)) => (PathBuf::from(format!("presets/{name}.toml")), text.to_string(), None),
             None => {
-                let path = Path::new(name_or_path);
+                // A base file is relative to the preset that names it.
+                let path = match &from {
+                    Some((_, Some(dir))) => dir.join(name_or_path),
+                    _ => PathBuf::from(name_or_path),
+                };
                 if !path.is_file() {
                     let names: Vec<_> = BUILTIN_PRESETS.iter().map(|(n, _)| *n).collect();
-                    return Err(Error::usage(format!(
-                        "--preset: unknown preset '{name_or_path}': not a file, and not one of {}",
-                        names.join(", ")
-                    )));
+                    let problem =
+                        format!("unknown preset '{name_or_path}': not a file, and not one of {}", names.join(", "));
+                    return Err(match from {
+                        Some((origin, _)) => origin.error(problem),
+                        None => Error::usage(format!("--preset: {problem}")),
+                    });
                 }
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::Preset { path: path.to_owned(), reason: e.to_string() })?;
-                (path.to_owned(), text, Some(path.parent().map(Path::to_path_buf).unwrap_or_default()))
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| Error::Preset { path: path.clone(), reason: e.to_string() })?;
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                (path, text, Some(dir))
             }
         };
-        let preset = parse_preset(&path, &text)?;
-        Ok(PresetFile { path, text, base_dir, preset })
+        let start = parts.last().map_or(0, |p| p.start + p.text.len() + 1);
+        let padded = format!("{}{text}", " ".repeat(start));
+        let preset = parse_preset_at(&path, &padded, start)?;
+        parts.push(Part { start, path, text, base_dir });
+        Ok(preset)
+    }
+
+    /// The file a span falls in.
+    fn part(&self, at: usize) -> &Part {
+        self.parts.iter().rev().find(|p| p.start <= at).unwrap_or(&self.parts[0])
     }
 
     /// An image the preset names by a path relative to itself: a file for a preset file, the
     /// built-in bytes for a built-in preset.
-    pub fn image(&self, rel: &str) -> PresetImage {
-        match &self.base_dir {
-            Some(dir) => PresetImage::File(dir.join(rel)),
-            None => match BUILTIN_IMAGES.iter().find(|(name, _)| *name == rel) {
+    pub fn image(&self, rel: &Spanned<String>) -> PresetImage {
+        let rel_text = rel.get_ref().as_str();
+        match &self.part(rel.span().start).base_dir {
+            Some(dir) => PresetImage::File(dir.join(rel_text)),
+            None => match BUILTIN_IMAGES.iter().find(|(name, _)| *name == rel_text) {
                 Some((name, bytes)) => PresetImage::BuiltIn(name, bytes),
-                None => PresetImage::File(PathBuf::from(rel)),
+                None => PresetImage::File(PathBuf::from(rel_text)),
             },
         }
     }
 
     /// The origin of the value at `span` under the dotted `key`.
     pub fn origin(&self, key: &str, span: std::ops::Range<usize>) -> Origin {
-        Origin::Preset { path: self.path.clone(), line: line_of(&self.text, span.start), key: key.to_owned() }
+        let part = self.part(span.start);
+        Origin::Preset {
+            path: part.path.clone(),
+            line: line_of(&part.text, span.start - part.start),
+            key: key.to_owned(),
+        }
+    }
+
+    /// The files read: the preset and its bases.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.parts.iter().map(|p| p.path.as_path())
     }
 
     /// A preset value with its origin.
@@ -255,13 +350,27 @@ fn line_of(text: &str, at: usize) -> usize {
     text[..at.min(text.len())].matches('\n').count() + 1
 }
 
+/// Whether two paths name one file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 /// Parses a preset; errors name the file, the key and the line.
 pub fn parse_preset(path: &Path, text: &str) -> Result<Preset> {
-    toml::from_str::<Preset>(text).map_err(|e| {
+    parse_preset_at(path, text, 0)
+}
+
+/// [`parse_preset`] of a text whose first `start` bytes are padding (a base's place).
+fn parse_preset_at(path: &Path, padded: &str, start: usize) -> Result<Preset> {
+    let text = &padded[start..];
+    toml::from_str::<Preset>(padded).map_err(|e| {
         let msg = e.message().trim().to_owned();
         let reason = match e.span() {
             Some(span) => {
-                let line = line_of(text, span.start);
+                let line = line_of(text, span.start.saturating_sub(start));
                 let line_text = text.lines().nth(line - 1).unwrap_or("");
                 let key = line_text.split('=').next().unwrap_or("").trim();
                 let header = line_text.trim_start().starts_with('[');
@@ -286,6 +395,9 @@ pub fn parse_preset(path: &Path, text: &str) -> Result<Preset> {
                     format!("line {line}: table [{table}] appears twice (merge its keys into one [{table}])")
                 } else if full_key.is_empty() || msg.contains(&format!("`{key}`")) {
                     format!("line {line}: {msg}")
+                } else if msg.starts_with("invalid type: map") && key.contains('.') && !key.starts_with(['"', '\'']) {
+                    // `features.12 = 1.0` is a table `features` holding a key `12` in TOML.
+                    format!("line {line}, key `{full_key}`: {msg}; a name with a dot must be quoted: \"{key}\" = ...")
                 } else {
                     format!("line {line}, key `{full_key}`: {msg}")
                 }
@@ -324,6 +436,14 @@ mod tests {
         let text = "[dream]\nsteps = 3\nsteps = 4\n";
         let err = parse_preset(Path::new("p.toml"), text).unwrap_err().to_string();
         assert!(err.contains("line 3, key `dream.steps`: duplicate key"), "{err}");
+    }
+
+    #[test]
+    fn an_unquoted_dotted_layer_says_to_quote_it() {
+        let text = "[dream.layers]\nfeatures.12 = 1.0\n";
+        let err = parse_preset(Path::new("p.toml"), text).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("must be quoted: \"features.12\" = ..."), "{err}");
+        assert!(parse_preset(Path::new("p.toml"), "[dream.layers]\n\"features.12\" = 1.0\n").is_ok());
     }
 
     #[test]

@@ -122,9 +122,10 @@ impl<'a> Settings<'a> {
         let (f, file) = (self.flags, &self.file);
         let o = &file.preset.objective;
         let in_preset = [o.guide.as_ref().map(|g| &g.image), o.style.as_ref().map(|s| &s.image)];
-        let mut sources = vec![input.to_owned(), file.path.clone()];
+        let mut sources = vec![input.to_owned()];
+        sources.extend(file.paths().map(Path::to_path_buf));
         sources.extend(f.guide.iter().chain(&f.style).cloned());
-        sources.extend(in_preset.into_iter().flatten().filter_map(|rel| match file.image(rel.get_ref()) {
+        sources.extend(in_preset.into_iter().flatten().filter_map(|rel| match file.image(rel) {
             PresetImage::File(path) => Some(path),
             PresetImage::BuiltIn(..) => None,
         }));
@@ -367,7 +368,7 @@ impl<'a> Settings<'a> {
             |path: &Path| crate::io::to_tensor(&crate::io::load_rgb(path, Some(1024))?, &candle_core::Device::Cpu);
         match (flag_path, preset) {
             (Some(path), _) => load(path).map_err(|e| Origin::Flag(flag_name).blame(e)),
-            (None, Some(rel)) => match self.file.image(rel.get_ref()) {
+            (None, Some(rel)) => match self.file.image(rel) {
                 PresetImage::File(path) => load(&path),
                 PresetImage::BuiltIn(name, bytes) => crate::io::decode_rgb(bytes.to_vec(), Path::new(name), Some(1024))
                     .and_then(|img| crate::io::to_tensor(&img, &candle_core::Device::Cpu)),

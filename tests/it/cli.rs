@@ -548,3 +548,31 @@ fn a_preset_for_another_model_maps_or_says_so() {
         &dir,
     );
 }
+
+#[test]
+fn a_preset_builds_on_another() {
+    let dir = scratch("base-presets");
+    let out = scratch("base-presets-out");
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    // Only a [zoom] section: the rest (layers, octaves, ...) from the built-in zoom preset.
+    let fast = write("fast.toml", "base = \"zoom\"\n\n[zoom]\nframes = 3\nzoom = 1.1\n");
+    let frames = out.join("frames");
+    let o = deepdream(&["zoom", &example(), "-o", frames.to_str().unwrap(), "--preset", &fast, "--max-size", "64"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(&frames).unwrap().count(), 3);
+    // A chain of files, relative to each other: a bad value is reported in the file and on
+    // the line that holds it, and a value of the child overrides its base's.
+    write("bad.toml", "base = \"zoom\"\n[dream]\nsteps = 0\noctaves = 0\n");
+    let child = write("child.toml", "base = \"bad.toml\"\n[dream]\nsteps = 2\n");
+    let empty = scratch("base-presets-empty");
+    let o = deepdream(&["dream", &example(), "-o", empty.join("o.png").to_str().unwrap(), "--preset", &child]);
+    assert_user_error(&o, "bad.toml: line 4, key `dream.octaves`", &empty);
+    let looped = write("loop.toml", "base = \"loop.toml\"\n");
+    let o = deepdream(&["dream", &example(), "-o", empty.join("o.png").to_str().unwrap(), "--preset", &looped]);
+    assert_user_error(&o, "loop.toml: line 1, key `base`: ", &empty);
+    assert!(stderr(&o).contains("builds on itself"), "{}", stderr(&o));
+}
