@@ -80,7 +80,8 @@ enum Command {
     Video {
         /// The video: any container and codec ffmpeg decodes, or an animated GIF.
         input: PathBuf,
-        /// Output: .mp4, .mov, .mkv (audio kept), .webm, .gif, or a directory for PNG frames.
+        /// Output: .mp4, .mov, .mkv (the audio copied), .webm (the audio as Opus), .gif, or a
+        /// directory for PNG frames.
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]

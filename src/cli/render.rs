@@ -95,9 +95,8 @@ fn announce(
 
 pub fn dream(input: &Path, output: &Path, quality: Option<u32>, flags: &DreamFlags, cancel: &Cancel) -> Result<()> {
     let mut job = Job::dream(input, output, flags)?;
-    let quality = quality
-        .map(|q| Sourced::flag("--quality", q as u32).check(Rule::Between(1.0, 100.0)).map(|q| q as u8))
-        .transpose()?;
+    let quality =
+        quality.map(|q| Sourced::flag("--quality", q).check(Rule::Between(1.0, 100.0)).map(|q| q as u8)).transpose()?;
     io::check_writable(output)?;
     if let Some(q) = quality.filter(|_| io::output_format(output).ok() != Some(image::ImageFormat::Jpeg)) {
         tell!("warning: --quality {q} applies to JPEG output only; {} is written losslessly", output.display());

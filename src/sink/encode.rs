@@ -1,4 +1,5 @@
-//! MP4/MOV/MKV (H.264, yuv420p, CRF and preset, audio copied from the source), WebM (VP9) and
+//! MP4/MOV/MKV (H.264, yuv420p, CRF and preset, audio copied from the source), WebM (VP9, the
+//! audio re-encoded as Opus unless it is Opus or Vorbis already) and
 //! GIF (palettegen + paletteuse through libavfilter, looping forever) through ffmpeg.
 
 use super::{FrameSink, SinkKind, SinkOptions};
@@ -18,7 +19,8 @@ fn rational(r: Rational) -> ffmpeg::Rational {
     ffmpeg::Rational::new(r.num, r.den)
 }
 
-/// Audio packets copied from the source video into the output.
+/// Audio packets copied from the source video into the output, or re-encoded where the
+/// output cannot hold the source's codec ([`Transcode`]).
 struct AudioCopy {
     ictx: format::context::Input,
     in_index: usize,
@@ -27,6 +29,129 @@ struct AudioCopy {
     start_ts: i64,
     end_ts: Option<i64>,
     done: bool,
+    transcode: Option<Transcode>,
+}
+
+/// The source's audio decoded, resampled to 48 kHz float stereo (or mono) in frames of the
+/// encoder's size by a filter graph, and encoded as Opus: a WebM holds only Opus or Vorbis,
+/// and most sources carry AAC.
+struct Transcode {
+    decoder: ffmpeg::decoder::Audio,
+    graph: filter::Graph,
+    encoder: ffmpeg::encoder::Audio,
+    /// Samples handed to the encoder so far: the next frame's pts at 1/48000.
+    samples: i64,
+}
+
+/// Opus's only sample rate.
+const OPUS_RATE: i32 = 48_000;
+
+impl Transcode {
+    fn new(octx: &mut format::context::Output, ist: &format::stream::Stream) -> Result<(Transcode, usize)> {
+        fn err(what: &'static str) -> impl Fn(ffmpeg::Error) -> Error + Copy {
+            move |e| Error::Unsupported(format!("cannot {what} the audio: {e}"))
+        }
+        let decoder = codec::context::Context::from_parameters(ist.parameters())
+            .and_then(|c| c.decoder().audio())
+            .map_err(err("decode"))?;
+        let codec = encoder::find_by_name("libopus")
+            .or_else(|| encoder::find(codec::Id::OPUS))
+            .ok_or_else(|| Error::Unsupported("this ffmpeg has no Opus encoder for a WebM's audio".into()))?;
+        let stereo = decoder.channels() >= 2;
+        let layout = if stereo { ffmpeg::ChannelLayout::STEREO } else { ffmpeg::ChannelLayout::MONO };
+        let mut enc = codec::context::Context::new_with_codec(codec).encoder().audio().map_err(err("encode"))?;
+        enc.set_rate(OPUS_RATE);
+        enc.set_format(format::Sample::F32(format::sample::Type::Packed));
+        enc.set_channel_layout(layout);
+        enc.set_time_base(ffmpeg::Rational::new(1, OPUS_RATE));
+        enc.set_bit_rate(if stereo { 128_000 } else { 64_000 });
+        if octx.format().flags().contains(format::Flags::GLOBAL_HEADER) {
+            enc.set_flags(codec::Flags::GLOBAL_HEADER);
+        }
+        let mut dict = Dictionary::new();
+        dict.set("strict", "experimental"); // ffmpeg's own Opus encoder, where libopus is absent
+        let encoder = enc.open_with(dict).map_err(err("encode"))?;
+        let mut ost = octx.add_stream(codec).map_err(err("add"))?;
+        ost.set_parameters(&encoder);
+        ost.set_time_base(ffmpeg::Rational::new(1, OPUS_RATE));
+        let out_index = ost.index();
+        // The graph: the decoder's samples in, 48 kHz packed float out, in frames of the
+        // encoder's size (the last one shorter).
+        let mut graph = filter::Graph::new();
+        let tb = ist.time_base();
+        let in_layout = match decoder.channel_layout().bits() {
+            0 => ffmpeg::ChannelLayout::default(decoder.channels() as i32).bits(),
+            bits => bits,
+        };
+        let args = format!(
+            "time_base={}/{}:sample_rate={}:sample_fmt={}:channel_layout=0x{in_layout:x}",
+            tb.numerator(),
+            tb.denominator(),
+            decoder.rate(),
+            decoder.format().name()
+        );
+        let e = err("resample");
+        graph.add(&filter::find("abuffer").expect("abuffer filter"), "in", &args).map_err(e)?;
+        graph.add(&filter::find("abuffersink").expect("abuffersink filter"), "out", "").map_err(e)?;
+        let spec = format!(
+            "aresample={OPUS_RATE},aformat=sample_fmts=flt:channel_layouts={}",
+            if stereo { "stereo" } else { "mono" }
+        );
+        graph.output("in", 0).and_then(|p| p.input("out", 0)).and_then(|p| p.parse(&spec)).map_err(e)?;
+        graph.validate().map_err(e)?;
+        graph.get("out").expect("sink").sink().set_frame_size(encoder.frame_size());
+        Ok((Transcode { decoder, graph, encoder, samples: 0 }, out_index))
+    }
+
+    /// Decodes one source packet (or, with `None`, flushes everything) and writes what the
+    /// encoder gives back.
+    fn packet(
+        &mut self,
+        packet: Option<&Packet>,
+        octx: &mut format::context::Output,
+        out_index: usize,
+        out_tb: ffmpeg::Rational,
+    ) -> Result<()> {
+        let err = |e: ffmpeg::Error| Error::Unsupported(format!("cannot re-encode the audio: {e}"));
+        match packet {
+            // A damaged packet is skipped: the audio has a gap, not the render an error.
+            Some(p) => {
+                let _ = self.decoder.send_packet(p);
+            }
+            None => {
+                let _ = self.decoder.send_eof();
+            }
+        }
+        let mut decoded = ffmpeg::frame::Audio::empty();
+        while self.decoder.receive_frame(&mut decoded).is_ok() {
+            self.graph.get("in").expect("source").source().add(&decoded).map_err(err)?;
+        }
+        if packet.is_none() {
+            self.graph.get("in").expect("source").source().flush().map_err(err)?;
+        }
+        let mut resampled = ffmpeg::frame::Audio::empty();
+        while self.graph.get("out").expect("sink").sink().frame(&mut resampled).is_ok() {
+            resampled.set_pts(Some(self.samples));
+            self.samples += resampled.samples() as i64;
+            self.encoder.send_frame(&resampled).map_err(err)?;
+            self.write(octx, out_index, out_tb)?;
+        }
+        if packet.is_none() {
+            self.encoder.send_eof().map_err(err)?;
+            self.write(octx, out_index, out_tb)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, octx: &mut format::context::Output, out_index: usize, out_tb: ffmpeg::Rational) -> Result<()> {
+        let mut encoded = Packet::empty();
+        while self.encoder.receive_packet(&mut encoded).is_ok() {
+            encoded.set_stream(out_index);
+            encoded.rescale_ts(ffmpeg::Rational::new(1, OPUS_RATE), out_tb);
+            encoded.write_interleaved(octx).map_err(|e| Error::Unsupported(format!("cannot write the audio: {e}")))?;
+        }
+        Ok(())
+    }
 }
 
 impl AudioCopy {
@@ -47,6 +172,23 @@ impl AudioCopy {
                     break;
                 }
                 Err(_) => continue,
+            }
+            if let Some(t) = &mut self.transcode
+                && packet.stream() == self.in_index
+            {
+                let pts = packet.pts().unwrap_or(0);
+                if pts < self.start_ts {
+                    continue;
+                }
+                if self.end_ts.is_some_and(|e| pts >= e) {
+                    self.done = true;
+                    break;
+                }
+                t.packet(Some(&packet), octx, self.out_index, out_tb)?;
+                if until_seconds.is_some_and(|u| (pts - self.start_ts) as f64 * tb > u) {
+                    break;
+                }
+                continue;
             }
             if packet.stream() != self.in_index {
                 continue;
@@ -162,8 +304,8 @@ pub fn open(
     ost.set_parameters(&encoder);
     ost.set_time_base(enc_tb);
     let mut audio = None;
-    if let (SinkKind::Mp4, Some(src)) = (kind, audio_from) {
-        audio = audio_copy(&mut octx, src)?;
+    if let (SinkKind::Mp4 | SinkKind::WebM, Some(src)) = (kind, audio_from) {
+        audio = audio_copy(&mut octx, src, kind)?;
     }
     let mut header = Dictionary::new();
     if kind == SinkKind::Gif {
@@ -196,21 +338,29 @@ pub fn open(
     }))
 }
 
-fn audio_copy(octx: &mut format::context::Output, src: &AudioSource) -> Result<Option<AudioCopy>> {
+/// The source's audio for the output: copied, or for a WebM re-encoded as Opus unless it
+/// already is Opus or Vorbis.
+fn audio_copy(octx: &mut format::context::Output, src: &AudioSource, kind: SinkKind) -> Result<Option<AudioCopy>> {
     let mut ictx = format::input(&crate::media::ffmpeg_path(&src.path))
         .map_err(|e| Error::Video { path: src.path.clone(), reason: format!("cannot reopen for audio ({e})") })?;
     let Some(ist) = ictx.streams().best(media::Type::Audio) else { return Ok(None) };
     let (in_index, in_tb) = (ist.index(), ist.time_base());
-    let mut ost = octx
-        .add_stream(encoder::find(codec::Id::None))
-        .map_err(|e| Error::Unsupported(format!("cannot add the audio stream: {e}")))?;
-    ost.set_parameters(ist.parameters());
-    // SAFETY: plain field write on parameters this stream owns; a tag from another container
-    // may be invalid in this one, and 0 lets the muxer choose.
-    unsafe {
-        (*ost.parameters().as_mut_ptr()).codec_tag = 0;
-    }
-    let out_index = ost.index();
+    let webm_ready = matches!(ist.parameters().id(), codec::Id::OPUS | codec::Id::VORBIS);
+    let (transcode, out_index) = if kind == SinkKind::WebM && !webm_ready {
+        let (t, index) = Transcode::new(octx, &ist)?;
+        (Some(t), index)
+    } else {
+        let mut ost = octx
+            .add_stream(encoder::find(codec::Id::None))
+            .map_err(|e| Error::Unsupported(format!("cannot add the audio stream: {e}")))?;
+        ost.set_parameters(ist.parameters());
+        // SAFETY: plain field write on parameters this stream owns; a tag from another
+        // container may be invalid in this one, and 0 lets the muxer choose.
+        unsafe {
+            (*ost.parameters().as_mut_ptr()).codec_tag = 0;
+        }
+        (None, ost.index())
+    };
     let tb = in_tb.numerator() as f64 / in_tb.denominator() as f64;
     let start_ts = (src.start / tb).round() as i64;
     if src.start > 0.0 {
@@ -218,7 +368,7 @@ fn audio_copy(octx: &mut format::context::Output, src: &AudioSource) -> Result<O
         let _ = ictx.seek(t, ..t);
     }
     let end_ts = src.duration.map(|d| ((src.start + d) / tb).round() as i64);
-    Ok(Some(AudioCopy { ictx, in_index, out_index, in_tb, start_ts, end_ts, done: false }))
+    Ok(Some(AudioCopy { ictx, in_index, out_index, in_tb, start_ts, end_ts, done: false, transcode }))
 }
 
 fn gif_graph(dest: &Path, w: u32, h: u32) -> Result<filter::Graph> {
@@ -369,6 +519,9 @@ impl FrameSink for Encoded {
                 // The rest of the audio, up to the end of the video.
                 let end = self.last_pts.map(|p| (p + 1) as f64 * self.src_tb.as_f64());
                 a.copy_until(&mut self.octx, out_tb, end)?;
+                if let Some(t) = &mut a.transcode {
+                    t.packet(None, &mut self.octx, a.out_index, out_tb)?;
+                }
             }
             self.octx.write_trailer().map_err(ff(&self.dest, "cannot finish the file"))?;
             Ok(())

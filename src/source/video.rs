@@ -325,7 +325,21 @@ pub fn summarize(path: &Path) -> Result<MediaSummary> {
         (s.duration() > 0).then(|| s.duration() as f64 * tb.numerator() as f64 / tb.denominator() as f64)
     };
     let video_seconds = o.ictx.stream(o.index).and_then(|s| secs(&s)).unwrap_or(0.0);
-    let audio_seconds = o.ictx.streams().best(media::Type::Audio).and_then(|s| secs(&s));
+    let audio = o.ictx.streams().best(media::Type::Audio).map(|s| (s.index(), secs(&s), s.time_base()));
+    // Matroska and WebM give streams no duration: the end of the last audio packet instead.
+    let audio_seconds = match audio {
+        Some((_, Some(seconds), _)) => Some(seconds),
+        Some((index, None, tb)) => {
+            let mut ictx = open(path)?.ictx;
+            let end = ictx
+                .packets()
+                .filter(|(s, _)| s.index() == index)
+                .filter_map(|(_, p)| p.pts().map(|pts| pts + p.duration()))
+                .max();
+            end.map(|e| e as f64 * tb.numerator() as f64 / tb.denominator() as f64)
+        }
+        None => None,
+    };
     let frames = decode(path, &VideoOptions { max_size: Some(32), ..Default::default() }, &mut |_| true)?;
     Ok(MediaSummary { width: info.width, height: info.height, rate: info.rate, frames, video_seconds, audio_seconds })
 }

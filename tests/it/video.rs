@@ -36,6 +36,28 @@ fn bigbuckbunny_keeps_frames_rate_size_and_audio() {
         "audio {audio} s, video {} s",
         m.video_seconds
     );
+    // A WebM holds no AAC: the audio is re-encoded as Opus, with --start and --duration.
+    let webm = dir.join("bbb.webm");
+    let mut args = vec![
+        "video",
+        s(&input),
+        "-o",
+        s(&webm),
+        "--max-size",
+        "96",
+        "--start",
+        "1",
+        "--duration",
+        "2",
+        "--blend",
+        "0.3",
+    ];
+    args.extend(FAST);
+    ok(&deepdream(&args));
+    let m = summarize(&webm).unwrap();
+    assert_eq!(m.frames, 50);
+    let audio = m.audio_seconds.expect("the audio is kept in WebM");
+    assert!((audio - 2.0).abs() < 0.1, "audio {audio} s, video {} s", m.video_seconds);
 }
 
 #[test]
