@@ -288,7 +288,7 @@ fn bad_values_name_their_origin() {
     assert_user_error(&run(&["--decay", "2"]), "--decay: must be in [0, 1), got 2", &dir);
     assert_user_error(&run(&["--step", "nan"]), "--step: must be positive, got NaN", &dir);
     // clap's own parse errors are one line too, and name the flag.
-    assert_user_error(&run(&["--steps", "abc"]), "'--steps <STEPS>'", &dir);
+    assert_user_error(&run(&["--steps", "abc"]), "'--steps <N>'", &dir);
     let presets = scratch("origin-presets");
     let preset = presets.join("p.toml");
     std::fs::write(&preset, "[dream]\nlayers = { block5 = 1 }\nsteps = 20\nstep = -1\n").unwrap();
