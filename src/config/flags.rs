@@ -77,6 +77,19 @@ pub struct DreamFlags {
     /// default).
     #[arg(long, allow_negative_numbers = true, value_name = "LEVELS")]
     pub laplacian: Option<usize>,
+    /// Transformation robustness: each step the network sees the image scaled by a random
+    /// factor within this fraction, 0..1 (0.1: 0.91x to 1.1x; default 0, off), and the
+    /// gradient is scaled back. Grows what any network sees, not one network's patterns.
+    #[arg(long, allow_negative_numbers = true, value_name = "FRACTION")]
+    pub scale_jitter: Option<f64>,
+    /// Transformation robustness: a random turn within this many degrees each step, 0..180
+    /// (default 0, off).
+    #[arg(long, allow_negative_numbers = true, value_name = "DEGREES")]
+    pub rotate_jitter: Option<f64>,
+    /// Step along the colour axes natural images vary in (mostly brightness; Lucid's
+    /// decorrelated colour space) rather than each channel alone, which paints rainbows.
+    #[arg(long)]
+    pub decorrelate: bool,
     /// Clip to the valid pixel range only at the end, not after every step.
     #[arg(long)]
     pub no_clip: bool,

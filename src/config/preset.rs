@@ -122,6 +122,12 @@ pub struct RegularizeSection {
     pub decay: V<f64>,
     pub laplacian: V<usize>,
     pub clip: V<bool>,
+    /// Transformation robustness: random scale within this fraction, and random turn within
+    /// `rotate_jitter` degrees, each step.
+    pub scale_jitter: V<f64>,
+    pub rotate_jitter: V<f64>,
+    /// Steps along natural images' colour axes.
+    pub decorrelate: V<bool>,
 }
 
 /// `deepdream zoom` settings.
@@ -211,7 +217,7 @@ macro_rules! merge_fields {
 merge_fields!(Preset: description, model; sections dream, objective, regularize, zoom, video, output);
 merge_fields!(DreamSection: layers, octaves, octave_scale, steps, step, max_loss, jitter, seed, max_size, tile; sections);
 merge_fields!(ObjectiveSection: classes, class_mode, tv, guide, style; sections);
-merge_fields!(RegularizeSection: grad_blur, image_blur, decay, laplacian, clip; sections);
+merge_fields!(RegularizeSection: grad_blur, image_blur, decay, laplacian, clip, scale_jitter, rotate_jitter, decorrelate; sections);
 merge_fields!(ZoomSection: frames, duration, fps, zoom, zoom_per_second, rotate, pan, frame_steps; sections);
 merge_fields!(VideoSection: motion, warp, cut, frame_octaves, frame_steps, frame_step, blend, start, duration; sections);
 merge_fields!(OutputSection: crf, preset; sections);

@@ -179,6 +179,19 @@ impl<'a> Settings<'a> {
                 LEVELS,
             )?,
             clip: !f.no_clip && r.clip.as_ref().is_none_or(|c| *c.get_ref()),
+            scale_jitter: pick(
+                flag("--scale-jitter", &f.scale_jitter),
+                file.get("regularize.scale_jitter", &r.scale_jitter),
+                0.0,
+                Rule::Between(0.0, 1.0),
+            )?,
+            decorrelate: f.decorrelate || r.decorrelate.as_ref().is_some_and(|d| *d.get_ref()),
+            rotate_jitter: pick(
+                flag("--rotate-jitter", &f.rotate_jitter),
+                file.get("regularize.rotate_jitter", &r.rotate_jitter),
+                0.0,
+                Rule::Between(0.0, 180.0),
+            )?,
         };
         Ok(DreamParams {
             objective: self.objective()?,

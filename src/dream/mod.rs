@@ -28,11 +28,31 @@ pub struct Regularize {
     pub laplacian: usize,
     /// Clip to the valid pixel range after every step (else only at the end).
     pub clip: bool,
+    /// Transformation robustness: each step the network sees the image scaled by a random
+    /// factor within this fraction (0.1: 0.91 to 1.1) and turned by a random angle within
+    /// `rotate_jitter` degrees, and the gradient is turned back. What survives every view is
+    /// what the network sees at any scale and angle: objects, not the one network's
+    /// high-frequency patterns, so a second network sees them too (0: off).
+    pub scale_jitter: f64,
+    pub rotate_jitter: f64,
+    /// Precondition the gradient with the colour covariance of natural images (Lucid's
+    /// decorrelated colour space): steps move along the colour directions photos vary in
+    /// (mostly brightness) instead of each channel on its own, which paints rainbows.
+    pub decorrelate: bool,
 }
 
 impl Default for Regularize {
     fn default() -> Self {
-        Regularize { grad_blur: 0.0, image_blur: 0.0, decay: 0.0, laplacian: 0, clip: true }
+        Regularize {
+            grad_blur: 0.0,
+            image_blur: 0.0,
+            decay: 0.0,
+            laplacian: 0,
+            clip: true,
+            scale_jitter: 0.0,
+            rotate_jitter: 0.0,
+            decorrelate: false,
+        }
     }
 }
 
@@ -174,7 +194,21 @@ pub fn dream(
                 j => (rng.random_range(-(j as i32)..=j as i32), rng.random_range(-(j as i32)..=j as i32)),
             };
             let shifted = roll2(&x, dy, dx)?;
-            let (loss, mut grad) = tiler.loss_and_grad(net, &params.objective, &shifted, (dy, dx))?;
+            let view = (r.scale_jitter > 0.0 || r.rotate_jitter > 0.0).then(|| {
+                let range = (1.0 + r.scale_jitter).ln();
+                let scale = if range > 0.0 { rng.random_range(-range..=range).exp() } else { 1.0 };
+                let angle =
+                    if r.rotate_jitter > 0.0 { rng.random_range(-r.rotate_jitter..=r.rotate_jitter) } else { 0.0 };
+                (scale, angle)
+            });
+            let (loss, mut grad) = match view {
+                None => tiler.loss_and_grad(net, &params.objective, &shifted, (dy, dx))?,
+                Some((scale, angle)) => {
+                    let seen = crate::ops::affine_sample(&shifted, crate::ops::affine(scale, angle))?;
+                    let (loss, grad) = tiler.loss_and_grad(net, &params.objective, &seen, (dy, dx))?;
+                    (loss, crate::ops::affine_sample(&grad, crate::ops::affine(1.0 / scale, -angle))?)
+                }
+            };
             if !loss.is_finite() {
                 return Err(diverged(loss, k, s));
             }
@@ -186,6 +220,9 @@ pub fn dream(
             }
             if r.laplacian > 0 {
                 grad = laplacian_normalize(&grad, r.laplacian)?;
+            }
+            if r.decorrelate {
+                grad = decorrelate_colours(&grad)?;
             }
             let scale = grad.abs()?.mean_all()?.to_scalar::<f32>()?;
             if !scale.is_finite() {
@@ -239,6 +276,31 @@ pub fn seconds_per_pixel_step(net: &dyn FeatureNet, params: &DreamParams, device
     dream(net, &grey, &p, &mut clock)?;
     let t = &clock.0;
     Ok(t[3].duration_since(t[1]).as_secs_f64() / (2 * side * side) as f64)
+}
+
+/// The square root of ImageNet's colour covariance, as Lucid estimated it (its
+/// `color_correlation_svd_sqrt`): column k is the k-th colour axis of natural images scaled by
+/// its spread (brightness first, then two colour-opponent axes).
+const COLOUR_SQRT: [[f32; 3]; 3] = [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]];
+
+/// A `[n, 3, h, w]` gradient as a step in Lucid's decorrelated colour space: the gradient of
+/// the decorrelated image `y` (`x = M y`) is `M^T g`; each of its three components is scaled
+/// to unit RMS (as Lucid's Adam steps are), and the step mapped back through `M`. Colour
+/// changes then come at about a third of the brightness changes' size, as in photos.
+fn decorrelate_colours(grad: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = grad.dims4()?;
+    if c != 3 {
+        return Ok(grad.clone());
+    }
+    let m: Vec<f32> = COLOUR_SQRT.iter().flatten().copied().collect();
+    let mt: Vec<f32> = (0..9).map(|i| COLOUR_SQRT[i % 3][i / 3]).collect();
+    let batch = |v: Vec<f32>| -> Result<Tensor> {
+        Ok(Tensor::from_vec(v, (1, 3, 3), grad.device())?.broadcast_as((n, 3, 3))?.contiguous()?)
+    };
+    let gy = batch(mt)?.matmul(&grad.reshape((n, 3, h * w))?)?;
+    let rms = gy.sqr()?.mean_keepdim(2)?.sqrt()?.clamp(1e-12, f32::MAX)?;
+    let gy = gy.broadcast_div(&rms)?;
+    Ok(batch(m)?.matmul(&gy)?.reshape((n, c, h, w))?)
 }
 
 /// The error for a loss or gradient that is no longer a number: never written out as black.

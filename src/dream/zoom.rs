@@ -63,15 +63,7 @@ impl ZoomTransform {
     }
 }
 
-/// Index `i` reflected into `0..n` (`-1` is `1`, `n` is `n - 2`), for any distance outside.
-fn mirror(i: i64, n: i64) -> usize {
-    if n == 1 {
-        return 0;
-    }
-    let period = 2 * (n - 1);
-    let m = i.rem_euclid(period);
-    (if m >= n { period - m } else { m }) as usize
-}
+use crate::ops::warp::mirror;
 
 #[cfg(test)]
 mod tests {

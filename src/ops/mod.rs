@@ -7,6 +7,7 @@ mod gemm;
 pub mod pool;
 pub mod portable;
 pub mod resize;
+pub mod warp;
 
 #[cfg(test)]
 mod gradcheck;
@@ -15,6 +16,7 @@ pub use blur::{gaussian_blur, laplacian_normalize};
 pub use conv::{Activation, Conv2d, ConvSpec, Padding};
 pub use pool::{Pool2d, PoolKind};
 pub use resize::resize_bilinear;
+pub use warp::{affine, affine_sample};
 
 use candle_core::{CpuStorage, Layout, Result, bail};
 
