@@ -39,7 +39,8 @@ impl ZoomTransform {
         }
         let (w, h) = img.dimensions();
         let (cx, cy) = ((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
-        let (s, c) = (-self.rotate_deg.to_radians()).sin_cos();
+        // Image rows run down: a positive angle turns the picture counter-clockwise as seen.
+        let (s, c) = self.rotate_deg.to_radians().sin_cos();
         let raw = img.as_raw();
         let px = |x: i64, y: i64, ch: usize| -> f64 {
             let (x, y) = (mirror(x, w as i64), mirror(y, h as i64));
@@ -95,6 +96,14 @@ mod tests {
             (super::mirror(-1, 5), super::mirror(5, 5), super::mirror(-9, 5), super::mirror(0, 1)),
             (1, 3, 1, 0)
         );
+    }
+
+    #[test]
+    fn a_positive_rotation_turns_counter_clockwise_as_seen() {
+        let mut img = RgbImage::new(7, 7);
+        img.put_pixel(6, 0, image::Rgb([255, 0, 0])); // top right
+        let turned = ZoomTransform { zoom: 1.0, rotate_deg: 90.0, pan: (0.0, 0.0) }.apply(&img);
+        assert_eq!(turned.get_pixel(0, 0)[0], 255, "the top right turns to the top left");
     }
 
     #[test]

@@ -14,7 +14,8 @@ pub type Affine = [[f64; 2]; 2];
 /// The map that samples a picture scaled by `scale` and turned by `degrees`
 /// counter-clockwise (the inverse is `affine(1 / scale, -degrees)`).
 pub fn affine(scale: f64, degrees: f64) -> Affine {
-    let (s, c) = (-degrees.to_radians()).sin_cos();
+    // Image rows run down: a positive angle turns the picture counter-clockwise as seen.
+    let (s, c) = degrees.to_radians().sin_cos();
     [[c / scale, -s / scale], [s / scale, c / scale]]
 }
 

@@ -161,7 +161,13 @@ fn interrupted_render_resumes_to_the_same_frames() {
     let partial = std::fs::read_dir(&cut).unwrap().count();
     assert!((1..40).contains(&partial), "{partial} frames after the interruption");
     args.push("--resume");
-    ok(&deepdream(&args));
+    let resumed = deepdream(&args);
+    ok(&resumed);
+    // The progress says where it resumes, and counts only the frames dreamed now.
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    let line = err.lines().find(|l| l.starts_with("resuming after frame ")).unwrap_or_else(|| panic!("{err}"));
+    let from: u64 = line["resuming after frame ".len()..].parse().unwrap();
+    assert!(from > 0 && err.contains("frame 40/40"), "{err}");
     for i in 1..=40 {
         let name = format!("frame_{i:05}.png");
         let (a, b) =
