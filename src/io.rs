@@ -212,7 +212,8 @@ fn decode_rgb_with_metadata(bytes: Vec<u8>, path: &Path, max_size: Option<u32>) 
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     // Metadata a decoder cannot read is left behind, not an error.
-    let icc = image::ImageDecoder::icc_profile(&mut decoder).ok().flatten();
+    // Only an RGB profile describes the RGB pixels written (a grey or CMYK one would not).
+    let icc = image::ImageDecoder::icc_profile(&mut decoder).ok().flatten().filter(|p| p.get(16..20) == Some(b"RGB "));
     let mut exif = image::ImageDecoder::exif_metadata(&mut decoder).ok().flatten();
     if let Some(chunk) = &mut exif {
         let _ = image::metadata::Orientation::remove_from_exif_chunk(chunk);
@@ -241,11 +242,12 @@ fn decode_rgb_with_metadata(bytes: Vec<u8>, path: &Path, max_size: Option<u32>) 
 pub fn center_crop(img: &RgbImage, crop: u32) -> RgbImage {
     let short = (crop as f64 / 0.875).round();
     let (w, h) = img.dimensions();
-    let scale = short / w.min(h) as f64;
-    let (rw, rh) = (((w as f64 * scale).round() as u32).max(crop), ((h as f64 * scale).round() as u32).max(crop));
-    let resized = image::imageops::resize(img, rw, rh, image::imageops::FilterType::Triangle);
-    let (left, top) = (((rw - crop) as f64 / 2.0).round() as u32, ((rh - crop) as f64 / 2.0).round() as u32);
-    image::imageops::crop_imm(&resized, left, top, crop, crop).to_image()
+    // The square of the source that becomes the crop, cut first: resizing the whole of a
+    // 1 x 65536 strip to a 256-pixel short side would need gigabytes.
+    let side = ((crop as f64 * w.min(h) as f64 / short).round() as u32).clamp(1, w.min(h));
+    let (left, top) = (((w - side) as f64 / 2.0).round() as u32, ((h - side) as f64 / 2.0).round() as u32);
+    let square = image::imageops::crop_imm(img, left, top, side, side).to_image();
+    image::imageops::resize(&square, crop, crop, image::imageops::FilterType::Triangle)
 }
 
 /// Whether `bytes` open like a video container: MP4/MOV (`ftyp`), Matroska/WebM (EBML), AVI.

@@ -32,7 +32,8 @@ pub fn classify(input: &Path, top: usize, model_name: &str, max_size: Option<u32
     };
     let net = model::load(model_name)?;
     let size = (img.height() as usize, img.width() as usize);
-    fits(net.as_ref(), &[], true, size, "the image, shrunk to --max-size,")?;
+    let what = if max_size.is_some() { "the image, shrunk to --max-size," } else { "the centre crop" };
+    fits(net.as_ref(), &[], true, size, what)?;
     let pixels = io::to_tensor(&img, &candle_core::Device::Cpu)?;
     let labels = model::labels::imagenet();
     for (i, p) in dream::classify(net.as_ref(), &pixels, top)? {

@@ -190,13 +190,14 @@ impl<'a> FrameBar<'a> {
         }
     }
 
-    /// The rate and ETA part of a line, once there is anything to measure.
-    fn timing(&self, in_frame_left: f64) -> String {
-        let Some(per) = self.per_frame() else { return String::new() };
+    /// The rate and ETA part of a line, once there is anything to measure: `in_frame` holds
+    /// the seconds left of a frame being dreamed (none between frames).
+    fn timing(&self, in_frame: Option<f64>) -> String {
+        let Some(per) = self.per_frame().filter(|p| *p > 0.0) else { return String::new() };
         let rate = if per >= 1.0 { format!("{per:.1} s/frame") } else { format!("{:.1} frames/s", 1.0 / per) };
         let eta = self.total.map(|t| {
-            let after = t.saturating_sub(self.done + 1) as f64;
-            format!(", ETA {}", human(in_frame_left + after * per))
+            let after = t.saturating_sub(self.done + u64::from(in_frame.is_some())) as f64;
+            format!(", ETA {}", human(in_frame.unwrap_or(0.0) + after * per))
         });
         format!(", {rate}{}", eta.unwrap_or_default())
     }
@@ -212,10 +213,10 @@ impl FrameProgress for FrameBar<'_> {
         let here =
             format!("frame {}: octave {}/{}, step {}/{}", self.done + 1, i.octave + 1, i.octaves, i.step + 1, i.steps);
         match &self.bar {
-            Some(b) => b.set_message(format!(" ({here}){}", self.timing(left))),
+            Some(b) => b.set_message(format!(" ({here}){}", self.timing(Some(left)))),
             None if self.last_line.elapsed().as_secs_f64() >= LINE_EVERY * 2.5 => {
                 self.last_line = Instant::now();
-                tell!("{here}{}", self.timing(left));
+                tell!("{here}{}", self.timing(Some(left)));
             }
             None => {}
         }
@@ -227,17 +228,15 @@ impl FrameProgress for FrameBar<'_> {
         self.done = done;
         self.fresh += 1;
         if self.timed_from.is_none() {
-            // Continuing frames are timed from the end of the full first one, or from the
-            // start of a resumed run.
-            self.timed_from = Some(match self.full_first {
-                true => (Instant::now(), 1),
-                false => (self.frame_start, 0),
-            });
+            // Continuing frames are timed from the end of the run's first frame: the full
+            // dream of a first frame, or after a resume the one that waited for the stored
+            // frames to be encoded again, would both skew the rate.
+            self.timed_from = Some((Instant::now(), 1));
         }
         self.frame_start = Instant::now();
         self.frame_work = 0.0;
         let of = self.total.map(|t| format!("/{t}")).unwrap_or_default();
-        let timing = self.timing(0.0);
+        let timing = self.timing(None);
         match &self.bar {
             Some(b) => {
                 b.set_position(done);

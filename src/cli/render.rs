@@ -26,7 +26,8 @@ fn prepare(job: &mut Job, (h, w): (u32, u32)) -> Result<(Backend, Box<dyn Featur
             true => "so the dream's features grow as large as on a smaller photo",
             false => "the smallest octave would be too small for the network",
         };
-        tell!("{w}x{h}: {after} octaves instead of the recipe's {before}, {why} (--octaves N sets them exactly)");
+        let octaves = if after == 1 { "octave" } else { "octaves" };
+        tell!("{w}x{h}: {after} {octaves} instead of the recipe's {before}, {why} (--octaves N sets them exactly)");
     }
     job.check_network(net.as_ref(), size, &backend.device)?;
     Ok((backend, net))
@@ -95,6 +96,7 @@ fn announce(
 
 pub fn dream(input: &Path, output: &Path, quality: Option<u32>, flags: &DreamFlags, cancel: &Cancel) -> Result<()> {
     let mut job = Job::dream(input, output, flags)?;
+    warn(&job);
     let quality =
         quality.map(|q| Sourced::flag("--quality", q).check(Rule::Between(1.0, 100.0)).map(|q| q as u8)).transpose()?;
     io::check_writable(output)?;
@@ -138,6 +140,7 @@ pub fn zoom(
     cancel: &Cancel,
 ) -> Result<()> {
     let mut job = Job::zoom(input, output, flags, z, e)?;
+    warn(&job);
     warn_ignored(output, e);
     let image = io::load_rgb(input, job.max_size)?;
     let (backend, net) = prepare(&mut job, (image.height(), image.width()))?;
@@ -158,6 +161,7 @@ pub fn video(
 ) -> Result<()> {
     use deepdream::source::video::{VideoOptions, VideoSource};
     let mut job = Job::video(input, output, flags, v, e)?;
+    warn(&job);
     warn_ignored(output, e);
     let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
     let options = VideoOptions { max_size: job.max_size, start: plan.start, duration: plan.duration };
@@ -172,6 +176,13 @@ pub fn video(
 #[cfg(not(feature = "video"))]
 pub fn video(_: &Path, _: &Path, _: &DreamFlags, _: &VideoFlags, _: &EncodeFlags, _: &Cancel) -> Result<()> {
     Err(Error::Unsupported("this build has no video support (built without the `video` feature)".into()))
+}
+
+/// Warns of flags the job ignores.
+fn warn(job: &Job) {
+    for w in &job.warnings {
+        tell!("warning: {w}");
+    }
 }
 
 /// Warns of encoder flags the output ignores.

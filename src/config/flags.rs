@@ -88,8 +88,12 @@ pub struct DreamFlags {
     pub rotate_jitter: Option<f64>,
     /// Step along the colour axes natural images vary in (mostly brightness; Lucid's
     /// decorrelated colour space) rather than each channel alone, which paints rainbows.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_decorrelate")]
     pub decorrelate: bool,
+    /// Step each colour channel on its own, even where the preset decorrelates (the
+    /// patterns, textures, objects and class-banana presets do).
+    #[arg(long)]
+    pub no_decorrelate: bool,
     /// Clip to the valid pixel range only at the end, not after every step.
     #[arg(long)]
     pub no_clip: bool,

@@ -42,6 +42,9 @@ pub struct Job {
     /// The octave count was given with --octaves: [`Job::fit_octaves`] leaves it alone.
     #[serde(skip)]
     pub octaves_given: bool,
+    /// Flags given that change nothing in this job, to be told to the user.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// The longer side the presets' octave counts are tuned for (the README's examples are 450 to
@@ -299,7 +302,9 @@ impl Job {
         let (before, scale) = (p.octaves, p.octave_scale);
         let mut octaves = before;
         let long = h.max(w) as f64;
-        if scale > 1.0 && long > OCTAVE_REFERENCE_SIDE {
+        // Below a scale of 1.2 neighbouring octaves are nearly the same size: the recipe is
+        // deliberate, and growing it would multiply its work.
+        if scale >= 1.2 && long > OCTAVE_REFERENCE_SIDE {
             octaves += ((long / OCTAVE_REFERENCE_SIDE).ln() / scale.ln()).round() as usize;
             octaves = octaves.min(64);
         }
@@ -314,13 +319,12 @@ impl Job {
         if octaves == before {
             return Ok(None);
         }
-        let same_recipe = |f: &DreamParams, p: &DreamParams| f.octaves == p.octaves && f.steps == p.steps;
         match &mut self.work {
             Work::Still { params } => params.octaves = octaves,
             Work::Zoom(z) => z.params.octaves = octaves,
             Work::Video(v) => {
                 // A blend render dreams every frame with the full recipe.
-                if same_recipe(&v.frame_params, &v.params) {
+                if matches!(v.continuation, Continuation::Blend { .. }) {
                     v.frame_params.octaves = octaves;
                 }
                 v.params.octaves = octaves;

@@ -262,8 +262,16 @@ impl PresetFile {
                 return Err(origin.error(format!("more than {MAX_BASES} presets build on each other")));
             }
             let mut parent = Self::read(name.get_ref(), Some((&origin, parts[at].base_dir.clone())), &mut parts)?;
-            let path = &parts[parts.len() - 1].path;
-            if parts[..parts.len() - 1].iter().any(|p| same_file(&p.path, path)) {
+            let (last, earlier) = parts.split_last().expect("just read");
+            let path = &last.path;
+            // Built-in presets (no directory of their own) are compared by name, files by
+            // what they are on disk: a user's ./presets/zoom.toml may build on the built-in zoom.
+            let same = |p: &Part| match (&p.base_dir, &last.base_dir) {
+                (None, None) => p.path == last.path,
+                (Some(_), Some(_)) => same_file(&p.path, path),
+                _ => false,
+            };
+            if earlier.iter().any(same) {
                 return Err(origin.error(format!("{} builds on itself", path.display())));
             }
             base = parent.base.take();

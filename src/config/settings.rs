@@ -104,7 +104,7 @@ impl<'a> Settings<'a> {
         let max_size =
             optional(flag("--max-size", &f.max_size), self.file.get("dream.max_size", &d.max_size), MAX_SIZE)?;
         let layers = self.layers.borrow().clone();
-        Ok(Job {
+        let mut job = Job {
             model,
             device,
             input: input.to_owned(),
@@ -114,7 +114,25 @@ impl<'a> Settings<'a> {
             resume: false,
             layers,
             octaves_given: f.octaves.is_some(),
-        })
+            warnings: Vec::new(),
+        };
+        job.warnings = self.idle_flags(job.params());
+        Ok(job)
+    }
+
+    /// Flags given that change nothing in this job, for warnings: a seed with nothing random,
+    /// a class mode with no class.
+    fn idle_flags(&self, p: &crate::dream::DreamParams) -> Vec<String> {
+        let f = self.flags;
+        let r = &p.regularize;
+        let mut idle = Vec::new();
+        if f.seed.is_some() && p.jitter == 0 && r.scale_jitter == 0.0 && r.rotate_jitter == 0.0 {
+            idle.push("--seed does nothing without --jitter, --scale-jitter or --rotate-jitter".to_owned());
+        }
+        if f.class_mode.is_some() && p.objective.classes.is_empty() {
+            idle.push("--class-mode does nothing without --class (or a preset with classes)".to_owned());
+        }
+        idle
     }
 
     /// Every file the job reads: the input, the preset file, guide and style images.
@@ -185,7 +203,7 @@ impl<'a> Settings<'a> {
                 0.0,
                 Rule::Between(0.0, 1.0),
             )?,
-            decorrelate: f.decorrelate || r.decorrelate.as_ref().is_some_and(|d| *d.get_ref()),
+            decorrelate: !f.no_decorrelate && (f.decorrelate || r.decorrelate.as_ref().is_some_and(|d| *d.get_ref())),
             rotate_jitter: pick(
                 flag("--rotate-jitter", &f.rotate_jitter),
                 file.get("regularize.rotate_jitter", &r.rotate_jitter),

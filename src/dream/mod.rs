@@ -298,7 +298,11 @@ fn decorrelate_colours(grad: &Tensor) -> Result<Tensor> {
         Ok(Tensor::from_vec(v, (1, 3, 3), grad.device())?.broadcast_as((n, 3, 3))?.contiguous()?)
     };
     let gy = batch(mt)?.matmul(&grad.reshape((n, 3, h * w))?)?;
-    let rms = gy.sqr()?.mean_keepdim(2)?.sqrt()?.clamp(1e-12, f32::MAX)?;
+    // A colour axis the gradient hardly moves (a grey photo's) is not blown up to full size:
+    // no axis is scaled by more than a hundred times the strongest one's scale.
+    let rms = gy.sqr()?.mean_keepdim(2)?.sqrt()?;
+    let floor = (rms.max_keepdim(1)? * 0.01)?.clamp(1e-12, f32::MAX)?;
+    let rms = rms.broadcast_maximum(&floor)?;
     let gy = gy.broadcast_div(&rms)?;
     Ok(batch(m)?.matmul(&gy)?.reshape((n, c, h, w))?)
 }

@@ -442,7 +442,7 @@ fn lite_stages(name: &str) -> Option<&'static [usize]> {
 /// The layer of `to` that plays the part `layer` plays in `from`, for a preset written for one
 /// model and run on another: the same name between the two InceptionV3s and between the two
 /// VGGs (one layer vocabulary), the block at the same relative place in the same stage between
-/// EfficientNet-Lite variants (Lite0's `block10`, the last of its fourth stage, is Lite1's
+/// EfficientNet-Lite variants (Lite0's `block10`, the last of its fifth stage, is Lite1's
 /// `block14`). `None` where no clean mapping exists (other families, or a channel, whose
 /// numbers differ between networks).
 pub fn map_layer(from: &str, to: &str, layer: &str, channel: Option<usize>) -> Option<String> {

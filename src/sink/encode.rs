@@ -39,8 +39,9 @@ struct Transcode {
     decoder: ffmpeg::decoder::Audio,
     graph: filter::Graph,
     encoder: ffmpeg::encoder::Audio,
-    /// Samples handed to the encoder so far: the next frame's pts at 1/48000.
-    samples: i64,
+    /// The next frame's pts at 1/48000: where the first packet falls after the start (a
+    /// track that begins late keeps its delay), then counted on by the samples encoded.
+    samples: Option<i64>,
 }
 
 /// Opus's only sample rate.
@@ -100,7 +101,7 @@ impl Transcode {
         graph.output("in", 0).and_then(|p| p.input("out", 0)).and_then(|p| p.parse(&spec)).map_err(e)?;
         graph.validate().map_err(e)?;
         graph.get("out").expect("sink").sink().set_frame_size(encoder.frame_size());
-        Ok((Transcode { decoder, graph, encoder, samples: 0 }, out_index))
+        Ok((Transcode { decoder, graph, encoder, samples: None }, out_index))
     }
 
     /// Decodes one source packet (or, with `None`, flushes everything) and writes what the
@@ -114,7 +115,8 @@ impl Transcode {
     ) -> Result<()> {
         let err = |e: ffmpeg::Error| Error::Unsupported(format!("cannot re-encode the audio: {e}"));
         match packet {
-            // A damaged packet is skipped: the audio has a gap, not the render an error.
+            // A damaged packet is skipped rather than failing the render (the samples after
+            // it then close up by its length, a few milliseconds).
             Some(p) => {
                 let _ = self.decoder.send_packet(p);
             }
@@ -131,8 +133,9 @@ impl Transcode {
         }
         let mut resampled = ffmpeg::frame::Audio::empty();
         while self.graph.get("out").expect("sink").sink().frame(&mut resampled).is_ok() {
-            resampled.set_pts(Some(self.samples));
-            self.samples += resampled.samples() as i64;
+            let at = self.samples.unwrap_or(0);
+            resampled.set_pts(Some(at));
+            self.samples = Some(at + resampled.samples() as i64);
             self.encoder.send_frame(&resampled).map_err(err)?;
             self.write(octx, out_index, out_tb)?;
         }
@@ -183,6 +186,10 @@ impl AudioCopy {
                 if self.end_ts.is_some_and(|e| pts >= e) {
                     self.done = true;
                     break;
+                }
+                if t.samples.is_none() {
+                    let late = (pts - self.start_ts) as f64 * tb;
+                    t.samples = Some((late * OPUS_RATE as f64).round().max(0.0) as i64);
                 }
                 t.packet(Some(&packet), octx, self.out_index, out_tb)?;
                 if until_seconds.is_some_and(|u| (pts - self.start_ts) as f64 * tb > u) {

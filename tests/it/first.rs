@@ -34,7 +34,10 @@ fn a_jpeg_keeps_its_profile_and_exif_upright_at_the_quality_asked() {
     // A sideways phone photo: the pixels stored turned, EXIF orientation 6 (turn 90 clockwise).
     let photo = image::open(repo().join("examples/chelsea.png")).unwrap().to_rgb8();
     let photo = image::imageops::resize(&photo, 90, 60, image::imageops::FilterType::Triangle);
-    let icc = b"not a real profile, but kept byte for byte".to_vec();
+    // Not a real profile, but an RGB one by its header, kept byte for byte.
+    let mut icc = vec![7u8; 132];
+    icc[16..20].copy_from_slice(b"RGB ");
+    icc[36..40].copy_from_slice(b"acsp");
     let mut bytes = Vec::new();
     {
         use image::ImageEncoder;
@@ -100,6 +103,29 @@ fn flags_an_output_ignores_are_warned_of() {
     let err = stderr(&o);
     assert!(err.contains("warning: --crf does nothing for PNG frames"), "{err}");
     assert!(err.contains("warning: --x264-preset does nothing for PNG frames"), "{err}");
+    // A seed with nothing random, a class mode with no class.
+    let o = deepdream(&[
+        "dream",
+        s(&example),
+        "-o",
+        s(&dir.join("d.png")),
+        "--max-size",
+        "64",
+        "--steps",
+        "1",
+        "--layers",
+        "block3",
+        "--jitter",
+        "0",
+        "--seed",
+        "7",
+        "--class-mode",
+        "logits",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("warning: --seed does nothing without --jitter"), "{err}");
+    assert!(err.contains("warning: --class-mode does nothing without --class"), "{err}");
 }
 
 #[test]
