@@ -176,27 +176,6 @@ impl AudioCopy {
                 }
                 Err(_) => continue,
             }
-            if let Some(t) = &mut self.transcode
-                && packet.stream() == self.in_index
-            {
-                let pts = packet.pts().unwrap_or(0);
-                if pts < self.start_ts {
-                    continue;
-                }
-                if self.end_ts.is_some_and(|e| pts >= e) {
-                    self.done = true;
-                    break;
-                }
-                if t.samples.is_none() {
-                    let late = (pts - self.start_ts) as f64 * tb;
-                    t.samples = Some((late * OPUS_RATE as f64).round().max(0.0) as i64);
-                }
-                t.packet(Some(&packet), octx, self.out_index, out_tb)?;
-                if until_seconds.is_some_and(|u| (pts - self.start_ts) as f64 * tb > u) {
-                    break;
-                }
-                continue;
-            }
             if packet.stream() != self.in_index {
                 continue;
             }
@@ -208,12 +187,25 @@ impl AudioCopy {
                 self.done = true;
                 break;
             }
-            packet.set_pts(Some(pts - self.start_ts));
-            packet.set_dts(packet.dts().map(|d| d - self.start_ts));
-            packet.rescale_ts(self.in_tb, out_tb);
-            packet.set_position(-1);
-            packet.set_stream(self.out_index);
-            packet.write_interleaved(octx).map_err(|e| Error::Unsupported(format!("cannot copy audio: {e}")))?;
+            match &mut self.transcode {
+                Some(t) => {
+                    if t.samples.is_none() {
+                        let late = (pts - self.start_ts) as f64 * tb;
+                        t.samples = Some((late * OPUS_RATE as f64).round().max(0.0) as i64);
+                    }
+                    t.packet(Some(&packet), octx, self.out_index, out_tb)?;
+                }
+                None => {
+                    packet.set_pts(Some(pts - self.start_ts));
+                    packet.set_dts(packet.dts().map(|d| d - self.start_ts));
+                    packet.rescale_ts(self.in_tb, out_tb);
+                    packet.set_position(-1);
+                    packet.set_stream(self.out_index);
+                    packet
+                        .write_interleaved(octx)
+                        .map_err(|e| Error::Unsupported(format!("cannot copy audio: {e}")))?;
+                }
+            }
             if until_seconds.is_some_and(|u| (pts - self.start_ts) as f64 * tb > u) {
                 break;
             }
