@@ -128,6 +128,10 @@ pub struct DreamFlags {
     /// video 640; classic: full size).
     #[arg(long, allow_negative_numbers = true, value_name = "PX")]
     pub max_size: Option<u32>,
+    /// Keep the input's colours: only the dream's brightness is kept, as Google's and
+    /// neural-dream's `original_colors` (preset: `[dream] original_colors = true`).
+    #[arg(long)]
+    pub original_colors: bool,
     /// Dream images larger than this many pixels a side in overlapping tiles, blended without
     /// seams, to bound memory: 0 (never tile) or at least 256 (default 1024).
     #[arg(long, allow_negative_numbers = true, value_name = "PX")]

@@ -79,6 +79,8 @@ pub struct DreamSection {
     pub max_size: V<u32>,
     /// Largest tile side before an image is dreamt in tiles (0: never).
     pub tile: V<usize>,
+    /// Keep the input's colours, the dream's brightness only.
+    pub original_colors: V<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -215,7 +217,7 @@ macro_rules! merge_fields {
 }
 
 merge_fields!(Preset: description, model; sections dream, objective, regularize, zoom, video, output);
-merge_fields!(DreamSection: layers, octaves, octave_scale, steps, step, max_loss, jitter, seed, max_size, tile; sections);
+merge_fields!(DreamSection: layers, octaves, octave_scale, steps, step, max_loss, jitter, seed, max_size, tile, original_colors; sections);
 merge_fields!(ObjectiveSection: classes, class_mode, tv, guide, style; sections);
 merge_fields!(RegularizeSection: grad_blur, image_blur, decay, laplacian, clip, scale_jitter, rotate_jitter, decorrelate; sections);
 merge_fields!(ZoomSection: frames, duration, fps, zoom, zoom_per_second, rotate, pan, frame_steps; sections);

@@ -248,6 +248,7 @@ impl<'a> Settings<'a> {
             )?,
             seed: flag("--seed", &f.seed).or(file.get("dream.seed", &d.seed)).map_or(0, |s| s.value),
             tiling: tile.map_or_else(Tiling::default, Tiling::with_tile),
+            original_colors: f.original_colors || d.original_colors.as_ref().is_some_and(|o| *o.get_ref()),
         })
     }
 

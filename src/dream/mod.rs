@@ -75,6 +75,9 @@ pub struct DreamParams {
     pub seed: u64,
     /// Large images are dreamt in overlapping tiles to bound memory.
     pub tiling: Tiling,
+    /// Keep the input's colours: only the dream's brightness is kept (Google's and
+    /// neural-dream's `original_colors`).
+    pub original_colors: bool,
 }
 
 /// Octave sizes, smallest first: `floor(dim / scale^i)` for i = octaves-1 .. 0.
@@ -256,7 +259,24 @@ pub fn dream(
         }
     }
     let x = x.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
-    Ok(DreamOutput { pixels: norm.invert(&x)?, losses })
+    let dreamed = norm.invert(&x)?;
+    let pixels = match params.original_colors {
+        true => original_colors(pixels, &dreamed)?,
+        false => dreamed,
+    };
+    Ok(DreamOutput { pixels, losses })
+}
+
+/// The input's colours with the dream's brightness: each pixel of `input` moved by the
+/// change in luma (BT.601) the dream made, equally in R, G and B, which leaves the colour
+/// differences (`B - Y`, `R - Y`) of the input as they were. Clamped to 0..255.
+fn original_colors(input: &Tensor, dreamed: &Tensor) -> Result<Tensor> {
+    let luma = |t: &Tensor| -> Result<Tensor> {
+        let w = Tensor::from_vec(vec![0.299f32, 0.587, 0.114], (1, 3, 1, 1), t.device())?;
+        Ok(t.broadcast_mul(&w)?.sum_keepdim(1)?)
+    };
+    let change = (luma(dreamed)? - luma(input)?)?;
+    Ok(input.broadcast_add(&change)?.clamp(0f32, 255f32)?)
 }
 
 /// Seconds a dream step of these settings takes per pixel on `device`, measured on a small

@@ -21,6 +21,7 @@ fn params(steps: usize, jitter: usize, seed: u64) -> DreamParams {
         jitter,
         seed,
         tiling: Default::default(),
+        original_colors: false,
     }
 }
 

@@ -109,6 +109,7 @@ fn guide_objective_lowers_the_feature_distance() {
             jitter: 0,
             seed: 0,
             tiling: Default::default(),
+            original_colors: false,
         };
         let out = dream::dream(lite0(), &photo, &params, &mut Quiet).unwrap();
         assert!(out.losses.last().unwrap() > out.losses.first().unwrap(), "{mode:?}: objective did not rise");
@@ -188,4 +189,36 @@ fn class_banana_grows_bananas_another_network_sees() {
     let judged = deepdream(&["classify", out.to_str().unwrap(), "--model", "mobilenet-v2", "--top", "5"]);
     let p = percent(&judged.stdout, 954);
     assert!(p > 50.0, "MobileNetV2 sees banana {p}%:\n{}", String::from_utf8_lossy(&judged.stdout));
+}
+
+#[test]
+fn original_colors_keep_the_photos_colours_and_the_dreams_brightness() {
+    let dir = scratch("original-colors");
+    let example = repo().join("examples/chelsea.png");
+    let run = |out: &std::path::Path, extra: &[&str]| {
+        let args = [&["dream", example.to_str().unwrap(), "-o", out.to_str().unwrap(), "--max-size", "120"][..], extra]
+            .concat();
+        let o = deepdream(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        deepdream::io::load_rgb(out, None).unwrap()
+    };
+    let input = deepdream::io::load_rgb(&example, Some(120)).unwrap();
+    // Colour differences (R - Y, B - Y) and luma per pixel, averaged over the picture.
+    let stats = |a: &image::RgbImage| -> (Vec<f64>, Vec<f64>) {
+        a.pixels()
+            .map(|p| {
+                let (r, g, b) = (p[0] as f64, p[1] as f64, p[2] as f64);
+                let y = 0.299 * r + 0.587 * g + 0.114 * b;
+                ((r - y).abs() + (b - y).abs(), y)
+            })
+            .unzip()
+    };
+    let mean_diff = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64;
+    let (chroma_in, luma_in) = stats(&input);
+    let (chroma_kept, luma_kept) = stats(&run(&dir.join("kept.png"), &["--original-colors"]));
+    let (chroma_dream, _) = stats(&run(&dir.join("dream.png"), &[]));
+    let (kept, dreamed) = (mean_diff(&chroma_kept, &chroma_in), mean_diff(&chroma_dream, &chroma_in));
+    assert!(kept < 3.0 && dreamed > 3.0 * kept, "colour change: kept {kept:.2}, plain dream {dreamed:.2}");
+    let brightness = mean_diff(&luma_kept, &luma_in);
+    assert!(brightness > 5.0, "the dream's brightness is kept: mean luma change {brightness:.2}");
 }

@@ -181,6 +181,7 @@ fn reference_params(r: &Value) -> DreamParams {
         jitter: 0,
         seed: 0,
         tiling: Default::default(),
+        original_colors: false,
     }
 }
 
