@@ -51,8 +51,16 @@ enum Command {
     /// Dream a still image. The output keeps the input's colour profile and EXIF (with the
     /// orientation applied to the pixels) where its format can hold them.
     Dream {
-        /// The image (PNG, JPEG, BMP, GIF, WebP, TIFF).
-        input: PathBuf,
+        /// The image (PNG, JPEG, BMP, GIF, WebP, TIFF); or none, with --from.
+        #[arg(required_unless_present = "from")]
+        input: Option<PathBuf>,
+        /// Dream from nothing instead of a photo: `noise` (grey with seeded noise, --seed),
+        /// a flat colour (`grey`, `black`, `white`, `#RRGGBB`).
+        #[arg(long, conflicts_with = "input", value_name = "noise|COLOUR")]
+        from: Option<String>,
+        /// The size of a picture dreamed --from nothing, WxH in pixels (default 640x480).
+        #[arg(long, requires = "from", value_name = "WxH")]
+        size: Option<String>,
         /// Output image (.png, .jpg, .bmp, .tif, .webp).
         #[arg(short, long)]
         output: PathBuf,
@@ -159,7 +167,13 @@ impl Cancel {
 
 pub fn run(cli: Cli, cancel: &Cancel) -> Result<()> {
     match cli.command {
-        Command::Dream { input, output, quality, dream } => render::dream(&input, &output, quality, &dream, cancel),
+        Command::Dream { input, from, size, output, quality, dream } => {
+            let input = match (input, from) {
+                (Some(path), _) => render::Input::File(path),
+                (None, from) => render::Input::Generated { from: from.unwrap_or_default(), size },
+            };
+            render::dream(&input, &output, quality, &dream, cancel)
+        }
         Command::Zoom { input, output, zoom, encode, dream } => {
             render::zoom(&input, &output, &dream, &zoom, &encode, cancel)
         }

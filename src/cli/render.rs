@@ -94,8 +94,59 @@ fn announce(
     Ok(())
 }
 
-pub fn dream(input: &Path, output: &Path, quality: Option<u32>, flags: &DreamFlags, cancel: &Cancel) -> Result<()> {
-    let mut job = Job::dream(input, output, flags)?;
+/// What `dream` starts from: a photo, or a picture made from nothing.
+pub enum Input {
+    File(std::path::PathBuf),
+    Generated { from: String, size: Option<String> },
+}
+
+impl Input {
+    /// The path the job records (none for a generated picture).
+    fn path(&self) -> &Path {
+        match self {
+            Input::File(path) => path,
+            Input::Generated { .. } => Path::new(""),
+        }
+    }
+
+    /// The picture and its metadata: the file's, or made from `noise` (seeded) or a colour.
+    fn load(&self, max_size: Option<u32>, seed: u64) -> Result<(image::RgbImage, io::Metadata)> {
+        let (from, size) = match self {
+            Input::File(path) => return io::load_rgb_with_metadata(path, max_size),
+            Input::Generated { from, size } => (from, size),
+        };
+        let (w, h) = match size {
+            Some(s) => Sourced::flag("--size", s.clone()).parse(deepdream::config::parse_size)?,
+            None => (640, 480),
+        };
+        let flat = |rgb: [u8; 3]| image::RgbImage::from_pixel(w as u32, h as u32, image::Rgb(rgb));
+        let img = match from.to_ascii_lowercase().as_str() {
+            "noise" => {
+                use rand::{Rng, SeedableRng};
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                image::RgbImage::from_fn(w as u32, h as u32, |_, _| {
+                    image::Rgb([0; 3].map(|_: u8| rng.random_range(108u8..=148)))
+                })
+            }
+            "grey" | "gray" => flat([128; 3]),
+            "black" => flat([0; 3]),
+            "white" => flat([255; 3]),
+            hex if hex.len() == 7 && hex.starts_with('#') && hex[1..].chars().all(|c| c.is_ascii_hexdigit()) => {
+                let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digits");
+                flat([byte(1), byte(3), byte(5)])
+            }
+            other => {
+                return Err(Error::usage(format!(
+                    "--from: '{other}' is neither noise nor a colour (grey, black, white, #RRGGBB)"
+                )));
+            }
+        };
+        Ok((img, io::Metadata::default()))
+    }
+}
+
+pub fn dream(input: &Input, output: &Path, quality: Option<u32>, flags: &DreamFlags, cancel: &Cancel) -> Result<()> {
+    let mut job = Job::dream(input.path(), output, flags)?;
     warn(&job);
     let quality =
         quality.map(|q| Sourced::flag("--quality", q).check(Rule::Between(1.0, 100.0)).map(|q| q as u8)).transpose()?;
@@ -104,7 +155,7 @@ pub fn dream(input: &Path, output: &Path, quality: Option<u32>, flags: &DreamFla
         tell!("warning: --quality {q} applies to JPEG output only; {} is written losslessly", output.display());
     }
     let quality = quality.unwrap_or(io::DEFAULT_QUALITY);
-    let (img, metadata) = io::load_rgb_with_metadata(input, job.max_size)?;
+    let (img, metadata) = input.load(job.max_size, job.params().seed)?;
     io::check_size(output, img.dimensions())?;
     let size = (img.height() as usize, img.width() as usize);
     let (backend, net) = prepare(&mut job, (img.height(), img.width()))?;

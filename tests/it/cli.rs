@@ -576,3 +576,27 @@ fn a_preset_builds_on_another() {
     assert_user_error(&o, "loop.toml: line 1, key `base`: ", &empty);
     assert!(stderr(&o).contains("builds on itself"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_dream_from_nothing() {
+    let dir = scratch("from-nothing");
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let args = [&["dream", "-o", out.to_str().unwrap(), "--size", "96x64", "--steps", "3"][..], extra].concat();
+        let o = deepdream(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        deepdream::io::load_rgb(&out, None).unwrap()
+    };
+    let a = run("a.png", &["--from", "noise", "--jitter", "4", "--seed", "5"]);
+    let b = run("b.png", &["--from", "noise", "--jitter", "4", "--seed", "5"]);
+    let c = run("c.png", &["--from", "noise", "--jitter", "4", "--seed", "6"]);
+    assert_eq!(a.dimensions(), (96, 64));
+    assert!(a == b && a != c, "the seed makes the noise and the jitter");
+    // A flat colour grows a dream: the picture is no longer flat.
+    let flat = run("flat.png", &["--from", "#336699"]);
+    let first = *flat.get_pixel(0, 0);
+    assert!(flat.pixels().filter(|p| **p != first).count() > 1000, "still flat");
+    let empty = scratch("from-nothing-bad");
+    let o = deepdream(&["dream", "-o", empty.join("x.png").to_str().unwrap(), "--from", "plaid"]);
+    assert_user_error(&o, "--from: 'plaid' is neither noise nor a colour", &empty);
+}
