@@ -51,9 +51,11 @@ enum Command {
     /// Dream a still image. The output keeps the input's colour profile and EXIF (with the
     /// orientation applied to the pixels) where its format can hold them.
     Dream {
-        /// The image (PNG, JPEG, BMP, GIF, WebP, TIFF); or none, with --from.
-        #[arg(required_unless_present = "from")]
-        input: Option<PathBuf>,
+        /// The image (PNG, JPEG, BMP, GIF, WebP, TIFF); or none, with --from. Several images
+        /// or a directory of them (a batch) dream into the directory -o names, each under its
+        /// own name (PNG for a GIF).
+        #[arg(required_unless_present = "from", num_args = 1..)]
+        input: Vec<PathBuf>,
         /// Dream from nothing instead of a photo: `noise` (grey with seeded noise, --seed),
         /// a flat colour (`grey`, `black`, `white`, `#RRGGBB`).
         #[arg(long, conflicts_with = "input", value_name = "noise|COLOUR")]
@@ -167,13 +169,16 @@ impl Cancel {
 
 pub fn run(cli: Cli, cancel: &Cancel) -> Result<()> {
     match cli.command {
-        Command::Dream { input, from, size, output, quality, dream } => {
-            let input = match (input, from) {
-                (Some(path), _) => render::Input::File(path),
-                (None, from) => render::Input::Generated { from: from.unwrap_or_default(), size },
-            };
-            render::dream(&input, &output, quality, &dream, cancel)
-        }
+        Command::Dream { input, from, size, output, quality, dream } => match (input.as_slice(), from) {
+            ([path], _) if !path.is_dir() => {
+                render::dream(&render::Input::File(path.clone()), &output, quality, &dream, cancel)
+            }
+            ([], from) => {
+                let input = render::Input::Generated { from: from.unwrap_or_default(), size };
+                render::dream(&input, &output, quality, &dream, cancel)
+            }
+            (paths, _) => render::dream_batch(paths, &output, quality, &dream, cancel),
+        },
         Command::Zoom { input, output, zoom, encode, dream } => {
             render::zoom(&input, &output, &dream, &zoom, &encode, cancel)
         }

@@ -43,6 +43,93 @@ fn recipe(p: &DreamParams) -> String {
     format!("{} x {}", s(p.octaves, "octave"), s(p.steps, "step"))
 }
 
+/// The image files a batch names: files as given, a directory's images (by extension) in
+/// name order.
+fn batch_files(inputs: &[std::path::PathBuf]) -> Result<Vec<std::path::PathBuf>> {
+    const IMAGES: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"];
+    let mut files = Vec::new();
+    for input in inputs {
+        if !input.is_dir() {
+            files.push(input.clone());
+            continue;
+        }
+        let entries = std::fs::read_dir(input)
+            .map_err(|e| Error::Image { path: input.clone(), reason: format!("cannot list: {e}") })?;
+        let mut found: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .filter(|p| {
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| IMAGES.contains(&e.to_ascii_lowercase().as_str()))
+            })
+            .collect();
+        if found.is_empty() {
+            return Err(Error::Image { path: input.clone(), reason: "a directory with no images in it".into() });
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
+}
+
+/// `dream` over a batch: every image into the directory `out_dir`, each under its own name
+/// (PNG for a GIF), with the batch's progress and ETA (by pixels) before each. All outputs
+/// are checked before the first dream: two inputs that would write one file, or an output
+/// that is an input, stop the batch at once.
+pub fn dream_batch(
+    inputs: &[std::path::PathBuf],
+    out_dir: &Path,
+    quality: Option<u32>,
+    flags: &DreamFlags,
+    cancel: &Cancel,
+) -> Result<()> {
+    let files = batch_files(inputs)?;
+    if out_dir.exists() && !out_dir.is_dir() {
+        return Err(Error::Output {
+            path: out_dir.to_owned(),
+            reason: "a batch writes into a directory, and this is a file".into(),
+        });
+    }
+    let mut jobs: Vec<(std::path::PathBuf, std::path::PathBuf, f64)> = Vec::new();
+    for file in &files {
+        let ext = file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        let ext = match ext.as_deref() {
+            Some(e @ ("png" | "jpg" | "jpeg" | "bmp" | "webp" | "tif" | "tiff")) => e.to_owned(),
+            _ => "png".to_owned(),
+        };
+        let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let out = out_dir.join(format!("{stem}.{ext}"));
+        if let Some((earlier, _, _)) = jobs.iter().find(|(_, o, _)| *o == out) {
+            return Err(Error::usage(format!(
+                "{} and {} would both be written to {}; dream them into separate directories",
+                earlier.display(),
+                file.display(),
+                out.display()
+            )));
+        }
+        if files.iter().any(|f| io::would_destroy(f, &out)) {
+            return Err(Error::usage(format!("-o: {} would overwrite an input", out.display())));
+        }
+        let pixels = image::image_dimensions(file).map(|(w, h)| (w as f64) * (h as f64)).unwrap_or(1.0);
+        jobs.push((file.clone(), out, pixels));
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::Output { path: out_dir.to_owned(), reason: e.to_string() })?;
+    let total: f64 = jobs.iter().map(|(_, _, p)| p).sum();
+    let (start, mut done) = (Instant::now(), 0.0);
+    for (k, (file, out, pixels)) in jobs.iter().enumerate() {
+        let eta = match done > 0.0 {
+            true => format!(", ETA {}", super::progress::human(start.elapsed().as_secs_f64() / done * (total - done))),
+            false => String::new(),
+        };
+        tell!("image {}/{}: {} -> {}{eta}", k + 1, jobs.len(), file.display(), out.display());
+        dream(&Input::File(file.clone()), out, quality, flags, cancel)?;
+        done += pixels;
+    }
+    tell!("dreamed {} images into {}", jobs.len(), out_dir.display());
+    Ok(())
+}
+
 /// Says what a render or a long dream is about to do, with an estimate of the dream's time
 /// from two timed steps on a small image (skipped for a short dream, which just runs).
 fn announce(

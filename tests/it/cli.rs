@@ -600,3 +600,43 @@ fn a_dream_from_nothing() {
     let o = deepdream(&["dream", "-o", empty.join("x.png").to_str().unwrap(), "--from", "plaid"]);
     assert_user_error(&o, "--from: 'plaid' is neither noise nor a colour", &empty);
 }
+
+#[test]
+fn a_batch_dreams_every_image_into_a_directory() {
+    let src = scratch("batch-in");
+    let photo = image::open(repo().join("examples/chelsea.png")).unwrap().to_rgb8();
+    let small = image::imageops::resize(&photo, 60, 40, image::imageops::FilterType::Triangle);
+    for name in ["a.png", "b.jpg", "c.gif"] {
+        small.save(src.join(name)).unwrap();
+    }
+    std::fs::write(src.join("notes.txt"), "not an image").unwrap();
+    let out = scratch("batch-out").join("dreams");
+    let quick = ["--octaves", "1", "--steps", "1"];
+    let o = deepdream(&[&["dream", src.to_str().unwrap(), "-o", out.to_str().unwrap()][..], &quick].concat());
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let mut names: Vec<_> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["a.png", "b.jpg", "c.png"]);
+    assert!(err.contains("image 1/3: ") && err.contains("image 3/3: ") && err.contains("ETA"), "{err}");
+    // Two inputs that would write one file stop the batch before any work.
+    let other = scratch("batch-in-2");
+    small.save(other.join("a.png")).unwrap();
+    let clash = scratch("batch-clash");
+    let target = clash.join("out");
+    let o = deepdream(
+        &[
+            &[
+                "dream",
+                src.join("a.png").to_str().unwrap(),
+                other.join("a.png").to_str().unwrap(),
+                "-o",
+                target.to_str().unwrap(),
+            ][..],
+            &quick,
+        ]
+        .concat(),
+    );
+    assert_user_error(&o, "would both be written to", &clash);
+}
