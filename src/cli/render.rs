@@ -15,12 +15,27 @@ use std::path::Path;
 use std::time::Instant;
 
 /// The opened device and the loaded model, the octave count fitted to an `h` x `w` input
-/// (said when it changes) and the job checked against the network.
-fn prepare(job: &mut Job, (h, w): (u32, u32)) -> Result<(Backend, Box<dyn FeatureNet>)> {
+/// (said when it changes), `LAYER:topK` channels picked on `picture` (the photo or a video's
+/// first frame, when the job has such a term) and the job checked against the network.
+fn prepare(
+    job: &mut Job,
+    (h, w): (u32, u32),
+    picture: Option<&image::RgbImage>,
+) -> Result<(Backend, Box<dyn FeatureNet>)> {
     let backend = job.device.open()?;
     let net = model::load(&job.model)?;
     let _ops = backend.enter();
     let size = (h as usize, w as usize);
+    if let Some(picture) = picture {
+        // Unknown layers are check_network's to report, with their origin.
+        let names = net.layer_names();
+        if job.layers.iter().all(|(l, _)| names.contains(l)) {
+            for (term, channels) in job.pick_top_channels(net.as_ref(), picture, &backend.device)? {
+                let list: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
+                tell!("{term}: channels {} (the most active on this picture)", list.join(", "));
+            }
+        }
+    }
     if let Some((before, after)) = job.fit_octaves(net.as_ref(), size, &backend.device)? {
         let why = match after > before {
             true => "so the dream's features grow as large as on a smaller photo",
@@ -245,7 +260,7 @@ pub fn dream(input: &Input, output: &Path, quality: Option<u32>, flags: &DreamFl
     let (img, metadata) = input.load(job.max_size, job.params().seed)?;
     io::check_size(output, img.dimensions())?;
     let size = (img.height() as usize, img.width() as usize);
-    let (backend, net) = prepare(&mut job, (img.height(), img.width()))?;
+    let (backend, net) = prepare(&mut job, (img.height(), img.width()), Some(&img))?;
     announce(&job, net.as_ref(), &backend, size, None)?;
     let params = job.params();
     let _ops = backend.enter();
@@ -281,7 +296,7 @@ pub fn zoom(
     warn(&job);
     warn_ignored(output, e);
     let image = io::load_rgb(input, job.max_size)?;
-    let (backend, net) = prepare(&mut job, (image.height(), image.width()))?;
+    let (backend, net) = prepare(&mut job, (image.height(), image.width()), Some(&image))?;
     let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a zoom job without a zoom plan")) };
     let source = StillLoop::new(image, plan.frames, plan.rate, plan.transform)?;
     let frames = Frames { params: &plan.params, frame_params: &plan.frame_params, encoder: &plan.encoder };
@@ -303,9 +318,21 @@ pub fn video(
     warn_ignored(output, e);
     let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
     let options = VideoOptions { max_size: job.max_size, start: plan.start, duration: plan.duration };
-    let source = VideoSource::open(input, options, plan.continuation)?;
+    let source = VideoSource::open(input, options.clone(), plan.continuation)?;
     job.check_source(source.info())?;
-    let (backend, net) = prepare(&mut job, (source.info().height, source.info().width))?;
+    // A `LAYER:topK` term picks its channels on the first frame.
+    let first = match job.wants_top_channels() {
+        true => {
+            let mut first = None;
+            deepdream::source::video::decode(input, &options, &mut |f| {
+                first = Some(f.image);
+                false
+            })?;
+            first
+        }
+        false => None,
+    };
+    let (backend, net) = prepare(&mut job, (source.info().height, source.info().width), first.as_ref())?;
     let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
     let frames = Frames { params: &plan.params, frame_params: &plan.frame_params, encoder: &plan.encoder };
     render(&job, net.as_ref(), &backend, &source, frames, cancel)

@@ -21,7 +21,7 @@ pub struct DreamFlags {
     #[arg(long, value_name = "NAME")]
     pub model: Option<String>,
     /// Layers and weights, e.g. block5=1,block10=1 (a bare name weighs 1); LAYER:N targets
-    /// channel N. `deepdream layers --model M` lists a model's layers. Default: the preset's.
+    /// channel N, LAYER:topK the K channels most active on the picture. `deepdream layers --model M` lists a model's layers. Default: the preset's.
     #[arg(long, value_name = "LAYER=W,...")]
     pub layers: Option<String>,
     /// ImageNet classes to grow, by name or index, e.g. banana or 954=1,tabby=0.5 (replaces

@@ -333,6 +333,46 @@ impl Job {
         Ok(Some((before, octaves)))
     }
 
+    /// Whether a `LAYER:topK` term waits for [`Job::pick_top_channels`].
+    pub fn wants_top_channels(&self) -> bool {
+        self.params().objective.layers.iter().any(|t| t.top.is_some())
+    }
+
+    /// Resolves every `LAYER:topK` term of the objective into the K channels most active on
+    /// `picture` (the photo, or a video's first frame), in every dream of the job. Returns
+    /// what was chosen, to be told to the user.
+    pub fn pick_top_channels(
+        &mut self,
+        net: &dyn crate::model::FeatureNet,
+        picture: &image::RgbImage,
+        device: &candle_core::Device,
+    ) -> Result<Vec<(String, Vec<usize>)>> {
+        let o = &self.params().objective;
+        let image_terms = o.guide.iter().flat_map(|g| &g.layers).chain(o.style.iter().flat_map(|s| &s.layers));
+        if let Some(t) = image_terms.into_iter().find(|t| t.top.is_some()) {
+            return Err(Error::usage(format!(
+                "{}:top{}: topK picks channels for --layers only",
+                t.layer,
+                t.top.unwrap_or(0)
+            )));
+        }
+        if !self.wants_top_channels() {
+            return Ok(Vec::new());
+        }
+        let input = net.normalization().apply(&crate::io::to_tensor(picture, device)?)?;
+        let mut terms = self.params().objective.layers.clone();
+        let picked = crate::dream::objective::pick_top_channels(&mut terms, net, &input)?;
+        let all: Vec<&mut DreamParams> = match &mut self.work {
+            Work::Still { params } => vec![params.as_mut()],
+            Work::Zoom(z) => vec![&mut z.params, &mut z.frame_params],
+            Work::Video(v) => vec![&mut v.params, &mut v.frame_params],
+        };
+        for p in all {
+            p.objective.layers = terms.clone();
+        }
+        Ok(picked)
+    }
+
     /// The dream settings of the first frame (of the only one, for a still).
     pub fn params(&self) -> &DreamParams {
         match &self.work {

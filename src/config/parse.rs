@@ -7,6 +7,14 @@ use crate::{Error, Result};
 
 /// A layer name with an optional channel: `block12` or `block12:97`.
 pub fn layer_term(name: &str, weight: f32) -> Result<LayerTerm> {
+    if let Some((l, k)) = name.split_once(':')
+        && let Some(k) = k.trim().strip_prefix("top")
+    {
+        let top = k.parse::<usize>().ok().filter(|k| (1..=4096).contains(k)).ok_or_else(|| {
+            Error::usage(format!("bad channel count '{k}' in '{name}': expected topK with K from 1 to 4096"))
+        })?;
+        return Ok(LayerTerm { layer: l.trim().to_owned(), channel: None, weight, top: Some(top) });
+    }
     let (layer, channel) = match name.split_once(':') {
         Some((l, c)) => {
             let c = c
@@ -17,7 +25,7 @@ pub fn layer_term(name: &str, weight: f32) -> Result<LayerTerm> {
         }
         None => (name.trim(), None),
     };
-    Ok(LayerTerm { layer: layer.to_owned(), channel, weight })
+    Ok(LayerTerm { layer: layer.to_owned(), channel, weight, top: None })
 }
 
 /// Parses `NAME=WEIGHT,NAME` (a bare name weighs 1) into (name, weight) pairs.
@@ -107,7 +115,10 @@ mod tests {
     #[test]
     fn channels_and_classes_parse() {
         let t = parse_layers("block12:97=2,block5").unwrap();
-        assert_eq!(t[0], LayerTerm { layer: "block12".into(), channel: Some(97), weight: 2.0 });
+        assert_eq!(t[0], LayerTerm { layer: "block12".into(), channel: Some(97), weight: 2.0, top: None });
+        let t = layer_term("mixed4:top3", 1.5).unwrap();
+        assert_eq!((t.layer.as_str(), t.top, t.channel), ("mixed4", Some(3), None));
+        assert!(layer_term("mixed4:top0", 1.0).is_err() && layer_term("mixed4:topx", 1.0).is_err());
         assert_eq!(parse_classes("954=1,tabby=0.5").unwrap(), vec![(954, 1.0), (281, 0.5)]);
     }
 

@@ -20,12 +20,50 @@ pub struct LayerTerm {
     pub layer: String,
     pub channel: Option<usize>,
     pub weight: f32,
+    /// `LAYER:topK`: the K channels most active on the input, chosen once the network and the
+    /// picture are known ([`pick_top_channels`]); never left in a dream's objective.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top: Option<usize>,
 }
 
 impl LayerTerm {
     pub fn new(layer: &str, weight: f32) -> Self {
-        LayerTerm { layer: layer.to_owned(), channel: None, weight }
+        LayerTerm { layer: layer.to_owned(), channel: None, weight, top: None }
     }
+}
+
+/// Replaces each `LAYER:topK` term by the K channels of the layer with the highest mean
+/// activation on `input` (normalised network input, `[1, 3, h, w]`), each with the term's
+/// weight over K. Returns, per replaced term, its spelling and the channels chosen.
+pub fn pick_top_channels(
+    terms: &mut Vec<LayerTerm>,
+    net: &dyn FeatureNet,
+    input: &Tensor,
+) -> crate::Result<Vec<(String, Vec<usize>)>> {
+    let wanted: Vec<String> = terms.iter().filter(|t| t.top.is_some()).map(|t| t.layer.clone()).collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let features = net.forward(input, &wanted, false)?;
+    let mut picked = Vec::new();
+    let mut out = Vec::with_capacity(terms.len());
+    for term in terms.drain(..) {
+        let Some(k) = term.top else {
+            out.push(term);
+            continue;
+        };
+        let means: Vec<f32> = features.taps[&term.layer].mean((2, 3))?.flatten_all()?.to_vec1()?;
+        let mut order: Vec<usize> = (0..means.len()).collect();
+        order.sort_by(|&a, &b| means[b].total_cmp(&means[a]));
+        let chosen: Vec<usize> = order.into_iter().take(k).collect();
+        let weight = term.weight / chosen.len().max(1) as f32;
+        for &c in &chosen {
+            out.push(LayerTerm { layer: term.layer.clone(), channel: Some(c), weight, top: None });
+        }
+        picked.push((format!("{}:top{k}", term.layer), chosen));
+    }
+    *terms = out;
+    Ok(picked)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -222,3 +222,47 @@ fn original_colors_keep_the_photos_colours_and_the_dreams_brightness() {
     let brightness = mean_diff(&luma_kept, &luma_in);
     assert!(brightness > 5.0, "the dream's brightness is kept: mean luma change {brightness:.2}");
 }
+
+#[test]
+fn top_channels_are_the_most_active_ones_on_the_picture() {
+    let dir = scratch("top-channels");
+    let example = repo().join("examples/chelsea.png");
+    let run = |out: &str, layers: &str| {
+        let out = dir.join(out);
+        let o = deepdream(&[
+            "dream",
+            example.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--max-size",
+            "96",
+            "--octaves",
+            "1",
+            "--steps",
+            "3",
+            "--layers",
+            layers,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        (deepdream::io::load_rgb(&out, None).unwrap(), err)
+    };
+    let (top, err) = run("top.png", "block12:top3=1.5");
+    let line = err.lines().find(|l| l.starts_with("block12:top3: channels ")).unwrap_or_else(|| panic!("{err}"));
+    let list = line["block12:top3: channels ".len()..].split(" (").next().unwrap();
+    let channels: Vec<usize> = list.split(", ").map(|c| c.parse().unwrap()).collect();
+    assert_eq!(channels.len(), 3);
+    // The same mean activations, computed here: the three largest on the picture dreamed.
+    let net = crate::util::lite0();
+    let img = deepdream::io::load_rgb(&example, Some(96)).unwrap();
+    let x = net.normalization().apply(&deepdream::io::to_tensor(&img, &candle_core::Device::Cpu).unwrap()).unwrap();
+    let f = net.forward(&x, &["block12".to_owned()], false).unwrap();
+    let means: Vec<f32> = f.taps["block12"].mean((2, 3)).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let mut order: Vec<usize> = (0..means.len()).collect();
+    order.sort_by(|&a, &b| means[b].total_cmp(&means[a]));
+    assert_eq!(channels, order[..3].to_vec());
+    // And the dream is theirs, each weighing a third.
+    let spelled = channels.iter().map(|c| format!("block12:{c}=0.5")).collect::<Vec<_>>().join(",");
+    let (explicit, _) = run("explicit.png", &spelled);
+    assert!(top == explicit, "topK dreams otherwise than its channels spelt out");
+}
