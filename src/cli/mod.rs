@@ -70,6 +70,8 @@ enum Command {
         #[arg(long, allow_negative_numbers = true)]
         quality: Option<u32>,
         #[command(flatten)]
+        record: render::Record,
+        #[command(flatten)]
         dream: DreamFlags,
     },
     /// Render an infinite fractal zoom from a still image into a GIF, MP4, WebM or PNG frames.
@@ -169,13 +171,16 @@ impl Cancel {
 
 pub fn run(cli: Cli, cancel: &Cancel) -> Result<()> {
     match cli.command {
-        Command::Dream { input, from, size, output, quality, dream } => match (input.as_slice(), from) {
+        Command::Dream { input, from, size, output, quality, record, dream } => match (input.as_slice(), from) {
             ([path], _) if !path.is_dir() => {
-                render::dream(&render::Input::File(path.clone()), &output, quality, &dream, cancel)
+                render::dream(&render::Input::File(path.clone()), &output, quality, &record, &dream, cancel)
             }
             ([], from) => {
                 let input = render::Input::Generated { from: from.unwrap_or_default(), size };
-                render::dream(&input, &output, quality, &dream, cancel)
+                render::dream(&input, &output, quality, &record, &dream, cancel)
+            }
+            (_, _) if record.record.is_some() => {
+                Err(deepdream::Error::usage("--record: records one dream, not a batch"))
             }
             (paths, _) => render::dream_batch(paths, &output, quality, &dream, cancel),
         },

@@ -138,7 +138,7 @@ pub fn dream_batch(
             false => String::new(),
         };
         tell!("image {}/{}: {} -> {}{eta}", k + 1, jobs.len(), file.display(), out.display());
-        dream(&Input::File(file.clone()), out, quality, flags, cancel)?;
+        dream(&Input::File(file.clone()), out, quality, &Record::default(), flags, cancel)?;
         done += pixels;
     }
     tell!("dreamed {} images into {}", jobs.len(), out_dir.display());
@@ -247,8 +247,90 @@ impl Input {
     }
 }
 
-pub fn dream(input: &Input, output: &Path, quality: Option<u32>, flags: &DreamFlags, cancel: &Cancel) -> Result<()> {
+/// `dream --record N`: the dream as it grows, every N steps, as an animation.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct Record {
+    /// Record the picture every N steps (as the dream would end there), and the result, as an
+    /// animation at 10 frames/s: OUTPUT's name with `-steps.gif` (a directory `-steps` of PNG
+    /// frames in a build without video).
+    #[arg(long, value_name = "N")]
+    pub record: Option<usize>,
+    /// Where --record writes: .gif, .mp4, .webm or a directory of PNG frames.
+    #[arg(long, requires = "record", value_name = "PATH")]
+    pub record_to: Option<std::path::PathBuf>,
+}
+
+impl Record {
+    /// Every how many steps, and where, checked before any work.
+    fn plan(&self, output: &Path, input: &Path) -> Result<Option<(usize, std::path::PathBuf)>> {
+        let Some(every) = self.record else { return Ok(None) };
+        let every = Sourced::flag("--record", every).check(Rule::Between(1.0, 1_000_000.0))?;
+        let path = self.record_to.clone().unwrap_or_else(|| {
+            let stem = output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = if cfg!(feature = "video") { format!("{stem}-steps.gif") } else { format!("{stem}-steps") };
+            output.with_file_name(name)
+        });
+        deepdream::sink::check_output(&path).map_err(|e| deepdream::config::Origin::Flag("--record-to").blame(e))?;
+        if io::would_destroy(input, &path) || path == output {
+            return Err(Error::usage(format!(
+                "--record-to: {} would overwrite the input or the output",
+                path.display()
+            )));
+        }
+        Ok(Some((every, path)))
+    }
+}
+
+/// A dream's progress that also keeps the picture every N steps.
+struct Recording<'a> {
+    bar: StepBar<'a>,
+    every: usize,
+    frames: Vec<image::RgbImage>,
+}
+
+impl dream::Progress for Recording<'_> {
+    fn step(&mut self, info: &dream::StepInfo) -> bool {
+        self.bar.step(info)
+    }
+
+    fn pictures_every(&self) -> usize {
+        self.every
+    }
+
+    fn picture(&mut self, pixels: &candle_core::Tensor) -> Result<()> {
+        self.frames.push(io::to_image(pixels)?);
+        Ok(())
+    }
+}
+
+/// Writes recorded pictures and the result, which is held for a second, at 10 frames/s.
+fn write_recording(path: &Path, frames: &[image::RgbImage], result: &image::RgbImage) -> Result<()> {
+    use deepdream::media::{FrameFormat, Rational};
+    let format = FrameFormat {
+        width: result.width(),
+        height: result.height(),
+        rate: Rational::new(10, 1),
+        time_base: Rational::new(1, 10),
+    };
+    let mut sink = deepdream::sink::open(path, &format, &SinkOptions::default(), None)?;
+    let mut pts = 0;
+    for frame in frames.iter().chain([result; 10]) {
+        sink.write(frame, pts)?;
+        pts += 1;
+    }
+    sink.finish()
+}
+
+pub fn dream(
+    input: &Input,
+    output: &Path,
+    quality: Option<u32>,
+    record: &Record,
+    flags: &DreamFlags,
+    cancel: &Cancel,
+) -> Result<()> {
     let mut job = Job::dream(input.path(), output, flags)?;
+    let recording = record.plan(output, input.path())?;
     warn(&job);
     let quality =
         quality.map(|q| Sourced::flag("--quality", q).check(Rule::Between(1.0, 100.0)).map(|q| q as u8)).transpose()?;
@@ -265,11 +347,13 @@ pub fn dream(input: &Input, output: &Path, quality: Option<u32>, flags: &DreamFl
     let params = job.params();
     let _ops = backend.enter();
     let pixels = io::to_tensor(&img, &backend.device)?;
-    let mut progress = StepBar::new(params, size, cancel);
+    let bar = StepBar::new(params, size, cancel);
+    let every = recording.as_ref().map_or(0, |(every, _)| *every);
+    let mut progress = Recording { bar, every, frames: Vec::new() };
     let start = Instant::now();
     let out = dream::dream(net.as_ref(), &pixels, params, &mut progress);
     let secs = start.elapsed().as_secs_f64(); // the dream alone, as the PyTorch peers time theirs
-    progress.finish();
+    progress.bar.finish();
     let out = out?;
     if out.losses.is_empty() {
         return Err(Error::usage(format!(
@@ -277,10 +361,15 @@ pub fn dream(input: &Input, output: &Path, quality: Option<u32>, flags: &DreamFl
             params.max_loss.map_or("none".into(), |m| m.to_string())
         )));
     }
-    io::save_still(&io::to_image(&out.pixels)?, output, &io::StillOptions { quality, metadata })?;
+    let result = io::to_image(&out.pixels)?;
+    io::save_still(&result, output, &io::StillOptions { quality, metadata })?;
     let (w, h, steps) = (img.width(), img.height(), out.losses.len());
     let plural = if steps == 1 { "" } else { "s" };
     tell!("wrote {} ({w}x{h}, {steps} step{plural} in {secs:.1} s)", output.display());
+    if let Some((_, path)) = &recording {
+        write_recording(path, &progress.frames, &result)?;
+        tell!("recorded {} pictures of the dream into {}", progress.frames.len() + 1, path.display());
+    }
     Ok(())
 }
 

@@ -133,6 +133,14 @@ pub struct StepInfo {
 /// Receives progress; returning `false` cancels the dream.
 pub trait Progress: Send {
     fn step(&mut self, info: &StepInfo) -> bool;
+    /// Every how many steps [`Progress::picture`] wants the picture (0: never).
+    fn pictures_every(&self) -> usize {
+        0
+    }
+    /// The picture as it stands (0..255 pixels at the input's full size, `[1, 3, h, w]`).
+    fn picture(&mut self, _pixels: &Tensor) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A progress sink that reports nothing and never cancels.
@@ -255,6 +263,14 @@ pub fn dream(
             };
             if !progress.step(&info) {
                 return Err(Error::Cancelled);
+            }
+            let every = progress.pictures_every();
+            if every > 0 && losses.len() % every == 0 {
+                // The octave's picture at the input's size, as the dream would end now.
+                let full = resize_bilinear(&x, h, w)?;
+                let full = (&full + (&base - resize_bilinear(&shrunk, h, w)?)?)?;
+                let full = full.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
+                progress.picture(&norm.invert(&full)?)?;
             }
         }
     }

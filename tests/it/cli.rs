@@ -640,3 +640,48 @@ fn a_batch_dreams_every_image_into_a_directory() {
     );
     assert_user_error(&o, "would both be written to", &clash);
 }
+
+#[test]
+fn a_recorded_dream_shows_how_it_grew() {
+    let dir = scratch("record");
+    let out = dir.join("out.png");
+    let frames = dir.join("steps");
+    let o = deepdream(&[
+        "dream",
+        &example(),
+        "-o",
+        out.to_str().unwrap(),
+        "--max-size",
+        "96",
+        "--octaves",
+        "2",
+        "--steps",
+        "10",
+        "--layers",
+        "block5",
+        "--record",
+        "5",
+        "--record-to",
+        frames.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Steps 5, 10, 15 and 20, then the result held for a second (ten frames at 10/s).
+    let n = std::fs::read_dir(&frames).unwrap().count();
+    assert_eq!(n, 4 + 10);
+    let frame = |i: usize| deepdream::io::load_rgb(&frames.join(format!("frame_{i:05}.png")), None).unwrap();
+    let result = deepdream::io::load_rgb(&out, None).unwrap();
+    assert!(frame(14) == result && frame(4) == result, "the last step is the result");
+    assert!(frame(1) != result, "the first picture is the dream early on");
+    assert_eq!(frame(1).dimensions(), result.dimensions(), "every picture at the full size");
+    let o = deepdream(&[
+        "dream",
+        &example(),
+        "-o",
+        out.to_str().unwrap(),
+        "--record",
+        "5",
+        "--record-to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
