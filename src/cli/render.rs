@@ -313,10 +313,8 @@ fn write_recording(path: &Path, frames: &[image::RgbImage], result: &image::RgbI
         time_base: Rational::new(1, 10),
     };
     let mut sink = deepdream::sink::open(path, &format, &SinkOptions::default(), None)?;
-    let mut pts = 0;
-    for frame in frames.iter().chain([result; 10]) {
-        sink.write(frame, pts)?;
-        pts += 1;
+    for (pts, frame) in frames.iter().chain([result; 10]).enumerate() {
+        sink.write(frame, pts as i64)?;
     }
     sink.finish()
 }
