@@ -33,6 +33,8 @@ pub struct RenderJob<'a> {
     pub fingerprint: String,
     /// Continue an interrupted render from its frame store.
     pub resume: bool,
+    /// A seamless loop over this many frames (0: none): see [`Looper`].
+    pub loop_frames: u64,
 }
 
 /// Progress of a render. Returning `false` from either method stops it.
@@ -302,7 +304,7 @@ pub fn render(job: &RenderJob, progress: &mut dyn FrameProgress) -> Result<Rende
         let encoder = spawn(s, "encode", move || {
             let sink = sink::open(job.output, format, job.sink, audio);
             let _ = ready_tx.send(sink.is_ok());
-            encode_stage(sink?, format, from_dream, store, keep)
+            encode_stage(sink?, format, from_dream, store, keep, job.loop_frames, info.frames)
         });
         let encoder = match encoder {
             Ok(encoder) => encoder,
@@ -386,8 +388,11 @@ fn encode_stage(
     from_dream: Receiver<Done>,
     store: &Store,
     keep: &AtomicBool,
+    loop_frames: u64,
+    total: Option<u64>,
 ) -> Result<u64> {
     let mut n = 0;
+    let mut looper = Looper::new(loop_frames, total);
     for d in from_dream.iter() {
         if d.image.dimensions() != (format.width, format.height) {
             let (w, h) = d.image.dimensions();
@@ -401,16 +406,63 @@ fn encode_stage(
                 ),
             });
         }
-        sink.write(&d.image, d.pts)?;
         if d.fresh {
             store.save(d.index, &d.image, d.pts)?;
         }
-        n += 1;
+        if let Some((image, pts)) = looper.next(d.index, d.image, d.pts) {
+            sink.write(&image, pts)?;
+            n += 1;
+        }
     }
     if n > 0 && keep.load(Ordering::Acquire) {
         sink.finish()?;
     }
     Ok(n)
+}
+
+/// A seamless loop of a render of L + N frames into L: the first N frames are held back, the
+/// output starts at frame N, and its last N frames cross-fade into the held ones, so the
+/// last output frame leads into the first as any frame leads into the next. Output frame k
+/// takes the timestamp of rendered frame k.
+struct Looper {
+    frames: u64,
+    total: Option<u64>,
+    head: std::collections::VecDeque<RgbImage>,
+    pts: std::collections::VecDeque<i64>,
+}
+
+impl Looper {
+    /// A loop over `frames` of a render of `total` frames (where the tail starts).
+    fn new(frames: u64, total: Option<u64>) -> Looper {
+        Looper { frames, total, head: Default::default(), pts: Default::default() }
+    }
+
+    /// The output frame rendered frame `index` gives, if any.
+    fn next(&mut self, index: u64, image: RgbImage, pts: i64) -> Option<(RgbImage, i64)> {
+        if self.frames == 0 {
+            return Some((image, pts));
+        }
+        self.pts.push_back(pts);
+        let n = self.frames;
+        if index < n {
+            self.head.push_back(image);
+            return None;
+        }
+        let pts = self.pts.pop_front().expect("one timestamp per frame");
+        let tail_start = self.total.map_or(u64::MAX, |t| t - n);
+        if index < tail_start {
+            return Some((image, pts));
+        }
+        // Tail frame i of n fades into head frame i with weight (i + 1) / (n + 1).
+        let i = index - tail_start;
+        let head = self.head.pop_front().expect("a head frame per tail frame");
+        let w = (i + 1) as f32 / (n + 1) as f32;
+        let mut out = image;
+        for (o, h) in out.iter_mut().zip(head.iter()) {
+            *o = ((1.0 - w) * *o as f32 + w * *h as f32).round() as u8;
+        }
+        Some((out, pts))
+    }
 }
 
 /// A stage's result, or its panic as an error.

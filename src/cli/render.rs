@@ -385,8 +385,14 @@ pub fn zoom(
     let image = io::load_rgb(input, job.max_size)?;
     let (backend, net) = prepare(&mut job, (image.height(), image.width()), Some(&image))?;
     let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a zoom job without a zoom plan")) };
-    let source = StillLoop::new(image, plan.frames, plan.rate, plan.transform)?;
-    let frames = Frames { params: &plan.params, frame_params: &plan.frame_params, encoder: &plan.encoder };
+    // A loop renders its fade's frames beyond the output's.
+    let source = StillLoop::new(image, plan.frames + plan.loop_frames, plan.rate, plan.transform)?;
+    let frames = Frames {
+        params: &plan.params,
+        frame_params: &plan.frame_params,
+        encoder: &plan.encoder,
+        loop_frames: plan.loop_frames,
+    };
     render(&job, net.as_ref(), &backend, &source, frames, cancel)
 }
 
@@ -421,7 +427,8 @@ pub fn video(
     };
     let (backend, net) = prepare(&mut job, (source.info().height, source.info().width), first.as_ref())?;
     let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
-    let frames = Frames { params: &plan.params, frame_params: &plan.frame_params, encoder: &plan.encoder };
+    let frames =
+        Frames { params: &plan.params, frame_params: &plan.frame_params, encoder: &plan.encoder, loop_frames: 0 };
     render(&job, net.as_ref(), &backend, &source, frames, cancel)
 }
 
@@ -451,6 +458,8 @@ struct Frames<'a> {
     params: &'a DreamParams,
     frame_params: &'a DreamParams,
     encoder: &'a SinkOptions,
+    /// A seamless loop over this many frames (zoom --loop; 0: none).
+    loop_frames: u64,
 }
 
 /// Runs a render with Ctrl-C finishing the file, and reports how it went.
@@ -472,6 +481,7 @@ fn render(
         frame_params: frames.frame_params,
         fingerprint: job.fingerprint()?,
         resume: job.resume,
+        loop_frames: frames.loop_frames,
     };
     let info = source.info();
     let total = job.frame_count(info.rate.as_f64(), info.frames);

@@ -180,6 +180,10 @@ pub struct ZoomFlags {
     /// (default 0,0).
     #[arg(long, allow_hyphen_values = true)]
     pub pan: Option<String>,
+    /// Make the zoom a seamless loop: N more frames are rendered and the last N cross-fade
+    /// into the first, so the animation flows from its end into its start (--loop alone: 24).
+    #[arg(long = "loop", value_name = "N", num_args = 0..=1, default_missing_value = "24")]
+    pub loop_frames: Option<u64>,
     /// Ascent steps on each frame after the first (preset's; zoom 2; else 5; 0: zoom without
     /// dreaming).
     #[arg(long, allow_negative_numbers = true, value_name = "N")]

@@ -71,6 +71,9 @@ pub struct ZoomPlan {
     pub rate: Rational,
     pub transform: ZoomTransform,
     pub encoder: SinkOptions,
+    /// A seamless loop: this many extra frames are rendered and the last ones cross-fade into
+    /// the first (0: no loop).
+    pub loop_frames: u64,
 }
 
 /// A dreamed video.
@@ -139,7 +142,13 @@ impl Job {
         let frame_steps =
             pick(flag("--frame-steps", &z.frame_steps), s.file.get("zoom.frame_steps", &p.frame_steps), 5, STEP_COUNT)?;
         let frame_params = DreamParams { octaves: 1, steps: frame_steps, ..params.clone() };
-        let plan = ZoomPlan { params, frame_params, frames, rate, transform, encoder: s.encoder(e)? };
+        let (loop_flag, loop_preset) = (flag("--loop", &z.loop_frames), s.file.get("zoom.loop", &p.loop_frames));
+        let loop_origin = loop_flag.as_ref().or(loop_preset.as_ref()).map(|l| l.origin.clone());
+        let loop_frames = pick(loop_flag, loop_preset, 0, FRAMES_OR_NONE)?;
+        if let Some(origin) = loop_origin.filter(|_| loop_frames >= frames) {
+            return Err(origin.error(format!("a loop fades over fewer frames than the zoom has ({frames})")));
+        }
+        let plan = ZoomPlan { params, frame_params, frames, rate, transform, encoder: s.encoder(e)?, loop_frames };
         Ok(Job { resume: e.resume, ..s.job(input, output, Work::Zoom(Box::new(plan)))? })
     }
 
@@ -427,7 +436,8 @@ impl Job {
     pub fn frame_count(&self, rate: f64, frames: Option<u64>) -> Option<u64> {
         match &self.work {
             Work::Still { .. } => Some(1),
-            Work::Zoom(z) => Some(z.frames),
+            // A loop renders its fade's frames beyond the output's.
+            Work::Zoom(z) => Some(z.frames + z.loop_frames),
             Work::Video(v) => {
                 let skipped = (v.start.unwrap_or(0.0) * rate).round() as u64;
                 let left = frames.map(|f| f.saturating_sub(skipped));
@@ -477,6 +487,9 @@ fn frames_for(seconds: Sourced<f64>, rate: Rational) -> Result<u64> {
         }
     }
 }
+
+/// A loop's fade, in frames (0: no loop).
+const FRAMES_OR_NONE: Rule = Rule::Between(0.0, 1_000_000.0);
 
 /// A zoom's length in frames: eleven hours at 25 fps.
 const FRAMES: Rule = Rule::Between(1.0, 1_000_000.0);

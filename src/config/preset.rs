@@ -151,6 +151,9 @@ pub struct ZoomSection {
     pub pan: V<Vec<f64>>,
     /// Ascent steps on each frame after the first (which gets the full octave treatment).
     pub frame_steps: V<usize>,
+    /// A seamless loop fading over this many frames.
+    #[serde(rename = "loop")]
+    pub loop_frames: V<u64>,
 }
 
 /// A frame rate as written: a number or a string such as "30000/1001".
@@ -220,7 +223,7 @@ merge_fields!(Preset: description, model; sections dream, objective, regularize,
 merge_fields!(DreamSection: layers, octaves, octave_scale, steps, step, max_loss, jitter, seed, max_size, tile, original_colors; sections);
 merge_fields!(ObjectiveSection: classes, class_mode, tv, guide, style; sections);
 merge_fields!(RegularizeSection: grad_blur, image_blur, decay, laplacian, clip, scale_jitter, rotate_jitter, decorrelate; sections);
-merge_fields!(ZoomSection: frames, duration, fps, zoom, zoom_per_second, rotate, pan, frame_steps; sections);
+merge_fields!(ZoomSection: frames, duration, fps, zoom, zoom_per_second, rotate, pan, frame_steps, loop_frames; sections);
 merge_fields!(VideoSection: motion, warp, cut, frame_octaves, frame_steps, frame_step, blend, start, duration; sections);
 merge_fields!(OutputSection: crf, preset; sections);
 

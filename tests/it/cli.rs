@@ -685,3 +685,37 @@ fn a_recorded_dream_shows_how_it_grew() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+#[test]
+fn a_looped_zoom_flows_from_its_end_into_its_start() {
+    let dir = scratch("loop");
+    // Mean absolute difference between two frames, per channel value.
+    let step = |a: &image::RgbImage, b: &image::RgbImage| {
+        a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (*x as f64 - *y as f64).abs()).sum::<f64>()
+            / a.as_raw().len() as f64
+    };
+    let steps = |loop_frames: Option<&str>| {
+        let out = dir.join(format!("z{}", loop_frames.unwrap_or("0")));
+        let mut args = vec!["zoom", &example(), "-o", out.to_str().unwrap(), "--frames", "36", "--max-size", "96"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        if let Some(n) = loop_frames {
+            args.extend(["--loop".to_owned(), n.to_owned()]);
+        }
+        let o = deepdream(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let frames: Vec<_> =
+            (1..=36).map(|i| deepdream::io::load_rgb(&out.join(format!("frame_{i:05}.png")), None).unwrap()).collect();
+        let inside: Vec<f64> = frames.windows(2).map(|w| step(&w[0], &w[1])).collect();
+        let across = step(&frames[35], &frames[0]);
+        (inside.iter().cloned().fold(0.0, f64::max), across)
+    };
+    let (plain_inside, plain_across) = steps(None);
+    let (inside, across) = steps(Some("12"));
+    // Without a loop the jump back is far larger than any step; with one it is a step like
+    // the others.
+    assert!(plain_across > 2.0 * plain_inside, "no loop: across {plain_across:.2}, inside at most {plain_inside:.2}");
+    assert!(across <= 1.1 * inside, "loop: across {across:.2}, inside at most {inside:.2}");
+    eprintln!("steps: no loop {plain_across:.2} across vs {plain_inside:.2}; loop {across:.2} vs {inside:.2}");
+}
