@@ -15,6 +15,7 @@ use crate::source::{Frame, Source};
 use crate::{Error, Result, io};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use image::RgbImage;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -406,12 +407,13 @@ fn encode_stage(
                 ),
             });
         }
-        if d.fresh {
-            store.save(d.index, &d.image, d.pts)?;
-        }
-        if let Some((image, pts)) = looper.next(d.index, d.image, d.pts) {
+        // The output first: a failed write names the output, not the store.
+        if let Some((image, pts)) = looper.next(d.index, &d.image, d.pts) {
             sink.write(&image, pts)?;
             n += 1;
+        }
+        if d.fresh {
+            store.save(d.index, &d.image, d.pts)?;
         }
     }
     if n > 0 && keep.load(Ordering::Acquire) {
@@ -438,30 +440,30 @@ impl Looper {
     }
 
     /// The output frame rendered frame `index` gives, if any.
-    fn next(&mut self, index: u64, image: RgbImage, pts: i64) -> Option<(RgbImage, i64)> {
+    fn next<'i>(&mut self, index: u64, image: &'i RgbImage, pts: i64) -> Option<(Cow<'i, RgbImage>, i64)> {
         if self.frames == 0 {
-            return Some((image, pts));
+            return Some((Cow::Borrowed(image), pts));
         }
         self.pts.push_back(pts);
         let n = self.frames;
         if index < n {
-            self.head.push_back(image);
+            self.head.push_back(image.clone());
             return None;
         }
         let pts = self.pts.pop_front().expect("one timestamp per frame");
         let tail_start = self.total.map_or(u64::MAX, |t| t - n);
         if index < tail_start {
-            return Some((image, pts));
+            return Some((Cow::Borrowed(image), pts));
         }
         // Tail frame i of n fades into head frame i with weight (i + 1) / (n + 1).
         let i = index - tail_start;
         let head = self.head.pop_front().expect("a head frame per tail frame");
         let w = (i + 1) as f32 / (n + 1) as f32;
-        let mut out = image;
+        let mut out = image.clone();
         for (o, h) in out.iter_mut().zip(head.iter()) {
             *o = ((1.0 - w) * *o as f32 + w * *h as f32).round() as u8;
         }
-        Some((out, pts))
+        Some((Cow::Owned(out), pts))
     }
 }
 
