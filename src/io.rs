@@ -334,11 +334,6 @@ pub fn check_writable(path: &Path) -> Result<()> {
     std::fs::write(staged.path(), b"").map_err(|e| Error::Output { path: path.to_owned(), reason: e.to_string() })
 }
 
-/// Writes the image to a temporary file and renames it over `path` when complete.
-pub fn save(img: &RgbImage, path: &Path) -> Result<()> {
-    save_as(img, path, output_format(path)?)
-}
-
 /// Writes the image in `format` to a temporary file and renames it over `path`; errors name
 /// `path`.
 pub fn save_as(img: &RgbImage, path: &Path, format: ImageFormat) -> Result<()> {

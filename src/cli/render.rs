@@ -28,8 +28,7 @@ fn prepare(
     let size = (h as usize, w as usize);
     if let Some(picture) = picture {
         // Unknown layers are check_network's to report, with their origin.
-        let names = net.layer_names();
-        if job.layers.iter().all(|(l, _)| names.contains(l)) {
+        if job.unknown_layer(net.as_ref()).is_none() {
             for (term, channels) in job.pick_top_channels(net.as_ref(), picture, &backend.device)? {
                 let list: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
                 tell!("{term}: channels {} (the most active on this picture)", list.join(", "));
@@ -41,8 +40,8 @@ fn prepare(
             true => "so the dream's features grow as large as on a smaller photo",
             false => "the smallest octave would be too small for the network",
         };
-        let octaves = if after == 1 { "octave" } else { "octaves" };
-        tell!("{w}x{h}: {after} {octaves} instead of the recipe's {before}, {why} (--octaves N sets them exactly)");
+        let octaves = count(after, "octave");
+        tell!("{w}x{h}: {octaves} instead of the recipe's {before}, {why} (--octaves N sets them exactly)");
     }
     job.check_network(net.as_ref(), size, &backend.device)?;
     Ok((backend, net))
@@ -52,10 +51,14 @@ fn prepare(
 /// announced with an estimate of its time before it starts.
 const LONG_WORK: f64 = 2.5e6;
 
+/// "1 step", "20 steps".
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 /// "3 octaves x 20 steps".
 fn recipe(p: &DreamParams) -> String {
-    let s = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-    format!("{} x {}", s(p.octaves, "octave"), s(p.steps, "step"))
+    format!("{} x {}", count(p.octaves, "octave"), count(p.steps, "step"))
 }
 
 /// The image files a batch names: files as given, a directory's images (by extension) in
@@ -361,9 +364,8 @@ pub fn dream(
     }
     let result = io::to_image(&out.pixels)?;
     io::save_still(&result, output, &io::StillOptions { quality, metadata })?;
-    let (w, h, steps) = (img.width(), img.height(), out.losses.len());
-    let plural = if steps == 1 { "" } else { "s" };
-    tell!("wrote {} ({w}x{h}, {steps} step{plural} in {secs:.1} s)", output.display());
+    let (w, h, steps) = (img.width(), img.height(), count(out.losses.len(), "step"));
+    tell!("wrote {} ({w}x{h}, {steps} in {secs:.1} s)", output.display());
     if let Some((_, path)) = &recording {
         write_recording(path, &progress.frames, &result)?;
         tell!("recorded {} pictures of the dream into {}", progress.frames.len() + 1, path.display());
@@ -386,7 +388,7 @@ pub fn zoom(
     let (backend, net) = prepare(&mut job, (image.height(), image.width()), Some(&image))?;
     let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a zoom job without a zoom plan")) };
     // A loop renders its fade's frames beyond the output's.
-    let source = StillLoop::new(image, plan.frames + plan.loop_frames, plan.rate, plan.transform)?;
+    let source = StillLoop::new(image, plan.rendered_frames(), plan.rate, plan.transform)?;
     let frames = Frames {
         params: &plan.params,
         frame_params: &plan.frame_params,

@@ -76,6 +76,13 @@ pub struct ZoomPlan {
     pub loop_frames: u64,
 }
 
+impl ZoomPlan {
+    /// The frames dreamed: the output's, and a loop's fade beyond them.
+    pub fn rendered_frames(&self) -> u64 {
+        self.frames + self.loop_frames
+    }
+}
+
 /// A dreamed video.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct VideoPlan {
@@ -303,8 +310,7 @@ impl Job {
         device: &candle_core::Device,
     ) -> Result<Option<(usize, usize)>> {
         // Unknown layers are [`Job::check_network`]'s to report, with their origin.
-        let names = net.layer_names();
-        if self.octaves_given || self.layers.iter().any(|(l, _)| !names.contains(l)) {
+        if self.octaves_given || self.unknown_layer(net).is_some() {
             return Ok(None);
         }
         let p = self.params();
@@ -340,6 +346,12 @@ impl Job {
             }
         }
         Ok(Some((before, octaves)))
+    }
+
+    /// The first layer the objective names that `net` lacks, with where it was named.
+    pub fn unknown_layer(&self, net: &dyn crate::model::FeatureNet) -> Option<&(String, Origin)> {
+        let names = net.layer_names();
+        self.layers.iter().find(|(l, _)| !names.contains(l))
     }
 
     /// Whether a `LAYER:topK` term waits for [`Job::pick_top_channels`].
@@ -400,9 +412,8 @@ impl Job {
         (h, w): (usize, usize),
         device: &candle_core::Device,
     ) -> Result<()> {
-        let names = net.layer_names();
-        if let Some((layer, origin)) = self.layers.iter().find(|(l, _)| !names.contains(l)) {
-            let valid = names.join(", ");
+        if let Some((layer, origin)) = self.unknown_layer(net) {
+            let valid = net.layer_names().join(", ");
             return Err(origin.error(format!("unknown layer '{layer}' for {}; valid layers: {valid}", net.name())));
         }
         let params = self.params();
@@ -436,8 +447,7 @@ impl Job {
     pub fn frame_count(&self, rate: f64, frames: Option<u64>) -> Option<u64> {
         match &self.work {
             Work::Still { .. } => Some(1),
-            // A loop renders its fade's frames beyond the output's.
-            Work::Zoom(z) => Some(z.frames + z.loop_frames),
+            Work::Zoom(z) => Some(z.rendered_frames()),
             Work::Video(v) => {
                 let skipped = (v.start.unwrap_or(0.0) * rate).round() as u64;
                 let left = frames.map(|f| f.saturating_sub(skipped));
