@@ -1,12 +1,29 @@
 #!/usr/bin/env bash
-# Builds the `cuda` feature on a machine without a GPU (recipe: ../shared/cuda/README.md):
+# Builds the GPU binary on a machine without a GPU (recipe: ../shared/cuda/README.md):
 # CUDA 13.0 toolchain and libraries from PyPI into /opt/cu130, libcuda.so from Debian's
 # non-free libcuda1 to link against, then cargo with CUDA_COMPUTE_CAP=80 (PTX the H100's
-# 580 driver accepts). The binary then runs on a GPU machine with the CUDA 13 libraries of its
-# PyTorch install on LD_LIBRARY_PATH.
-# Usage: scripts/build-cuda.sh [--check]    (--check: cargo check only, no linking)
+# 580 driver accepts).
+#
+# The binary is self-contained for a bare GPU machine: no ffmpeg (zoom and video write PNG frame
+# directories), no OpenBLAS (the CPU path uses the gemm crate), no debug info, stripped; its only
+# shared libraries are libc's and CUDA's (libcuda, libcudart, libcublas, libcublasLt, libcurand,
+# and libcudnn with --cudnn). On the GPU machine, put the CUDA 13 libraries of its PyTorch install
+# on LD_LIBRARY_PATH (scripts/gpu-check.sh does).
+#
+# Usage: scripts/build-cuda.sh [--check] [--cudnn]
+#   --check   cargo check only, no linking
+#   --cudnn   with candle's cudnn feature (cuDNN 9 for CUDA 13 from the nvidia-cudnn-cu13 wheel)
+# Output: dist/deepdream-cuda (or dist/deepdream-cuda-cudnn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+check=0 cudnn=0
+for a in "$@"; do
+    case $a in
+        --check) check=1 ;;
+        --cudnn) cudnn=1 ;;
+        *) echo "build-cuda.sh: unknown argument '$a' (--check, --cudnn)" >&2; exit 2 ;;
+    esac
+done
 C=/opt/cu130/nvidia/cu13
 if [ ! -x "$C/bin/nvcc" ]; then
     python3 -m pip install -q --target /opt/cu130 nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 \
@@ -16,9 +33,22 @@ fi
 (cd "$C/lib" && for f in libcublas libcublasLt libcudart libcurand libnvrtc; do
     [ -e "$f.so" ] || ln -sf "$(ls $f.so.* | head -1)" "$f.so"; done)
 [ -e "$C/lib64" ] || ln -s "$C/lib" "$C/lib64"
+features=cuda
+if [ $cudnn = 1 ]; then
+    if [ ! -e /opt/cudnn13/nvidia/cudnn/include/cudnn.h ]; then
+        python3 -m pip install -q --no-deps --target /opt/cudnn13 "nvidia-cudnn-cu13==9.*"
+    fi
+    D=/opt/cudnn13/nvidia/cudnn
+    (cd "$D/lib" && [ -e libcudnn.so ] || ln -sf "$(ls libcudnn.so.* | head -1)" libcudnn.so)
+    # cudarc finds cuDNN's headers and library through the CUDA root: link them in.
+    for h in "$D"/include/*.h; do [ -e "$C/include/$(basename "$h")" ] || ln -s "$h" "$C/include/"; done
+    for l in "$D"/lib/libcudnn*.so*; do [ -e "$C/lib/$(basename "$l")" ] || ln -s "$l" "$C/lib/"; done
+    features=cuda,cudnn
+fi
 export PATH="$C/bin:$PATH" CUDA_PATH="$C" CUDA_ROOT="$C" CUDA_COMPUTE_CAP=80
-if [ "${1:-}" = "--check" ]; then
-    exec cargo check --features cuda
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda}
+if [ $check = 1 ]; then
+    exec cargo check --no-default-features --features "$features"
 fi
 if [ ! -e "$C/lib/libcuda.so" ]; then
     if ! dpkg -s libcuda1 >/dev/null 2>&1; then
@@ -27,4 +57,10 @@ if [ ! -e "$C/lib/libcuda.so" ]; then
     fi
     ln -sf /lib/x86_64-linux-gnu/libcuda.so.1 "$C/lib/libcuda.so"
 fi
-exec cargo build --release --features cuda
+CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
+    cargo build --release --no-default-features --features "$features"
+mkdir -p dist
+out=dist/deepdream-cuda
+[ $cudnn = 1 ] && out=dist/deepdream-cuda-cudnn
+cp "$CARGO_TARGET_DIR/release/deepdream" "$out.tmp" && mv "$out.tmp" "$out"
+echo "$out: $(du -h "$out" | cut -f1)"

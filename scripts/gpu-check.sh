@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The one device check of the CUDA path (issue 15), for a GPU machine with PyTorch (CUDA 13) and
+# a copy of this working tree plus dist/deepdream-cuda (scripts/build-cuda.sh). Every step has
+# its own timeout and a failed step does not stop the others; the whole script fits in about
+# 8 minutes on an H100. Results go to RESULTS (default gpu-results.txt), one line per figure:
+#
+#   env        nvidia-smi, driver, missing shared libraries
+#   correct    a short dream on cuda vs cpu (PSNR in dB; TF32 off), also with each knob flipped
+#   ours       `deepdream bench` step time and GPU utilisation, EfficientNet-Lite0 and
+#              InceptionV3 (formula weights) at 512x512 and 1920x1080, peak GPU memory
+#   knob       the same at 512x512 with each knob of README "GPU" flipped
+#   peer       scripts/torch_gpu_peer.py: the same steps in PyTorch eager (fp32 / defaults / bf16)
+#   zoom       512px zoom frames per second (--frame-steps 4), ours and the peer's
+#
+# Usage: scripts/gpu-check.sh [RESULTS] [BINARY]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RESULTS=$(realpath -m "${1:-gpu-results.txt}")
+BIN=$(realpath -m "${2:-dist/deepdream-cuda}")
+T=$(mktemp -d)
+: >"$RESULTS"
+start=$(date +%s)
+say() { echo "$*" | tee -a "$RESULTS"; }
+elapsed() { echo $(($(date +%s) - start)); }
+# run SECONDS LOGNAME CMD...: runs with a timeout, keeps its output in $T/LOGNAME.log, says if it failed.
+run() {
+    local limit=$1 name=$2; shift 2
+    timeout "$limit" "$@" >"$T/$name.log" 2>&1
+    local rc=$?
+    if [ $rc -ne 0 ]; then
+        say "FAIL $name rc=$rc ($(elapsed) s): $(tail -3 "$T/$name.log" | tr '\n' ' ' | cut -c1-400)"
+    fi
+    return $rc
+}
+
+# --- environment -----------------------------------------------------------------------------
+say "# gpu-check $(date -u +%FT%TZ) on $(hostname)"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | sed 's/^/env gpu /' | tee -a "$RESULTS"
+NV=$(python3 -c "import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))" 2>/dev/null)/nvidia
+for d in cu13/lib cudnn/lib cublas/lib cuda_runtime/lib curand/lib cuda_nvrtc/lib; do
+    [ -d "$NV/$d" ] && LD_LIBRARY_PATH="$NV/$d:${LD_LIBRARY_PATH:-}"
+done
+export LD_LIBRARY_PATH
+say "env torch $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version())' 2>&1 | tail -1)"
+say "env binary $(du -h "$BIN" | cut -f1) $(ldd "$BIN" | awk '{print $1}' | tr '\n' ' ')"
+missing=$(ldd "$BIN" | grep 'not found')
+[ -z "$missing" ] || say "FAIL env missing libraries: $missing"
+chmod +x "$BIN" 2>/dev/null
+
+# GPU utilisation and memory while a command runs: "util MEAN% (max MAX%) mem MAX MiB".
+watch_gpu() {
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -lms 100 >"$T/smi.csv" 2>/dev/null &
+    echo $!
+}
+gpu_summary() {
+    kill "$1" 2>/dev/null; wait "$1" 2>/dev/null
+    awk -F', *' 'NR>1 && $2+0 > 0 {n++; u+=$1; if ($1>mu) mu=$1; if ($2>mm) mm=$2}
+        END {if (n) printf "util %.0f%% (max %d%%) mem %d MiB", u/n, mu, mm; else printf "util ?"}' "$T/smi.csv"
+}
+
+# --- warm-up: the driver JIT-compiles candle's PTX for this card once (cached after) ----------
+run 240 warmup "$BIN" bench --device cuda --size 256x256 --steps 2 &&
+    say "warmup ok ($(elapsed) s): $(grep ' step ' "$T/warmup.log" | xargs)"
+run 240 warmup-inception "$BIN" bench --device cuda --model inception-v3 --formula-weights --size 299x299 --steps 2 &&
+    say "warmup inception ok ($(elapsed) s)"
+
+# --- correctness: cuda vs cpu on a short dream -------------------------------------------------
+psnr() {
+    python3 - "$1" "$2" <<'EOF'
+import sys, numpy as np
+from PIL import Image
+a, b = (np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) for p in sys.argv[1:3])
+mse = ((a - b) ** 2).mean()
+print("inf" if mse == 0 else f"{10 * np.log10(255 ** 2 / mse):.1f}")
+EOF
+}
+dream=(dream examples/chelsea.png --octaves 2 --steps 8 --seed 1)
+if run 120 dream-cpu "$BIN" "${dream[@]}" -o "$T/cpu.png" --device cpu; then
+    for knobs in "DEEPDREAM_TF32=0" "DEEPDREAM_CUDA_EVENTS=1" "DEEPDREAM_CUDA_KEEP_MEMORY=0" "DEEPDREAM_TF32=1"; do
+        run 120 "dream-cuda-$knobs" env "$knobs" "$BIN" "${dream[@]}" -o "$T/cuda.png" --device cuda &&
+            say "correct chelsea 2 octaves x 8 steps, cuda ($knobs) vs cpu: PSNR $(psnr "$T/cpu.png" "$T/cuda.png") dB"
+    done
+    run 120 dream-portable "$BIN" "${dream[@]}" -o "$T/portable.png" --device cpu-portable &&
+        say "correct cpu-portable vs cpu: PSNR $(psnr "$T/cpu.png" "$T/portable.png") dB"
+fi
+
+# --- our step times ---------------------------------------------------------------------------
+bench() { # bench NAME ENV... -- ARGS...
+    local name=$1; shift
+    local envs=()
+    while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
+    local w; w=$(watch_gpu)
+    if run 90 "$name" env "${envs[@]}" "$BIN" bench --device cuda "$@"; then
+        say "$name: $(grep -E '^ *step ' "$T/$name.log" | awk '{print $2, $3}') $(gpu_summary "$w") [$*${envs[*]:+ ${envs[*]}}]"
+    else
+        gpu_summary "$w" >/dev/null
+    fi
+}
+for size in 512x512 1920x1080; do
+    bench "ours lite0 $size" -- --size "$size" --steps 20
+    bench "ours inception $size" -- --model inception-v3 --formula-weights --size "$size" --steps 20
+done
+for knob in DEEPDREAM_TF32=1 DEEPDREAM_CUDA_KEEP_MEMORY=0 DEEPDREAM_CUDA_EVENTS=1; do
+    bench "knob lite0 512x512 $knob" "$knob" -- --size 512x512 --steps 20
+    bench "knob inception 512x512 $knob" "$knob" -- --model inception-v3 --formula-weights --size 512x512 --steps 20
+done
+bench "knob inception 1920x1080 DEEPDREAM_TF32=1" DEEPDREAM_TF32=1 -- --model inception-v3 --formula-weights --size 1920x1080 --steps 20
+
+# --- the PyTorch peer -------------------------------------------------------------------------
+run 180 peer-steps python3 scripts/torch_gpu_peer.py steps --steps 20
+grep '^peer' "$T/peer-steps.log" >>"$RESULTS"
+
+# --- zoom frames per second: the difference of a 6-frame and a 36-frame zoom is 30 frames ------
+zoom=(zoom examples/hubble.jpg --frame-steps 4 --max-size 512 --jitter 0 --rotate 0 --device cuda)
+t0=$(date +%s.%N)
+if run 90 zoom6 "$BIN" "${zoom[@]}" --frames 6 -o "$T/z6"; then
+    t1=$(date +%s.%N)
+    w=$(watch_gpu)
+    if run 120 zoom36 "$BIN" "${zoom[@]}" --frames 36 -o "$T/z36"; then
+        t2=$(date +%s.%N)
+        say "zoom ours lite0 512px 4 steps/frame: $(echo "30 / (($t2 - $t1) - ($t1 - $t0))" | bc -l | cut -c1-5) fps $(gpu_summary "$w")"
+    else
+        gpu_summary "$w" >/dev/null
+    fi
+fi
+run 120 peer-zoom python3 scripts/torch_gpu_peer.py zoom examples/hubble.jpg --frames 30 --frame-steps 4 --mode fp32 &&
+    grep '^peer' "$T/peer-zoom.log" >>"$RESULTS"
+run 120 peer-zoom-bf16 python3 scripts/torch_gpu_peer.py zoom examples/hubble.jpg --frames 30 --frame-steps 4 --mode bf16 &&
+    grep '^peer' "$T/peer-zoom-bf16.log" >>"$RESULTS"
+
+say "done in $(elapsed) s"
+# Keep the logs beside the results for a look at what failed.
+tar -C "$T" -czf "${RESULTS%.txt}-logs.tgz" . 2>/dev/null
