@@ -50,10 +50,15 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda}
 if [ $check = 1 ]; then
     exec cargo check --no-default-features --features "$features"
 fi
-if [ ! -e "$C/lib/libcuda.so" ]; then
+if [ ! -e "$C/lib/libcuda.so" ]; then  # -e follows the link: a dangling one is remade
     if ! dpkg -s libcuda1 >/dev/null 2>&1; then
-        echo "deb http://deb.debian.org/debian bookworm contrib non-free non-free-firmware" > /etc/apt/sources.list.d/deepdream-nonfree.list
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libcuda1
+        # deb822, signed like Debian's own entry (a one-line entry without Signed-By conflicts).
+        printf '%s\n' "Types: deb" "URIs: http://deb.debian.org/debian" "Suites: bookworm" \
+            "Components: contrib non-free non-free-firmware" \
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" \
+            >/etc/apt/sources.list.d/deepdream-nonfree.sources
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libcuda1
     fi
     ln -sf /lib/x86_64-linux-gnu/libcuda.so.1 "$C/lib/libcuda.so"
 fi

@@ -90,24 +90,23 @@ bench() { # bench NAME ENV... -- ARGS...
     local envs=()
     while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
     local w; w=$(watch_gpu)
-    if run 90 "$name" env "${envs[@]}" "$BIN" bench --device cuda "$@"; then
+    if run 60 "$name" env "${envs[@]}" "$BIN" bench --device cuda "$@"; then
         say "$name: $(grep -E '^ *step ' "$T/$name.log" | awk '{print $2, $3}') $(gpu_summary "$w") [$*${envs[*]:+ ${envs[*]}}]"
     else
         gpu_summary "$w" >/dev/null
     fi
 }
 for size in 512x512 1920x1080; do
-    bench "ours lite0 $size" -- --size "$size" --steps 20
-    bench "ours inception $size" -- --model inception-v3 --formula-weights --size "$size" --steps 20
+    bench "ours lite0 $size" -- --size "$size" --steps 10
+    bench "ours inception $size" -- --model inception-v3 --formula-weights --size "$size" --steps 10
 done
 for knob in DEEPDREAM_TF32=1 DEEPDREAM_CUDA_KEEP_MEMORY=0 DEEPDREAM_CUDA_EVENTS=1; do
-    bench "knob lite0 512x512 $knob" "$knob" -- --size 512x512 --steps 20
-    bench "knob inception 512x512 $knob" "$knob" -- --model inception-v3 --formula-weights --size 512x512 --steps 20
+    bench "knob lite0 512x512 $knob" "$knob" -- --size 512x512 --steps 10
+    bench "knob inception 512x512 $knob" "$knob" -- --model inception-v3 --formula-weights --size 512x512 --steps 10
 done
-bench "knob inception 1920x1080 DEEPDREAM_TF32=1" DEEPDREAM_TF32=1 -- --model inception-v3 --formula-weights --size 1920x1080 --steps 20
 
 # --- the PyTorch peer -------------------------------------------------------------------------
-run 180 peer-steps python3 scripts/torch_gpu_peer.py steps --steps 20
+run 150 peer-steps python3 scripts/torch_gpu_peer.py steps --steps 10
 grep '^peer' "$T/peer-steps.log" >>"$RESULTS"
 
 # --- zoom frames per second: the difference of a 6-frame and a 36-frame zoom is 30 frames ------
