@@ -141,7 +141,7 @@ fn time_steps(
     let (mut forward_flops, mut step_flops) = (0u64, 0u64);
     for _ in 0..steps {
         let (t, f) = (Instant::now(), ops::flops::total());
-        objective.loss(net, &x, &prepared)?.to_scalar::<f32>()?;
+        ops::host::read_scalar(&objective.loss(net, &x, &prepared)?)?; // waits for the forward
         fwd.push(t.elapsed().as_secs_f64());
         let (t, f2) = (Instant::now(), ops::flops::total());
         forward_flops = f2 - f;

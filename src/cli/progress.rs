@@ -55,7 +55,12 @@ pub struct StepBar<'a> {
     work_done: f64,
     start: Instant,
     last_line: Instant,
+    /// The last loss read back (on a GPU, every few steps only).
+    loss: Option<f32>,
 }
+
+/// Where reading the loss stalls the device (a GPU), the bar reads it this often.
+const LOSS_EVERY: usize = 10;
 
 impl<'a> StepBar<'a> {
     pub fn new(params: &DreamParams, size: (usize, usize), cancel: &'a Cancel) -> Self {
@@ -74,6 +79,7 @@ impl<'a> StepBar<'a> {
             work_done: 0.0,
             start: now,
             last_line: now,
+            loss: None,
         }
     }
 
@@ -85,19 +91,24 @@ impl<'a> StepBar<'a> {
 }
 
 impl Progress for StepBar<'_> {
+    fn loss_every(&self) -> usize {
+        LOSS_EVERY
+    }
+
     fn step(&mut self, i: &StepInfo) -> bool {
         self.done += 1;
         let work = (i.height * i.width) as f64;
         self.work_done += work;
+        self.loss = i.loss.or(self.loss);
         let msg = format!(
-            "step {}/{}, octave {}/{} ({}x{}), loss {:.3}",
+            "step {}/{}, octave {}/{} ({}x{}){}",
             self.done,
             self.total_steps,
             i.octave + 1,
             i.octaves,
             i.width,
             i.height,
-            i.loss
+            self.loss.map(|l| format!(", loss {l:.3}")).unwrap_or_default()
         );
         match &self.bar {
             Some(bar) => {

@@ -296,6 +296,10 @@ impl dream::Progress for Recording<'_> {
         self.bar.step(info)
     }
 
+    fn loss_every(&self) -> usize {
+        self.bar.loss_every()
+    }
+
     fn pictures_every(&self) -> usize {
         self.every
     }

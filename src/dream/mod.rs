@@ -125,7 +125,9 @@ pub struct StepInfo {
     pub octaves: usize,
     pub step: usize,
     pub steps: usize,
-    pub loss: f32,
+    /// The loss before this step, when it was read back (every step on the CPU, with max_loss,
+    /// or every [`Progress::loss_every`] steps).
+    pub loss: Option<f32>,
     pub height: usize,
     pub width: usize,
 }
@@ -133,6 +135,11 @@ pub struct StepInfo {
 /// Receives progress; returning `false` cancels the dream.
 pub trait Progress: Send {
     fn step(&mut self, info: &StepInfo) -> bool;
+    /// Every how many steps the loss should be read back for display where reading stalls the
+    /// device (0: never; it is read at the end of the dream).
+    fn loss_every(&self) -> usize {
+        0
+    }
     /// Every how many steps [`Progress::picture`] wants the picture (0: never).
     fn pictures_every(&self) -> usize {
         0
@@ -158,14 +165,16 @@ pub struct DreamOutput {
     pub losses: Vec<f32>,
 }
 
-/// The loss and its gradient with respect to the network input `x`.
+/// The loss and its gradient with respect to the network input `x`, the loss read back to the
+/// host (the dream itself leaves it on the device: [`Objective::loss_and_grad`]).
 pub fn loss_and_grad(
     net: &dyn FeatureNet,
     objective: &Objective,
     x: &Tensor,
     prepared: &Prepared,
 ) -> Result<(f32, Tensor)> {
-    objective.loss_and_grad(net, x, prepared)
+    let (loss, grad) = objective.loss_and_grad(net, x, prepared)?;
+    Ok((crate::ops::host::read_scalar(&loss)?, grad))
 }
 
 /// Dreams `pixels` (`[1, 3, h, w]`, 0..255).
@@ -189,7 +198,17 @@ pub fn dream(
     let mut rng = StdRng::seed_from_u64(params.seed);
     let mut x = resize_bilinear(&base, shapes[0].0, shapes[0].1)?;
     let mut shrunk = x.clone();
-    let mut losses = Vec::new();
+    // The losses stay on the device until the end of the dream (one read for them all), unless
+    // max_loss needs each one at once, or the progress display asks for one now and then; on
+    // the CPU reading costs nothing, so every step reads it.
+    let stalls = crate::ops::host::reads_stall(pixels.device());
+    let read_every = match (params.max_loss, stalls) {
+        (Some(_), _) | (_, false) => 1,
+        (None, true) => progress.loss_every(),
+    };
+    let mut losses: Vec<f32> = Vec::new();
+    let mut pending: Vec<(Tensor, usize, usize)> = Vec::new(); // (loss, octave, step)
+    let mut last_loss = None;
     for (k, &(oh, ow)) in shapes.iter().enumerate() {
         if k > 0 {
             // Upscale the dream and add back the detail that the small octave could not hold.
@@ -220,11 +239,16 @@ pub fn dream(
                     (loss, crate::ops::affine_sample(&grad, crate::ops::affine(1.0 / scale, -angle))?)
                 }
             };
-            if !loss.is_finite() {
-                return Err(diverged(loss, k, s));
-            }
-            if params.max_loss.is_some_and(|m| loss as f64 > m) {
-                break;
+            pending.push((loss, k, s));
+            let read = read_every > 0 && (s % read_every == 0 || s + 1 == params.steps);
+            if read {
+                settle(&mut pending, &mut losses, None)?;
+                let loss = *losses.last().expect("just settled");
+                if params.max_loss.is_some_and(|m| loss as f64 > m) {
+                    losses.pop(); // the step is not taken
+                    break;
+                }
+                last_loss = Some(loss);
             }
             if r.grad_blur > 0.0 {
                 grad = gaussian_blur(&grad, r.grad_blur)?;
@@ -235,12 +259,9 @@ pub fn dream(
             if r.decorrelate {
                 grad = decorrelate_colours(&grad)?;
             }
-            let scale = grad.abs()?.mean_all()?.to_scalar::<f32>()?;
-            if !scale.is_finite() {
-                return Err(diverged(scale, k, s));
-            }
-            let scale = scale.max(1e-7) as f64;
-            let moved = (shifted + (grad * (params.step / scale))?)?;
+            // Normalised by the mean absolute gradient on the device: step / max(mean, 1e-7).
+            let scale = grad.abs()?.mean_all()?.clamp(1e-7f32, f32::MAX)?;
+            let moved = (shifted + grad.broadcast_div(&scale)?.affine(params.step, 0.0)?)?;
             x = roll2(&moved, -dy, -dx)?;
             if r.decay > 0.0 {
                 x = (x * (1.0 - r.decay))?;
@@ -251,13 +272,12 @@ pub fn dream(
             if r.clip {
                 x = x.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
             }
-            losses.push(loss);
             let info = StepInfo {
                 octave: k,
                 octaves: shapes.len(),
                 step: s,
                 steps: params.steps,
-                loss,
+                loss: if read { last_loss } else { None },
                 height: oh,
                 width: ow,
             };
@@ -265,7 +285,8 @@ pub fn dream(
                 return Err(Error::Cancelled);
             }
             let every = progress.pictures_every();
-            if every > 0 && losses.len() % every == 0 {
+            let taken = losses.len() + pending.len();
+            if every > 0 && taken % every == 0 {
                 // The octave's picture at the input's size, as the dream would end now.
                 let full = resize_bilinear(&x, h, w)?;
                 let full = (&full + (&base - resize_bilinear(&shrunk, h, w)?)?)?;
@@ -274,6 +295,10 @@ pub fn dream(
             }
         }
     }
+    // The losses left on the device, and a check that the last steps left the image finite (a
+    // gradient that overflowed after the last loss was read), in one read.
+    let last = (shapes.len() - 1, params.steps.saturating_sub(1));
+    settle(&mut pending, &mut losses, Some((&x, last)))?;
     let x = x.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
     let dreamed = norm.invert(&x)?;
     let pixels = match params.original_colors {
@@ -281,6 +306,37 @@ pub fn dream(
         false => dreamed,
     };
     Ok(DreamOutput { pixels, losses })
+}
+
+/// Reads the `pending` losses (octave, step) into `losses` in one transfer, and with `image`
+/// whether that image is finite; a value that is not finite is a diverged dream, named by the
+/// step it came from.
+fn settle(
+    pending: &mut Vec<(Tensor, usize, usize)>,
+    losses: &mut Vec<f32>,
+    image: Option<(&Tensor, (usize, usize))>,
+) -> Result<()> {
+    if pending.is_empty() && image.is_none() {
+        return Ok(());
+    }
+    let mut parts: Vec<Tensor> = pending.iter().map(|(l, _, _)| l.reshape(1)).collect::<candle_core::Result<_>>()?;
+    if let Some((x, _)) = image {
+        parts.push(x.sum_all()?.reshape(1)?);
+    }
+    let values = crate::ops::host::read_vec(&Tensor::cat(&parts, 0)?)?;
+    for ((_, k, s), &v) in pending.iter().zip(&values) {
+        if !v.is_finite() {
+            return Err(diverged(v, *k, *s));
+        }
+        losses.push(v);
+    }
+    if let Some((_, (k, s))) = image
+        && values.last().is_some_and(|v| !v.is_finite())
+    {
+        return Err(diverged(f32::NAN, k, s));
+    }
+    pending.clear();
+    Ok(())
 }
 
 /// The input's colours with the dream's brightness: each pixel of `input` moved by the
@@ -328,19 +384,20 @@ fn decorrelate_colours(grad: &Tensor) -> Result<Tensor> {
     if c != 3 {
         return Ok(grad.clone());
     }
-    let m: Vec<f32> = COLOUR_SQRT.iter().flatten().copied().collect();
-    let mt: Vec<f32> = (0..9).map(|i| COLOUR_SQRT[i % 3][i / 3]).collect();
-    let batch = |v: Vec<f32>| -> Result<Tensor> {
-        Ok(Tensor::from_vec(v, (1, 3, 3), grad.device())?.broadcast_as((n, 3, 3))?.contiguous()?)
+    let batch = |name: &str, v: fn() -> Vec<f32>| -> Result<Tensor> {
+        let m = crate::ops::host::constant(name, &[1, 3, 3], grad.device(), v)?;
+        Ok(m.broadcast_as((n, 3, 3))?.contiguous()?)
     };
-    let gy = batch(mt)?.matmul(&grad.reshape((n, 3, h * w))?)?;
+    let m = || COLOUR_SQRT.iter().flatten().copied().collect();
+    let mt = || (0..9).map(|i| COLOUR_SQRT[i % 3][i / 3]).collect();
+    let gy = batch("colour sqrt transposed", mt)?.matmul(&grad.reshape((n, 3, h * w))?)?;
     // A colour axis the gradient hardly moves (a grey photo's) is not blown up to full size:
     // no axis is scaled by more than a hundred times the strongest one's scale.
     let rms = gy.sqr()?.mean_keepdim(2)?.sqrt()?;
     let floor = (rms.max_keepdim(1)? * 0.01)?.clamp(1e-12, f32::MAX)?;
     let rms = rms.broadcast_maximum(&floor)?;
     let gy = gy.broadcast_div(&rms)?;
-    Ok(batch(m)?.matmul(&gy)?.reshape((n, c, h, w))?)
+    Ok(batch("colour sqrt", m)?.matmul(&gy)?.reshape((n, c, h, w))?)
 }
 
 /// The error for a loss or gradient that is no longer a number: never written out as black.

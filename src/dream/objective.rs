@@ -351,8 +351,9 @@ impl Objective {
         self.loss_of(&features, x, prepared)
     }
 
-    /// The loss and its gradient with respect to the network input `x`.
-    pub fn loss_and_grad(&self, net: &dyn FeatureNet, x: &Tensor, prepared: &Prepared) -> Result<(f32, Tensor)> {
+    /// The loss (a one-element tensor on `x`'s device) and its gradient with respect to the
+    /// network input `x`.
+    pub fn loss_and_grad(&self, net: &dyn FeatureNet, x: &Tensor, prepared: &Prepared) -> Result<(Tensor, Tensor)> {
         net.loss_and_grad(x, &self.taps(), !self.classes.is_empty(), &|features, x| self.loss_of(features, x, prepared))
     }
 

@@ -113,6 +113,11 @@ struct Window {
     rows: Span,
     cols: Span,
     prepared: Prepared,
+    /// With more than one window: the gradient's blending weights times the window's share of
+    /// the image, `[1, 1, rows, cols]`, on the image's device (uploaded once per octave).
+    weight: Option<Tensor>,
+    /// The loss's factor: the core's share of the image.
+    loss_share: f64,
 }
 
 impl Tiler {
@@ -121,8 +126,11 @@ impl Tiler {
         let (_, _, h, w) = base.dims4()?;
         let shared = objective.prepare_shared(net, base)?;
         let mut windows = Vec::new();
-        for rows in spans(h, tiling) {
-            for cols in spans(w, tiling) {
+        let (row_spans, col_spans) = (spans(h, tiling), spans(w, tiling));
+        let several = row_spans.len() * col_spans.len() > 1;
+        let area = (h * w) as f64;
+        for rows in &row_spans {
+            for cols in &col_spans {
                 let mut prepared = shared.window(objective, net, rows.range.clone(), cols.range.clone())?;
                 prepared.set_inner_sides([
                     rows.range.start > 0,
@@ -130,7 +138,20 @@ impl Tiler {
                     cols.range.start > 0,
                     cols.range.end < w,
                 ]);
-                windows.push(Window { rows: rows.clone(), cols, prepared });
+                let (r, c) = (rows.range.len(), cols.range.len());
+                let share = (r * c) as f64 / area;
+                let weight = several
+                    .then(|| {
+                        let v = (rows.weights.iter())
+                            .flat_map(|&a| cols.weights.iter().map(move |&b| (a as f64 * b as f64 * share) as f32))
+                            .collect();
+                        crate::ops::host::upload(v, &[1, 1, r, c], base.device())
+                    })
+                    .transpose()?;
+                let core: f64 = rows.weights.iter().map(|&v| v as f64).sum::<f64>()
+                    * cols.weights.iter().map(|&v| v as f64).sum::<f64>();
+                let cols = cols.clone();
+                windows.push(Window { rows: rows.clone(), cols, prepared, weight, loss_share: core / area });
             }
         }
         Ok(Tiler { h, w, shared, windows })
@@ -150,7 +171,7 @@ impl Tiler {
         objective: &Objective,
         x: &Tensor,
         shift: (i32, i32),
-    ) -> Result<(f32, Tensor)> {
+    ) -> Result<(Tensor, Tensor)> {
         let (_, _, h, w) = x.dims4()?;
         if (h, w) != (self.h, self.w) {
             return Err(Error::internal(format!("tiler planned for {}x{}, given {w}x{h}", self.w, self.h)));
@@ -172,28 +193,28 @@ impl Tiler {
         }
         let targets = |win| targets(win, rolled.as_ref(), objective, net);
         if let [only] = self.windows.as_slice() {
-            return super::loss_and_grad(net, objective, x, &*targets(only)?);
+            return objective.loss_and_grad(net, x, &*targets(only)?);
         }
-        let area = (h * w) as f64;
-        let (mut loss, mut grad) = (0.0f64, None::<Tensor>);
+        // Sums kept on the device: no value comes back to the host per window.
+        let (mut loss, mut grad) = (None::<Tensor>, None::<Tensor>);
         for win in &self.windows {
             let (r, c) = (&win.rows.range, &win.cols.range);
             let crop = x.narrow(2, r.start, r.len())?.narrow(3, c.start, c.len())?.contiguous()?;
-            let (l, g) = super::loss_and_grad(net, objective, &crop, &*targets(win)?)?;
-            let core: f64 = win.rows.weights.iter().map(|&v| v as f64).sum::<f64>()
-                * win.cols.weights.iter().map(|&v| v as f64).sum::<f64>();
-            loss += l as f64 * core / area;
-            let scale = (r.len() * c.len()) as f64 / area;
-            let wy = Tensor::from_slice(&win.rows.weights, (1, 1, r.len(), 1), x.device())?;
-            let wx = Tensor::from_slice(&win.cols.weights, (1, 1, 1, c.len()), x.device())?;
-            let weighted = g.broadcast_mul(&wy.broadcast_mul(&wx)?)?.affine(scale, 0.0)?;
+            let (l, g) = objective.loss_and_grad(net, &crop, &*targets(win)?)?;
+            let l = l.affine(win.loss_share, 0.0)?;
+            loss = Some(match loss {
+                Some(acc) => (acc + l)?,
+                None => l,
+            });
+            let weight = win.weight.as_ref().ok_or_else(|| Error::internal("a tile window without weights"))?;
+            let weighted = g.broadcast_mul(weight)?;
             let placed = weighted.pad_with_zeros(2, r.start, h - r.end)?.pad_with_zeros(3, c.start, w - c.end)?;
             grad = Some(match grad {
                 Some(acc) => (acc + placed)?,
                 None => placed,
             });
         }
-        Ok((loss as f32, grad.expect("at least one window")))
+        Ok((loss.expect("at least one window"), grad.expect("at least one window")))
     }
 }
 

@@ -83,15 +83,16 @@ pub trait FeatureNet: Send + Sync {
     /// through the classifier. Unknown tap names are an error.
     fn forward(&self, x: &Tensor, taps: &[String], logits: bool) -> Result<Features>;
 
-    /// The value of `loss` and its gradient with respect to `x`. `loss` is given the features
-    /// (`taps`, and logits if asked for) and `x` itself, both differentiable.
+    /// The value of `loss` (a one-element tensor, left on the device) and its gradient with
+    /// respect to `x`. `loss` is given the features (`taps`, and logits if asked for) and `x`
+    /// itself, both differentiable.
     fn loss_and_grad(
         &self,
         x: &Tensor,
         taps: &[String],
         logits: bool,
         loss: &dyn Fn(&Features, &Tensor) -> Result<Tensor>,
-    ) -> Result<(f32, Tensor)> {
+    ) -> Result<(Tensor, Tensor)> {
         let var = candle_core::Var::from_tensor(x)?;
         let features = self.forward(var.as_tensor(), taps, logits)?;
         let value = loss(&features, var.as_tensor())?;
@@ -99,7 +100,7 @@ pub trait FeatureNet: Send + Sync {
         let grad = grads.get(var.as_tensor()).ok_or_else(|| {
             Error::usage("nothing to dream: the objective does not depend on the image (are all its weights 0?)")
         })?;
-        Ok((value.to_scalar::<f32>()?, grad.clone()))
+        Ok((value, grad.clone()))
     }
 
     /// Checks layer names before any work starts; the error lists the valid ones.

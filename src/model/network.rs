@@ -367,21 +367,24 @@ impl Block for AdaptiveAvgPoolFlat {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let o = self.out;
-        let mut m = vec![0f32; h * w * o * o];
-        let bounds = |i: usize, len: usize| (i * len / o, ((i + 1) * len).div_ceil(o));
-        for oy in 0..o {
-            let (y0, y1) = bounds(oy, h);
-            for ox in 0..o {
-                let (x0, x1) = bounds(ox, w);
-                let share = 1.0 / ((y1 - y0) * (x1 - x0)) as f32;
-                for y in y0..y1 {
-                    for xx in x0..x1 {
-                        m[(y * w + xx) * o * o + oy * o + ox] = share;
+        let name = format!("adaptive average {h}x{w}->{o}x{o}");
+        let m = crate::ops::host::constant(&name, &[h * w, o * o], x.device(), || {
+            let mut m = vec![0f32; h * w * o * o];
+            let bounds = |i: usize, len: usize| (i * len / o, ((i + 1) * len).div_ceil(o));
+            for oy in 0..o {
+                let (y0, y1) = bounds(oy, h);
+                for ox in 0..o {
+                    let (x0, x1) = bounds(ox, w);
+                    let share = 1.0 / ((y1 - y0) * (x1 - x0)) as f32;
+                    for y in y0..y1 {
+                        for xx in x0..x1 {
+                            m[(y * w + xx) * o * o + oy * o + ox] = share;
+                        }
                     }
                 }
             }
-        }
-        let m = Tensor::from_vec(m, (h * w, o * o), x.device())?;
+            m
+        })?;
         let pooled = x.reshape((n * c, h * w))?.matmul(&m)?;
         Ok(pooled.reshape((n, c * o * o))?)
     }
@@ -496,7 +499,7 @@ impl FeatureNet for Network {
         taps: &[String],
         logits: bool,
         loss: &dyn Fn(&Features, &Tensor) -> Result<Tensor>,
-    ) -> Result<(f32, Tensor)> {
+    ) -> Result<(Tensor, Tensor)> {
         let (wanted, last) = self.plan(taps, logits)?;
         let x = x.detach();
         let input = Var::from_tensor(&x)?;
@@ -541,6 +544,6 @@ impl FeatureNet for Network {
         let grad = g.ok_or_else(|| {
             Error::usage("nothing to dream: the objective does not depend on the image (are all its weights 0?)")
         })?;
-        Ok((value.to_scalar::<f32>()?, grad))
+        Ok((value, grad))
     }
 }

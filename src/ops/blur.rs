@@ -22,7 +22,7 @@ pub fn gaussian_blur(x: &Tensor, sigma: f64) -> Result<Tensor> {
     if super::portable::wanted(x) {
         // The same blur (edges clamped) as two matrix products, rows then columns (any device).
         let (_, _, h, w) = x.dims4()?;
-        let matrix = |len: usize| {
+        let matrix = |len: usize, _: usize| {
             let mut m = vec![0.0f32; len * len];
             for o in 0..len {
                 for (k, wt) in kernel.iter().enumerate() {
@@ -32,7 +32,7 @@ pub fn gaussian_blur(x: &Tensor, sigma: f64) -> Result<Tensor> {
             }
             m
         };
-        return super::portable::separable(x, &matrix(h), h, &matrix(w), w);
+        return super::portable::separable(x, &format!("gaussian {sigma}"), matrix, h, w);
     }
     x.contiguous()?.apply_op1_no_bwd(&Gaussian { kernel })
 }
@@ -94,8 +94,9 @@ pub fn laplacian_normalize(x: &Tensor, levels: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let mut out: Option<Tensor> = None;
     for band in bands.into_iter().rev() {
-        let rms = band.sqr()?.mean_all()?.sqrt()?.to_scalar::<f32>()?.max(1e-8);
-        let band = (band / rms as f64)?;
+        // Divided by its RMS on the device: no value comes back to the host.
+        let rms = band.sqr()?.mean_all()?.sqrt()?.clamp(1e-8f32, f32::MAX)?;
+        let band = band.broadcast_div(&rms)?;
         out = Some(match out {
             None => band,
             Some(o) => {

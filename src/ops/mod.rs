@@ -4,6 +4,7 @@
 pub mod blur;
 pub mod conv;
 mod gemm;
+pub mod host;
 pub mod pool;
 pub mod portable;
 pub mod resize;

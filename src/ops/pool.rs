@@ -86,8 +86,10 @@ impl Pool2d {
     /// Each output's divisor, `[1, 1, oh, ow]` on `device`.
     fn divisors(&self, h: usize, w: usize, device: &candle_core::Device) -> Result<Tensor> {
         let (rows, cols) = self.all_spans(h, w)?;
-        let d = rows.iter().flat_map(|r| cols.iter().map(move |c| r.divisor * c.divisor)).collect();
-        Tensor::from_vec(d, (1, 1, rows.len(), cols.len()), device)
+        let name = format!("pool divisors {self:?} {h}x{w}");
+        super::host::constant(&name, &[1, 1, rows.len(), cols.len()], device, || {
+            rows.iter().flat_map(|r| cols.iter().map(move |c| r.divisor * c.divisor)).collect()
+        })
     }
 
     /// The forward from candle's ops (any device): max pooling of the input padded with -inf,

@@ -148,12 +148,28 @@ pub(crate) fn depthwise(
 }
 
 /// `y[p] = rows · x[p] · colsᵀ` for every plane `p` of `[n, c, h, w]`, where `rows` is
-/// `[out_h, h]` and `cols` is `[out_w, w]`, given row-major on the host.
-pub(crate) fn separable(x: &Tensor, rows: &[f32], out_h: usize, cols: &[f32], out_w: usize) -> Result<Tensor> {
+/// `[out_h, h]` and `cols` is `[out_w, w]`, made row-major on the host by `rows(len, out_len)`
+/// and `cols(...)` the first time and then kept on the device under `name` (`ops::host`).
+pub(crate) fn separable(
+    x: &Tensor,
+    name: &str,
+    matrix: impl Fn(usize, usize) -> Vec<f32>,
+    out_h: usize,
+    out_w: usize,
+) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let dev = x.device();
-    let ry = Tensor::from_slice(rows, (out_h, h), dev)?;
-    let rxt = Tensor::from_slice(cols, (out_w, w), dev)?.t()?.contiguous()?;
+    let ry = super::host::constant(&format!("{name} {h}->{out_h}"), &[out_h, h], dev, || matrix(h, out_h))?;
+    let rxt = super::host::constant(&format!("{name} {w}->{out_w} transposed"), &[w, out_w], dev, || {
+        let m = matrix(w, out_w);
+        let mut t = vec![0.0f32; m.len()];
+        for o in 0..out_w {
+            for i in 0..w {
+                t[i * out_w + o] = m[o * w + i];
+            }
+        }
+        t
+    })?;
     let planes = x.contiguous()?.reshape((n * c, h, w))?;
     let t = planes.broadcast_matmul(&rxt)?; // [p, h, out_w]
     let y = ry.broadcast_left(n * c)?.contiguous()?.matmul(&t)?; // [p, out_h, out_w]

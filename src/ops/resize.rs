@@ -17,7 +17,7 @@ pub fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor>
         if h == 0 || w == 0 || out_h == 0 || out_w == 0 {
             bail!("resize: empty image ({h}x{w} -> {out_h}x{out_w})");
         }
-        return super::portable::separable(x, &matrix(h, out_h), out_h, &matrix(w, out_w), out_w);
+        return super::portable::separable(x, "bilinear", matrix, out_h, out_w);
     }
     x.contiguous()?.apply_op1_no_bwd(&Bilinear { out_h, out_w })
 }

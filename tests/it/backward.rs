@@ -63,6 +63,7 @@ fn own_backward_matches_candle_autograd_on_every_architecture() {
         let x = Tensor::from_vec(values, (1, 3, 101, 117), &Device::Cpu).unwrap();
         let (own_loss, own) = net.loss_and_grad(&x, &taps, logits, &loss).unwrap();
         let (ref_loss, reference) = CandleOnly(net.as_ref()).loss_and_grad(&x, &taps, logits, &loss).unwrap();
+        let (own_loss, ref_loss) = (own_loss.to_scalar::<f32>().unwrap(), ref_loss.to_scalar::<f32>().unwrap());
         let scale = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         let diff = (&own - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(

@@ -10,6 +10,7 @@ mod hostile;
 mod install;
 mod objectives;
 mod reference;
+mod transfers;
 mod util;
 #[cfg(feature = "video")]
 mod video;
