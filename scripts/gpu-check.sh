@@ -5,7 +5,8 @@
 # 8 minutes on an H100. Results go to RESULTS (default gpu-results.txt), one line per figure:
 #
 #   env        nvidia-smi, driver, missing shared libraries
-#   correct    a short dream on cuda vs cpu (PSNR in dB; TF32 off), also with each knob flipped
+#   kernels    the fused kernels (src/ops/kernels.cu) against their CPU versions
+#   correct    short dreams on cuda vs cpu (PSNR in dB; TF32 off), also with knobs flipped
 #   ours       `deepdream bench` step time and GPU utilisation, EfficientNet-Lite0 and
 #              InceptionV3 (formula weights) at 512x512 and 1920x1080, peak GPU memory
 #   knob       the same at 512x512 with each knob of README "GPU" flipped
@@ -74,15 +75,20 @@ mse = ((a - b) ** 2).mean()
 print("inf" if mse == 0 else f"{10 * np.log10(255 ** 2 / mse):.1f}")
 EOF
 }
-dream=(dream examples/chelsea.png --octaves 2 --steps 8 --seed 1)
-if run 120 dream-cpu "$BIN" "${dream[@]}" -o "$T/cpu.png" --device cpu; then
-    for knobs in "DEEPDREAM_TF32=0" "DEEPDREAM_CUDA_EVENTS=1" "DEEPDREAM_CUDA_KEEP_MEMORY=0" "DEEPDREAM_TF32=1"; do
-        run 120 "dream-cuda-$knobs" env "$knobs" "$BIN" "${dream[@]}" -o "$T/cuda.png" --device cuda &&
-            say "correct chelsea 2 octaves x 8 steps, cuda ($knobs) vs cpu: PSNR $(psnr "$T/cpu.png" "$T/cuda.png") dB"
+# The fused kernels against their CPU versions, op by op.
+run 60 check-kernels "$BIN" check-kernels --device cuda && say "kernels: $(tail -1 "$T/check-kernels.log")"
+# Short (2 octaves x 3 steps: on the CPU, cpu-portable vs cpu gives 52 dB) and longer (2 x 8:
+# chaotic drift, 33 dB there) dreams.
+for steps in 3 8; do
+    dream=(dream examples/chelsea.png --octaves 2 --steps "$steps" --seed 1)
+    run 120 "dream-cpu-$steps" "$BIN" "${dream[@]}" -o "$T/cpu-$steps.png" --device cpu || continue
+    for knobs in "DEEPDREAM_TF32=0" "DEEPDREAM_FUSED=0" "DEEPDREAM_TF32=1"; do
+        run 120 "dream-cuda-$steps-$knobs" env "$knobs" "$BIN" "${dream[@]}" -o "$T/cuda-$steps.png" --device cuda &&
+            say "correct chelsea 2 octaves x $steps steps, cuda ($knobs) vs cpu: PSNR $(psnr "$T/cpu-$steps.png" "$T/cuda-$steps.png") dB"
     done
-    run 120 dream-portable "$BIN" "${dream[@]}" -o "$T/portable.png" --device cpu-portable &&
-        say "correct cpu-portable vs cpu: PSNR $(psnr "$T/cpu.png" "$T/portable.png") dB"
-fi
+    run 120 "dream-portable-$steps" "$BIN" "${dream[@]}" -o "$T/portable-$steps.png" --device cpu-portable &&
+        say "correct chelsea 2 octaves x $steps steps, cpu-portable vs cpu: PSNR $(psnr "$T/cpu-$steps.png" "$T/portable-$steps.png") dB"
+done
 
 # --- our step times ---------------------------------------------------------------------------
 bench() { # bench NAME ENV... -- ARGS...
@@ -100,33 +106,35 @@ for size in 512x512 1920x1080; do
     bench "ours lite0 $size" -- --size "$size" --steps 10
     bench "ours inception $size" -- --model inception-v3 --formula-weights --size "$size" --steps 10
 done
-for knob in DEEPDREAM_TF32=1 DEEPDREAM_CUDA_KEEP_MEMORY=0 DEEPDREAM_CUDA_EVENTS=1; do
+for knob in DEEPDREAM_FUSED=0 DEEPDREAM_TF32=1 DEEPDREAM_CUDA_KEEP_MEMORY=0 DEEPDREAM_CUDA_EVENTS=1; do
     bench "knob lite0 512x512 $knob" "$knob" -- --size 512x512 --steps 10
     bench "knob inception 512x512 $knob" "$knob" -- --model inception-v3 --formula-weights --size 512x512 --steps 10
 done
+bench "knob lite0 1920x1080 DEEPDREAM_FUSED=0" DEEPDREAM_FUSED=0 -- --size 1920x1080 --steps 10
 
 # --- the PyTorch peer -------------------------------------------------------------------------
 run 150 peer-steps python3 scripts/torch_gpu_peer.py steps --steps 10
-grep '^peer' "$T/peer-steps.log" >>"$RESULTS"
+grep '^peer' "$T/peer-steps.log" | tee -a "$RESULTS"
 
 # --- zoom frames per second: the difference of a 6-frame and a 36-frame zoom is 30 frames ------
-zoom=(zoom examples/hubble.jpg --frame-steps 4 --max-size 512 --jitter 0 --rotate 0 --device cuda)
+python3 -c "from PIL import Image; Image.open('examples/hubble.jpg').convert('RGB').resize((512, 512), Image.LANCZOS).save('$T/h512.png')"
+zoom=(zoom "$T/h512.png" --frame-steps 4 --max-size 512 --jitter 0 --rotate 0 --device cuda)
 t0=$(date +%s.%N)
 if run 90 zoom6 "$BIN" "${zoom[@]}" --frames 6 -o "$T/z6"; then
     t1=$(date +%s.%N)
     w=$(watch_gpu)
     if run 120 zoom36 "$BIN" "${zoom[@]}" --frames 36 -o "$T/z36"; then
         t2=$(date +%s.%N)
-        say "zoom ours lite0 512px 4 steps/frame: $(echo "30 / (($t2 - $t1) - ($t1 - $t0))" | bc -l | cut -c1-5) fps $(gpu_summary "$w")"
+        fps=$(awk -v a="$t0" -v b="$t1" -v c="$t2" 'BEGIN {printf "%.1f", 30 / ((c - b) - (b - a))}')
+        say "zoom ours lite0 512x512 4 steps/frame: $fps fps $(gpu_summary "$w")"
     else
         gpu_summary "$w" >/dev/null
     fi
 fi
-run 120 peer-zoom python3 scripts/torch_gpu_peer.py zoom examples/hubble.jpg --frames 30 --frame-steps 4 --mode fp32 &&
-    grep '^peer' "$T/peer-zoom.log" >>"$RESULTS"
-run 120 peer-zoom-bf16 python3 scripts/torch_gpu_peer.py zoom examples/hubble.jpg --frames 30 --frame-steps 4 --mode bf16 &&
-    grep '^peer' "$T/peer-zoom-bf16.log" >>"$RESULTS"
-
+for mode in fp32 bf16; do
+    run 120 "peer-zoom-$mode" python3 scripts/torch_gpu_peer.py zoom "$T/h512.png" --frames 30 --frame-steps 4 --mode $mode &&
+        grep '^peer' "$T/peer-zoom-$mode.log" | tee -a "$RESULTS"
+done
 say "done in $(elapsed) s"
 # Keep the logs beside the results for a look at what failed.
-tar -C "$T" -czf "${RESULTS%.txt}-logs.tgz" . 2>/dev/null
+tar -C "$T" -czf "${RESULTS%.txt}-logs.tgz" --exclude="*.png" . 2>/dev/null

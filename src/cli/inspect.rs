@@ -160,3 +160,73 @@ fn time_steps(
     };
     Ok(Timings { forward: median(fwd), step: median(step), resize: median(resize), forward_flops, step_flops })
 }
+
+/// `check-kernels`: each fused op (`ops::fused`) on random inputs, on `device` against the CPU
+/// version; one line per case, and an error if any differs by more than 1e-5 of its scale.
+pub fn check_kernels(device: &str) -> Result<()> {
+    use deepdream::ops::Activation;
+    use deepdream::ops::fused::{self, Depthwise};
+    let backend = DeviceSpec::parse(device)?.open()?;
+    let dev = &backend.device;
+    let cpu = candle_core::Device::Cpu;
+    let rand = |shape: &[usize]| candle_core::Tensor::rand(-2f32, 2f32, shape, &cpu);
+    let mut worst = 0f32;
+    let mut compare = |what: &str, a: &candle_core::Tensor, b: &candle_core::Tensor| -> Result<()> {
+        let b = b.to_device(&cpu)?;
+        let scale = a.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+        let diff = (a - &b)?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
+        worst = worst.max(diff);
+        say!("{what:<60} relative difference {diff:.2e}");
+        Ok(())
+    };
+    let acts = [Activation::Identity, Activation::Relu, Activation::Relu6];
+    // (n, c, h, w, kernel, stride, pad top/left): EfficientNet's 3x3 and 5x5 layers, TF "SAME"
+    // padding (0 before at stride 2 on even sizes), a crop, and odd sizes.
+    let cases = [
+        (1, 32, 57, 43, 3, 1, 1),
+        (2, 24, 56, 40, 3, 2, 0),
+        (1, 40, 29, 31, 5, 2, 1),
+        (1, 16, 12, 9, 5, 1, 2),
+        (1, 8, 9, 9, 3, 1, -1),
+    ];
+    for (i, &(n, c, h, w, k, s, p)) in cases.iter().enumerate() {
+        let act = acts[i % 3];
+        let oh = (h as isize + 2 * p.max(0) - k as isize) / s as isize + 1;
+        let ow = (w as isize + 2 * p.max(0) - k as isize) / s as isize + 1;
+        let g = Depthwise { n, c, h, w, oh: oh as usize, ow: ow as usize, kh: k, kw: k, s, pt: p, pl: p, act };
+        let (x, wt, b) = (rand(&[n, c, h, w])?, rand(&[c, k * k])?, rand(&[c])?);
+        let y = fused::depthwise_fwd(&x, &wt, &b, g)?;
+        let on = |t: &candle_core::Tensor| t.to_device(dev);
+        compare(
+            &format!("depthwise forward {n}x{c}x{h}x{w} k{k} s{s} p{p} {act:?}"),
+            &y,
+            &fused::depthwise_fwd(&on(&x)?, &on(&wt)?, &on(&b)?, g)?,
+        )?;
+        let gy = rand(y.dims())?;
+        let gx = fused::depthwise_bwd(&gy, &y, &wt, g)?;
+        compare(
+            &format!("depthwise input gradient {n}x{c}x{h}x{w} k{k} s{s} p{p} {act:?}"),
+            &gx,
+            &fused::depthwise_bwd(&on(&gy)?, &on(&y)?, &on(&wt)?, g)?,
+        )?;
+        let ya = fused::bias_act(&x, &b, act)?;
+        compare(
+            &format!("bias and activation {n}x{c}x{h}x{w} {act:?}"),
+            &ya,
+            &fused::bias_act(&on(&x)?, &on(&b)?, act)?,
+        )?;
+        let m = fused::act_mask(&gy, &y, act)?;
+        compare(
+            &format!("activation mask {n}x{c}x{}x{} {act:?}", oh, ow),
+            &m,
+            &fused::act_mask(&on(&gy)?, &on(&y)?, act)?,
+        )?;
+    }
+    if worst > 1e-5 {
+        return Err(deepdream::Error::internal(format!(
+            "the fused kernels on {device} differ from the CPU's by {worst:.2e}"
+        )));
+    }
+    say!("the fused kernels on {device} agree with the CPU's (worst {worst:.2e})");
+    Ok(())
+}

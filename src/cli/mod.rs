@@ -139,6 +139,13 @@ enum Command {
     Presets,
     /// Time dream steps (forward + input gradient) on a random image.
     Bench(inspect::BenchArgs),
+    /// Compare the fused kernels on a device with their CPU versions (for a GPU machine).
+    #[command(hide = true)]
+    CheckKernels {
+        /// cuda, cuda:N or cpu-portable.
+        #[arg(long, default_value = "cuda")]
+        device: String,
+    },
 }
 
 /// Raised by Ctrl-C or SIGTERM; the progress displays read it and answer "stop". Armed once
@@ -195,5 +202,6 @@ pub fn run(cli: Cli, cancel: &Cancel) -> Result<()> {
         Command::Models { action } => models::run(action),
         Command::Presets => models::presets(),
         Command::Bench(args) => inspect::bench(&args),
+        Command::CheckKernels { device } => inspect::check_kernels(&device),
     }
 }

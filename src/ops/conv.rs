@@ -244,6 +244,21 @@ impl Conv2d {
         let dw = self.inner.on(x.device())?;
         super::flops::add(g.flops());
         let (t, b, l, r) = portable::exact_padding((g.h, g.w), (g.oh, g.ow), (g.kh, g.kw), (g.sh, g.sw), (g.pt, g.pl));
+        let act = self.inner.spec.activation;
+        if super::fused::enabled() {
+            return match &dw.taps {
+                Some(_) => super::fused::depthwise_fwd(
+                    x,
+                    &dw.weight.reshape((g.co, g.kh * g.kw))?,
+                    &dw.bias,
+                    g.depthwise(t, l, act),
+                ),
+                None => {
+                    let xp = portable::pad2(x, t, b, l, r, 0.0)?;
+                    super::fused::bias_act(&xp.conv2d(&dw.weight, 0, g.sh, 1, g.groups)?, &dw.bias, act)
+                }
+            };
+        }
         let xp = portable::pad2(x, t, b, l, r, 0.0)?;
         let y = match &dw.taps {
             Some((taps, _)) => portable::depthwise(&xp, taps, (g.kh, g.kw), g.sh, (g.oh, g.ow))?,
@@ -261,7 +276,18 @@ impl Conv2d {
     /// the input's grid (stride), and convolve with the flipped, transposed kernel.
     fn input_grad_portable(&self, gy: &Tensor, y: &Tensor, in_dims: &[usize]) -> Result<Tensor> {
         let g = Geometry::new(&self.inner, in_dims)?;
-        let gpre = match self.inner.spec.activation {
+        let act = self.inner.spec.activation;
+        if super::fused::enabled()
+            && let Some(_) = &self.inner.on(gy.device())?.taps
+        {
+            super::flops::add(g.flops());
+            let (t, _, l, _) =
+                portable::exact_padding((g.h, g.w), (g.oh, g.ow), (g.kh, g.kw), (g.sh, g.sw), (g.pt, g.pl));
+            let w = self.inner.on(gy.device())?.weight.reshape((g.co, g.kh * g.kw))?;
+            return super::fused::depthwise_bwd(gy, y, &w, g.depthwise(t, l, act));
+        }
+        let gpre = match act {
+            _ if super::fused::enabled() => super::fused::act_mask(gy, y, act)?,
             Activation::Identity => gy.clone(),
             Activation::Relu => (gy * portable::as_f32(&y.gt(0f32)?)?)?,
             Activation::Relu6 => (gy * (portable::as_f32(&y.gt(0f32)?)? * portable::as_f32(&y.lt(6f32)?)?)?)?,
@@ -307,6 +333,24 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// As a fused depthwise op's geometry, the input offset by `t` rows and `l` columns.
+    fn depthwise(&self, t: isize, l: isize, act: Activation) -> super::fused::Depthwise {
+        super::fused::Depthwise {
+            n: self.n,
+            c: self.co,
+            h: self.h,
+            w: self.w,
+            oh: self.oh,
+            ow: self.ow,
+            kh: self.kh,
+            kw: self.kw,
+            s: self.sh,
+            pt: t,
+            pl: l,
+            act,
+        }
+    }
+
     fn new(inner: &ConvInner, dims: &[usize]) -> Result<Self> {
         let [co, cig, kh, kw] = inner.wshape;
         let spec = inner.spec;

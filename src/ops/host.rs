@@ -32,9 +32,12 @@ pub fn upload(data: Vec<f32>, shape: &[usize], device: &Device) -> Result<Tensor
 /// Reads a one-element tensor back to the host.
 pub fn read_scalar(t: &Tensor) -> Result<f32> {
     count();
-    t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?.first().copied().ok_or_else(|| {
-        candle_core::Error::Msg("read_scalar: an empty tensor".into())
-    })
+    t.flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?
+        .first()
+        .copied()
+        .ok_or_else(|| candle_core::Error::Msg("read_scalar: an empty tensor".into()))
 }
 
 /// Reads a tensor back to the host, flattened.

@@ -3,6 +3,7 @@
 
 pub mod blur;
 pub mod conv;
+pub mod fused;
 mod gemm;
 pub mod host;
 pub mod pool;

@@ -214,14 +214,18 @@ mod tests {
     /// Runs `f` on the CPU kernels and on the portable path; the results must agree.
     fn both(what: &str, f: &dyn Fn() -> Tensor) {
         let native = f();
-        let portable = {
-            let _portable = PathGuard::new(true);
-            f()
-        };
-        assert_eq!(native.dims(), portable.dims(), "{what}: shapes");
-        let scale = native.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
-        let diff = (&native - &portable).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff <= 1e-5 * scale.max(1.0), "{what}: differ by {diff} (scale {scale})");
+        // The portable path with its fused ops (as a GPU runs it) and composed from candle's
+        // ops alone (DEEPDREAM_FUSED=0).
+        for fused in [true, false] {
+            let portable = {
+                let _portable = PathGuard::new(true);
+                crate::ops::fused::with(fused, f)
+            };
+            assert_eq!(native.dims(), portable.dims(), "{what}: shapes");
+            let scale = native.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+            let diff = (&native - &portable).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff <= 1e-5 * scale.max(1.0), "{what} (fused {fused}): differ by {diff} (scale {scale})");
+        }
     }
 
     fn conv_case(rng: &mut StdRng, shape: [usize; 4], co: usize, k: (usize, usize), spec: ConvSpec) {

@@ -194,14 +194,16 @@ fn positional_targets_roll_with_the_jitter() {
         let tiler = dream::Tiler::new(&objective, lite0(), &x, tiling).unwrap();
         for (dy, dx) in [(0, 0), (5, -7), (-12, 3)] {
             let rolled = x.roll(dy, 2).unwrap().roll(dx, 3).unwrap();
-            let loss = tiler.loss_and_grad(lite0(), &objective, &rolled, (dy, dx)).unwrap().0.to_scalar::<f32>().unwrap();
+            let loss =
+                tiler.loss_and_grad(lite0(), &objective, &rolled, (dy, dx)).unwrap().0.to_scalar::<f32>().unwrap();
             assert!(
                 loss.abs() < 1e-6,
                 "tile {tile}, shift ({dy}, {dx}): the guide did not move with the image: loss {loss}"
             );
             if (dy, dx) != (0, 0) {
                 // Told no shift, the same image is compared with unrolled targets: far off.
-                let stale = tiler.loss_and_grad(lite0(), &objective, &rolled, (0, 0)).unwrap().0.to_scalar::<f32>().unwrap();
+                let stale =
+                    tiler.loss_and_grad(lite0(), &objective, &rolled, (0, 0)).unwrap().0.to_scalar::<f32>().unwrap();
                 assert!(stale < -0.1, "tile {tile}: a misaligned guide should cost, got {stale}");
             }
         }

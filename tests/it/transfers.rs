@@ -44,8 +44,11 @@ fn params(steps: usize) -> DreamParams {
 
 /// Host-device copies of one dream.
 fn transfers(net: &dyn FeatureNet, p: &DreamParams, progress: &mut dyn Progress) -> (u64, usize) {
-    let img = io::to_tensor(&io::load_rgb(&repo().join("examples/chelsea.png"), Some(112)).unwrap(), &candle_core::Device::Cpu)
-        .unwrap();
+    let img = io::to_tensor(
+        &io::load_rgb(&repo().join("examples/chelsea.png"), Some(112)).unwrap(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     let before = host::transfers();
     let out = dream::dream(net, &img, p, progress).unwrap();
     (host::transfers() - before, out.losses.len())
@@ -78,8 +81,11 @@ fn a_dream_on_the_portable_path_still_reports_divergence() {
     let net = lite0();
     let backend = DeviceSpec::CpuPortable.open().unwrap();
     let _portable = backend.enter();
-    let img = io::to_tensor(&io::load_rgb(&repo().join("examples/chelsea.png"), Some(112)).unwrap(), &candle_core::Device::Cpu)
-        .unwrap();
+    let img = io::to_tensor(
+        &io::load_rgb(&repo().join("examples/chelsea.png"), Some(112)).unwrap(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     // A loss that overflows, read only at the end of the dream: still an error naming the step.
     let p = DreamParams { objective: Objective::layers(vec![LayerTerm::new("block4", 3e38)]), ..params(4) };
     let err = dream::dream(net, &img, &p, &mut Quiet).err().expect("an overflowing loss diverges");
