@@ -13,11 +13,23 @@
 #   peer       scripts/torch_gpu_peer.py: the same steps in PyTorch eager (fp32 / defaults / bf16)
 #   zoom       512px zoom frames per second (--frame-steps 4), ours and the peer's
 #
-# Usage: scripts/gpu-check.sh [RESULTS] [BINARY]
+#   second     with a second binary (say, the cudnn build): its correctness, steps and zoom
+#
+# Usage: scripts/gpu-check.sh [RESULTS] [BINARY] [SECOND-BINARY]
+# A binary (or its .xz beside it, unpacked first) built by scripts/build-cuda.sh; a --lean one
+# reads EfficientNet-Lite0 from models/ here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=$(realpath -m "${1:-gpu-results.txt}")
 BIN=$(realpath -m "${2:-dist/deepdream-cuda}")
+BIN2=${3:+$(realpath -m "$3")}
+for b in "$BIN" ${BIN2:+"$BIN2"}; do
+    if [ ! -e "$b" ] && [ -e "$b.xz" ]; then
+        python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$b.xz" "$b"
+    fi
+    chmod +x "$b" 2>/dev/null
+done
+export DEEPDREAM_MODELS=${DEEPDREAM_MODELS:-$PWD/models}
 T=$(mktemp -d)
 : >"$RESULTS"
 start=$(date +%s)
@@ -44,9 +56,10 @@ done
 export LD_LIBRARY_PATH
 say "env torch $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version())' 2>&1 | tail -1)"
 say "env binary $(du -h "$BIN" | cut -f1) $(ldd "$BIN" | awk '{print $1}' | tr '\n' ' ')"
-missing=$(ldd "$BIN" | grep 'not found')
-[ -z "$missing" ] || say "FAIL env missing libraries: $missing"
-chmod +x "$BIN" 2>/dev/null
+for b in "$BIN" ${BIN2:+"$BIN2"}; do
+    missing=$(ldd "$b" | grep 'not found')
+    [ -z "$missing" ] || say "FAIL env $(basename "$b") missing libraries: $missing"
+done
 
 # GPU utilisation and memory while a command runs: "util MEAN% (max MAX%) mem MAX MiB".
 watch_gpu() {
@@ -96,7 +109,7 @@ bench() { # bench NAME ENV... -- ARGS...
     local envs=()
     while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
     local w; w=$(watch_gpu)
-    if run 60 "$name" env "${envs[@]}" "$BIN" bench --device cuda "$@"; then
+    if run 60 "$name" env "${envs[@]}" "${B:-$BIN}" bench --device cuda "$@"; then
         say "$name: $(grep -E '^ *step ' "$T/$name.log" | awk '{print $2, $3}') $(gpu_summary "$w") [$*${envs[*]:+ ${envs[*]}}]"
     else
         gpu_summary "$w" >/dev/null
@@ -118,23 +131,40 @@ grep '^peer' "$T/peer-steps.log" | tee -a "$RESULTS"
 
 # --- zoom frames per second: the difference of a 6-frame and a 36-frame zoom is 30 frames ------
 python3 -c "from PIL import Image; Image.open('examples/hubble.jpg').convert('RGB').resize((512, 512), Image.LANCZOS).save('$T/h512.png')"
-zoom=(zoom "$T/h512.png" --frame-steps 4 --max-size 512 --jitter 0 --rotate 0 --device cuda)
-t0=$(date +%s.%N)
-if run 90 zoom6 "$BIN" "${zoom[@]}" --frames 6 -o "$T/z6"; then
+zoom_fps() { # zoom_fps LABEL BINARY
+    local zoom=(zoom "$T/h512.png" --frame-steps 4 --max-size 512 --jitter 0 --rotate 0 --device cuda)
+    local t0 t1 t2 w fps
+    t0=$(date +%s.%N)
+    run 90 "zoom6-$1" "$2" "${zoom[@]}" --frames 6 -o "$T/z6-$1" || return
     t1=$(date +%s.%N)
     w=$(watch_gpu)
-    if run 120 zoom36 "$BIN" "${zoom[@]}" --frames 36 -o "$T/z36"; then
+    if run 120 "zoom36-$1" "$2" "${zoom[@]}" --frames 36 -o "$T/z36-$1"; then
         t2=$(date +%s.%N)
         fps=$(awk -v a="$t0" -v b="$t1" -v c="$t2" 'BEGIN {printf "%.1f", 30 / ((c - b) - (b - a))}')
-        say "zoom ours lite0 512x512 4 steps/frame: $fps fps $(gpu_summary "$w")"
+        say "zoom $1 lite0 512x512 4 steps/frame: $fps fps $(gpu_summary "$w")"
     else
         gpu_summary "$w" >/dev/null
     fi
-fi
+}
+zoom_fps ours "$BIN"
 for mode in fp32 bf16; do
     run 120 "peer-zoom-$mode" python3 scripts/torch_gpu_peer.py zoom "$T/h512.png" --frames 30 --frame-steps 4 --mode $mode &&
         grep '^peer' "$T/peer-zoom-$mode.log" | tee -a "$RESULTS"
 done
+# --- a second binary (the cudnn build, say) on the same machine -------------------------------
+if [ -n "$BIN2" ]; then
+    n2=$(basename "$BIN2")
+    run 240 "warmup-$n2" "$BIN2" bench --device cuda --model inception-v3 --formula-weights --size 299x299 --steps 2
+    dream=(dream examples/chelsea.png --octaves 2 --steps 3 --seed 1)
+    run 120 "dream-$n2" "$BIN2" "${dream[@]}" -o "$T/second-3.png" --device cuda &&
+        say "correct chelsea 2 octaves x 3 steps, $n2 vs cpu: PSNR $(psnr "$T/cpu-3.png" "$T/second-3.png") dB"
+    for size in 512x512 1920x1080; do
+        B=$BIN2 bench "$n2 lite0 $size" -- --size "$size" --steps 10
+        B=$BIN2 bench "$n2 inception $size" -- --model inception-v3 --formula-weights --size "$size" --steps 10
+    done
+    zoom_fps "$n2" "$BIN2"
+fi
+
 say "done in $(elapsed) s"
 # Keep the logs beside the results for a look at what failed.
 tar -C "$T" -czf "${RESULTS%.txt}-logs.tgz" --exclude="*.png" . 2>/dev/null

@@ -164,7 +164,13 @@ impl Store {
 
     fn save(&self, i: u64, img: &RgbImage, pts: i64) -> Result<()> {
         let err = |e: String| Error::Write { path: self.dir.clone(), reason: e };
-        io::save_as(img, &self.frame_path(i), image::ImageFormat::Png)?;
+        let path = self.frame_path(i);
+        io::write_atomic(&path, |tmp| {
+            io::write_png_fast(img, tmp).map_err(|e| match e {
+                Error::Write { reason, .. } => Error::Write { path: path.clone(), reason },
+                e => e,
+            })
+        })?;
         let mut all = self.pts.lock().expect("ledger lock");
         all.truncate(i as usize);
         all.push(pts);

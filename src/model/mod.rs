@@ -339,8 +339,12 @@ pub fn load(name: &str) -> Result<Box<dyn FeatureNet>> {
 }
 
 /// The default model's weights, compiled into the binary so that an installed `deepdream`
-/// dreams from any directory with nothing else on disk (18 MB of the binary).
+/// dreams from any directory with nothing else on disk (18 MB of the binary; the
+/// `builtin-weights` feature, on by default).
+#[cfg(feature = "builtin-weights")]
 pub const BUILT_IN_WEIGHTS: &[u8] = include_bytes!("../../models/efficientnet_lite0.safetensors");
+#[cfg(not(feature = "builtin-weights"))]
+pub const BUILT_IN_WEIGHTS: &[u8] = &[];
 
 /// How the built-in weights are named in messages.
 pub const BUILT_IN: &str = "<built-in efficientnet-lite0 weights>";
@@ -379,7 +383,7 @@ pub fn locate(name: &str) -> Result<WeightsFile> {
     if let Some(path) = weights::find(info.file) {
         return Ok(WeightsFile::Path(path));
     }
-    if name == DEFAULT_MODEL {
+    if name == DEFAULT_MODEL && !BUILT_IN_WEIGHTS.is_empty() {
         return Ok(WeightsFile::BuiltIn(BUILT_IN_WEIGHTS));
     }
     Err(Error::usage(format!(

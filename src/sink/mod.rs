@@ -169,7 +169,7 @@ impl FrameSink for PngSequence {
         self.count += 1;
         let name = format!("frame_{:05}.png", self.count);
         // Errors name the frame where it will be, not in the staging directory.
-        crate::io::write_image(frame, &self.staged.path().join(&name), image::ImageFormat::Png).map_err(|e| match e {
+        crate::io::write_png_fast(frame, &self.staged.path().join(&name)).map_err(|e| match e {
             Error::Write { reason, .. } => Error::Write { path: self.dir.join(&name), reason },
             e => e,
         })
