@@ -15,7 +15,8 @@
 #
 #   second     with a second binary (say, the cudnn build): its correctness, steps and zoom
 #
-# Usage: scripts/gpu-check.sh [RESULTS] [BINARY] [SECOND-BINARY]
+# Usage: [ONLY=correct,steps,peer,zoom,second] scripts/gpu-check.sh [RESULTS] [BINARY] [SECOND-BINARY]
+# (ONLY: run those sections alone; the environment and warm-up always run).
 # A binary (or its .xz beside it, unpacked first) built by scripts/build-cuda.sh; a --lean one
 # reads EfficientNet-Lite0 from models/ here.
 set -uo pipefail
@@ -61,6 +62,8 @@ for b in "$BIN" ${BIN2:+"$BIN2"}; do
     [ -z "$missing" ] || say "FAIL env $(basename "$b") missing libraries: $missing"
 done
 
+want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+
 # GPU utilisation and memory while a command runs: "util MEAN% (max MAX%) mem MAX MiB".
 watch_gpu() {
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -lms 100 >"$T/smi.csv" 2>/dev/null &
@@ -75,7 +78,7 @@ gpu_summary() {
 # --- warm-up: the driver JIT-compiles candle's PTX for this card once (cached after) ----------
 run 240 warmup "$BIN" bench --device cuda --size 256x256 --steps 2 &&
     say "warmup ok ($(elapsed) s): $(grep ' step ' "$T/warmup.log" | xargs)"
-run 240 warmup-inception "$BIN" bench --device cuda --model inception-v3 --formula-weights --size 299x299 --steps 2 &&
+want steps && run 240 warmup-inception "$BIN" bench --device cuda --model inception-v3 --formula-weights --size 299x299 --steps 2 &&
     say "warmup inception ok ($(elapsed) s)"
 
 # --- correctness: cuda vs cpu on a short dream -------------------------------------------------
@@ -88,6 +91,7 @@ mse = ((a - b) ** 2).mean()
 print("inf" if mse == 0 else f"{10 * np.log10(255 ** 2 / mse):.1f}")
 EOF
 }
+if want correct; then
 # The fused kernels against their CPU versions, op by op.
 run 60 check-kernels "$BIN" check-kernels --device cuda && say "kernels: $(tail -1 "$T/check-kernels.log")"
 # Short (2 octaves x 3 steps: on the CPU, cpu-portable vs cpu gives 52 dB) and longer (2 x 8:
@@ -103,6 +107,7 @@ for steps in 3 8; do
         say "correct chelsea 2 octaves x $steps steps, cpu-portable vs cpu: PSNR $(psnr "$T/cpu-$steps.png" "$T/portable-$steps.png") dB"
 done
 
+fi
 # --- our step times ---------------------------------------------------------------------------
 bench() { # bench NAME ENV... -- ARGS...
     local name=$1; shift
@@ -115,6 +120,7 @@ bench() { # bench NAME ENV... -- ARGS...
         gpu_summary "$w" >/dev/null
     fi
 }
+if want steps; then
 for size in 512x512 1920x1080; do
     bench "ours lite0 $size" -- --size "$size" --steps 10
     bench "ours inception $size" -- --model inception-v3 --formula-weights --size "$size" --steps 10
@@ -125,10 +131,13 @@ for knob in DEEPDREAM_FUSED=0 DEEPDREAM_TF32=1 DEEPDREAM_CUDA_KEEP_MEMORY=0 DEEP
 done
 bench "knob lite0 1920x1080 DEEPDREAM_FUSED=0" DEEPDREAM_FUSED=0 -- --size 1920x1080 --steps 10
 
+fi
 # --- the PyTorch peer -------------------------------------------------------------------------
+if want peer; then
 run 150 peer-steps python3 scripts/torch_gpu_peer.py steps --steps 10
 grep '^peer' "$T/peer-steps.log" | tee -a "$RESULTS"
 
+fi
 # --- zoom frames per second: the difference of a 6-frame and a 36-frame zoom is 30 frames ------
 python3 -c "from PIL import Image; Image.open('examples/hubble.jpg').convert('RGB').resize((512, 512), Image.LANCZOS).save('$T/h512.png')"
 zoom_fps() { # zoom_fps LABEL BINARY
@@ -138,21 +147,24 @@ zoom_fps() { # zoom_fps LABEL BINARY
     run 90 "zoom6-$1" "$2" "${zoom[@]}" --frames 6 -o "$T/z6-$1" || return
     t1=$(date +%s.%N)
     w=$(watch_gpu)
-    if run 120 "zoom36-$1" "$2" "${zoom[@]}" --frames 36 -o "$T/z36-$1"; then
+    if run 120 "zoom36-$1" env DEEPDREAM_TRACE=1 "$2" "${zoom[@]}" --frames 36 -o "$T/z36-$1"; then
         t2=$(date +%s.%N)
         fps=$(awk -v a="$t0" -v b="$t1" -v c="$t2" 'BEGIN {printf "%.1f", 30 / ((c - b) - (b - a))}')
         say "zoom $1 lite0 512x512 4 steps/frame: $fps fps $(gpu_summary "$w")"
+        grep '^trace' "$T/zoom36-$1.log" | sed "s/^/zoom $1 /" | tee -a "$RESULTS"
     else
         gpu_summary "$w" >/dev/null
     fi
 }
+if want zoom; then
 zoom_fps ours "$BIN"
 for mode in fp32 bf16; do
     run 120 "peer-zoom-$mode" python3 scripts/torch_gpu_peer.py zoom "$T/h512.png" --frames 30 --frame-steps 4 --mode $mode &&
         grep '^peer' "$T/peer-zoom-$mode.log" | tee -a "$RESULTS"
 done
+fi
 # --- a second binary (the cudnn build, say) on the same machine -------------------------------
-if [ -n "$BIN2" ]; then
+if [ -n "$BIN2" ] && want second; then
     n2=$(basename "$BIN2")
     run 240 "warmup-$n2" "$BIN2" bench --device cuda --model inception-v3 --formula-weights --size 299x299 --steps 2
     dream=(dream examples/chelsea.png --octaves 2 --steps 3 --seed 1)

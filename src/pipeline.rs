@@ -400,7 +400,10 @@ fn encode_stage(
 ) -> Result<u64> {
     let mut n = 0;
     let mut looper = Looper::new(loop_frames, total);
+    let mut trace = Trace::new("encode stage", &["wait for a frame", "output", "frame store"]);
+    let mut clock = std::time::Instant::now();
     for d in from_dream.iter() {
+        trace.add(0, &mut clock);
         if d.image.dimensions() != (format.width, format.height) {
             let (w, h) = d.image.dimensions();
             return Err(Error::Output {
@@ -418,14 +421,52 @@ fn encode_stage(
             sink.write(&image, pts)?;
             n += 1;
         }
+        trace.add(1, &mut clock);
         if d.fresh {
             store.save(d.index, &d.image, d.pts)?;
         }
+        trace.add(2, &mut clock);
     }
     if n > 0 && keep.load(Ordering::Acquire) {
         sink.finish()?;
     }
     Ok(n)
+}
+
+/// With `DEEPDREAM_TRACE=1`, a stage's time per frame by phase, printed to stderr when the
+/// stage ends: where a render's time goes (on a GPU, what keeps it waiting).
+struct Trace {
+    stage: &'static str,
+    phases: &'static [&'static str],
+    secs: Vec<f64>,
+    frames: u64,
+    on: bool,
+}
+
+impl Trace {
+    fn new(stage: &'static str, phases: &'static [&'static str]) -> Trace {
+        let on = std::env::var("DEEPDREAM_TRACE").is_ok_and(|v| v.trim() == "1");
+        Trace { stage, phases, secs: vec![0.0; phases.len()], frames: 0, on }
+    }
+
+    /// Adds the time since `clock` to `phase` and restarts the clock.
+    fn add(&mut self, phase: usize, clock: &mut std::time::Instant) {
+        let now = std::time::Instant::now();
+        self.secs[phase] += now.duration_since(*clock).as_secs_f64();
+        self.frames += (phase == 0) as u64;
+        *clock = now;
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if self.on && self.frames > 0 {
+            let n = self.frames as f64;
+            let parts: Vec<String> =
+                self.phases.iter().zip(&self.secs).map(|(p, s)| format!("{p} {:.1} ms", s / n * 1e3)).collect();
+            eprintln!("trace: {} per frame ({} frames): {}", self.stage, self.frames, parts.join(", "));
+        }
+    }
 }
 
 /// A seamless loop of a render of L + N frames into L: the first N frames are held back, the
@@ -503,15 +544,20 @@ fn dream_frames(
     }
     let mut previous = if resumed_from > 0 { Some(store.load(resumed_from - 1)?) } else { None };
     let total = job.source.info().frames;
+    let mut trace = Trace::new("dream stage", &["wait for a frame", "transform", "upload", "dream", "download", "hand to encoder"]);
+    let mut clock = std::time::Instant::now();
     for frame in frames.iter() {
+        trace.add(0, &mut clock);
         if frame.index < resumed_from {
             continue;
         }
         let (index, pts) = (frame.index, frame.pts);
         let input = job.source.dream_input(frame, previous.as_ref());
+        trace.add(1, &mut clock);
         let params = if input.continues { job.frame_params } else { job.params };
-        let image = dream_frame(job, &input.image, params, index, progress)?;
+        let image = dream_frame(job, &input.image, params, index, progress, (&mut trace, &mut clock))?;
         send(Done { index, pts, image: image.clone(), fresh: true })?;
+        trace.add(5, &mut clock);
         previous = Some(image);
         if !progress.frame(index + 1, total) {
             return Err(Error::Cancelled);
@@ -535,10 +581,15 @@ fn dream_frame(
     params: &DreamParams,
     index: u64,
     progress: &mut dyn FrameProgress,
+    (trace, clock): (&mut Trace, &mut std::time::Instant),
 ) -> Result<RgbImage> {
     let mut p = params.clone();
     p.seed = params.seed.wrapping_add(index); // per-frame jitter, reproducible on resume
     let pixels = io::to_tensor(img, &job.backend.device)?;
+    trace.add(2, clock);
     let out = dream::dream(job.net, &pixels, &p, &mut Steps(progress))?;
-    io::to_image(&out.pixels)
+    trace.add(3, clock);
+    let image = io::to_image(&out.pixels);
+    trace.add(4, clock);
+    image
 }
