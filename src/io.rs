@@ -485,4 +485,3 @@ mod crop_tests {
         assert!((c.get_pixel(223, 100)[0] as f64 - expect(367.5)).abs() < 3.0);
     }
 }
-

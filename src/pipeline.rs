@@ -544,7 +544,8 @@ fn dream_frames(
     }
     let mut previous = if resumed_from > 0 { Some(store.load(resumed_from - 1)?) } else { None };
     let total = job.source.info().frames;
-    let mut trace = Trace::new("dream stage", &["wait for a frame", "transform", "upload", "dream", "download", "hand to encoder"]);
+    let mut trace =
+        Trace::new("dream stage", &["wait for a frame", "transform", "upload", "dream", "download", "hand to encoder"]);
     let mut clock = std::time::Instant::now();
     for frame in frames.iter() {
         trace.add(0, &mut clock);

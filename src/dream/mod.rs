@@ -286,7 +286,7 @@ pub fn dream(
             }
             let every = progress.pictures_every();
             let taken = losses.len() + pending.len();
-            if every > 0 && taken % every == 0 {
+            if every > 0 && taken.is_multiple_of(every) {
                 // The octave's picture at the input's size, as the dream would end now.
                 let full = resize_bilinear(&x, h, w)?;
                 let full = (&full + (&base - resize_bilinear(&shrunk, h, w)?)?)?;

@@ -68,8 +68,8 @@ pub struct Depthwise {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
     use candle_core::cuda_backend::WrapErr;
+    use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
     use candle_core::{CudaStorage, Layout, Result, bail};
 
     pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
