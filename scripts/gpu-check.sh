@@ -114,8 +114,8 @@ bench() { # bench NAME ENV... -- ARGS...
     local envs=()
     while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
     local w; w=$(watch_gpu)
-    if run 60 "$name" env "${envs[@]}" "${B:-$BIN}" bench --device cuda "$@"; then
-        say "$name: $(grep -E '^ *step ' "$T/$name.log" | awk '{print $2, $3}') $(gpu_summary "$w") [$*${envs[*]:+ ${envs[*]}}]"
+    if run 60 "$name" env ${envs[@]+"${envs[@]}"} "${B:-$BIN}" bench --device cuda "$@"; then
+        say "$name: $(grep -E '^ *step ' "$T/$name.log" | awk '{print $2, $3}') $(gpu_summary "$w") [$*${envs[*]+ ${envs[*]}}]"
     else
         gpu_summary "$w" >/dev/null
     fi
@@ -168,6 +168,7 @@ if [ -n "$BIN2" ] && want second; then
     n2=$(basename "$BIN2")
     run 240 "warmup-$n2" "$BIN2" bench --device cuda --model inception-v3 --formula-weights --size 299x299 --steps 2
     dream=(dream examples/chelsea.png --octaves 2 --steps 3 --seed 1)
+    [ -e "$T/cpu-3.png" ] || run 120 dream-cpu-3 "$BIN" "${dream[@]}" -o "$T/cpu-3.png" --device cpu
     run 120 "dream-$n2" "$BIN2" "${dream[@]}" -o "$T/second-3.png" --device cuda &&
         say "correct chelsea 2 octaves x 3 steps, $n2 vs cpu: PSNR $(psnr "$T/cpu-3.png" "$T/second-3.png") dB"
     for size in 512x512 1920x1080; do

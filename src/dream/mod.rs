@@ -207,7 +207,8 @@ pub fn dream(
         (None, true) => progress.loss_every(),
     };
     let mut losses: Vec<f32> = Vec::new();
-    let mut pending: Vec<(Tensor, usize, usize)> = Vec::new(); // (loss, octave, step)
+    // Values read back later: losses and gradient scales, each with its octave and step.
+    let mut pending = Pending::default();
     let mut last_loss = None;
     for (k, &(oh, ow)) in shapes.iter().enumerate() {
         if k > 0 {
@@ -239,10 +240,11 @@ pub fn dream(
                     (loss, crate::ops::affine_sample(&grad, crate::ops::affine(1.0 / scale, -angle))?)
                 }
             };
-            pending.push((loss, k, s));
+            // Detached: a pending loss must not keep its step's graph (the activations) alive.
+            pending.losses.push((loss.detach(), k, s));
             let read = read_every > 0 && (s % read_every == 0 || s + 1 == params.steps);
             if read {
-                settle(&mut pending, &mut losses, None)?;
+                pending.settle(&mut losses)?;
                 let loss = *losses.last().expect("just settled");
                 if params.max_loss.is_some_and(|m| loss as f64 > m) {
                     losses.pop(); // the step is not taken
@@ -260,7 +262,11 @@ pub fn dream(
                 grad = decorrelate_colours(&grad)?;
             }
             // Normalised by the mean absolute gradient on the device: step / max(mean, 1e-7).
-            let scale = grad.abs()?.mean_all()?.clamp(1e-7f32, f32::MAX)?;
+            let mean = grad.abs()?.mean_all()?;
+            // A gradient that is not finite is a diverged dream: checked when read back (the
+            // clamp below would hide a NaN on a GPU, whose max ignores it).
+            pending.scales.push((mean.detach(), k, s));
+            let scale = mean.clamp(1e-7f32, f32::MAX)?;
             let moved = (shifted + grad.broadcast_div(&scale)?.affine(params.step, 0.0)?)?;
             x = roll2(&moved, -dy, -dx)?;
             if r.decay > 0.0 {
@@ -285,8 +291,9 @@ pub fn dream(
                 return Err(Error::Cancelled);
             }
             let every = progress.pictures_every();
-            let taken = losses.len() + pending.len();
+            let taken = losses.len() + pending.losses.len();
             if every > 0 && taken.is_multiple_of(every) {
+                pending.settle(&mut losses)?; // no picture of a diverged dream
                 // The octave's picture at the input's size, as the dream would end now.
                 let full = resize_bilinear(&x, h, w)?;
                 let full = (&full + (&base - resize_bilinear(&shrunk, h, w)?)?)?;
@@ -295,10 +302,8 @@ pub fn dream(
             }
         }
     }
-    // The losses left on the device, and a check that the last steps left the image finite (a
-    // gradient that overflowed after the last loss was read), in one read.
-    let last = (shapes.len() - 1, params.steps.saturating_sub(1));
-    settle(&mut pending, &mut losses, Some((&x, last)))?;
+    // The losses and gradient scales left on the device, in one read.
+    pending.settle(&mut losses)?;
     let x = x.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
     let dreamed = norm.invert(&x)?;
     let pixels = match params.original_colors {
@@ -308,35 +313,34 @@ pub fn dream(
     Ok(DreamOutput { pixels, losses })
 }
 
-/// Reads the `pending` losses (octave, step) into `losses` in one transfer, and with `image`
-/// whether that image is finite; a value that is not finite is a diverged dream, named by the
-/// step it came from.
-fn settle(
-    pending: &mut Vec<(Tensor, usize, usize)>,
-    losses: &mut Vec<f32>,
-    image: Option<(&Tensor, (usize, usize))>,
-) -> Result<()> {
-    if pending.is_empty() && image.is_none() {
-        return Ok(());
-    }
-    let mut parts: Vec<Tensor> = pending.iter().map(|(l, _, _)| l.reshape(1)).collect::<candle_core::Result<_>>()?;
-    if let Some((x, _)) = image {
-        parts.push(x.sum_all()?.reshape(1)?);
-    }
-    let values = crate::ops::host::read_vec(&Tensor::cat(&parts, 0)?)?;
-    for ((_, k, s), &v) in pending.iter().zip(&values) {
-        if !v.is_finite() {
+/// Values of a dream's steps still on the device: losses, and the gradients' mean absolute
+/// values (only checked for being finite), each with its (octave, step).
+#[derive(Default)]
+struct Pending {
+    losses: Vec<(Tensor, usize, usize)>,
+    scales: Vec<(Tensor, usize, usize)>,
+}
+
+impl Pending {
+    /// Reads everything pending in one transfer: the losses go to `losses`; a value that is not
+    /// finite is a diverged dream, named by the step it came from.
+    fn settle(&mut self, losses: &mut Vec<f32>) -> Result<()> {
+        if self.losses.is_empty() && self.scales.is_empty() {
+            return Ok(());
+        }
+        let all: Vec<&(Tensor, usize, usize)> = self.losses.iter().chain(&self.scales).collect();
+        let parts: Vec<Tensor> = all.iter().map(|(t, _, _)| t.reshape(1)).collect::<candle_core::Result<_>>()?;
+        let values = crate::ops::host::read_vec(&Tensor::cat(&parts, 0)?)?;
+        // The first bad value in step order.
+        let bad = all.iter().zip(&values).filter(|(_, v)| !v.is_finite()).min_by_key(|((_, k, s), _)| (*k, *s));
+        if let Some(((_, k, s), &v)) = bad {
             return Err(diverged(v, *k, *s));
         }
-        losses.push(v);
+        losses.extend(&values[..self.losses.len()]);
+        self.losses.clear();
+        self.scales.clear();
+        Ok(())
     }
-    if let Some((_, (k, s))) = image
-        && values.last().is_some_and(|v| !v.is_finite())
-    {
-        return Err(diverged(f32::NAN, k, s));
-    }
-    pending.clear();
-    Ok(())
 }
 
 /// The input's colours with the dream's brightness: each pixel of `input` moved by the
@@ -359,6 +363,10 @@ pub fn seconds_per_pixel_step(net: &dyn FeatureNet, params: &DreamParams, device
         fn step(&mut self, _: &StepInfo) -> bool {
             self.0.push(std::time::Instant::now());
             true
+        }
+        // A read each step waits for the device: the clock then times the work, not its launch.
+        fn loss_every(&self) -> usize {
+            1
         }
     }
     let side = 256;

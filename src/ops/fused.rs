@@ -66,6 +66,32 @@ pub struct Depthwise {
     pub act: Activation,
 }
 
+impl Depthwise {
+    /// Refuses tensors whose sizes are not this geometry's: the kernels index by the geometry,
+    /// so a mismatch would read past a buffer on a GPU.
+    fn check(&self, forward: bool, a: &Layout, b: &Layout, c: &Layout) -> Result<()> {
+        let (input, output, weights) =
+            (self.n * self.c * self.h * self.w, self.n * self.c * self.oh * self.ow, self.c * self.kh * self.kw);
+        let want = match forward {
+            true => [input, weights, self.c],
+            false => [output, output, weights],
+        };
+        let got = [a, b, c].map(|l| l.shape().elem_count());
+        if got != want || self.s == 0 {
+            bail!("depthwise: tensors of {got:?} values for {self:?} (expected {want:?})");
+        }
+        Ok(())
+    }
+}
+
+/// `bias` one value per channel of `x` (`[n, c, ...]`), for [`BiasAct`].
+fn check_bias(x: &Layout, bias: &Layout) -> Result<()> {
+    match x.shape().dims() {
+        [_, c, ..] if bias.shape().elem_count() == *c => Ok(()),
+        d => bail!("bias and activation: {} biases for a tensor of shape {d:?}", bias.shape().elem_count()),
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod gpu {
     use candle_core::cuda_backend::WrapErr;
@@ -90,8 +116,12 @@ mod gpu {
     }
 
     pub fn launch(b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs, total: usize) -> Result<()> {
+        if total == 0 {
+            return Ok(()); // nothing to compute, and a launch of no blocks is invalid
+        }
         // SAFETY: every kernel of kernels.cu checks its index against `total` and reads only
-        // the extents its arguments describe, which the callers take from checked layouts.
+        // the extents its arguments describe, which the callers checked against the tensors'
+        // sizes (`Depthwise::check`, `check_bias`, equal shapes for the mask).
         unsafe { b.launch(config(total)) }.w()?;
         Ok(())
     }
@@ -115,6 +145,7 @@ impl CustomOp3 for DepthwiseFwd {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
+        g.check(true, xl, wl, bl)?;
         let (x, wt, b) = (slice(xs, xl)?, slice(ws, wl)?, slice(bs, bl)?);
         let mut y = vec![0f32; g.n * g.c * g.oh * g.ow];
         y.par_chunks_mut(g.oh * g.ow).enumerate().for_each(|(p, out)| {
@@ -156,6 +187,7 @@ impl CustomOp3 for DepthwiseFwd {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         let g = self.0;
+        g.check(true, xl, wl, bl)?;
         let dev = &xs.device;
         let (x, wt, b) = (gpu::view(xs, xl)?, gpu::view(ws, wl)?, gpu::view(bs, bl)?);
         let total = g.n * g.c * g.oh * g.ow;
@@ -195,6 +227,7 @@ impl CustomOp3 for DepthwiseBwd {
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
+        g.check(false, gl, yl, wl)?;
         let (gy, y, wt) = (slice(gs, gl)?, slice(ys, yl)?, slice(ws, wl)?);
         let mut gx = vec![0f32; g.n * g.c * g.h * g.w];
         gx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(p, out)| {
@@ -238,6 +271,7 @@ impl CustomOp3 for DepthwiseBwd {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         let g = self.0;
+        g.check(false, gl, yl, wl)?;
         let dev = &gs.device;
         let (gy, y, wt) = (gpu::view(gs, gl)?, gpu::view(ys, yl)?, gpu::view(ws, wl)?);
         let total = g.n * g.c * g.h * g.w;
@@ -267,6 +301,7 @@ impl CustomOp2 for BiasAct {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+        check_bias(xl, bl)?;
         let (x, b) = (slice(xs, xl)?, slice(bs, bl)?);
         let dims = xl.shape().dims();
         let (c, hw) = (dims[1], dims[2..].iter().product::<usize>());
@@ -289,6 +324,7 @@ impl CustomOp2 for BiasAct {
         bl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+        check_bias(xl, bl)?;
         let dev = &xs.device;
         let (x, b) = (gpu::view(xs, xl)?, gpu::view(bs, bl)?);
         let dims = xl.shape().dims();
@@ -315,6 +351,9 @@ impl CustomOp2 for ActMask {
     }
 
     fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, ys: &CpuStorage, yl: &Layout) -> Result<(CpuStorage, Shape)> {
+        if gl.shape() != yl.shape() {
+            bail!("activation mask: gradient {:?} for output {:?}", gl.shape(), yl.shape());
+        }
         let (gy, y) = (slice(gs, gl)?, slice(ys, yl)?);
         let g: Vec<f32> = gy.par_iter().zip(y.par_iter()).map(|(&g, &y)| g * mask(y, self.0)).collect();
         Ok((CpuStorage::F32(g), gl.shape().clone()))
@@ -329,6 +368,9 @@ impl CustomOp2 for ActMask {
         yl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+        if gl.shape() != yl.shape() {
+            bail!("activation mask: gradient {:?} for output {:?}", gl.shape(), yl.shape());
+        }
         let dev = &gs.device;
         let (gy, y) = (gpu::view(gs, gl)?, gpu::view(ys, yl)?);
         let total = gl.shape().elem_count();
