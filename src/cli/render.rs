@@ -17,13 +17,34 @@ use std::time::Instant;
 /// The opened device and the loaded model, the octave count fitted to an `h` x `w` input
 /// (said when it changes), `LAYER:topK` channels picked on `picture` (the photo or a video's
 /// first frame, when the job has such a term) and the job checked against the network.
+/// The device and model of the last job, kept for the next image of a batch: each image then
+/// reuses the loaded weights, and on a GPU the same device with its weights and constants
+/// already there (opening it again would start a new CUDA context and upload them anew).
+type Loaded = (deepdream::device::DeviceSpec, String, Backend, std::sync::Arc<dyn FeatureNet>);
+static LOADED: std::sync::Mutex<Option<Loaded>> = std::sync::Mutex::new(None);
+
+/// The job's device, opened, and its model, loaded: the last job's when they are the same.
+fn open(job: &Job) -> Result<(Backend, std::sync::Arc<dyn FeatureNet>)> {
+    let mut loaded = LOADED.lock().expect("loaded model lock");
+    if let Some((spec, name, backend, net)) = loaded.as_ref()
+        && *spec == job.device
+        && *name == job.model
+    {
+        return Ok((backend.clone(), net.clone()));
+    }
+    *loaded = None; // the old model's memory goes before the new one loads
+    let backend = job.device.open()?;
+    let net: std::sync::Arc<dyn FeatureNet> = std::sync::Arc::from(model::load(&job.model)?);
+    *loaded = Some((job.device, job.model.clone(), backend.clone(), net.clone()));
+    Ok((backend, net))
+}
+
 fn prepare(
     job: &mut Job,
     (h, w): (u32, u32),
     picture: Option<&image::RgbImage>,
-) -> Result<(Backend, Box<dyn FeatureNet>)> {
-    let backend = job.device.open()?;
-    let net = model::load(&job.model)?;
+) -> Result<(Backend, std::sync::Arc<dyn FeatureNet>)> {
+    let (backend, net) = open(job)?;
     let _ops = backend.enter();
     let size = (h as usize, w as usize);
     if let Some(picture) = picture {
