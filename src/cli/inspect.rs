@@ -222,6 +222,23 @@ pub fn check_kernels(device: &str) -> Result<()> {
             &fused::act_mask(&on(&gy)?, &on(&y)?, act)?,
         )?;
     }
+    // Max pools: InceptionV3's 3x3 stride 2 (odd and even sizes), a padded stride-1 pool, on
+    // whole-number inputs (tied maxima).
+    let pools: [(usize, usize, usize, usize, usize, usize, usize); 3] =
+        [(1, 16, 35, 35, 3, 2, 0), (2, 8, 20, 17, 3, 2, 0), (1, 8, 14, 14, 3, 1, 1)];
+    for (n, c, h, w, k, st, p) in pools {
+        let (oh, ow) = ((h + 2 * p - k).div_ceil(st) + 1, (w + 2 * p - k).div_ceil(st) + 1);
+        let g = fused::MaxPool { n, c, h, w, oh, ow, kh: k, kw: k, sh: st, sw: st, pt: p as isize, pl: p as isize };
+        let x = (rand(&[n, c, h, w])? * 3.0)?.round()?;
+        let gy = rand(&[n, c, oh, ow])?;
+        let gx = fused::maxpool_bwd(&gy, &x, g)?;
+        let on = |t: &candle_core::Tensor| t.to_device(dev);
+        compare(
+            &format!("max pool input gradient {n}x{c}x{h}x{w} k{k} s{st} p{p}"),
+            &gx,
+            &fused::maxpool_bwd(&on(&gy)?, &on(&x)?, g)?,
+        )?;
+    }
     if worst > 1e-5 {
         return Err(deepdream::Error::internal(format!(
             "the fused kernels on {device} differ from the CPU's by {worst:.2e}"

@@ -390,6 +390,139 @@ thread_local! {
     static OVERRIDE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
+/// A max pool's geometry: input `[n, c, h, w]`, output `[n, c, oh, ow]`; output (oy, ox)'s window
+/// is input rows `oy * sh - pt + ky` (`ky < kh`) and columns alike, pixels outside the input
+/// left out (as padding with -inf).
+#[derive(Clone, Copy, Debug)]
+pub struct MaxPool {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub pt: isize,
+    pub pl: isize,
+}
+
+impl MaxPool {
+    /// The flat index (in its plane) of the first maximum in scan order of output (oy, ox)'s
+    /// window, PyTorch's choice among ties; `None` for a window outside the input.
+    fn argmax(&self, plane: &[f32], oy: usize, ox: usize) -> Option<usize> {
+        let mut best: Option<(usize, f32)> = None;
+        for ky in 0..self.kh {
+            let iy = (oy * self.sh + ky) as isize - self.pt;
+            if iy < 0 || iy >= self.h as isize {
+                continue;
+            }
+            for kx in 0..self.kw {
+                let ix = (ox * self.sw + kx) as isize - self.pl;
+                if ix < 0 || ix >= self.w as isize {
+                    continue;
+                }
+                let at = iy as usize * self.w + ix as usize;
+                if best.is_none_or(|(_, m)| plane[at] > m) {
+                    best = Some((at, plane[at]));
+                }
+            }
+        }
+        best.map(|(at, _)| at)
+    }
+
+    fn check(&self, gy: &Layout, x: &Layout) -> Result<()> {
+        let want = [self.n * self.c * self.oh * self.ow, self.n * self.c * self.h * self.w];
+        let got = [gy.shape().elem_count(), x.shape().elem_count()];
+        if got != want || self.sh == 0 || self.sw == 0 {
+            bail!("max pool: tensors of {got:?} values for {self:?} (expected {want:?})");
+        }
+        Ok(())
+    }
+}
+
+/// The input gradient of a max pool, `gy` `[n, c, oh, ow]` and the pool's input `x`: each
+/// output's gradient goes to its window's first maximum. Composed from candle's ops this is
+/// about 130 ops a pool (a mask, a claim and a placement per kernel offset); here one, gathered
+/// per input pixel so that sums come out in the same order on every device.
+pub struct MaxPoolBwd(pub MaxPool);
+
+impl CustomOp2 for MaxPoolBwd {
+    fn name(&self) -> &'static str {
+        "deepdream-maxpool-bwd"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        g.check(gl, xl)?;
+        let (gy, x) = (slice(gs, gl)?, slice(xs, xl)?);
+        let mut gx = vec![0f32; g.n * g.c * g.h * g.w];
+        gx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(p, out)| {
+            let plane = &x[p * g.h * g.w..(p + 1) * g.h * g.w];
+            let gp = &gy[p * g.oh * g.ow..(p + 1) * g.oh * g.ow];
+            for iy in 0..g.h {
+                for ix in 0..g.w {
+                    // The outputs whose window holds (iy, ix), in scan order.
+                    let first = |i: usize, pad: isize, k: usize, s: usize| {
+                        let lo = i as isize + pad - k as isize + 1;
+                        if lo <= 0 { 0 } else { (lo as usize).div_ceil(s) }
+                    };
+                    let mut acc = 0f32;
+                    let mut oy = first(iy, g.pt, g.kh, g.sh);
+                    while oy < g.oh && (oy * g.sh) as isize - g.pt <= iy as isize {
+                        let mut ox = first(ix, g.pl, g.kw, g.sw);
+                        while ox < g.ow && (ox * g.sw) as isize - g.pl <= ix as isize {
+                            if g.argmax(plane, oy, ox) == Some(iy * g.w + ix) {
+                                acc += gp[oy * g.ow + ox];
+                            }
+                            ox += 1;
+                        }
+                        oy += 1;
+                    }
+                    out[iy * g.w + ix] = acc;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(gx), Shape::from((g.n, g.c, g.h, g.w))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+        let g = self.0;
+        g.check(gl, xl)?;
+        let dev = &gs.device;
+        let (gy, x) = (gpu::view(gs, gl)?, gpu::view(xs, xl)?);
+        let total = g.n * g.c * g.h * g.w;
+        // SAFETY: every element is written by the kernel below.
+        let gx = unsafe { dev.alloc::<f32>(total)? };
+        let f = dev.get_or_load_custom_func("dd_maxpool_bwd", "deepdream_kernels", gpu::PTX)?;
+        let mut a = f.builder();
+        let ints = [g.n * g.c, g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw].map(|v| v as i32);
+        let (pt, pl) = (g.pt as i32, g.pl as i32);
+        a.arg(&gy).arg(&x).arg(&gx);
+        for v in &ints {
+            a.arg(v);
+        }
+        a.arg(&pt).arg(&pl);
+        gpu::launch(&mut a, total)?;
+        drop(a);
+        Ok((candle_core::CudaStorage::wrap_cuda_slice(gx, dev.clone()), Shape::from((g.n, g.c, g.h, g.w))))
+    }
+}
+
+pub fn maxpool_bwd(gy: &Tensor, x: &Tensor, g: MaxPool) -> Result<Tensor> {
+    gy.contiguous()?.apply_op2_no_bwd(&x.contiguous()?, &MaxPoolBwd(g))
+}
+
 /// Whether the portable path uses the fused ops (`DEEPDREAM_FUSED=0` turns them off, for an
 /// A/B on a GPU; read once), unless [`with`] says otherwise on this thread.
 pub fn enabled() -> bool {

@@ -87,3 +87,48 @@ extern "C" __global__ void dd_act_mask(const float* gy, const float* y, float* g
     if (i >= total) return;
     g[i] = gy[i] * mask(y[i], act);
 }
+
+// The first maximum, in scan order, of the window of output (oy, ox): its flat input index, or
+// -1 if the window holds no input pixel. Window rows oy*sh - pt + ky, columns alike.
+__device__ __forceinline__ int window_argmax(const float* xp, int h, int wd, int oy, int ox,
+                                             int kh, int kw, int sh, int sw, int pt, int pl) {
+    int best = -1;
+    float m = 0.f;
+    for (int ky = 0; ky < kh; ky++) {
+        int iy = oy * sh - pt + ky;
+        if (iy < 0 || iy >= h) continue;
+        for (int kx = 0; kx < kw; kx++) {
+            int ix = ox * sw - pl + kx;
+            if (ix < 0 || ix >= wd) continue;
+            float v = xp[iy * wd + ix];
+            if (best < 0 || v > m) { best = iy * wd + ix; m = v; }
+        }
+    }
+    return best;
+}
+
+// Max-pool input gradient, gathered per input pixel: the sum, over the outputs (in scan order)
+// whose window's first maximum is this pixel, of their gradient.
+extern "C" __global__ void dd_maxpool_bwd(
+    const float* gy, const float* x, float* gx,
+    int nc, int h, int wd, int oh, int ow, int kh, int kw, int sh, int sw, int pt, int pl) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long total = (long long)nc * h * wd;
+    if (i >= total) return;
+    int ix = i % wd;
+    int iy = (i / wd) % h;
+    long long p = i / ((long long)h * wd);
+    const float* xp = x + p * (long long)h * wd;
+    const float* gp = gy + p * (long long)oh * ow;
+    int self = iy * wd + ix;
+    // Outputs whose window holds (iy, ix): oy*sh - pt <= iy <= oy*sh - pt + kh - 1.
+    int oy0 = iy + pt - kh + 1; oy0 = oy0 <= 0 ? 0 : (oy0 + sh - 1) / sh;
+    int ox0 = ix + pl - kw + 1; ox0 = ox0 <= 0 ? 0 : (ox0 + sw - 1) / sw;
+    float acc = 0.f;
+    for (int oy = oy0; oy < oh && oy * sh - pt <= iy; oy++) {
+        for (int ox = ox0; ox < ow && ox * sw - pl <= ix; ox++) {
+            if (window_argmax(xp, h, wd, oy, ox, kh, kw, sh, sw, pt, pl) == self) acc += gp[oy * ow + ox];
+        }
+    }
+    gx[i] = acc;
+}

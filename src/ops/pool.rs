@@ -120,6 +120,10 @@ impl Pool2d {
         let (t, b, l, r) = self.exact_padding(h, w, oh, ow);
         let (kh, kw) = self.kernel;
         let (sh, sw) = self.stride;
+        if self.kind == PoolKind::Max && super::fused::enabled() {
+            let g = super::fused::MaxPool { n, c, h, w, oh, ow, kh, kw, sh, sw, pt: t, pl: l };
+            return super::fused::maxpool_bwd(gy, x, g);
+        }
         let (hp, wp) = ((oh - 1) * sh + kh, (ow - 1) * sw + kw);
         let padded_grad = match self.kind {
             PoolKind::Avg { .. } => {
