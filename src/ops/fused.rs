@@ -84,6 +84,46 @@ impl Depthwise {
     }
 }
 
+#[cfg(feature = "cuda")]
+impl Depthwise {
+    /// Runs depthwise `kernel` of kernels.cu on its three inputs (forward: x, w, bias; backward:
+    /// gy, y, w); both kernels take the same arguments after them.
+    fn launch(
+        &self,
+        kernel: &str,
+        forward: bool,
+        [(s0, l0), (s1, l1), (s2, l2)]: [(&candle_core::CudaStorage, &Layout); 3],
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+        let g = *self;
+        g.check(forward, l0, l1, l2)?;
+        let dev = &s0.device;
+        let inputs = [gpu::view(s0, l0)?, gpu::view(s1, l1)?, gpu::view(s2, l2)?];
+        let shape = match forward {
+            true => Shape::from((g.n, g.c, g.oh, g.ow)),
+            false => Shape::from((g.n, g.c, g.h, g.w)),
+        };
+        let total = shape.elem_count();
+        // SAFETY: every element is written by the kernel below.
+        let out = unsafe { dev.alloc::<f32>(total)? };
+        let f = dev.get_or_load_custom_func(kernel, "deepdream_kernels", gpu::PTX)?;
+        let mut a = f.builder();
+        let ints = [g.n * g.c, g.c, g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.s].map(|v| v as i32);
+        let (pt, pl, act) = (g.pt as i32, g.pl as i32, act_code(g.act));
+        for v in &inputs {
+            a.arg(v);
+        }
+        a.arg(&out);
+        for v in &ints {
+            a.arg(v);
+        }
+        a.arg(&pt).arg(&pl).arg(&act);
+        gpu::launch(&mut a, total)?;
+        drop(a);
+        Ok((candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
+    }
+}
+
 /// `bias` one value per channel of `x` (`[n, c, ...]`), for [`BiasAct`].
 fn check_bias(x: &Layout, bias: &Layout) -> Result<()> {
     match x.shape().dims() {
@@ -185,26 +225,7 @@ impl CustomOp3 for DepthwiseFwd {
         bs: &candle_core::CudaStorage,
         bl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        let g = self.0;
-        g.check(true, xl, wl, bl)?;
-        let dev = &xs.device;
-        let (x, wt, b) = (gpu::view(xs, xl)?, gpu::view(ws, wl)?, gpu::view(bs, bl)?);
-        let total = g.n * g.c * g.oh * g.ow;
-        // SAFETY: every element is written by the kernel below.
-        let y = unsafe { dev.alloc::<f32>(total)? };
-        let f = dev.get_or_load_custom_func("dd_depthwise_fwd", "deepdream_kernels", gpu::PTX)?;
-        let mut a = f.builder();
-        let ints = [g.n * g.c, g.c, g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.s].map(|v| v as i32);
-        let (pt, pl, act) = (g.pt as i32, g.pl as i32, act_code(g.act));
-        a.arg(&x).arg(&wt).arg(&b).arg(&y);
-        for v in &ints {
-            a.arg(v);
-        }
-        a.arg(&pt).arg(&pl).arg(&act);
-        gpu::launch(&mut a, total)?;
-        drop(a);
-        Ok((candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((g.n, g.c, g.oh, g.ow))))
+        self.0.launch("dd_depthwise_fwd", true, [(xs, xl), (ws, wl), (bs, bl)])
     }
 }
 
@@ -269,26 +290,7 @@ impl CustomOp3 for DepthwiseBwd {
         ws: &candle_core::CudaStorage,
         wl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        let g = self.0;
-        g.check(false, gl, yl, wl)?;
-        let dev = &gs.device;
-        let (gy, y, wt) = (gpu::view(gs, gl)?, gpu::view(ys, yl)?, gpu::view(ws, wl)?);
-        let total = g.n * g.c * g.h * g.w;
-        // SAFETY: every element is written by the kernel below.
-        let gx = unsafe { dev.alloc::<f32>(total)? };
-        let f = dev.get_or_load_custom_func("dd_depthwise_bwd", "deepdream_kernels", gpu::PTX)?;
-        let mut a = f.builder();
-        let ints = [g.n * g.c, g.c, g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.s].map(|v| v as i32);
-        let (pt, pl, act) = (g.pt as i32, g.pl as i32, act_code(g.act));
-        a.arg(&gy).arg(&y).arg(&wt).arg(&gx);
-        for v in &ints {
-            a.arg(v);
-        }
-        a.arg(&pt).arg(&pl).arg(&act);
-        gpu::launch(&mut a, total)?;
-        drop(a);
-        Ok((candle_core::CudaStorage::wrap_cuda_slice(gx, dev.clone()), Shape::from((g.n, g.c, g.h, g.w))))
+        self.0.launch("dd_depthwise_bwd", false, [(gs, gl), (ys, yl), (ws, wl)])
     }
 }
 
