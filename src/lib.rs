@@ -11,6 +11,7 @@ pub mod config;
 pub mod device;
 pub mod dream;
 pub mod error;
+pub mod farm;
 pub mod io;
 pub mod media;
 pub mod model;

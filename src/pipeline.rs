@@ -556,7 +556,8 @@ fn dream_frames(
         let input = job.source.dream_input(frame, previous.as_ref());
         trace.add(1, &mut clock);
         let params = if input.continues { job.frame_params } else { job.params };
-        let image = dream_frame(job, &input.image, params, index, progress, (&mut trace, &mut clock))?;
+        let image =
+            dream_frame((job.net, job.backend), &input.image, params, index, progress, (&mut trace, &mut clock))?;
         send(Done { index, pts, image: image.clone(), fresh: true })?;
         trace.add(5, &mut clock);
         previous = Some(image);
@@ -577,7 +578,7 @@ impl Progress for Steps<'_> {
 }
 
 fn dream_frame(
-    job: &RenderJob,
+    (net, backend): (&dyn FeatureNet, &Backend),
     img: &RgbImage,
     params: &DreamParams,
     index: u64,
@@ -586,11 +587,154 @@ fn dream_frame(
 ) -> Result<RgbImage> {
     let mut p = params.clone();
     p.seed = params.seed.wrapping_add(index); // per-frame jitter, reproducible on resume
-    let pixels = io::to_tensor(img, &job.backend.device)?;
+    let pixels = io::to_tensor(img, &backend.device)?;
     trace.add(2, clock);
-    let out = dream::dream(job.net, &pixels, &p, &mut Steps(progress))?;
+    let out = dream::dream(net, &pixels, &p, &mut Steps(progress))?;
     trace.add(3, clock);
     let image = io::to_image(&out.pixels);
     trace.add(4, clock);
     image
+}
+
+/// One chunk of a farm render: the source's frames `range` (indices in the whole render, which
+/// seed their jitter, so each frame equals the one-machine render's), dreamed in order.
+pub struct ChunkJob<'a> {
+    pub net: &'a dyn FeatureNet,
+    pub backend: &'a Backend,
+    pub source: &'a dyn Source,
+    pub params: &'a DreamParams,
+    pub frame_params: &'a DreamParams,
+    pub range: std::ops::Range<u64>,
+    /// The dreamed frame before `range.start`, when the chunk resumes after it; none when the
+    /// chunk starts cold.
+    pub previous: Option<RgbImage>,
+}
+
+/// Renders a chunk: the source decodes on its own stage while the frames are dreamed here;
+/// each dreamed frame goes to `save` with its source frame, in order. Returns the frames
+/// dreamed; `Error::Cancelled` when the progress stops it (what was saved stays).
+pub fn render_chunk(
+    job: &ChunkJob,
+    save: &mut dyn FnMut(u64, &RgbImage, &RgbImage) -> Result<()>,
+    progress: &mut dyn FrameProgress,
+) -> Result<u64> {
+    let range = job.range.clone();
+    std::thread::scope(|s| {
+        let (frames_tx, frames_rx) = bounded::<Frame>(4);
+        let source = job.source;
+        let end = range.end;
+        let decoder = spawn(s, "decode", move || {
+            source.decode(range.start, &mut |f| f.index < end && frames_tx.send(f).is_ok())
+        })?;
+        let _ops = job.backend.enter();
+        let mut dream = || -> Result<u64> {
+            let mut previous = job.previous.clone();
+            let mut trace =
+                Trace::new("dream stage", &["wait for a frame", "transform", "upload", "dream", "download", "store"]);
+            let mut clock = std::time::Instant::now();
+            let mut done = 0;
+            for frame in frames_rx.iter() {
+                trace.add(0, &mut clock);
+                if frame.index < range.start {
+                    continue;
+                }
+                let (index, raw) = (frame.index, frame.image.clone());
+                let input = job.source.dream_input(frame, previous.as_ref());
+                trace.add(1, &mut clock);
+                let params = if input.continues { job.frame_params } else { job.params };
+                let image = dream_frame(
+                    (job.net, job.backend),
+                    &input.image,
+                    params,
+                    index,
+                    progress,
+                    (&mut trace, &mut clock),
+                )?;
+                save(index, &image, &raw)?;
+                trace.add(5, &mut clock);
+                previous = Some(image);
+                done += 1;
+                if !progress.frame(done, Some(range.end - range.start)) {
+                    return Err(Error::Cancelled);
+                }
+            }
+            Ok(done)
+        };
+        let dreamed = dream();
+        drop(frames_rx); // a decoder waiting to hand over a frame stops
+        let decoded = joined(decoder.join(), "decode");
+        let done = dreamed?;
+        decoded?;
+        if done < range.end - range.start {
+            return Err(Error::Usage(format!(
+                "the input has {} frames here, fewer than the plan's {}: it decodes differently on this machine",
+                range.start + done,
+                range.end
+            )));
+        }
+        Ok(done)
+    })
+}
+
+/// Frames already dreamed, encoded into an output: a farm's merge.
+pub struct EncodeJob<'a> {
+    pub output: &'a Path,
+    pub format: FrameFormat,
+    pub sink: &'a SinkOptions,
+    pub audio: Option<crate::media::AudioSource>,
+    /// Frames to encode (a loop's fade beyond the output's included).
+    pub frames: u64,
+    /// A seamless loop over this many frames (0: none): see [`Looper`].
+    pub loop_frames: u64,
+}
+
+/// Encodes frame `i` = `make(i)` (its pixels and timestamp) for every frame, in order, into the
+/// output: the frames are made on a stage of their own while the encoder works here. The
+/// output appears complete or not at all. Returns the frames written.
+pub fn encode(
+    job: &EncodeJob,
+    make: &(dyn Fn(u64) -> Result<(RgbImage, i64)> + Sync),
+    progress: &mut dyn FnMut(u64) -> bool,
+) -> Result<u64> {
+    let mut sink = sink::open(job.output, &job.format, job.sink, job.audio.as_ref())?;
+    std::thread::scope(|s| {
+        let (tx, rx) = bounded::<Result<(RgbImage, i64)>>(8);
+        let frames = job.frames;
+        let reader = spawn(s, "read", move || {
+            for i in 0..frames {
+                let frame = make(i);
+                let failed = frame.is_err();
+                if tx.send(frame).is_err() || failed {
+                    break;
+                }
+            }
+            Ok(())
+        })?;
+        let mut written = || -> Result<u64> {
+            let mut looper = Looper::new(job.loop_frames, Some(job.frames));
+            let (mut n, (w, h)) = (0, (job.format.width, job.format.height));
+            for (i, frame) in rx.iter().enumerate() {
+                let (image, pts) = frame?;
+                if image.dimensions() != (w, h) {
+                    return Err(Error::internal(format!("frame {} is not {w}x{h}", i + 1)));
+                }
+                if let Some((image, pts)) = looper.next(i as u64, &image, pts) {
+                    sink.write(&image, pts)?;
+                    n += 1;
+                }
+                if !progress(i as u64 + 1) {
+                    return Err(Error::Cancelled);
+                }
+            }
+            Ok(n)
+        };
+        let written = written();
+        drop(rx);
+        joined(reader.join(), "read")?;
+        written
+    })
+    .and_then(|n| {
+        sink.finish()?;
+        Ok(n)
+    })
 }

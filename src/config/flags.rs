@@ -221,6 +221,11 @@ pub struct VideoFlags {
     /// default 0). Given without --motion, it chooses blend.
     #[arg(long, allow_negative_numbers = true)]
     pub blend: Option<f64>,
+    /// A frame this different from the previous one (0..100, ffmpeg's scdet score; default
+    /// 10; 0: never) starts a new shot: the dream restarts there instead of carrying the
+    /// last shot's dream across the cut.
+    #[arg(long, allow_negative_numbers = true, value_name = "SCORE")]
+    pub scene_cut: Option<f64>,
     /// Start at this many seconds into the video (default 0).
     #[arg(long, allow_negative_numbers = true, value_name = "SECONDS")]
     pub start: Option<f64>,

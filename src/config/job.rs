@@ -91,6 +91,8 @@ pub struct VideoPlan {
     /// The dream of a frame that continues the previous one.
     pub frame_params: DreamParams,
     pub continuation: Continuation,
+    /// Where a new shot starts: [`crate::source::scenes::CutDetector`]'s threshold.
+    pub scene_cut: f64,
     pub start: Option<f64>,
     /// Where `start` was given, for [`Job::check_source`].
     #[serde(skip)]
@@ -248,13 +250,27 @@ impl Job {
             ),
             false => (Continuation::Blend { blend }, params.clone()),
         };
+        let scene_cut = pick(
+            flag("--scene-cut", &v.scene_cut),
+            s.file.get("video.scene_cut", &p.scene_cut),
+            DEFAULT_SCENE_CUT,
+            Rule::Between(0.0, 100.0),
+        )?;
         let (start_flag, start_preset) = (flag("--start", &v.start), s.file.get("video.start", &p.start));
         let start_origin = start_flag.as_ref().or(start_preset.as_ref()).map(|s| s.origin.clone());
         let start = optional(start_flag, start_preset, Rule::at_least(0.0))?;
         let duration =
             optional(flag("--duration", &v.duration), s.file.get("video.duration", &p.duration), Rule::Positive)?;
-        let plan =
-            VideoPlan { params, frame_params, continuation, start, start_origin, duration, encoder: s.encoder(e)? };
+        let plan = VideoPlan {
+            params,
+            frame_params,
+            continuation,
+            scene_cut,
+            start,
+            start_origin,
+            duration,
+            encoder: s.encoder(e)?,
+        };
         Ok(Job { resume: e.resume, ..s.job(input, output, Work::Video(Box::new(plan)))? })
     }
 
@@ -481,6 +497,9 @@ impl Job {
         Ok(crate::io::hex(&sha2::Sha256::digest(text.to_string().as_bytes())))
     }
 }
+
+/// ffmpeg's `scdet` threshold: hard cuts, not fast motion.
+const DEFAULT_SCENE_CUT: f64 = 10.0;
 
 /// Steps on a continuing zoom frame: zero zooms without dreaming.
 const STEP_COUNT: Rule = Rule::Between(0.0, 100_000.0);

@@ -189,6 +189,8 @@ pub struct VideoSection {
     pub frame_step: V<f64>,
     /// Blend: weight of the previous dreamed frame mixed into each input frame (0..1).
     pub blend: V<f64>,
+    /// The scene-cut threshold (0..100; 0: none): the temporal history restarts at a cut.
+    pub scene_cut: V<f64>,
     pub start: V<f64>,
     pub duration: V<f64>,
 }
@@ -224,7 +226,7 @@ merge_fields!(DreamSection: layers, octaves, octave_scale, steps, step, max_loss
 merge_fields!(ObjectiveSection: classes, class_mode, tv, guide, style; sections);
 merge_fields!(RegularizeSection: grad_blur, image_blur, decay, laplacian, clip, scale_jitter, rotate_jitter, decorrelate; sections);
 merge_fields!(ZoomSection: frames, duration, fps, zoom, zoom_per_second, rotate, pan, frame_steps, loop_frames; sections);
-merge_fields!(VideoSection: motion, warp, cut, frame_octaves, frame_steps, frame_step, blend, start, duration; sections);
+merge_fields!(VideoSection: motion, warp, cut, frame_octaves, frame_steps, frame_step, blend, scene_cut, start, duration; sections);
 merge_fields!(OutputSection: crf, preset; sections);
 
 /// How deep `base` chains may go.

@@ -98,6 +98,7 @@ fn every_bad_preset_value_names_its_file_line_and_key() {
         ("video", "", "motion = \"swirl\"", "video.motion"),
         ("video", "", "warp = 1.5", "video.warp"),
         ("video", "", "cut = nan", "video.cut"),
+        ("video", "", "scene_cut = 101", "video.scene_cut"),
         ("video", "", "frame_octaves = 0", "video.frame_octaves"),
         ("video", "", "frame_steps = 1000000", "video.frame_steps"),
         ("video", "", "frame_step = 0", "video.frame_step"),

@@ -20,7 +20,7 @@ pub trait FrameSink {
 }
 
 /// Encoder settings.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SinkOptions {
     /// x264/VP9 constant rate factor (lower is better; 18 is visually lossless).
     pub crf: u32,

@@ -4,6 +4,7 @@
 
 pub mod flow;
 pub mod motion;
+pub mod scenes;
 #[cfg(feature = "video")]
 pub mod video;
 
@@ -19,6 +20,8 @@ pub struct Frame {
     pub pts: i64,
     pub image: RgbImage,
     pub motion: Option<Box<motion::Motion>>,
+    /// The frame starts a new shot ([`scenes::CutDetector`]): the temporal history restarts.
+    pub cut: bool,
 }
 
 /// What the rest of the pipeline needs to know about a source.
@@ -98,7 +101,7 @@ impl Source for StillLoop {
         for index in 0..self.info.frames.unwrap_or(0) {
             // Only the first frame reads the still; the others are made from the dream.
             let image = if index == 0 { self.image.clone() } else { RgbImage::new(0, 0) };
-            if !emit(Frame { index, pts: index as i64, image, motion: None }) {
+            if !emit(Frame { index, pts: index as i64, image, motion: None, cut: false }) {
                 break;
             }
         }

@@ -19,6 +19,8 @@ pub struct VideoOptions {
     pub start: Option<f64>,
     /// Seconds to read.
     pub duration: Option<f64>,
+    /// The [`super::scenes::CutDetector`] threshold (0: no cuts are looked for).
+    pub scene_cut: f64,
 }
 
 fn err(path: &Path, reason: impl Into<String>) -> Error {
@@ -257,7 +259,7 @@ fn decode_counting(
                 _ => img,
             };
             let first = *first_ts.get_or_insert(ts);
-            let keep = emit(Frame { index: *count, pts: ts - first, image: img, motion: None });
+            let keep = emit(Frame { index: *count, pts: ts - first, image: img, motion: None, cut: false });
             *count += 1;
             Ok(keep)
         };
@@ -371,6 +373,11 @@ impl Source for VideoSource {
 
     fn decode(&self, needed: u64, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()> {
         let mut damaged = 0;
+        let mut scenes = super::scenes::CutDetector::new(self.options.scene_cut);
+        let emit = &mut |mut frame: Frame| {
+            frame.cut = scenes.next(&frame.image);
+            emit(frame)
+        };
         let decoded = match self.continuation {
             Continuation::Blend { .. } => decode_counting(&self.path, &self.options, emit, &mut damaged),
             Continuation::Flow { .. } => {
@@ -400,16 +407,16 @@ impl Source for VideoSource {
 
     fn dream_input(&self, frame: Frame, previous: Option<&RgbImage>) -> FrameInput {
         match (self.continuation, previous, &frame.motion) {
-            (Continuation::Flow { warp, cut }, Some(prev), Some(m)) if m.matched >= cut => {
+            (Continuation::Flow { warp, cut }, Some(prev), Some(m)) if !frame.cut && m.matched >= cut => {
                 FrameInput { image: motion::continue_from(&frame.image, prev, m, warp), continues: true }
             }
             // The first frame, or the first of a new shot: the full dream.
             (Continuation::Flow { .. }, ..) => FrameInput { image: frame.image, continues: false },
-            (Continuation::Blend { blend }, Some(prev), _) if blend > 0.0 => {
+            (Continuation::Blend { blend }, Some(prev), _) if blend > 0.0 && !frame.cut => {
                 FrameInput { image: super::blend_images(&frame.image, prev, blend), continues: true }
             }
             (Continuation::Blend { .. }, previous, _) => {
-                FrameInput { image: frame.image, continues: previous.is_some() }
+                FrameInput { continues: previous.is_some() && !frame.cut, image: frame.image }
             }
         }
     }
