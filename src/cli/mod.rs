@@ -22,6 +22,7 @@ macro_rules! tell {
     }};
 }
 
+mod farm;
 mod inspect;
 mod models;
 mod progress;
@@ -103,6 +104,49 @@ enum Command {
         #[command(flatten)]
         dream: DreamFlags,
     },
+    /// Cut a video render (or a zoom) into chunks for a render farm: Slurm job arrays, GNU
+    /// parallel, Kubernetes Indexed Jobs. Takes the flags of `video` (or, as `plan zoom`, of
+    /// `zoom`), decodes the input once, writes the plan beside the output and prints the
+    /// number of chunks. Then `render-chunk OUT I` for I in 0..N anywhere, and `merge OUT`.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Plan {
+        #[command(subcommand)]
+        zoom: Option<PlanZoom>,
+        /// The video: any container and codec ffmpeg decodes, or an animated GIF.
+        #[arg(required = true)]
+        input: Option<PathBuf>,
+        /// The output `merge` will write: .mp4, .mov, .mkv, .webm, .gif, or a directory for
+        /// PNG frames. The plan and the chunks go in a directory beside it.
+        #[arg(short, long, required = true)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        farm: farm::FarmFlags,
+        #[command(flatten)]
+        video: VideoFlags,
+        #[command(flatten)]
+        encode: EncodeFlags,
+        #[command(flatten)]
+        dream: DreamFlags,
+    },
+    /// Render chunk I of a plan (idempotent: a done chunk does nothing; resumes after a kill).
+    RenderChunk {
+        /// The output named to `plan`.
+        output: PathBuf,
+        /// The chunk, 0 to N-1 (e.g. $SLURM_ARRAY_TASK_ID, $JOB_COMPLETION_INDEX, GNU
+        /// parallel's {}).
+        index: usize,
+        /// Where to dream, overriding the plan's: e.g. cuda:1 for the second GPU.
+        #[arg(long, value_name = "DEVICE")]
+        device: Option<String>,
+    },
+    /// Encode the chunks of a plan, all done, into the output (audio kept), then remove them.
+    Merge {
+        /// The output named to `plan`.
+        output: PathBuf,
+        /// Keep the plan and the chunks after the merge.
+        #[arg(long)]
+        keep_chunks: bool,
+    },
     /// Print the ImageNet classes a model sees in an image. By default the image is prepared
     /// as the model was evaluated (torchvision's and timm's transform): the shorter side
     /// resized to the model's input side / 0.875, then the centre square of that side (224
@@ -145,6 +189,26 @@ enum Command {
         /// cuda, cuda:N or cpu-portable.
         #[arg(long, default_value = "cuda")]
         device: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlanZoom {
+    /// Plan a zoom (one chunk: a zoom is strictly sequential).
+    Zoom {
+        /// The image (PNG, JPEG, BMP, GIF, WebP, TIFF).
+        input: PathBuf,
+        /// Output: .gif, .mp4, .mov, .mkv, .webm, or a directory for PNG frames.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        farm: farm::FarmFlags,
+        #[command(flatten)]
+        zoom: ZoomFlags,
+        #[command(flatten)]
+        encode: EncodeFlags,
+        #[command(flatten)]
+        dream: DreamFlags,
     },
 }
 
@@ -197,6 +261,17 @@ pub fn run(cli: Cli, cancel: &Cancel) -> Result<()> {
         Command::Video { input, output, video, encode, dream } => {
             render::video(&input, &output, &dream, &video, &encode, cancel)
         }
+        Command::Plan { zoom: Some(PlanZoom::Zoom { input, output, farm: f, zoom, encode, dream }), .. } => {
+            farm::plan(farm::Planned::Zoom { input, output, dream, zoom, encode }, &f)
+        }
+        Command::Plan { zoom: None, input, output, farm: f, video, encode, dream } => {
+            let (Some(input), Some(output)) = (input, output) else {
+                return Err(deepdream::Error::usage("plan: give the input and -o OUTPUT"));
+            };
+            farm::plan(farm::Planned::Video { input, output, dream, video, encode }, &f)
+        }
+        Command::RenderChunk { output, index, device } => farm::render_chunk(&output, index, device.as_deref(), cancel),
+        Command::Merge { output, keep_chunks } => farm::merge(&output, keep_chunks),
         Command::Classify { input, top, model, max_size } => inspect::classify(&input, top, &model, max_size),
         Command::Layers { model, size } => inspect::layers(&model, &size),
         Command::Models { action } => models::run(action),

@@ -398,6 +398,55 @@ pub fn dream(
     Ok(())
 }
 
+/// A zoom or video job made ready to render: the job checked against its source and the
+/// network, the source opened, the model loaded. `farm` shares it with `zoom` and `video`.
+pub(super) struct Opened {
+    pub job: Job,
+    pub source: Box<dyn Source>,
+    pub backend: Backend,
+    pub net: std::sync::Arc<dyn FeatureNet>,
+}
+
+impl Opened {
+    /// The settings of a shot's first frame and of the frames that continue it, the encoder,
+    /// and a zoom loop's fade.
+    pub fn frames(&self) -> Result<Frames<'_>> {
+        match &self.job.work {
+            Work::Zoom(plan) => Ok(Frames {
+                params: &plan.params,
+                frame_params: &plan.frame_params,
+                encoder: &plan.encoder,
+                loop_frames: plan.loop_frames,
+            }),
+            Work::Video(plan) => Ok(Frames {
+                params: &plan.params,
+                frame_params: &plan.frame_params,
+                encoder: &plan.encoder,
+                loop_frames: 0,
+            }),
+            Work::Still { .. } => Err(Error::internal("a still job has no frames")),
+        }
+    }
+}
+
+pub(super) fn open_zoom(
+    input: &Path,
+    output: &Path,
+    flags: &DreamFlags,
+    z: &ZoomFlags,
+    e: &EncodeFlags,
+) -> Result<Opened> {
+    let mut job = Job::zoom(input, output, flags, z, e)?;
+    warn(&job);
+    warn_ignored(output, e);
+    let image = io::load_rgb(input, job.max_size)?;
+    let (backend, net) = prepare(&mut job, (image.height(), image.width()), Some(&image))?;
+    let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a zoom job without a zoom plan")) };
+    // A loop renders its fade's frames beyond the output's.
+    let source = Box::new(StillLoop::new(image, plan.rendered_frames(), plan.rate, plan.transform)?);
+    Ok(Opened { job, source, backend, net })
+}
+
 pub fn zoom(
     input: &Path,
     output: &Path,
@@ -406,32 +455,18 @@ pub fn zoom(
     e: &EncodeFlags,
     cancel: &Cancel,
 ) -> Result<()> {
-    let mut job = Job::zoom(input, output, flags, z, e)?;
-    warn(&job);
-    warn_ignored(output, e);
-    let image = io::load_rgb(input, job.max_size)?;
-    let (backend, net) = prepare(&mut job, (image.height(), image.width()), Some(&image))?;
-    let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a zoom job without a zoom plan")) };
-    // A loop renders its fade's frames beyond the output's.
-    let source = StillLoop::new(image, plan.rendered_frames(), plan.rate, plan.transform)?;
-    let frames = Frames {
-        params: &plan.params,
-        frame_params: &plan.frame_params,
-        encoder: &plan.encoder,
-        loop_frames: plan.loop_frames,
-    };
-    render(&job, net.as_ref(), &backend, &source, frames, cancel)
+    let o = open_zoom(input, output, flags, z, e)?;
+    render(&o.job, o.net.as_ref(), &o.backend, o.source.as_ref(), o.frames()?, cancel)
 }
 
 #[cfg(feature = "video")]
-pub fn video(
+pub(super) fn open_video(
     input: &Path,
     output: &Path,
     flags: &DreamFlags,
     v: &VideoFlags,
     e: &EncodeFlags,
-    cancel: &Cancel,
-) -> Result<()> {
+) -> Result<Opened> {
     use deepdream::source::video::{VideoOptions, VideoSource};
     let mut job = Job::video(input, output, flags, v, e)?;
     warn(&job);
@@ -454,15 +489,24 @@ pub fn video(
         false => None,
     };
     let (backend, net) = prepare(&mut job, (source.info().height, source.info().width), first.as_ref())?;
-    let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
-    let frames =
-        Frames { params: &plan.params, frame_params: &plan.frame_params, encoder: &plan.encoder, loop_frames: 0 };
-    render(&job, net.as_ref(), &backend, &source, frames, cancel)
+    Ok(Opened { job, source: Box::new(source), backend, net })
 }
 
 #[cfg(not(feature = "video"))]
-pub fn video(_: &Path, _: &Path, _: &DreamFlags, _: &VideoFlags, _: &EncodeFlags, _: &Cancel) -> Result<()> {
+pub(super) fn open_video(_: &Path, _: &Path, _: &DreamFlags, _: &VideoFlags, _: &EncodeFlags) -> Result<Opened> {
     Err(Error::Unsupported("this build has no video support (built without the `video` feature)".into()))
+}
+
+pub fn video(
+    input: &Path,
+    output: &Path,
+    flags: &DreamFlags,
+    v: &VideoFlags,
+    e: &EncodeFlags,
+    cancel: &Cancel,
+) -> Result<()> {
+    let o = open_video(input, output, flags, v, e)?;
+    render(&o.job, o.net.as_ref(), &o.backend, o.source.as_ref(), o.frames()?, cancel)
 }
 
 /// Warns of flags the job ignores.
@@ -482,12 +526,12 @@ fn warn_ignored(output: &Path, e: &EncodeFlags) {
 }
 
 /// What a render does with each frame.
-struct Frames<'a> {
-    params: &'a DreamParams,
-    frame_params: &'a DreamParams,
-    encoder: &'a SinkOptions,
+pub(super) struct Frames<'a> {
+    pub params: &'a DreamParams,
+    pub frame_params: &'a DreamParams,
+    pub encoder: &'a SinkOptions,
     /// A seamless loop over this many frames (zoom --loop; 0: none).
-    loop_frames: u64,
+    pub loop_frames: u64,
 }
 
 /// Runs a render with Ctrl-C finishing the file, and reports how it went.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 /// The dream settings every rendering command shares: a preset and overrides of it.
-#[derive(clap::Args, Debug, Default, Clone)]
+#[derive(clap::Args, Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DreamFlags {
     /// Built-in preset name (`deepdream presets` lists them) or a TOML file. Default: classic
     /// for dream, zoom for zoom, video for video.
@@ -139,7 +139,7 @@ pub struct DreamFlags {
 }
 
 /// Encoder flags shared by `zoom` and `video`.
-#[derive(clap::Args, Debug, Default, Clone)]
+#[derive(clap::Args, Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EncodeFlags {
     /// x264/VP9 constant rate factor, 0..63 (lower is better; default 18, the zoom and video
     /// presets 20). MP4, MOV, MKV and WebM only.
@@ -154,7 +154,7 @@ pub struct EncodeFlags {
 }
 
 /// `zoom`'s own flags.
-#[derive(clap::Args, Debug, Default, Clone)]
+#[derive(clap::Args, Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ZoomFlags {
     /// Number of frames, 1..1000000 (preset's; zoom 96; else 48).
     #[arg(long, allow_negative_numbers = true, value_name = "N")]
@@ -191,7 +191,7 @@ pub struct ZoomFlags {
 }
 
 /// `video`'s own flags.
-#[derive(clap::Args, Debug, Default, Clone)]
+#[derive(clap::Args, Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VideoFlags {
     /// How each frame continues the previous dreamed one: `flow` (carry the dream along the
     /// optical flow, so it moves with the scene, then dream lightly) or `blend` (mix the

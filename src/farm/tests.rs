@@ -49,4 +49,7 @@ fn the_crossfade_keeps_the_dream_strength_level() {
     let energy = |img: &RgbImage| img.as_raw().iter().map(|&v| (v as f64 - 128.0).powi(2)).sum::<f64>();
     let mid = crossfade(&raw, &a, &b, 0.5);
     assert!((energy(&mid) / energy(&a) - 1.0).abs() < 0.05, "{}", energy(&mid) / energy(&a));
+    // Correlated dreams (here the same one) keep their strength too, rather than growing by
+    // cos + sin = 1.41 in the middle.
+    assert_eq!(crossfade(&raw, &a, &a, 0.5), a);
 }
