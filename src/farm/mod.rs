@@ -366,8 +366,12 @@ impl FarmDir {
 /// The frames of a planned render in order, as the merge encodes them: each from the chunk
 /// that outputs it, cross-faded into the next chunk's where a faded seam follows.
 pub fn merged_frame(farm: &FarmDir, plan: &Plan, i: u64) -> Result<(RgbImage, i64)> {
-    let load =
-        |path: PathBuf, chunk: usize| io::load_rgb(&path, None).map_err(|e| damaged(chunk, &path, &e.to_string()));
+    let load = |path: PathBuf, chunk: usize| {
+        io::load_rgb(&path, None).map_err(|e| {
+            farm.undo(chunk);
+            damaged(chunk, &path, &e.to_string())
+        })
+    };
     let at = plan.chunks.partition_point(|c| c.end <= i);
     let chunk = plan.chunks.get(at).ok_or_else(|| Error::internal(format!("frame {i} is in no chunk")))?;
     let mut image = load(farm.frame_path(chunk.index, i), chunk.index)?;

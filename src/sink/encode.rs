@@ -450,6 +450,10 @@ impl Encoded {
 
 impl FrameSink for Encoded {
     fn write(&mut self, img: &RgbImage, pts: i64) -> Result<()> {
+        if img.dimensions() != (self.width, self.height) {
+            let (w, h) = img.dimensions();
+            return Err(Error::internal(format!("a {w}x{h} frame for a {}x{} output", self.width, self.height)));
+        }
         // Encoder timestamps must increase: GIF ticks are 1/100 s.
         let mut enc_pts = match self.kind {
             SinkKind::Gif => (pts as f64 * self.src_tb.as_f64() * 100.0).round() as i64,

@@ -4,6 +4,8 @@
 mod backward;
 mod cli;
 mod dream;
+#[cfg(feature = "video")]
+mod farm;
 mod fetch;
 mod first;
 mod hostile;

@@ -1,0 +1,260 @@
+//! Render farms end to end through the CLI: `plan`, `render-chunk` for every chunk, `merge`,
+//! against the one-machine render of the same clip: bit-identical where no frame depends on
+//! another or the seam is a scene cut, within the seam targets where chunks cross-fade. Then
+//! the faults: a killed chunk, a missing or damaged chunk, a plan whose settings changed.
+
+use crate::util::{deepdream, psnr, repo, scratch};
+use deepdream::media::{FrameFormat, Rational};
+use image::RgbImage;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+fn ok(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    err
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Small and quick: the dream barely changes between runs of these tests.
+const FAST: [&str; 8] = ["--max-size", "64", "--octaves", "1", "--steps", "1", "--step", "0.03"];
+
+/// A clip never seen before: three shots (the cat panning right, the coffee panning down,
+/// the cat close up panning left) of 14, 12 and 24 frames at 12 fps, 80x60, H.264, made
+/// with the project's own encoder.
+pub fn three_shot_clip(dir: &Path) -> PathBuf {
+    let clip = dir.join("shots.mp4");
+    let load = |name: &str, w: u32| {
+        let img = image::open(repo().join("examples").join(name)).unwrap().to_rgb8();
+        let h = img.height() * w / img.width();
+        image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle)
+    };
+    let (cat, coffee, close) = (load("chelsea.png", 160), load("coffee.jpg", 130), load("chelsea.png", 320));
+    let mut frames: Vec<RgbImage> = Vec::new();
+    for i in 0..14 {
+        frames.push(image::imageops::crop_imm(&cat, 10 + 4 * i, 20, 80, 60).to_image());
+    }
+    for i in 0..12 {
+        frames.push(image::imageops::crop_imm(&coffee, 20, 2 + 2 * i, 80, 60).to_image());
+    }
+    for i in 0..24 {
+        frames.push(image::imageops::crop_imm(&close, 150 - 3 * i, 40, 80, 60).to_image());
+    }
+    let format = FrameFormat { width: 80, height: 60, rate: Rational::new(12, 1), time_base: Rational::new(1, 12) };
+    let opts = deepdream::sink::SinkOptions { crf: 12, preset: "fast".into() };
+    let mut sink = deepdream::sink::open(&clip, &format, &opts, None).unwrap();
+    for (i, f) in frames.iter().enumerate() {
+        sink.write(f, i as i64).unwrap();
+    }
+    sink.finish().unwrap();
+    clip
+}
+
+/// Plans `clip` into `out` with `args`, renders every chunk one after the other, merges;
+/// returns the number of chunks and the plan's stderr.
+fn farm_render(clip: &Path, out: &Path, args: &[&str]) -> (usize, String) {
+    let mut plan = vec!["plan", s(clip), "-o", s(out)];
+    plan.extend(args);
+    let o = deepdream(&plan);
+    let said = ok(&o);
+    let n: usize = String::from_utf8_lossy(&o.stdout).trim().parse().expect("plan prints the number of chunks");
+    for i in 0..n {
+        ok(&deepdream(&["render-chunk", s(out), &i.to_string()]));
+    }
+    ok(&deepdream(&["merge", s(out)]));
+    (n, said)
+}
+
+fn one_machine(clip: &Path, out: &Path, args: &[&str]) {
+    ok(&deepdream(&[&["video", s(clip), "-o", s(out)][..], args].concat()));
+}
+
+fn pngs(dir: &Path) -> Vec<RgbImage> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    names.iter().map(|p| image::open(p).unwrap().to_rgb8()).collect()
+}
+
+fn source_frames(clip: &Path, max_size: u32) -> Vec<RgbImage> {
+    let mut out = Vec::new();
+    let options = deepdream::source::video::VideoOptions { max_size: Some(max_size), ..Default::default() };
+    deepdream::source::video::decode(clip, &options, &mut |f| {
+        out.push(f.image);
+        true
+    })
+    .unwrap();
+    out
+}
+
+#[test]
+fn independent_frames_merge_bit_identical_to_one_machine() {
+    let dir = scratch("farm-exact");
+    let clip = three_shot_clip(&dir);
+    let mut args = vec!["--motion", "blend", "--blend", "0"];
+    args.extend(FAST);
+    let (farm, one) = (dir.join("farm"), dir.join("one"));
+    let mut planned = args.clone();
+    planned.extend(["--chunk-frames", "10"]);
+    let (n, said) = farm_render(&clip, &farm, &planned);
+    assert_eq!(n, 5, "{said}");
+    assert!(said.contains("every seam exact"), "{said}");
+    one_machine(&clip, &one, &args);
+    let (a, b) = (pngs(&farm), pngs(&one));
+    assert_eq!(a.len(), 50);
+    assert!(a == b, "the merged frames differ from the one-machine render's");
+    assert!(!dir.join(".farm.farm").exists(), "merge removes the farm directory");
+}
+
+#[test]
+fn blended_video_seams_are_exact_at_cuts_and_faded_elsewhere() {
+    let dir = scratch("farm-blend");
+    let clip = three_shot_clip(&dir);
+    let mut args = vec!["--motion", "blend", "--blend", "0.5"];
+    args.extend(FAST);
+    let (farm, one) = (dir.join("farm"), dir.join("one"));
+    let mut planned = args.clone();
+    // Shots start at frames 14 and 26; chunks of 10 end at the cuts where they can. The
+    // chunk from 36 warms up from 20, through the cut at 26: exact too. The one from 46 fades.
+    planned.extend(["--chunk-frames", "10"]);
+    let plan = deepdream(&[&["plan", s(&clip), "-o", s(&farm)][..], &planned].concat());
+    let said = ok(&plan);
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(".farm.farm/plan.json")).unwrap()).unwrap();
+    let chunks: Vec<(u64, String)> = table["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["start"].as_u64().unwrap(), c["seam"].as_str().unwrap().to_owned()))
+        .collect();
+    let cuts: Vec<usize> = table["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f["cut"] == true)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(cuts, [14, 26], "{said}");
+    let seams: Vec<(u64, &str)> = chunks.iter().map(|(s, k)| (*s, k.as_str())).collect();
+    assert_eq!(seams, [(0, "first"), (14, "scene-cut"), (26, "scene-cut"), (36, "scene-cut"), (46, "faded")], "{said}");
+    for i in 0..chunks.len() {
+        ok(&deepdream(&["render-chunk", s(&farm), &i.to_string()]));
+    }
+    ok(&deepdream(&["merge", s(&farm)]));
+    one_machine(&clip, &one, &args);
+    let (a, b, raw) = (pngs(&farm), pngs(&one), source_frames(&clip, 64));
+    assert_eq!((a.len(), b.len(), raw.len()), (50, 50, 50));
+    // Exact up to the faded seam's cross-fade (frames 38..46).
+    let first_different = (0..50).find(|&i| a[i] != b[i]).unwrap();
+    assert_eq!(first_different, 38, "exact through the scene cuts");
+    // The seam targets: frame-to-frame change across the seam no worse than the worst step
+    // inside the shot by more than 0.5 dB; the dream strength within 1 dB across it.
+    let f2f = |t: usize| psnr(&a[t], &a[t - 1]);
+    let strength = |t: usize| psnr(&a[t], &raw[t]);
+    let inside = (27..=37).chain(48..50).map(f2f).fold(f64::INFINITY, f64::min);
+    let across = (38..=47).map(f2f).fold(f64::INFINITY, f64::min);
+    let (lo, hi) = (38..=47).map(strength).fold((f64::INFINITY, 0.0f64), |(l, h), v| (l.min(v), h.max(v)));
+    let before = (30..38).map(strength).sum::<f64>() / 8.0;
+    eprintln!(
+        "faded seam: worst step across {across:.2} dB, inside {inside:.2}; strength {lo:.2}..{hi:.2}, before {before:.2}"
+    );
+    assert!(across > inside - 0.5, "worst step across the seam {across:.2} dB vs {inside:.2} inside");
+    assert!((lo - before).abs() < 1.0 && (hi - before).abs() < 1.0, "strength {lo:.2}..{hi:.2} vs {before:.2}");
+}
+
+#[test]
+fn a_zoom_plans_one_chunk_and_merges_as_the_zoom() {
+    let dir = scratch("farm-zoom");
+    let still = repo().join("examples/chelsea.png");
+    let (farm, one) = (dir.join("farm"), dir.join("one"));
+    let zoom = ["--frames", "6", "--loop", "2", "--max-size", "48", "--octaves", "1", "--steps", "1"];
+    let plan = deepdream(&[&["plan", "zoom", s(&still), "-o", s(&farm)][..], &zoom].concat());
+    let said = ok(&plan);
+    assert_eq!(String::from_utf8_lossy(&plan.stdout).trim(), "1");
+    assert!(said.contains("a zoom is strictly sequential"), "{said}");
+    ok(&deepdream(&["render-chunk", s(&farm), "0"]));
+    ok(&deepdream(&["merge", s(&farm)]));
+    ok(&deepdream(&[&["zoom", s(&still), "-o", s(&one)][..], &zoom].concat()));
+    let (a, b) = (pngs(&farm), pngs(&one));
+    assert_eq!(a.len(), 6);
+    assert!(a == b, "the merged zoom differs from the zoom");
+}
+
+/// Runs `deepdream ARGS`, kills it (SIGKILL) once `dir` holds `frames` files, and waits.
+fn kill_after(args: &[&str], dir: &Path, frames: usize) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deepdream"))
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0) < frames && start.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn chunks_survive_kills_damage_and_changed_settings() {
+    let dir = scratch("farm-faults");
+    let clip = three_shot_clip(&dir);
+    let preset = dir.join("mine.toml");
+    std::fs::write(&preset, "base = \"video\"\n[dream]\noctave_scale = 1.4\n").unwrap();
+    let mut args = vec!["--preset", s(&preset), "--motion", "blend", "--blend", "0.5", "--chunk-frames", "10"];
+    args.extend(FAST);
+    let farm = dir.join("farm.mp4");
+    let plan = deepdream(&[&["plan", s(&clip), "-o", s(&farm)][..], &args].concat());
+    ok(&plan);
+    // Planning again with the same settings keeps the plan; other settings are refused.
+    let again = deepdream(&[&["plan", s(&clip), "-o", s(&farm)][..], &args].concat());
+    assert!(ok(&again).contains("the same plan was already there"));
+    let other = deepdream(&[&["plan", s(&clip), "-o", s(&farm), "--seed", "5"][..], &args].concat());
+    assert_eq!(other.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("--replace"));
+    let store = dir.join(".farm.mp4.farm");
+    // Chunk 0 is killed after a few frames; run again, it resumes.
+    kill_after(&["render-chunk", s(&farm), "0"], &store.join("chunk-0000"), 4);
+    assert!(!store.join("chunk-0000.done").exists());
+    let resumed = ok(&deepdream(&["render-chunk", s(&farm), "0"]));
+    assert!(resumed.contains("chunk 0: resuming after frame"), "{resumed}");
+    // A finished chunk does nothing.
+    assert!(ok(&deepdream(&["render-chunk", s(&farm), "0"])).contains("already done"));
+    // Merge with chunks missing names them.
+    ok(&deepdream(&["render-chunk", s(&farm), "2"]));
+    let merge = deepdream(&["merge", s(&farm)]);
+    assert_eq!(merge.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&merge.stderr);
+    assert!(err.contains("3 of 5 chunks are not done: 1, 3, 4"), "{err}");
+    assert!(!farm.exists());
+    // A chunk index outside the plan, and a changed preset, are refused.
+    let beyond = deepdream(&["render-chunk", s(&farm), "5"]);
+    assert_eq!(beyond.status.code(), Some(2));
+    std::fs::write(&preset, "base = \"video\"\n[dream]\noctave_scale = 1.5\n").unwrap();
+    let changed = deepdream(&["render-chunk", s(&farm), "1"]);
+    assert_eq!(changed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&changed.stderr).contains("differs from the plan's"));
+    std::fs::write(&preset, "base = \"video\"\n[dream]\noctave_scale = 1.4\n").unwrap();
+    for i in [1, 3, 4] {
+        ok(&deepdream(&["render-chunk", s(&farm), &i.to_string()]));
+    }
+    // A damaged frame: merge names the chunk, takes its completion back, and the chunk
+    // renders that frame again.
+    let frame = store.join("chunk-0001/000020.png");
+    let good = std::fs::read(&frame).unwrap();
+    std::fs::write(&frame, &good[..good.len() / 2]).unwrap();
+    let merge = deepdream(&["merge", s(&farm)]);
+    assert_eq!(merge.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&merge.stderr);
+    assert!(err.contains("chunk 1 is damaged") && err.contains("000020.png"), "{err}");
+    assert!(!farm.exists(), "a failed merge leaves no output");
+    ok(&deepdream(&["render-chunk", s(&farm), "1"]));
+    assert_eq!(std::fs::read(&frame).unwrap(), good, "the frame is rendered again, the same");
+    ok(&deepdream(&["merge", s(&farm)]));
+    let m = deepdream::source::video::summarize(&farm).unwrap();
+    assert_eq!((m.frames, m.rate), (50, Rational::new(12, 1)));
+    assert!(!store.exists());
+}
