@@ -9,6 +9,12 @@ set -euo pipefail
 PACKAGES=(gcc pkg-config clang libclang-dev libopenblas-dev libavcodec-dev libavformat-dev libavutil-dev
           libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev)
 
+# With --farm (scripts/test.sh passes it), the render-farm engines its tests run: Slurm
+# (slurmctld, slurmd, munge) for a one-node cluster, and GNU parallel.
+if [ "${1:-}" = "--farm" ]; then
+    PACKAGES+=(slurmctld slurmd slurm-client munge parallel)
+fi
+
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
