@@ -43,7 +43,7 @@ pub enum Planned {
 
 impl Planned {
     /// Absolute paths everywhere a path is given; `--resume` is refused (chunks resume).
-    pub fn new(mut self) -> Result<Planned> {
+    pub fn with_absolute_paths(mut self) -> Result<Planned> {
         let (input, output, dream, encode) = match &mut self {
             Planned::Video { input, output, dream, encode, .. }
             | Planned::Zoom { input, output, dream, encode, .. } => (input, output, dream, encode),
@@ -113,8 +113,9 @@ pub fn plan(planned: Planned, f: &FarmFlags) -> Result<()> {
     if f.chunk_frames == 0 {
         return Err(Error::usage("--chunk-frames: a chunk has at least one frame"));
     }
-    let planned = planned.new()?;
-    let opened = planned.open(None)?;
+    let planned = planned.with_absolute_paths()?;
+    // Checked on the CPU: the planning machine (a login node) need not have the workers' GPU.
+    let opened = planned.open(Some("cpu"))?;
     let info = opened.source.info().clone();
     let (frames, temporal, audio) = match &opened.job.work {
         Work::Zoom(z) => {
@@ -128,7 +129,7 @@ pub fn plan(planned: Planned, f: &FarmFlags) -> Result<()> {
                 true
             })?;
             let temporal = match v.continuation {
-                Continuation::Blend { blend } if blend == 0.0 => Temporal::None,
+                Continuation::Blend { blend: 0.0 } => Temporal::None,
                 _ => Temporal::Video,
             };
             let audio =
@@ -183,13 +184,23 @@ fn describe(plan: &Plan, farm: &FarmDir, kept: bool) {
             "one chunk: a zoom is strictly sequential (each frame is made from the previous dreamed frame)".to_owned()
         }
         Temporal::None => format!("{n} chunks; every seam exact (no frame depends on another)"),
-        Temporal::Video => format!(
-            "{n} chunks; {} seams exact at scene cuts, {} cross-faded (warm-up {}, fade {} frames; close to one machine, not equal)",
-            seams(Seam::SceneCut),
-            seams(Seam::Faded),
-            plan.warmup,
-            plan.crossfade
-        ),
+        Temporal::Video => {
+            let (exact, faded) = (seams(Seam::SceneCut), seams(Seam::Faded));
+            let mut parts = Vec::new();
+            if exact > 0 {
+                parts.push(format!("{exact} exact at a scene cut (or warmed up from one, or from the start)"));
+            }
+            if faded > 0 {
+                parts.push(format!(
+                    "{faded} cross-faded (warm-up {}, fade {} frames: close to one machine, not equal)",
+                    plan.warmup, plan.crossfade
+                ));
+            }
+            match parts.is_empty() {
+                true => format!("{n} chunks"),
+                false => format!("{n} chunks; seams: {}", parts.join(", ")),
+            }
+        }
     };
     let cuts = plan.frames.iter().filter(|f| f.cut).count();
     let scene = if cuts > 0 { format!(", {cuts} scene cuts") } else { String::new() };

@@ -47,6 +47,8 @@ pub struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest command's flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Dream a still image. The output keeps the input's colour profile and EXIF (with the
