@@ -53,15 +53,29 @@ pub fn three_shot_clip(dir: &Path) -> PathBuf {
     clip
 }
 
-/// Plans `clip` into `out` with `args`, renders every chunk one after the other, merges;
-/// returns the number of chunks and the plan's stderr.
+/// Plans `clip` into `out` with `args`, renders every chunk one after the other (chunk 0 by
+/// two workers at once, as Kubernetes may run an index twice), merges; returns the number of
+/// chunks and the plan's stderr.
 fn farm_render(clip: &Path, out: &Path, args: &[&str]) -> (usize, String) {
     let mut plan = vec!["plan", s(clip), "-o", s(out)];
     plan.extend(args);
     let o = deepdream(&plan);
     let said = ok(&o);
     let n: usize = String::from_utf8_lossy(&o.stdout).trim().parse().expect("plan prints the number of chunks");
-    for i in 0..n {
+    let twice: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_deepdream"))
+                .args(["render-chunk", s(out), "0"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for worker in twice {
+        ok(&worker.wait_with_output().unwrap());
+    }
+    for i in 1..n {
         ok(&deepdream(&["render-chunk", s(out), &i.to_string()]));
     }
     ok(&deepdream(&["merge", s(out)]));
