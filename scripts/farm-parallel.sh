@@ -22,7 +22,7 @@ while getopts j:g:S:L:h opt; do
     esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 3 ] || usage
+[ $# -ge 2 ] || usage
 command -v parallel >/dev/null || { echo "farm-parallel: GNU parallel is not installed (apt install parallel)" >&2; exit 2; }
 args=("$@") out=""
 for i in "${!args[@]}"; do
@@ -41,11 +41,14 @@ fi
 jobs=${jobs:-$((gpus > 0 ? gpus : 1))}
 
 n=$("$DEEPDREAM" plan "$@")
+# A job log from before the plan was (re)written speaks of other chunks: start afresh.
+plan=$(dirname "$out")/.$name.farm/plan.json
+if [ -f "$joblog" ] && [ "$plan" -nt "$joblog" ]; then rm -f "$joblog"; fi
 device=()
 [ "$gpus" -eq 0 ] || device=(--device 'cuda:$(( ({%} - 1) % '"$gpus"' ))')
 ssh=()
 [ -z "$hosts" ] || ssh=(--sshlogin "$hosts")
-bin=$(command -v "$DEEPDREAM")
+bin=$(realpath "$(command -v "$DEEPDREAM")")
 status=0
 seq 0 $((n - 1)) | parallel -j "$jobs" --joblog "$joblog" --resume-failed "${ssh[@]}" \
     "$(printf %q "$bin")" render-chunk "$(printf %q "$out")" {} "${device[@]}" || status=$?

@@ -26,7 +26,7 @@ while getopts p:g:d:s:l:h opt; do
     esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 3 ] || usage
+[ $# -ge 2 ] || usage
 # The output as every worker will name it: absolute.
 args=("$@") out=""
 for i in "${!args[@]}"; do
@@ -46,7 +46,7 @@ gres_arg=()
 [ "$gres" = none ] || gres_arg=(--gres="$gres")
 device_arg=""
 [ -z "$device" ] || device_arg=" --device $(printf %q "$device")"
-bin=$(printf %q "$(command -v "$DEEPDREAM")")
+bin=$(printf %q "$(realpath "$(command -v "$DEEPDREAM")")")
 target=$(printf %q "$out")
 chunks=$(sbatch --parsable --job-name="dream-$name" --array="0-$((n - 1))%$parallel" "${gres_arg[@]}" "${extra[@]}" \
     --output="$logs/chunk-%a.log" \

@@ -610,12 +610,22 @@ pub struct ChunkJob<'a> {
     pub previous: Option<RgbImage>,
 }
 
+/// A chunk's frame as it leaves the dream: its index and what the source said of it (its
+/// timestamp, whether it starts a shot), the dreamed pixels and the source's.
+pub struct ChunkFrame<'a> {
+    pub index: u64,
+    pub pts: i64,
+    pub cut: bool,
+    pub dreamed: &'a RgbImage,
+    pub raw: &'a RgbImage,
+}
+
 /// Renders a chunk: the source decodes on its own stage while the frames are dreamed here;
-/// each dreamed frame goes to `save` with its source frame, in order. Returns the frames
-/// dreamed; `Error::Cancelled` when the progress stops it (what was saved stays).
+/// each dreamed frame goes to `save`, in order. Returns the frames dreamed;
+/// `Error::Cancelled` when the progress stops it (what was saved stays).
 pub fn render_chunk(
     job: &ChunkJob,
-    save: &mut dyn FnMut(u64, &RgbImage, &RgbImage) -> Result<()>,
+    save: &mut dyn FnMut(ChunkFrame) -> Result<()>,
     progress: &mut dyn FrameProgress,
 ) -> Result<u64> {
     let range = job.range.clone();
@@ -638,7 +648,7 @@ pub fn render_chunk(
                 if frame.index < range.start {
                     continue;
                 }
-                let (index, raw) = (frame.index, frame.image.clone());
+                let (index, pts, cut, raw) = (frame.index, frame.pts, frame.cut, frame.image.clone());
                 let input = job.source.dream_input(frame, previous.as_ref());
                 trace.add(1, &mut clock);
                 let params = if input.continues { job.frame_params } else { job.params };
@@ -650,7 +660,7 @@ pub fn render_chunk(
                     progress,
                     (&mut trace, &mut clock),
                 )?;
-                save(index, &image, &raw)?;
+                save(ChunkFrame { index, pts, cut, dreamed: &image, raw: &raw })?;
                 trace.add(5, &mut clock);
                 previous = Some(image);
                 done += 1;

@@ -113,6 +113,13 @@ pub fn plan(planned: Planned, f: &FarmFlags) -> Result<()> {
     if f.chunk_frames == 0 {
         return Err(Error::usage("--chunk-frames: a chunk has at least one frame"));
     }
+    for (flag, value) in
+        [("--warmup", f.warmup.unwrap_or(0)), ("--crossfade", f.crossfade), ("--chunk-frames", f.chunk_frames)]
+    {
+        if value > 1_000_000 {
+            return Err(Error::usage(format!("{flag}: at most 1000000 frames, got {value}")));
+        }
+    }
     let planned = planned.with_absolute_paths()?;
     // Checked on the CPU: the planning machine (a login node) need not have the workers' GPU.
     let opened = planned.open(Some("cpu"))?;
@@ -268,7 +275,21 @@ pub fn render_chunk(output: &Path, index: usize, device: Option<&str>, cancel: &
         let px = (plan.height as usize, plan.width as usize);
         let mut bar = FrameBar::new(Some(chunk.end - from), frames.params, frames.frame_params, px, cancel);
         let start = std::time::Instant::now();
-        let done = pipeline::render_chunk(&job, &mut |i, dreamed, raw| farm.save(&chunk, i, dreamed, raw), &mut bar);
+        let mut save = |f: pipeline::ChunkFrame| {
+            // The frame table says what the input was where the plan was made.
+            let planned = plan.frames.get(f.index as usize).copied();
+            if planned != Some(PlannedFrame { pts: f.pts, cut: f.cut }) {
+                return Err(Error::usage(format!(
+                    "chunk {index}: frame {} decodes differently here (timestamp {}, scene cut {}) than where the plan was made ({}): another input, or another ffmpeg; plan on a machine like the workers",
+                    f.index + 1,
+                    f.pts,
+                    f.cut,
+                    planned.map_or("no such frame".to_owned(), |p| format!("timestamp {}, scene cut {}", p.pts, p.cut))
+                )));
+            }
+            farm.save(&chunk, f.index, f.dreamed, f.raw)
+        };
+        let done = pipeline::render_chunk(&job, &mut save, &mut bar);
         bar.finish();
         let done = done?;
         tell!(

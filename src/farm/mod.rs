@@ -159,7 +159,7 @@ pub fn chunk_table(cuts: &[bool], temporal: Temporal, chunk_frames: u64, warmup:
                 Temporal::None | Temporal::Zoom => Seam::Independent,
                 Temporal::Video => {
                     let fade = crossfade.min(start - chunks[index - 1].start);
-                    let warm = start.saturating_sub(fade + warmup);
+                    let warm = start.saturating_sub(fade.saturating_add(warmup));
                     // The latest point in the warm-up where the history restarts anyway.
                     match (warm..=start).rev().find(|&r| r == 0 || cuts[r as usize]) {
                         Some(r) => {
@@ -259,6 +259,9 @@ impl FarmDir {
                 env!("CARGO_PKG_VERSION")
             )));
         }
+        plan.check().map_err(|why| {
+            Error::usage(format!("the plan {} is damaged ({why}); plan again with --replace", path.display()))
+        })?;
         Ok(plan)
     }
 
@@ -267,10 +270,11 @@ impl FarmDir {
     /// Returns whether the plan was already there.
     pub fn write_plan(&self, plan: &Plan, replace: bool) -> Result<bool> {
         if self.exists() {
+            // Everything, the encoder and the version included (the fingerprint leaves those out).
             let same = std::fs::read_to_string(self.plan_path())
                 .ok()
-                .and_then(|t| serde_json::from_str::<Plan>(&t).ok())
-                .is_some_and(|old| old.fingerprint == plan.fingerprint && old.chunks == plan.chunks);
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|old| serde_json::to_value(plan).is_ok_and(|new| new == old));
             if same {
                 return Ok(true);
             }
@@ -305,6 +309,7 @@ impl FarmDir {
 
     /// Marks a chunk complete (atomically), recording the device that rendered it.
     pub fn mark_done(&self, chunk: usize, device: &str) -> Result<()> {
+        self.make_chunk_dir(chunk)?;
         let text = serde_json::json!({ "device": device, "host": host() }).to_string();
         write_unique(&self.done_path(chunk), |tmp| {
             std::fs::write(tmp, &text).map_err(|e| Error::Write { path: tmp.to_owned(), reason: e.to_string() })
@@ -316,10 +321,25 @@ impl FarmDir {
         let _ = std::fs::remove_file(self.done_path(chunk));
     }
 
+    /// Makes a chunk's directory inside the farm directory, never the farm directory itself: a
+    /// late worker (a second pod on one index) must not bring back a farm that was merged or
+    /// replaced meanwhile.
+    pub fn make_chunk_dir(&self, chunk: usize) -> Result<()> {
+        let dir = self.chunk_dir(chunk);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(_) if !self.exists() => Err(Error::usage(format!(
+                "the plan in {} is gone (merged, or replaced by another plan): nothing to render",
+                self.dir.display()
+            ))),
+            Err(e) => Err(Error::Output { path: dir, reason: e.to_string() }),
+        }
+    }
+
     /// Saves a chunk's dreamed frame `i` (and, where its fade needs it, the source frame).
     pub fn save(&self, chunk: &Chunk, i: u64, dreamed: &RgbImage, raw: &RgbImage) -> Result<()> {
-        let dir = self.chunk_dir(chunk.index);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::Output { path: dir.clone(), reason: e.to_string() })?;
+        self.make_chunk_dir(chunk.index)?;
         // The source frame first: a dreamed frame on disk means its source frame is there.
         if chunk.keeps_raw(i) {
             write_unique(&self.raw_path(chunk.index, i), |tmp| io::write_png_fast(raw, tmp))?;
@@ -332,7 +352,8 @@ impl FarmDir {
     pub fn resume_point(&self, chunk: &Chunk, size: (u32, u32)) -> (u64, Option<RgbImage>) {
         let whole = |i: u64| {
             let frame = io::load_rgb(&self.frame_path(chunk.index, i), None).ok().filter(|f| f.dimensions() == size);
-            let raw_ok = !chunk.keeps_raw(i) || png_size(&self.raw_path(chunk.index, i)) == Some(size);
+            let raw_ok = !chunk.keeps_raw(i)
+                || io::load_rgb(&self.raw_path(chunk.index, i), None).is_ok_and(|r| r.dimensions() == size);
             frame.filter(|_| raw_ok)
         };
         let mut previous = None;
@@ -394,6 +415,36 @@ pub fn damaged(chunk: usize, path: &Path, why: &str) -> Error {
 }
 
 impl Plan {
+    /// What the rest of the farm relies on: chunks numbered in order, covering the frames
+    /// without gaps, each warm-up and fade inside the frames before it.
+    fn check(&self) -> std::result::Result<(), String> {
+        let n = self.frames.len() as u64;
+        if self.chunks.is_empty() || n == 0 || self.width == 0 || self.height == 0 {
+            return Err("no frames or no chunks".into());
+        }
+        let mut next = 0;
+        for (i, c) in self.chunks.iter().enumerate() {
+            let previous_start = if i > 0 { self.chunks[i - 1].start } else { 0 };
+            let sound = c.index == i
+                && c.start == next
+                && c.start < c.end
+                && c.warm_start <= c.start
+                && c.fade <= c.start - previous_start
+                && c.fade <= c.start - c.warm_start;
+            if !sound {
+                return Err(format!("chunk {i} does not follow the one before"));
+            }
+            next = c.end;
+        }
+        if next != n {
+            return Err(format!("the chunks cover {next} frames of {n}"));
+        }
+        if self.loop_frames >= n {
+            return Err("the loop is longer than the render".into());
+        }
+        Ok(())
+    }
+
     pub fn frame_format(&self) -> FrameFormat {
         FrameFormat { width: self.width, height: self.height, rate: self.rate, time_base: self.time_base }
     }

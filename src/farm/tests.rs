@@ -53,3 +53,39 @@ fn the_crossfade_keeps_the_dream_strength_level() {
     // cos + sin = 1.41 in the middle.
     assert_eq!(crossfade(&raw, &a, &a, 0.5), a);
 }
+
+fn plan(chunks: Vec<Chunk>, frames: usize) -> Plan {
+    Plan {
+        format: PLAN_FORMAT,
+        version: env!("CARGO_PKG_VERSION").into(),
+        command: serde_json::Value::Null,
+        fingerprint: String::new(),
+        output: PathBuf::from("out.mp4"),
+        width: 8,
+        height: 8,
+        rate: Rational::new(25, 1),
+        time_base: Rational::new(1, 25),
+        encoder: SinkOptions::default(),
+        audio: None,
+        loop_frames: 0,
+        frames: vec![PlannedFrame { pts: 0, cut: false }; frames],
+        temporal: Temporal::Video,
+        warmup: 8,
+        crossfade: 8,
+        chunks,
+    }
+}
+
+#[test]
+fn a_damaged_chunk_table_is_refused_on_reading() {
+    let good = chunk_table(&cuts_at(100, &[]), Temporal::Video, 30, 8, 8);
+    assert_eq!(plan(good.clone(), 100).check(), Ok(()));
+    assert!(plan(good.clone(), 101).check().is_err(), "frames no chunk outputs");
+    assert!(plan(Vec::new(), 100).check().is_err());
+    let mut gap = good.clone();
+    gap[2].start += 1;
+    assert!(plan(gap, 100).check().is_err());
+    let mut fade = good;
+    fade[1].fade = 40;
+    assert!(plan(fade, 100).check().is_err(), "a fade reaching past the warm-up");
+}

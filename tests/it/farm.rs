@@ -229,6 +229,10 @@ fn chunks_survive_kills_damage_and_changed_settings() {
     let other = deepdream(&[&["plan", s(&clip), "-o", s(&farm), "--seed", "5"][..], &args].concat());
     assert_eq!(other.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&other.stderr).contains("--replace"));
+    // The encoder is not in the fingerprint (frames do not depend on it), but a plan is kept
+    // only when everything is the same.
+    let crf = deepdream(&[&["plan", s(&clip), "-o", s(&farm), "--crf", "30"][..], &args].concat());
+    assert_eq!(crf.status.code(), Some(2));
     let store = dir.join(".farm.mp4.farm");
     // Chunk 0 is killed after a few frames; run again, it resumes.
     kill_after(&["render-chunk", s(&farm), "0"], &store.join("chunk-0000"), 4);
@@ -267,6 +271,14 @@ fn chunks_survive_kills_damage_and_changed_settings() {
     assert!(!farm.exists(), "a failed merge leaves no output");
     ok(&deepdream(&["render-chunk", s(&farm), "1"]));
     assert_eq!(std::fs::read(&frame).unwrap(), good, "the frame is rendered again, the same");
+    // The same for a source frame kept for the cross-fade into chunk 4 (from frame 46).
+    let raw = store.join("chunk-0004/raw-000040.png");
+    let good = std::fs::read(&raw).unwrap();
+    std::fs::write(&raw, &good[..good.len() / 2]).unwrap();
+    let merge = deepdream(&["merge", s(&farm)]);
+    assert!(String::from_utf8_lossy(&merge.stderr).contains("chunk 4 is damaged"));
+    ok(&deepdream(&["render-chunk", s(&farm), "4"]));
+    assert_eq!(std::fs::read(&raw).unwrap(), good);
     ok(&deepdream(&["merge", s(&farm)]));
     let m = deepdream::source::video::summarize(&farm).unwrap();
     assert_eq!((m.frames, m.rate), (50, Rational::new(12, 1)));
