@@ -7,8 +7,10 @@ use super::Cancel;
 use super::progress::FrameBar;
 use super::render::{Opened, open_video, open_zoom};
 use deepdream::config::{DreamFlags, EncodeFlags, VideoFlags, Work, ZoomFlags};
+use deepdream::farm::source::{PlannedSource, frame_crc};
 use deepdream::farm::{self, Chunk, FarmDir, Plan, PlannedAudio, PlannedFrame, Seam, Temporal};
 use deepdream::pipeline::{self, ChunkJob};
+use deepdream::source::SeekTo;
 use deepdream::source::motion::Continuation;
 use deepdream::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -126,13 +128,14 @@ pub fn plan(planned: Planned, f: &FarmFlags) -> Result<()> {
     let info = opened.source.info().clone();
     let (frames, temporal, audio) = match &opened.job.work {
         Work::Zoom(z) => {
-            let frames = (0..z.rendered_frames()).map(|i| PlannedFrame { pts: i as i64, cut: false }).collect();
+            let frames =
+                (0..z.rendered_frames()).map(|i| PlannedFrame { pts: i as i64, cut: false, crc: None }).collect();
             (frames, Temporal::Zoom, None)
         }
         Work::Video(v) => {
             let mut frames = Vec::new();
             opened.source.decode(u64::MAX, &mut |f| {
-                frames.push(PlannedFrame { pts: f.pts, cut: f.cut });
+                frames.push(PlannedFrame { pts: f.pts, cut: f.cut, crc: Some(frame_crc(&f.image)) });
                 true
             })?;
             let temporal = match v.continuation {
@@ -257,16 +260,25 @@ pub fn render_chunk(output: &Path, index: usize, device: Option<&str>, cancel: &
             info.width, info.height, plan.width, plan.height
         )));
     }
-    let (from, previous) = farm.resume_point(&chunk, size);
-    if from > chunk.warm_start {
-        tell!("chunk {index}: resuming after frame {from} (frames {}..{} are stored)", chunk.warm_start + 1, from);
-    }
-    if from < chunk.end {
+    let mut may_seek = plan.temporal != Temporal::Zoom;
+    let mut first = true;
+    loop {
+        let (from, previous) = farm.resume_point(&chunk, size);
+        if first && from > chunk.warm_start {
+            tell!("chunk {index}: resuming after frame {from} (frames {}..{} are stored)", chunk.warm_start + 1, from);
+        }
+        first = false;
+        if from >= chunk.end {
+            break;
+        }
+        // From the keyframe before the frame ahead of the first to dream (the flow needs it).
+        let seek = (may_seek && from > 0).then(|| SeekTo { index: from - 1, pts: plan.frames[from as usize - 1].pts });
+        let source = PlannedSource::new(opened.source.as_ref(), &plan.frames, seek);
         let frames = opened.frames()?;
         let job = ChunkJob {
             net: opened.net.as_ref(),
             backend: &opened.backend,
-            source: opened.source.as_ref(),
+            source: &source,
             params: frames.params,
             frame_params: frames.frame_params,
             range: from..chunk.end,
@@ -275,29 +287,30 @@ pub fn render_chunk(output: &Path, index: usize, device: Option<&str>, cancel: &
         let px = (plan.height as usize, plan.width as usize);
         let mut bar = FrameBar::new(Some(chunk.end - from), frames.params, frames.frame_params, px, cancel);
         let start = std::time::Instant::now();
-        let mut save = |f: pipeline::ChunkFrame| {
-            // The frame table says what the input was where the plan was made.
-            let planned = plan.frames.get(f.index as usize).copied();
-            if planned != Some(PlannedFrame { pts: f.pts, cut: f.cut }) {
-                return Err(Error::usage(format!(
-                    "chunk {index}: frame {} decodes differently here (timestamp {}, scene cut {}) than where the plan was made ({}): another input, or another ffmpeg; plan on a machine like the workers",
-                    f.index + 1,
-                    f.pts,
-                    f.cut,
-                    planned.map_or("no such frame".to_owned(), |p| format!("timestamp {}, scene cut {}", p.pts, p.cut))
-                )));
-            }
-            farm.save(&chunk, f.index, f.dreamed, f.raw)
-        };
+        let mut save = |f: pipeline::ChunkFrame| farm.save(&chunk, f.index, f.dreamed, f.raw);
         let done = pipeline::render_chunk(&job, &mut save, &mut bar);
         bar.finish();
-        let done = done?;
-        tell!(
-            "chunk {index}: frames {}..{} dreamed ({:.2} s per frame)",
-            from + 1,
-            chunk.end,
-            start.elapsed().as_secs_f64() / done.max(1) as f64
-        );
+        match (done, source.mismatch()) {
+            (Ok(done), None) => {
+                tell!(
+                    "chunk {index}: frames {}..{} dreamed ({:.2} s per frame)",
+                    from + 1,
+                    chunk.end,
+                    start.elapsed().as_secs_f64() / done.max(1) as f64
+                );
+                break;
+            }
+            (_, Some(what)) if source.seeks() => {
+                tell!("chunk {index}: after a seek {what}; decoding from the start instead");
+                may_seek = false;
+            }
+            (_, Some(what)) => {
+                return Err(Error::usage(format!(
+                    "chunk {index}: the input decodes differently here than where the plan was made ({what}): another input file, or another ffmpeg; plan on a machine like the workers"
+                )));
+            }
+            (Err(e), None) => return Err(e),
+        }
     }
     // The kind of device: frames from cuda:0 and cuda:1 match, from a CPU and a GPU not.
     let kind = match opened.job.device {

@@ -472,8 +472,13 @@ pub(super) fn open_video(
     warn(&job);
     warn_ignored(output, e);
     let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
-    let options =
-        VideoOptions { max_size: job.max_size, start: plan.start, duration: plan.duration, scene_cut: plan.scene_cut };
+    let options = VideoOptions {
+        max_size: job.max_size,
+        start: plan.start,
+        duration: plan.duration,
+        scene_cut: plan.scene_cut,
+        seek: None,
+    };
     let source = VideoSource::open(input, options.clone(), plan.continuation)?;
     job.check_source(source.info())?;
     // A `LAYER:topK` term picks its channels on the first frame.

@@ -22,6 +22,8 @@
 //! chunk's last `crossfade` frames into its frames on the dream residual, with equal-power
 //! weights ([`crossfade`]). A zoom is strictly sequential: one chunk.
 
+pub mod source;
+
 use crate::media::{AudioSource, FrameFormat, Rational};
 use crate::sink::SinkOptions;
 use crate::{Error, Result, io};
@@ -77,10 +79,13 @@ pub struct PlannedAudio {
     pub duration: Option<f64>,
 }
 
+/// A frame as the plan decoded it: its timestamp, whether it starts a new shot, and a CRC-32
+/// of its pixels (none for a zoom's frames, which are made, not decoded).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PlannedFrame {
     pub pts: i64,
     pub cut: bool,
+    pub crc: Option<u32>,
 }
 
 /// How frames depend on earlier dreamed frames.

@@ -68,7 +68,7 @@ fn plan(chunks: Vec<Chunk>, frames: usize) -> Plan {
         encoder: SinkOptions::default(),
         audio: None,
         loop_frames: 0,
-        frames: vec![PlannedFrame { pts: 0, cut: false }; frames],
+        frames: vec![PlannedFrame { pts: 0, cut: false, crc: None }; frames],
         temporal: Temporal::Video,
         warmup: 8,
         crossfade: 8,

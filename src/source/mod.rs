@@ -24,6 +24,13 @@ pub struct Frame {
     pub cut: bool,
 }
 
+/// A frame to start decoding at: its index, and its timestamp as [`Frame::pts`] gives it.
+#[derive(Clone, Copy, Debug)]
+pub struct SeekTo {
+    pub index: u64,
+    pub pts: i64,
+}
+
 /// What the rest of the pipeline needs to know about a source.
 #[derive(Clone, Debug)]
 pub struct SourceInfo {
@@ -54,6 +61,13 @@ pub trait Source: Sync {
     /// Frames before `needed` (already rendered, on a resume) are handed on too, but need
     /// not carry their motion.
     fn decode(&self, needed: u64, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()>;
+    /// [`Source::decode`] from about frame `from.index` (a farm chunk's): a source that can
+    /// seek starts there, with the indices and timestamps a decode from the start gives, and
+    /// no scene cuts known for its first frames; the others decode from the start.
+    fn decode_from(&self, from: SeekTo, needed: u64, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()> {
+        let _ = from;
+        self.decode(needed, emit)
+    }
     /// What to dream for `frame`, given the previous dreamed frame (none for the first).
     fn dream_input(&self, frame: Frame, previous: Option<&RgbImage>) -> FrameInput;
     /// Audio to carry into the output.

@@ -21,6 +21,18 @@ pub struct VideoOptions {
     pub duration: Option<f64>,
     /// The [`super::scenes::CutDetector`] threshold (0: no cuts are looked for).
     pub scene_cut: f64,
+    /// Start at a frame found before (a farm chunk's), by seeking: frames before it are not
+    /// handed on, and its index and timestamp are those a decode from the start gives it.
+    pub seek: Option<Seeked>,
+}
+
+/// Where a seek lands: the frame's index in the range, its timestamp in the working time base
+/// counted from the file's start (not from the range's first frame), and that first frame's.
+#[derive(Clone, Copy, Debug)]
+pub struct Seeked {
+    pub index: u64,
+    pub ts: i64,
+    pub origin: i64,
 }
 
 fn err(path: &Path, reason: impl Into<String>) -> Error {
@@ -179,15 +191,24 @@ pub fn probe(path: &Path, opts: &VideoOptions) -> Result<SourceInfo> {
 /// Decodes every frame in the chosen range and hands it to `emit`, in order; `emit` returns
 /// false to stop early. Returns the number of frames emitted.
 pub fn decode(path: &Path, opts: &VideoOptions, emit: &mut dyn FnMut(Frame) -> bool) -> Result<u64> {
-    decode_counting(path, opts, emit, &mut 0)
+    decode_counting(path, opts, emit, &mut Tally::default())
 }
 
-/// [`decode`], counting into `damaged` the packets the decoder refused (and skipped).
+/// What a decode saw beside its frames.
+#[derive(Default)]
+struct Tally {
+    /// Packets the decoder refused (and skipped).
+    damaged: u64,
+    /// The first frame's timestamp, counted from the file's start.
+    origin: Option<i64>,
+}
+
+/// [`decode`], counting what it saw into `tally`.
 fn decode_counting(
     path: &Path,
     opts: &VideoOptions,
     emit: &mut dyn FnMut(Frame) -> bool,
-    damaged: &mut u64,
+    tally: &mut Tally,
 ) -> Result<u64> {
     let mut o = open(path)?;
     let (w, h) = out_size(&o, opts.max_size);
@@ -201,13 +222,23 @@ fn decode_counting(
     // increasing; one frame after the last where a frame has none (raw .h264 streams) or
     // repeats one.
     let mut last_ts: Option<i64> = None;
-    if let Some(s) = opts.start.filter(|&s| s > 0.0) {
+    if let Some(k) = opts.seek {
+        // To a keyframe before the frame. Containers seek by decoding time: a keyframe whose
+        // decoding time is before the frame may still be shown after it (B-frames), and the
+        // frames shown between are then lost. A margin longer than any reordering (a second,
+        // and at least 16 frames) lands on a keyframe shown before the frame.
+        let margin = (16.0 / o.rate.as_f64()).max(1.0);
+        let t = ((k.ts as f64 * tb - margin) * ffmpeg::ffi::AV_TIME_BASE as f64).floor() as i64;
+        o.ictx.seek(t, ..t).map_err(|e| err(path, format!("cannot seek to frame {} ({e})", k.index + 1)))?;
+    } else if let Some(s) = opts.start.filter(|&s| s > 0.0) {
         let t = (s * ffmpeg::ffi::AV_TIME_BASE as f64) as i64;
         o.ictx.seek(t, ..t).map_err(|e| err(path, format!("cannot seek to {s} s ({e})")))?;
     }
+    let skip_before = opts.seek.map(|k| k.ts);
     let mut scaler: Option<(ScalerKey, scaling::Context)> = None;
-    let mut first_ts: Option<i64> = None;
-    let mut count = 0u64;
+    let mut first_ts: Option<i64> = opts.seek.map(|k| k.origin);
+    let mut count = opts.seek.map_or(0, |k| k.index);
+    let counted_from = count;
     let mut done = false;
     let mut handle =
         |frame: &Video, scaler: &mut Option<(ScalerKey, scaling::Context)>, count: &mut u64| -> Result<bool> {
@@ -218,7 +249,7 @@ fn decode_counting(
                 (None, None) => 0,
             };
             last_ts = Some(ts);
-            if start_ts.is_some_and(|s| ts < s) {
+            if start_ts.is_some_and(|s| ts < s) || skip_before.is_some_and(|s| ts < s) {
                 return Ok(true);
             }
             if end_ts.is_some_and(|e| ts >= e) {
@@ -259,6 +290,7 @@ fn decode_counting(
                 _ => img,
             };
             let first = *first_ts.get_or_insert(ts);
+            tally.origin = Some(first);
             let keep = emit(Frame { index: *count, pts: ts - first, image: img, motion: None, cut: false });
             *count += 1;
             Ok(keep)
@@ -269,7 +301,7 @@ fn decode_counting(
             continue;
         }
         if o.decoder.send_packet(&packet).is_err() {
-            *damaged += 1;
+            tally.damaged += 1;
             continue; // a damaged packet: skip it, as ffmpeg does
         }
         while o.decoder.receive_frame(&mut decoded).is_ok() {
@@ -289,6 +321,9 @@ fn decode_counting(
                 break;
             }
         }
+    }
+    if count == counted_from && opts.seek.is_some() {
+        return Err(err(path, format!("no frame at or after frame {}", counted_from + 1)));
     }
     if count == 0 {
         let reason = match (opts.start, opts.duration) {
@@ -366,20 +401,16 @@ impl VideoSource {
     }
 }
 
-impl Source for VideoSource {
-    fn info(&self) -> &SourceInfo {
-        &self.info
-    }
-
-    fn decode(&self, needed: u64, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()> {
-        let mut damaged = 0;
-        let mut scenes = super::scenes::CutDetector::new(self.options.scene_cut);
+impl VideoSource {
+    fn decode_with(&self, options: &VideoOptions, needed: u64, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()> {
+        let mut tally = Tally::default();
+        let mut scenes = super::scenes::CutDetector::new(options.scene_cut);
         let emit = &mut |mut frame: Frame| {
             frame.cut = scenes.next(&frame.image);
             emit(frame)
         };
         let decoded = match self.continuation {
-            Continuation::Blend { .. } => decode_counting(&self.path, &self.options, emit, &mut damaged),
+            Continuation::Blend { .. } => decode_counting(&self.path, options, emit, &mut tally),
             Continuation::Flow { .. } => {
                 let params = DisParams::for_size(self.info.width as usize, self.info.height as usize);
                 let mut previous: Option<Plane> = None;
@@ -391,11 +422,41 @@ impl Source for VideoSource {
                     previous = Some(plane);
                     emit(frame)
                 };
-                decode_counting(&self.path, &self.options, &mut with_motion, &mut damaged)
+                decode_counting(&self.path, options, &mut with_motion, &mut tally)
             }
         };
-        self.damaged.store(damaged, std::sync::atomic::Ordering::Relaxed);
+        self.damaged.store(tally.damaged, std::sync::atomic::Ordering::Relaxed);
         decoded.map(|_| ())
+    }
+}
+
+impl Source for VideoSource {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn decode(&self, needed: u64, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()> {
+        self.decode_with(&self.options, needed, emit)
+    }
+
+    /// Seeks to the keyframe before frame `from.index` (found from the first frame's timestamp
+    /// and `from.pts`, as a decode from the start counts them) and decodes from there. The
+    /// scene cuts of the first frames handed on are not known (their history was skipped).
+    fn decode_from(&self, from: super::SeekTo, needed: u64, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()> {
+        let mut tally = Tally::default();
+        decode_counting(&self.path, &self.options, &mut |_| false, &mut tally)?;
+        let origin = tally.origin.ok_or_else(|| err(&self.path, "no frames could be decoded"))?;
+        let seek = Seeked { index: from.index, ts: origin + from.pts, origin };
+        let mut emitted = false;
+        let seeked = self.decode_with(&VideoOptions { seek: Some(seek), ..self.options.clone() }, needed, &mut |f| {
+            emitted = true;
+            emit(f)
+        });
+        match seeked {
+            // A container that cannot seek: from the start, as a plain decode.
+            Err(_) if !emitted => self.decode_with(&self.options, needed, emit),
+            result => result,
+        }
     }
 
     fn notes(&self) -> Vec<String> {

@@ -4,7 +4,7 @@
 //! the faults: a killed chunk, a missing or damaged chunk, a plan whose settings changed.
 
 use crate::util::{deepdream, psnr, repo, scratch};
-use deepdream::media::{FrameFormat, Rational};
+use deepdream::media::Rational;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -23,8 +23,8 @@ fn s(p: &Path) -> &str {
 const FAST: [&str; 8] = ["--max-size", "64", "--octaves", "1", "--steps", "1", "--step", "0.03"];
 
 /// A clip never seen before: three shots (the cat panning right, the coffee panning down,
-/// the cat close up panning left) of 14, 12 and 24 frames at 12 fps, 80x60, H.264, made
-/// with the project's own encoder.
+/// the cat close up panning left) of 14, 12 and 24 frames at 12 fps, 80x60, H.264 with a
+/// keyframe every 6 frames.
 pub fn three_shot_clip(dir: &Path) -> PathBuf {
     let clip = dir.join("shots.mp4");
     let load = |name: &str, w: u32| {
@@ -43,14 +43,75 @@ pub fn three_shot_clip(dir: &Path) -> PathBuf {
     for i in 0..24 {
         frames.push(image::imageops::crop_imm(&close, 150 - 3 * i, 40, 80, 60).to_image());
     }
-    let format = FrameFormat { width: 80, height: 60, rate: Rational::new(12, 1), time_base: Rational::new(1, 12) };
-    let opts = deepdream::sink::SinkOptions { crf: 12, preset: "fast".into() };
-    let mut sink = deepdream::sink::open(&clip, &format, &opts, None).unwrap();
-    for (i, f) in frames.iter().enumerate() {
-        sink.write(f, i as i64).unwrap();
-    }
-    sink.finish().unwrap();
+    // A keyframe every 6 frames: the chunks seek.
+    encode_with_keyframes(&frames, &clip, 6);
     clip
+}
+
+/// `frames` as H.264 in MP4 with a keyframe every `keyint` frames (the project's encoder
+/// leaves x264's 250), so that a chunk's decode seeks to a keyframe near it.
+fn encode_with_keyframes(frames: &[RgbImage], path: &Path, keyint: u32) {
+    use ffmpeg_next as ff;
+    ff::init().unwrap();
+    ff::log::set_level(ff::log::Level::Error);
+    let (w, h) = frames[0].dimensions();
+    let mut octx = ff::format::output(&path).unwrap();
+    let codec = ff::encoder::find_by_name("libx264").unwrap();
+    let global = octx.format().flags().contains(ff::format::Flags::GLOBAL_HEADER);
+    let mut ost = octx.add_stream(codec).unwrap();
+    let mut enc = ff::codec::context::Context::new_with_codec(codec).encoder().video().unwrap();
+    enc.set_width(w);
+    enc.set_height(h);
+    enc.set_format(ff::format::Pixel::YUV420P);
+    enc.set_time_base(ff::Rational::new(1, 12));
+    enc.set_frame_rate(Some(ff::Rational::new(12, 1)));
+    if global {
+        enc.set_flags(ff::codec::Flags::GLOBAL_HEADER);
+    }
+    let mut dict = ff::Dictionary::new();
+    dict.set("g", &keyint.to_string());
+    dict.set("keyint_min", &keyint.to_string());
+    dict.set("crf", "12");
+    let mut enc = enc.open_with(dict).unwrap();
+    ost.set_parameters(&enc);
+    ost.set_time_base(ff::Rational::new(1, 12));
+    octx.write_header().unwrap();
+    let out_tb = octx.stream(0).unwrap().time_base();
+    let mut scaler = ff::software::scaling::Context::get(
+        ff::format::Pixel::RGB24,
+        w,
+        h,
+        ff::format::Pixel::YUV420P,
+        w,
+        h,
+        ff::software::scaling::Flags::BICUBIC,
+    )
+    .unwrap();
+    let drain = |enc: &mut ff::encoder::Video, octx: &mut ff::format::context::Output| {
+        let mut packet = ff::Packet::empty();
+        while enc.receive_packet(&mut packet).is_ok() {
+            packet.set_duration(1);
+            packet.set_stream(0);
+            packet.rescale_ts(ff::Rational::new(1, 12), out_tb);
+            packet.write_interleaved(octx).unwrap();
+        }
+    };
+    for (i, f) in frames.iter().enumerate() {
+        let mut rgb = ff::frame::Video::new(ff::format::Pixel::RGB24, w, h);
+        let stride = rgb.stride(0);
+        for y in 0..h as usize {
+            rgb.data_mut(0)[y * stride..y * stride + w as usize * 3]
+                .copy_from_slice(&f.as_raw()[y * w as usize * 3..(y + 1) * w as usize * 3]);
+        }
+        let mut yuv = ff::frame::Video::empty();
+        scaler.run(&rgb, &mut yuv).unwrap();
+        yuv.set_pts(Some(i as i64));
+        enc.send_frame(&yuv).unwrap();
+        drain(&mut enc, &mut octx);
+    }
+    enc.send_eof().unwrap();
+    drain(&mut enc, &mut octx);
+    octx.write_trailer().unwrap();
 }
 
 /// Plans `clip` into `out` with `args`, renders every chunk one after the other (chunk 0 by
@@ -76,7 +137,8 @@ fn farm_render(clip: &Path, out: &Path, args: &[&str]) -> (usize, String) {
         ok(&worker.wait_with_output().unwrap());
     }
     for i in 1..n {
-        ok(&deepdream(&["render-chunk", s(out), &i.to_string()]));
+        let said = ok(&deepdream(&["render-chunk", s(out), &i.to_string()]));
+        assert!(!said.contains("decoding from the start"), "chunk {i} could not seek: {said}");
     }
     ok(&deepdream(&["merge", s(out)]));
     (n, said)
@@ -101,6 +163,69 @@ fn source_frames(clip: &Path, max_size: u32) -> Vec<RgbImage> {
     })
     .unwrap();
     out
+}
+
+#[test]
+fn a_chunk_seeks_near_its_frames_and_decodes_them_as_from_the_start() {
+    use deepdream::source::motion::Continuation;
+    use deepdream::source::video::{VideoOptions, VideoSource};
+    use deepdream::source::{SeekTo, Source};
+    let dir = scratch("farm-seek");
+    let clip = three_shot_clip(&dir);
+    let options = VideoOptions { max_size: Some(64), scene_cut: 10.0, ..Default::default() };
+    let source = VideoSource::open(&clip, options, Continuation::Blend { blend: 0.5 }).unwrap();
+    let mut all = Vec::new();
+    source
+        .decode(u64::MAX, &mut |f| {
+            all.push((f.index, f.pts, f.image));
+            true
+        })
+        .unwrap();
+    // Every frame: the seeked decode starts at or before it, with the frames, indices and
+    // timestamps of the decode from the start (B-frames and an open GOP included).
+    let mut starts = Vec::new();
+    for k in 1..50usize {
+        let mut seeked = Vec::new();
+        source
+            .decode_from(SeekTo { index: k as u64, pts: all[k].1 }, u64::MAX, &mut |f| {
+                seeked.push((f.index, f.pts, f.image));
+                true
+            })
+            .unwrap();
+        let first = seeked[0].0;
+        assert!(first <= k as u64, "the decode for frame {k} starts at {first}");
+        assert_eq!(seeked.len() as u64, 50 - first);
+        for (i, pts, image) in &seeked {
+            assert!((pts, image) == (&all[*i as usize].1, &all[*i as usize].2), "seek to {k}: frame {i} differs");
+        }
+        starts.push(first);
+    }
+    // Keyframes every 6 frames, and a margin of 16 (more than any reordering): late frames
+    // are decoded from a keyframe near them, not from the start.
+    assert!(starts[44] >= 24, "frame 45 decoded from {}", starts[44]);
+}
+
+#[test]
+fn a_stream_without_timestamps_decodes_from_the_start_and_stays_exact() {
+    // Raw H.264 has no timestamps to seek by: the chunk finds the seek does not match the plan
+    // (or cannot seek at all) and decodes from the start.
+    let dir = scratch("farm-raw");
+    let clip = three_shot_clip(&dir);
+    let raw = dir.join("shots.h264");
+    crate::video::remux(&clip, &raw, "h264", None);
+    let mut args = vec!["--motion", "blend", "--blend", "0"];
+    args.extend(FAST);
+    let (farm, one) = (dir.join("farm"), dir.join("one"));
+    let plan = deepdream(&[&["plan", s(&raw), "-o", s(&farm), "--chunk-frames", "20"][..], &args].concat());
+    ok(&plan);
+    for i in 0..3 {
+        ok(&deepdream(&["render-chunk", s(&farm), &i.to_string()]));
+    }
+    ok(&deepdream(&["merge", s(&farm)]));
+    one_machine(&raw, &one, &args);
+    let (a, b) = (pngs(&farm), pngs(&one));
+    assert_eq!(a.len(), 50);
+    assert!(a == b, "the merged frames differ from the one-machine render's");
 }
 
 #[test]

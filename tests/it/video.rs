@@ -296,7 +296,7 @@ fn a_second_render_to_the_same_output_is_refused() {
 /// Copies `src`'s video stream, packets untouched, into a `format` container, asking for time
 /// base `1/time_scale` where given: how the tests make inputs the project's encoder would never
 /// write.
-fn remux(src: &Path, dst: &Path, format: &str, time_scale: Option<i32>) {
+pub fn remux(src: &Path, dst: &Path, format: &str, time_scale: Option<i32>) {
     use ffmpeg_next as ff;
     ff::init().unwrap();
     let mut ictx = ff::format::input(&src).unwrap();
