@@ -36,6 +36,21 @@ pub struct RenderJob<'a> {
     pub resume: bool,
     /// A seamless loop over this many frames (0: none): see [`Looper`].
     pub loop_frames: u64,
+    /// Keyframed dream settings, applied to `params` or `frame_params` frame by frame.
+    pub animation: Option<&'a crate::dream::animation::Animation>,
+}
+
+/// The settings frame `index` is dreamed with.
+fn frame_settings<'p>(
+    animation: Option<&crate::dream::animation::Animation>,
+    index: u64,
+    params: &'p DreamParams,
+    continues: bool,
+) -> Cow<'p, DreamParams> {
+    match animation.filter(|a| !a.is_empty()) {
+        Some(a) => Cow::Owned(a.params(index, params, continues)),
+        None => Cow::Borrowed(params),
+    }
 }
 
 /// Progress of a render. Returning `false` from either method stops it.
@@ -556,8 +571,9 @@ fn dream_frames(
         let input = job.source.dream_input(frame, previous.as_ref());
         trace.add(1, &mut clock);
         let params = if input.continues { job.frame_params } else { job.params };
+        let params = frame_settings(job.animation, index, params, input.continues);
         let image =
-            dream_frame((job.net, job.backend), &input.image, params, index, progress, (&mut trace, &mut clock))?;
+            dream_frame((job.net, job.backend), &input.image, &params, index, progress, (&mut trace, &mut clock))?;
         send(Done { index, pts, image: image.clone(), fresh: true })?;
         trace.add(5, &mut clock);
         previous = Some(image);
@@ -608,6 +624,8 @@ pub struct ChunkJob<'a> {
     /// The dreamed frame before `range.start`, when the chunk resumes after it; none when the
     /// chunk starts cold.
     pub previous: Option<RgbImage>,
+    /// Keyframed dream settings, as [`RenderJob::animation`].
+    pub animation: Option<&'a crate::dream::animation::Animation>,
 }
 
 /// A chunk's frame as it leaves the dream: its index and what the source said of it (its
@@ -652,10 +670,11 @@ pub fn render_chunk(
                 let input = job.source.dream_input(frame, previous.as_ref());
                 trace.add(1, &mut clock);
                 let params = if input.continues { job.frame_params } else { job.params };
+                let params = frame_settings(job.animation, index, params, input.continues);
                 let image = dream_frame(
                     (job.net, job.backend),
                     &input.image,
-                    params,
+                    &params,
                     index,
                     progress,
                     (&mut trace, &mut clock),

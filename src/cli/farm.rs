@@ -283,6 +283,7 @@ pub fn render_chunk(output: &Path, index: usize, device: Option<&str>, cancel: &
             frame_params: frames.frame_params,
             range: from..chunk.end,
             previous,
+            animation: frames.animation,
         };
         let px = (plan.height as usize, plan.width as usize);
         let mut bar = FrameBar::new(Some(chunk.end - from), frames.params, frames.frame_params, px, cancel);

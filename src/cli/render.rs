@@ -417,12 +417,14 @@ impl Opened {
                 frame_params: &plan.frame_params,
                 encoder: &plan.encoder,
                 loop_frames: plan.loop_frames,
+                animation: Some(&plan.animation),
             }),
             Work::Video(plan) => Ok(Frames {
                 params: &plan.params,
                 frame_params: &plan.frame_params,
                 encoder: &plan.encoder,
                 loop_frames: 0,
+                animation: None,
             }),
             Work::Still { .. } => Err(Error::internal("a still job has no frames")),
         }
@@ -443,7 +445,10 @@ pub(super) fn open_zoom(
     let (backend, net) = prepare(&mut job, (image.height(), image.width()), Some(&image))?;
     let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a zoom job without a zoom plan")) };
     // A loop renders its fade's frames beyond the output's.
-    let source = Box::new(StillLoop::new(image, plan.rendered_frames(), plan.rate, plan.transform)?);
+    let source = Box::new(
+        StillLoop::new(image, plan.rendered_frames(), plan.rate, plan.transform)?
+            .with_animation(plan.animation.clone()),
+    );
     Ok(Opened { job, source, backend, net })
 }
 
@@ -455,8 +460,41 @@ pub fn zoom(
     e: &EncodeFlags,
     cancel: &Cancel,
 ) -> Result<()> {
+    if z.dry_run {
+        let job = Job::zoom(input, output, flags, z, e)?;
+        warn(&job);
+        return print_timeline(&job);
+    }
     let o = open_zoom(input, output, flags, z, e)?;
     render(&o.job, o.net.as_ref(), &o.backend, o.source.as_ref(), o.frames()?, cancel)
+}
+
+/// `--dry-run`: every animated setting's value each second and at each of its keys.
+fn print_timeline(job: &Job) -> Result<()> {
+    let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a timeline of a job without one")) };
+    let frames = plan.rendered_frames();
+    let rate = plan.rate.as_f64();
+    let tracks = &plan.animation.tracks;
+    say!("{} frames at {} fps; {} animated settings", frames, deepdream::error::number(rate), tracks.len());
+    if tracks.is_empty() {
+        return Ok(());
+    }
+    let mut rows: Vec<u64> = (0..).map(|s: u64| (s as f64 * rate).round() as u64).take_while(|&f| f < frames).collect();
+    for (_, timeline) in tracks {
+        rows.extend(timeline.keys().iter().map(|k| k.frame.round() as u64).filter(|&f| f < frames));
+    }
+    rows.sort_unstable();
+    rows.dedup();
+    let names: Vec<String> = tracks.iter().map(|(t, _)| t.name()).collect();
+    let widths: Vec<usize> = names.iter().map(|n| n.len().max(10)).collect();
+    let head: Vec<String> = names.iter().zip(&widths).map(|(n, w)| format!("{n:>w$}")).collect();
+    say!("{:>9} {:>7}  {}", "time", "frame", head.join("  "));
+    for frame in rows {
+        let values: Vec<String> =
+            tracks.iter().zip(&widths).map(|((_, t), w)| format!("{:>w$.4}", t.at(frame as f64))).collect();
+        say!("{:>8.2}s {:>7}  {}", frame as f64 / rate, frame, values.join("  "));
+    }
+    Ok(())
 }
 
 #[cfg(feature = "video")]
@@ -537,6 +575,8 @@ pub(super) struct Frames<'a> {
     pub encoder: &'a SinkOptions,
     /// A seamless loop over this many frames (zoom --loop; 0: none).
     pub loop_frames: u64,
+    /// A zoom's keyframed settings.
+    pub animation: Option<&'a deepdream::dream::animation::Animation>,
 }
 
 /// Runs a render with Ctrl-C finishing the file, and reports how it went.
@@ -559,6 +599,7 @@ fn render(
         fingerprint: job.fingerprint()?,
         resume: job.resume,
         loop_frames: frames.loop_frames,
+        animation: frames.animation,
     };
     let info = source.info();
     let total = job.frame_count(info.rate.as_f64(), info.frames);

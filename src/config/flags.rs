@@ -188,6 +188,15 @@ pub struct ZoomFlags {
     /// dreaming).
     #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub frame_steps: Option<usize>,
+    /// Keyframe a setting: SETTING=KEYS, e.g. 'zoom=0: 1.02, 4s: 1.08 ease, 8s: 1.02' (keys at
+    /// a frame, 2.5s or 00:01:30; linear, step, ease or smooth to the next key). Settings:
+    /// zoom, rotate, pan_x, pan_y, step, frame_steps, jitter, layers.NAME, guide_weight,
+    /// style_weight. Repeat for more; a preset's [timeline] section does the same.
+    #[arg(long, value_name = "SETTING=KEYS")]
+    pub animate: Vec<String>,
+    /// Print every animated setting's value each second (and at each key), then stop.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `video`'s own flags.

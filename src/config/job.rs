@@ -8,6 +8,8 @@ use super::parse::{parse_pan, parse_rate};
 use super::preset::{DEFAULT_PRESET, PresetFile, VIDEO_PRESET, ZOOM_PRESET};
 use super::settings::{Settings, flag, optional, pick, pick_with};
 use crate::device::DeviceSpec;
+use crate::dream::animation::{Animation, Target};
+use crate::dream::timeline::Timeline;
 use crate::dream::{DreamParams, ZoomTransform};
 use crate::media::Rational;
 use crate::sink::SinkOptions;
@@ -74,6 +76,8 @@ pub struct ZoomPlan {
     /// A seamless loop: this many extra frames are rendered and the last ones cross-fade into
     /// the first (0: no loop).
     pub loop_frames: u64,
+    /// Keyframed settings (none: every frame alike).
+    pub animation: Animation,
 }
 
 impl ZoomPlan {
@@ -157,7 +161,9 @@ impl Job {
         if let Some(origin) = loop_origin.filter(|_| loop_frames >= frames) {
             return Err(origin.error(format!("a loop fades over fewer frames than the zoom has ({frames})")));
         }
-        let plan = ZoomPlan { params, frame_params, frames, rate, transform, encoder: s.encoder(e)?, loop_frames };
+        let animation = animation(&s, &z.animate, rate, &frame_params)?;
+        let plan =
+            ZoomPlan { params, frame_params, frames, rate, transform, encoder: s.encoder(e)?, loop_frames, animation };
         Ok(Job { resume: e.resume, ..s.job(input, output, Work::Zoom(Box::new(plan)))? })
     }
 
@@ -165,6 +171,12 @@ impl Job {
     pub fn video(input: &Path, output: &Path, flags: &DreamFlags, v: &VideoFlags, e: &EncodeFlags) -> Result<Job> {
         crate::sink::check_output(output)?;
         let s = Settings::load(flags, VIDEO_PRESET)?;
+        if let Some((key, keys)) = s.file.preset.timeline.iter().next() {
+            return Err(s
+                .file
+                .origin(&format!("timeline.{key}"), keys.span())
+                .error("timelines animate zoom renders; a video's settings are constant for now"));
+        }
         let params = s.params()?;
         let p = &s.file.preset.video;
         let motion_flag = v.motion.is_some();
@@ -500,6 +512,79 @@ impl Job {
 
 /// ffmpeg's `scdet` threshold: hard cuts, not fast motion.
 const DEFAULT_SCENE_CUT: f64 = 10.0;
+
+/// The keyframed settings of a zoom: the preset's `[timeline]` and the `--animate` flags (a
+/// flag's timeline replaces the preset's for its setting), each checked where it was written:
+/// the setting's name, its keys, and every value the curve takes (a smooth curve may overshoot
+/// its keys).
+fn animation(s: &Settings, flags: &[String], rate: Rational, params: &DreamParams) -> Result<Animation> {
+    let mut given: Vec<(String, String, Origin)> = s
+        .file
+        .preset
+        .timeline
+        .iter()
+        .map(|(k, v)| (k.clone(), v.get_ref().clone(), s.file.origin(&format!("timeline.{k}"), v.span())))
+        .collect();
+    for f in flags {
+        let (name, keys) =
+            f.split_once('=').ok_or_else(|| Error::usage(format!("--animate: `{f}` is not SETTING=KEYS")))?;
+        let name = name.trim().to_owned();
+        given.retain(|(n, ..)| *n != name);
+        given.push((name, keys.to_owned(), Origin::Flag("--animate")));
+    }
+    let mut tracks = Vec::new();
+    for (name, keys, origin) in given {
+        let target = match name.as_str() {
+            "zoom" => Target::Zoom,
+            "rotate" => Target::Rotate,
+            "pan_x" => Target::PanX,
+            "pan_y" => Target::PanY,
+            "step" => Target::Step,
+            "frame_steps" => Target::Steps,
+            "jitter" => Target::Jitter,
+            "guide_weight" => Target::GuideWeight,
+            "style_weight" => Target::StyleWeight,
+            n => match n.strip_prefix("layers.") {
+                Some(layer) if params.objective.layers.iter().any(|t| t.layer == layer) => Target::Layer(layer.into()),
+                Some(layer) => {
+                    return Err(origin.error(format!(
+                        "the objective has no layer {layer} to animate; name it in --layers or [dream.layers] (a weight of 0 fades it in)"
+                    )));
+                }
+                None => {
+                    return Err(origin.error(format!(
+                        "`{n}` cannot be animated; these can: zoom, rotate, pan_x, pan_y, step, frame_steps, jitter, layers.NAME, guide_weight, style_weight"
+                    )));
+                }
+            },
+        };
+        let timeline = Timeline::parse(&keys, rate.as_f64()).map_err(|e| origin.error(format!("{name}: {e}")))?;
+        let rule = match target {
+            Target::Zoom => ZOOM,
+            Target::Step => Rule::Positive,
+            Target::Steps => STEP_COUNT,
+            Target::Jitter => Rule::Between(0.0, 4096.0),
+            Target::Rotate | Target::PanX | Target::PanY => Rule::Between(-100_000.0, 100_000.0),
+            Target::Layer(_) | Target::GuideWeight | Target::StyleWeight => Rule::Between(-10_000.0, 10_000.0),
+        };
+        let (lo, hi) = timeline.range();
+        for v in [lo, hi] {
+            if let Some(problem) = rule.problem(v) {
+                return Err(origin.error(format!("{name} reaches {v} between its keys: {problem}")));
+            }
+        }
+        let missing = match target {
+            Target::GuideWeight => params.objective.guide.is_none().then_some("a guide image (--guide)"),
+            Target::StyleWeight => params.objective.style.is_none().then_some("a style image (--style)"),
+            _ => None,
+        };
+        if let Some(what) = missing {
+            return Err(origin.error(format!("{name}: the objective has no {what}")));
+        }
+        tracks.push((target, timeline));
+    }
+    Ok(Animation { tracks })
+}
 
 /// Steps on a continuing zoom frame: zero zooms without dreaming.
 const STEP_COUNT: Rule = Rule::Between(0.0, 100_000.0);

@@ -63,6 +63,9 @@ pub struct Preset {
     pub video: VideoSection,
     #[serde(default)]
     pub output: OutputSection,
+    /// Keyframed settings of a zoom: setting name -> keys (`"0: 1.02, 4s: 1.06 ease"`).
+    #[serde(default)]
+    pub timeline: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -215,13 +218,22 @@ macro_rules! merge_fields {
         impl Merge for $t {
             fn merge(&mut self, base: Self) {
                 $(if self.$field.is_none() { self.$field = base.$field; })*
-                $(self.$section.merge(base.$section);)*
+                $(Merge::merge(&mut self.$section, base.$section);)*
             }
         }
     };
 }
 
-merge_fields!(Preset: description, model; sections dream, objective, regularize, zoom, video, output);
+merge_fields!(Preset: description, model; sections dream, objective, regularize, zoom, video, output, timeline);
+
+/// A timeline a file gives replaces its base's for that setting; the base's others stay.
+impl Merge for BTreeMap<String, Spanned<String>> {
+    fn merge(&mut self, base: Self) {
+        for (key, value) in base {
+            self.entry(key).or_insert(value);
+        }
+    }
+}
 merge_fields!(DreamSection: layers, octaves, octave_scale, steps, step, max_loss, jitter, seed, max_size, tile, original_colors; sections);
 merge_fields!(ObjectiveSection: classes, class_mode, tv, guide, style; sections);
 merge_fields!(RegularizeSection: grad_blur, image_blur, decay, laplacian, clip, scale_jitter, rotate_jitter, decorrelate; sections);

@@ -1,8 +1,10 @@
 //! The octave dream: gradient ascent on the input image, from the smallest octave up, with the
 //! detail lost by shrinking re-injected after each upscale.
 
+pub mod animation;
 pub mod objective;
 pub mod tile;
+pub mod timeline;
 pub mod zoom;
 
 pub use objective::{ClassMode, Guide, GuideMode, LayerTerm, Objective, Prepared, Style, class_index};

@@ -9,6 +9,7 @@ pub mod scenes;
 pub mod video;
 
 use crate::dream::ZoomTransform;
+use crate::dream::animation::Animation;
 use crate::media::{AudioSource, Rational};
 use crate::{Error, Result};
 use image::RgbImage;
@@ -85,6 +86,8 @@ pub trait Source: Sync {
 pub struct StillLoop {
     image: RgbImage,
     transform: ZoomTransform,
+    /// Keyframed zoom, turn and pan (over `transform`).
+    animation: Animation,
     info: SourceInfo,
 }
 
@@ -102,7 +105,12 @@ impl StillLoop {
             seconds: Some(frames as f64 / rate.as_f64()),
             has_audio: false,
         };
-        Ok(StillLoop { image, transform, info })
+        Ok(StillLoop { image, transform, animation: Animation::default(), info })
+    }
+
+    /// Frame k is made from frame k - 1 with the transform the timelines give at k.
+    pub fn with_animation(self, animation: Animation) -> StillLoop {
+        StillLoop { animation, ..self }
     }
 }
 
@@ -126,7 +134,10 @@ impl Source for StillLoop {
         match previous {
             None if frame.index == 0 => FrameInput { image: frame.image, continues: false },
             None => FrameInput { image: self.image.clone(), continues: false },
-            Some(prev) => FrameInput { image: self.transform.apply(prev), continues: true },
+            Some(prev) => {
+                let transform = self.animation.transform(frame.index, self.transform);
+                FrameInput { image: transform.apply(prev), continues: true }
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ mod hostile;
 mod install;
 mod objectives;
 mod reference;
+mod timeline;
 mod transfers;
 mod util;
 #[cfg(feature = "video")]

@@ -1,0 +1,206 @@
+//! Keyframed settings: a value that changes over a render, written as keys
+//! `"0: 1.02, 4s: 1.06 ease, 00:00:08: 1.02"`. A key's time is a frame number (`48`), seconds
+//! (`2.5s`) or a clock time (`01:30`, `00:01:30.5`); its value is a number; the word after it
+//! says how the value moves from this key to the next: `linear` (the default), `step` (holds
+//! until the next key), `ease` (smoothstep: eases out of this key and into the next), or
+//! `smooth` (a Catmull-Rom spline through the neighbouring keys, so the speed carries on
+//! through a key). Before the first key the value is the first key's, after the last the
+//! last's. Hand-written: the keyframe strings of the animation tools are a small language of
+//! their own, and no crate parses it.
+
+/// How a value moves from one key to the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interp {
+    Step,
+    Linear,
+    Ease,
+    Smooth,
+}
+
+/// One key: a frame position (fractional where given in seconds), its value, and how the
+/// value moves on to the next key.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Key {
+    pub frame: f64,
+    pub value: f64,
+    pub interp: Interp,
+}
+
+/// A keyframed value.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Timeline {
+    keys: Vec<Key>,
+}
+
+impl Timeline {
+    /// Parses keys written as above, at `rate` frames per second. The error says which key.
+    pub fn parse(text: &str, rate: f64) -> Result<Timeline, String> {
+        let mut keys: Vec<Key> = Vec::new();
+        for (n, part) in text.split(',').map(str::trim).enumerate() {
+            if part.is_empty() {
+                return Err(format!(
+                    "key {} is empty (keys are `TIME: VALUE [step|linear|ease|smooth]`, comma-separated)",
+                    n + 1
+                ));
+            }
+            let (time, rest) = part
+                .rsplit_once(':')
+                .ok_or_else(|| format!("key {} `{part}` has no `:` between its time and its value", n + 1))?;
+            let mut words = rest.split_whitespace();
+            let value = words.next().ok_or_else(|| format!("key {} `{part}` has no value", n + 1))?;
+            let value: f64 = value
+                .parse()
+                .ok()
+                .filter(|v: &f64| v.is_finite())
+                .ok_or_else(|| format!("key {} `{part}`: `{value}` is not a finite number", n + 1))?;
+            let interp = match words.next() {
+                None | Some("linear") => Interp::Linear,
+                Some("step") => Interp::Step,
+                Some("ease") => Interp::Ease,
+                Some("smooth") => Interp::Smooth,
+                Some(w) => {
+                    return Err(format!(
+                        "key {} `{part}`: unknown interpolation `{w}` (step, linear, ease, smooth)",
+                        n + 1
+                    ));
+                }
+            };
+            if let Some(w) = words.next() {
+                return Err(format!("key {} `{part}`: unexpected `{w}`", n + 1));
+            }
+            let frame = parse_time(time.trim(), rate).map_err(|e| format!("key {} `{part}`: {e}", n + 1))?;
+            if let Some(last) = keys.last()
+                && frame <= last.frame
+            {
+                return Err(format!("key {} `{part}` is not after the key before it: keys go in time order", n + 1));
+            }
+            keys.push(Key { frame, value, interp });
+        }
+        Ok(Timeline { keys })
+    }
+
+    /// A constant.
+    pub fn constant(value: f64) -> Timeline {
+        Timeline { keys: vec![Key { frame: 0.0, value, interp: Interp::Step }] }
+    }
+
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+
+    /// The value at frame `frame`.
+    pub fn at(&self, frame: f64) -> f64 {
+        let k = &self.keys;
+        let i = k.partition_point(|key| key.frame <= frame);
+        if i == 0 {
+            return k[0].value;
+        }
+        if i == k.len() {
+            return k[i - 1].value;
+        }
+        let (a, b) = (k[i - 1], k[i]);
+        let t = (frame - a.frame) / (b.frame - a.frame);
+        match a.interp {
+            Interp::Step => a.value,
+            Interp::Linear => a.value + (b.value - a.value) * t,
+            Interp::Ease => a.value + (b.value - a.value) * t * t * (3.0 - 2.0 * t),
+            Interp::Smooth => {
+                // Catmull-Rom on uneven spacing: tangents from the neighbours, in value per frame.
+                let slope = |p: Key, q: Key| (q.value - p.value) / (q.frame - p.frame);
+                let before = if i >= 2 { slope(k[i - 2], b) } else { slope(a, b) };
+                let after = if i + 1 < k.len() { slope(a, k[i + 1]) } else { slope(a, b) };
+                let span = b.frame - a.frame;
+                let (m0, m1) = (before * span, after * span);
+                let (t2, t3) = (t * t, t * t * t);
+                (2.0 * t3 - 3.0 * t2 + 1.0) * a.value
+                    + (t3 - 2.0 * t2 + t) * m0
+                    + (-2.0 * t3 + 3.0 * t2) * b.value
+                    + (t3 - t2) * m1
+            }
+        }
+    }
+
+    /// The smallest and largest value it takes between keys and at them (a smooth curve may
+    /// overshoot its keys), sampled every tenth of a frame up to the last key.
+    pub fn range(&self) -> (f64, f64) {
+        let last = self.keys.last().map_or(0.0, |k| k.frame);
+        let steps = ((last * 10.0).ceil() as usize).min(1_000_000);
+        (0..=steps)
+            .map(|s| self.at(s as f64 / 10.0))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
+    }
+}
+
+/// A key's time in frames: `48`, `2.5s`, `01:30`, `00:01:30.5`.
+fn parse_time(time: &str, rate: f64) -> Result<f64, String> {
+    let bad = || format!("`{time}` is not a time: a frame (48), seconds (2.5s) or a clock time (01:30, 00:01:30.5)");
+    let frames = if let Some(seconds) = time.strip_suffix('s') {
+        seconds.trim().parse::<f64>().map_err(|_| bad())? * rate
+    } else if time.contains(':') {
+        let mut seconds = 0.0;
+        let parts: Vec<&str> = time.split(':').collect();
+        if parts.len() > 3 {
+            return Err(bad());
+        }
+        for part in parts {
+            let v: f64 = part.trim().parse().map_err(|_| bad())?;
+            if v < 0.0 {
+                return Err(bad());
+            }
+            seconds = seconds * 60.0 + v;
+        }
+        seconds * rate
+    } else {
+        let frame: u64 = time.parse().map_err(|_| bad())?;
+        frame as f64
+    };
+    if !frames.is_finite() || frames < 0.0 {
+        return Err(bad());
+    }
+    Ok(frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_in_frames_seconds_and_clock_times() {
+        let t = Timeline::parse("0: 1.0, 2s: 2.0 step, 00:00:04: 3 ease, 150: 1 smooth, 200: 1", 25.0).unwrap();
+        let frames: Vec<f64> = t.keys().iter().map(|k| k.frame).collect();
+        assert_eq!(frames, [0.0, 50.0, 100.0, 150.0, 200.0]);
+        assert_eq!(t.at(-5.0), 1.0);
+        assert_eq!(t.at(25.0), 1.5, "linear");
+        assert_eq!(t.at(75.0), 2.0, "step holds");
+        assert_eq!(t.at(100.0), 3.0);
+        assert_eq!(t.at(125.0), 2.0, "ease is symmetric about the middle");
+        assert!(t.at(105.0) > 2.9, "ease leaves its key slowly");
+        assert_eq!(t.at(1000.0), 1.0);
+    }
+
+    #[test]
+    fn a_smooth_curve_passes_through_its_keys_without_corners() {
+        let t = Timeline::parse("0: 0 smooth, 10: 10 smooth, 20: 30 smooth, 30: 30", 25.0).unwrap();
+        for (f, v) in [(0.0, 0.0), (10.0, 10.0), (20.0, 30.0), (30.0, 30.0)] {
+            assert!((t.at(f) - v).abs() < 1e-9);
+        }
+        // The slope just before a key equals the slope just after it.
+        let slope = |f: f64| (t.at(f + 1e-4) - t.at(f - 1e-4)) / 2e-4;
+        let (before, after) = ((t.at(10.0) - t.at(10.0 - 1e-3)) / 1e-3, (t.at(10.0 + 1e-3) - t.at(10.0)) / 1e-3);
+        assert!((before - after).abs() < 0.01, "{before} vs {after}");
+        assert!((slope(10.0) - 1.5).abs() < 0.01, "the tangent through key 10 joins its neighbours: {}", slope(10.0));
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        let e = |s: &str| Timeline::parse(s, 24.0).unwrap_err();
+        assert!(e("0: 1, 10 2").contains("key 2"));
+        assert!(e("0: 1, 2s: x").contains("not a finite number"));
+        assert!(e("0: nan").contains("not a finite number"));
+        assert!(e("5: 1, 3: 2").contains("time order"));
+        assert!(e("0: 1 wobble").contains("unknown interpolation"));
+        assert!(e("-3: 1").contains("not a time"));
+        assert!(e("0: 1,").contains("empty"));
+    }
+}
