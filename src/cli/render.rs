@@ -5,7 +5,9 @@ use super::Cancel;
 use super::progress::{FrameBar, StepBar};
 use deepdream::config::{DreamFlags, EncodeFlags, Job, Rule, Sourced, VideoFlags, Work, ZoomFlags};
 use deepdream::device::Backend;
+use deepdream::dream::animation::Animation;
 use deepdream::dream::{self, DreamParams};
+use deepdream::media::AudioSource;
 use deepdream::model::{self, FeatureNet};
 use deepdream::pipeline::{self, RenderJob};
 use deepdream::sink::SinkOptions;
@@ -424,7 +426,7 @@ impl Opened {
                 frame_params: &plan.frame_params,
                 encoder: &plan.encoder,
                 loop_frames: 0,
-                animation: None,
+                animation: Some(&plan.animation),
             }),
             Work::Still { .. } => Err(Error::internal("a still job has no frames")),
         }
@@ -441,13 +443,20 @@ pub(super) fn open_zoom(
     let mut job = Job::zoom(input, output, flags, z, e)?;
     warn(&job);
     warn_ignored(output, e);
+    animate_zoom(&mut job)?;
     let image = io::load_rgb(input, job.max_size)?;
     let (backend, net) = prepare(&mut job, (image.height(), image.width()), Some(&image))?;
     let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a zoom job without a zoom plan")) };
     // A loop renders its fade's frames beyond the output's.
+    let sound = plan.audio.clone().map(|path| AudioSource {
+        path,
+        start: 0.0,
+        duration: Some(plan.frames as f64 / plan.rate.as_f64()),
+    });
     let source = Box::new(
         StillLoop::new(image, plan.rendered_frames(), plan.rate, plan.transform)?
-            .with_animation(plan.animation.clone()),
+            .with_animation(plan.animation.clone())
+            .with_audio(sound),
     );
     Ok(Opened { job, source, backend, net })
 }
@@ -461,27 +470,52 @@ pub fn zoom(
     cancel: &Cancel,
 ) -> Result<()> {
     if z.dry_run {
-        let job = Job::zoom(input, output, flags, z, e)?;
+        let mut job = Job::zoom(input, output, flags, z, e)?;
         warn(&job);
-        return print_timeline(&job);
+        animate_zoom(&mut job)?;
+        let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a zoom job without a zoom plan")) };
+        return print_timeline(&plan.animation, plan.rendered_frames(), plan.rate.as_f64());
     }
     let o = open_zoom(input, output, flags, z, e)?;
     render(&o.job, o.net.as_ref(), &o.backend, o.source.as_ref(), o.frames()?, cancel)
 }
 
-/// `--dry-run`: every animated setting's value each second and at each of its keys.
-fn print_timeline(job: &Job) -> Result<()> {
-    let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a timeline of a job without one")) };
-    let frames = plan.rendered_frames();
-    let rate = plan.rate.as_f64();
-    let tracks = &plan.animation.tracks;
+/// Reads a zoom's timelines at its frame rate, an audio curve from its `--audio`.
+fn animate_zoom(job: &mut Job) -> Result<()> {
+    let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a zoom job without a zoom plan")) };
+    let (rate, frames, audio) = (plan.rate.as_f64(), plan.rendered_frames(), plan.audio.clone());
+    job.animate(rate, frames, &mut |n| match &audio {
+        Some(path) => loudness(path, 0.0, rate, n),
+        None => Err(Error::internal("an audio curve without --audio")),
+    })
+}
+
+#[cfg(feature = "video")]
+fn loudness(path: &Path, start: f64, fps: f64, frames: u64) -> Result<Vec<f64>> {
+    deepdream::source::audio::loudness(path, start, fps, frames)
+}
+
+#[cfg(not(feature = "video"))]
+fn loudness(_: &Path, _: f64, _: f64, _: u64) -> Result<Vec<f64>> {
+    Err(Error::Unsupported("following a sound track needs ffmpeg (built without the `video` feature)".into()))
+}
+
+/// `--dry-run`: every animated setting's value each second and at each of its keys (each
+/// frame, where a curve follows a sound track).
+fn print_timeline(animation: &Animation, frames: u64, rate: f64) -> Result<()> {
+    let tracks = &animation.tracks;
     say!("{} frames at {} fps; {} animated settings", frames, deepdream::error::number(rate), tracks.len());
     if tracks.is_empty() {
         return Ok(());
     }
-    let mut rows: Vec<u64> = (0..).map(|s: u64| (s as f64 * rate).round() as u64).take_while(|&f| f < frames).collect();
+    let mut rows: Vec<u64> = match tracks.iter().any(|(_, t)| t.is_dense()) {
+        true => (0..frames).collect(),
+        false => (0..).map(|s: u64| (s as f64 * rate).round() as u64).take_while(|&f| f < frames).collect(),
+    };
     for (_, timeline) in tracks {
-        rows.extend(timeline.keys().iter().map(|k| k.frame.round() as u64).filter(|&f| f < frames));
+        if !timeline.is_dense() {
+            rows.extend(timeline.keys().iter().map(|k| k.frame.round() as u64).filter(|&f| f < frames));
+        }
     }
     rows.sort_unstable();
     rows.dedup();
@@ -519,6 +553,9 @@ pub(super) fn open_video(
     };
     let source = VideoSource::open(input, options.clone(), plan.continuation)?;
     job.check_source(source.info())?;
+    animate_video(&mut job, input, source.info())?;
+    let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
+    let source = source.with_animation(plan.animation.clone());
     // A `LAYER:topK` term picks its channels on the first frame.
     let first = match job.wants_top_channels() {
         true => {
@@ -535,6 +572,38 @@ pub(super) fn open_video(
     Ok(Opened { job, source: Box::new(source), backend, net })
 }
 
+/// Reads a video's timelines at its frame rate, an audio curve from its own sound.
+#[cfg(feature = "video")]
+fn animate_video(job: &mut Job, input: &Path, info: &deepdream::source::SourceInfo) -> Result<()> {
+    let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
+    let (rate, start) = (info.rate.as_f64(), plan.start.unwrap_or(0.0));
+    let frames =
+        job.frame_count(rate, info.frames).unwrap_or_else(|| (info.seconds.unwrap_or(0.0) * rate).ceil() as u64);
+    job.animate(rate, frames, &mut |n| loudness(input, start, rate, n))
+}
+
+#[cfg(feature = "video")]
+fn video_dry_run(input: &Path, output: &Path, flags: &DreamFlags, v: &VideoFlags, e: &EncodeFlags) -> Result<()> {
+    use deepdream::source::video::{VideoOptions, VideoSource};
+    let mut job = Job::video(input, output, flags, v, e)?;
+    warn(&job);
+    let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
+    let options =
+        VideoOptions { max_size: job.max_size, start: plan.start, duration: plan.duration, ..Default::default() };
+    let source = VideoSource::open(input, options, plan.continuation)?;
+    job.check_source(source.info())?;
+    animate_video(&mut job, input, source.info())?;
+    let info = source.info();
+    let frames = job.frame_count(info.rate.as_f64(), info.frames).unwrap_or(0);
+    let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
+    print_timeline(&plan.animation, frames, info.rate.as_f64())
+}
+
+#[cfg(not(feature = "video"))]
+fn video_dry_run(_: &Path, _: &Path, _: &DreamFlags, _: &VideoFlags, _: &EncodeFlags) -> Result<()> {
+    Err(Error::Unsupported("this build has no video support (built without the `video` feature)".into()))
+}
+
 #[cfg(not(feature = "video"))]
 pub(super) fn open_video(_: &Path, _: &Path, _: &DreamFlags, _: &VideoFlags, _: &EncodeFlags) -> Result<Opened> {
     Err(Error::Unsupported("this build has no video support (built without the `video` feature)".into()))
@@ -548,6 +617,9 @@ pub fn video(
     e: &EncodeFlags,
     cancel: &Cancel,
 ) -> Result<()> {
+    if v.dry_run {
+        return video_dry_run(input, output, flags, v, e);
+    }
     let o = open_video(input, output, flags, v, e)?;
     render(&o.job, o.net.as_ref(), &o.backend, o.source.as_ref(), o.frames()?, cancel)
 }

@@ -189,14 +189,20 @@ pub struct ZoomFlags {
     #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub frame_steps: Option<usize>,
     /// Keyframe a setting: SETTING=KEYS, e.g. 'zoom=0: 1.02, 4s: 1.08 ease, 8s: 1.02' (keys at
-    /// a frame, 2.5s or 00:01:30; linear, step, ease or smooth to the next key). Settings:
-    /// zoom, rotate, pan_x, pan_y, step, frame_steps, jitter, layers.NAME, guide_weight,
+    /// a frame, 2.5s or 00:01:30; linear, step, ease or smooth to the next key), or
+    /// SETTING=audio(min=A, max=B, smooth=S) to follow --audio's loudness. Settings: zoom,
+    /// rotate, pan_x, pan_y, step, frame_steps, jitter, layers.NAME, guide_weight,
     /// style_weight. Repeat for more; a preset's [timeline] section does the same.
     #[arg(long, value_name = "SETTING=KEYS")]
     pub animate: Vec<String>,
-    /// Print every animated setting's value each second (and at each key), then stop.
+    /// Print every animated setting's value each second (and at each key; every frame for an
+    /// audio curve), then stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// A sound track: settings animated with audio(...) follow its loudness, and MP4, MOV, MKV
+    /// and WebM outputs carry it.
+    #[arg(long, value_name = "FILE")]
+    pub audio: Option<PathBuf>,
 }
 
 /// `video`'s own flags.
@@ -241,4 +247,14 @@ pub struct VideoFlags {
     /// Seconds to render (default: to the end).
     #[arg(long, allow_negative_numbers = true, value_name = "SECONDS")]
     pub duration: Option<f64>,
+    /// Keyframe a setting: SETTING=KEYS (see `zoom --help`), or SETTING=audio(min=A, max=B,
+    /// smooth=S) to follow the loudness of the video's sound. Settings: step, frame_steps,
+    /// jitter, layers.NAME, guide_weight, style_weight, blend (motion blend), warp (motion
+    /// flow). Repeat for more; a preset's [timeline] section does the same.
+    #[arg(long, value_name = "SETTING=KEYS")]
+    pub animate: Vec<String>,
+    /// Print every animated setting's value each second (every frame for an audio curve),
+    /// then stop.
+    #[arg(long)]
+    pub dry_run: bool,
 }

@@ -9,7 +9,7 @@ use super::preset::{DEFAULT_PRESET, PresetFile, VIDEO_PRESET, ZOOM_PRESET};
 use super::settings::{Settings, flag, optional, pick, pick_with};
 use crate::device::DeviceSpec;
 use crate::dream::animation::{Animation, Target};
-use crate::dream::timeline::Timeline;
+use crate::dream::timeline::{AudioFollow, Timeline};
 use crate::dream::{DreamParams, ZoomTransform};
 use crate::media::Rational;
 use crate::sink::SinkOptions;
@@ -20,6 +20,13 @@ use std::path::{Path, PathBuf};
 /// A path as text (any bytes that are not UTF-8 replaced), so every job serialises.
 fn lossy_path<S: serde::Serializer>(path: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&path.to_string_lossy())
+}
+
+fn lossy_path_opt<S: serde::Serializer>(path: &Option<PathBuf>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    match path {
+        Some(p) => s.serialize_some(&p.to_string_lossy()),
+        None => s.serialize_none(),
+    }
 }
 
 /// One command's work, fully resolved and checked: nothing in it can fail a range check.
@@ -76,8 +83,12 @@ pub struct ZoomPlan {
     /// A seamless loop: this many extra frames are rendered and the last ones cross-fade into
     /// the first (0: no loop).
     pub loop_frames: u64,
-    /// Keyframed settings (none: every frame alike).
+    /// Keyframed settings as written, and as read (by [`Job::animate`]).
+    pub timelines: Vec<TimelineSpec>,
     pub animation: Animation,
+    /// A sound track to follow and to carry into the output.
+    #[serde(serialize_with = "lossy_path_opt")]
+    pub audio: Option<PathBuf>,
 }
 
 impl ZoomPlan {
@@ -103,6 +114,9 @@ pub struct VideoPlan {
     pub start_origin: Option<Origin>,
     pub duration: Option<f64>,
     pub encoder: SinkOptions,
+    /// Keyframed settings as written, and as read (by [`Job::animate`]).
+    pub timelines: Vec<TimelineSpec>,
+    pub animation: Animation,
 }
 
 impl Job {
@@ -161,9 +175,24 @@ impl Job {
         if let Some(origin) = loop_origin.filter(|_| loop_frames >= frames) {
             return Err(origin.error(format!("a loop fades over fewer frames than the zoom has ({frames})")));
         }
-        let animation = animation(&s, &z.animate, rate, &frame_params)?;
-        let plan =
-            ZoomPlan { params, frame_params, frames, rate, transform, encoder: s.encoder(e)?, loop_frames, animation };
+        let timelines = timeline_specs(&s, &z.animate, &frame_params, WorkKind::Zoom)?;
+        if let (Some(spec), None) = (timelines.iter().find(|t| matches!(t.keys, SpecKeys::Audio(_))), &z.audio) {
+            return Err(spec
+                .origin
+                .error(format!("{}: an audio curve follows --audio FILE, and none is given", spec.name)));
+        }
+        let plan = ZoomPlan {
+            params,
+            frame_params,
+            frames,
+            rate,
+            transform,
+            encoder: s.encoder(e)?,
+            loop_frames,
+            timelines,
+            animation: Animation::default(),
+            audio: z.audio.clone(),
+        };
         Ok(Job { resume: e.resume, ..s.job(input, output, Work::Zoom(Box::new(plan)))? })
     }
 
@@ -171,12 +200,6 @@ impl Job {
     pub fn video(input: &Path, output: &Path, flags: &DreamFlags, v: &VideoFlags, e: &EncodeFlags) -> Result<Job> {
         crate::sink::check_output(output)?;
         let s = Settings::load(flags, VIDEO_PRESET)?;
-        if let Some((key, keys)) = s.file.preset.timeline.iter().next() {
-            return Err(s
-                .file
-                .origin(&format!("timeline.{key}"), keys.span())
-                .error("timelines animate zoom renders; a video's settings are constant for now"));
-        }
         let params = s.params()?;
         let p = &s.file.preset.video;
         let motion_flag = v.motion.is_some();
@@ -273,6 +296,8 @@ impl Job {
         let start = optional(start_flag, start_preset, Rule::at_least(0.0))?;
         let duration =
             optional(flag("--duration", &v.duration), s.file.get("video.duration", &p.duration), Rule::Positive)?;
+        let kind = if flow { WorkKind::Flow } else { WorkKind::Blend };
+        let timelines = timeline_specs(&s, &v.animate, &frame_params, kind)?;
         let plan = VideoPlan {
             params,
             frame_params,
@@ -282,6 +307,8 @@ impl Job {
             start_origin,
             duration,
             encoder: s.encoder(e)?,
+            timelines,
+            animation: Animation::default(),
         };
         Ok(Job { resume: e.resume, ..s.job(input, output, Work::Video(Box::new(plan)))? })
     }
@@ -374,6 +401,50 @@ impl Job {
             }
         }
         Ok(Some((before, octaves)))
+    }
+
+    /// Reads the timelines' keys at `fps` (a video's once it is opened) into the animation,
+    /// checking every value each curve reaches where it was written. An audio curve follows
+    /// `loudness(frames)`, the RMS of each of the render's frames, asked for once.
+    pub fn animate(&mut self, fps: f64, frames: u64, loudness: &mut dyn FnMut(u64) -> Result<Vec<f64>>) -> Result<()> {
+        let (specs, animation) = match &mut self.work {
+            Work::Zoom(z) => (&z.timelines, &mut z.animation),
+            Work::Video(v) => (&v.timelines, &mut v.animation),
+            Work::Still { .. } => return Ok(()),
+        };
+        let mut heard: Option<Vec<f64>> = None;
+        let mut tracks = Vec::new();
+        for spec in specs {
+            let (name, origin) = (&spec.name, &spec.origin);
+            let timeline = match &spec.keys {
+                SpecKeys::Keys(text) => Timeline::parse(text, fps).map_err(|e| origin.error(format!("{name}: {e}")))?,
+                SpecKeys::Audio(follow) => {
+                    if heard.is_none() {
+                        heard = Some(loudness(frames).map_err(|e| origin.blame(e))?);
+                    }
+                    follow.timeline(heard.as_deref().unwrap_or_default(), fps)
+                }
+            };
+            let rule = match spec.target {
+                Target::Zoom => ZOOM,
+                Target::Step => Rule::Positive,
+                Target::Steps => STEP_COUNT,
+                Target::Jitter => Rule::Between(0.0, 4096.0),
+                Target::Blend => Rule::From(0.0, 1.0),
+                Target::Warp => Rule::Between(0.0, 1.0),
+                Target::Rotate | Target::PanX | Target::PanY => Rule::Between(-100_000.0, 100_000.0),
+                Target::Layer(_) | Target::GuideWeight | Target::StyleWeight => Rule::Between(-10_000.0, 10_000.0),
+            };
+            let (lo, hi) = timeline.range();
+            for v in [lo, hi] {
+                if let Some(problem) = rule.problem(v) {
+                    return Err(origin.error(format!("{name} reaches {v}: {problem}")));
+                }
+            }
+            tracks.push((spec.target.clone(), timeline));
+        }
+        *animation = Animation { tracks };
+        Ok(())
     }
 
     /// The first layer the objective names that `net` lacks, with where it was named.
@@ -513,26 +584,38 @@ impl Job {
 /// ffmpeg's `scdet` threshold: hard cuts, not fast motion.
 const DEFAULT_SCENE_CUT: f64 = 10.0;
 
-/// The keyframed settings of a zoom: the preset's `[timeline]` and the `--animate` flags (a
-/// flag's timeline replaces the preset's for its setting), each checked where it was written:
-/// the setting's name, its keys, and every value the curve takes (a smooth curve may overshoot
-/// its keys).
-fn animation(s: &Settings, flags: &[String], rate: Rational, params: &DreamParams) -> Result<Animation> {
-    let mut given: Vec<(String, String, Origin)> = s
-        .file
-        .preset
-        .timeline
-        .iter()
-        .map(|(k, v)| (k.clone(), v.get_ref().clone(), s.file.origin(&format!("timeline.{k}"), v.span())))
-        .collect();
+/// The keyframed settings as written: the preset's `[timeline]` and the `--animate` flags (a
+/// flag's timeline replaces the preset's for its setting), each name checked where it was
+/// written. Their keys are read by [`Job::animate`], once the frame rate is known.
+fn timeline_specs(s: &Settings, flags: &[String], params: &DreamParams, work: WorkKind) -> Result<Vec<TimelineSpec>> {
+    use super::preset::TimelineEntry;
+    let mut given: Vec<(String, SpecKeys, Origin)> = Vec::new();
+    for (k, v) in &s.file.preset.timeline {
+        let origin = s.file.origin(&format!("timeline.{k}"), v.span());
+        let keys = match v.get_ref() {
+            TimelineEntry::Keys(text) => SpecKeys::Keys(text.clone()),
+            TimelineEntry::Audio(a) => {
+                if a.audio != "rms" {
+                    return Err(origin.error(format!("audio = \"{}\": the loudness is \"rms\"", a.audio)));
+                }
+                SpecKeys::Audio(AudioFollow::new(a.min, a.max, a.smooth.unwrap_or(0.1)).map_err(|e| origin.error(e))?)
+            }
+        };
+        given.push((k.clone(), keys, origin));
+    }
     for f in flags {
         let (name, keys) =
             f.split_once('=').ok_or_else(|| Error::usage(format!("--animate: `{f}` is not SETTING=KEYS")))?;
         let name = name.trim().to_owned();
+        let origin = Origin::Flag("--animate");
+        let keys = match AudioFollow::parse(keys).map_err(|e| origin.error(format!("{name}: {e}")))? {
+            Some(follow) => SpecKeys::Audio(follow),
+            None => SpecKeys::Keys(keys.to_owned()),
+        };
         given.retain(|(n, ..)| *n != name);
-        given.push((name, keys.to_owned(), Origin::Flag("--animate")));
+        given.push((name, keys, origin));
     }
-    let mut tracks = Vec::new();
+    let mut specs = Vec::new();
     for (name, keys, origin) in given {
         let target = match name.as_str() {
             "zoom" => Target::Zoom,
@@ -544,6 +627,8 @@ fn animation(s: &Settings, flags: &[String], rate: Rational, params: &DreamParam
             "jitter" => Target::Jitter,
             "guide_weight" => Target::GuideWeight,
             "style_weight" => Target::StyleWeight,
+            "blend" => Target::Blend,
+            "warp" => Target::Warp,
             n => match n.strip_prefix("layers.") {
                 Some(layer) if params.objective.layers.iter().any(|t| t.layer == layer) => Target::Layer(layer.into()),
                 Some(layer) => {
@@ -553,37 +638,59 @@ fn animation(s: &Settings, flags: &[String], rate: Rational, params: &DreamParam
                 }
                 None => {
                     return Err(origin.error(format!(
-                        "`{n}` cannot be animated; these can: zoom, rotate, pan_x, pan_y, step, frame_steps, jitter, layers.NAME, guide_weight, style_weight"
+                        "`{n}` cannot be animated; these can: zoom, rotate, pan_x, pan_y (a zoom's), step, frame_steps, jitter, layers.NAME, guide_weight, style_weight, blend and warp (a video's)"
                     )));
                 }
             },
         };
-        let timeline = Timeline::parse(&keys, rate.as_f64()).map_err(|e| origin.error(format!("{name}: {e}")))?;
-        let rule = match target {
-            Target::Zoom => ZOOM,
-            Target::Step => Rule::Positive,
-            Target::Steps => STEP_COUNT,
-            Target::Jitter => Rule::Between(0.0, 4096.0),
-            Target::Rotate | Target::PanX | Target::PanY => Rule::Between(-100_000.0, 100_000.0),
-            Target::Layer(_) | Target::GuideWeight | Target::StyleWeight => Rule::Between(-10_000.0, 10_000.0),
-        };
-        let (lo, hi) = timeline.range();
-        for v in [lo, hi] {
-            if let Some(problem) = rule.problem(v) {
-                return Err(origin.error(format!("{name} reaches {v} between its keys: {problem}")));
+        let misplaced = match (&target, work) {
+            (Target::Zoom | Target::Rotate | Target::PanX | Target::PanY, WorkKind::Flow | WorkKind::Blend) => {
+                Some("moves a zoom; a video's frames are not zoomed")
             }
+            (Target::Blend | Target::Warp, WorkKind::Zoom) => Some("is a video's setting"),
+            (Target::Blend, WorkKind::Flow) => Some("applies to --motion blend, and this render's motion is flow"),
+            (Target::Warp, WorkKind::Blend) => Some("applies to --motion flow, and this render's motion is blend"),
+            _ => None,
+        };
+        if let Some(why) = misplaced {
+            return Err(origin.error(format!("{name} {why}")));
         }
         let missing = match target {
-            Target::GuideWeight => params.objective.guide.is_none().then_some("a guide image (--guide)"),
-            Target::StyleWeight => params.objective.style.is_none().then_some("a style image (--style)"),
+            Target::GuideWeight => params.objective.guide.is_none().then_some("guide image (--guide)"),
+            Target::StyleWeight => params.objective.style.is_none().then_some("style image (--style)"),
             _ => None,
         };
         if let Some(what) = missing {
             return Err(origin.error(format!("{name}: the objective has no {what}")));
         }
-        tracks.push((target, timeline));
+        specs.push(TimelineSpec { name, target, keys, origin });
     }
-    Ok(Animation { tracks })
+    Ok(specs)
+}
+
+/// Which render a timeline animates (what it may name).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WorkKind {
+    Zoom,
+    Flow,
+    Blend,
+}
+
+/// A keyframed setting as written, read into a [`Timeline`] by [`Job::animate`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TimelineSpec {
+    pub name: String,
+    pub target: Target,
+    pub keys: SpecKeys,
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// Keys as written, or a curve that follows the loudness of a sound track.
+#[derive(Clone, Debug, serde::Serialize)]
+pub enum SpecKeys {
+    Keys(String),
+    Audio(AudioFollow),
 }
 
 /// Steps on a continuing zoom frame: zero zooms without dreaming.

@@ -63,9 +63,28 @@ pub struct Preset {
     pub video: VideoSection,
     #[serde(default)]
     pub output: OutputSection,
-    /// Keyframed settings of a zoom: setting name -> keys (`"0: 1.02, 4s: 1.06 ease"`).
+    /// Keyframed settings: setting name -> keys (`"0: 1.02, 4s: 1.06 ease"`) or an audio
+    /// curve (`{ audio = "rms", min = 0.005, max = 0.03, smooth = 0.2 }`).
     #[serde(default)]
-    pub timeline: BTreeMap<String, Spanned<String>>,
+    pub timeline: BTreeMap<String, Spanned<TimelineEntry>>,
+}
+
+/// One `[timeline]` value as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum TimelineEntry {
+    Keys(String),
+    Audio(AudioEntry),
+}
+
+/// `{ audio = "rms", min = A, max = B, smooth = S }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioEntry {
+    pub audio: String,
+    pub min: f64,
+    pub max: f64,
+    pub smooth: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,7 +246,7 @@ macro_rules! merge_fields {
 merge_fields!(Preset: description, model; sections dream, objective, regularize, zoom, video, output, timeline);
 
 /// A timeline a file gives replaces its base's for that setting; the base's others stay.
-impl Merge for BTreeMap<String, Spanned<String>> {
+impl Merge for BTreeMap<String, Spanned<TimelineEntry>> {
     fn merge(&mut self, base: Self) {
         for (key, value) in base {
             self.entry(key).or_insert(value);

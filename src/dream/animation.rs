@@ -23,6 +23,9 @@ pub enum Target {
     Layer(String),
     GuideWeight,
     StyleWeight,
+    /// A video's blend (motion blend) or warp weight (motion flow).
+    Blend,
+    Warp,
 }
 
 impl Target {
@@ -39,6 +42,8 @@ impl Target {
             Target::Layer(l) => format!("layers.{l}"),
             Target::GuideWeight => "guide_weight".into(),
             Target::StyleWeight => "style_weight".into(),
+            Target::Blend => "blend".into(),
+            Target::Warp => "warp".into(),
         }
     }
 }
@@ -54,7 +59,8 @@ impl Animation {
         self.tracks.is_empty()
     }
 
-    fn value(&self, target: &Target, frame: u64) -> Option<f64> {
+    /// The value of `target` at `frame`, if it is animated.
+    pub fn value(&self, target: &Target, frame: u64) -> Option<f64> {
         self.tracks.iter().find(|(t, _)| t == target).map(|(_, timeline)| timeline.at(frame as f64))
     }
 
@@ -95,7 +101,13 @@ impl Animation {
                         s.weight = v as f32;
                     }
                 }
-                Target::Steps | Target::Zoom | Target::Rotate | Target::PanX | Target::PanY => {}
+                Target::Steps
+                | Target::Zoom
+                | Target::Rotate
+                | Target::PanX
+                | Target::PanY
+                | Target::Blend
+                | Target::Warp => {}
             }
         }
         p

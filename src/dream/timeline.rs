@@ -80,9 +80,19 @@ impl Timeline {
         Ok(Timeline { keys })
     }
 
-    /// A constant.
-    pub fn constant(value: f64) -> Timeline {
-        Timeline { keys: vec![Key { frame: 0.0, value, interp: Interp::Step }] }
+    /// One key per frame, straight lines between (a curve computed, not written).
+    pub fn from_samples(values: &[f64]) -> Timeline {
+        let keys = values.iter().enumerate().map(|(i, &value)| Key { frame: i as f64, value, interp: Interp::Linear });
+        let keys: Vec<Key> = keys.collect();
+        match keys.is_empty() {
+            true => Timeline { keys: vec![Key { frame: 0.0, value: 0.0, interp: Interp::Step }] },
+            false => Timeline { keys },
+        }
+    }
+
+    /// Whether it is a computed curve (more keys than anyone writes): printed frame by frame.
+    pub fn is_dense(&self) -> bool {
+        self.keys.len() > 64
     }
 
     pub fn keys(&self) -> &[Key] {
@@ -129,6 +139,80 @@ impl Timeline {
         (0..=steps)
             .map(|s| self.at(s as f64 / 10.0))
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
+    }
+}
+
+/// A setting that follows the loudness of an audio track: `min` in silence, `max` at the
+/// track's loud frames (its 98th-percentile RMS; louder ones stay at `max`), smoothed over
+/// `smooth` seconds forwards and backwards, so the curve does not lag behind the beat.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AudioFollow {
+    pub min: f64,
+    pub max: f64,
+    pub smooth: f64,
+}
+
+impl AudioFollow {
+    /// `audio(min=0.005, max=0.03, smooth=0.2)` (smooth optional, default 0.1 s), or `None`
+    /// when the text is keys rather than an audio curve.
+    pub fn parse(text: &str) -> Result<Option<AudioFollow>, String> {
+        let Some(inner) = text.trim().strip_prefix("audio") else { return Ok(None) };
+        let inner = inner.trim();
+        let inner = inner
+            .strip_prefix('(')
+            .and_then(|i| i.strip_suffix(')'))
+            .ok_or_else(|| "an audio curve is written audio(min=A, max=B, smooth=S)".to_owned())?;
+        let (mut min, mut max, mut smooth) = (None, None, 0.1);
+        for part in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| format!("`{part}` is not NAME=VALUE"))?;
+            let v: f64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|v: &f64| v.is_finite())
+                .ok_or_else(|| format!("`{part}`: not a number"))?;
+            match k.trim() {
+                "min" => min = Some(v),
+                "max" => max = Some(v),
+                "smooth" => smooth = v,
+                other => return Err(format!("unknown `{other}` (min, max, smooth)")),
+            }
+        }
+        let (Some(min), Some(max)) = (min, max) else { return Err("an audio curve needs min= and max=".into()) };
+        AudioFollow::new(min, max, smooth).map(Some)
+    }
+
+    pub fn new(min: f64, max: f64, smooth: f64) -> Result<AudioFollow, String> {
+        if !(0.0..=10.0).contains(&smooth) {
+            return Err(format!("smooth is in seconds, 0 to 10, got {smooth}"));
+        }
+        Ok(AudioFollow { min, max, smooth })
+    }
+
+    /// The curve for frames of the given loudness at `fps`.
+    pub fn timeline(&self, loudness: &[f64], fps: f64) -> Timeline {
+        let mut sorted: Vec<f64> = loudness.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let loud = sorted.get((sorted.len() as f64 * 0.98) as usize).or(sorted.last()).copied().unwrap_or(0.0);
+        let mut level: Vec<f64> =
+            loudness.iter().map(|&l| if loud > 0.0 { (l / loud).min(1.0) } else { 0.0 }).collect();
+        // A one-pole low-pass run forwards, then backwards: smooth, and centred on the beat.
+        if self.smooth > 0.0 && level.len() > 1 {
+            let a = 1.0 - (-1.0 / (self.smooth * fps)).exp();
+            for pass in 0..2 {
+                let mut y = if pass == 0 { level[0] } else { level[level.len() - 1] };
+                let mut step = |v: &mut f64| {
+                    y += a * (*v - y);
+                    *v = y;
+                };
+                match pass {
+                    0 => level.iter_mut().for_each(&mut step),
+                    _ => level.iter_mut().rev().for_each(&mut step),
+                }
+            }
+        }
+        let values: Vec<f64> = level.iter().map(|l| self.min + (self.max - self.min) * l).collect();
+        Timeline::from_samples(&values)
     }
 }
 
@@ -190,6 +274,20 @@ mod tests {
         let (before, after) = ((t.at(10.0) - t.at(10.0 - 1e-3)) / 1e-3, (t.at(10.0 + 1e-3) - t.at(10.0)) / 1e-3);
         assert!((before - after).abs() < 0.01, "{before} vs {after}");
         assert!((slope(10.0) - 1.5).abs() < 0.01, "the tangent through key 10 joins its neighbours: {}", slope(10.0));
+    }
+
+    #[test]
+    fn an_audio_curve_follows_the_loudness_without_lag() {
+        let follow = AudioFollow::parse("audio(min=1, max=3, smooth=0.1)").unwrap().unwrap();
+        // A beat: loud on frames 10..13 of 40 at 25 fps.
+        let loudness: Vec<f64> = (0..40).map(|i| if (10..13).contains(&i) { 0.5 } else { 0.01 }).collect();
+        let t = follow.timeline(&loudness, 25.0);
+        let peak = (0..40).max_by(|&a, &b| t.at(a as f64).total_cmp(&t.at(b as f64))).unwrap();
+        assert_eq!(peak, 11, "the curve peaks on the beat, not after it");
+        assert!(t.at(11.0) > 1.6 && t.at(0.0) < 1.1 && t.at(39.0) < 1.1, "{} {} {}", t.at(11.0), t.at(0.0), t.at(39.0));
+        assert_eq!(AudioFollow::parse("0: 1, 2: 3").unwrap(), None);
+        assert!(AudioFollow::parse("audio(min=1)").unwrap_err().contains("max="));
+        assert!(AudioFollow::parse("audio(min=1, max=2, loud=3)").unwrap_err().contains("unknown"));
     }
 
     #[test]

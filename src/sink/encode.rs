@@ -337,15 +337,20 @@ pub fn open(
     }))
 }
 
-/// The source's audio for the output: copied, or for a WebM re-encoded as Opus unless it
-/// already is Opus or Vorbis.
+/// The source's audio for the output: copied, or re-encoded as Opus where the container
+/// cannot hold it (a WebM's unless it is Opus or Vorbis already; PCM in an MP4, say a WAV
+/// given to a zoom).
 fn audio_copy(octx: &mut format::context::Output, src: &AudioSource, kind: SinkKind) -> Result<Option<AudioCopy>> {
     let mut ictx = format::input(&crate::media::ffmpeg_path(&src.path))
         .map_err(|e| Error::Video { path: src.path.clone(), reason: format!("cannot reopen for audio ({e})") })?;
     let Some(ist) = ictx.streams().best(media::Type::Audio) else { return Ok(None) };
     let (in_index, in_tb) = (ist.index(), ist.time_base());
     let webm_ready = matches!(ist.parameters().id(), codec::Id::OPUS | codec::Id::VORBIS);
-    let (transcode, out_index) = if kind == SinkKind::WebM && !webm_ready {
+    // SAFETY: asks the output format, which this context owns, about a codec id; no memory
+    // changes hands.
+    let fits =
+        unsafe { ffmpeg::ffi::avformat_query_codec(octx.format().as_ptr(), ist.parameters().id().into(), 0) == 1 };
+    let (transcode, out_index) = if (kind == SinkKind::WebM && !webm_ready) || !fits {
         let (t, index) = Transcode::new(octx, &ist)?;
         (Some(t), index)
     } else {

@@ -2,6 +2,8 @@
 //! or a video decoded by ffmpeg (`video` feature). The pipeline runs [`Source::decode`] on its
 //! decode stage and [`Source::dream_input`] on its dream stage; a source never sees a thread.
 
+#[cfg(feature = "video")]
+pub mod audio;
 pub mod flow;
 pub mod motion;
 pub mod scenes;
@@ -88,6 +90,8 @@ pub struct StillLoop {
     transform: ZoomTransform,
     /// Keyframed zoom, turn and pan (over `transform`).
     animation: Animation,
+    /// A sound track for the output.
+    sound: Option<AudioSource>,
     info: SourceInfo,
 }
 
@@ -105,12 +109,18 @@ impl StillLoop {
             seconds: Some(frames as f64 / rate.as_f64()),
             has_audio: false,
         };
-        Ok(StillLoop { image, transform, animation: Animation::default(), info })
+        Ok(StillLoop { image, transform, animation: Animation::default(), sound: None, info })
     }
 
     /// Frame k is made from frame k - 1 with the transform the timelines give at k.
     pub fn with_animation(self, animation: Animation) -> StillLoop {
         StillLoop { animation, ..self }
+    }
+
+    /// A sound track the output carries.
+    pub fn with_audio(mut self, sound: Option<AudioSource>) -> StillLoop {
+        self.info.has_audio = sound.is_some();
+        StillLoop { sound, ..self }
     }
 }
 
@@ -128,6 +138,10 @@ impl Source for StillLoop {
             }
         }
         Ok(())
+    }
+
+    fn audio(&self) -> Option<AudioSource> {
+        self.sound.clone()
     }
 
     fn dream_input(&self, frame: Frame, previous: Option<&RgbImage>) -> FrameInput {

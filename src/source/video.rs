@@ -391,13 +391,27 @@ pub struct VideoSource {
     info: SourceInfo,
     /// Packets the decoder refused (damaged data), skipped as ffmpeg skips them.
     damaged: std::sync::atomic::AtomicU64,
+    /// Keyframed blend or warp weights.
+    animation: crate::dream::animation::Animation,
 }
 
 impl VideoSource {
     /// Opens and probes the video.
     pub fn open(path: &Path, options: VideoOptions, continuation: Continuation) -> Result<VideoSource> {
         let info = probe(path, &options)?;
-        Ok(VideoSource { path: path.to_owned(), options, continuation, info, damaged: Default::default() })
+        Ok(VideoSource {
+            path: path.to_owned(),
+            options,
+            continuation,
+            info,
+            damaged: Default::default(),
+            animation: Default::default(),
+        })
+    }
+
+    /// The blend or warp weight of frame k follows its timeline.
+    pub fn with_animation(self, animation: crate::dream::animation::Animation) -> VideoSource {
+        VideoSource { animation, ..self }
     }
 }
 
@@ -467,7 +481,16 @@ impl Source for VideoSource {
     }
 
     fn dream_input(&self, frame: Frame, previous: Option<&RgbImage>) -> FrameInput {
-        match (self.continuation, previous, &frame.motion) {
+        use crate::dream::animation::Target;
+        let continuation = match self.continuation {
+            Continuation::Flow { warp, cut } => {
+                Continuation::Flow { warp: self.animation.value(&Target::Warp, frame.index).unwrap_or(warp), cut }
+            }
+            Continuation::Blend { blend } => {
+                Continuation::Blend { blend: self.animation.value(&Target::Blend, frame.index).unwrap_or(blend) }
+            }
+        };
+        match (continuation, previous, &frame.motion) {
             (Continuation::Flow { warp, cut }, Some(prev), Some(m)) if !frame.cut && m.matched >= cut => {
                 FrameInput { image: motion::continue_from(&frame.image, prev, m, warp), continues: true }
             }

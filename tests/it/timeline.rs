@@ -100,10 +100,165 @@ fn timeline_mistakes_name_their_origin() {
     refused(run(&["--animate", "wobble=0: 1"]), "`wobble` cannot be animated");
     refused(run(&["--animate", "zoom=0: 1, 2s: 500"]), "zoom reaches 500");
     refused(run(&["--animate", "layers.block9=0: 1"]), "no layer block9");
-    refused(run(&["--animate", "guide_weight=0: 1"]), "no a guide image");
+    refused(run(&["--animate", "guide_weight=0: 1"]), "the objective has no guide image");
     let preset = dir.join("p.toml");
     std::fs::write(&preset, "base = \"zoom\"\n\n[timeline]\nzoom = \"0: 1, 5: 1.1 wobble\"\n").unwrap();
     refused(run(&["--preset", s(&preset)]), "line 4, key `timeline.zoom`: zoom: key 2");
-    let video = deepdream(&["video", s(&still), "-o", s(&dir.join("v.mp4")), "--preset", s(&preset)]);
-    refused(video, "timelines animate zoom renders");
+    #[cfg(feature = "video")]
+    refused(
+        deepdream(&["video", s(&still), "-o", s(&dir.join("v.mp4")), "--preset", s(&preset)]),
+        "line 4, key `timeline.zoom`: zoom moves a zoom; a video's frames are not zoomed",
+    );
+}
+
+#[cfg(feature = "video")]
+/// A mono 16-bit WAV of `seconds` at 8 kHz: a 440 Hz tone, loud for 0.1 s on each beat
+/// (every 0.5 s), quiet between; returns the file and its samples.
+fn beat_wav(path: &Path, seconds: f64) -> Vec<f64> {
+    let rate = 8000u32;
+    let n = (seconds * rate as f64) as usize;
+    let samples: Vec<f64> = (0..n)
+        .map(|i| {
+            let t = i as f64 / rate as f64;
+            let level = if t % 0.5 < 0.1 { 0.8 } else { 0.05 };
+            level * (2.0 * std::f64::consts::PI * 440.0 * t).sin()
+        })
+        .collect();
+    let mut bytes = Vec::new();
+    let data = (n * 2) as u32;
+    bytes.extend(b"RIFF");
+    bytes.extend((36 + data).to_le_bytes());
+    bytes.extend(b"WAVEfmt ");
+    bytes.extend(16u32.to_le_bytes());
+    bytes.extend(1u16.to_le_bytes()); // PCM
+    bytes.extend(1u16.to_le_bytes()); // mono
+    bytes.extend(rate.to_le_bytes());
+    bytes.extend((rate * 2).to_le_bytes());
+    bytes.extend(2u16.to_le_bytes());
+    bytes.extend(16u16.to_le_bytes());
+    bytes.extend(b"data");
+    bytes.extend(data.to_le_bytes());
+    for v in &samples {
+        bytes.extend(((v * 32767.0) as i16).to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+    samples
+}
+
+#[cfg(feature = "video")]
+#[test]
+fn an_audio_reactive_zoom_follows_the_beat() {
+    let dir = scratch("timeline-audio");
+    let wav = dir.join("beat.wav");
+    let samples = beat_wav(&wav, 4.0);
+    let still = repo().join("examples/chelsea.png");
+    let o = deepdream(&[
+        "zoom",
+        s(&still),
+        "-o",
+        s(&dir.join("z.mp4")),
+        "--audio",
+        s(&wav),
+        "--duration",
+        "4",
+        "--fps",
+        "24",
+        "--animate",
+        "step=audio(min=0.005, max=0.03, smooth=0.02)",
+        "--dry-run",
+    ]);
+    let (table, _) = ok(&o);
+    let steps: Vec<f64> =
+        table.lines().skip(2).map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap()).collect();
+    assert_eq!(steps.len(), 96, "every frame of an audio curve: {table}");
+    // The loudness of each frame's samples, against the step printed for it.
+    let loud: Vec<f64> = (0..96)
+        .map(|k| {
+            let w = &samples[k * 8000 / 24..(k + 1) * 8000 / 24];
+            (w.iter().map(|v| v * v).sum::<f64>() / w.len() as f64).sqrt()
+        })
+        .collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (ml, ms) = (mean(&loud), mean(&steps));
+    let cov: f64 = loud.iter().zip(&steps).map(|(a, b)| (a - ml) * (b - ms)).sum();
+    let (vl, vs): (f64, f64) =
+        (loud.iter().map(|a| (a - ml).powi(2)).sum(), steps.iter().map(|b| (b - ms).powi(2)).sum());
+    let r = cov / (vl * vs).sqrt();
+    eprintln!("correlation of the step with the loudness: {r:.3}");
+    assert!(r > 0.8, "r = {r}");
+    let (lo, hi) = steps.iter().fold((f64::MAX, 0.0f64), |(l, h), &v| (l.min(v), h.max(v)));
+    assert!(lo < 0.008 && hi > 0.025, "the step spans its range: {lo}..{hi}");
+    // An audio curve needs a sound track.
+    let none =
+        deepdream(&["zoom", s(&still), "-o", s(&dir.join("n.gif")), "--animate", "step=audio(min=0.01, max=0.02)"]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("follows --audio FILE"));
+}
+
+#[cfg(feature = "video")]
+#[test]
+fn a_zoom_carries_its_sound_track() {
+    let dir = scratch("timeline-sound");
+    let wav = dir.join("beat.wav");
+    beat_wav(&wav, 2.0);
+    let out = dir.join("z.mp4");
+    let still = repo().join("examples/chelsea.png");
+    ok(&deepdream(&[
+        "zoom",
+        s(&still),
+        "-o",
+        s(&out),
+        "--audio",
+        s(&wav),
+        "--frames",
+        "12",
+        "--fps",
+        "6",
+        "--max-size",
+        "48",
+        "--octaves",
+        "1",
+        "--steps",
+        "1",
+        "--frame-steps",
+        "1",
+        "--animate",
+        "jitter=audio(min=0, max=8)",
+    ]));
+    let m = deepdream::source::video::summarize(&out).unwrap();
+    assert_eq!(m.frames, 12);
+    let audio = m.audio_seconds.expect("the zoom's MP4 has the sound track");
+    assert!((audio - 2.0).abs() < 0.1, "{audio} s of sound for 2 s of zoom");
+}
+
+#[cfg(feature = "video")]
+#[test]
+fn a_video_timeline_animates_its_blend_and_dream() {
+    let Some(shared) = crate::util::shared() else { return };
+    let dir = scratch("timeline-video");
+    let clip = shared.join("media/bigbuckbunny.mp4");
+    let o = deepdream(&[
+        "video",
+        s(&clip),
+        "-o",
+        s(&dir.join("v.mp4")),
+        "--motion",
+        "blend",
+        "--blend",
+        "0.5",
+        "--animate",
+        "blend=0: 0.2, 2s: 0.8",
+        "--animate",
+        "step=audio(min=0.01, max=0.03)",
+        "--dry-run",
+    ]);
+    let (table, _) = ok(&o);
+    assert!(table.contains("2 animated settings"), "{table}");
+    // The sound track makes the table frame by frame; blend is 0.5 at 1 s.
+    let at_one = table.lines().find(|l| l.trim_start().starts_with("1.00s")).unwrap();
+    let blend: f64 = at_one.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!((blend - 0.5).abs() < 1e-3, "{at_one}");
+    let flow = deepdream(&["video", s(&clip), "-o", s(&dir.join("f.mp4")), "--animate", "blend=0: 0.5", "--dry-run"]);
+    assert_eq!(flow.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&flow.stderr).contains("applies to --motion blend"));
 }
