@@ -57,6 +57,11 @@ impl Planned {
         }
         *input = absolute(input)?;
         *output = absolute(output)?;
+        if let Planned::Zoom { zoom, .. } = &mut self
+            && let Some(sound) = &mut zoom.audio
+        {
+            *sound = absolute(sound)?;
+        }
         for image in [&mut dream.guide, &mut dream.style].into_iter().flatten() {
             *image = absolute(image)?;
         }

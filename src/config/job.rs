@@ -407,16 +407,33 @@ impl Job {
     /// checking every value each curve reaches where it was written. An audio curve follows
     /// `loudness(frames)`, the RMS of each of the render's frames, asked for once.
     pub fn animate(&mut self, fps: f64, frames: u64, loudness: &mut dyn FnMut(u64) -> Result<Vec<f64>>) -> Result<()> {
-        let (specs, animation) = match &mut self.work {
-            Work::Zoom(z) => (&z.timelines, &mut z.animation),
-            Work::Video(v) => (&v.timelines, &mut v.animation),
+        let specs = match &self.work {
+            Work::Zoom(z) => z.timelines.clone(),
+            Work::Video(v) => v.timelines.clone(),
             Work::Still { .. } => return Ok(()),
         };
         let mut heard: Option<Vec<f64>> = None;
         let mut tracks = Vec::new();
-        for spec in specs {
+        let mut look_layers = Vec::new();
+        if let Some(spec) = specs.iter().find(|s| matches!(s.keys, SpecKeys::Looks(_))) {
+            let SpecKeys::Looks(text) = &spec.keys else { unreachable!("found above") };
+            let looks = looks(text, fps, &self.model, &spec.origin)?;
+            let (base, rest) = match &mut self.work {
+                Work::Zoom(z) => (&mut z.params, &mut z.frame_params),
+                Work::Video(v) => (&mut v.params, &mut v.frame_params),
+                Work::Still { .. } => return Ok(()),
+            };
+            let (objective, look_tracks) = looks.objective(&base.objective);
+            base.objective = objective.clone();
+            rest.objective = objective;
+            tracks.extend(look_tracks);
+            look_layers = looks.layers.iter().map(|l| (l.clone(), spec.origin.clone())).collect();
+        }
+        self.layers.extend(look_layers);
+        for spec in &specs {
             let (name, origin) = (&spec.name, &spec.origin);
             let timeline = match &spec.keys {
+                SpecKeys::Looks(_) => continue,
                 SpecKeys::Keys(text) => Timeline::parse(text, fps).map_err(|e| origin.error(format!("{name}: {e}")))?,
                 SpecKeys::Audio(follow) => {
                     if heard.is_none() {
@@ -433,7 +450,11 @@ impl Job {
                 Target::Blend => Rule::From(0.0, 1.0),
                 Target::Warp => Rule::Between(0.0, 1.0),
                 Target::Rotate | Target::PanX | Target::PanY => Rule::Between(-100_000.0, 100_000.0),
-                Target::Layer(_) | Target::GuideWeight | Target::StyleWeight => Rule::Between(-10_000.0, 10_000.0),
+                Target::Layer(_)
+                | Target::GuideWeight
+                | Target::StyleWeight
+                | Target::Term { .. }
+                | Target::Class { .. } => Rule::Between(-10_000.0, 10_000.0),
             };
             let (lo, hi) = timeline.range();
             for v in [lo, hi] {
@@ -443,7 +464,11 @@ impl Job {
             }
             tracks.push((spec.target.clone(), timeline));
         }
-        *animation = Animation { tracks };
+        match &mut self.work {
+            Work::Zoom(z) => z.animation = Animation { tracks },
+            Work::Video(v) => v.animation = Animation { tracks },
+            Work::Still { .. } => {}
+        }
         Ok(())
     }
 
@@ -617,6 +642,13 @@ fn timeline_specs(s: &Settings, flags: &[String], params: &DreamParams, work: Wo
     }
     let mut specs = Vec::new();
     for (name, keys, origin) in given {
+        if name == "look" {
+            let SpecKeys::Keys(text) = keys else {
+                return Err(origin.error("look: keys name presets, e.g. \"0: patterns, 4s: objects ease\""));
+            };
+            specs.push(TimelineSpec { name, target: Target::Blend, keys: SpecKeys::Looks(text), origin });
+            continue;
+        }
         let target = match name.as_str() {
             "zoom" => Target::Zoom,
             "rotate" => Target::Rotate,
@@ -668,6 +700,95 @@ fn timeline_specs(s: &Settings, flags: &[String], params: &DreamParams, work: Wo
     Ok(specs)
 }
 
+/// A sequence of looks: each key's preset, read for its objective (layers and classes).
+struct Looks {
+    /// Each key: its frame, its look's index in `objectives`, how it moves on.
+    keys: Vec<(f64, usize, crate::dream::timeline::Interp)>,
+    names: Vec<String>,
+    objectives: Vec<crate::dream::objective::Objective>,
+    /// Every layer the looks name, for the check against the network.
+    layers: Vec<String>,
+}
+
+/// Reads `look = "0: patterns, 4s: objects ease"`: each name a built-in preset or a file.
+fn looks(text: &str, fps: f64, model: &str, origin: &Origin) -> Result<Looks> {
+    use crate::dream::timeline::{Interp, parse_keys};
+    let keys = parse_keys(text, fps, |v| Ok(v.to_owned())).map_err(|e| origin.error(format!("look: {e}")))?;
+    let mut out = Looks { keys: Vec::new(), names: Vec::new(), objectives: Vec::new(), layers: Vec::new() };
+    for (frame, name, interp) in keys {
+        let index = match out.names.iter().position(|n| *n == name) {
+            Some(i) => i,
+            None => {
+                let flags =
+                    DreamFlags { preset: Some(name.clone()), model: Some(model.to_owned()), ..Default::default() };
+                let s = Settings::load(&flags, &name).map_err(|e| origin.error(format!("look {name}: {e}")))?;
+                let params = s.params().map_err(|e| origin.error(format!("look {name}: {e}")))?;
+                let o = params.objective;
+                if o.guide.is_some() || o.style.is_some() {
+                    return Err(origin.error(format!(
+                        "look {name} dreams toward a guide or style image; looks cross-fade layers and classes"
+                    )));
+                }
+                if o.layers.iter().any(|t| t.top.is_some()) {
+                    return Err(origin
+                        .error(format!("look {name}: a LAYER:topK term cannot fade (its channels are picked later)")));
+                }
+                out.layers.extend(o.layers.iter().map(|t| t.layer.clone()));
+                out.names.push(name);
+                out.objectives.push(o);
+                out.names.len() - 1
+            }
+        };
+        // A look's weight eases rather than overshooting 0 or 1.
+        let interp = if interp == Interp::Smooth { Interp::Ease } else { interp };
+        out.keys.push((frame, index, interp));
+    }
+    let modes: Vec<_> = out.objectives.iter().filter(|o| !o.classes.is_empty()).map(|o| o.class_mode).collect();
+    if modes.windows(2).any(|w| w[0] != w[1]) {
+        return Err(origin.error("look: the looks score their classes differently (class_mode); give them one"));
+    }
+    Ok(out)
+}
+
+impl Looks {
+    /// The objective of all the looks together (`base` gives the rest: border, tv), and the
+    /// tracks that weigh each look's terms by how much that look shows at each frame.
+    fn objective(
+        &self,
+        base: &crate::dream::objective::Objective,
+    ) -> (crate::dream::objective::Objective, Vec<(Target, Timeline)>) {
+        use crate::dream::timeline::{Key, Timeline};
+        let mut objective = base.clone();
+        objective.layers.clear();
+        objective.classes.clear();
+        let mut tracks = Vec::new();
+        for (i, (name, o)) in self.names.iter().zip(&self.objectives).enumerate() {
+            // 1 at this look's keys, 0 at the others', moving as each key says.
+            let keys: Vec<Key> = self
+                .keys
+                .iter()
+                .map(|&(frame, look, interp)| Key { frame, value: if look == i { 1.0 } else { 0.0 }, interp })
+                .collect();
+            let weight = Timeline::from_keys(keys);
+            for term in &o.layers {
+                let label = match term.channel {
+                    Some(c) => format!("{name}:{}:{c}", term.layer),
+                    None => format!("{name}:{}", term.layer),
+                };
+                tracks.push((Target::Term { index: objective.layers.len(), label }, weight.scaled(term.weight as f64)));
+                objective.layers.push(term.clone());
+            }
+            for &(class, w) in &o.classes {
+                let label = format!("{name}:class {class}");
+                tracks.push((Target::Class { index: objective.classes.len(), label }, weight.scaled(w as f64)));
+                objective.classes.push((class, w));
+                objective.class_mode = o.class_mode;
+            }
+        }
+        (objective, tracks)
+    }
+}
+
 /// Which render a timeline animates (what it may name).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum WorkKind {
@@ -686,11 +807,13 @@ pub struct TimelineSpec {
     pub origin: Origin,
 }
 
-/// Keys as written, or a curve that follows the loudness of a sound track.
+/// Keys as written, a curve that follows the loudness of a sound track, or a sequence of
+/// looks (presets) to cross-fade.
 #[derive(Clone, Debug, serde::Serialize)]
 pub enum SpecKeys {
     Keys(String),
     Audio(AudioFollow),
+    Looks(String),
 }
 
 /// Steps on a continuing zoom frame: zero zooms without dreaming.

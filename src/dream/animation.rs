@@ -26,6 +26,16 @@ pub enum Target {
     /// A video's blend (motion blend) or warp weight (motion flow).
     Blend,
     Warp,
+    /// The weight of one term of the objective's layers or classes (a look's, fading in or
+    /// out): its index there, and a name for people.
+    Term {
+        index: usize,
+        label: String,
+    },
+    Class {
+        index: usize,
+        label: String,
+    },
 }
 
 impl Target {
@@ -44,6 +54,7 @@ impl Target {
             Target::StyleWeight => "style_weight".into(),
             Target::Blend => "blend".into(),
             Target::Warp => "warp".into(),
+            Target::Term { label, .. } | Target::Class { label, .. } => label.clone(),
         }
     }
 }
@@ -89,6 +100,16 @@ impl Animation {
                 Target::Layer(layer) => {
                     for term in p.objective.layers.iter_mut().filter(|t| t.layer == *layer) {
                         term.weight = v as f32;
+                    }
+                }
+                Target::Term { index, .. } => {
+                    if let Some(term) = p.objective.layers.get_mut(*index) {
+                        term.weight = v as f32;
+                    }
+                }
+                Target::Class { index, .. } => {
+                    if let Some(class) = p.objective.classes.get_mut(*index) {
+                        class.1 = v as f32;
                     }
                 }
                 Target::GuideWeight => {

@@ -36,48 +36,23 @@ pub struct Timeline {
 impl Timeline {
     /// Parses keys written as above, at `rate` frames per second. The error says which key.
     pub fn parse(text: &str, rate: f64) -> Result<Timeline, String> {
-        let mut keys: Vec<Key> = Vec::new();
-        for (n, part) in text.split(',').map(str::trim).enumerate() {
-            if part.is_empty() {
-                return Err(format!(
-                    "key {} is empty (keys are `TIME: VALUE [step|linear|ease|smooth]`, comma-separated)",
-                    n + 1
-                ));
-            }
-            let (time, rest) = part
-                .rsplit_once(':')
-                .ok_or_else(|| format!("key {} `{part}` has no `:` between its time and its value", n + 1))?;
-            let mut words = rest.split_whitespace();
-            let value = words.next().ok_or_else(|| format!("key {} `{part}` has no value", n + 1))?;
-            let value: f64 = value
-                .parse()
-                .ok()
-                .filter(|v: &f64| v.is_finite())
-                .ok_or_else(|| format!("key {} `{part}`: `{value}` is not a finite number", n + 1))?;
-            let interp = match words.next() {
-                None | Some("linear") => Interp::Linear,
-                Some("step") => Interp::Step,
-                Some("ease") => Interp::Ease,
-                Some("smooth") => Interp::Smooth,
-                Some(w) => {
-                    return Err(format!(
-                        "key {} `{part}`: unknown interpolation `{w}` (step, linear, ease, smooth)",
-                        n + 1
-                    ));
-                }
-            };
-            if let Some(w) = words.next() {
-                return Err(format!("key {} `{part}`: unexpected `{w}`", n + 1));
-            }
-            let frame = parse_time(time.trim(), rate).map_err(|e| format!("key {} `{part}`: {e}", n + 1))?;
-            if let Some(last) = keys.last()
-                && frame <= last.frame
-            {
-                return Err(format!("key {} `{part}` is not after the key before it: keys go in time order", n + 1));
-            }
-            keys.push(Key { frame, value, interp });
+        let number = |v: &str| v.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or("is not a finite number");
+        let keys = parse_keys(text, rate, number)?;
+        Ok(Timeline { keys: keys.into_iter().map(|(frame, value, interp)| Key { frame, value, interp }).collect() })
+    }
+
+    /// The same curve with every value multiplied by `factor` (each way of moving between
+    /// keys is linear in the values).
+    pub fn scaled(&self, factor: f64) -> Timeline {
+        Timeline { keys: self.keys.iter().map(|k| Key { value: k.value * factor, ..*k }).collect() }
+    }
+
+    /// A timeline of keys already read (in time order).
+    pub fn from_keys(keys: Vec<Key>) -> Timeline {
+        match keys.is_empty() {
+            true => Timeline { keys: vec![Key { frame: 0.0, value: 0.0, interp: Interp::Step }] },
+            false => Timeline { keys },
         }
-        Ok(Timeline { keys })
     }
 
     /// One key per frame, straight lines between (a curve computed, not written).
@@ -214,6 +189,53 @@ impl AudioFollow {
         let values: Vec<f64> = level.iter().map(|l| self.min + (self.max - self.min) * l).collect();
         Timeline::from_samples(&values)
     }
+}
+
+/// Keys `TIME: VALUE [how]`, comma-separated in time order, each value read by `value` (its
+/// error is said with the key).
+pub fn parse_keys<T>(
+    text: &str,
+    rate: f64,
+    value: impl Fn(&str) -> Result<T, &'static str>,
+) -> Result<Vec<(f64, T, Interp)>, String> {
+    let mut keys: Vec<(f64, T, Interp)> = Vec::new();
+    for (n, part) in text.split(',').map(str::trim).enumerate() {
+        if part.is_empty() {
+            return Err(format!(
+                "key {} is empty (keys are `TIME: VALUE [step|linear|ease|smooth]`, comma-separated)",
+                n + 1
+            ));
+        }
+        let (time, rest) = part
+            .rsplit_once(':')
+            .ok_or_else(|| format!("key {} `{part}` has no `:` between its time and its value", n + 1))?;
+        let mut words = rest.split_whitespace();
+        let written = words.next().ok_or_else(|| format!("key {} `{part}` has no value", n + 1))?;
+        let v = value(written).map_err(|why| format!("key {} `{part}`: `{written}` {why}", n + 1))?;
+        let interp = match words.next() {
+            None | Some("linear") => Interp::Linear,
+            Some("step") => Interp::Step,
+            Some("ease") => Interp::Ease,
+            Some("smooth") => Interp::Smooth,
+            Some(w) => {
+                return Err(format!(
+                    "key {} `{part}`: unknown interpolation `{w}` (step, linear, ease, smooth)",
+                    n + 1
+                ));
+            }
+        };
+        if let Some(w) = words.next() {
+            return Err(format!("key {} `{part}`: unexpected `{w}`", n + 1));
+        }
+        let frame = parse_time(time.trim(), rate).map_err(|e| format!("key {} `{part}`: {e}", n + 1))?;
+        if let Some(last) = keys.last()
+            && frame <= last.0
+        {
+            return Err(format!("key {} `{part}` is not after the key before it: keys go in time order", n + 1));
+        }
+        keys.push((frame, v, interp));
+    }
+    Ok(keys)
 }
 
 /// A key's time in frames: `48`, `2.5s`, `01:30`, `00:01:30.5`.

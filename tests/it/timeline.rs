@@ -262,3 +262,39 @@ fn a_video_timeline_animates_its_blend_and_dream() {
     assert_eq!(flow.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&flow.stderr).contains("applies to --motion blend"));
 }
+
+#[test]
+fn looks_cross_fade_from_one_preset_to_another() {
+    let dir = scratch("timeline-looks");
+    let still = repo().join("examples/chelsea.png");
+    let out = dir.join("z.gif");
+    let o = deepdream(&[
+        "zoom",
+        s(&still),
+        "-o",
+        s(&out),
+        "--frames",
+        "12",
+        "--fps",
+        "2",
+        "--animate",
+        "look=0: patterns, 2s: patterns ease, 4s: objects",
+        "--dry-run",
+    ]);
+    let (table, _) = ok(&o);
+    // The patterns preset's block1, block2 (1) and block3 (0.5), then objects' block10,
+    // block11 (1) and block12 (0.5): all of patterns until 2 s, half of each at 3 s, objects
+    // from 4 s.
+    let header = table.lines().nth(1).unwrap();
+    assert!(header.contains("patterns:block1") && header.contains("objects:block12"), "{table}");
+    assert_eq!(row(&table, "2.00s"), [1.0, 1.0, 0.5, 0.0, 0.0, 0.0]);
+    assert_eq!(row(&table, "3.00s"), [0.5, 0.5, 0.25, 0.5, 0.5, 0.25]);
+    assert_eq!(row(&table, "4.00s"), [0.0, 0.0, 0.0, 1.0, 1.0, 0.5]);
+    // A look and a class together render; a guide look is refused.
+    let small = ["--frames", "3", "--max-size", "48", "--octaves", "1", "--steps", "1", "--frame-steps", "1"];
+    let fade = ["--animate", "look=0: patterns, 2: class-banana"];
+    ok(&deepdream(&[&["zoom", s(&still), "-o", s(&out)][..], &small, &fade].concat()));
+    let guide = deepdream(&["zoom", s(&still), "-o", s(&out), "--animate", "look=0: patterns, 2: guide", "--dry-run"]);
+    assert_eq!(guide.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&guide.stderr).contains("looks cross-fade layers and classes"));
+}
