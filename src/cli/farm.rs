@@ -57,11 +57,6 @@ impl Planned {
         }
         *input = absolute(input)?;
         *output = absolute(output)?;
-        if let Planned::Zoom { zoom, .. } = &mut self
-            && let Some(sound) = &mut zoom.audio
-        {
-            *sound = absolute(sound)?;
-        }
         for image in [&mut dream.guide, &mut dream.style].into_iter().flatten() {
             *image = absolute(image)?;
         }
@@ -69,6 +64,11 @@ impl Planned {
             && Path::new(preset.as_str()).is_file()
         {
             *preset = absolute(Path::new(preset.as_str()))?.to_string_lossy().into_owned();
+        }
+        if let Planned::Zoom { zoom, .. } = &mut self
+            && let Some(sound) = &mut zoom.audio
+        {
+            *sound = absolute(sound)?;
         }
         Ok(self)
     }
