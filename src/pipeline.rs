@@ -61,6 +61,8 @@ pub trait FrameProgress: Send {
     }
     /// After each finished frame.
     fn frame(&mut self, done: u64, total: Option<u64>) -> bool;
+    /// Before frame `index` is dreamed, with the settings it is dreamed with (a render's log).
+    fn dreaming(&mut self, _index: u64, _params: &DreamParams) {}
     /// Before the first frame, when a resumed render takes `frames` from its store.
     fn resumed(&mut self, _frames: u64) {}
     /// After the last frame, while the output is finished (a GIF's palette and encode happen
@@ -572,6 +574,7 @@ fn dream_frames(
         trace.add(1, &mut clock);
         let params = if input.continues { job.frame_params } else { job.params };
         let params = frame_settings(job.animation, index, params, input.continues);
+        progress.dreaming(index, &params);
         let image =
             dream_frame((job.net, job.backend), &input.image, &params, index, progress, (&mut trace, &mut clock))?;
         send(Done { index, pts, image: image.clone(), fresh: true })?;
@@ -671,6 +674,7 @@ pub fn render_chunk(
                 trace.add(1, &mut clock);
                 let params = if input.continues { job.frame_params } else { job.params };
                 let params = frame_settings(job.animation, index, params, input.continues);
+                progress.dreaming(index, &params);
                 let image = dream_frame(
                     (job.net, job.backend),
                     &input.image,

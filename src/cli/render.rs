@@ -477,7 +477,7 @@ pub fn zoom(
         return print_timeline(&plan.animation, plan.rendered_frames(), plan.rate.as_f64());
     }
     let o = open_zoom(input, output, flags, z, e)?;
-    render(&o.job, o.net.as_ref(), &o.backend, o.source.as_ref(), o.frames()?, cancel)
+    render(&o.job, o.net.as_ref(), &o.backend, o.source.as_ref(), o.frames()?, e.log.as_deref(), cancel)
 }
 
 /// Reads a zoom's timelines at its frame rate, an audio curve from its `--audio`.
@@ -621,7 +621,111 @@ pub fn video(
         return video_dry_run(input, output, flags, v, e);
     }
     let o = open_video(input, output, flags, v, e)?;
-    render(&o.job, o.net.as_ref(), &o.backend, o.source.as_ref(), o.frames()?, cancel)
+    render(&o.job, o.net.as_ref(), &o.backend, o.source.as_ref(), o.frames()?, e.log.as_deref(), cancel)
+}
+
+/// `--log FILE`: the render's progress, and one JSON line per dreamed frame with the settings
+/// it was dreamed with: those of the dream as the pipeline passes them, and a timeline's zoom
+/// transform, blend or warp as the source applies them (the same timelines, at that frame).
+struct SettingsLog<'a> {
+    bar: FrameBar<'a>,
+    file: Option<(std::io::BufWriter<std::fs::File>, std::path::PathBuf)>,
+    failed: Option<String>,
+    rate: f64,
+    animation: Animation,
+    /// A zoom's constant transform (the timelines move it).
+    transform: Option<deepdream::dream::ZoomTransform>,
+}
+
+impl<'a> SettingsLog<'a> {
+    fn open(path: Option<&Path>, job: &Job, bar: FrameBar<'a>) -> Result<SettingsLog<'a>> {
+        let file = match path {
+            Some(p) => {
+                let f = std::fs::File::create(p)
+                    .map_err(|e| Error::Output { path: p.to_owned(), reason: format!("--log: {e}") })?;
+                Some((std::io::BufWriter::new(f), p.to_owned()))
+            }
+            None => None,
+        };
+        let (rate, animation, transform) = match &job.work {
+            Work::Zoom(z) => (z.rate.as_f64(), z.animation.clone(), Some(z.transform)),
+            Work::Video(v) => (0.0, v.animation.clone(), None),
+            Work::Still { .. } => (0.0, Animation::default(), None),
+        };
+        Ok(SettingsLog { bar, file, failed: None, rate, animation, transform })
+    }
+
+    /// The progress display back; a log that could not be written is said now.
+    fn close(mut self) -> FrameBar<'a> {
+        use std::io::Write as _;
+        if let Some((mut f, path)) = self.file.take()
+            && let Err(e) = f.flush()
+        {
+            self.failed.get_or_insert(format!("{}: {e}", path.display()));
+        }
+        if let Some(why) = &self.failed {
+            tell!("warning: the settings log is incomplete: {why}");
+        }
+        self.bar
+    }
+}
+
+impl deepdream::pipeline::FrameProgress for SettingsLog<'_> {
+    fn step(&mut self, info: &dream::StepInfo) -> bool {
+        self.bar.step(info)
+    }
+
+    fn frame(&mut self, done: u64, total: Option<u64>) -> bool {
+        self.bar.frame(done, total)
+    }
+
+    fn resumed(&mut self, frames: u64) {
+        self.bar.resumed(frames)
+    }
+
+    fn finishing(&mut self) {
+        self.bar.finishing()
+    }
+
+    fn dreaming(&mut self, index: u64, p: &DreamParams) {
+        use deepdream::dream::animation::Target;
+        use std::io::Write as _;
+        let Some((f, path)) = &mut self.file else { return };
+        let layers: serde_json::Map<String, serde_json::Value> = p
+            .objective
+            .layers
+            .iter()
+            .map(|t| {
+                let name = t.channel.map_or(t.layer.clone(), |c| format!("{}:{c}", t.layer));
+                (name, serde_json::json!(t.weight))
+            })
+            .collect();
+        let mut line = serde_json::json!({
+            "frame": index,
+            "step": p.step,
+            "steps": p.steps,
+            "jitter": p.jitter,
+            "layers": layers,
+            "classes": p.objective.classes,
+        });
+        if self.rate > 0.0 {
+            line["time"] = serde_json::json!(index as f64 / self.rate);
+        }
+        if let Some(base) = self.transform {
+            let t = self.animation.transform(index, base);
+            line["zoom"] = serde_json::json!(t.zoom);
+            line["rotate"] = serde_json::json!(t.rotate_deg);
+            line["pan"] = serde_json::json!([t.pan.0, t.pan.1]);
+        }
+        for (target, key) in [(Target::Blend, "blend"), (Target::Warp, "warp")] {
+            if let Some(v) = self.animation.value(&target, index) {
+                line[key] = serde_json::json!(v);
+            }
+        }
+        if let Err(e) = writeln!(f, "{line}") {
+            self.failed.get_or_insert(format!("{}: {e}", path.display()));
+        }
+    }
 }
 
 /// Warns of flags the job ignores.
@@ -658,6 +762,7 @@ fn render(
     backend: &Backend,
     source: &dyn Source,
     frames: Frames,
+    log: Option<&Path>,
     cancel: &Cancel,
 ) -> Result<()> {
     let render = RenderJob {
@@ -677,9 +782,11 @@ fn render(
     let total = job.frame_count(info.rate.as_f64(), info.frames);
     let size = (info.height as usize, info.width as usize);
     announce(job, net, backend, size, total)?;
-    let mut bar = FrameBar::new(total, frames.params, frames.frame_params, size, cancel);
+    let bar = FrameBar::new(total, frames.params, frames.frame_params, size, cancel);
+    let mut logged = SettingsLog::open(log, job, bar)?;
     let start = Instant::now();
-    let summary = pipeline::render(&render, &mut bar);
+    let summary = pipeline::render(&render, &mut logged);
+    let bar = logged.close();
     bar.finish();
     for note in source.notes() {
         tell!("warning: {note}");

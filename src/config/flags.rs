@@ -151,6 +151,11 @@ pub struct EncodeFlags {
     /// Continue an interrupted render where it stopped.
     #[arg(long)]
     pub resume: bool,
+    /// Write one JSON line per dreamed frame to FILE: its index and time, and the settings it
+    /// was dreamed with (step, steps, jitter, layer and class weights, and a timeline's zoom,
+    /// turn, pan, blend or warp).
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
 }
 
 /// `zoom`'s own flags.

@@ -298,3 +298,46 @@ fn looks_cross_fade_from_one_preset_to_another() {
     assert_eq!(guide.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&guide.stderr).contains("looks cross-fade layers and classes"));
 }
+
+#[test]
+fn the_render_log_reads_back_the_keyed_values() {
+    let dir = scratch("timeline-log");
+    let still = repo().join("examples/chelsea.png");
+    let log = dir.join("settings.jsonl");
+    ok(&deepdream(&[
+        "zoom",
+        s(&still),
+        "-o",
+        s(&dir.join("z")),
+        "--frames",
+        "6",
+        "--fps",
+        "2",
+        "--max-size",
+        "48",
+        "--octaves",
+        "1",
+        "--steps",
+        "1",
+        "--animate",
+        "zoom=0: 1.02, 2: 1.02 ease, 4: 1.1",
+        "--animate",
+        "look=0: patterns, 2: patterns, 4: objects",
+        "--animate",
+        "frame_steps=0: 1, 4: 3 step",
+        "--log",
+        s(&log),
+    ]));
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 6, "a line per dreamed frame");
+    let at = |frame: usize, key: &str| lines[frame][key].clone();
+    // At the keys: the keyed zoom, steps, and the looks' weights; halfway between, half.
+    assert_eq!((at(2, "zoom"), at(4, "zoom")), (serde_json::json!(1.02), serde_json::json!(1.1)));
+    assert_eq!((at(3, "time"), at(4, "steps")), (serde_json::json!(1.5), serde_json::json!(3)));
+    assert_eq!(lines[2]["layers"]["block1"], 1.0);
+    assert_eq!(lines[2]["layers"]["block10"], 0.0);
+    assert_eq!(lines[3]["layers"]["block1"], 0.5);
+    assert_eq!(lines[4]["layers"]["block1"], 0.0);
+    assert_eq!(lines[4]["layers"]["block10"], 1.0);
+}
