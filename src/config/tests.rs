@@ -277,7 +277,7 @@ fn the_fingerprint_follows_what_is_rendered_not_the_encoder() {
     };
     let d = DreamFlags::default;
     let base = fingerprint(d(), EncodeFlags::default());
-    let reencoded = EncodeFlags { crf: Some(30), x264_preset: Some("fast".into()), resume: true };
+    let reencoded = EncodeFlags { crf: Some(30), x264_preset: Some("fast".into()), resume: true, log: None };
     assert_eq!(base, fingerprint(d(), reencoded), "the stored frames do not depend on the encoder");
     assert_ne!(base, fingerprint(DreamFlags { device: Some("cpu-portable".into()), ..d() }, EncodeFlags::default()));
     assert_ne!(base, fingerprint(DreamFlags { steps: Some(3), ..d() }, EncodeFlags::default()));
