@@ -135,7 +135,9 @@ pub fn plan(planned: Planned, f: &FarmFlags) -> Result<()> {
         Work::Zoom(z) => {
             let frames =
                 (0..z.rendered_frames()).map(|i| PlannedFrame { pts: i as i64, cut: false, crc: None }).collect();
-            (frames, Temporal::Zoom, None)
+            let audio =
+                opened.source.audio().map(|a| PlannedAudio { path: a.path, start: a.start, duration: a.duration });
+            (frames, Temporal::Zoom, audio)
         }
         Work::Video(v) => {
             let mut frames = Vec::new();

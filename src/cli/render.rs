@@ -638,19 +638,25 @@ struct SettingsLog<'a> {
 }
 
 impl<'a> SettingsLog<'a> {
-    fn open(path: Option<&Path>, job: &Job, bar: FrameBar<'a>) -> Result<SettingsLog<'a>> {
+    fn open(path: Option<&Path>, job: &Job, rate: f64, bar: FrameBar<'a>) -> Result<SettingsLog<'a>> {
         let file = match path {
             Some(p) => {
-                let f = std::fs::File::create(p)
+                // A resumed render adds the frames it dreams to the log of the interrupted one.
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .append(job.resume)
+                    .truncate(!job.resume)
+                    .open(p)
                     .map_err(|e| Error::Output { path: p.to_owned(), reason: format!("--log: {e}") })?;
                 Some((std::io::BufWriter::new(f), p.to_owned()))
             }
             None => None,
         };
-        let (rate, animation, transform) = match &job.work {
-            Work::Zoom(z) => (z.rate.as_f64(), z.animation.clone(), Some(z.transform)),
-            Work::Video(v) => (0.0, v.animation.clone(), None),
-            Work::Still { .. } => (0.0, Animation::default(), None),
+        let (animation, transform) = match &job.work {
+            Work::Zoom(z) => (z.animation.clone(), Some(z.transform)),
+            Work::Video(v) => (v.animation.clone(), None),
+            Work::Still { .. } => (Animation::default(), None),
         };
         Ok(SettingsLog { bar, file, failed: None, rate, animation, transform })
     }
@@ -783,7 +789,7 @@ fn render(
     let size = (info.height as usize, info.width as usize);
     announce(job, net, backend, size, total)?;
     let bar = FrameBar::new(total, frames.params, frames.frame_params, size, cancel);
-    let mut logged = SettingsLog::open(log, job, bar)?;
+    let mut logged = SettingsLog::open(log, job, info.rate.as_f64(), bar)?;
     let start = Instant::now();
     let summary = pipeline::render(&render, &mut logged);
     let bar = logged.close();

@@ -465,8 +465,8 @@ impl Job {
             tracks.push((spec.target.clone(), timeline));
         }
         match &mut self.work {
-            Work::Zoom(z) => z.animation = Animation { tracks },
-            Work::Video(v) => v.animation = Animation { tracks },
+            Work::Zoom(z) => z.animation = Animation { tracks, continuing_step: z.frame_params.step / z.params.step },
+            Work::Video(v) => v.animation = Animation { tracks, continuing_step: v.frame_params.step / v.params.step },
             Work::Still { .. } => {}
         }
         Ok(())
@@ -682,6 +682,9 @@ fn timeline_specs(s: &Settings, flags: &[String], params: &DreamParams, work: Wo
             (Target::Blend | Target::Warp, WorkKind::Zoom) => Some("is a video's setting"),
             (Target::Blend, WorkKind::Flow) => Some("applies to --motion blend, and this render's motion is flow"),
             (Target::Warp, WorkKind::Blend) => Some("applies to --motion flow, and this render's motion is blend"),
+            (Target::Steps, WorkKind::Blend) => {
+                Some("applies to --motion flow's light continuation; a blend render dreams every frame in full")
+            }
             _ => None,
         };
         if let Some(why) = misplaced {
@@ -696,6 +699,12 @@ fn timeline_specs(s: &Settings, flags: &[String], params: &DreamParams, work: Wo
             return Err(origin.error(format!("{name}: the objective has no {what}")));
         }
         specs.push(TimelineSpec { name, target, keys, origin });
+    }
+    let look = specs.iter().any(|s| matches!(s.keys, SpecKeys::Looks(_)));
+    if let Some(layer) = specs.iter().find(|s| look && matches!(s.target, Target::Layer(_))) {
+        return Err(layer
+            .origin
+            .error(format!("{}: a look sets the layers' weights; animate one or the other", layer.name)));
     }
     Ok(specs)
 }

@@ -63,6 +63,9 @@ impl Target {
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Animation {
     pub tracks: Vec<(Target, Timeline)>,
+    /// A continuing frame's step size over a shot's first frame's (a video's light flow
+    /// continuation steps at a third): an animated `step` keeps that ratio (0: none given, 1).
+    pub continuing_step: f64,
 }
 
 impl Animation {
@@ -94,6 +97,7 @@ impl Animation {
         for (target, timeline) in &self.tracks {
             let v = timeline.at(frame as f64);
             match target {
+                Target::Step if continues && self.continuing_step > 0.0 => p.step = v * self.continuing_step,
                 Target::Step => p.step = v,
                 Target::Steps if continues => p.steps = v.round() as usize,
                 Target::Jitter => p.jitter = v.round() as usize,
@@ -163,6 +167,7 @@ mod tests {
                 (Target::Steps, timeline("0: 2, 1s: 6")),
                 (Target::Zoom, timeline("0: 1.0, 20: 2.0")),
             ],
+            continuing_step: 0.0,
         };
         let p = a.params(5, &base, true);
         let weights: Vec<f32> = p.objective.layers.iter().map(|t| t.weight).collect();

@@ -106,14 +106,14 @@ impl Timeline {
         }
     }
 
-    /// The smallest and largest value it takes between keys and at them (a smooth curve may
-    /// overshoot its keys), sampled every tenth of a frame up to the last key.
+    /// The smallest and largest value it takes: its keys' (every other way of moving stays
+    /// between them), and where a smooth segment may overshoot them, 64 points of it.
     pub fn range(&self) -> (f64, f64) {
-        let last = self.keys.last().map_or(0.0, |k| k.frame);
-        let steps = ((last * 10.0).ceil() as usize).min(1_000_000);
-        (0..=steps)
-            .map(|s| self.at(s as f64 / 10.0))
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
+        let mut values: Vec<f64> = self.keys.iter().map(|k| k.value).collect();
+        for w in self.keys.windows(2).filter(|w| w[0].interp == Interp::Smooth) {
+            values.extend((1..64).map(|i| self.at(w[0].frame + (w[1].frame - w[0].frame) * i as f64 / 64.0)));
+        }
+        values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
     }
 }
 
@@ -158,6 +158,9 @@ impl AudioFollow {
     }
 
     pub fn new(min: f64, max: f64, smooth: f64) -> Result<AudioFollow, String> {
+        if !min.is_finite() || !max.is_finite() {
+            return Err(format!("min and max must be finite numbers, got {min} and {max}"));
+        }
         if !(0.0..=10.0).contains(&smooth) {
             return Err(format!("smooth is in seconds, 0 to 10, got {smooth}"));
         }
@@ -187,7 +190,10 @@ impl AudioFollow {
             }
         }
         let values: Vec<f64> = level.iter().map(|l| self.min + (self.max - self.min) * l).collect();
-        Timeline::from_samples(&values)
+        match values.is_empty() {
+            true => Timeline::from_samples(&[self.min]),
+            false => Timeline::from_samples(&values),
+        }
     }
 }
 

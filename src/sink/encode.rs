@@ -348,8 +348,9 @@ fn audio_copy(octx: &mut format::context::Output, src: &AudioSource, kind: SinkK
     let webm_ready = matches!(ist.parameters().id(), codec::Id::OPUS | codec::Id::VORBIS);
     // SAFETY: asks the output format, which this context owns, about a codec id; no memory
     // changes hands.
+    // 1 yes, 0 no, below 0 cannot tell (then copied, as before).
     let fits =
-        unsafe { ffmpeg::ffi::avformat_query_codec(octx.format().as_ptr(), ist.parameters().id().into(), 0) == 1 };
+        unsafe { ffmpeg::ffi::avformat_query_codec(octx.format().as_ptr(), ist.parameters().id().into(), 0) != 0 };
     let (transcode, out_index) = if (kind == SinkKind::WebM && !webm_ready) || !fits {
         let (t, index) = Transcode::new(octx, &ist)?;
         (Some(t), index)

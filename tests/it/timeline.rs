@@ -101,6 +101,11 @@ fn timeline_mistakes_name_their_origin() {
     refused(run(&["--animate", "zoom=0: 1, 2s: 500"]), "zoom reaches 500");
     refused(run(&["--animate", "layers.block9=0: 1"]), "no layer block9");
     refused(run(&["--animate", "guide_weight=0: 1"]), "the objective has no guide image");
+    refused(
+        run(&["--layers", "block5", "--animate", "look=0: patterns, 4: objects", "--animate", "layers.block5=0: 1"]),
+        "a look sets the layers' weights",
+    );
+    refused(run(&["--animate", "jitter=0: 0 smooth, 1000000: 5000"]), "jitter reaches 5000");
     let preset = dir.join("p.toml");
     std::fs::write(&preset, "base = \"zoom\"\n\n[timeline]\nzoom = \"0: 1, 5: 1.1 wobble\"\n").unwrap();
     refused(run(&["--preset", s(&preset)]), "line 4, key `timeline.zoom`: zoom: key 2");
