@@ -733,11 +733,19 @@ fn looks(text: &str, fps: f64, model: &str, origin: &Origin) -> Result<Looks> {
                 let s = Settings::load(&flags, &name).map_err(|e| origin.error(format!("look {name}: {e}")))?;
                 let params = s.params().map_err(|e| origin.error(format!("look {name}: {e}")))?;
                 let o = params.objective;
-                if o.guide.is_some() || o.style.is_some() {
-                    return Err(origin.error(format!(
-                        "look {name} dreams toward a guide or style image; looks cross-fade layers and classes"
-                    )));
+                for (image, has) in [("guide", o.guide.is_some()), ("style", o.style.is_some())] {
+                    let other = out.objectives.iter().zip(&out.names).find(|(p, _)| match image {
+                        "guide" => p.guide.is_some(),
+                        _ => p.style.is_some(),
+                    });
+                    if let (true, Some((_, other))) = (has, other) {
+                        return Err(origin.error(format!(
+                            "looks {other} and {name} both have a {image} image; a render dreams toward one {image} image"
+                        )));
+                    }
                 }
+                let images = o.guide.iter().flat_map(|g| &g.layers).chain(o.style.iter().flat_map(|s| &s.layers));
+                out.layers.extend(images.map(|t| t.layer.clone()));
                 if o.layers.iter().any(|t| t.top.is_some()) {
                     return Err(origin
                         .error(format!("look {name}: a LAYER:topK term cannot fade (its channels are picked later)")));
@@ -770,6 +778,8 @@ impl Looks {
         let mut objective = base.clone();
         objective.layers.clear();
         objective.classes.clear();
+        objective.guide = None;
+        objective.style = None;
         let mut tracks = Vec::new();
         for (i, (name, o)) in self.names.iter().zip(&self.objectives).enumerate() {
             // 1 at this look's keys, 0 at the others', moving as each key says.
@@ -792,6 +802,15 @@ impl Looks {
                 tracks.push((Target::Class { index: objective.classes.len(), label }, weight.scaled(w as f64)));
                 objective.classes.push((class, w));
                 objective.class_mode = o.class_mode;
+            }
+            // A look's guide or style image (one of each at most among the looks) fades with it.
+            if let Some(g) = &o.guide {
+                tracks.push((Target::GuideWeight, weight.scaled(g.weight as f64)));
+                objective.guide = Some(g.clone());
+            }
+            if let Some(st) = &o.style {
+                tracks.push((Target::StyleWeight, weight.scaled(st.weight as f64)));
+                objective.style = Some(st.clone());
             }
         }
         (objective, tracks)

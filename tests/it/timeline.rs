@@ -295,13 +295,20 @@ fn looks_cross_fade_from_one_preset_to_another() {
     assert_eq!(row(&table, "2.00s"), [1.0, 1.0, 0.5, 0.0, 0.0, 0.0]);
     assert_eq!(row(&table, "3.00s"), [0.5, 0.5, 0.25, 0.5, 0.5, 0.25]);
     assert_eq!(row(&table, "4.00s"), [0.0, 0.0, 0.0, 1.0, 1.0, 0.5]);
-    // A look and a class together render; a guide look is refused.
+    // A look and a class together render.
     let small = ["--frames", "3", "--max-size", "48", "--octaves", "1", "--steps", "1", "--frame-steps", "1"];
     let fade = ["--animate", "look=0: patterns, 2: class-banana"];
     ok(&deepdream(&[&["zoom", s(&still), "-o", s(&out)][..], &small, &fade].concat()));
+    // A look with a guide image fades its guide weight in; two looks with guides are refused.
     let guide = deepdream(&["zoom", s(&still), "-o", s(&out), "--animate", "look=0: patterns, 2: guide", "--dry-run"]);
-    assert_eq!(guide.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&guide.stderr).contains("looks cross-fade layers and classes"));
+    let (table, _) = ok(&guide);
+    assert!(table.lines().nth(1).unwrap().ends_with("guide_weight"), "{table}");
+    let again = dir.join("guide-again.toml");
+    std::fs::write(&again, "base = \"guide\"\n").unwrap();
+    let look = format!("look=0: guide, 2: {}", s(&again));
+    let two = deepdream(&["zoom", s(&still), "-o", s(&out), "--animate", &look, "--dry-run"]);
+    assert_eq!(two.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&two.stderr).contains("both have a guide image"), "{:?}", two);
 }
 
 #[test]
