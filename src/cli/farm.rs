@@ -70,6 +70,17 @@ impl Planned {
         {
             *sound = absolute(sound)?;
         }
+        // Looks named by file, for workers elsewhere.
+        let animate = match &mut self {
+            Planned::Zoom { zoom, .. } => &mut zoom.animate,
+            Planned::Video { video, .. } => &mut video.animate,
+        };
+        for a in animate.iter_mut() {
+            if let Some(keys) = a.strip_prefix("look=") {
+                let keys: Vec<String> = keys.split(',').map(absolute_look).collect::<Result<_>>()?;
+                *a = format!("look={}", keys.join(","));
+            }
+        }
         Ok(self)
     }
 
@@ -93,6 +104,19 @@ impl Planned {
                 open_zoom(input, output, &with(dream), zoom, encode)
             }
         }
+    }
+}
+
+/// A `look` key `TIME: NAME [how]` with NAME made absolute where it is a file.
+fn absolute_look(key: &str) -> Result<String> {
+    let Some((time, rest)) = key.rsplit_once(':') else { return Ok(key.to_owned()) };
+    let mut words = rest.split_whitespace();
+    match words.next() {
+        Some(name) if Path::new(name).is_file() => {
+            let name = absolute(Path::new(name))?.to_string_lossy().into_owned();
+            Ok(format!("{time}: {}", std::iter::once(name.as_str()).chain(words).collect::<Vec<_>>().join(" ")))
+        }
+        _ => Ok(key.to_owned()),
     }
 }
 
