@@ -298,7 +298,7 @@ fn looks_cross_fade_from_one_preset_to_another() {
     // A look and a class together render.
     let small = ["--frames", "3", "--max-size", "48", "--octaves", "1", "--steps", "1", "--frame-steps", "1"];
     let fade = ["--animate", "look=0: patterns, 2: class-banana"];
-    ok(&deepdream(&[&["zoom", s(&still), "-o", s(&out)][..], &small, &fade].concat()));
+    ok(&deepdream(&[&["zoom", s(&still), "-o", s(&dir.join("frames"))][..], &small, &fade].concat()));
     // A look with a guide image fades its guide weight in; two looks with guides are refused.
     let guide = deepdream(&["zoom", s(&still), "-o", s(&out), "--animate", "look=0: patterns, 2: guide", "--dry-run"]);
     let (table, _) = ok(&guide);
