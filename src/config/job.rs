@@ -454,7 +454,8 @@ impl Job {
                 | Target::GuideWeight
                 | Target::StyleWeight
                 | Target::Term { .. }
-                | Target::Class { .. } => Rule::Between(-10_000.0, 10_000.0),
+                | Target::Class { .. }
+                | Target::Guide { .. } => Rule::Between(-10_000.0, 10_000.0),
             };
             let (lo, hi) = timeline.range();
             for v in [lo, hi] {
@@ -493,7 +494,7 @@ impl Job {
         device: &candle_core::Device,
     ) -> Result<Vec<(String, Vec<usize>)>> {
         let o = &self.params().objective;
-        let image_terms = o.guide.iter().flat_map(|g| &g.layers).chain(o.style.iter().flat_map(|s| &s.layers));
+        let image_terms = o.guides.iter().flat_map(|g| &g.layers).chain(o.style.iter().flat_map(|s| &s.layers));
         if let Some(t) = image_terms.into_iter().find(|t| t.top.is_some()) {
             return Err(Error::usage(format!(
                 "{}:top{}: topK picks channels for --layers only",
@@ -691,7 +692,7 @@ fn timeline_specs(s: &Settings, flags: &[String], params: &DreamParams, work: Wo
             return Err(origin.error(format!("{name} {why}")));
         }
         let missing = match target {
-            Target::GuideWeight => params.objective.guide.is_none().then_some("guide image (--guide)"),
+            Target::GuideWeight => params.objective.guides.is_empty().then_some("guide image (--guide)"),
             Target::StyleWeight => params.objective.style.is_none().then_some("style image (--style)"),
             _ => None,
         };
@@ -733,18 +734,13 @@ fn looks(text: &str, fps: f64, model: &str, origin: &Origin) -> Result<Looks> {
                 let s = Settings::load(&flags, &name).map_err(|e| origin.error(format!("look {name}: {e}")))?;
                 let params = s.params().map_err(|e| origin.error(format!("look {name}: {e}")))?;
                 let o = params.objective;
-                for (image, has) in [("guide", o.guide.is_some()), ("style", o.style.is_some())] {
-                    let other = out.objectives.iter().zip(&out.names).find(|(p, _)| match image {
-                        "guide" => p.guide.is_some(),
-                        _ => p.style.is_some(),
-                    });
-                    if let (true, Some((_, other))) = (has, other) {
-                        return Err(origin.error(format!(
-                            "looks {other} and {name} both have a {image} image; a render dreams toward one {image} image"
-                        )));
-                    }
+                let other = out.objectives.iter().zip(&out.names).find(|(p, _)| p.style.is_some());
+                if let (true, Some((_, other))) = (o.style.is_some(), other) {
+                    return Err(origin.error(format!(
+                        "looks {other} and {name} both have a style image; a render dreams toward one style image"
+                    )));
                 }
-                let images = o.guide.iter().flat_map(|g| &g.layers).chain(o.style.iter().flat_map(|s| &s.layers));
+                let images = o.guides.iter().flat_map(|g| &g.layers).chain(o.style.iter().flat_map(|s| &s.layers));
                 out.layers.extend(images.map(|t| t.layer.clone()));
                 if o.layers.iter().any(|t| t.top.is_some()) {
                     return Err(origin
@@ -778,7 +774,7 @@ impl Looks {
         let mut objective = base.clone();
         objective.layers.clear();
         objective.classes.clear();
-        objective.guide = None;
+        objective.guides.clear();
         objective.style = None;
         let mut tracks = Vec::new();
         for (i, (name, o)) in self.names.iter().zip(&self.objectives).enumerate() {
@@ -803,10 +799,11 @@ impl Looks {
                 objective.classes.push((class, w));
                 objective.class_mode = o.class_mode;
             }
-            // A look's guide or style image (one of each at most among the looks) fades with it.
-            if let Some(g) = &o.guide {
-                tracks.push((Target::GuideWeight, weight.scaled(g.weight as f64)));
-                objective.guide = Some(g.clone());
+            // A look's guide images fade with it (one style image at most among the looks).
+            for g in &o.guides {
+                let label = format!("{name}:guide weight");
+                tracks.push((Target::Guide { index: objective.guides.len(), label }, weight.scaled(g.weight as f64)));
+                objective.guides.push(g.clone());
             }
             if let Some(st) = &o.style {
                 tracks.push((Target::StyleWeight, weight.scaled(st.weight as f64)));

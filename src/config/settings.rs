@@ -289,13 +289,13 @@ impl<'a> Settings<'a> {
             border: 2,
             classes,
             class_mode,
-            guide: self.guide()?,
+            guides: self.guide()?.into_iter().collect(),
             style: self.style()?,
             tv: pick(flag("--tv", &f.tv), file.get("objective.tv", &o.tv), 0.0, Rule::Between(0.0, 10_000.0))?,
         };
         if objective.layers.is_empty()
             && objective.classes.is_empty()
-            && objective.guide.is_none()
+            && objective.guides.is_empty()
             && objective.style.is_none()
         {
             return Err(Error::usage(format!(

@@ -35,7 +35,7 @@ fn every_builtin_preset_resolves() {
         let job = Job::zoom(&example(), Path::new("o.gif"), &flags, &ZoomFlags::default(), &EncodeFlags::default())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let o = &job.params().objective;
-        assert!(!o.layers.is_empty() || !o.classes.is_empty() || o.guide.is_some() || o.style.is_some(), "{name}");
+        assert!(!o.layers.is_empty() || !o.classes.is_empty() || !o.guides.is_empty() || o.style.is_some(), "{name}");
     }
 }
 

@@ -36,6 +36,11 @@ pub enum Target {
         index: usize,
         label: String,
     },
+    /// The weight of one guide image (a look's).
+    Guide {
+        index: usize,
+        label: String,
+    },
 }
 
 impl Target {
@@ -54,7 +59,7 @@ impl Target {
             Target::StyleWeight => "style_weight".into(),
             Target::Blend => "blend".into(),
             Target::Warp => "warp".into(),
-            Target::Term { label, .. } | Target::Class { label, .. } => label.clone(),
+            Target::Term { label, .. } | Target::Class { label, .. } | Target::Guide { label, .. } => label.clone(),
         }
     }
 }
@@ -111,13 +116,18 @@ impl Animation {
                         term.weight = v as f32;
                     }
                 }
+                Target::Guide { index, .. } => {
+                    if let Some(g) = p.objective.guides.get_mut(*index) {
+                        g.weight = v as f32;
+                    }
+                }
                 Target::Class { index, .. } => {
                     if let Some(class) = p.objective.classes.get_mut(*index) {
                         class.1 = v as f32;
                     }
                 }
                 Target::GuideWeight => {
-                    if let Some(g) = p.objective.guide.as_mut() {
+                    for g in &mut p.objective.guides {
                         g.weight = v as f32;
                     }
                 }

@@ -112,7 +112,9 @@ pub struct Objective {
     /// (class index, weight)
     pub classes: Vec<(usize, f32)>,
     pub class_mode: ClassMode,
-    pub guide: Option<Guide>,
+    /// Guide images (one given by --guide or a preset; several where looks fade from one to
+    /// another).
+    pub guides: Vec<Guide>,
     pub style: Option<Style>,
     /// Weight of the total-variation penalty on the image.
     pub tv: f32,
@@ -121,12 +123,13 @@ pub struct Objective {
 /// Targets that depend on the octave's size: guide features, style Gram matrices, content.
 #[derive(Clone, Default)]
 pub struct Prepared {
-    guide: HashMap<String, Tensor>,
+    /// Per guide (in the objective's order): its features by layer.
+    guide: Vec<HashMap<String, Tensor>>,
     grams: HashMap<String, Tensor>,
     content: HashMap<String, Tensor>,
     /// Images whose features are compared position by position (an L2 guide resized to the
     /// octave, the style's content image): kept so a tile can take its own window of them.
-    l2_guide_image: Option<Tensor>,
+    l2_guide_image: Vec<Option<Tensor>>,
     content_image: Option<Tensor>,
     /// Sides (top, bottom, left, right) that are cuts inside a larger image, not its edges:
     /// the layer loss keeps their border (only the image's own edges lose it).
@@ -142,7 +145,7 @@ impl Prepared {
     /// Whether some targets are compared position by position (and so must move with the
     /// jitter roll).
     pub fn is_positional(&self) -> bool {
-        self.l2_guide_image.is_some() || self.content_image.is_some()
+        self.l2_guide_image.iter().any(Option::is_some) || self.content_image.is_some()
     }
 
     /// The targets for the image rolled by `(dy, dx)` pixels, as the jitter rolls it: the
@@ -150,7 +153,7 @@ impl Prepared {
     pub fn rolled(&self, dy: i32, dx: i32) -> Result<Prepared> {
         let mut p = self.clone();
         let roll = |img: &Option<Tensor>| img.as_ref().map(|i| super::roll2(i, dy, dx)).transpose();
-        p.l2_guide_image = roll(&self.l2_guide_image)?;
+        p.l2_guide_image = self.l2_guide_image.iter().map(roll).collect::<Result<_>>()?;
         p.content_image = roll(&self.content_image)?;
         Ok(p)
     }
@@ -167,8 +170,10 @@ impl Prepared {
         let crop = |img: &Tensor| -> Result<Tensor> {
             Ok(img.narrow(2, rows.start, rows.len())?.narrow(3, cols.start, cols.len())?)
         };
-        if let (Some(img), Some(g)) = (&self.l2_guide_image, &objective.guide) {
-            p.guide = detached_taps(net, &crop(img)?, &g.layers)?;
+        for (i, g) in objective.guides.iter().enumerate() {
+            if let Some(img) = self.l2_guide_image.get(i).and_then(Option::as_ref) {
+                p.guide[i] = detached_taps(net, &crop(img)?, &g.layers)?;
+            }
         }
         if let (Some(img), Some(s)) = (&self.content_image, &objective.style) {
             p.content = detached_taps(net, &crop(img)?, &s.content_layers)?;
@@ -263,7 +268,7 @@ impl Objective {
             border: 2,
             classes: Vec::new(),
             class_mode: ClassMode::LogSoftmax,
-            guide: None,
+            guides: Vec::new(),
             style: None,
             tv: 0.0,
         }
@@ -272,7 +277,7 @@ impl Objective {
     /// Every layer any term reads.
     pub fn taps(&self) -> Vec<String> {
         let mut taps: Vec<String> = names(&self.layers).cloned().collect();
-        if let Some(g) = &self.guide {
+        for g in &self.guides {
             taps.extend(names(&g.layers).cloned());
         }
         if let Some(s) = &self.style {
@@ -286,7 +291,7 @@ impl Objective {
 
     /// Checks every term against the network before any work starts.
     pub fn check(&self, net: &dyn FeatureNet) -> Result<()> {
-        if self.layers.is_empty() && self.classes.is_empty() && self.guide.is_none() && self.style.is_none() {
+        if self.layers.is_empty() && self.classes.is_empty() && self.guides.is_empty() && self.style.is_none() {
             return Err(Error::usage("the objective is empty: give layers, classes, a guide or a style"));
         }
         net.check_layers(&self.taps())?;
@@ -301,9 +306,7 @@ impl Objective {
         {
             return Err(Error::usage("the style objective names no style layers"));
         }
-        if let Some(g) = &self.guide
-            && g.layers.is_empty()
-        {
+        if self.guides.iter().any(|g| g.layers.is_empty()) {
             return Err(Error::usage("the guide objective names no layers"));
         }
         Ok(())
@@ -321,14 +324,17 @@ impl Objective {
         let mut p = Prepared::default();
         let (_, _, h, w) = base.dims4()?;
         let norm = net.normalization();
-        if let Some(g) = &self.guide {
+        for g in &self.guides {
             match g.mode {
                 GuideMode::Dot => {
                     let img = norm.apply(&resize_to_area(&g.image.to_device(base.device())?, h, w)?)?;
-                    p.guide = detached_taps(net, &img, &g.layers)?;
+                    p.guide.push(detached_taps(net, &img, &g.layers)?);
+                    p.l2_guide_image.push(None);
                 }
                 GuideMode::L2 => {
-                    p.l2_guide_image = Some(norm.apply(&resize_bilinear(&g.image.to_device(base.device())?, h, w)?)?)
+                    p.guide.push(HashMap::new());
+                    let img = resize_bilinear(&g.image.to_device(base.device())?, h, w)?;
+                    p.l2_guide_image.push(Some(norm.apply(&img)?));
                 }
             }
         }
@@ -388,9 +394,9 @@ impl Objective {
                 total = add(total, (scores.narrow(1, class, 1)?.sum_all()? * weight as f64)?)?;
             }
         }
-        if let Some(g) = &self.guide {
+        for (i, g) in self.guides.iter().enumerate() {
             for term in &g.layers {
-                let (a, target) = (tap(&term.layer)?, &prepared.guide[&term.layer]);
+                let (a, target) = (tap(&term.layer)?, &prepared.guide[i][&term.layer]);
                 let value = match g.mode {
                     GuideMode::Dot => {
                         let (xf, yf) = (flat(a)?, flat(target)?);

@@ -163,13 +163,13 @@ fn tiled_dream_runs_end_to_end_with_positional_targets() {
         weight: 1.0,
     };
     // Guided by itself, every tile's features equal its target: the loss is exactly zero.
-    p.objective = Objective { guide: Some(guided(img.clone())), ..Objective::layers(vec![]) };
+    p.objective = Objective { guides: vec![guided(img.clone())], ..Objective::layers(vec![]) };
     let own = dream::dream(lite0(), &img, &p, &mut Quiet).unwrap();
     assert!(own.losses[0].abs() < 1e-6, "tiles compared with the wrong part of the guide: {:?}", own.losses);
     // Guided by another picture, the tiled ascent closes the distance step by step.
     let coffee =
         io::to_tensor(&io::load_rgb(&repo().join("examples/coffee.jpg"), Some(451)).unwrap(), &Device::Cpu).unwrap();
-    p.objective.guide = Some(guided(coffee));
+    p.objective.guides = vec![guided(coffee)];
     let out = dream::dream(lite0(), &img, &p, &mut Quiet).unwrap();
     assert_eq!(out.pixels.dims(), img.dims());
     assert!(out.losses.windows(2).all(|w| w[1] > w[0]), "loss did not rise: {:?}", out.losses);
@@ -187,7 +187,7 @@ fn positional_targets_roll_with_the_jitter() {
         mode: dream::GuideMode::L2,
         weight: 1.0,
     };
-    let objective = Objective { guide: Some(guide), ..Objective::layers(vec![]) };
+    let objective = Objective { guides: vec![guide], ..Objective::layers(vec![]) };
     let x = lite0().normalization().apply(&img).unwrap();
     for tile in [0, 128] {
         let tiling = if tile == 0 { dream::Tiling::off() } else { dream::Tiling::with_tile(tile) };

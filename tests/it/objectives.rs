@@ -90,12 +90,12 @@ fn guide_objective_lowers_the_feature_distance() {
     let guide_here = deepdream::ops::resize_bilinear(&guide_img, h, w).unwrap();
     for mode in [GuideMode::L2, GuideMode::Dot] {
         let objective = Objective {
-            guide: Some(Guide {
+            guides: vec![Guide {
                 image: guide_img.clone(),
                 layers: vec![LayerTerm::new("block8", 1.0)],
                 mode,
                 weight: 1.0,
-            }),
+            }],
             ..Objective::layers(Vec::new())
         };
         let params = dream::DreamParams {
