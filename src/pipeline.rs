@@ -490,17 +490,24 @@ impl Drop for Trace {
 /// output starts at frame N, and its last N frames cross-fade into the held ones, so the
 /// last output frame leads into the first as any frame leads into the next. Output frame k
 /// takes the timestamp of rendered frame k.
+///
+/// The last output frame is a third of the way from the last held frame to the first output
+/// frame: a zoom's steps shrink as its dream settles, so the step from the last held frame
+/// into the first output frame, an early one, would be larger than nearly every step the
+/// loop shows; a third of the way on, the loop point is a smaller step than most inside it,
+/// and the step into that frame not much larger than the largest.
 struct Looper {
     frames: u64,
     total: Option<u64>,
     head: std::collections::VecDeque<RgbImage>,
     pts: std::collections::VecDeque<i64>,
+    first: Option<RgbImage>,
 }
 
 impl Looper {
     /// A loop over `frames` of a render of `total` frames (where the tail starts).
     fn new(frames: u64, total: Option<u64>) -> Looper {
-        Looper { frames, total, head: Default::default(), pts: Default::default() }
+        Looper { frames, total, head: Default::default(), pts: Default::default(), first: None }
     }
 
     /// The output frame rendered frame `index` gives, if any.
@@ -515,15 +522,22 @@ impl Looper {
             return None;
         }
         let pts = self.pts.pop_front().expect("one timestamp per frame");
+        if index == n {
+            self.first = Some(image.clone());
+        }
         let tail_start = self.total.map_or(u64::MAX, |t| t - n);
         if index < tail_start {
             return Some((Cow::Borrowed(image), pts));
         }
-        // Tail frame i of n fades into head frame i with weight (i + 1) / (n + 1).
+        // Tail frame i of n fades into head frame i with weight (i + 1) / n; the last is a
+        // third of the way from the last head frame to the first output frame.
         let i = index - tail_start;
         let head = self.head.pop_front().expect("a head frame per tail frame");
-        let w = (i + 1) as f32 / (n + 1) as f32;
-        let mut out = image.clone();
+        let (from, w) = match (i + 1 == n, &self.first) {
+            (true, Some(first)) => (first, 2.0 / 3.0),
+            _ => (image, (i + 1) as f32 / n as f32),
+        };
+        let mut out = from.clone();
         for (o, h) in out.iter_mut().zip(head.iter()) {
             *o = ((1.0 - w) * *o as f32 + w * *h as f32).round() as u8;
         }

@@ -707,15 +707,19 @@ fn a_looped_zoom_flows_from_its_end_into_its_start() {
         assert!(o.status.success(), "{}", stderr(&o));
         let frames: Vec<_> =
             (1..=36).map(|i| deepdream::io::load_rgb(&out.join(format!("frame_{i:05}.png")), None).unwrap()).collect();
-        let inside: Vec<f64> = frames.windows(2).map(|w| step(&w[0], &w[1])).collect();
+        let mut inside: Vec<f64> = frames.windows(2).map(|w| step(&w[0], &w[1])).collect();
         let across = step(&frames[35], &frames[0]);
-        (inside.iter().cloned().fold(0.0, f64::max), across)
+        inside.sort_by(f64::total_cmp);
+        // The 95th percentile of the steps inside the animation, and the largest.
+        (inside[(inside.len() as f64 * 0.95) as usize - 1], inside[inside.len() - 1], across)
     };
-    let (plain_inside, plain_across) = steps(None);
-    let (inside, across) = steps(Some("12"));
-    // Without a loop the jump back is far larger than any step; with one it is a step like
-    // the others.
+    let (_, plain_inside, plain_across) = steps(None);
+    let (p95, inside, across) = steps(Some("12"));
+    // Without a loop the jump back is far larger than any step; with one it is no bigger than
+    // the 95th percentile of the steps inside.
     assert!(plain_across > 2.0 * plain_inside, "no loop: across {plain_across:.2}, inside at most {plain_inside:.2}");
-    assert!(across <= 1.1 * inside, "loop: across {across:.2}, inside at most {inside:.2}");
-    eprintln!("steps: no loop {plain_across:.2} across vs {plain_inside:.2}; loop {across:.2} vs {inside:.2}");
+    assert!(across <= p95, "loop: across {across:.2}, inside 95th percentile {p95:.2}, largest {inside:.2}");
+    eprintln!(
+        "steps: no loop {plain_across:.2} across vs {plain_inside:.2}; loop {across:.2} vs 95th percentile {p95:.2}, largest {inside:.2}"
+    );
 }
