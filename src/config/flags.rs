@@ -197,7 +197,8 @@ pub struct ZoomFlags {
     /// a frame, 2.5s or 00:01:30; linear, step, ease or smooth to the next key), or
     /// SETTING=audio(min=A, max=B, smooth=S) to follow --audio's loudness. Settings: zoom,
     /// rotate, pan_x, pan_y, step, frame_steps, jitter, layers.NAME, guide_weight,
-    /// style_weight. Repeat for more; a preset's [timeline] section does the same.
+    /// style_weight; and look='0: patterns, 4s: objects ease' cross-fades presets. Repeat for
+    /// more; a preset's [timeline] section does the same.
     #[arg(long, value_name = "SETTING=KEYS")]
     pub animate: Vec<String>,
     /// Print every animated setting's value each second (and at each key; every frame for an
@@ -253,9 +254,10 @@ pub struct VideoFlags {
     #[arg(long, allow_negative_numbers = true, value_name = "SECONDS")]
     pub duration: Option<f64>,
     /// Keyframe a setting: SETTING=KEYS (see `zoom --help`), or SETTING=audio(min=A, max=B,
-    /// smooth=S) to follow the loudness of the video's sound. Settings: step, frame_steps,
-    /// jitter, layers.NAME, guide_weight, style_weight, blend (motion blend), warp (motion
-    /// flow). Repeat for more; a preset's [timeline] section does the same.
+    /// smooth=S) to follow the loudness of the video's sound. Settings: step, frame_steps
+    /// (motion flow), jitter, layers.NAME, guide_weight, style_weight, blend (motion blend),
+    /// warp (motion flow); and look='0: patterns, 4s: objects ease' cross-fades presets.
+    /// Repeat for more; a preset's [timeline] section does the same.
     #[arg(long, value_name = "SETTING=KEYS")]
     pub animate: Vec<String>,
     /// Print every animated setting's value each second (every frame for an audio curve),
