@@ -24,16 +24,8 @@ done
 shift $((OPTIND - 1))
 [ $# -ge 2 ] || usage
 command -v parallel >/dev/null || { echo "farm-parallel: GNU parallel is not installed (apt install parallel)" >&2; exit 2; }
-args=("$@") out=""
-for i in "${!args[@]}"; do
-    case ${args[$i]} in
-        -o|--output) out=${args[$((i + 1))]:-} ;;
-        --output=*) out=${args[$i]#--output=} ;;
-    esac
-done
-[ -n "$out" ] || { echo "farm-parallel: give the output with -o" >&2; exit 2; }
-case $out in /*) ;; *) out=$PWD/$out ;; esac
-name=$(basename "${out%/}")
+. "$(dirname "$0")/farm-output.sh"
+farm_output farm-parallel "$@"
 joblog=${joblog:-$(dirname "$out")/.$name.joblog}
 if [ -z "$gpus" ]; then
     gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)

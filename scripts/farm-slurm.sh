@@ -27,17 +27,8 @@ while getopts p:g:d:s:l:h opt; do
 done
 shift $((OPTIND - 1))
 [ $# -ge 2 ] || usage
-# The output as every worker will name it: absolute.
-args=("$@") out=""
-for i in "${!args[@]}"; do
-    case ${args[$i]} in
-        -o|--output) out=${args[$((i + 1))]:-} ;;
-        --output=*) out=${args[$i]#--output=} ;;
-    esac
-done
-[ -n "$out" ] || { echo "farm-slurm: give the output with -o" >&2; exit 2; }
-case $out in /*) ;; *) out=$PWD/$out ;; esac
-name=$(basename "${out%/}")
+. "$(dirname "$0")/farm-output.sh"
+farm_output farm-slurm "$@"
 logs=${logs:-$(dirname "$out")/.$name.logs}
 mkdir -p "$logs"
 

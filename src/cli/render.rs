@@ -433,6 +433,15 @@ impl Opened {
     }
 }
 
+/// The zoom job its flags ask for, warned about, its timelines read.
+fn zoom_job(input: &Path, output: &Path, flags: &DreamFlags, z: &ZoomFlags, e: &EncodeFlags) -> Result<Job> {
+    let mut job = Job::zoom(input, output, flags, z, e)?;
+    warn(&job);
+    warn_ignored(output, e);
+    animate_zoom(&mut job)?;
+    Ok(job)
+}
+
 pub(super) fn open_zoom(
     input: &Path,
     output: &Path,
@@ -440,10 +449,7 @@ pub(super) fn open_zoom(
     z: &ZoomFlags,
     e: &EncodeFlags,
 ) -> Result<Opened> {
-    let mut job = Job::zoom(input, output, flags, z, e)?;
-    warn(&job);
-    warn_ignored(output, e);
-    animate_zoom(&mut job)?;
+    let mut job = zoom_job(input, output, flags, z, e)?;
     let image = io::load_rgb(input, job.max_size)?;
     let (backend, net) = prepare(&mut job, (image.height(), image.width()), Some(&image))?;
     let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a zoom job without a zoom plan")) };
@@ -470,9 +476,7 @@ pub fn zoom(
     cancel: &Cancel,
 ) -> Result<()> {
     if z.dry_run {
-        let mut job = Job::zoom(input, output, flags, z, e)?;
-        warn(&job);
-        animate_zoom(&mut job)?;
+        let job = zoom_job(input, output, flags, z, e)?;
         let Work::Zoom(plan) = &job.work else { return Err(Error::internal("a zoom job without a zoom plan")) };
         return print_timeline(&plan.animation, plan.rendered_frames(), plan.rate.as_f64());
     }
@@ -532,13 +536,16 @@ fn print_timeline(animation: &Animation, frames: u64, rate: f64) -> Result<()> {
 }
 
 #[cfg(feature = "video")]
-pub(super) fn open_video(
+/// The video job its flags ask for, warned about, checked against the opened video, its
+/// timelines read at the video's rate; the video opened with the options it decodes with.
+#[cfg(feature = "video")]
+fn video_job(
     input: &Path,
     output: &Path,
     flags: &DreamFlags,
     v: &VideoFlags,
     e: &EncodeFlags,
-) -> Result<Opened> {
+) -> Result<(Job, deepdream::source::video::VideoSource, deepdream::source::video::VideoOptions)> {
     use deepdream::source::video::{VideoOptions, VideoSource};
     let mut job = Job::video(input, output, flags, v, e)?;
     warn(&job);
@@ -556,6 +563,18 @@ pub(super) fn open_video(
     animate_video(&mut job, input, source.info())?;
     let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
     let source = source.with_animation(plan.animation.clone());
+    Ok((job, source, options))
+}
+
+#[cfg(feature = "video")]
+pub(super) fn open_video(
+    input: &Path,
+    output: &Path,
+    flags: &DreamFlags,
+    v: &VideoFlags,
+    e: &EncodeFlags,
+) -> Result<Opened> {
+    let (mut job, source, options) = video_job(input, output, flags, v, e)?;
     // A `LAYER:topK` term picks its channels on the first frame.
     let first = match job.wants_top_channels() {
         true => {
@@ -584,15 +603,7 @@ fn animate_video(job: &mut Job, input: &Path, info: &deepdream::source::SourceIn
 
 #[cfg(feature = "video")]
 fn video_dry_run(input: &Path, output: &Path, flags: &DreamFlags, v: &VideoFlags, e: &EncodeFlags) -> Result<()> {
-    use deepdream::source::video::{VideoOptions, VideoSource};
-    let mut job = Job::video(input, output, flags, v, e)?;
-    warn(&job);
-    let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
-    let options =
-        VideoOptions { max_size: job.max_size, start: plan.start, duration: plan.duration, ..Default::default() };
-    let source = VideoSource::open(input, options, plan.continuation)?;
-    job.check_source(source.info())?;
-    animate_video(&mut job, input, source.info())?;
+    let (job, source, _) = video_job(input, output, flags, v, e)?;
     let info = source.info();
     let frames = job.frame_count(info.rate.as_f64(), info.frames).unwrap_or(0);
     let Work::Video(plan) = &job.work else { return Err(Error::internal("a video job without a video plan")) };
