@@ -39,6 +39,8 @@ fn main() {
     // `deepdream models | head` ends quietly, as Unix tools do, when the reader goes away.
     // SAFETY: restores the default action of one signal before any thread starts.
     unsafe { signal(SIGPIPE, SIG_DFL) };
+    // The matrix products' kernels, fitted to this CPU before any thread starts.
+    deepdream::ops::gemm::prepare();
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,
         Err(e)

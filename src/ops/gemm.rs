@@ -118,6 +118,113 @@ mod cblas {
     }
 }
 
+/// The OpenBLAS kernels this CPU should get, by the instructions it has; `None` below AVX.
+#[cfg(all(feature = "openblas", target_arch = "x86_64"))]
+fn openblas_core_for_cpu() -> Option<&'static str> {
+    use std::arch::is_x86_feature_detected as has;
+    if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq") && has!("avx512cd") {
+        Some("SkylakeX")
+    } else if has!("avx2") && has!("fma") {
+        Some("Haswell")
+    } else if has!("avx") {
+        Some("Sandybridge")
+    } else {
+        None
+    }
+}
+
+/// Runtime-dispatching OpenBLAS builds (Debian's, Ubuntu's, Fedora's) pick their kernels by the
+/// CPU's model number, and on a model newer than the library knows they fall back to the generic
+/// SSE3 "Prescott" kernels: on an Emerald Rapids Xeon (model 207) Debian 12's OpenBLAS 0.3.21
+/// ran InceptionV3's 512x512 dream step in 1210 ms instead of 423 ms with its AVX-512 kernels.
+/// When the library says Prescott and the CPU has AVX or better, this selects the kernels the
+/// CPU's instructions allow, through the library's own `OPENBLAS_CORETYPE` path: the variable is
+/// set, `gotoblas_dynamic_quit` forgets the choice and `gotoblas_dynamic_init` makes it again.
+/// A user's own `OPENBLAS_CORETYPE` is left alone, and a build without runtime dispatch (no
+/// `gotoblas_dynamic_init` symbol) is used as it is. Called once, before the first product.
+#[cfg(feature = "openblas")]
+fn fit_openblas_to_cpu() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::ffi::{CStr, c_char};
+        if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
+            return;
+        }
+        let symbol = |name: &CStr| {
+            // SAFETY: dlsym with RTLD_DEFAULT only looks a name up among the loaded objects.
+            let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+            (!p.is_null()).then_some(p)
+        };
+        let (Some(corename), Some(quit), Some(init)) =
+            (symbol(c"gotoblas_corename"), symbol(c"gotoblas_dynamic_quit"), symbol(c"gotoblas_dynamic_init"))
+        else {
+            return;
+        };
+        // SAFETY: the three are OpenBLAS's exported `char *gotoblas_corename(void)` and
+        // `void gotoblas_dynamic_{quit,init}(void)`, found by name just above.
+        let (corename, quit, init) = unsafe {
+            (
+                std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> *const c_char>(corename),
+                std::mem::transmute::<*mut libc::c_void, extern "C" fn()>(quit),
+                std::mem::transmute::<*mut libc::c_void, extern "C" fn()>(init),
+            )
+        };
+        let current = corename();
+        // SAFETY: OpenBLAS returns a static NUL-terminated name.
+        if current.is_null() || unsafe { CStr::from_ptr(current) }.to_bytes() != b"Prescott" {
+            return;
+        }
+        let Some(core) = openblas_core_for_cpu() else { return };
+        // SAFETY: called once (from `prepare`), before the first product; `main` calls it before
+        // it starts any thread, so nothing reads the environment meanwhile. The variable is read
+        // by `gotoblas_dynamic_init` alone and removed right after it.
+        unsafe {
+            std::env::set_var("OPENBLAS_CORETYPE", core);
+            quit();
+            init();
+            std::env::remove_var("OPENBLAS_CORETYPE");
+        }
+    }
+}
+
+/// What multiplies the matrices, for `bench`: "OpenBLAS SkylakeX kernels" or "the gemm crate".
+pub fn backend() -> String {
+    #[cfg(feature = "openblas")]
+    {
+        prepare();
+        // SAFETY: dlsym with RTLD_DEFAULT only looks a name up among the loaded objects.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"gotoblas_corename".as_ptr()) };
+        if p.is_null() {
+            return "OpenBLAS".into();
+        }
+        // SAFETY: OpenBLAS's exported `char *gotoblas_corename(void)`, which returns a static
+        // NUL-terminated name.
+        let name = unsafe {
+            let corename = std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> *const std::ffi::c_char>(p);
+            std::ffi::CStr::from_ptr(corename())
+        };
+        format!("OpenBLAS {} kernels", name.to_string_lossy())
+    }
+    #[cfg(not(feature = "openblas"))]
+    {
+        "the gemm crate".into()
+    }
+}
+
+/// Sets the matrix products up once: with OpenBLAS, its kernels fitted to the CPU and one thread
+/// per call. `main` calls it before it starts any thread; the first product calls it otherwise.
+pub fn prepare() {
+    #[cfg(feature = "openblas")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            fit_openblas_to_cpu();
+            // SAFETY: plain setter in OpenBLAS, called before any product.
+            unsafe { cblas::openblas_set_num_threads(1) }
+        });
+    }
+}
+
 /// OpenBLAS runs single-threaded and the columns of `c` are split across rayon's threads instead:
 /// OpenBLAS's own threads busy-wait with `sched_yield` between calls and fight rayon's for the
 /// cores (11% of a dream step went to the scheduler that way).
@@ -136,9 +243,7 @@ fn openblas_sgemm(
     ldc: usize,
     accumulate: bool,
 ) {
-    static SINGLE_THREADED: std::sync::Once = std::sync::Once::new();
-    // SAFETY: plain setter in OpenBLAS, called once before any product.
-    SINGLE_THREADED.call_once(|| unsafe { cblas::openblas_set_num_threads(1) });
+    prepare();
     let dim = |v: usize| i32::try_from(v.max(1)).expect("sgemm: matrix dimension over 2^31");
     let (cta, lda) = match ta {
         Trans::No => (cblas::NO_TRANS, k),

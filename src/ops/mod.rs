@@ -4,7 +4,7 @@
 pub mod blur;
 pub mod conv;
 pub mod fused;
-mod gemm;
+pub mod gemm;
 pub mod host;
 pub mod pool;
 pub mod portable;
