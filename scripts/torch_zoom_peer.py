@@ -77,7 +77,7 @@ def main():
         frame = (x[0].permute(1, 2, 0) * 128 + 128).round().clamp(0, 255).byte().cpu()
     sync()
     elapsed = time.time() - t0
-    print(f"device {device} frames {frames - 1} at {W}x{H}: {elapsed:.3f} s, fps {(frames - 1) / elapsed:.2f}")
+    print(f"device {device} frames {frames - 1} at {W}x{H}: {elapsed:.3f} s, fps {(frames - 1) / elapsed:.2f}, per frame {elapsed / (frames - 1):.3f} s")
 
 
 if __name__ == "__main__":

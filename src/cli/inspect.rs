@@ -115,7 +115,8 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let t = time_steps(net.as_ref(), &objective, &backend.device, (h, w), steps)?;
     let layers: Vec<_> = objective.layers.iter().map(|t| t.layer.as_str()).collect();
     let threads = rayon::current_num_threads();
-    let products = if backend.device.is_cpu() { format!(", {}", deepdream::ops::gemm::backend()) } else { String::new() };
+    let products =
+        if backend.device.is_cpu() { format!(", {}", deepdream::ops::gemm::backend()) } else { String::new() };
     say!("{} {w}x{h} layers {} ({steps} steps, medians, {threads} threads{products})", a.model, layers.join(","));
     let gf = |flops: u64| flops as f64 / 1e9;
     let (bwd, bwd_flops) = ((t.step - t.forward).max(1e-9), t.step_flops.saturating_sub(t.forward_flops));

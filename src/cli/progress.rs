@@ -187,6 +187,17 @@ impl<'a> FrameBar<'a> {
         }
     }
 
+    /// Seconds per frame after the run's first, from the first frame's end to the last
+    /// frame's: the steady rate of a render, once a second frame is done.
+    pub fn later_frames(&self) -> Option<f64> {
+        match self.timed_from {
+            Some((since, from)) if self.fresh > from => {
+                Some(self.frame_start.duration_since(since).as_secs_f64() / (self.fresh - from) as f64)
+            }
+            _ => None,
+        }
+    }
+
     /// Seconds per continuing frame: measured once one is done, else from the rate of the
     /// steps so far.
     fn per_frame(&self) -> Option<f64> {

@@ -805,6 +805,7 @@ fn render(
     let summary = pipeline::render(&render, &mut logged);
     let bar = logged.close();
     bar.finish();
+    let later = bar.later_frames();
     for note in source.notes() {
         tell!("warning: {note}");
     }
@@ -820,7 +821,8 @@ fn render(
     if s.kept_earlier {
         tell!("interrupted after {n} frames; {out} still holds the earlier render: run again with --resume to finish");
     } else {
-        tell!("wrote {out} ({n} frames at {w}x{h}{resumed}; {per_frame:.2} s per frame){stopped}");
+        let later = later.map(|s| format!(", {s:.2} s per frame after the first")).unwrap_or_default();
+        tell!("wrote {out} ({n} frames at {w}x{h}{resumed}; {per_frame:.2} s per frame{later}){stopped}");
     }
     if s.interrupted {
         return Err(Error::Cancelled);

@@ -38,7 +38,7 @@ pub enum Activation {
 }
 
 impl Activation {
-    fn apply(self, v: f32) -> f32 {
+    pub(super) fn apply(self, v: f32) -> f32 {
         match self {
             Activation::Identity => v,
             Activation::Relu => v.max(0.0),
@@ -87,6 +87,9 @@ struct ConvInner {
     /// The weights flipped and transposed, `[groups][ci / groups, (co / groups) * kh * kw]`,
     /// made on the first stride-1 backward pass (see `conv_backward_into`).
     flipped: std::sync::OnceLock<Vec<f32>>,
+    /// The weights and the flipped weights packed for the implicit-product kernel.
+    packed: std::sync::OnceLock<super::igemm::Packed>,
+    packed_flipped: std::sync::OnceLock<super::igemm::Packed>,
     /// The weights as tensors on the (non-CPU) devices the portable path has run on.
     on_device: crate::ops::PerDevice<Arc<DeviceWeights>>,
 }
@@ -176,6 +179,8 @@ impl Conv2d {
                 wshape: [co, cig, kh, kw],
                 spec,
                 flipped: Default::default(),
+                packed: Default::default(),
+                packed_flipped: Default::default(),
                 on_device: Default::default(),
             }),
         })
@@ -204,6 +209,8 @@ impl Conv2d {
             wshape: [co, cig, kh, kw],
             spec,
             flipped: Default::default(),
+            packed: Default::default(),
+            packed_flipped: Default::default(),
             on_device: Default::default(),
         };
         Ok(Conv2d { inner: Arc::new(inner) })
@@ -547,7 +554,7 @@ fn col2im(col: &[f32], g: &Geometry, channels: usize, x: &mut [f32]) {
 
 /// `dst = src` where the activation passes its output `y`, else 0 (equal lengths; written
 /// branch-free per activation so it vectorises).
-fn mask_into(dst: &mut [f32], src: &[f32], y: &[f32], act: Activation) {
+pub(super) fn mask_into(dst: &mut [f32], src: &[f32], y: &[f32], act: Activation) {
     // Bit masks rather than branches: the loops vectorise, and a masked entry is exactly 0.
     let keep = |pass: bool| if pass { u32::MAX } else { 0 };
     let pairs = dst.iter_mut().zip(src.iter().zip(y));
@@ -672,7 +679,43 @@ fn with_buffer<R>(
     result
 }
 
+/// Whether the implicit-product kernel (`igemm.rs`) runs this convolution: stride 1, one group,
+/// a CPU with AVX-512F, and not turned off with `DEEPDREAM_IGEMM=0` (for comparing the routes).
+fn implicit(g: &Geometry) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| {
+        super::igemm::available() && std::env::var("DEEPDREAM_IGEMM").map_or(true, |v| v.trim() != "0")
+    });
+    on && g.sh == 1 && g.sw == 1 && g.groups == 1 && g.transposed().is_some()
+}
+
 fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
+    if implicit(g) {
+        let k = g.ci * g.kh * g.kw;
+        let packed = inner.packed.get_or_init(|| super::igemm::Packed::new(&inner.weight, g.co, k));
+        let mut y = Vec::with_capacity(g.n * g.co * g.oh * g.ow);
+        for b in 0..g.n {
+            let job = super::igemm::Conv {
+                x: &x[b * g.ci * g.h * g.w..][..g.ci * g.h * g.w],
+                mask: None,
+                c: g.ci,
+                h: g.h,
+                w: g.w,
+                kh: g.kh,
+                kw: g.kw,
+                pt: g.pt,
+                pl: g.pl,
+                oh: g.oh,
+                ow: g.ow,
+            };
+            let yb = super::igemm::conv(packed, Some(&inner.bias), inner.spec.activation, &job);
+            if g.n == 1 {
+                return yb;
+            }
+            y.extend_from_slice(&yb);
+        }
+        return y;
+    }
     let ohw = g.oh * g.ow;
     // The products accumulate onto the bias (so neither a zeroing pass nor a bias pass is
     // needed: OpenBLAS skips its own pass over the output when told to accumulate).
@@ -737,6 +780,37 @@ fn conv_forward_into(inner: &ConvInner, x: &[f32], g: &Geometry, y: &mut [f32], 
 
 fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<f32> {
     let act = inner.spec.activation;
+    if implicit(g)
+        && let Some(t) = g.transposed()
+    {
+        // The input gradient is the convolution of the masked output gradient with the
+        // flipped, transposed kernel (see `conv_backward_into`).
+        let k = g.co * g.kh * g.kw;
+        let packed = inner.packed_flipped.get_or_init(|| super::igemm::Packed::new(inner.flipped(), g.ci, k));
+        let mut gx = Vec::with_capacity(g.n * g.ci * g.h * g.w);
+        let ohw = g.oh * g.ow;
+        for b in 0..g.n {
+            let job = super::igemm::Conv {
+                x: &gy[b * g.co * ohw..][..g.co * ohw],
+                mask: (act != Activation::Identity).then(|| (&y[b * g.co * ohw..][..g.co * ohw], act)),
+                c: g.co,
+                h: g.oh,
+                w: g.ow,
+                kh: g.kh,
+                kw: g.kw,
+                pt: t.pt,
+                pl: t.pl,
+                oh: g.h,
+                ow: g.w,
+            };
+            let gb = super::igemm::conv(packed, None, Activation::Identity, &job);
+            if g.n == 1 {
+                return gb;
+            }
+            gx.extend_from_slice(&gb);
+        }
+        return gx;
+    }
     let gx = vec![0.0f32; g.n * g.ci * g.h * g.w];
     // The gradient at the pre-activation: zero where the activation was flat. The stride-1
     // route applies the mask as its im2col gathers; the others read it from a buffer kept

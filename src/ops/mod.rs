@@ -6,6 +6,7 @@ pub mod conv;
 pub mod fused;
 pub mod gemm;
 pub mod host;
+mod igemm;
 pub mod pool;
 pub mod portable;
 pub mod resize;

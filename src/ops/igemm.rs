@@ -1,0 +1,586 @@
+//! Stride-1 convolutions as an implicit matrix product with an AVX-512 micro-kernel: no
+//! im2col matrix, no packing of the image, bias and activation applied as the results leave
+//! the registers.
+//!
+//! Why by hand: the im2col route (`conv.rs`) writes the gathered columns out, and OpenBLAS then
+//! copies them again into its own panel layout before its kernel reads them: on InceptionV3's
+//! 512x512 dream step those two copies took about a fifth of the CPU time, next to 43% in the
+//! kernel itself. No crate multiplies straight out of an image. The trick here is the padded
+//! grid: with the input copied once into planes `Wp = ow + kw - 1` wide (zero margins), the
+//! column of kernel tap `(c, ky, kx)` for output pixel `p` of the `oh x Wp` grid is the padded
+//! plane at `p + ky * Wp + kx` -- a plain shifted read, so the micro-kernel loads its 48
+//! pixels of each tap straight from the image. The `kw - 1` extra columns of each grid row are
+//! computed and dropped (3% at 61 columns and a 3x3 kernel). A 1x1 convolution without padding
+//! reads the input itself.
+//!
+//! The kernel keeps 8 output channels x 48 pixels in 24 registers, and per tap loads 3 vectors
+//! of pixels and broadcasts 8 weights. The weights are packed once per layer (8 channels at a
+//! time, tap-major). The input gradient of a stride-1 convolution is itself such a convolution
+//! (of the masked output gradient with the flipped, transposed kernel), so it runs here too.
+//! Used when the CPU has AVX-512F; elsewhere `conv.rs` keeps the im2col route.
+
+use super::conv::Activation;
+use rayon::prelude::*;
+
+/// Output channels per micro-tile.
+const MR: usize = 8;
+/// Pixels per micro-tile (three 16-float vectors).
+const NR: usize = 48;
+/// Taps per pass over a tile: the pixels of 128 taps (at most 24 KB) stay in the L1 cache while
+/// every block of channels reads them; the whole of a 3x3 layer's taps did not, and the kernel
+/// then waited on the L2 cache (65-127 GFLOP/s on one core instead of about 150).
+const KC: usize = 128;
+
+/// Where a micro-tile's sums start.
+#[derive(Clone, Copy)]
+enum From {
+    /// Zero: the first taps.
+    Zero,
+    /// The partial sums of the taps before.
+    Partial,
+}
+
+/// Where a micro-tile's sums go.
+#[derive(Clone, Copy)]
+enum To<'a> {
+    /// Channel 0 of the block in the output (`[rows, oh, ow]`), plus the bias of each of the
+    /// block's channels, through the activation. The bias comes after the sum, as in PyTorch
+    /// and OpenBLAS: a pre-activation a rounding away from 0 or 6 decides whether the gradient
+    /// passes, and with the bias first one such pixel of the Lite0 reference differed by 3e-3
+    /// of the gradient's spread.
+    Output(*mut f32, &'a [f32], usize, Activation),
+    /// The partial sums, for the taps after.
+    Partial,
+}
+
+/// Whether this CPU runs the kernel (checked once).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A weight matrix `[m, k]` packed for the kernel: `data[block][k][r]` holds row
+/// `block * MR + r` (zero past `m`).
+pub struct Packed {
+    m: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl Packed {
+    /// Packs the row-major `[m, k]` matrix `w`.
+    pub fn new(w: &[f32], m: usize, k: usize) -> Packed {
+        assert_eq!(w.len(), m * k, "igemm: weight matrix of {m}x{k}");
+        let blocks = m.div_ceil(MR);
+        let mut data = vec![0.0f32; blocks * k * MR];
+        for b in 0..blocks {
+            for r in 0..MR.min(m - b * MR) {
+                let row = &w[(b * MR + r) * k..][..k];
+                for (kk, v) in row.iter().enumerate() {
+                    data[(b * k + kk) * MR + r] = *v;
+                }
+            }
+        }
+        Packed { m, k, data }
+    }
+}
+
+/// One convolution over one image: `c` input planes of `h x w` (optionally multiplied by the
+/// activation mask read off `mask`, same shape), zero padding `pt` rows and `pl` columns
+/// before, a `kh x kw` kernel at stride 1, output `oh x ow`.
+#[derive(Clone, Copy)]
+pub struct Conv<'a> {
+    pub x: &'a [f32],
+    pub mask: Option<(&'a [f32], Activation)>,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub pt: usize,
+    pub pl: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+thread_local! {
+    /// The padded input, kept between calls (tens of megabytes at 512x512).
+    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `y[o] = act(bias[o] + sum_k w[o, k] * column_k)` for every output channel `o` of `w`
+/// (`w.k` must be `c * kh * kw`, taps ordered `(c, ky, kx)`), as `[m, oh, ow]`.
+pub fn conv(w: &Packed, bias: Option<&[f32]>, act: Activation, job: &Conv) -> Vec<f32> {
+    assert!(available(), "igemm: the CPU lacks AVX-512F");
+    assert!(w.k > 0 && w.k == job.c * job.kh * job.kw, "igemm: weights for another kernel");
+    assert_eq!(job.x.len(), job.c * job.h * job.w, "igemm: input of another size");
+    let direct = job.kh == 1
+        && job.kw == 1
+        && job.pt == 0
+        && job.pl == 0
+        && (job.oh, job.ow) == (job.h, job.w)
+        && job.mask.is_none();
+    if direct {
+        return run(w, bias, act, job, job.x, job.w, job.h * job.w);
+    }
+    let (hp, wp) = (job.oh + job.kh - 1, job.ow + job.kw - 1);
+    let plane = hp * wp;
+    // Reads reach `kh - 1` rows and `kw - 1` columns past a grid pixel, and a tile NR past
+    // the last one.
+    let len = job.c * plane + wp + job.kw + NR;
+    let mut buf = PADDED.with(|c| c.take());
+    if buf.len() < len {
+        buf = vec![0.0; len];
+    }
+    pad(job, &mut buf[..len], hp, wp);
+    let y = run(w, bias, act, job, &buf[..len], wp, plane);
+    PADDED.with(|c| {
+        if c.borrow().len() < buf.len() {
+            c.replace(buf);
+        }
+    });
+    y
+}
+
+/// Copies the input (masked) into `hp x wp` planes with zero margins; the tail after the last
+/// plane is zeroed too. Input rows and columns past the grid (where a padding wider than the
+/// kernel made outputs that read only zeros) are left out: no output reads them.
+fn pad(job: &Conv, buf: &mut [f32], hp: usize, wp: usize) {
+    let plane = hp * wp;
+    let (h, w, pt, pl) = (job.h, job.w, job.pt.min(hp), job.pl.min(wp));
+    let (planes, tail) = buf.split_at_mut(job.c * plane);
+    tail.fill(0.0);
+    planes.par_chunks_mut(plane).enumerate().for_each(|(c, out)| {
+        let src = &job.x[c * h * w..][..h * w];
+        let m = job.mask.map(|(y, act)| (&y[c * h * w..][..h * w], act));
+        out[..pt * wp].fill(0.0);
+        for (iy, row) in out[pt * wp..].chunks_mut(wp).enumerate() {
+            if iy >= h {
+                row.fill(0.0);
+                continue;
+            }
+            let end = (pl + w).min(wp);
+            row[..pl].fill(0.0);
+            row[end..].fill(0.0);
+            let s = &src[iy * w..][..end - pl];
+            match m {
+                None => row[pl..end].copy_from_slice(s),
+                Some((y, act)) => {
+                    let yr = &y[iy * w..][..end - pl];
+                    super::conv::mask_into(&mut row[pl..end], s, yr, act);
+                }
+            }
+        }
+    });
+}
+
+/// A raw output pointer shared by the tasks: each writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: the tasks of `run` write disjoint elements (distinct pixels or channels) and the
+// buffer outlives them.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// The product over the grid `src` (planes `plane` floats apart, rows `wp` wide; the output's
+/// `oh x ow` pixels are the grid's first `ow` columns of its first `oh` rows).
+fn run(
+    w: &Packed,
+    bias: Option<&[f32]>,
+    act: Activation,
+    job: &Conv,
+    src: &[f32],
+    wp: usize,
+    plane: usize,
+) -> Vec<f32> {
+    let (oh, ow) = (job.oh, job.ow);
+    let ohw = oh * ow;
+    let offsets: Vec<usize> = (0..job.c)
+        .flat_map(|c| (0..job.kh).flat_map(move |ky| (0..job.kw).map(move |kx| c * plane + ky * wp + kx)))
+        .collect();
+    let mut bias_padded = vec![0.0f32; w.m.div_ceil(MR) * MR];
+    if let Some(b) = bias {
+        bias_padded[..w.m].copy_from_slice(&b[..w.m]);
+    }
+    let grid = oh * wp;
+    let tiles = grid.div_ceil(NR);
+    let blocks = w.m.div_ceil(MR);
+    let mut y: Vec<f32> = Vec::with_capacity(w.m * ohw);
+    let out = Out(y.as_mut_ptr());
+    // Tasks: runs of tiles, and when the tiles are few, runs of channel blocks too.
+    let target = rayon::current_num_threads() * 4;
+    let tile_run = tiles.div_ceil(target).max(1);
+    let tile_runs = tiles.div_ceil(tile_run);
+    let block_runs = target.div_ceil(tile_runs).clamp(1, blocks);
+    let block_run = blocks.div_ceil(block_runs);
+    let block_runs = blocks.div_ceil(block_run);
+    let geometry = Grid { src: src.as_ptr(), wp, grid, oh, ow };
+    (0..tile_runs * block_runs).into_par_iter().for_each(|task| {
+        let (tr, br) = (task / block_runs, task % block_runs);
+        let out = out;
+        let blocks_here = br * block_run..((br + 1) * block_run).min(blocks);
+        // Partial sums of the tile between chunks of taps, per block of channels.
+        let mut partial = vec![0.0f32; blocks_here.len() * MR * NR];
+        for t in tr * tile_run..((tr + 1) * tile_run).min(tiles) {
+            for k0 in (0..w.k).step_by(KC) {
+                let k1 = (k0 + KC).min(w.k);
+                // The pass after this one: the next taps of this tile, or the next tile's first.
+                let next = if k1 < w.k {
+                    Some((&offsets[k1..(k1 + KC).min(w.k)], t * NR))
+                } else if t + 1 < ((tr + 1) * tile_run).min(tiles) {
+                    Some((&offsets[..KC.min(w.k)], (t + 1) * NR))
+                } else {
+                    None
+                };
+                for (i, b) in blocks_here.clone().enumerate() {
+                    let next = if i == 0 { next } else { None };
+                    let rows = MR.min(w.m - b * MR);
+                    let a = &w.data[(b * w.k + k0) * MR..(b * w.k + k1) * MR];
+                    let from = if k0 == 0 { From::Zero } else { From::Partial };
+                    let to = if k1 == w.k {
+                        To::Output(out.0.wrapping_add(b * MR * ohw), &bias_padded[b * MR..][..MR], rows, act)
+                    } else {
+                        To::Partial
+                    };
+                    // SAFETY: AVX-512F was checked in `conv`; `tile` reads `src` only at
+                    // `offsets[k] + t * NR + lane` for unmasked lanes, which `conv` sized the
+                    // grid buffer (or the direct input, through the tail masks) to hold, and
+                    // writes only this task's channels `b * MR..+rows` at valid pixels of its
+                    // tile, or its own partial sums.
+                    unsafe {
+                        tile(
+                            a,
+                            &offsets[k0..k1],
+                            &geometry,
+                            t * NR,
+                            from,
+                            to,
+                            &mut partial[i * MR * NR..][..MR * NR],
+                            next,
+                        )
+                    };
+                }
+            }
+        }
+    });
+    // SAFETY: the tasks above wrote every one of the `m * oh * ow` elements (each channel's
+    // every output pixel lies in exactly one tile of the grid).
+    unsafe { y.set_len(w.m * ohw) };
+    y
+}
+
+/// Where the tiles read and write.
+struct Grid {
+    src: *const f32,
+    wp: usize,
+    grid: usize,
+    oh: usize,
+    ow: usize,
+}
+// SAFETY: read-only view of a slice that outlives the tasks.
+unsafe impl Sync for Grid {}
+
+/// One micro-tile: the block of channels whose packed weights (for these taps) are `a`, grid
+/// pixels `p0..p0 + NR`, summed over the taps at `offsets`, starting from `from` and ending in
+/// `to`; `partial` holds the block's `MR x NR` partial sums. With `next` (the taps and first
+/// pixel of the pass after this one), the pixels that pass reads are fetched into the cache
+/// meanwhile: the taps' rows are too many streams for the hardware prefetcher, and without
+/// this the kernel stalled on its loads.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    a: &[f32],
+    offsets: &[usize],
+    g: &Grid,
+    p0: usize,
+    from: From,
+    to: To,
+    partial: &mut [f32],
+    next: Option<(&[usize], usize)>,
+) {
+    use std::arch::x86_64::*;
+    let valid = g.grid.saturating_sub(p0).min(NR);
+    let lane_mask = |v: usize| -> __mmask16 {
+        let n = valid.saturating_sub(v * 16).min(16);
+        ((1u32 << n) - 1) as __mmask16
+    };
+    let (m0, m1, m2) = (lane_mask(0), lane_mask(1), lane_mask(2));
+    assert!(a.len() >= offsets.len() * MR && partial.len() >= MR * NR);
+    let mut acc = [_mm512_setzero_ps(); 3 * MR];
+    match from {
+        From::Zero => {}
+        From::Partial => {
+            for (i, v) in acc.iter_mut().enumerate() {
+                // SAFETY: `partial` holds MR * NR = 3 * MR vectors (asserted above).
+                *v = unsafe { _mm512_loadu_ps(partial.as_ptr().add(16 * i)) };
+            }
+        }
+    }
+    let src = g.src;
+    let ap = a.as_ptr();
+    if let Some((taps, q0)) = next {
+        for &offset in taps {
+            // Prefetches never fault, wherever they point.
+            let bp = src.wrapping_add(offset + q0) as *const i8;
+            _mm_prefetch::<_MM_HINT_T1>(bp);
+            _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(64));
+            _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(128));
+            _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(188));
+        }
+    }
+    for (kk, &offset) in offsets.iter().enumerate() {
+        // SAFETY (the caller's): the grid holds every unmasked lane read here, and `a` holds
+        // MR weights per tap (asserted above).
+        unsafe {
+            let bp = src.wrapping_add(offset + p0);
+            let b0 = _mm512_maskz_loadu_ps(m0, bp);
+            let b1 = _mm512_maskz_loadu_ps(m1, bp.wrapping_add(16));
+            let b2 = _mm512_maskz_loadu_ps(m2, bp.wrapping_add(32));
+            let w = ap.add(kk * MR);
+            for r in 0..MR {
+                let wr = _mm512_set1_ps(*w.add(r));
+                acc[3 * r] = _mm512_fmadd_ps(wr, b0, acc[3 * r]);
+                acc[3 * r + 1] = _mm512_fmadd_ps(wr, b1, acc[3 * r + 1]);
+                acc[3 * r + 2] = _mm512_fmadd_ps(wr, b2, acc[3 * r + 2]);
+            }
+        }
+    }
+    let (y, bias, rows, act) = match to {
+        To::Partial => {
+            for (i, v) in acc.iter().enumerate() {
+                // SAFETY: as for the load above.
+                unsafe { _mm512_storeu_ps(partial.as_mut_ptr().add(16 * i), *v) };
+            }
+            return;
+        }
+        To::Output(y, bias, rows, act) => (y, bias, rows, act),
+    };
+    let zero = _mm512_setzero_ps();
+    let six = _mm512_set1_ps(6.0);
+    let ohw = g.oh * g.ow;
+    for r in 0..rows {
+        let yr = y.wrapping_add(r * ohw);
+        let b = _mm512_set1_ps(bias[r]);
+        for v in 0..3 {
+            let q = p0 + 16 * v;
+            let n = valid.saturating_sub(16 * v).min(16);
+            if n == 0 {
+                break;
+            }
+            // As `Activation::apply`: ReLU turns NaN into 0 (f32::max), ReLU6 keeps it
+            // (f32::clamp), so a diverged dream still shows NaN. vmaxps/vminps return their
+            // second operand when either is NaN.
+            let x = _mm512_add_ps(acc[3 * r + v], b);
+            let x = match act {
+                Activation::Identity => x,
+                Activation::Relu => _mm512_max_ps(x, zero),
+                Activation::Relu6 => _mm512_min_ps(six, _mm512_max_ps(zero, x)),
+            };
+            if g.wp == g.ow {
+                // Rows follow each other: the grid is the output.
+                // SAFETY (the caller's): lanes 0..n are output pixels q..q + n of channel r.
+                unsafe { _mm512_mask_storeu_ps(yr.wrapping_add(q), ((1u32 << n) - 1) as __mmask16, x) };
+                continue;
+            }
+            // Lanes of grid row `oy` land at `y[oy * ow + (p - oy * wp)]`.
+            let (first, last) = (q / g.wp, (q + n - 1) / g.wp);
+            for oy in first..=last.min(g.oh - 1) {
+                let start = oy * g.wp;
+                let lo = start.max(q) - q;
+                let hi = (start + g.ow).min(q + n).saturating_sub(q);
+                if hi <= lo {
+                    continue;
+                }
+                let mask = (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as __mmask16;
+                // Lane l goes to y[oy * ow + q + l - start]; masked-off lanes are not touched.
+                let base = yr.wrapping_add(oy * g.ow + q).wrapping_sub(start);
+                // SAFETY (the caller's): the unmasked lanes are output pixels of row oy.
+                unsafe { _mm512_mask_storeu_ps(base, mask, x) };
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    _: &[f32],
+    _: &[usize],
+    _: &Grid,
+    _: usize,
+    _: From,
+    _: To,
+    _: &mut [f32],
+    _: Option<(&[usize], usize)>,
+) {
+    unreachable!("igemm::available is false off x86_64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The convolution by its definition.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(w: &[f32], m: usize, bias: &[f32], act: Activation, j: &Conv) -> Vec<f32> {
+        let mut y = vec![0.0f32; m * j.oh * j.ow];
+        for o in 0..m {
+            for oy in 0..j.oh {
+                for ox in 0..j.ow {
+                    let mut s = bias[o] as f64;
+                    for c in 0..j.c {
+                        for ky in 0..j.kh {
+                            for kx in 0..j.kw {
+                                let (iy, ix) = ((oy + ky) as isize - j.pt as isize, (ox + kx) as isize - j.pl as isize);
+                                if iy < 0 || ix < 0 || iy >= j.h as isize || ix >= j.w as isize {
+                                    continue;
+                                }
+                                let i = c * j.h * j.w + iy as usize * j.w + ix as usize;
+                                let mut v = j.x[i];
+                                if let Some((my, a)) = j.mask {
+                                    let passes = match a {
+                                        Activation::Identity => true,
+                                        Activation::Relu => my[i] > 0.0,
+                                        Activation::Relu6 => my[i] > 0.0 && my[i] < 6.0,
+                                    };
+                                    v = if passes { v } else { 0.0 };
+                                }
+                                s += (w[((o * j.c + c) * j.kh + ky) * j.kw + kx] * v) as f64;
+                            }
+                        }
+                    }
+                    let s = s as f32;
+                    y[(o * j.oh + oy) * j.ow + ox] = match act {
+                        Activation::Identity => s,
+                        Activation::Relu => s.max(0.0),
+                        Activation::Relu6 => s.clamp(0.0, 6.0),
+                    };
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn matches_the_definition_on_every_shape_it_takes() {
+        if !available() {
+            eprintln!("no AVX-512F here: the im2col route serves every convolution");
+            return;
+        }
+        let values = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin() * 1.7).collect::<Vec<_>>();
+        // (c, h, w, m, kh, kw, pt, pb, pl, pr), pb and pr may be negative: pointwise, same 3x3, valid 3x3, 1x7 and 7x1,
+        // lopsided padding, widths under a vector, channel counts off the block size, tails.
+        let cases = [
+            (5, 9, 13, 11, 1, 1, 0, 0, 0, 0),
+            (3, 17, 19, 16, 3, 3, 1, 1, 1, 1),
+            (4, 12, 10, 9, 3, 3, 0, 0, 0, 0),
+            (6, 8, 21, 8, 1, 7, 0, 0, 3, 3),
+            (6, 21, 8, 7, 7, 1, 3, 3, 0, 0),
+            (2, 11, 11, 5, 3, 3, 0, 1, 0, 1),
+            (3, 5, 3, 17, 3, 3, 1, 1, 1, 1),
+            (2, 40, 37, 3, 5, 5, 2, 2, 2, 2),
+            (7, 1, 1, 9, 1, 1, 0, 0, 0, 0),
+            // Input rows and columns past the grid: the input gradient of a convolution
+            // padded wider than its kernel.
+            (3, 10, 3, 6, 1, 7, 0, -3, 3, 0),
+        ];
+        for (i, &(c, h, w, m, kh, kw, pt, pb, pl, pr)) in cases.iter().enumerate() {
+            let x = values(c * h * w, 0.37 + i as f32 * 0.01);
+            let y = values(c * h * w, 0.91);
+            let wt = values(m * c * kh * kw, 0.53);
+            let bias = values(m, 1.3);
+            let packed = Packed::new(&wt, m, c * kh * kw);
+            let (oh, ow) = ((h + pt) as isize + pb - kh as isize + 1, (w + pl) as isize + pr - kw as isize + 1);
+            let (oh, ow) = (oh as usize, ow as usize);
+            for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+                for mask in [None, Some((&y[..], act))] {
+                    let job = Conv { x: &x, mask, c, h, w, kh, kw, pt, pl, oh, ow };
+                    let got = conv(&packed, Some(&bias), act, &job);
+                    let want = naive(&wt, m, &bias, act, &job);
+                    for (k, (g, e)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - e).abs() < 1e-4 * (1.0 + e.abs()),
+                            "case {i} {act:?} mask {}: [{k}] {g} vs {e}",
+                            mask.is_some()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nan_passes_the_activations_as_the_scalar_code_does() {
+        if !available() {
+            return;
+        }
+        let x = [f32::NAN, 1.0, -2.0, 7.0];
+        let packed = Packed::new(&[1.0], 1, 1);
+        let job = Conv { x: &x, mask: None, c: 1, h: 1, w: 4, kh: 1, kw: 1, pt: 0, pl: 0, oh: 1, ow: 4 };
+        for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+            let got = conv(&packed, None, act, &job);
+            let want: Vec<f32> = x.iter().map(|v| act.apply(*v)).collect();
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "{act:?}");
+        }
+    }
+
+    #[test]
+    #[ignore]
+    fn igemm_speed() {
+        if !available() {
+            return;
+        }
+        // InceptionV3 at 512x512: mixed 3x3 and 1x1 layers, a stem 3x3.
+        for (c, h, m, k) in [(64, 61, 96, 3), (96, 61, 96, 3), (288, 61, 64, 1), (128, 30, 192, 1), (32, 254, 64, 3)] {
+            let x: Vec<f32> = (0..c * h * h).map(|i| (i as f32 * 0.37).sin()).collect();
+            let wt: Vec<f32> = (0..m * c * k * k).map(|i| (i as f32 * 0.11).cos()).collect();
+            let packed = Packed::new(&wt, m, c * k * k);
+            let p = k / 2;
+            let job = Conv { x: &x, mask: None, c, h, w: h, kh: k, kw: k, pt: p, pl: p, oh: h, ow: h };
+            let mut dt = f64::MAX;
+            for _ in 0..20 {
+                let t = std::time::Instant::now();
+                let _ = conv(&packed, None, Activation::Relu, &job);
+                dt = dt.min(t.elapsed().as_secs_f64());
+            }
+            let flops = 2.0 * (m * c * k * k * h * h) as f64;
+            println!("c{c} {h}x{h} -> {m} k{k}: {:.1} GFLOP/s", flops / dt / 1e9);
+        }
+    }
+}
+
+#[cfg(test)]
+mod kernel_speed {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn kernel_from_l1() {
+        if !available() {
+            return;
+        }
+        let src = vec![0.5f32; 4096];
+        let a = vec![0.25f32; KC * MR];
+        for (name, offsets) in
+            [("same row", vec![0usize; KC]), ("rows 1 KB apart", (0..KC).map(|k| (k % 3) * 256 + k % 2).collect())]
+        {
+            let g = Grid { src: src.as_ptr(), wp: 1 << 20, grid: 1 << 20, oh: 1, ow: 1 << 20 };
+            let mut partial = vec![0.0f32; MR * NR];
+            let reps = 20000;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                // SAFETY: every read is inside `src`.
+                unsafe { tile(&a, &offsets, &g, 0, From::Partial, To::Partial, &mut partial, None) };
+            }
+            let dt = t.elapsed().as_secs_f64();
+            println!("{name}: {:.1} GFLOP/s", (2 * MR * NR * KC * reps) as f64 / dt / 1e9);
+        }
+    }
+}
