@@ -580,32 +580,37 @@ fn depthwise_forward(x: &[f32], wt: &[f32], g: &Geometry, y: &mut [f32]) {
     let kk = g.kh * g.kw;
     let cols: Vec<_> = (0..g.kw).map(|kx| valid_cols(g.ow, g.sw, kx, g.pl, g.w)).collect();
     y.par_chunks_mut(g.oh * g.ow).enumerate().for_each(|(o, out)| {
-        let plane = &x[(o / g.cog) * g.h * g.w..][..g.h * g.w];
-        let k = &wt[o * kk..(o + 1) * kk];
-        out.fill(0.0);
-        for oy in 0..g.oh {
-            let (ky0, ky1, iy0) = Geometry::taps(oy, g.sh, g.pt, g.kh, g.h);
-            let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
-            for ky in ky0..ky1 {
-                let irow = &plane[(iy0 + ky as isize) as usize * g.w..][..g.w];
-                for (kx, r) in cols.iter().enumerate() {
-                    if r.is_empty() {
-                        continue; // this tap column reads only padding (a row narrower than the kernel)
-                    }
-                    let wv = k[ky * g.kw + kx];
-                    let first = r.start * g.sw + kx - g.pl;
-                    if g.sw == 1 {
-                        for (o, i) in orow[r.clone()].iter_mut().zip(&irow[first..]) {
-                            *o += wv * i;
+        super::wide(|| {
+            let plane = &x[(o / g.cog) * g.h * g.w..][..g.h * g.w];
+            // At stride s, the input's rows regrouped by column modulo s: each tap then reads
+            // a contiguous run (a strided loop does not vectorise).
+            let split;
+            let plane = if g.sw > 1 {
+                split = split_phases(plane, g.w, g.sw);
+                &split[..]
+            } else {
+                plane
+            };
+            let k = &wt[o * kk..(o + 1) * kk];
+            out.fill(0.0);
+            for oy in 0..g.oh {
+                let (ky0, ky1, iy0) = Geometry::taps(oy, g.sh, g.pt, g.kh, g.h);
+                let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
+                for ky in ky0..ky1 {
+                    let irow = &plane[(iy0 + ky as isize) as usize * g.w..][..g.w];
+                    for (kx, r) in cols.iter().enumerate() {
+                        if r.is_empty() {
+                            continue; // this tap column reads only padding (a row narrower than the kernel)
                         }
-                    } else {
-                        for (o, i) in orow[r.clone()].iter_mut().zip(irow[first..].iter().step_by(g.sw)) {
+                        let wv = k[ky * g.kw + kx];
+                        let first = phase_index(r.start * g.sw + kx - g.pl, g.w, g.sw);
+                        for (o, i) in orow[r.clone()].iter_mut().zip(&irow[first..]) {
                             *o += wv * i;
                         }
                     }
                 }
             }
-        }
+        })
     });
 }
 
@@ -613,36 +618,78 @@ fn depthwise_forward(x: &[f32], wt: &[f32], g: &Geometry, y: &mut [f32]) {
 fn depthwise_backward(gy: &[f32], wt: &[f32], g: &Geometry, gx: &mut [f32]) {
     let kk = g.kh * g.kw;
     let cols: Vec<_> = (0..g.kw).map(|kx| valid_cols(g.ow, g.sw, kx, g.pl, g.w)).collect();
-    gx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(c, plane)| {
-        plane.fill(0.0);
-        for o in c * g.cog..(c + 1) * g.cog {
-            let go = &gy[o * g.oh * g.ow..][..g.oh * g.ow];
-            let k = &wt[o * kk..(o + 1) * kk];
-            for oy in 0..g.oh {
-                let (ky0, ky1, iy0) = Geometry::taps(oy, g.sh, g.pt, g.kh, g.h);
-                let grow = &go[oy * g.ow..(oy + 1) * g.ow];
-                for ky in ky0..ky1 {
-                    let irow = &mut plane[(iy0 + ky as isize) as usize * g.w..][..g.w];
-                    for (kx, r) in cols.iter().enumerate() {
-                        if r.is_empty() {
-                            continue; // this tap column reads only padding
-                        }
-                        let wv = k[ky * g.kw + kx];
-                        let first = r.start * g.sw + kx - g.pl;
-                        if g.sw == 1 {
-                            for (i, d) in irow[first..].iter_mut().zip(&grow[r.clone()]) {
-                                *i += wv * d;
+    gx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(c, out)| {
+        super::wide(|| {
+            // At stride s the sums gather in rows regrouped by column modulo s (contiguous
+            // runs per tap, see `depthwise_forward`) and are put back in order at the end.
+            let mut split = if g.sw > 1 { vec![0.0f32; g.h * g.w] } else { Vec::new() };
+            let plane: &mut [f32] = if g.sw > 1 { &mut split } else { &mut *out };
+            plane.fill(0.0);
+            for o in c * g.cog..(c + 1) * g.cog {
+                let go = &gy[o * g.oh * g.ow..][..g.oh * g.ow];
+                let k = &wt[o * kk..(o + 1) * kk];
+                for oy in 0..g.oh {
+                    let (ky0, ky1, iy0) = Geometry::taps(oy, g.sh, g.pt, g.kh, g.h);
+                    let grow = &go[oy * g.ow..(oy + 1) * g.ow];
+                    for ky in ky0..ky1 {
+                        let irow = &mut plane[(iy0 + ky as isize) as usize * g.w..][..g.w];
+                        for (kx, r) in cols.iter().enumerate() {
+                            if r.is_empty() {
+                                continue; // this tap column reads only padding
                             }
-                        } else {
-                            for (i, d) in irow[first..].iter_mut().step_by(g.sw).zip(&grow[r.clone()]) {
+                            let wv = k[ky * g.kw + kx];
+                            let first = phase_index(r.start * g.sw + kx - g.pl, g.w, g.sw);
+                            for (i, d) in irow[first..].iter_mut().zip(&grow[r.clone()]) {
                                 *i += wv * d;
                             }
                         }
                     }
                 }
             }
-        }
+            if g.sw > 1 {
+                merge_phases(&split, g.w, g.sw, out);
+            }
+        })
     });
+}
+
+/// Where column `c` of a row `w` wide lands when the row's columns are regrouped by their
+/// remainder modulo `s`: remainder 0 first (columns 0, s, 2s, ...), then 1, and so on.
+#[inline(always)]
+fn phase_index(c: usize, w: usize, s: usize) -> usize {
+    let p = c % s;
+    // Columns with a remainder below p: ceil((w - q) / s) for each q < p.
+    (0..p).map(|q| (w - q.min(w)).div_ceil(s)).sum::<usize>() + c / s
+}
+
+/// `plane` (rows `w` wide) with each row's columns regrouped by remainder modulo `s`.
+#[inline(always)]
+fn split_phases(plane: &[f32], w: usize, s: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; plane.len()];
+    for (src, dst) in plane.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
+        let mut at = 0;
+        for p in 0..s.min(w) {
+            for v in src[p..].iter().step_by(s) {
+                dst[at] = *v;
+                at += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`split_phases`], into `plane`.
+#[inline(always)]
+fn merge_phases(split: &[f32], w: usize, s: usize, plane: &mut [f32]) {
+    for (src, dst) in split.chunks_exact(w).zip(plane.chunks_exact_mut(w)) {
+        let mut at = 0;
+        for p in 0..s.min(w) {
+            for v in dst[p..].iter_mut().step_by(s) {
+                *v = src[at];
+                at += 1;
+            }
+        }
+    }
 }
 
 thread_local! {

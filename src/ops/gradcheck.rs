@@ -109,7 +109,10 @@ fn conv_depthwise_and_grouped() {
             ConvSpec { stride: (stride, stride), padding: Padding::Same, groups: 6, activation: Activation::Relu6 };
         conv_case([1, 6, 13, 10], 6, (3, 3), spec);
         conv_case([1, 6, 9, 12], 12, (5, 5), spec); // channel multiplier 2
+        conv_case([1, 6, 8, 11], 6, (3, 3), spec); // odd width: rows regroup unevenly at stride 2
     }
+    let spec = ConvSpec { stride: (3, 3), padding: Padding::Same, groups: 4, activation: Activation::Relu };
+    conv_case([1, 4, 10, 13], 4, (3, 3), spec);
     let spec = ConvSpec { padding: Padding::symmetric(1, 0), groups: 2, ..Default::default() };
     conv_case([1, 4, 7, 5], 6, (3, 2), spec);
 }
