@@ -574,8 +574,9 @@ fn valid_cols(out_len: usize, s: usize, k: usize, pad: usize, len: usize) -> std
     lo..hi.max(lo)
 }
 
-/// Depthwise forward for one image: output channel `o` reads input channel `o / cog`.
-/// Loops are ordered so the innermost one runs along a row, which vectorises at stride 1.
+/// Depthwise forward for one image into `y`, which arrives zeroed (`conv_forward`): output
+/// channel `o` reads input channel `o / cog`. The innermost loop runs along a row, which
+/// vectorises (at stride s, along rows regrouped by column modulo s).
 fn depthwise_forward(x: &[f32], wt: &[f32], g: &Geometry, y: &mut [f32]) {
     let kk = g.kh * g.kw;
     let cols: Vec<_> = (0..g.kw).map(|kx| valid_cols(g.ow, g.sw, kx, g.pl, g.w)).collect();
@@ -592,7 +593,6 @@ fn depthwise_forward(x: &[f32], wt: &[f32], g: &Geometry, y: &mut [f32]) {
                 plane
             };
             let k = &wt[o * kk..(o + 1) * kk];
-            out.fill(0.0);
             for oy in 0..g.oh {
                 let (ky0, ky1, iy0) = Geometry::taps(oy, g.sh, g.pt, g.kh, g.h);
                 let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
@@ -614,7 +614,8 @@ fn depthwise_forward(x: &[f32], wt: &[f32], g: &Geometry, y: &mut [f32]) {
     });
 }
 
-/// Depthwise input gradient for one image: each input channel gathers from its own outputs.
+/// Depthwise input gradient for one image: each input channel gathers from its own outputs,
+/// into `gx`, which arrives zeroed (`conv_backward`).
 fn depthwise_backward(gy: &[f32], wt: &[f32], g: &Geometry, gx: &mut [f32]) {
     let kk = g.kh * g.kw;
     let cols: Vec<_> = (0..g.kw).map(|kx| valid_cols(g.ow, g.sw, kx, g.pl, g.w)).collect();
@@ -624,7 +625,6 @@ fn depthwise_backward(gy: &[f32], wt: &[f32], g: &Geometry, gx: &mut [f32]) {
             // runs per tap, see `depthwise_forward`) and are put back in order at the end.
             let mut split = if g.sw > 1 { vec![0.0f32; g.h * g.w] } else { Vec::new() };
             let plane: &mut [f32] = if g.sw > 1 { &mut split } else { &mut *out };
-            plane.fill(0.0);
             for o in c * g.cog..(c + 1) * g.cog {
                 let go = &gy[o * g.oh * g.ow..][..g.oh * g.ow];
                 let k = &wt[o * kk..(o + 1) * kk];
