@@ -452,7 +452,7 @@ fn encode_stage(
 
 /// With `DEEPDREAM_TRACE=1`, a stage's time per frame by phase, printed to stderr when the
 /// stage ends: where a render's time goes (on a GPU, what keeps it waiting).
-struct Trace {
+pub(crate) struct Trace {
     stage: &'static str,
     phases: &'static [&'static str],
     secs: Vec<f64>,
@@ -461,13 +461,13 @@ struct Trace {
 }
 
 impl Trace {
-    fn new(stage: &'static str, phases: &'static [&'static str]) -> Trace {
+    pub(crate) fn new(stage: &'static str, phases: &'static [&'static str]) -> Trace {
         let on = std::env::var("DEEPDREAM_TRACE").is_ok_and(|v| v.trim() == "1");
         Trace { stage, phases, secs: vec![0.0; phases.len()], frames: 0, on }
     }
 
     /// Adds the time since `clock` to `phase` and restarts the clock.
-    fn add(&mut self, phase: usize, clock: &mut std::time::Instant) {
+    pub(crate) fn add(&mut self, phase: usize, clock: &mut std::time::Instant) {
         let now = std::time::Instant::now();
         self.secs[phase] += now.duration_since(*clock).as_secs_f64();
         self.frames += (phase == 0) as u64;

@@ -419,9 +419,25 @@ impl VideoSource {
     fn decode_with(&self, options: &VideoOptions, needed: u64, emit: &mut dyn FnMut(Frame) -> bool) -> Result<()> {
         let mut tally = Tally::default();
         let mut scenes = super::scenes::CutDetector::new(options.scene_cut);
+        // With DEEPDREAM_TRACE=1: decoding, the flow and the cut detector per frame.
+        let trace = std::cell::RefCell::new((
+            crate::pipeline::Trace::new("decode stage", &["decode", "flow", "scene cut", "hand to dreamer"]),
+            std::time::Instant::now(),
+        ));
+        let lap = |phase: usize| {
+            let (t, clock) = &mut *trace.borrow_mut();
+            t.add(phase, clock);
+        };
         let emit = &mut |mut frame: Frame| {
+            if matches!(self.continuation, Continuation::Blend { .. }) {
+                lap(0);
+                lap(1);
+            }
             frame.cut = scenes.next(&frame.image);
-            emit(frame)
+            lap(2);
+            let go_on = emit(frame);
+            lap(3);
+            go_on
         };
         let decoded = match self.continuation {
             Continuation::Blend { .. } => decode_counting(&self.path, options, emit, &mut tally),
@@ -429,11 +445,13 @@ impl VideoSource {
                 let params = DisParams::for_size(self.info.width as usize, self.info.height as usize);
                 let mut previous: Option<Plane> = None;
                 let mut with_motion = |mut frame: Frame| {
+                    lap(0);
                     let plane = Plane::luma(&frame.image);
                     if frame.index >= needed {
                         frame.motion = previous.as_ref().map(|p| Box::new(motion::motion(p, &plane, &params)));
                     }
                     previous = Some(plane);
+                    lap(1);
                     emit(frame)
                 };
                 decode_counting(&self.path, options, &mut with_motion, &mut tally)
