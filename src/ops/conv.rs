@@ -554,6 +554,7 @@ fn col2im(col: &[f32], g: &Geometry, channels: usize, x: &mut [f32]) {
 
 /// `dst = src` where the activation passes its output `y`, else 0 (equal lengths; written
 /// branch-free per activation so it vectorises).
+#[inline(always)]
 pub(super) fn mask_into(dst: &mut [f32], src: &[f32], y: &[f32], act: Activation) {
     // Bit masks rather than branches: the loops vectorise, and a masked entry is exactly 0.
     let keep = |pass: bool| if pass { u32::MAX } else { 0 };
@@ -869,7 +870,7 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
         return with_buffer(&GPRE, gy.len(), |gpre| {
             gpre.par_chunks_mut(1 << 14)
                 .zip(gy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
-                .for_each(|(d, (gs, ys))| mask_into(d, gs, ys, act));
+                .for_each(|(d, (gs, ys))| super::wide(|| mask_into(d, gs, ys, act)));
             finish_backward(inner, gpre, None, g, gx)
         });
     }

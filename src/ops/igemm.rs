@@ -158,26 +158,28 @@ fn pad(job: &Conv, buf: &mut [f32], hp: usize, wp: usize) {
     let (planes, tail) = buf.split_at_mut(job.c * plane);
     tail.fill(0.0);
     planes.par_chunks_mut(plane).enumerate().for_each(|(c, out)| {
-        let src = &job.x[c * h * w..][..h * w];
-        let m = job.mask.map(|(y, act)| (&y[c * h * w..][..h * w], act));
-        out[..pt * wp].fill(0.0);
-        for (iy, row) in out[pt * wp..].chunks_mut(wp).enumerate() {
-            if iy >= h {
-                row.fill(0.0);
-                continue;
-            }
-            let end = (pl + w).min(wp);
-            row[..pl].fill(0.0);
-            row[end..].fill(0.0);
-            let s = &src[iy * w..][..end - pl];
-            match m {
-                None => row[pl..end].copy_from_slice(s),
-                Some((y, act)) => {
-                    let yr = &y[iy * w..][..end - pl];
-                    super::conv::mask_into(&mut row[pl..end], s, yr, act);
+        super::wide(|| {
+            let src = &job.x[c * h * w..][..h * w];
+            let m = job.mask.map(|(y, act)| (&y[c * h * w..][..h * w], act));
+            out[..pt * wp].fill(0.0);
+            for (iy, row) in out[pt * wp..].chunks_mut(wp).enumerate() {
+                if iy >= h {
+                    row.fill(0.0);
+                    continue;
+                }
+                let end = (pl + w).min(wp);
+                row[..pl].fill(0.0);
+                row[end..].fill(0.0);
+                let s = &src[iy * w..][..end - pl];
+                match m {
+                    None => row[pl..end].copy_from_slice(s),
+                    Some((y, act)) => {
+                        let yr = &y[iy * w..][..end - pl];
+                        super::conv::mask_into(&mut row[pl..end], s, yr, act);
+                    }
                 }
             }
-        }
+        })
     });
 }
 
