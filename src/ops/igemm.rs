@@ -191,6 +191,13 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+impl Out {
+    /// The element `i` floats on (a method, so closures capture the whole `Out`).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// The product over the grid `src` (planes `plane` floats apart, rows `wp` wide; the output's
 /// `oh x ow` pixels are the grid's first `ow` columns of its first `oh` rows).
 fn run(
@@ -226,7 +233,6 @@ fn run(
     let geometry = Grid { src: src.as_ptr(), wp, grid, oh, ow };
     (0..tile_runs * block_runs).into_par_iter().for_each(|task| {
         let (tr, br) = (task / block_runs, task % block_runs);
-        let out = out;
         let blocks_here = br * block_run..((br + 1) * block_run).min(blocks);
         // Partial sums of the tile between chunks of taps, per block of channels.
         let mut partial = vec![0.0f32; blocks_here.len() * MR * NR];
@@ -247,7 +253,7 @@ fn run(
                     let a = &w.data[(b * w.k + k0) * MR..(b * w.k + k1) * MR];
                     let from = if k0 == 0 { From::Zero } else { From::Partial };
                     let to = if k1 == w.k {
-                        To::Output(out.0.wrapping_add(b * MR * ohw), &bias_padded[b * MR..][..MR], rows, act)
+                        To::Output(out.at(b * MR * ohw), &bias_padded[b * MR..][..MR], rows, act)
                     } else {
                         To::Partial
                     };
