@@ -723,3 +723,30 @@ fn a_looped_zoom_flows_from_its_end_into_its_start() {
         "steps: no loop {plain_across:.2} across vs {plain_inside:.2}; loop {across:.2} vs 95th percentile {p95:.2}, largest {inside:.2}"
     );
 }
+
+/// Runtime-dispatching OpenBLAS builds fall back to generic SSE3 ("Prescott") kernels on CPU
+/// models newer than they know (Debian 12's 0.3.21 on an Emerald Rapids Xeon: 3x slower
+/// products). deepdream asks for the kernels the CPU's instructions allow, and a user's own
+/// OPENBLAS_CORETYPE is left alone; `bench` names the kernels in use.
+#[cfg(all(feature = "openblas", target_arch = "x86_64"))]
+#[test]
+fn openblas_runs_the_kernels_the_cpu_allows() {
+    let run = |coretype: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_deepdream"));
+        c.args(["bench", "--size", "64x64", "--steps", "1"]);
+        match coretype {
+            Some(v) => c.env("OPENBLAS_CORETYPE", v),
+            None => c.env_remove("OPENBLAS_CORETYPE"),
+        };
+        let o = c.output().expect("binary runs");
+        assert!(o.status.success(), "{}", stderr(&o));
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o))
+    };
+    let line = run(None);
+    assert!(line.contains("kernels)"), "bench names the kernels: {line}");
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        assert!(!line.contains("OpenBLAS Prescott kernels"), "generic kernels on an AVX2 CPU: {line}");
+    }
+    let line = run(Some("Prescott"));
+    assert!(line.contains("OpenBLAS Prescott kernels"), "the user's OPENBLAS_CORETYPE: {line}");
+}
