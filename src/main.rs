@@ -40,7 +40,8 @@ fn main() {
     // SAFETY: restores the default action of one signal before any thread starts.
     unsafe { signal(SIGPIPE, SIG_DFL) };
     // The matrix products' kernels, fitted to this CPU before any thread starts.
-    deepdream::ops::gemm::prepare();
+    // SAFETY: no thread of ours runs yet (OpenBLAS's own workers are idle).
+    unsafe { deepdream::ops::gemm::prepare_before_threads() };
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,
         Err(e)

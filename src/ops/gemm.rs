@@ -141,9 +141,12 @@ fn openblas_core_for_cpu() -> Option<&'static str> {
 /// CPU's instructions allow, through the library's own `OPENBLAS_CORETYPE` path: the variable is
 /// set, `gotoblas_dynamic_quit` forgets the choice and `gotoblas_dynamic_init` makes it again.
 /// A user's own `OPENBLAS_CORETYPE` is left alone, and a build without runtime dispatch (no
-/// `gotoblas_dynamic_init` symbol) is used as it is. Called once, before the first product.
+/// `gotoblas_dynamic_init` symbol) is used as it is.
+///
+/// # Safety
+/// As `prepare_before_threads`: no other thread may read the environment meanwhile.
 #[cfg(feature = "openblas")]
-fn fit_openblas_to_cpu() {
+unsafe fn fit_openblas_to_cpu() {
     #[cfg(target_arch = "x86_64")]
     {
         use std::ffi::{CStr, c_char};
@@ -175,9 +178,9 @@ fn fit_openblas_to_cpu() {
             return;
         }
         let Some(core) = openblas_core_for_cpu() else { return };
-        // SAFETY: called once (from `prepare`), before the first product; `main` calls it before
-        // it starts any thread, so nothing reads the environment meanwhile. The variable is read
-        // by `gotoblas_dynamic_init` alone and removed right after it.
+        // SAFETY: the caller's promise that nothing else reads the environment meanwhile
+        // (OpenBLAS's own worker threads, started when the library loaded, are idle). The
+        // variable is read by `gotoblas_dynamic_init` alone and removed right after it.
         unsafe {
             std::env::set_var("OPENBLAS_CORETYPE", core);
             quit();
@@ -211,17 +214,29 @@ pub fn backend() -> String {
     }
 }
 
-/// Sets the matrix products up once: with OpenBLAS, its kernels fitted to the CPU and one thread
-/// per call. `main` calls it before it starts any thread; the first product calls it otherwise.
+/// Fits OpenBLAS's kernels to this CPU (see `fit_openblas_to_cpu`) and sets the products up.
+///
+/// # Safety
+/// Call before any other thread of the process runs code that may read the environment: it
+/// sets and removes a variable, which C code (`getenv`) reading at the same time may see
+/// torn. `main` calls it first thing. Without this call OpenBLAS keeps the kernels it chose.
+pub unsafe fn prepare_before_threads() {
+    #[cfg(feature = "openblas")]
+    {
+        // SAFETY: the caller's promise.
+        unsafe { fit_openblas_to_cpu() };
+    }
+    prepare();
+}
+
+/// Sets the matrix products up once: with OpenBLAS, one thread per call. The first product
+/// calls it.
 pub fn prepare() {
     #[cfg(feature = "openblas")]
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            fit_openblas_to_cpu();
-            // SAFETY: plain setter in OpenBLAS, called before any product.
-            unsafe { cblas::openblas_set_num_threads(1) }
-        });
+        // SAFETY: plain setter in OpenBLAS.
+        ONCE.call_once(|| unsafe { cblas::openblas_set_num_threads(1) });
     }
 }
 
