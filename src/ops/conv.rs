@@ -727,14 +727,29 @@ fn with_buffer<R>(
     result
 }
 
+thread_local! {
+    /// Set by [`on_im2col_route`]: this thread's convolutions take the im2col route.
+    static IM2COL_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's convolutions on the im2col route, as on a CPU without AVX-512:
+/// the tests keep that route covered on machines that have it.
+pub fn on_im2col_route<R>(f: impl FnOnce() -> R) -> R {
+    let before = IM2COL_ONLY.with(|c| c.replace(true));
+    let r = f();
+    IM2COL_ONLY.with(|c| c.set(before));
+    r
+}
+
 /// Whether the implicit-product kernel (`igemm.rs`) runs this convolution: stride 1, one group,
-/// a CPU with AVX-512F, and not turned off with `DEEPDREAM_IGEMM=0` (for comparing the routes).
+/// a CPU with AVX-512F, and not turned off with `DEEPDREAM_IGEMM=0` (for comparing the routes)
+/// or [`on_im2col_route`].
 fn implicit(g: &Geometry) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| {
         super::igemm::available() && std::env::var("DEEPDREAM_IGEMM").map_or(true, |v| v.trim() != "0")
     });
-    on && g.sh == 1 && g.sw == 1 && g.groups == 1 && g.transposed().is_some()
+    on && !IM2COL_ONLY.with(|c| c.get()) && g.sh == 1 && g.sw == 1 && g.groups == 1 && g.transposed().is_some()
 }
 
 fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
@@ -997,6 +1012,38 @@ impl CustomOp2 for ConvInputGrad {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The two routes of a stride-1 convolution (the implicit product on AVX-512, im2col and
+    /// OpenBLAS elsewhere) compute the same forward and input gradient.
+    #[test]
+    fn both_routes_agree() {
+        let values = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<_>>();
+        let cases = [
+            ([1, 5, 13, 17], 9, (3, 3), Padding::Same, Activation::Relu),
+            ([2, 4, 9, 8], 7, (1, 1), Padding::symmetric(0, 0), Activation::Relu6),
+            ([1, 3, 12, 11], 8, (1, 7), Padding::symmetric(0, 3), Activation::Identity),
+            ([1, 6, 10, 10], 16, (3, 3), Padding::symmetric(0, 0), Activation::Relu),
+            ([1, 2, 7, 6], 3, (1, 7), Padding::Explicit { top: 0, bottom: 3, left: 3, right: 0 }, Activation::Relu),
+        ];
+        for (dims, co, (kh, kw), padding, activation) in cases {
+            let w = Tensor::from_vec(values(co * dims[1] * kh * kw, 0.7), (co, dims[1], kh, kw), &Device::Cpu).unwrap();
+            let b = Tensor::from_vec(values(co, 1.3), co, &Device::Cpu).unwrap();
+            let conv = Conv2d::new(&w, Some(&b), ConvSpec { padding, activation, ..Default::default() }).unwrap();
+            let x = Tensor::from_vec(values(dims.iter().product(), 0.31), dims.as_slice(), &Device::Cpu).unwrap();
+            let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let run = || {
+                let y = conv.forward(&x).unwrap();
+                let gy = (y.clone() * 0.5).unwrap();
+                (flat(y.clone()), flat(conv.input_grad(&gy, &y, x.dims()).unwrap()))
+            };
+            let (fast, slow) = (run(), on_im2col_route(run));
+            for (what, a, b) in [("forward", &fast.0, &slow.0), ("input gradient", &fast.1, &slow.1)] {
+                for (i, (u, v)) in a.iter().zip(b).enumerate() {
+                    assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{dims:?} {kh}x{kw} {what} [{i}]: {u} vs {v}");
+                }
+            }
+        }
+    }
 
     /// A thread waiting inside one convolution (its scratch buffers in use) may run another
     /// convolution's job: rayon does that when dreams share its pool. The nested call must get

@@ -96,6 +96,19 @@ fn conv_same_padding_asymmetric_kernel() {
     conv_case([1, 2, 7, 6], 3, (1, 7), spec);
 }
 
+/// The stride-1 cases again on the im2col route (the one CPUs without AVX-512 take).
+#[test]
+fn conv_stride1_on_the_im2col_route() {
+    super::conv::on_im2col_route(|| {
+        let spec =
+            ConvSpec { padding: Padding::Explicit { top: 0, bottom: 3, left: 3, right: 0 }, ..Default::default() };
+        conv_case([1, 2, 7, 6], 3, (1, 7), spec);
+        conv_case([2, 6, 5, 9], 7, (1, 1), ConvSpec { activation: Activation::Relu, ..Default::default() });
+        let spec = ConvSpec { padding: Padding::Same, activation: Activation::Relu6, ..Default::default() };
+        conv_case([1, 3, 8, 9], 4, (3, 3), spec);
+    });
+}
+
 #[test]
 fn conv_pointwise_with_relu() {
     let spec = ConvSpec { activation: Activation::Relu, ..Default::default() };
