@@ -575,44 +575,45 @@ fn valid_cols(out_len: usize, s: usize, k: usize, pad: usize, len: usize) -> std
     lo..hi.max(lo)
 }
 
+/// `f(args)` for an `#[inline(always)]` plane function `f` of the arguments the depthwise
+/// planes take, run from a copy compiled for AVX-512 where the CPU has it. (`ops::wide` with a
+/// closure left the closure out of line, compiled for the baseline.)
+macro_rules! wide_plane {
+    ($f:ident($i:expr, $out:expr, $src:expr, $wt:expr, $g:expr, $cols:expr, $kk:expr)) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        fn avx512(
+            i: usize,
+            out: &mut [f32],
+            src: &[f32],
+            wt: &[f32],
+            g: &Geometry,
+            cols: &[std::ops::Range<usize>],
+            kk: usize,
+        ) {
+            $f(i, out, src, wt, g, cols, kk)
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::igemm::available() {
+            // SAFETY: the CPU has AVX-512F (checked at run time).
+            unsafe { avx512($i, $out, $src, $wt, $g, $cols, $kk) }
+        } else {
+            $f($i, $out, $src, $wt, $g, $cols, $kk)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        $f($i, $out, $src, $wt, $g, $cols, $kk)
+    }};
+}
+
 /// Depthwise forward for one image into `y`, which arrives zeroed (`conv_forward`): output
 /// channel `o` reads input channel `o / cog`. The innermost loop runs along a row, which
 /// vectorises (at stride s, along rows regrouped by column modulo s).
 fn depthwise_forward(x: &[f32], wt: &[f32], g: &Geometry, y: &mut [f32]) {
     let kk = g.kh * g.kw;
     let cols: Vec<_> = (0..g.kw).map(|kx| valid_cols(g.ow, g.sw, kx, g.pl, g.w)).collect();
-    y.par_chunks_mut(g.oh * g.ow).enumerate().for_each(|(o, out)| {
-        super::wide(|| {
-            let plane = &x[(o / g.cog) * g.h * g.w..][..g.h * g.w];
-            // At stride s, the input's rows regrouped by column modulo s: each tap then reads
-            // a contiguous run (a strided loop does not vectorise).
-            let split;
-            let plane = if g.sw > 1 {
-                split = split_phases(plane, g.w, g.sw);
-                &split[..]
-            } else {
-                plane
-            };
-            let k = &wt[o * kk..(o + 1) * kk];
-            for oy in 0..g.oh {
-                let (ky0, ky1, iy0) = Geometry::taps(oy, g.sh, g.pt, g.kh, g.h);
-                let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
-                for ky in ky0..ky1 {
-                    let irow = &plane[(iy0 + ky as isize) as usize * g.w..][..g.w];
-                    for (kx, r) in cols.iter().enumerate() {
-                        if r.is_empty() {
-                            continue; // this tap column reads only padding (a row narrower than the kernel)
-                        }
-                        let wv = k[ky * g.kw + kx];
-                        let first = phase_index(r.start * g.sw + kx - g.pl, g.w, g.sw);
-                        for (o, i) in orow[r.clone()].iter_mut().zip(&irow[first..]) {
-                            *o += wv * i;
-                        }
-                    }
-                }
-            }
-        })
-    });
+    y.par_chunks_mut(g.oh * g.ow)
+        .enumerate()
+        .for_each(|(o, out)| wide_plane!(depthwise_forward_plane(o, out, x, wt, g, &cols, kk)));
 }
 
 /// Depthwise input gradient for one image: each input channel gathers from its own outputs,
@@ -620,38 +621,91 @@ fn depthwise_forward(x: &[f32], wt: &[f32], g: &Geometry, y: &mut [f32]) {
 fn depthwise_backward(gy: &[f32], wt: &[f32], g: &Geometry, gx: &mut [f32]) {
     let kk = g.kh * g.kw;
     let cols: Vec<_> = (0..g.kw).map(|kx| valid_cols(g.ow, g.sw, kx, g.pl, g.w)).collect();
-    gx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(c, out)| {
-        super::wide(|| {
-            // At stride s the sums gather in rows regrouped by column modulo s (contiguous
-            // runs per tap, see `depthwise_forward`) and are put back in order at the end.
-            let mut split = if g.sw > 1 { vec![0.0f32; g.h * g.w] } else { Vec::new() };
-            let plane: &mut [f32] = if g.sw > 1 { &mut split } else { &mut *out };
-            for o in c * g.cog..(c + 1) * g.cog {
-                let go = &gy[o * g.oh * g.ow..][..g.oh * g.ow];
-                let k = &wt[o * kk..(o + 1) * kk];
-                for oy in 0..g.oh {
-                    let (ky0, ky1, iy0) = Geometry::taps(oy, g.sh, g.pt, g.kh, g.h);
-                    let grow = &go[oy * g.ow..(oy + 1) * g.ow];
-                    for ky in ky0..ky1 {
-                        let irow = &mut plane[(iy0 + ky as isize) as usize * g.w..][..g.w];
-                        for (kx, r) in cols.iter().enumerate() {
-                            if r.is_empty() {
-                                continue; // this tap column reads only padding
-                            }
-                            let wv = k[ky * g.kw + kx];
-                            let first = phase_index(r.start * g.sw + kx - g.pl, g.w, g.sw);
-                            for (i, d) in irow[first..].iter_mut().zip(&grow[r.clone()]) {
-                                *i += wv * d;
-                            }
-                        }
+    gx.par_chunks_mut(g.h * g.w)
+        .enumerate()
+        .for_each(|(c, out)| wide_plane!(depthwise_backward_plane(c, out, gy, wt, g, &cols, kk)));
+}
+
+/// One output channel of [`depthwise_forward`] (inlined into `ops::wide`'s AVX-512 copy).
+#[inline(always)]
+fn depthwise_forward_plane(
+    o: usize,
+    out: &mut [f32],
+    x: &[f32],
+    wt: &[f32],
+    g: &Geometry,
+    cols: &[std::ops::Range<usize>],
+    kk: usize,
+) {
+    let plane = &x[(o / g.cog) * g.h * g.w..][..g.h * g.w];
+    // At stride s, the input's rows regrouped by column modulo s: each tap then reads
+    // a contiguous run (a strided loop does not vectorise).
+    let split;
+    let plane = if g.sw > 1 {
+        split = split_phases(plane, g.w, g.sw);
+        &split[..]
+    } else {
+        plane
+    };
+    let k = &wt[o * kk..(o + 1) * kk];
+    for oy in 0..g.oh {
+        let (ky0, ky1, iy0) = Geometry::taps(oy, g.sh, g.pt, g.kh, g.h);
+        let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
+        for ky in ky0..ky1 {
+            let irow = &plane[(iy0 + ky as isize) as usize * g.w..][..g.w];
+            for (kx, r) in cols.iter().enumerate() {
+                if r.is_empty() {
+                    continue; // this tap column reads only padding (a row narrower than the kernel)
+                }
+                let wv = k[ky * g.kw + kx];
+                let first = phase_index(r.start * g.sw + kx - g.pl, g.w, g.sw);
+                for (o, i) in orow[r.clone()].iter_mut().zip(&irow[first..]) {
+                    *o += wv * i;
+                }
+            }
+        }
+    }
+}
+
+/// One input channel of [`depthwise_backward`] (inlined into `ops::wide`'s AVX-512 copy).
+#[inline(always)]
+fn depthwise_backward_plane(
+    c: usize,
+    out: &mut [f32],
+    gy: &[f32],
+    wt: &[f32],
+    g: &Geometry,
+    cols: &[std::ops::Range<usize>],
+    kk: usize,
+) {
+    // At stride s the sums gather in rows regrouped by column modulo s (contiguous
+    // runs per tap, see `depthwise_forward`) and are put back in order at the end.
+    let mut split = if g.sw > 1 { vec![0.0f32; g.h * g.w] } else { Vec::new() };
+    let plane: &mut [f32] = if g.sw > 1 { &mut split } else { &mut *out };
+    for o in c * g.cog..(c + 1) * g.cog {
+        let go = &gy[o * g.oh * g.ow..][..g.oh * g.ow];
+        let k = &wt[o * kk..(o + 1) * kk];
+        for oy in 0..g.oh {
+            let (ky0, ky1, iy0) = Geometry::taps(oy, g.sh, g.pt, g.kh, g.h);
+            let grow = &go[oy * g.ow..(oy + 1) * g.ow];
+            for ky in ky0..ky1 {
+                let irow = &mut plane[(iy0 + ky as isize) as usize * g.w..][..g.w];
+                for (kx, r) in cols.iter().enumerate() {
+                    if r.is_empty() {
+                        continue; // this tap column reads only padding
+                    }
+                    let wv = k[ky * g.kw + kx];
+                    let first = phase_index(r.start * g.sw + kx - g.pl, g.w, g.sw);
+                    for (i, d) in irow[first..].iter_mut().zip(&grow[r.clone()]) {
+                        *i += wv * d;
                     }
                 }
             }
-            if g.sw > 1 {
-                merge_phases(&split, g.w, g.sw, out);
-            }
-        })
-    });
+        }
+    }
+    if g.sw > 1 {
+        merge_phases(&split, g.w, g.sw, out);
+    }
 }
 
 /// Where column `c` of a row `w` wide lands when the row's columns are regrouped by their
@@ -668,6 +722,18 @@ fn phase_index(c: usize, w: usize, s: usize) -> usize {
 fn split_phases(plane: &[f32], w: usize, s: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; plane.len()];
     for (src, dst) in plane.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
+        if s == 2 {
+            // Written as pairs, which the compiler turns into vector shuffles.
+            let (even, odd) = dst.split_at_mut(w.div_ceil(2));
+            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+            if w % 2 == 1 {
+                even[w / 2] = src[w - 1];
+            }
+            continue;
+        }
         let mut at = 0;
         for p in 0..s.min(w) {
             for v in src[p..].iter().step_by(s) {
@@ -683,6 +749,17 @@ fn split_phases(plane: &[f32], w: usize, s: usize) -> Vec<f32> {
 #[inline(always)]
 fn merge_phases(split: &[f32], w: usize, s: usize, plane: &mut [f32]) {
     for (src, dst) in split.chunks_exact(w).zip(plane.chunks_exact_mut(w)) {
+        if s == 2 {
+            let (even, odd) = src.split_at(w.div_ceil(2));
+            for ((e, o), pair) in even.iter().zip(odd).zip(dst.chunks_exact_mut(2)) {
+                pair[0] = *e;
+                pair[1] = *o;
+            }
+            if w % 2 == 1 {
+                dst[w - 1] = even[w / 2];
+            }
+            continue;
+        }
         let mut at = 0;
         for p in 0..s.min(w) {
             for v in dst[p..].iter_mut().step_by(s) {
