@@ -26,9 +26,11 @@ use candle_core::{CpuStorage, Layout, Result, bail};
 /// Runs `f` compiled with AVX-512 where the CPU has it, else as compiled for the baseline
 /// (SSE2): the hand-written loops of the ops (depthwise convolution, pooling, masks) are plain
 /// Rust that the compiler vectorises, and on the baseline it can use 4 lanes where the CPU has
-/// 16. `f` must be inlined here to profit: pass a closure whose body is the loop, or calls
-/// `#[inline(always)]` functions. Rust never fuses a multiply and an add, so the results are
-/// the same bits either way.
+/// 16. `f` must be inlined here to profit, and the compiler inlines only a small closure: one
+/// that calls an `#[inline(always)]` function (as `conv::mask_into`). A large closure body
+/// stays out of line, compiled for the baseline (the pooling loops did; the depthwise planes
+/// use `conv.rs`'s `wide_plane!` instead, a named copy per function). Rust never fuses a
+/// multiply and an add, so the results are the same bits either way.
 #[inline(always)]
 pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]

@@ -283,35 +283,33 @@ impl CustomOp1 for Pool2d {
         let (rows, cols) = self.all_spans(h, w)?;
         let mut y = vec![0.0f32; n * c * oh * ow];
         y.par_chunks_mut(oh * ow).enumerate().for_each(|(plane_idx, out)| {
-            super::wide(|| {
-                let plane = &x[plane_idx * h * w..][..h * w];
-                match self.kind {
-                    PoolKind::Max => {
-                        let mut val = vec![0.0f32; h * ow];
-                        row_max(plane, w, self.kernel.1, &cols, &mut val);
-                        column_max(&val, ow, &rows, out);
-                    }
-                    PoolKind::Avg { .. } => {
-                        // Sums along rows, then sums of those along columns, whole rows at a time.
-                        let mut sums = vec![0.0f32; h * ow];
-                        for (row, srow) in plane.chunks_exact(w).zip(sums.chunks_exact_mut(ow)) {
-                            for (s, c) in srow.iter_mut().zip(&cols) {
-                                *s = row[c.lo..c.hi].iter().sum();
-                            }
+            let plane = &x[plane_idx * h * w..][..h * w];
+            match self.kind {
+                PoolKind::Max => {
+                    let mut val = vec![0.0f32; h * ow];
+                    row_max(plane, w, self.kernel.1, &cols, &mut val);
+                    column_max(&val, ow, &rows, out);
+                }
+                PoolKind::Avg { .. } => {
+                    // Sums along rows, then sums of those along columns, whole rows at a time.
+                    let mut sums = vec![0.0f32; h * ow];
+                    for (row, srow) in plane.chunks_exact(w).zip(sums.chunks_exact_mut(ow)) {
+                        for (s, c) in srow.iter_mut().zip(&cols) {
+                            *s = row[c.lo..c.hi].iter().sum();
                         }
-                        for (r, orow) in rows.iter().zip(out.chunks_exact_mut(ow)) {
-                            orow.fill(0.0);
-                            for srow in sums[r.lo * ow..r.hi * ow].chunks_exact(ow) {
-                                orow.iter_mut().zip(srow).for_each(|(o, s)| *o += s);
-                            }
-                            for (o, c) in orow.iter_mut().zip(&cols) {
-                                let d = r.divisor * c.divisor;
-                                *o = if d > 0.0 { *o / d } else { 0.0 };
-                            }
+                    }
+                    for (r, orow) in rows.iter().zip(out.chunks_exact_mut(ow)) {
+                        orow.fill(0.0);
+                        for srow in sums[r.lo * ow..r.hi * ow].chunks_exact(ow) {
+                            orow.iter_mut().zip(srow).for_each(|(o, s)| *o += s);
+                        }
+                        for (o, c) in orow.iter_mut().zip(&cols) {
+                            let d = r.divisor * c.divisor;
+                            *o = if d > 0.0 { *o / d } else { 0.0 };
                         }
                     }
                 }
-            })
+            }
         });
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
@@ -337,53 +335,51 @@ impl CustomOp2 for PoolInputGrad {
         let (rows, cols) = p.all_spans(h, w)?;
         let mut gx = vec![0.0f32; n * c * h * w];
         gx.par_chunks_mut(h * w).enumerate().for_each(|(plane_idx, gplane)| {
-            super::wide(|| {
-                let plane = &x[plane_idx * h * w..][..h * w];
-                let go = &gy[plane_idx * oh * ow..][..oh * ow];
-                match p.kind {
-                    PoolKind::Max => {
-                        // The forward again, then each window's winner: the first row (in the
-                        // window) whose maximum is the window's, and in it the first column. The
-                        // same element as PyTorch's row-major scan of the window.
-                        let (mut val, mut out) = (vec![0.0f32; h * ow], vec![0.0f32; oh * ow]);
-                        row_max(plane, w, p.kernel.1, &cols, &mut val);
-                        column_max(&val, ow, &rows, &mut out);
-                        for (oy, r) in rows.iter().enumerate() {
-                            if r.lo >= r.hi {
+            let plane = &x[plane_idx * h * w..][..h * w];
+            let go = &gy[plane_idx * oh * ow..][..oh * ow];
+            match p.kind {
+                PoolKind::Max => {
+                    // The forward again, then each window's winner: the first row (in the
+                    // window) whose maximum is the window's, and in it the first column. The
+                    // same element as PyTorch's row-major scan of the window.
+                    let (mut val, mut out) = (vec![0.0f32; h * ow], vec![0.0f32; oh * ow]);
+                    row_max(plane, w, p.kernel.1, &cols, &mut val);
+                    column_max(&val, ow, &rows, &mut out);
+                    for (oy, r) in rows.iter().enumerate() {
+                        if r.lo >= r.hi {
+                            continue;
+                        }
+                        for (ox, c) in cols.iter().enumerate() {
+                            if c.lo >= c.hi {
                                 continue;
                             }
-                            for (ox, c) in cols.iter().enumerate() {
-                                if c.lo >= c.hi {
-                                    continue;
-                                }
-                                let m = out[oy * ow + ox];
-                                let y = r.lo + find_max((r.lo..r.hi).map(|y| val[y * ow + ox]), m);
-                                let x = c.lo + find_max(plane[y * w + c.lo..y * w + c.hi].iter().copied(), m);
-                                gplane[y * w + x] += go[oy * ow + ox];
-                            }
-                        }
-                    }
-                    PoolKind::Avg { .. } => {
-                        // The forward's two passes transposed: spread along columns, then rows.
-                        let mut spread = vec![0.0f32; h * ow];
-                        let mut share = vec![0.0f32; ow];
-                        for (r, grow) in rows.iter().zip(go.chunks_exact(ow)) {
-                            for ((s, c), g) in share.iter_mut().zip(&cols).zip(grow) {
-                                let d = r.divisor * c.divisor;
-                                *s = if d > 0.0 { g / d } else { 0.0 };
-                            }
-                            for srow in spread[r.lo * ow..r.hi * ow].chunks_exact_mut(ow) {
-                                srow.iter_mut().zip(&share).for_each(|(d, s)| *d += s);
-                            }
-                        }
-                        for (grow, srow) in gplane.chunks_exact_mut(w).zip(spread.chunks_exact(ow)) {
-                            for (c, &s) in cols.iter().zip(srow) {
-                                grow[c.lo..c.hi].iter_mut().for_each(|v| *v += s);
-                            }
+                            let m = out[oy * ow + ox];
+                            let y = r.lo + find_max((r.lo..r.hi).map(|y| val[y * ow + ox]), m);
+                            let x = c.lo + find_max(plane[y * w + c.lo..y * w + c.hi].iter().copied(), m);
+                            gplane[y * w + x] += go[oy * ow + ox];
                         }
                     }
                 }
-            })
+                PoolKind::Avg { .. } => {
+                    // The forward's two passes transposed: spread along columns, then rows.
+                    let mut spread = vec![0.0f32; h * ow];
+                    let mut share = vec![0.0f32; ow];
+                    for (r, grow) in rows.iter().zip(go.chunks_exact(ow)) {
+                        for ((s, c), g) in share.iter_mut().zip(&cols).zip(grow) {
+                            let d = r.divisor * c.divisor;
+                            *s = if d > 0.0 { g / d } else { 0.0 };
+                        }
+                        for srow in spread[r.lo * ow..r.hi * ow].chunks_exact_mut(ow) {
+                            srow.iter_mut().zip(&share).for_each(|(d, s)| *d += s);
+                        }
+                    }
+                    for (grow, srow) in gplane.chunks_exact_mut(w).zip(spread.chunks_exact(ow)) {
+                        for (c, &s) in cols.iter().zip(srow) {
+                            grow[c.lo..c.hi].iter_mut().for_each(|v| *v += s);
+                        }
+                    }
+                }
+            }
         });
         Ok((CpuStorage::F32(gx), Shape::from((n, c, h, w))))
     }
