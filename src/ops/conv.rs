@@ -383,6 +383,24 @@ impl Geometry {
         Ok(Geometry { n, ci, h, w, co, cig, cog: co / groups, groups, kh, kw, sh, sw, pt, pl, oh, ow })
     }
 
+    /// One image `x` of this (stride-1, ungrouped) convolution as an implicit product, its
+    /// input masked by `mask`.
+    fn implicit_job<'a>(&self, x: &'a [f32], mask: Option<(&'a [f32], Activation)>) -> super::igemm::Conv<'a> {
+        super::igemm::Conv {
+            x,
+            mask,
+            c: self.ci,
+            h: self.h,
+            w: self.w,
+            kh: self.kh,
+            kw: self.kw,
+            pt: self.pt,
+            pl: self.pl,
+            oh: self.oh,
+            ow: self.ow,
+        }
+    }
+
     fn is_pointwise(&self) -> bool {
         self.kh == 1
             && self.kw == 1
@@ -626,7 +644,7 @@ fn depthwise_backward(gy: &[f32], wt: &[f32], g: &Geometry, gx: &mut [f32]) {
         .for_each(|(c, out)| wide_plane!(depthwise_backward_plane(c, out, gy, wt, g, &cols, kk)));
 }
 
-/// One output channel of [`depthwise_forward`] (inlined into `ops::wide`'s AVX-512 copy).
+/// One output channel of [`depthwise_forward`] (inlined into `wide_plane!`'s AVX-512 copy).
 #[inline(always)]
 fn depthwise_forward_plane(
     o: usize,
@@ -667,7 +685,7 @@ fn depthwise_forward_plane(
     }
 }
 
-/// One input channel of [`depthwise_backward`] (inlined into `ops::wide`'s AVX-512 copy).
+/// One input channel of [`depthwise_backward`] (inlined into `wide_plane!`'s AVX-512 copy).
 #[inline(always)]
 fn depthwise_backward_plane(
     c: usize,
@@ -786,7 +804,7 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// Runs `f` with the buffer kept in `cell`, grown to `len` floats. The buffer is taken out of
 /// the cell for the call, so a nested call on this thread (rayon runs another job's conv
 /// while this one waits for its workers) gets a buffer of its own instead of a borrow panic.
-fn with_buffer<R>(
+pub(super) fn with_buffer<R>(
     cell: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,
@@ -829,32 +847,22 @@ fn implicit(g: &Geometry) -> bool {
     on && !IM2COL_ONLY.with(|c| c.get()) && g.sh == 1 && g.sw == 1 && g.groups == 1 && g.transposed().is_some()
 }
 
+/// `one(b)` for each image `b` of a batch of `n`, joined.
+fn per_image(n: usize, one: impl Fn(usize) -> Vec<f32>) -> Vec<f32> {
+    if n == 1 {
+        return one(0);
+    }
+    (0..n).flat_map(one).collect()
+}
+
 fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
     if implicit(g) {
-        let k = g.ci * g.kh * g.kw;
-        let packed = inner.packed.get_or_init(|| super::igemm::Packed::new(&inner.weight, g.co, k));
-        let mut y = Vec::with_capacity(g.n * g.co * g.oh * g.ow);
-        for b in 0..g.n {
-            let job = super::igemm::Conv {
-                x: &x[b * g.ci * g.h * g.w..][..g.ci * g.h * g.w],
-                mask: None,
-                c: g.ci,
-                h: g.h,
-                w: g.w,
-                kh: g.kh,
-                kw: g.kw,
-                pt: g.pt,
-                pl: g.pl,
-                oh: g.oh,
-                ow: g.ow,
-            };
-            let yb = super::igemm::conv(packed, Some(&inner.bias), inner.spec.activation, &job);
-            if g.n == 1 {
-                return yb;
-            }
-            y.extend_from_slice(&yb);
-        }
-        return y;
+        let packed = inner.packed.get_or_init(|| super::igemm::Packed::new(&inner.weight, g.co, g.ci * g.kh * g.kw));
+        let len = g.ci * g.h * g.w;
+        return per_image(g.n, |b| {
+            let job = g.implicit_job(&x[b * len..][..len], None);
+            super::igemm::conv(packed, Some(&inner.bias), inner.spec.activation, &job)
+        });
     }
     let ohw = g.oh * g.ow;
     // The products accumulate onto the bias (so neither a zeroing pass nor a bias pass is
@@ -924,32 +932,14 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
         && let Some(t) = g.transposed()
     {
         // The input gradient is the convolution of the masked output gradient with the
-        // flipped, transposed kernel (see `conv_backward_into`).
-        let k = g.co * g.kh * g.kw;
-        let packed = inner.packed_flipped.get_or_init(|| super::igemm::Packed::new(inner.flipped(), g.ci, k));
-        let mut gx = Vec::with_capacity(g.n * g.ci * g.h * g.w);
-        let ohw = g.oh * g.ow;
-        for b in 0..g.n {
-            let job = super::igemm::Conv {
-                x: &gy[b * g.co * ohw..][..g.co * ohw],
-                mask: (act != Activation::Identity).then(|| (&y[b * g.co * ohw..][..g.co * ohw], act)),
-                c: g.co,
-                h: g.oh,
-                w: g.ow,
-                kh: g.kh,
-                kw: g.kw,
-                pt: t.pt,
-                pl: t.pl,
-                oh: g.h,
-                ow: g.w,
-            };
-            let gb = super::igemm::conv(packed, None, Activation::Identity, &job);
-            if g.n == 1 {
-                return gb;
-            }
-            gx.extend_from_slice(&gb);
-        }
-        return gx;
+        // flipped, transposed kernel (see `conv_backward_into`): geometry `t`.
+        let packed =
+            inner.packed_flipped.get_or_init(|| super::igemm::Packed::new(inner.flipped(), g.ci, g.co * g.kh * g.kw));
+        let len = g.co * g.oh * g.ow;
+        return per_image(g.n, |b| {
+            let mask = (act != Activation::Identity).then(|| (&y[b * len..][..len], act));
+            super::igemm::conv(packed, None, Activation::Identity, &t.implicit_job(&gy[b * len..][..len], mask))
+        });
     }
     let gx = vec![0.0f32; g.n * g.ci * g.h * g.w];
     // The gradient at the pre-activation: zero where the activation was flat. The stride-1

@@ -149,34 +149,21 @@ fn openblas_core_for_cpu() -> Option<&'static str> {
 unsafe fn fit_openblas_to_cpu() {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::ffi::{CStr, c_char};
-        if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
+        if std::env::var_os("OPENBLAS_CORETYPE").is_some() || openblas_corename().as_deref() != Some("Prescott") {
             return;
         }
-        let symbol = |name: &CStr| {
-            // SAFETY: dlsym with RTLD_DEFAULT only looks a name up among the loaded objects.
-            let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-            (!p.is_null()).then_some(p)
-        };
-        let (Some(corename), Some(quit), Some(init)) =
-            (symbol(c"gotoblas_corename"), symbol(c"gotoblas_dynamic_quit"), symbol(c"gotoblas_dynamic_init"))
+        let (Some(quit), Some(init)) =
+            (openblas_symbol(c"gotoblas_dynamic_quit"), openblas_symbol(c"gotoblas_dynamic_init"))
         else {
             return;
         };
-        // SAFETY: the three are OpenBLAS's exported `char *gotoblas_corename(void)` and
-        // `void gotoblas_dynamic_{quit,init}(void)`, found by name just above.
-        let (corename, quit, init) = unsafe {
+        // SAFETY: OpenBLAS's exported `void gotoblas_dynamic_{quit,init}(void)`, found by name.
+        let (quit, init) = unsafe {
             (
-                std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> *const c_char>(corename),
                 std::mem::transmute::<*mut libc::c_void, extern "C" fn()>(quit),
                 std::mem::transmute::<*mut libc::c_void, extern "C" fn()>(init),
             )
         };
-        let current = corename();
-        // SAFETY: OpenBLAS returns a static NUL-terminated name.
-        if current.is_null() || unsafe { CStr::from_ptr(current) }.to_bytes() != b"Prescott" {
-            return;
-        }
         let Some(core) = openblas_core_for_cpu() else { return };
         // SAFETY: the caller's promise that nothing else reads the environment meanwhile
         // (OpenBLAS's own worker threads, started when the library loaded, are idle). The
@@ -194,24 +181,38 @@ unsafe fn fit_openblas_to_cpu() {
 pub fn backend() -> String {
     #[cfg(feature = "openblas")]
     {
-        prepare();
-        // SAFETY: dlsym with RTLD_DEFAULT only looks a name up among the loaded objects.
-        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"gotoblas_corename".as_ptr()) };
-        if p.is_null() {
-            return "OpenBLAS".into();
+        match openblas_corename() {
+            Some(name) => format!("OpenBLAS {name} kernels"),
+            None => "OpenBLAS".into(),
         }
-        // SAFETY: OpenBLAS's exported `char *gotoblas_corename(void)`, which returns a static
-        // NUL-terminated name.
-        let name = unsafe {
-            let corename = std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> *const std::ffi::c_char>(p);
-            std::ffi::CStr::from_ptr(corename())
-        };
-        format!("OpenBLAS {} kernels", name.to_string_lossy())
     }
     #[cfg(not(feature = "openblas"))]
     {
         "the gemm crate".into()
     }
+}
+
+/// An OpenBLAS function by name, if the loaded library exports it (the runtime-dispatch ones
+/// exist only in builds with several kernel sets).
+#[cfg(feature = "openblas")]
+fn openblas_symbol(name: &std::ffi::CStr) -> Option<*mut libc::c_void> {
+    // SAFETY: dlsym with RTLD_DEFAULT only looks a name up among the loaded objects.
+    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    (!p.is_null()).then_some(p)
+}
+
+/// The name of the kernels OpenBLAS runs ("SkylakeX", "Prescott", ...), where it says.
+#[cfg(feature = "openblas")]
+fn openblas_corename() -> Option<String> {
+    let p = openblas_symbol(c"gotoblas_corename")?;
+    // SAFETY: OpenBLAS's exported `char *gotoblas_corename(void)`, which returns a static
+    // NUL-terminated name.
+    let name = unsafe {
+        let corename = std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> *const std::ffi::c_char>(p);
+        let name = corename();
+        (!name.is_null()).then(|| std::ffi::CStr::from_ptr(name))
+    }?;
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// Fits OpenBLAS's kernels to this CPU (see `fit_openblas_to_cpu`) and sets the products up.

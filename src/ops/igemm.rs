@@ -136,18 +136,10 @@ pub fn conv(w: &Packed, bias: Option<&[f32]>, act: Activation, job: &Conv) -> Ve
     // Reads reach `kh - 1` rows and `kw - 1` columns past a grid pixel, and a tile NR past
     // the last one.
     let len = job.c * plane + wp + job.kw + NR;
-    let mut buf = PADDED.with(|c| c.take());
-    if buf.len() < len {
-        buf = vec![0.0; len];
-    }
-    pad(job, &mut buf[..len], hp, wp);
-    let y = run(w, bias, act, job, &buf[..len], wp, plane);
-    PADDED.with(|c| {
-        if c.borrow().len() < buf.len() {
-            c.replace(buf);
-        }
-    });
-    y
+    super::conv::with_buffer(&PADDED, len, |buf| {
+        pad(job, buf, hp, wp);
+        run(w, bias, act, job, buf, wp, plane)
+    })
 }
 
 /// Copies the input (masked) into `hp x wp` planes with zero margins; the tail after the last
