@@ -19,7 +19,13 @@ bf16 (autocast to bfloat16 with channels_last).
 does them on EfficientNet-Lite0 (layers block8 + block10): magnify 3% about the centre, K steps,
 copy the frame to the host as bytes. Prints `peer zoom lite0 WxH MODE fps F`.
 
+On the CPU (`steps --device cpu --threads 1,2,4`), fp32 only, once per thread count
+(torch.set_num_threads), for the scaling figures of scripts/cpu-scaling.sh:
+
+  peer ARCH WxH cpu threads N step MS ms
+
 Usage: torch_gpu_peer.py steps [--sizes 512x512,1920x1080] [--archs lite0,inception] [--steps 10]
+                               [--device cuda|cpu] [--threads 1,2,4]
        torch_gpu_peer.py zoom IMAGE [--frames 30] [--frame-steps 4] [--mode fp32]
 """
 import argparse
@@ -89,7 +95,28 @@ def ascend(x, loss_fn, n, step=0.02):
     return x
 
 
+def cpu_steps(a):
+    for arch in a.archs.split(","):
+        stages, taps = trunk(arch, "cpu")
+        loss_fn = make_loss(stages, taps, "fp32")
+        for size in a.sizes.split(","):
+            w, h = map(int, size.split("x"))
+            for n in map(int, a.threads.split(",")):
+                torch.set_num_threads(n)
+                x = torch.rand(1, 3, h, w) * 2 - 1
+                x = ascend(x, loss_fn, 2)  # warm-up
+                times = []
+                for _ in range(a.steps):
+                    t = time.time()
+                    x = ascend(x, loss_fn, 1)
+                    times.append(time.time() - t)
+                ms = sorted(times)[len(times) // 2] * 1e3
+                print(f"peer {arch} {w}x{h} cpu threads {n} step {ms:.1f} ms", flush=True)
+
+
 def steps(a):
+    if a.device == "cpu":
+        return cpu_steps(a)
     dev = "cuda"
     for arch in a.archs.split(","):
         for mode in ("fp32", "default", "bf16"):
@@ -146,6 +173,8 @@ def main():
     s.add_argument("--sizes", default="512x512,1920x1080")
     s.add_argument("--archs", default="lite0,inception")
     s.add_argument("--steps", type=int, default=10)
+    s.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    s.add_argument("--threads", default="1")
     z = sub.add_parser("zoom")
     z.add_argument("image")
     z.add_argument("--frames", type=int, default=30)
