@@ -370,8 +370,6 @@ unsafe fn tile(
         }
         To::Output(y, bias, rows, act) => (y, bias, rows, act),
     };
-    let zero = _mm512_setzero_ps();
-    let six = _mm512_set1_ps(6.0);
     let ohw = g.oh * g.ow;
     for r in 0..rows {
         let yr = y.wrapping_add(r * ohw);
@@ -382,15 +380,7 @@ unsafe fn tile(
             if n == 0 {
                 break;
             }
-            // As `Activation::apply`: ReLU turns NaN into 0 (f32::max), ReLU6 keeps it
-            // (f32::clamp), so a diverged dream still shows NaN. vmaxps/vminps return their
-            // second operand when either is NaN.
-            let x = _mm512_add_ps(acc[3 * r + v], b);
-            let x = match act {
-                Activation::Identity => x,
-                Activation::Relu => _mm512_max_ps(x, zero),
-                Activation::Relu6 => _mm512_min_ps(six, _mm512_max_ps(zero, x)),
-            };
+            let x = activate(_mm512_add_ps(acc[3 * r + v], b), act);
             if g.wp == g.ow {
                 // Rows follow each other: the grid is the output.
                 // SAFETY (the caller's): lanes 0..n are output pixels q..q + n of channel r.
@@ -413,6 +403,22 @@ unsafe fn tile(
                 unsafe { _mm512_mask_storeu_ps(base, mask, x) };
             }
         }
+    }
+}
+
+/// `act` of 16 pre-activations, as `Activation::apply`: ReLU turns NaN into 0 (f32::max),
+/// ReLU6 keeps it (f32::clamp), so a diverged dream still shows NaN. vmaxps/vminps return
+/// their second operand when either is NaN.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn activate(x: std::arch::x86_64::__m512, act: Activation) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let zero = _mm512_setzero_ps();
+    match act {
+        Activation::Identity => x,
+        Activation::Relu => _mm512_max_ps(x, zero),
+        Activation::Relu6 => _mm512_min_ps(_mm512_set1_ps(6.0), _mm512_max_ps(zero, x)),
     }
 }
 
