@@ -640,7 +640,7 @@ thread_local! {
 }
 
 /// Depthwise forward for one image on a CPU with AVX-512F, each output written once with its
-/// bias and activation (so `y` need not arrive zeroed, and no pass over it follows).
+/// bias and activation (so the output is never zeroed, and no pass over it follows).
 ///
 /// Each channel is first copied into a padded plane whose rows are split by column modulo the
 /// stride: tap `(ky, kx)` of output `(oy, ox)` then reads phase `kx % s` of padded row
@@ -660,15 +660,15 @@ fn depthwise_forward_wide(
     bias: &[f32],
     act: Activation,
     g: &Geometry,
-    y: &mut [f32],
-) {
+) -> Vec<f32> {
     assert!(mask.is_none() || g.sw == 1, "depthwise: a mask only at stride 1");
+    let mut y = Vec::with_capacity(g.co * g.oh * g.ow);
     let (s, sy) = (g.sw, g.sh);
     let hp = (g.oh - 1) * sy + g.kh;
     // Phase length: outputs plus the taps' reach, plus 16 for the last vector's full load.
     let phase = g.ow + (g.kw - 1) / s + 16;
     let row = s * phase;
-    y.par_chunks_mut(g.oh * g.ow).enumerate().for_each(|(o, out)| {
+    y.spare_capacity_mut()[..g.co * g.oh * g.ow].par_chunks_mut(g.oh * g.ow).enumerate().for_each(|(o, out)| {
         let at = (o / g.cog) * g.h * g.w;
         let plane = &x[at..][..g.h * g.w];
         let mask = mask.map(|(y, a)| (&y[at..][..g.h * g.w], a));
@@ -685,6 +685,10 @@ fn depthwise_forward_wide(
             cell.replace(buf);
         });
     });
+    // SAFETY: `depthwise_rows` wrote every output of every channel (each row's vectors cover
+    // its `ow` outputs).
+    unsafe { y.set_len(g.co * g.oh * g.ow) };
+    y
 }
 
 /// One input plane into `buf`: `hp` padded rows, each as `s` phases of `phase` floats, padded
@@ -761,7 +765,7 @@ unsafe fn depthwise_rows(
     act: Activation,
     g: &Geometry,
     phase: usize,
-    out: &mut [f32],
+    out: &mut [std::mem::MaybeUninit<f32>],
 ) {
     use std::arch::x86_64::*;
     let (s, sy, kw) = (g.sw, g.sh, g.kw);
@@ -780,17 +784,34 @@ unsafe fn depthwise_rows(
                 // SAFETY: row oy * sy + ky < hp, and index ox + kx / s + 15 < ow + (kw - 1) / s
                 // + 16 = phase (asserted sizes above).
                 let v = unsafe { _mm512_loadu_ps(r.add(at + ox)) };
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(w), v, acc);
+                // A product and a sum, not a fused multiply-add: the same roundings in the same
+                // order as the row-by-row route, so activations sitting on a ReLU6 kink break
+                // the same way (with FMA, one pixel of the Lite0 reference did not).
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(w), v));
             }
             let v = super::igemm::activate(_mm512_add_ps(acc, b), act);
             // SAFETY: lanes 0..n are outputs ox..ox + n of row oy.
-            unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(oy * g.ow + ox), ((1u32 << n) - 1) as __mmask16, v) };
+            unsafe {
+                _mm512_mask_storeu_ps(
+                    out.as_mut_ptr().add(oy * g.ow + ox) as *mut f32,
+                    ((1u32 << n) - 1) as __mmask16,
+                    v,
+                )
+            };
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn depthwise_rows(_: &[f32], _: &[f32], _: f32, _: Activation, _: &Geometry, _: usize, _: &mut [f32]) {
+unsafe fn depthwise_rows(
+    _: &[f32],
+    _: &[f32],
+    _: f32,
+    _: Activation,
+    _: &Geometry,
+    _: usize,
+    _: &mut [std::mem::MaybeUninit<f32>],
+) {
     unreachable!("igemm::available is false off x86_64")
 }
 
@@ -1034,17 +1055,7 @@ fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
     if g.is_depthwise() && wide_kernels() {
         let len = g.ci * g.h * g.w;
         return per_image(g.n, |b| {
-            let mut y = vec![0.0f32; g.co * ohw];
-            depthwise_forward_wide(
-                &x[b * len..][..len],
-                None,
-                &inner.weight,
-                &inner.bias,
-                inner.spec.activation,
-                g,
-                &mut y,
-            );
-            y
+            depthwise_forward_wide(&x[b * len..][..len], None, &inner.weight, &inner.bias, inner.spec.activation, g)
         });
     }
     // The products accumulate onto the bias (so neither a zeroing pass nor a bias pass is
@@ -1133,12 +1144,10 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
         let kk = g.kh * g.kw;
         let flipped: Vec<f32> = inner.weight.chunks_exact(kk).flat_map(|k| k.iter().rev().copied()).collect();
         let zero = vec![0.0f32; g.ci];
-        let (len, xlen) = (g.co * g.oh * g.ow, g.ci * g.h * g.w);
+        let len = g.co * g.oh * g.ow;
         return per_image(g.n, |b| {
-            let mut gx = vec![0.0f32; xlen];
             let mask = (act != Activation::Identity).then(|| (&y[b * len..][..len], act));
-            depthwise_forward_wide(&gy[b * len..][..len], mask, &flipped, &zero, Activation::Identity, &t, &mut gx);
-            gx
+            depthwise_forward_wide(&gy[b * len..][..len], mask, &flipped, &zero, Activation::Identity, &t)
         });
     }
     let gx = vec![0.0f32; g.n * g.ci * g.h * g.w];
