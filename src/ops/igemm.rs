@@ -233,8 +233,9 @@ fn run(
     (0..tile_runs * block_runs).into_par_iter().for_each(|task| {
         let (tr, br) = (task / block_runs, task % block_runs);
         let blocks_here = br * block_run..((br + 1) * block_run).min(blocks);
-        // Partial sums of the tile between chunks of taps, per block of channels.
-        let mut partial = vec![0.0f32; blocks_here.len() * MR * NR];
+        // Partial sums of the tile between chunks of taps, per block of channels (read only
+        // after written; with one chunk, never: then one block's worth, not zeroed per task).
+        let mut partial = vec![0.0f32; if w.k > KC { blocks_here.len() } else { 1 } * MR * NR];
         for t in tr * tile_run..((tr + 1) * tile_run).min(tiles) {
             for k0 in (0..w.k).step_by(KC) {
                 let k1 = (k0 + KC).min(w.k);
@@ -269,7 +270,7 @@ fn run(
                             t * NR,
                             from,
                             to,
-                            &mut partial[i * MR * NR..][..MR * NR],
+                            &mut partial[if w.k > KC { i * MR * NR } else { 0 }..][..MR * NR],
                             next,
                         )
                     };
