@@ -748,7 +748,9 @@ fn pad_phases(plane: &[f32], mask: Option<(&[f32], Activation)>, g: &Geometry, b
         for p in 0..s {
             let (j0, j1) = run(p);
             let first = j0 * s + p - g.pl;
-            for (v, x) in dst[p * phase..][j0..j1].iter_mut().zip(src[first..].iter().step_by(s)) {
+            // `first` is past the row when the run is empty (a row narrower than the stride).
+            let from = src.get(first..).unwrap_or(&[]);
+            for (v, x) in dst[p * phase..][j0..j1].iter_mut().zip(from.iter().step_by(s)) {
                 *v = *x;
             }
         }
@@ -1304,24 +1306,43 @@ mod tests {
         ];
         // Depthwise (groups = channels), stride 1 and 2, 3x3 and 5x5, odd and lopsided
         // padding, rows under and over a vector.
+        // (dims, kernel, stride, padding, activation, outputs per channel)
         let depthwise = [
-            ([1, 6, 13, 17], (3, 3), (1, 1), Padding::Same, Activation::Relu6),
-            ([2, 4, 9, 37], (5, 5), (2, 2), Padding::Same, Activation::Relu),
+            ([1, 6, 13, 17], (3, 3), (1, 1), Padding::Same, Activation::Relu6, 1),
+            ([2, 4, 9, 37], (5, 5), (2, 2), Padding::Same, Activation::Relu, 1),
             (
                 [1, 3, 11, 20],
                 (3, 3),
                 (2, 2),
                 Padding::Explicit { top: 0, bottom: 1, left: 0, right: 1 },
                 Activation::Relu6,
+                1,
             ),
-            ([1, 5, 7, 6], (5, 5), (1, 1), Padding::symmetric(0, 0), Activation::Identity),
-            ([1, 2, 8, 40], (3, 3), (1, 2), Padding::symmetric(1, 1), Activation::Relu),
+            ([1, 5, 7, 6], (5, 5), (1, 1), Padding::symmetric(0, 0), Activation::Identity, 1),
+            ([1, 2, 8, 40], (3, 3), (1, 2), Padding::symmetric(1, 1), Activation::Relu, 1),
+            // Stride 3 on rows narrower than the stride, a row stride above the column one,
+            // a ReLU mask and lopsided padding on the stride-1 gradient, padding wider than
+            // the kernel (the gradient's old route), one output column, two outputs a channel.
+            ([1, 2, 5, 1], (3, 3), (3, 3), Padding::Same, Activation::Relu, 1),
+            ([1, 2, 7, 2], (1, 1), (3, 3), Padding::symmetric(0, 0), Activation::Identity, 1),
+            ([1, 3, 12, 9], (3, 3), (2, 1), Padding::symmetric(1, 1), Activation::Relu6, 1),
+            (
+                [1, 4, 9, 18],
+                (3, 3),
+                (1, 1),
+                Padding::Explicit { top: 2, bottom: 0, left: 0, right: 2 },
+                Activation::Relu,
+                1,
+            ),
+            ([1, 2, 6, 7], (3, 3), (1, 1), Padding::symmetric(3, 3), Activation::Relu, 1),
+            ([1, 3, 6, 1], (3, 3), (1, 1), Padding::symmetric(1, 1), Activation::Relu6, 1),
+            ([1, 3, 8, 21], (3, 3), (1, 1), Padding::Same, Activation::Relu6, 2),
         ];
         let cases =
             cases.into_iter().map(|(dims, co, k, padding, activation)| (dims, co, k, (1, 1), 1, padding, activation));
-        let depthwise = depthwise
-            .into_iter()
-            .map(|(dims, k, stride, padding, activation)| (dims, dims[1], k, stride, dims[1], padding, activation));
+        let depthwise = depthwise.into_iter().map(|(dims, k, stride, padding, activation, multiplier)| {
+            (dims, dims[1] * multiplier, k, stride, dims[1], padding, activation)
+        });
         for (dims, co, (kh, kw), stride, groups, padding, activation) in cases.chain(depthwise) {
             let w = Tensor::from_vec(
                 values(co * dims[1] / groups * kh * kw, 0.7),
@@ -1343,6 +1364,10 @@ mod tests {
                 (flat(y.clone()), flat(conv.input_grad(&gy, &y, x.dims()).unwrap()))
             };
             let (fast, slow) = (run(), on_im2col_route(run));
+            if groups > 1 {
+                // The depthwise kernel rounds its products and sums as the row-by-row loop.
+                assert_eq!(fast.0, slow.0, "{dims:?} {kh}x{kw} depthwise forward not bit-identical");
+            }
             for (what, a, b) in [("forward", &fast.0, &slow.0), ("input gradient", &fast.1, &slow.1)] {
                 for (i, (u, v)) in a.iter().zip(b).enumerate() {
                     assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{dims:?} {kh}x{kw} {what} [{i}]: {u} vs {v}");

@@ -233,8 +233,8 @@ fn run(
     (0..tile_runs * block_runs).into_par_iter().for_each(|task| {
         let (tr, br) = (task / block_runs, task % block_runs);
         let blocks_here = br * block_run..((br + 1) * block_run).min(blocks);
-        // Partial sums of the tile between chunks of taps, per block of channels (read only
-        // after written; with one chunk, never: then one block's worth, not zeroed per task).
+        // Partial sums of the tile between chunks of taps, per block of channels. With one
+        // chunk of taps they are never used, and one block's worth stands in.
         let mut partial = vec![0.0f32; if w.k > KC { blocks_here.len() } else { 1 } * MR * NR];
         for t in tr * tile_run..((tr + 1) * tile_run).min(tiles) {
             for k0 in (0..w.k).step_by(KC) {
