@@ -510,7 +510,8 @@ fn every_installed_model_dreams_on_its_own() {
 #[test]
 fn a_preset_for_another_model_maps_or_says_so() {
     let dir = scratch("foreign-preset");
-    let out = scratch("foreign-preset-mapped").join("o.png");
+    let mapped = scratch("foreign-preset-mapped");
+    let out = mapped.join("o.png");
     // EfficientNet-Lite0's blocks, mapped stage by stage onto Lite1's deeper stages.
     if crate::util::installed("efficientnet-lite1") {
         let o = deepdream(&[
@@ -610,7 +611,8 @@ fn a_batch_dreams_every_image_into_a_directory() {
         small.save(src.join(name)).unwrap();
     }
     std::fs::write(src.join("notes.txt"), "not an image").unwrap();
-    let out = scratch("batch-out").join("dreams");
+    let batch_out = scratch("batch-out");
+    let out = batch_out.join("dreams");
     let quick = ["--octaves", "1", "--steps", "1"];
     let o = deepdream(&[&["dream", src.to_str().unwrap(), "-o", out.to_str().unwrap()][..], &quick].concat());
     let err = stderr(&o);

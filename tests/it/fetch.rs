@@ -71,17 +71,19 @@ fn weight_file() -> (Vec<u8>, String) {
     (std::fs::read(path).unwrap(), sha)
 }
 
-fn cache(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("dd-fetch-{name}-{}", std::process::id())).join("models");
-    let _ = std::fs::remove_dir_all(d.parent().unwrap());
-    d
+/// A models directory not made yet, inside a fresh scratch directory (kept alive by the first
+/// value).
+fn cache(name: &str) -> (crate::util::Scratch, std::path::PathBuf) {
+    let root = crate::util::scratch(&format!("fetch-{name}"));
+    let d = root.join("models");
+    (root, d)
 }
 
 #[test]
 fn cut_connection_then_resume() {
     let (body, sha) = weight_file();
     let server = serve(body.clone(), 1, 2);
-    let dir = cache("resume");
+    let (_root, dir) = cache("resume");
     let o = fetch(&server.url, &sha, &dir);
     // A network failure, not a mistake in the command: exit 1.
     assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
@@ -101,7 +103,7 @@ fn cut_connection_then_resume() {
 fn wrong_checksum_leaves_nothing() {
     let (body, _) = weight_file();
     let server = serve(body, 0, 1);
-    let dir = cache("checksum");
+    let (_root, dir) = cache("checksum");
     let o = fetch(&server.url, &"0".repeat(64), &dir);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
@@ -128,7 +130,7 @@ fn import(file: &std::path::Path, dir: &std::path::Path) -> std::process::Output
 
 #[test]
 fn a_bad_import_keeps_the_installed_model() {
-    let dir = cache("keep");
+    let (_root, dir) = cache("keep");
     let installed = dir.join("efficientnet_lite0.safetensors");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(repo().join("models/efficientnet_lite0.safetensors"), &installed).unwrap();
@@ -192,7 +194,7 @@ fn silent_server(body: Vec<u8>) -> String {
 fn a_silent_server_times_out() {
     let (body, sha) = weight_file();
     let url = silent_server(body);
-    let dir = cache("silent");
+    let (_root, dir) = cache("silent");
     for _ in 0..2 {
         let start = std::time::Instant::now();
         let o = Command::new(env!("CARGO_BIN_EXE_deepdream"))
@@ -209,7 +211,7 @@ fn a_silent_server_times_out() {
 
 #[test]
 fn bad_download_requests_are_refused_before_any_download() {
-    let dir = cache("badurl");
+    let (_root, dir) = cache("badurl");
     for (url, sha, needle) in [
         ("not a url", "0123456789abcdef", "--url"),
         ("ftp://example.org/x.pth", "0123456789abcdef", "--url"),

@@ -11,6 +11,8 @@ struct Installed {
     bin: PathBuf,
     home: PathBuf,
     work: PathBuf,
+    /// Holds the directories above (removed with it).
+    _root: crate::util::Scratch,
 }
 
 impl Installed {
@@ -21,7 +23,7 @@ impl Installed {
             std::fs::create_dir_all(d).unwrap();
         }
         std::fs::copy(env!("CARGO_BIN_EXE_deepdream"), &bin).unwrap();
-        Installed { bin, home, work }
+        Installed { bin, home, work, _root: root }
     }
 
     /// Runs the copy in the work directory with nothing of this process's environment but

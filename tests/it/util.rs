@@ -53,10 +53,35 @@ pub fn deepdream(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_deepdream")).args(args).output().expect("binary runs")
 }
 
-/// A fresh, empty directory for one test's outputs (names are unique across the test binary).
-pub fn scratch(name: &str) -> PathBuf {
+/// A fresh, empty directory for one test's outputs (names are unique across the test binary),
+/// removed when the test ends well; a failed test leaves it for a look.
+pub fn scratch(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("dd-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
+}
+
+/// See [`scratch`]: the directory's path, which the directory does not outlive.
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
