@@ -657,7 +657,7 @@ fn depthwise_forward_wide(
     x: &[f32],
     mask: Option<(&[f32], Activation)>,
     wt: &[f32],
-    bias: &[f32],
+    bias: Option<&[f32]>,
     act: Activation,
     g: &Geometry,
 ) -> Vec<f32> {
@@ -681,7 +681,7 @@ fn depthwise_forward_wide(
             let k = &wt[o * g.kh * g.kw..][..g.kh * g.kw];
             // SAFETY: the caller checked AVX-512F; `buf` holds `hp` rows of `s` phases of
             // `phase` floats, which every load below stays inside (see `phase`).
-            unsafe { depthwise_rows(&buf, k, bias[o], act, g, phase, out) };
+            unsafe { depthwise_rows(&buf, k, bias.map_or(0.0, |b| b[o]), act, g, phase, out) };
             cell.replace(buf);
         });
     });
@@ -1057,7 +1057,14 @@ fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
     if g.is_depthwise() && wide_kernels() {
         let len = g.ci * g.h * g.w;
         return per_image(g.n, |b| {
-            depthwise_forward_wide(&x[b * len..][..len], None, &inner.weight, &inner.bias, inner.spec.activation, g)
+            depthwise_forward_wide(
+                &x[b * len..][..len],
+                None,
+                &inner.weight,
+                Some(&inner.bias),
+                inner.spec.activation,
+                g,
+            )
         });
     }
     // The products accumulate onto the bias (so neither a zeroing pass nor a bias pass is
@@ -1142,14 +1149,12 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
         && let Some(t) = g.transposed()
     {
         // At stride 1, a depthwise convolution of the masked output gradient with each
-        // channel's kernel flipped (geometry `t`), on the forward's AVX-512 kernel.
-        let kk = g.kh * g.kw;
-        let flipped: Vec<f32> = inner.weight.chunks_exact(kk).flat_map(|k| k.iter().rev().copied()).collect();
-        let zero = vec![0.0f32; g.ci];
+        // channel's kernel flipped (geometry `t`; with one output a channel, `flipped` is each
+        // channel's taps reversed), on the forward's AVX-512 kernel.
         let len = g.co * g.oh * g.ow;
         return per_image(g.n, |b| {
             let mask = (act != Activation::Identity).then(|| (&y[b * len..][..len], act));
-            depthwise_forward_wide(&gy[b * len..][..len], mask, &flipped, &zero, Activation::Identity, &t)
+            depthwise_forward_wide(&gy[b * len..][..len], mask, inner.flipped(), None, Activation::Identity, &t)
         });
     }
     let gx = vec![0.0f32; g.n * g.ci * g.h * g.w];
