@@ -10,10 +10,29 @@ fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chelsea.png")
 }
 
-fn scratch(name: &str) -> PathBuf {
+/// A directory for one test's files, removed when the test ends well (kept for a look when
+/// it fails).
+fn scratch(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("dd-config-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
+}
+
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// Resolves a zoom (or, for `[video]` keys, a video) job from a preset text.
