@@ -383,8 +383,8 @@ impl Geometry {
         Ok(Geometry { n, ci, h, w, co, cig, cog: co / groups, groups, kh, kw, sh, sw, pt, pl, oh, ow })
     }
 
-    /// One image `x` of this (stride-1, ungrouped) convolution as an implicit product, its
-    /// input masked by `mask`.
+    /// One image `x` of this (ungrouped) convolution as an implicit product, its input masked
+    /// by `mask` (at stride 1).
     fn implicit_job<'a>(&self, x: &'a [f32], mask: Option<(&'a [f32], Activation)>) -> super::igemm::Conv<'a> {
         super::igemm::Conv {
             x,
@@ -396,6 +396,8 @@ impl Geometry {
             kw: self.kw,
             pt: self.pt,
             pl: self.pl,
+            sh: self.sh,
+            sw: self.sw,
             oh: self.oh,
             ow: self.ow,
         }
@@ -1045,7 +1047,10 @@ fn per_image(n: usize, one: impl Fn(usize) -> Vec<f32>) -> Vec<f32> {
 }
 
 fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
-    if implicit(g) {
+    // Strided convolutions too (through their phase planes, `igemm::strided`): only their
+    // input gradients keep the col2im route.
+    let strided = g.groups == 1 && (g.sh > 1 || g.sw > 1) && wide_kernels();
+    if implicit(g) || strided {
         let packed = inner.packed.get_or_init(|| super::igemm::Packed::new(&inner.weight, g.co, g.ci * g.kh * g.kw));
         let len = g.ci * g.h * g.w;
         return per_image(g.n, |b| {
@@ -1309,6 +1314,12 @@ mod tests {
             ([1, 6, 10, 10], 16, (3, 3), Padding::symmetric(0, 0), Activation::Relu),
             ([1, 2, 7, 6], 3, (1, 7), Padding::Explicit { top: 0, bottom: 3, left: 3, right: 0 }, Activation::Relu),
         ];
+        // Ungrouped at a stride (the forward through `igemm::strided`, the gradient by col2im).
+        let strided = [
+            ([1, 3, 17, 19], 8, (3, 3), (2, 2), Padding::Same, Activation::Relu),
+            ([1, 4, 12, 11], 6, (3, 3), (2, 2), Padding::symmetric(0, 0), Activation::Relu6),
+            ([2, 3, 9, 16], 5, (1, 1), (2, 2), Padding::symmetric(0, 0), Activation::Identity),
+        ];
         // Depthwise (groups = channels), stride 1 and 2, 3x3 and 5x5, odd and lopsided
         // padding, rows under and over a vector.
         // (dims, kernel, stride, padding, activation, outputs per channel)
@@ -1343,8 +1354,14 @@ mod tests {
             ([1, 3, 6, 1], (3, 3), (1, 1), Padding::symmetric(1, 1), Activation::Relu6, 1),
             ([1, 3, 8, 21], (3, 3), (1, 1), Padding::Same, Activation::Relu6, 2),
         ];
-        let cases =
-            cases.into_iter().map(|(dims, co, k, padding, activation)| (dims, co, k, (1, 1), 1, padding, activation));
+        let cases = cases
+            .into_iter()
+            .map(|(dims, co, k, padding, activation)| (dims, co, k, (1, 1), 1, padding, activation))
+            .chain(
+                strided
+                    .into_iter()
+                    .map(|(dims, co, k, stride, padding, activation)| (dims, co, k, stride, 1, padding, activation)),
+            );
         let depthwise = depthwise.into_iter().map(|(dims, k, stride, padding, activation, multiplier)| {
             (dims, dims[1] * multiplier, k, stride, dims[1], padding, activation)
         });

@@ -94,8 +94,8 @@ impl Packed {
 }
 
 /// One convolution over one image: `c` input planes of `h x w` (optionally multiplied by the
-/// activation mask read off `mask`, same shape), zero padding `pt` rows and `pl` columns
-/// before, a `kh x kw` kernel at stride 1, output `oh x ow`.
+/// activation mask read off `mask`, same shape, at stride 1 only), zero padding `pt` rows and
+/// `pl` columns before, a `kh x kw` kernel at stride `sh x sw`, output `oh x ow`.
 #[derive(Clone, Copy)]
 pub struct Conv<'a> {
     pub x: &'a [f32],
@@ -107,6 +107,8 @@ pub struct Conv<'a> {
     pub kw: usize,
     pub pt: usize,
     pub pl: usize,
+    pub sh: usize,
+    pub sw: usize,
     pub oh: usize,
     pub ow: usize,
 }
@@ -122,6 +124,9 @@ pub fn conv(w: &Packed, bias: Option<&[f32]>, act: Activation, job: &Conv) -> Ve
     assert!(available(), "igemm: the CPU lacks AVX-512F");
     assert!(w.k > 0 && w.k == job.c * job.kh * job.kw, "igemm: weights for another kernel");
     assert_eq!(job.x.len(), job.c * job.h * job.w, "igemm: input of another size");
+    if job.sh > 1 || job.sw > 1 {
+        return strided(w, bias, act, job);
+    }
     let direct = job.kh == 1
         && job.kw == 1
         && job.pt == 0
@@ -129,7 +134,7 @@ pub fn conv(w: &Packed, bias: Option<&[f32]>, act: Activation, job: &Conv) -> Ve
         && (job.oh, job.ow) == (job.h, job.w)
         && job.mask.is_none();
     if direct {
-        return run(w, bias, act, job, job.x, job.w, job.h * job.w);
+        return run(w, bias, act, job, job.x, job.w, offsets(job, 1, 1, job.w, job.h * job.w));
     }
     let (hp, wp) = (job.oh + job.kh - 1, job.ow + job.kw - 1);
     let plane = hp * wp;
@@ -138,7 +143,62 @@ pub fn conv(w: &Packed, bias: Option<&[f32]>, act: Activation, job: &Conv) -> Ve
     let len = job.c * plane + wp + job.kw + NR;
     super::conv::with_buffer(&PADDED, len, |buf| {
         pad(job, buf, hp, wp);
-        run(w, bias, act, job, buf, wp, plane)
+        run(w, bias, act, job, buf, wp, offsets(job, 1, 1, wp, plane))
+    })
+}
+
+/// Where tap `(c, ky, kx)` reads, from a grid pixel: in plane `(c * sh + ky % sh) * sw + kx % sw`
+/// (the input's planes, or at a stride its phase planes), `ky / sh` rows and `kx / sw` columns on.
+fn offsets(job: &Conv, sh: usize, sw: usize, wp: usize, plane: usize) -> Vec<usize> {
+    (0..job.c)
+        .flat_map(|c| {
+            (0..job.kh).flat_map(move |ky| {
+                (0..job.kw).map(move |kx| ((c * sh + ky % sh) * sw + kx % sw) * plane + (ky / sh) * wp + kx / sw)
+            })
+        })
+        .collect()
+}
+
+/// A convolution at stride `sh x sw` as a stride-1 one: the padded input is split into its
+/// `sh * sw` phase planes per channel (rows `i * sh + py`, columns `j * sw + px`), where tap
+/// `(ky, kx)` of output `(oy, ox)` is pixel `(oy + ky / sh, ox + kx / sw)` of phase
+/// `(ky % sh, kx % sw)`: the same shifted reads, no im2col matrix, no taps of zeros.
+fn strided(w: &Packed, bias: Option<&[f32]>, act: Activation, job: &Conv) -> Vec<f32> {
+    assert!(job.mask.is_none(), "igemm: a mask only at stride 1");
+    let (sh, sw) = (job.sh, job.sw);
+    let (hp, wp) = (job.oh + (job.kh - 1) / sh, job.ow + (job.kw - 1) / sw);
+    let plane = hp * wp;
+    let planes = job.c * sh * sw;
+    // Reads reach `(kh - 1) / sh` rows and `(kw - 1) / sw` columns past a grid pixel.
+    let len = planes * plane + wp + job.kw + NR;
+    super::conv::with_buffer(&PADDED, len, |buf| {
+        let (body, tail) = buf.split_at_mut(planes * plane);
+        tail.fill(0.0);
+        let (h, wd) = (job.h, job.w);
+        body.par_chunks_mut(sh * sw * plane).enumerate().for_each(|(c, out)| {
+            let src = &job.x[c * h * wd..][..h * wd];
+            for (ph, dst) in out.chunks_exact_mut(plane).enumerate() {
+                let (py, px) = (ph / sw, ph % sw);
+                // Columns j with input column j * sw + px - pl inside the row.
+                let j0 = job.pl.saturating_sub(px).div_ceil(sw).min(wp);
+                let j1 = (wd + job.pl).saturating_sub(px).div_ceil(sw).clamp(j0, wp);
+                for (i, row) in dst.chunks_exact_mut(wp).enumerate() {
+                    let iy = (i * sh + py) as isize - job.pt as isize;
+                    if iy < 0 || iy >= h as isize || j1 == j0 {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    row[..j0].fill(0.0);
+                    row[j1..].fill(0.0);
+                    let first = j0 * sw + px - job.pl;
+                    let from = &src[iy as usize * wd + first..][..(j1 - j0 - 1) * sw + 1];
+                    for (v, x) in row[j0..j1].iter_mut().zip(from.iter().step_by(sw)) {
+                        *v = *x;
+                    }
+                }
+            }
+        });
+        run(w, bias, act, job, buf, wp, offsets(job, sh, sw, wp, plane))
     })
 }
 
@@ -191,8 +251,8 @@ impl Out {
     }
 }
 
-/// The product over the grid `src` (planes `plane` floats apart, rows `wp` wide; the output's
-/// `oh x ow` pixels are the grid's first `ow` columns of its first `oh` rows).
+/// The product over the grid `src` (rows `wp` wide; the output's `oh x ow` pixels are the grid's
+/// first `ow` columns of its first `oh` rows), tap `k` reading from `offsets[k]` on.
 fn run(
     w: &Packed,
     bias: Option<&[f32]>,
@@ -200,16 +260,13 @@ fn run(
     job: &Conv,
     src: &[f32],
     wp: usize,
-    plane: usize,
+    offsets: Vec<usize>,
 ) -> Vec<f32> {
     let (oh, ow) = (job.oh, job.ow);
     let ohw = oh * ow;
     if w.m * ohw == 0 {
         return Vec::new();
     }
-    let offsets: Vec<usize> = (0..job.c)
-        .flat_map(|c| (0..job.kh).flat_map(move |ky| (0..job.kw).map(move |kx| c * plane + ky * wp + kx)))
-        .collect();
     let mut bias_padded = vec![0.0f32; w.m.div_ceil(MR) * MR];
     if let Some(b) = bias {
         bias_padded[..w.m].copy_from_slice(&b[..w.m]);
@@ -453,7 +510,10 @@ mod tests {
                     for c in 0..j.c {
                         for ky in 0..j.kh {
                             for kx in 0..j.kw {
-                                let (iy, ix) = ((oy + ky) as isize - j.pt as isize, (ox + kx) as isize - j.pl as isize);
+                                let (iy, ix) = (
+                                    (oy * j.sh + ky) as isize - j.pt as isize,
+                                    (ox * j.sw + kx) as isize - j.pl as isize,
+                                );
                                 if iy < 0 || ix < 0 || iy >= j.h as isize || ix >= j.w as isize {
                                     continue;
                                 }
@@ -516,7 +576,7 @@ mod tests {
             let (oh, ow) = (oh as usize, ow as usize);
             for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
                 for mask in [None, Some((&y[..], act))] {
-                    let job = Conv { x: &x, mask, c, h, w, kh, kw, pt, pl, oh, ow };
+                    let job = Conv { x: &x, mask, c, h, w, kh, kw, pt, pl, sh: 1, sw: 1, oh, ow };
                     let got = conv(&packed, Some(&bias), act, &job);
                     let want = naive(&wt, m, &bias, act, &job);
                     for (k, (g, e)) in got.iter().zip(&want).enumerate() {
@@ -532,13 +592,49 @@ mod tests {
     }
 
     #[test]
+    fn strided_matches_the_definition() {
+        if !available() {
+            return;
+        }
+        let values = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin() * 1.7).collect::<Vec<_>>();
+        // (c, h, w, m, kh, kw, pt, pb, pl, pr, sh, sw): 3x3 at stride 2 padded, valid on odd
+        // sizes and lopsided (TF's SAME), 1x1, 5x5 at strides 3 and 2, an input smaller than
+        // the stride, a stride in one direction only.
+        let cases = [
+            (3, 17, 19, 8, 3, 3, 1, 1, 1, 1, 2, 2),
+            (4, 12, 11, 9, 3, 3, 0, 0, 0, 0, 2, 2),
+            (2, 7, 9, 4, 3, 3, 0, 1, 0, 1, 2, 2),
+            (2, 9, 16, 5, 1, 1, 0, 0, 0, 0, 2, 2),
+            (3, 20, 13, 6, 5, 5, 2, 2, 2, 2, 3, 2),
+            (1, 2, 1, 3, 3, 3, 1, 1, 1, 1, 3, 3),
+            (2, 10, 21, 7, 3, 3, 1, 1, 1, 1, 1, 2),
+        ];
+        for (i, &(c, h, w, m, kh, kw, pt, pb, pl, pr, sh, sw)) in cases.iter().enumerate() {
+            let x = values(c * h * w, 0.41 + i as f32 * 0.01);
+            let wt = values(m * c * kh * kw, 0.53);
+            let bias = values(m, 1.3);
+            let packed = Packed::new(&wt, m, c * kh * kw);
+            let (oh, ow) = ((h + pt + pb - kh) / sh + 1, (w + pl + pr - kw) / sw + 1);
+            for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+                let job = Conv { x: &x, mask: None, c, h, w, kh, kw, pt, pl, sh, sw, oh, ow };
+                let got = conv(&packed, Some(&bias), act, &job);
+                let want = naive(&wt, m, &bias, act, &job);
+                assert_eq!(got.len(), want.len(), "case {i}");
+                for (k, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - e).abs() < 1e-4 * (1.0 + e.abs()), "case {i} {act:?}: [{k}] {g} vs {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn nan_passes_the_activations_as_the_scalar_code_does() {
         if !available() {
             return;
         }
         let x = [f32::NAN, 1.0, -2.0, 7.0];
         let packed = Packed::new(&[1.0], 1, 1);
-        let job = Conv { x: &x, mask: None, c: 1, h: 1, w: 4, kh: 1, kw: 1, pt: 0, pl: 0, oh: 1, ow: 4 };
+        let job = Conv { x: &x, mask: None, c: 1, h: 1, w: 4, kh: 1, kw: 1, pt: 0, pl: 0, sh: 1, sw: 1, oh: 1, ow: 4 };
         for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
             let got = conv(&packed, None, act, &job);
             let want: Vec<f32> = x.iter().map(|v| act.apply(*v)).collect();
@@ -558,7 +654,7 @@ mod tests {
             let wt: Vec<f32> = (0..m * c * k * k).map(|i| (i as f32 * 0.11).cos()).collect();
             let packed = Packed::new(&wt, m, c * k * k);
             let p = k / 2;
-            let job = Conv { x: &x, mask: None, c, h, w: h, kh: k, kw: k, pt: p, pl: p, oh: h, ow: h };
+            let job = Conv { x: &x, mask: None, c, h, w: h, kh: k, kw: k, pt: p, pl: p, sh: 1, sw: 1, oh: h, ow: h };
             let mut dt = f64::MAX;
             for _ in 0..20 {
                 let t = std::time::Instant::now();
