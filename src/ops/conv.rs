@@ -674,17 +674,12 @@ fn depthwise_forward_wide(
         let at = (o / g.cog) * g.h * g.w;
         let plane = &x[at..][..g.h * g.w];
         let mask = mask.map(|(y, a)| (&y[at..][..g.h * g.w], a));
-        DW_PADDED.with(|cell| {
-            let mut buf = cell.take();
-            if buf.len() < hp * row {
-                buf.resize(hp * row, 0.0);
-            }
-            pad_phases(plane, mask, g, &mut buf[..hp * row], phase);
+        with_buffer(&DW_PADDED, hp * row, |buf| {
+            pad_phases(plane, mask, g, buf, phase);
             let k = &wt[o * g.kh * g.kw..][..g.kh * g.kw];
             // SAFETY: the caller checked AVX-512F; `buf` holds `hp` rows of `s` phases of
             // `phase` floats, which every load below stays inside (see `phase`).
-            unsafe { depthwise_rows(&buf, k, bias.map_or(0.0, |b| b[o]), act, g, phase, out) };
-            cell.replace(buf);
+            unsafe { depthwise_rows(buf, k, bias.map_or(0.0, |b| b[o]), act, g, phase, out) };
         });
     });
     // SAFETY: `depthwise_rows` wrote every output of every channel (each row's vectors cover
@@ -705,12 +700,16 @@ fn pad_phases(plane: &[f32], mask: Option<(&[f32], Activation)>, g: &Geometry, b
             continue;
         }
         let src = &plane[iy as usize * g.w..][..g.w];
-        // Phase p's valid run: j from ceil((pl - p) / s) while j * s + p - pl < w.
         let run = |p: usize| {
-            let j0 = g.pl.saturating_sub(p).div_ceil(s).min(phase);
-            let j1 = (g.w + g.pl).saturating_sub(p).div_ceil(s).clamp(j0, phase);
-            (j0, j1)
+            let r = phase_span(phase, g.w, s, p, g.pl);
+            (r.start, r.end)
         };
+        if s > 2 {
+            for (p, ph) in dst.chunks_exact_mut(phase).enumerate() {
+                phase_row(ph, src, s, p, g.pl);
+            }
+            continue;
+        }
         for p in 0..s {
             let (j0, j1) = run(p);
             let ph = &mut dst[p * phase..][..phase];
@@ -726,8 +725,8 @@ fn pad_phases(plane: &[f32], mask: Option<(&[f32], Activation)>, g: &Geometry, b
             }
             continue;
         }
-        if s == 2 {
-            // In pairs, which the compiler turns into vector shuffles: the phase holding input
+        {
+            // s == 2, in pairs, which the compiler turns into vector shuffles: the phase holding input
             // column 0 (`a`) takes the even input columns, the other (`b`) the odd ones.
             let pa = g.pl % 2;
             let ((ja, ja1), (jb, jb1)) = (run(pa), run(1 - pa));
@@ -745,17 +744,28 @@ fn pad_phases(plane: &[f32], mask: Option<(&[f32], Activation)>, g: &Geometry, b
             for (y, v) in b[pairs..].iter_mut().zip(src.get(2 * pairs + 1..).unwrap_or(&[]).iter().step_by(2)) {
                 *y = *v;
             }
-            continue;
         }
-        for p in 0..s {
-            let (j0, j1) = run(p);
-            let first = j0 * s + p - g.pl;
-            // `first` is past the row when the run is empty (a row narrower than the stride).
-            let from = src.get(first..).unwrap_or(&[]);
-            for (v, x) in dst[p * phase..][j0..j1].iter_mut().zip(from.iter().step_by(s)) {
-                *v = *x;
-            }
-        }
+    }
+}
+
+/// Where phase `p` of an input row `w` wide, padded by `pl` zeros before and read at stride `s`
+/// (entry `j` is input column `j * s + p - pl`), holds input: `j` from `ceil((pl - p) / s)`
+/// while the column is inside the row, within the phase's `len` entries.
+pub(super) fn phase_span(len: usize, w: usize, s: usize, p: usize, pl: usize) -> std::ops::Range<usize> {
+    let j0 = pl.saturating_sub(p).div_ceil(s).min(len);
+    let j1 = (w + pl).saturating_sub(p).div_ceil(s).clamp(j0, len);
+    j0..j1
+}
+
+/// Phase `p` of the input row `src` (see [`phase_span`]) into `dst`, zero outside its span.
+pub(super) fn phase_row(dst: &mut [f32], src: &[f32], s: usize, p: usize, pl: usize) {
+    let span = phase_span(dst.len(), src.len(), s, p, pl);
+    dst[..span.start].fill(0.0);
+    dst[span.end..].fill(0.0);
+    // The first column is past the row when the span is empty (a row narrower than the stride).
+    let from = src.get(span.start * s + p - pl.min(span.start * s + p)..).unwrap_or(&[]);
+    for (v, x) in dst[span].iter_mut().zip(from.iter().step_by(s)) {
+        *v = *x;
     }
 }
 

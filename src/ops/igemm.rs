@@ -179,22 +179,13 @@ fn strided(w: &Packed, bias: Option<&[f32]>, act: Activation, job: &Conv) -> Vec
             let src = &job.x[c * h * wd..][..h * wd];
             for (ph, dst) in out.chunks_exact_mut(plane).enumerate() {
                 let (py, px) = (ph / sw, ph % sw);
-                // Columns j with input column j * sw + px - pl inside the row.
-                let j0 = job.pl.saturating_sub(px).div_ceil(sw).min(wp);
-                let j1 = (wd + job.pl).saturating_sub(px).div_ceil(sw).clamp(j0, wp);
                 for (i, row) in dst.chunks_exact_mut(wp).enumerate() {
                     let iy = (i * sh + py) as isize - job.pt as isize;
-                    if iy < 0 || iy >= h as isize || j1 == j0 {
+                    if iy < 0 || iy >= h as isize {
                         row.fill(0.0);
                         continue;
                     }
-                    row[..j0].fill(0.0);
-                    row[j1..].fill(0.0);
-                    let first = j0 * sw + px - job.pl;
-                    let from = &src[iy as usize * wd + first..][..(j1 - j0 - 1) * sw + 1];
-                    for (v, x) in row[j0..j1].iter_mut().zip(from.iter().step_by(sw)) {
-                        *v = *x;
-                    }
+                    super::conv::phase_row(row, &src[iy as usize * wd..][..wd], sw, px, job.pl);
                 }
             }
         });
