@@ -90,6 +90,9 @@ struct ConvInner {
     /// The weights and the flipped weights packed for the implicit-product kernel.
     packed: std::sync::OnceLock<super::igemm::Packed>,
     packed_flipped: std::sync::OnceLock<super::igemm::Packed>,
+    /// The weights and the flipped weights transformed for Winograd's route (3x3 at stride 1).
+    winograd: std::sync::OnceLock<super::winograd::Transformed>,
+    winograd_flipped: std::sync::OnceLock<super::winograd::Transformed>,
     /// The weights as tensors on the (non-CPU) devices the portable path has run on.
     on_device: crate::ops::PerDevice<Arc<DeviceWeights>>,
 }
@@ -181,6 +184,8 @@ impl Conv2d {
                 flipped: Default::default(),
                 packed: Default::default(),
                 packed_flipped: Default::default(),
+                winograd: Default::default(),
+                winograd_flipped: Default::default(),
                 on_device: Default::default(),
             }),
         })
@@ -211,6 +216,8 @@ impl Conv2d {
             flipped: Default::default(),
             packed: Default::default(),
             packed_flipped: Default::default(),
+            winograd: Default::default(),
+            winograd_flipped: Default::default(),
             on_device: Default::default(),
         };
         Ok(Conv2d { inner: Arc::new(inner) })
@@ -1048,6 +1055,13 @@ fn wide_kernels() -> bool {
     on && !IM2COL_ONLY.with(|c| c.get())
 }
 
+/// Whether 3x3 convolutions at stride 1 take Winograd's route (`winograd.rs`) where they
+/// take the implicit-product kernel: unless `DEEPDREAM_WINOGRAD=0` (for comparing the routes).
+fn winograd() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DEEPDREAM_WINOGRAD").map_or(true, |v| v.trim() != "0"))
+}
+
 /// `one(b)` for each image `b` of a batch of `n`, joined.
 fn per_image(n: usize, one: impl Fn(usize) -> Vec<f32>) -> Vec<f32> {
     if n == 1 {
@@ -1060,6 +1074,14 @@ fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
     // Strided convolutions too (through their phase planes, `igemm::strided`): only their
     // input gradients keep the col2im route.
     let strided = g.groups == 1 && (g.sh > 1 || g.sw > 1) && wide_kernels();
+    if implicit(g) && winograd() {
+        let len = g.ci * g.h * g.w;
+        let job = |b: usize| g.implicit_job(&x[b * len..][..len], None);
+        if super::winograd::fits(&job(0)) {
+            let u = inner.winograd.get_or_init(|| super::winograd::Transformed::new(&inner.weight, g.co, g.ci));
+            return per_image(g.n, |b| super::winograd::conv(u, Some(&inner.bias), inner.spec.activation, &job(b)));
+        }
+    }
     if implicit(g) || strided {
         let packed = inner.packed.get_or_init(|| super::igemm::Packed::new(&inner.weight, g.co, g.ci * g.kh * g.kw));
         let len = g.ci * g.h * g.w;
@@ -1150,6 +1172,17 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
     {
         // The input gradient is the convolution of the masked output gradient with the
         // flipped, transposed kernel (see `conv_backward_into`): geometry `t`.
+        let len = g.co * g.oh * g.ow;
+        let job = |b: usize| {
+            let mask = (act != Activation::Identity).then(|| (&y[b * len..][..len], act));
+            t.implicit_job(&gy[b * len..][..len], mask)
+        };
+        if winograd() && super::winograd::fits(&job(0)) {
+            let u = inner
+                .winograd_flipped
+                .get_or_init(|| super::winograd::Transformed::new(inner.flipped(), g.ci, g.co));
+            return per_image(g.n, |b| super::winograd::conv(u, None, Activation::Identity, &job(b)));
+        }
         let packed =
             inner.packed_flipped.get_or_init(|| super::igemm::Packed::new(inner.flipped(), g.ci, g.co * g.kh * g.kw));
         let len = g.co * g.oh * g.ow;

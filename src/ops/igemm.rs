@@ -23,18 +23,18 @@ use super::conv::Activation;
 use rayon::prelude::*;
 
 /// Output channels per micro-tile.
-const MR: usize = 8;
+pub(super) const MR: usize = 8;
 /// Pixels per micro-tile (three 16-float vectors).
-const NR: usize = 48;
+pub(super) const NR: usize = 48;
 /// Taps per pass over a tile: the pixels of 128 taps (at most 24 KB) stay in the L1 cache while
 /// every block of channels reads them; the whole of a 3x3 layer's taps did not, and the kernel
 /// then waited on the L2 cache (65-127 GFLOP/s on one core, where OpenBLAS's own kernel runs a
 /// large product at about 150).
-const KC: usize = 128;
+pub(super) const KC: usize = 128;
 
 /// Where a micro-tile's sums start.
 #[derive(Clone, Copy)]
-enum From {
+pub(super) enum From {
     /// Zero: the first taps.
     Zero,
     /// The partial sums of the taps before.
@@ -43,7 +43,7 @@ enum From {
 
 /// Where a micro-tile's sums go.
 #[derive(Clone, Copy)]
-enum To<'a> {
+pub(super) enum To<'a> {
     /// Channel 0 of the block in the output (`[rows, oh, ow]`), plus the bias of each of the
     /// block's channels, through the activation. The bias comes after the sum, as in PyTorch
     /// and OpenBLAS: a pre-activation a rounding away from 0 or 6 decides whether the gradient
@@ -70,9 +70,9 @@ pub fn available() -> bool {
 /// A weight matrix `[m, k]` packed for the kernel: `data[block][k][r]` holds row
 /// `block * MR + r` (zero past `m`).
 pub struct Packed {
-    m: usize,
-    k: usize,
-    data: Vec<f32>,
+    pub(super) m: usize,
+    pub(super) k: usize,
+    pub(super) data: Vec<f32>,
 }
 
 impl Packed {
@@ -333,12 +333,12 @@ fn run(
 }
 
 /// Where the tiles read and write.
-struct Grid {
-    src: *const f32,
-    wp: usize,
-    grid: usize,
-    oh: usize,
-    ow: usize,
+pub(super) struct Grid {
+    pub(super) src: *const f32,
+    pub(super) wp: usize,
+    pub(super) grid: usize,
+    pub(super) oh: usize,
+    pub(super) ow: usize,
 }
 // SAFETY: read-only view of a slice that outlives the tasks.
 unsafe impl Sync for Grid {}
@@ -352,7 +352,7 @@ unsafe impl Sync for Grid {}
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile(
+pub(super) unsafe fn tile(
     a: &[f32],
     offsets: &[usize],
     g: &Grid,
@@ -473,7 +473,7 @@ pub(super) fn activate(x: std::arch::x86_64::__m512, act: Activation) -> std::ar
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile(
+pub(super) unsafe fn tile(
     _: &[f32],
     _: &[usize],
     _: &Grid,
@@ -487,12 +487,12 @@ unsafe fn tile(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// The convolution by its definition.
     #[allow(clippy::too_many_arguments)]
-    fn naive(w: &[f32], m: usize, bias: &[f32], act: Activation, j: &Conv) -> Vec<f32> {
+    pub(in crate::ops) fn naive(w: &[f32], m: usize, bias: &[f32], act: Activation, j: &Conv) -> Vec<f32> {
         let mut y = vec![0.0f32; m * j.oh * j.ow];
         for o in 0..m {
             for oy in 0..j.oh {

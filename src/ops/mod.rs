@@ -11,6 +11,7 @@ pub mod pool;
 pub mod portable;
 pub mod resize;
 pub mod warp;
+mod winograd;
 
 #[cfg(test)]
 mod gradcheck;
