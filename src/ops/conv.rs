@@ -1178,9 +1178,8 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
             t.implicit_job(&gy[b * len..][..len], mask)
         };
         if winograd() && super::winograd::fits(&job(0)) {
-            let u = inner
-                .winograd_flipped
-                .get_or_init(|| super::winograd::Transformed::new(inner.flipped(), g.ci, g.co));
+            let u =
+                inner.winograd_flipped.get_or_init(|| super::winograd::Transformed::new(inner.flipped(), g.ci, g.co));
             return per_image(g.n, |b| super::winograd::conv(u, None, Activation::Identity, &job(b)));
         }
         let packed =

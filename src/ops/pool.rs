@@ -229,6 +229,7 @@ fn nanmax(a: f32, b: f32) -> f32 {
 /// Along each row of `plane` (`h x w`), the maximum over each column span, into `val`
 /// (`h x ow`). Windows of the full kernel width are read off a running max at stride 1,
 /// which vectorises; clipped windows at the edges are scanned directly.
+#[inline(always)]
 fn row_max(plane: &[f32], w: usize, kw: usize, cols: &[Span], val: &mut [f32]) {
     let ow = cols.len();
     let mut run = vec![f32::NEG_INFINITY; w];
@@ -251,6 +252,7 @@ fn row_max(plane: &[f32], w: usize, kw: usize, cols: &[Span], val: &mut [f32]) {
 }
 
 /// Column maxima of the row maxima: one output row per row span, whole rows at a time.
+#[inline(always)]
 fn column_max(val: &[f32], ow: usize, rows: &[Span], out: &mut [f32]) {
     for (r, orow) in rows.iter().zip(out.chunks_exact_mut(ow)) {
         orow.fill(f32::NEG_INFINITY);
@@ -260,15 +262,190 @@ fn column_max(val: &[f32], ow: usize, rows: &[Span], out: &mut [f32]) {
     }
 }
 
-/// Where the maximum `m` of `values` sits under PyTorch's scan rule (the first position, then
-/// any strictly larger value or NaN): the first element equal to `m`, or the last NaN.
-fn find_max(values: impl DoubleEndedIterator<Item = f32> + ExactSizeIterator, m: f32) -> usize {
-    if m.is_nan() {
-        let n = values.len();
-        return n - 1 - values.rev().position(f32::is_nan).unwrap_or(n - 1);
+impl Pool2d {
+    /// Whether the column windows are those of a stride-1 pool: window `o` covers input columns
+    /// `o - pl .. o - pl + kw` clipped to the row. Then every sum over them is a sum of shifted
+    /// rows, which vectorises.
+    fn shifted(&self, cols: &[Span], w: usize) -> bool {
+        let (kw, pl) = (self.kernel.1, self.padding.1);
+        self.stride.1 == 1
+            && cols.iter().enumerate().all(|(o, c)| {
+                let start = o as isize - pl as isize;
+                (c.lo, c.hi)
+                    == (start.max(0) as usize, ((start + kw as isize).min(w as isize).max(0) as usize).max(c.lo))
+            })
     }
-    // An all -inf window (or an empty one) keeps its first position.
-    values.into_iter().position(|v| v == m).unwrap_or(0)
+
+    /// One plane of the average pool: sums along rows, then sums of those along columns, whole
+    /// rows at a time, each divided by its window's divisor.
+    #[inline(always)]
+    fn avg_plane(&self, plane: &[f32], w: usize, rows: &[Span], cols: &[Span], out: &mut [f32]) {
+        let ow = cols.len();
+        let mut sums = vec![0.0f32; plane.len() / w * ow];
+        let shifted = self.shifted(cols, w);
+        for (row, srow) in plane.chunks_exact(w).zip(sums.chunks_exact_mut(ow)) {
+            if shifted {
+                // Tap j of output o is input column o - pl + j: the taps in the same order as
+                // the sum below (from -0.0, as `Iterator::sum`), one shifted row at a time.
+                srow.fill(-0.0);
+                for j in 0..self.kernel.1 {
+                    let (o0, o1, x0) = tap_range(j, self.padding.1, w, ow);
+                    srow[o0..o1].iter_mut().zip(&row[x0..]).for_each(|(s, v)| *s += v);
+                }
+                continue;
+            }
+            for (s, c) in srow.iter_mut().zip(cols) {
+                *s = row[c.lo..c.hi].iter().sum();
+            }
+        }
+        for (r, orow) in rows.iter().zip(out.chunks_exact_mut(ow)) {
+            orow.fill(0.0);
+            for srow in sums[r.lo * ow..r.hi * ow].chunks_exact(ow) {
+                orow.iter_mut().zip(srow).for_each(|(o, s)| *o += s);
+            }
+            for (o, c) in orow.iter_mut().zip(cols) {
+                let d = r.divisor * c.divisor;
+                *o = if d > 0.0 { *o / d } else { 0.0 };
+            }
+        }
+    }
+
+    /// One plane of the average pool's input gradient: the forward's two passes transposed,
+    /// spread along columns, then along rows.
+    #[inline(always)]
+    fn avg_grad_plane(&self, go: &[f32], w: usize, rows: &[Span], cols: &[Span], gplane: &mut [f32]) {
+        let ow = cols.len();
+        let h = gplane.len() / w;
+        let mut spread = vec![0.0f32; h * ow];
+        let mut share = vec![0.0f32; ow];
+        for (r, grow) in rows.iter().zip(go.chunks_exact(ow)) {
+            for ((s, c), g) in share.iter_mut().zip(cols).zip(grow) {
+                let d = r.divisor * c.divisor;
+                *s = if d > 0.0 { g / d } else { 0.0 };
+            }
+            for srow in spread[r.lo * ow..r.hi * ow].chunks_exact_mut(ow) {
+                srow.iter_mut().zip(&share).for_each(|(d, s)| *d += s);
+            }
+        }
+        let shifted = self.shifted(cols, w);
+        for (grow, srow) in gplane.chunks_exact_mut(w).zip(spread.chunks_exact(ow)) {
+            if shifted {
+                // Input column x takes outputs o = x + pl - j: taps from the last to the
+                // first add them in the order of o, as the loop below.
+                for j in (0..self.kernel.1).rev() {
+                    let (o0, o1, x0) = tap_range(j, self.padding.1, w, ow);
+                    grow[x0..x0 + (o1 - o0)].iter_mut().zip(&srow[o0..o1]).for_each(|(g, s)| *g += s);
+                }
+                continue;
+            }
+            for (c, &s) in cols.iter().zip(srow) {
+                grow[c.lo..c.hi].iter_mut().for_each(|v| *v += s);
+            }
+        }
+    }
+}
+
+/// For tap `j` of a stride-1 pool padded by `pl` (a row `w` wide, `ow` outputs): the outputs
+/// `o0..o1` whose tap lies inside the row, and the input column `x0` of output `o0`'s tap.
+#[inline(always)]
+fn tap_range(j: usize, pl: usize, w: usize, ow: usize) -> (usize, usize, usize) {
+    // Column o - pl + j in 0..w.
+    let o0 = pl.saturating_sub(j).min(ow);
+    let o1 = (w + pl).saturating_sub(j).min(ow).max(o0);
+    (o0, o1, o0 + j - pl.min(o0 + j))
+}
+
+/// One plane of the max pool's input gradient: each window's output gradient goes to its
+/// maximum under PyTorch's scan (row-major from the window's first element, taking any larger
+/// value or any NaN: ties go to the first, NaNs to the last), added in the outputs' order.
+fn max_grad_plane(p: &Pool2d, plane: &[f32], w: usize, rows: &[Span], cols: &[Span], go: &[f32], gplane: &mut [f32]) {
+    let ow = cols.len();
+    let (kh, kw) = p.kernel;
+    let vector = super::igemm::available() && plane.len() < i32::MAX as usize;
+    for (oy, r) in rows.iter().enumerate() {
+        if r.lo >= r.hi {
+            continue;
+        }
+        let grow = &go[oy * ow..][..ow];
+        let mut ox = 0;
+        while ox < ow {
+            // A run of outputs with whole windows (all kh x kw inside the plane), 16 at most.
+            let run = if vector && r.hi - r.lo == kh {
+                cols[ox..].iter().take(16).take_while(|c| c.hi - c.lo == kw).count()
+            } else {
+                0
+            };
+            if run > 0 {
+                // SAFETY: AVX-512F is present; the windows are whole, inside the plane.
+                let at = unsafe { argmax_run(plane, w, r.lo, cols[ox].lo, p.stride.1, kh, kw, run) };
+                for (i, g) in at[..run].iter().zip(&grow[ox..]) {
+                    gplane[*i as usize] += g;
+                }
+                ox += run;
+                continue;
+            }
+            let c = cols[ox];
+            if c.lo < c.hi {
+                let (mut best, mut at) = (f32::NEG_INFINITY, r.lo * w + c.lo);
+                for y in r.lo..r.hi {
+                    for (x, &v) in plane[y * w + c.lo..y * w + c.hi].iter().enumerate() {
+                        if v > best || v.is_nan() {
+                            (best, at) = (v, y * w + c.lo + x);
+                        }
+                    }
+                }
+                gplane[at] += grow[ox];
+            }
+            ox += 1;
+        }
+    }
+}
+
+/// PyTorch's scan for `n` (at most 16) neighbouring whole windows, the first starting at row
+/// `y0`, column `x0`, the next `sw` columns on: where each window's maximum sits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn argmax_run(
+    plane: &[f32],
+    w: usize,
+    y0: usize,
+    x0: usize,
+    sw: usize,
+    kh: usize,
+    kw: usize,
+    n: usize,
+) -> [u32; 16] {
+    use std::arch::x86_64::*;
+    assert!(n > 0 && n <= 16 && (y0 + kh - 1) * w + x0 + (n - 1) * sw + kw <= plane.len());
+    let k = ((1u32 << n) - 1) as __mmask16;
+    let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let first = _mm512_add_epi32(
+        _mm512_set1_epi32((y0 * w + x0) as i32),
+        _mm512_mullo_epi32(lane, _mm512_set1_epi32(sw as i32)),
+    );
+    let mut best = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut at = first;
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let here = _mm512_add_epi32(first, _mm512_set1_epi32((ky * w + kx) as i32));
+            // SAFETY: every lane in `k` indexes inside `plane` (asserted above).
+            let v = unsafe { _mm512_mask_i32gather_ps::<4>(best, k, here, plane.as_ptr()) };
+            let take = k & (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v));
+            best = _mm512_mask_mov_ps(best, take, v);
+            at = _mm512_mask_mov_epi32(at, take, here);
+        }
+    }
+    let mut out = [0u32; 16];
+    // SAFETY: `out` holds 16 lanes.
+    unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), at) };
+    out
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn argmax_run(_: &[f32], _: usize, _: usize, _: usize, _: usize, _: usize, _: usize, _: usize) -> [u32; 16] {
+    unreachable!("igemm::available is false off x86_64")
 }
 
 impl CustomOp1 for Pool2d {
@@ -287,28 +464,12 @@ impl CustomOp1 for Pool2d {
             match self.kind {
                 PoolKind::Max => {
                     let mut val = vec![0.0f32; h * ow];
-                    row_max(plane, w, self.kernel.1, &cols, &mut val);
-                    column_max(&val, ow, &rows, out);
+                    super::wide(|| {
+                        row_max(plane, w, self.kernel.1, &cols, &mut val);
+                        column_max(&val, ow, &rows, out);
+                    });
                 }
-                PoolKind::Avg { .. } => {
-                    // Sums along rows, then sums of those along columns, whole rows at a time.
-                    let mut sums = vec![0.0f32; h * ow];
-                    for (row, srow) in plane.chunks_exact(w).zip(sums.chunks_exact_mut(ow)) {
-                        for (s, c) in srow.iter_mut().zip(&cols) {
-                            *s = row[c.lo..c.hi].iter().sum();
-                        }
-                    }
-                    for (r, orow) in rows.iter().zip(out.chunks_exact_mut(ow)) {
-                        orow.fill(0.0);
-                        for srow in sums[r.lo * ow..r.hi * ow].chunks_exact(ow) {
-                            orow.iter_mut().zip(srow).for_each(|(o, s)| *o += s);
-                        }
-                        for (o, c) in orow.iter_mut().zip(&cols) {
-                            let d = r.divisor * c.divisor;
-                            *o = if d > 0.0 { *o / d } else { 0.0 };
-                        }
-                    }
-                }
+                PoolKind::Avg { .. } => super::wide(|| self.avg_plane(plane, w, &rows, &cols, out)),
             }
         });
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
@@ -338,49 +499,112 @@ impl CustomOp2 for PoolInputGrad {
             let plane = &x[plane_idx * h * w..][..h * w];
             let go = &gy[plane_idx * oh * ow..][..oh * ow];
             match p.kind {
-                PoolKind::Max => {
-                    // The forward again, then each window's winner: the first row (in the
-                    // window) whose maximum is the window's, and in it the first column. The
-                    // same element as PyTorch's row-major scan of the window.
-                    let (mut val, mut out) = (vec![0.0f32; h * ow], vec![0.0f32; oh * ow]);
-                    row_max(plane, w, p.kernel.1, &cols, &mut val);
-                    column_max(&val, ow, &rows, &mut out);
-                    for (oy, r) in rows.iter().enumerate() {
-                        if r.lo >= r.hi {
-                            continue;
-                        }
-                        for (ox, c) in cols.iter().enumerate() {
-                            if c.lo >= c.hi {
-                                continue;
-                            }
-                            let m = out[oy * ow + ox];
-                            let y = r.lo + find_max((r.lo..r.hi).map(|y| val[y * ow + ox]), m);
-                            let x = c.lo + find_max(plane[y * w + c.lo..y * w + c.hi].iter().copied(), m);
-                            gplane[y * w + x] += go[oy * ow + ox];
-                        }
-                    }
-                }
-                PoolKind::Avg { .. } => {
-                    // The forward's two passes transposed: spread along columns, then rows.
-                    let mut spread = vec![0.0f32; h * ow];
-                    let mut share = vec![0.0f32; ow];
-                    for (r, grow) in rows.iter().zip(go.chunks_exact(ow)) {
-                        for ((s, c), g) in share.iter_mut().zip(&cols).zip(grow) {
-                            let d = r.divisor * c.divisor;
-                            *s = if d > 0.0 { g / d } else { 0.0 };
-                        }
-                        for srow in spread[r.lo * ow..r.hi * ow].chunks_exact_mut(ow) {
-                            srow.iter_mut().zip(&share).for_each(|(d, s)| *d += s);
-                        }
-                    }
-                    for (grow, srow) in gplane.chunks_exact_mut(w).zip(spread.chunks_exact(ow)) {
-                        for (c, &s) in cols.iter().zip(srow) {
-                            grow[c.lo..c.hi].iter_mut().for_each(|v| *v += s);
-                        }
-                    }
-                }
+                PoolKind::Max => max_grad_plane(p, plane, w, &rows, &cols, go, gplane),
+                PoolKind::Avg { .. } => super::wide(|| p.avg_grad_plane(go, w, &rows, &cols, gplane)),
             }
         });
         Ok((CpuStorage::F32(gx), Shape::from((n, c, h, w))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// PyTorch's max-pool backward as written in its CPU kernel: scan each window row-major
+    /// from its first element, take any larger value or NaN, add the output's gradient there.
+    fn scan(p: &Pool2d, x: &[f32], h: usize, w: usize, gy: &[f32]) -> Vec<f32> {
+        let (rows, cols) = p.all_spans(h, w).unwrap();
+        let mut gx = vec![0.0f32; h * w];
+        for (oy, r) in rows.iter().enumerate() {
+            for (ox, c) in cols.iter().enumerate() {
+                if r.lo >= r.hi || c.lo >= c.hi {
+                    continue;
+                }
+                let (mut best, mut at) = (f32::NEG_INFINITY, r.lo * w + c.lo);
+                for y in r.lo..r.hi {
+                    for x_ in c.lo..c.hi {
+                        let v = x[y * w + x_];
+                        if v > best || v.is_nan() {
+                            (best, at) = (v, y * w + x_);
+                        }
+                    }
+                }
+                gx[at] += gy[oy * cols.len() + ox];
+            }
+        }
+        gx
+    }
+
+    #[test]
+    fn max_pool_gradient_follows_pytorchs_scan() {
+        // Rows wider than a vector run of windows (and narrower), ties (whole numbers), NaN and
+        // infinities, windows clipped by padding and by ceil_mode.
+        for (k, s, pad, ceil) in
+            [(3, 2, 0, false), (3, 1, 1, false), (3, 2, 1, true), (2, 2, 0, true), (5, 3, 2, false)]
+        {
+            let p = Pool2d::max(k, s, pad, ceil);
+            for (h, w) in [(9, 41), (13, 70), (6, 7)] {
+                let mut x: Vec<f32> = (0..h * w).map(|i| ((i as f32 * 0.37).sin() * 3.0).round()).collect();
+                x[5] = f32::NAN;
+                x[w + 3] = f32::INFINITY;
+                x[2 * w + 8] = f32::NEG_INFINITY;
+                x[3 * w + 17 % w] = f32::NAN;
+                x[3 * w + 18 % w] = f32::NAN;
+                let xt = Tensor::from_slice(&x, (1, 1, h, w), &Device::Cpu).unwrap();
+                let (oh, ow) = p.out_dims(h, w).unwrap();
+                let gy: Vec<f32> = (0..oh * ow).map(|i| (i % 7) as f32 - 3.0).collect();
+                let gyt = Tensor::from_slice(&gy, (1, 1, oh, ow), &Device::Cpu).unwrap();
+                let got = p.input_grad(&gyt, &xt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let want = scan(&p, &x, h, w, &gy);
+                assert_eq!(got, want, "{p:?} on {h}x{w}");
+            }
+        }
+    }
+
+    #[test]
+    fn average_pool_sums_in_the_order_of_its_definition() {
+        // The stride-1 pools sum shifted rows; the same sums in the same order as window by
+        // window, bit for bit, both directions.
+        for p in
+            [Pool2d::avg(3, 1, 1, false, false), Pool2d::avg(3, 1, 1, false, true), Pool2d::avg(5, 1, 2, true, false)]
+        {
+            for (h, w) in [(9, 41), (5, 3)] {
+                let x: Vec<f32> = (0..h * w).map(|i| (i as f32 * 0.37).sin() * 3.1).collect();
+                let (oh, ow) = p.out_dims(h, w).unwrap();
+                let gy: Vec<f32> = (0..oh * ow).map(|i| (i as f32 * 0.71).cos()).collect();
+                let (rows, cols) = p.all_spans(h, w).unwrap();
+                let mut want = vec![0.0f32; oh * ow];
+                let mut spread = vec![0.0f32; h * ow];
+                for (oy, r) in rows.iter().enumerate() {
+                    for (ox, c) in cols.iter().enumerate() {
+                        let mut sum = 0.0f32;
+                        for y in r.lo..r.hi {
+                            sum += x[y * w + c.lo..y * w + c.hi].iter().sum::<f32>();
+                        }
+                        let d = r.divisor * c.divisor;
+                        want[oy * ow + ox] = sum / d;
+                        for y in r.lo..r.hi {
+                            spread[y * ow + ox] += gy[oy * ow + ox] / d;
+                        }
+                    }
+                }
+                let mut want_gx = vec![0.0f32; h * w];
+                for y in 0..h {
+                    for (ox, c) in cols.iter().enumerate() {
+                        for x_ in c.lo..c.hi {
+                            want_gx[y * w + x_] += spread[y * ow + ox];
+                        }
+                    }
+                }
+                let xt = Tensor::from_slice(&x, (1, 1, h, w), &Device::Cpu).unwrap();
+                let gyt = Tensor::from_slice(&gy, (1, 1, oh, ow), &Device::Cpu).unwrap();
+                let got = p.forward(&xt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(got, want, "{p:?} forward on {h}x{w}");
+                let got = p.input_grad(&gyt, &xt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(got, want_gx, "{p:?} input gradient on {h}x{w}");
+            }
+        }
     }
 }

@@ -228,7 +228,12 @@ unsafe fn input_transform(
                 }
             }
             let bt = |a: [__m512; 4]| {
-                [_mm512_sub_ps(a[0], a[2]), _mm512_add_ps(a[1], a[2]), _mm512_sub_ps(a[2], a[1]), _mm512_sub_ps(a[1], a[3])]
+                [
+                    _mm512_sub_ps(a[0], a[2]),
+                    _mm512_add_ps(a[1], a[2]),
+                    _mm512_sub_ps(a[2], a[1]),
+                    _mm512_sub_ps(a[1], a[3]),
+                ]
             };
             // Bt along the columns (each column's four rows), then along the rows.
             let mut rows = [[_mm512_setzero_ps(); 4]; 4];
@@ -318,10 +323,7 @@ unsafe fn output_transform(
                 }
             }
             let at_ = |a: [__m512; 4]| {
-                [
-                    _mm512_add_ps(_mm512_add_ps(a[0], a[1]), a[2]),
-                    _mm512_sub_ps(_mm512_sub_ps(a[1], a[2]), a[3]),
-                ]
+                [_mm512_add_ps(_mm512_add_ps(a[0], a[1]), a[2]), _mm512_sub_ps(_mm512_sub_ps(a[1], a[2]), a[3])]
             };
             // At along the columns, then along the rows.
             let mut s = [[_mm512_setzero_ps(); 4]; 2];
@@ -351,7 +353,15 @@ unsafe fn output_transform(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn input_transform(_: &[f32], _: usize, _: &Tiling, _: usize, _: &[(usize, usize, usize)], _: usize, _: &mut [f32]) {
+unsafe fn input_transform(
+    _: &[f32],
+    _: usize,
+    _: &Tiling,
+    _: usize,
+    _: &[(usize, usize, usize)],
+    _: usize,
+    _: &mut [f32],
+) {
     unreachable!("igemm::available is false off x86_64")
 }
 
@@ -421,6 +431,67 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// `cargo test --release --lib winograd_speed -- --ignored --nocapture`: InceptionV3's 3x3
+    /// layers at 512x512 and 384x384, forward and input gradient, here and on the direct kernel.
+    #[test]
+    #[ignore]
+    fn winograd_speed() {
+        if !igemm::available() {
+            return;
+        }
+        // (c, h, m, pad): the stem's 3x3 layers, conv5, the mixed blocks' 3x3 pairs; the input
+        // gradients as the transposed convolutions.
+        let shapes = [
+            (32, 255, 32, 0),
+            (32, 253, 64, 1),
+            (80, 126, 192, 0),
+            (64, 61, 96, 1),
+            (96, 61, 96, 1),
+            (192, 124, 80, 2),
+            (96, 61, 64, 1),
+            (32, 191, 32, 0),
+            (80, 94, 192, 0),
+            (64, 45, 96, 1),
+            (96, 45, 96, 1),
+            (96, 22, 96, 1),
+        ];
+        let only: Option<usize> = std::env::var("WINO_ONLY").ok().and_then(|v| v.parse().ok());
+        for (i, &(c, h, m, p)) in shapes.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            let x: Vec<f32> = (0..c * h * h).map(|i| (i as f32 * 0.37).sin()).collect();
+            let wt: Vec<f32> = (0..m * c * 9).map(|i| (i as f32 * 0.11).cos()).collect();
+            let packed = Packed::new(&wt, m, c * 9);
+            let u = Transformed::new(&wt, m, c);
+            let o = h + 2 * p - 2;
+            let job = Conv { x: &x, mask: None, c, h, w: h, kh: 3, kw: 3, pt: p, pl: p, sh: 1, sw: 1, oh: o, ow: o };
+            let time = |f: &dyn Fn() -> Vec<f32>| {
+                let mut dt = f64::MAX;
+                for _ in 0..if only.is_some() { 200 } else { 15 } {
+                    let t = std::time::Instant::now();
+                    let _ = f();
+                    dt = dt.min(t.elapsed().as_secs_f64());
+                }
+                dt
+            };
+            let direct =
+                if only.is_some() { 1.0 } else { time(&|| igemm::conv(&packed, None, Activation::Relu, &job)) };
+            let wino = time(&|| conv(&u, None, Activation::Relu, &job));
+            println!(
+                "c{c} {h}x{h} -> {m} pad {p}: direct {:.2} ms, winograd {:.2} ms ({:.2}x)",
+                direct * 1e3,
+                wino * 1e3,
+                direct / wino
+            );
         }
     }
 }
