@@ -771,8 +771,37 @@ pub(super) fn phase_row(dst: &mut [f32], src: &[f32], s: usize, p: usize, pl: us
     dst[span.end..].fill(0.0);
     // The first column is past the row when the span is empty (a row narrower than the stride).
     let from = src.get(span.start * s + p - pl.min(span.start * s + p)..).unwrap_or(&[]);
+    #[cfg(target_arch = "x86_64")]
+    if s == 2 && super::igemm::available() {
+        // SAFETY: the CPU has AVX-512F.
+        unsafe { every_other(&mut dst[span], from) };
+        return;
+    }
     for (v, x) in dst[span].iter_mut().zip(from.iter().step_by(s)) {
         *v = *x;
+    }
+}
+
+/// `dst[i] = src[2 i]` while both last, 16 at a time (the element-by-element copy was 3% of an
+/// InceptionV3 step: Winograd's parity planes and the strided convolutions' phase planes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn every_other(dst: &mut [f32], src: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = dst.len().min(src.len().div_ceil(2));
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let mut i = 0;
+    while i + 16 <= n && 2 * i + 32 <= src.len() {
+        // SAFETY: src[2i..2i + 32] and dst[i..i + 16] are inside the slices (the loop's bounds).
+        unsafe {
+            let a = _mm512_loadu_ps(src.as_ptr().add(2 * i));
+            let b = _mm512_loadu_ps(src.as_ptr().add(2 * i + 16));
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_permutex2var_ps(a, even, b));
+        }
+        i += 16;
+    }
+    for j in i..n {
+        dst[j] = src[2 * j];
     }
 }
 
