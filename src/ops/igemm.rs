@@ -664,20 +664,32 @@ pub(super) mod tests {
             return;
         }
         // InceptionV3 at 512x512: mixed 3x3 and 1x1 layers, a stem 3x3.
-        for (c, h, m, k) in [(64, 61, 96, 3), (96, 61, 96, 3), (288, 61, 64, 1), (128, 30, 192, 1), (32, 254, 64, 3)] {
+        // (c, size, m, kh, kw): 3x3, 1x1, 5x5, 1x7 and 7x1 layers of the mixed blocks.
+        for (c, h, m, kh, kw) in [
+            (64, 61, 96, 3, 3),
+            (96, 61, 96, 3, 3),
+            (288, 61, 64, 1, 1),
+            (128, 30, 192, 1, 1),
+            (768, 30, 192, 1, 1),
+            (32, 254, 64, 3, 3),
+            (48, 61, 64, 5, 5),
+            (128, 30, 128, 1, 7),
+            (128, 30, 192, 7, 1),
+            (160, 30, 160, 1, 7),
+        ] {
             let x: Vec<f32> = (0..c * h * h).map(|i| (i as f32 * 0.37).sin()).collect();
-            let wt: Vec<f32> = (0..m * c * k * k).map(|i| (i as f32 * 0.11).cos()).collect();
-            let packed = Packed::new(&wt, m, c * k * k);
-            let p = k / 2;
-            let job = Conv { x: &x, mask: None, c, h, w: h, kh: k, kw: k, pt: p, pl: p, sh: 1, sw: 1, oh: h, ow: h };
+            let wt: Vec<f32> = (0..m * c * kh * kw).map(|i| (i as f32 * 0.11).cos()).collect();
+            let packed = Packed::new(&wt, m, c * kh * kw);
+            let (pt, pl) = (kh / 2, kw / 2);
+            let job = Conv { x: &x, mask: None, c, h, w: h, kh, kw, pt, pl, sh: 1, sw: 1, oh: h, ow: h };
             let mut dt = f64::MAX;
             for _ in 0..20 {
                 let t = std::time::Instant::now();
                 let _ = conv(&packed, None, Activation::Relu, &job);
                 dt = dt.min(t.elapsed().as_secs_f64());
             }
-            let flops = 2.0 * (m * c * k * k * h * h) as f64;
-            println!("c{c} {h}x{h} -> {m} k{k}: {:.1} GFLOP/s", flops / dt / 1e9);
+            let flops = 2.0 * (m * c * kh * kw * h * h) as f64;
+            println!("c{c} {h}x{h} -> {m} {kh}x{kw}: {:.1} GFLOP/s", flops / dt / 1e9);
         }
     }
 }

@@ -128,17 +128,18 @@ pub fn conv(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Conv) 
             let (t0, t1) = (r * run, ((r + 1) * run).min(tiles));
             let n = t1 - t0;
             let chunks = tiling.chunks(t0, t1);
-            super::conv::with_buffer(&TILES, XI * c * n, |v| {
-                super::conv::with_buffer(&PRODUCTS, XI * m * n, |p| {
+            let (vs, ps) = (spread(c * n), spread(m * n));
+            super::conv::with_buffer(&TILES, XI * vs, |v| {
+                super::conv::with_buffer(&PRODUCTS, XI * ps, |p| {
                     // SAFETY: AVX-512F was checked above; the transforms read and write inside
                     // the slices they are given (asserted there), and the output transform
                     // writes only the output pixels of this run's tiles.
                     unsafe {
-                        input_transform(planes, c, &tiling, t0, &chunks, n, v);
+                        input_transform(planes, c, &tiling, t0, &chunks, n, vs, v);
                         for xi in 0..XI {
-                            products(&u.u[xi], &v[xi * c * n..][..c * n], n, &mut p[xi * m * n..][..m * n]);
+                            products(&u.u[xi], &v[xi * vs..][..c * n], n, &mut p[xi * ps..][..m * n]);
                         }
-                        output_transform(p, m, n, t0, &chunks, job, &bias_padded, act, out);
+                        output_transform(p, m, n, ps, t0, &chunks, job, &bias_padded, act, out);
                     }
                 })
             })
@@ -191,6 +192,15 @@ fn pad(job: &Conv, t: &Tiling, planes: &mut [f32]) {
     });
 }
 
+/// The distance between the 16 planes of a run's transformed tiles (or products) of `len`
+/// floats each: an odd number of 64-byte lines, so that the 16 planes' stores of one channel
+/// fall in 16 different sets of the L1 cache. At `len` a multiple of 1024 floats (96 channels
+/// x 96 tiles: 36 KB) all 16 landed in one set of 12 ways, and the transforms waited on L2.
+fn spread(len: usize) -> usize {
+    let s = len.div_ceil(16) * 16;
+    if (s / 16) % 2 == 0 { s + 16 } else { s }
+}
+
 /// Lanes `0..n` of a vector.
 #[cfg(target_arch = "x86_64")]
 fn lanes(n: usize) -> u16 {
@@ -198,9 +208,10 @@ fn lanes(n: usize) -> u16 {
 }
 
 /// `V = Bt d B` for the run's tiles (starting at tile `t0`, `n` of them) of every channel, into
-/// `v[xi][c][n]`. Bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
+/// `v[xi][c][n]` (`vs` floats from one `xi` to the next). Bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn input_transform(
     planes: &[f32],
     c: usize,
@@ -208,10 +219,11 @@ unsafe fn input_transform(
     t0: usize,
     chunks: &[(usize, usize, usize)],
     n: usize,
+    vs: usize,
     v: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    assert!(planes.len() >= c * t.plane() && v.len() >= XI * c * n);
+    assert!(planes.len() >= c * t.plane() && vs >= c * n && v.len() >= XI * vs);
     let (pp, vp) = (planes.as_ptr(), v.as_mut_ptr());
     for ch in 0..c {
         for &(ty, tx, len) in chunks {
@@ -248,7 +260,7 @@ unsafe fn input_transform(
                 let cols = bt(*r);
                 for (j, val) in cols.iter().enumerate() {
                     // SAFETY: tiles `at..at + len` of plane (i * 4 + j, ch) lie inside `v`.
-                    unsafe { _mm512_mask_storeu_ps(vp.add(((i * 4 + j) * c + ch) * n + at), k, *val) };
+                    unsafe { _mm512_mask_storeu_ps(vp.add((i * 4 + j) * vs + ch * n + at), k, *val) };
                 }
             }
         }
@@ -295,6 +307,7 @@ unsafe fn output_transform(
     p: &[f32],
     m: usize,
     n: usize,
+    ps: usize,
     t0: usize,
     chunks: &[(usize, usize, usize)],
     job: &Conv,
@@ -303,7 +316,7 @@ unsafe fn output_transform(
     out: Out,
 ) {
     use std::arch::x86_64::*;
-    assert!(p.len() >= XI * m * n && bias.len() >= m);
+    assert!(ps >= m * n && p.len() >= XI * ps && bias.len() >= m);
     let (oh, ow) = (job.oh, job.ow);
     let tw = ow.div_ceil(2);
     let pp = p.as_ptr();
@@ -319,7 +332,7 @@ unsafe fn output_transform(
             for (i, qr) in q.iter_mut().enumerate() {
                 for (j, qv) in qr.iter_mut().enumerate() {
                     // SAFETY: tiles `at..at + len` of plane (i * 4 + j, o) lie inside `p`.
-                    *qv = unsafe { _mm512_maskz_loadu_ps(k, pp.add(((i * 4 + j) * m + o) * n + at)) };
+                    *qv = unsafe { _mm512_maskz_loadu_ps(k, pp.add((i * 4 + j) * ps + o * n + at)) };
                 }
             }
             let at_ = |a: [__m512; 4]| {
@@ -353,12 +366,14 @@ unsafe fn output_transform(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
 unsafe fn input_transform(
     _: &[f32],
     _: usize,
     _: &Tiling,
     _: usize,
     _: &[(usize, usize, usize)],
+    _: usize,
     _: usize,
     _: &mut [f32],
 ) {
@@ -369,6 +384,7 @@ unsafe fn input_transform(
 #[allow(clippy::too_many_arguments)]
 unsafe fn output_transform(
     _: &[f32],
+    _: usize,
     _: usize,
     _: usize,
     _: usize,
