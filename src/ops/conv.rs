@@ -93,6 +93,9 @@ struct ConvInner {
     /// The weights and the flipped weights transformed for Winograd's route (3x3 at stride 1).
     winograd: std::sync::OnceLock<super::winograd::Transformed>,
     winograd_flipped: std::sync::OnceLock<super::winograd::Transformed>,
+    /// A strided convolution's input gradient as one stride-1 convolution per phase (see
+    /// [`GradPhase`]), made on its first backward pass.
+    grad_phases: std::sync::OnceLock<Vec<GradPhase>>,
     /// The weights as tensors on the (non-CPU) devices the portable path has run on.
     on_device: crate::ops::PerDevice<Arc<DeviceWeights>>,
 }
@@ -186,6 +189,7 @@ impl Conv2d {
                 packed_flipped: Default::default(),
                 winograd: Default::default(),
                 winograd_flipped: Default::default(),
+                grad_phases: Default::default(),
                 on_device: Default::default(),
             }),
         })
@@ -218,6 +222,7 @@ impl Conv2d {
             packed_flipped: Default::default(),
             winograd: Default::default(),
             winograd_flipped: Default::default(),
+            grad_phases: Default::default(),
             on_device: Default::default(),
         };
         Ok(Conv2d { inner: Arc::new(inner) })
@@ -1194,6 +1199,123 @@ fn conv_forward_into(inner: &ConvInner, x: &[f32], g: &Geometry, y: &mut [f32], 
     }
 }
 
+/// One phase of a strided convolution's input gradient. The input pixels `(iy, ix)` with
+/// `(iy + pt) % sh == ry` and `(ix + pl) % sw == rx` take gradient from the kernel taps
+/// `ky = ry + sh * j`, `kx = rx + sw * i` alone, and input row `iy = sh * a + ry - pt` from
+/// output row `a - j`: a stride-1 convolution of the output gradient with those taps,
+/// flipped (`jy x jx` of them; `packed` is `[ci, co * jy * jx]`, none where the phase has no
+/// taps). So the gradient runs on the implicit-product kernel, as the forward does, where the
+/// im2col route multiplied through OpenBLAS and then scattered the columns back one add at a
+/// time. Used from 16 input channels: with fewer (the image's 3 at the stem) the kernel's
+/// blocks of 8 channels run mostly empty and the phases' scatter has too few planes to share
+/// out; there col2im was as fast (InceptionV3 512x512 backward, alternating runs).
+struct GradPhase {
+    ry: usize,
+    rx: usize,
+    jy: usize,
+    jx: usize,
+    packed: Option<super::igemm::Packed>,
+}
+
+impl GradPhase {
+    /// The first and one-past-last `a` (input row `sh * a + ry - pt`) inside the input, and
+    /// the same for columns.
+    fn spans(&self, g: &Geometry) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let span = |r: usize, s: usize, pad: usize, len: usize| {
+            let lo = pad.saturating_sub(r).div_ceil(s);
+            let hi = (len + pad).saturating_sub(r).div_ceil(s);
+            lo..hi.max(lo)
+        };
+        (span(self.ry, g.sh, g.pt, g.h), span(self.rx, g.sw, g.pl, g.w))
+    }
+
+    /// Whether the phase's convolution needs no negative padding (its first row reads no
+    /// output row before the first): true for every padding up to the kernel's size.
+    fn fits(&self, g: &Geometry) -> bool {
+        let (a, b) = self.spans(g);
+        self.packed.is_none() || (a.start < self.jy.max(1) && b.start < self.jx.max(1))
+    }
+}
+
+fn grad_phases(inner: &ConvInner, g: &Geometry) -> Vec<GradPhase> {
+    let taps = |r: usize, s: usize, k: usize| if r < k { (k - r).div_ceil(s) } else { 0 };
+    let mut phases = Vec::new();
+    for ry in 0..g.sh {
+        for rx in 0..g.sw {
+            let (jy, jx) = (taps(ry, g.sh, g.kh), taps(rx, g.sw, g.kw));
+            let packed = (jy * jx > 0).then(|| {
+                let mut w = vec![0.0f32; g.ci * g.co * jy * jx];
+                for c in 0..g.ci {
+                    for o in 0..g.co {
+                        for j in 0..jy {
+                            for i in 0..jx {
+                                let (ky, kx) = (ry + g.sh * (jy - 1 - j), rx + g.sw * (jx - 1 - i));
+                                w[((c * g.co + o) * jy + j) * jx + i] =
+                                    inner.weight[((o * g.ci + c) * g.kh + ky) * g.kw + kx];
+                            }
+                        }
+                    }
+                }
+                super::igemm::Packed::new(&w, g.ci, g.co * jy * jx)
+            });
+            phases.push(GradPhase { ry, rx, jy, jx, packed });
+        }
+    }
+    phases
+}
+
+/// The input gradient of one image of a strided convolution, phase by phase (see
+/// [`GradPhase`]); `mask` is the forward output and its activation.
+fn strided_input_grad(phases: &[GradPhase], gy: &[f32], mask: Option<(&[f32], Activation)>, g: &Geometry) -> Vec<f32> {
+    // Masked once here rather than once per phase.
+    let masked: Vec<f32>;
+    let gy = match mask {
+        Some((y, act)) => {
+            let mut m = vec![0.0f32; gy.len()];
+            m.par_chunks_mut(1 << 14)
+                .zip(gy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
+                .for_each(|(d, (gs, ys))| super::wide(|| mask_into(d, gs, ys, act)));
+            masked = m;
+            &masked[..]
+        }
+        None => gy,
+    };
+    let mut gx = vec![0.0f32; g.ci * g.h * g.w];
+    for ph in phases {
+        let Some(packed) = &ph.packed else { continue };
+        let (a, b) = ph.spans(g);
+        if a.is_empty() || b.is_empty() {
+            continue;
+        }
+        let job = super::igemm::Conv {
+            x: gy,
+            mask: None,
+            c: g.co,
+            h: g.oh,
+            w: g.ow,
+            kh: ph.jy,
+            kw: ph.jx,
+            pt: ph.jy - 1 - a.start,
+            pl: ph.jx - 1 - b.start,
+            sh: 1,
+            sw: 1,
+            oh: a.len(),
+            ow: b.len(),
+        };
+        let sub = super::igemm::conv(packed, None, Activation::Identity, &job);
+        let (y0, x0) = (g.sh * a.start + ph.ry - g.pt, g.sw * b.start + ph.rx - g.pl);
+        gx.par_chunks_mut(g.h * g.w).zip(sub.par_chunks(a.len() * b.len())).for_each(|(plane, part)| {
+            for (i, row) in part.chunks_exact(b.len()).enumerate() {
+                let out = &mut plane[(y0 + g.sh * i) * g.w..][..g.w];
+                for (v, x) in row.iter().zip(out[x0..].iter_mut().step_by(g.sw)) {
+                    *x = *v;
+                }
+            }
+        });
+    }
+    gx
+}
+
 fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<f32> {
     let act = inner.spec.activation;
     if implicit(g)
@@ -1232,6 +1354,16 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
             let mask = (act != Activation::Identity).then(|| (&y[b * len..][..len], act));
             depthwise_forward_wide(&gy[b * len..][..len], mask, inner.flipped(), None, Activation::Identity, &t)
         });
+    }
+    if g.groups == 1 && (g.sh > 1 || g.sw > 1) && g.ci >= 16 && wide_kernels() {
+        let phases = inner.grad_phases.get_or_init(|| grad_phases(inner, g));
+        let len = g.co * g.oh * g.ow;
+        if phases.iter().all(|p| p.fits(g)) {
+            return per_image(g.n, |b| {
+                let mask = (act != Activation::Identity).then(|| (&y[b * len..][..len], act));
+                strided_input_grad(phases, &gy[b * len..][..len], mask, g)
+            });
+        }
     }
     let gx = vec![0.0f32; g.n * g.ci * g.h * g.w];
     // The gradient at the pre-activation: zero where the activation was flat. The stride-1
@@ -1372,8 +1504,8 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// The two routes of a stride-1 convolution (the implicit product on AVX-512, im2col and
-    /// OpenBLAS elsewhere) and of a depthwise one (register sums over a padded plane on
+    /// The two routes of a stride-1 convolution (the implicit product on AVX-512, Winograd's
+    /// on it for 3x3 kernels; im2col and OpenBLAS elsewhere) and of a depthwise one (register sums over a padded plane on
     /// AVX-512, row by row elsewhere) compute the same forward and input gradient.
     #[test]
     fn both_routes_agree() {
@@ -1384,12 +1516,19 @@ mod tests {
             ([1, 3, 12, 11], 8, (1, 7), Padding::symmetric(0, 3), Activation::Identity),
             ([1, 6, 10, 10], 16, (3, 3), Padding::symmetric(0, 0), Activation::Relu),
             ([1, 2, 7, 6], 3, (1, 7), Padding::Explicit { top: 0, bottom: 3, left: 3, right: 0 }, Activation::Relu),
+            // Winograd's route: two images, lopsided padding, rows of more than 16 tiles.
+            ([2, 4, 9, 37], 7, (3, 3), Padding::Explicit { top: 0, bottom: 1, left: 0, right: 1 }, Activation::Relu6),
         ];
-        // Ungrouped at a stride (the forward through `igemm::strided`, the gradient by col2im).
+        // Ungrouped at a stride (the forward through `igemm::strided`, the gradient by col2im
+        // under 16 input channels).
         let strided = [
             ([1, 3, 17, 19], 8, (3, 3), (2, 2), Padding::Same, Activation::Relu),
             ([1, 4, 12, 11], 6, (3, 3), (2, 2), Padding::symmetric(0, 0), Activation::Relu6),
             ([2, 3, 9, 16], 5, (1, 1), (2, 2), Padding::symmetric(0, 0), Activation::Identity),
+            // 16 input channels and more: the gradient phase by phase (`GradPhase`).
+            ([1, 17, 11, 13], 6, (3, 3), (2, 2), Padding::Same, Activation::Relu),
+            ([2, 16, 12, 11], 5, (3, 3), (2, 2), Padding::symmetric(0, 0), Activation::Relu6),
+            ([1, 16, 9, 14], 4, (1, 1), (2, 2), Padding::symmetric(0, 0), Activation::Identity),
         ];
         // Depthwise (groups = channels), stride 1 and 2, 3x3 and 5x5, odd and lopsided
         // padding, rows under and over a vector.

@@ -229,15 +229,15 @@ fn pad(job: &Conv, buf: &mut [f32], hp: usize, wp: usize) {
 
 /// A raw output pointer shared by the tasks: each writes a disjoint set of elements.
 #[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: the tasks of `run` write disjoint elements (distinct pixels or channels) and the
-// buffer outlives them.
+pub(super) struct Out(pub(super) *mut f32);
+// SAFETY: the tasks of `run` (and of `winograd::conv`) write disjoint elements (distinct
+// pixels or channels) and the buffer outlives them.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
 impl Out {
     /// The element `i` floats on (a method, so closures capture the whole `Out`).
-    fn at(self, i: usize) -> *mut f32 {
+    pub(super) fn at(self, i: usize) -> *mut f32 {
         self.0.wrapping_add(i)
     }
 }

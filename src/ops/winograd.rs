@@ -22,7 +22,7 @@
 //! the PyTorch references in the AMX experiment (README "Speed").
 
 use super::conv::Activation;
-use super::igemm::{self, Conv, From, Grid, KC, MR, NR, Packed, To};
+use super::igemm::{self, Conv, From, Grid, KC, MR, NR, Out, Packed, To};
 use rayon::prelude::*;
 
 /// Taps of the transformed tile: 4x4.
@@ -149,20 +149,6 @@ pub fn conv(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Conv) 
     // output transform wrote it for every channel.
     unsafe { y.set_len(m * job.oh * job.ow) };
     y
-}
-
-/// A raw output pointer shared by the runs: each writes the pixels of its own tiles.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: the runs write disjoint pixels and the buffer outlives them.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The element `i` floats on (a method, so closures capture the whole `Out`).
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
 }
 
 /// The input (masked) into the parity planes: plane `(c, p)` row `r` column `j` holds input
