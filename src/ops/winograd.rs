@@ -184,7 +184,7 @@ fn pad(job: &Conv, t: &Tiling, planes: &mut [f32]) {
 /// x 96 tiles: 36 KB) all 16 landed in one set of 12 ways, and the transforms waited on L2.
 fn spread(len: usize) -> usize {
     let s = len.div_ceil(16) * 16;
-    if (s / 16) % 2 == 0 { s + 16 } else { s }
+    if (s / 16).is_multiple_of(2) { s + 16 } else { s }
 }
 
 /// Lanes `0..n` of a vector.
@@ -309,8 +309,8 @@ unsafe fn output_transform(
     // Lanes 0..8 of two vectors interleaved, and lanes 8..16.
     let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    for o in 0..m {
-        let b = _mm512_set1_ps(bias[o]);
+    for (o, &bo) in bias[..m].iter().enumerate() {
+        let b = _mm512_set1_ps(bo);
         for &(ty, tx, len) in chunks {
             let k = lanes(len);
             let at = (ty * tw + tx) - t0;
