@@ -1268,18 +1268,24 @@ fn grad_phases(inner: &ConvInner, g: &Geometry) -> Vec<GradPhase> {
 /// [`GradPhase`]); `mask` is the forward output and its activation.
 fn strided_input_grad(phases: &[GradPhase], gy: &[f32], mask: Option<(&[f32], Activation)>, g: &Geometry) -> Vec<f32> {
     // Masked once here rather than once per phase.
-    let masked: Vec<f32>;
-    let gy = match mask {
-        Some((y, act)) => {
-            let mut m = vec![0.0f32; gy.len()];
-            m.par_chunks_mut(1 << 14)
-                .zip(gy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
-                .for_each(|(d, (gs, ys))| super::wide(|| mask_into(d, gs, ys, act)));
-            masked = m;
-            &masked[..]
-        }
-        None => gy,
-    };
+    match mask {
+        Some((y, act)) => with_buffer(&GPRE, gy.len(), |masked| {
+            mask_all(masked, gy, y, act);
+            phase_grads(phases, masked, g)
+        }),
+        None => phase_grads(phases, gy, g),
+    }
+}
+
+/// `dst = gy` where the activation passed its output `y`, else 0.
+fn mask_all(dst: &mut [f32], gy: &[f32], y: &[f32], act: Activation) {
+    dst.par_chunks_mut(1 << 14)
+        .zip(gy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
+        .for_each(|(d, (gs, ys))| super::wide(|| mask_into(d, gs, ys, act)));
+}
+
+/// [`strided_input_grad`] of the masked output gradient `gy`.
+fn phase_grads(phases: &[GradPhase], gy: &[f32], g: &Geometry) -> Vec<f32> {
     let mut gx = vec![0.0f32; g.ci * g.h * g.w];
     for ph in phases {
         let Some(packed) = &ph.packed else { continue };
@@ -1374,9 +1380,7 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
     }
     if act != Activation::Identity {
         return with_buffer(&GPRE, gy.len(), |gpre| {
-            gpre.par_chunks_mut(1 << 14)
-                .zip(gy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
-                .for_each(|(d, (gs, ys))| super::wide(|| mask_into(d, gs, ys, act)));
+            mask_all(gpre, gy, y, act);
             finish_backward(inner, gpre, None, g, gx)
         });
     }
