@@ -1108,7 +1108,7 @@ fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
     // Strided convolutions too (through their phase planes, `igemm::strided`): only their
     // input gradients keep the col2im route.
     let strided = g.groups == 1 && (g.sh > 1 || g.sw > 1) && wide_kernels();
-    if implicit(g) && winograd() {
+    if implicit(g) && winograd() && g.n > 0 {
         let len = g.ci * g.h * g.w;
         let job = |b: usize| g.implicit_job(&x[b * len..][..len], None);
         if super::winograd::fits(&job(0)) {
@@ -1230,7 +1230,8 @@ impl GradPhase {
     }
 
     /// Whether the phase's convolution needs no negative padding (its first row reads no
-    /// output row before the first): true for every padding up to the kernel's size.
+    /// output row before the first): true for paddings under the stride (TensorFlow's SAME,
+    /// PyTorch's usual ones); a 3x3 kernel at stride 2 padded by 2 fails it, and keeps col2im.
     fn fits(&self, g: &Geometry) -> bool {
         let (a, b) = self.spans(g);
         self.packed.is_none() || (a.start < self.jy.max(1) && b.start < self.jx.max(1))
@@ -1334,7 +1335,7 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
             let mask = (act != Activation::Identity).then(|| (&y[b * len..][..len], act));
             t.implicit_job(&gy[b * len..][..len], mask)
         };
-        if winograd() && super::winograd::fits(&job(0)) {
+        if winograd() && g.n > 0 && super::winograd::fits(&job(0)) {
             let u =
                 inner.winograd_flipped.get_or_init(|| super::winograd::Transformed::new(inner.flipped(), g.ci, g.co));
             return per_image(g.n, |b| super::winograd::conv(u, None, Activation::Identity, &job(b)));
@@ -1533,6 +1534,11 @@ mod tests {
             ([1, 17, 11, 13], 6, (3, 3), (2, 2), Padding::Same, Activation::Relu),
             ([2, 16, 12, 11], 5, (3, 3), (2, 2), Padding::symmetric(0, 0), Activation::Relu6),
             ([1, 16, 9, 14], 4, (1, 1), (2, 2), Padding::symmetric(0, 0), Activation::Identity),
+            // A stride in one direction; padding 2 at stride 2 (a phase that keeps col2im);
+            // rows wide enough for the stride-2 copy's vector loop.
+            ([1, 16, 10, 9], 5, (3, 3), (2, 1), Padding::symmetric(1, 1), Activation::Relu),
+            ([1, 16, 9, 10], 5, (3, 3), (2, 2), Padding::symmetric(2, 2), Activation::Relu6),
+            ([1, 16, 7, 75], 3, (3, 3), (2, 2), Padding::Same, Activation::Relu),
         ];
         // Depthwise (groups = channels), stride 1 and 2, 3x3 and 5x5, odd and lopsided
         // padding, rows under and over a vector.
@@ -1605,6 +1611,7 @@ mod tests {
                 assert_eq!(fast.0, slow.0, "{dims:?} {kh}x{kw} depthwise forward not bit-identical");
             }
             for (what, a, b) in [("forward", &fast.0, &slow.0), ("input gradient", &fast.1, &slow.1)] {
+                assert_eq!(a.len(), b.len(), "{dims:?} {kh}x{kw} {what}: lengths");
                 for (i, (u, v)) in a.iter().zip(b).enumerate() {
                     assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{dims:?} {kh}x{kw} {what} [{i}]: {u} vs {v}");
                 }

@@ -401,9 +401,13 @@ impl Pool2d {
 /// `o0..o1` whose tap lies inside the row, and the input column `x0` of output `o0`'s tap.
 #[inline(always)]
 fn tap_range(j: usize, pl: usize, w: usize, ow: usize) -> (usize, usize, usize) {
-    // Column o - pl + j in 0..w.
+    // Column o - pl + j in 0..w. No output's tap lies inside a row narrower than j - pl + 1:
+    // then the range is empty, and starts at column 0 (so the callers' slices stay in bounds).
     let o0 = pl.saturating_sub(j).min(ow);
     let o1 = (w + pl).saturating_sub(j).min(ow).max(o0);
+    if o1 == o0 {
+        return (o0, o0, 0);
+    }
     (o0, o1, o0 + j - pl.min(o0 + j))
 }
 
@@ -619,7 +623,8 @@ mod tests {
         for p in
             [Pool2d::avg(3, 1, 1, false, false), Pool2d::avg(3, 1, 1, false, true), Pool2d::avg(5, 1, 2, true, false)]
         {
-            for (h, w) in [(9, 41), (5, 3)] {
+            // Rows narrower than the padding (a 5x5 window padded by 2 on 1 and 2 columns).
+            for (h, w) in [(9, 41), (5, 3), (4, 1), (3, 2)] {
                 let x: Vec<f32> = (0..h * w).map(|i| (i as f32 * 0.37).sin() * 3.1).collect();
                 let (oh, ow) = p.out_dims(h, w).unwrap();
                 let gy: Vec<f32> = (0..oh * ow).map(|i| (i as f32 * 0.71).cos()).collect();
