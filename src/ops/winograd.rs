@@ -125,7 +125,7 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
     let cached = (768 * 1024 / (XI * 4 * (c + m))).max(NR);
     let even = tiles.div_ceil(rayon::current_num_threads() * 4);
     let run = run.unwrap_or(cached.min(even).div_ceil(NR).max(1) * NR);
-    assert!(run > 0 && run % NR == 0, "winograd: runs of whole micro-tiles");
+    assert!(run > 0 && run.is_multiple_of(NR), "winograd: runs of whole micro-tiles");
     let runs = tiles.div_ceil(run);
     let mut y: Vec<f32> = Vec::with_capacity(m * job.oh * job.ow);
     let out = Out(y.as_mut_ptr());
