@@ -1083,9 +1083,7 @@ fn implicit(g: &Geometry) -> bool {
 /// `DEEPDREAM_IGEMM` is not 0, and not inside [`on_im2col_route`].
 fn wide_kernels() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| {
-        super::igemm::available() && std::env::var("DEEPDREAM_IGEMM").map_or(true, |v| v.trim() != "0")
-    });
+    let on = *ON.get_or_init(|| super::igemm::available() && super::switched_on("DEEPDREAM_IGEMM"));
     on && !IM2COL_ONLY.with(|c| c.get())
 }
 
@@ -1093,7 +1091,7 @@ fn wide_kernels() -> bool {
 /// take the implicit-product kernel: unless `DEEPDREAM_WINOGRAD=0` (for comparing the routes).
 fn winograd() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DEEPDREAM_WINOGRAD").map_or(true, |v| v.trim() != "0"))
+    *ON.get_or_init(|| super::switched_on("DEEPDREAM_WINOGRAD"))
 }
 
 /// `one(b)` for each image `b` of a batch of `n`, joined.
@@ -1509,9 +1507,10 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// The two routes of a stride-1 convolution (the implicit product on AVX-512, Winograd's
-    /// on it for 3x3 kernels; im2col and OpenBLAS elsewhere) and of a depthwise one (register sums over a padded plane on
-    /// AVX-512, row by row elsewhere) compute the same forward and input gradient.
+    /// The two routes of a convolution (the implicit product on AVX-512, Winograd's on it for
+    /// 3x3 kernels, the strided gradients phase by phase; im2col and OpenBLAS elsewhere) and
+    /// of a depthwise one (register sums over a padded plane on AVX-512, row by row elsewhere)
+    /// compute the same forward and input gradient.
     #[test]
     fn both_routes_agree() {
         let values = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<_>>();

@@ -529,9 +529,7 @@ pub fn maxpool_bwd(gy: &Tensor, x: &Tensor, g: MaxPool) -> Result<Tensor> {
 /// A/B on a GPU; read once), unless [`with`] says otherwise on this thread.
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    OVERRIDE.with(|o| o.get()).unwrap_or_else(|| {
-        *ON.get_or_init(|| std::env::var("DEEPDREAM_FUSED").map(|v| v.trim() != "0").unwrap_or(true))
-    })
+    OVERRIDE.with(|o| o.get()).unwrap_or_else(|| *ON.get_or_init(|| super::switched_on("DEEPDREAM_FUSED")))
 }
 
 /// Runs `f` with the fused ops on or off on this thread (tests compare both).

@@ -30,11 +30,11 @@ pub(super) const NR: usize = 48;
 /// every block of channels reads them; the whole of a 3x3 layer's taps did not, and the kernel
 /// then waited on the L2 cache (65-127 GFLOP/s on one core, where OpenBLAS's own kernel runs a
 /// large product at about 150).
-pub(super) const KC: usize = 128;
+const KC: usize = 128;
 
 /// Where a micro-tile's sums start.
 #[derive(Clone, Copy)]
-pub(super) enum From {
+enum From {
     /// Zero: the first taps.
     Zero,
     /// The partial sums of the taps before.
@@ -43,7 +43,7 @@ pub(super) enum From {
 
 /// Where a micro-tile's sums go.
 #[derive(Clone, Copy)]
-pub(super) enum To<'a> {
+enum To<'a> {
     /// Channel 0 of the block in the output (`[rows, oh, ow]`), plus the bias of each of the
     /// block's channels, through the activation. The bias comes after the sum, as in PyTorch
     /// and OpenBLAS: a pre-activation a rounding away from 0 or 6 decides whether the gradient
@@ -280,56 +280,84 @@ fn run(
     let geometry = Grid { src: src.as_ptr(), wp, grid, oh, ow };
     (0..tile_runs * block_runs).into_par_iter().for_each(|task| {
         let (tr, br) = (task / block_runs, task % block_runs);
+        let tiles_here = tr * tile_run..((tr + 1) * tile_run).min(tiles);
         let blocks_here = br * block_run..((br + 1) * block_run).min(blocks);
-        // Partial sums of the tile between chunks of taps, per block of channels. With one
-        // chunk of taps they are never used, and one block's worth stands in.
-        let mut partial = vec![0.0f32; if w.k > KC { blocks_here.len() } else { 1 } * MR * NR];
-        for t in tr * tile_run..((tr + 1) * tile_run).min(tiles) {
-            for k0 in (0..w.k).step_by(KC) {
-                let k1 = (k0 + KC).min(w.k);
-                // The pass after this one: the next taps of this tile, or the next tile's first.
-                let next = if k1 < w.k {
-                    Some((&offsets[k1..(k1 + KC).min(w.k)], t * NR))
-                } else if t + 1 < ((tr + 1) * tile_run).min(tiles) {
-                    Some((&offsets[..KC.min(w.k)], (t + 1) * NR))
-                } else {
-                    None
-                };
-                for (i, b) in blocks_here.clone().enumerate() {
-                    let next = if i == 0 { next } else { None };
-                    let rows = MR.min(w.m - b * MR);
-                    let a = &w.data[(b * w.k + k0) * MR..(b * w.k + k1) * MR];
-                    let from = if k0 == 0 { From::Zero } else { From::Partial };
-                    let to = if k1 == w.k {
-                        To::Output(out.at(b * MR * ohw), &bias_padded[b * MR..][..MR], rows, act)
-                    } else {
-                        To::Partial
-                    };
-                    // SAFETY: AVX-512F was checked in `conv`; `tile` reads `src` only at
-                    // `offsets[k] + t * NR + lane` for unmasked lanes, which `conv` sized the
-                    // grid buffer (or the direct input, through the tail masks) to hold, and
-                    // writes only this task's channels `b * MR..+rows` at valid pixels of its
-                    // tile, or its own partial sums.
-                    unsafe {
-                        tile(
-                            a,
-                            &offsets[k0..k1],
-                            &geometry,
-                            t * NR,
-                            from,
-                            to,
-                            &mut partial[if w.k > KC { i * MR * NR } else { 0 }..][..MR * NR],
-                            next,
-                        )
-                    };
-                }
-            }
-        }
+        // SAFETY: AVX-512F was checked in `conv`, which sized the grid buffer (or the direct
+        // input, through the tail masks) to hold every unmasked lane read at `offsets[k] +
+        // t * NR`; the tasks' (tiles, blocks) pairs are disjoint, and `y` holds `m * ohw`.
+        unsafe { product(w, &offsets, &geometry, tiles_here, blocks_here, out, &bias_padded, act) };
     });
     // SAFETY: the tasks above wrote every one of the `m * oh * ow` elements (each channel's
     // every output pixel lies in exactly one tile of the grid).
     unsafe { y.set_len(w.m * ohw) };
     y
+}
+
+/// The micro-tiles `tiles` (of NR grid pixels each) of the channel blocks `blocks` (of MR
+/// channels): the sums over all taps of `w` (tap `k` read at `offsets[k]` from a tile's first
+/// pixel), plus `bias` (padded to whole blocks), through `act`, into `out` (channel `o` at
+/// `o * g.oh * g.ow`). With more taps than a pass takes (KC), the sums wait in partial sums
+/// between passes, and each pass prefetches the pixels of the next.
+///
+/// # Safety
+/// The CPU has AVX-512F; every unmasked lane a tile reads (`offsets[k] + t * NR + lane`, lanes
+/// up to `g.grid`) lies inside the buffer at `g.src`; `out` holds these channels at these
+/// tiles' output pixels and nobody else writes them meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn product(
+    w: &Packed,
+    offsets: &[usize],
+    g: &Grid,
+    tiles: std::ops::Range<usize>,
+    blocks: std::ops::Range<usize>,
+    out: Out,
+    bias: &[f32],
+    act: Activation,
+) {
+    let ohw = g.oh * g.ow;
+    assert!(offsets.len() == w.k && bias.len() >= blocks.end * MR);
+    // Partial sums of the tile between chunks of taps, per block of channels. With one chunk
+    // of taps they are never used, and one block's worth stands in.
+    let mut partial = vec![0.0f32; if w.k > KC { blocks.len() } else { 1 } * MR * NR];
+    for t in tiles.clone() {
+        for k0 in (0..w.k).step_by(KC) {
+            let k1 = (k0 + KC).min(w.k);
+            // The pass after this one: the next taps of this tile, or the next tile's first.
+            let next = if k1 < w.k {
+                Some((&offsets[k1..(k1 + KC).min(w.k)], t * NR))
+            } else if t + 1 < tiles.end {
+                Some((&offsets[..KC.min(w.k)], (t + 1) * NR))
+            } else {
+                None
+            };
+            for (i, b) in blocks.clone().enumerate() {
+                let next = if i == 0 { next } else { None };
+                let rows = MR.min(w.m - b * MR);
+                let a = &w.data[(b * w.k + k0) * MR..(b * w.k + k1) * MR];
+                let from = if k0 == 0 { From::Zero } else { From::Partial };
+                let to = if k1 == w.k {
+                    To::Output(out.at(b * MR * ohw), &bias[b * MR..][..MR], rows, act)
+                } else {
+                    To::Partial
+                };
+                // SAFETY (the caller's): `tile` reads the grid at unmasked lanes only, and
+                // writes channels `b * MR..+rows` at valid pixels of tile `t`, or the partial
+                // sums.
+                unsafe {
+                    tile(
+                        a,
+                        &offsets[k0..k1],
+                        g,
+                        t * NR,
+                        from,
+                        to,
+                        &mut partial[if w.k > KC { i * MR * NR } else { 0 }..][..MR * NR],
+                        next,
+                    )
+                };
+            }
+        }
+    }
 }
 
 /// Where the tiles read and write.
@@ -352,7 +380,7 @@ unsafe impl Sync for Grid {}
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn tile(
+unsafe fn tile(
     a: &[f32],
     offsets: &[usize],
     g: &Grid,
@@ -497,7 +525,7 @@ pub(super) fn activate(x: std::arch::x86_64::__m512, act: Activation) -> std::ar
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn tile(
+unsafe fn tile(
     _: &[f32],
     _: &[usize],
     _: &Grid,

@@ -48,6 +48,12 @@ pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Whether the environment switch `var` (`DEEPDREAM_IGEMM`, `DEEPDREAM_WINOGRAD`,
+/// `DEEPDREAM_FUSED`: the kernels' A/B knobs) is on: on unless set to 0.
+pub(crate) fn switched_on(var: &str) -> bool {
+    std::env::var(var).map_or(true, |v| v.trim() != "0")
+}
+
 /// A process-wide count of the floating-point operations the convolutions have run (a
 /// multiply-add counts as two), read by `deepdream bench` to print GFLOP/s.
 pub mod flops {

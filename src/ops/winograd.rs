@@ -24,7 +24,7 @@
 //! the PyTorch references in the AMX experiment (README "Speed").
 
 use super::conv::Activation;
-use super::igemm::{self, Conv, From, Grid, KC, MR, NR, Out, Packed, To};
+use super::igemm::{self, Conv, Grid, MR, NR, Out, Packed};
 use rayon::prelude::*;
 
 /// Taps of the transformed tile: 4x4.
@@ -116,10 +116,8 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
     let (th, tw) = (job.oh.div_ceil(2), job.ow.div_ceil(2));
     let tiling = Tiling { tw, hp: 2 * th + 2, wq: tw + 1 };
     let tiles = th * tw;
-    let mut bias_padded = vec![0.0f32; m.div_ceil(MR) * MR];
-    if let Some(b) = bias {
-        bias_padded[..m].copy_from_slice(&b[..m]);
-    }
+    let bias = bias.map_or_else(|| vec![0.0f32; m], |b| b[..m].to_vec());
+    let zero = vec![0.0f32; m.div_ceil(MR) * MR];
     // Runs of whole micro-tiles (NR = 48 tiles), a run's V and M within about 768 KB, and at
     // least four runs a thread where the layer has that many tiles.
     let cached = (768 * 1024 / (XI * 4 * (c + m))).max(NR);
@@ -137,6 +135,8 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
             let n = t1 - t0;
             let chunks = tiling.chunks(t0, t1);
             let (vs, ps) = (spread(c * n), spread(m * n));
+            // The same for all 16 products: tap `c` reads transformed channel `c`.
+            let offsets: Vec<usize> = (0..c).map(|ch| ch * n).collect();
             super::conv::with_buffer(&TILES, XI * vs, |v| {
                 super::conv::with_buffer(&PRODUCTS, XI * ps, |p| {
                     // SAFETY: AVX-512F was checked above; the transforms read and write inside
@@ -145,9 +145,9 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
                     unsafe {
                         input_transform(planes, c, &tiling, t0, &chunks, n, vs, v);
                         for xi in 0..XI {
-                            products(&u.u[xi], &v[xi * vs..][..c * n], n, &mut p[xi * ps..][..m * n]);
+                            products(&u.u[xi], &v[xi * vs..][..c * n], n, &mut p[xi * ps..][..m * n], &offsets, &zero);
                         }
-                        output_transform(p, m, n, ps, t0, &chunks, job, &bias_padded, act, out);
+                        output_transform(p, m, n, ps, t0, &chunks, job, &bias, act, out);
                     }
                 })
             })
@@ -261,35 +261,25 @@ unsafe fn input_transform(
     }
 }
 
-/// `p[o][tile] = sum_c u[o][c] v[c][tile]` for one of the 16 taps, on the product kernel.
-fn products(u: &Packed, v: &[f32], n: usize, p: &mut [f32]) {
-    let (m, c) = (u.m, u.k);
-    let offsets: Vec<usize> = (0..c).map(|ch| ch * n).collect();
+/// `p[o][tile] = sum_c u[o][c] v[c][tile]` for one of the 16 taps, on the product kernel
+/// (`offsets[c] = c * n`; `zero`, a zero bias for every block of `u`).
+fn products(u: &Packed, v: &[f32], n: usize, p: &mut [f32], offsets: &[usize], zero: &[f32]) {
+    assert!(v.len() >= u.k * n && p.len() >= u.m * n && offsets.last().is_some_and(|o| o + n <= v.len()));
     let g = Grid { src: v.as_ptr(), wp: n, grid: n, oh: 1, ow: n };
-    let blocks = m.div_ceil(MR);
-    let zero = [0.0f32; MR];
-    let mut partial = vec![0.0f32; if c > KC { blocks } else { 1 } * MR * NR];
-    assert!(v.len() >= c * n && p.len() >= m * n);
-    for p0 in (0..n).step_by(NR) {
-        for k0 in (0..c).step_by(KC) {
-            let k1 = (k0 + KC).min(c);
-            for b in 0..blocks {
-                let rows = MR.min(m - b * MR);
-                let a = &u.data[(b * c + k0) * MR..(b * c + k1) * MR];
-                let from = if k0 == 0 { From::Zero } else { From::Partial };
-                let to = if k1 == c {
-                    To::Output(p.as_mut_ptr().wrapping_add(b * MR * n), &zero, rows, Activation::Identity)
-                } else {
-                    To::Partial
-                };
-                let part = &mut partial[if c > KC { b * MR * NR } else { 0 }..][..MR * NR];
-                // SAFETY: the tile reads `v` at `ch * n + p0 + lane` for its unmasked lanes
-                // (lanes past `n` are masked off), and writes channels `b * MR..+rows` of `p`
-                // at tiles below `n`, or its partial sums.
-                unsafe { igemm::tile(a, &offsets[k0..k1], &g, p0, from, to, part, None) };
-            }
-        }
-    }
+    // SAFETY: AVX-512F was checked by `conv`; the tiles read `v` at `c * n + lane` for lanes
+    // below `n` (asserted inside `v`), and write `p`'s `m` channels of `n` tiles.
+    unsafe {
+        igemm::product(
+            u,
+            offsets,
+            &g,
+            0..n.div_ceil(NR),
+            0..u.m.div_ceil(MR),
+            Out(p.as_mut_ptr()),
+            zero,
+            Activation::Identity,
+        )
+    };
 }
 
 /// `Y = At M A` for the run's tiles of every output channel, plus the bias, through the
