@@ -7,7 +7,7 @@
 //! - style: match Gram matrices of a style image, keep the content of the input;
 //! - total variation, subtracted to keep the image smooth.
 
-use crate::model::{FeatureNet, Features, labels};
+use crate::model::{FeatureNet, Features, Loss, labels};
 use crate::ops::resize_bilinear;
 use crate::{Error, Result};
 use candle_core::{D, DType, Tensor};
@@ -209,19 +209,15 @@ fn names(terms: &[LayerTerm]) -> impl Iterator<Item = &String> {
     terms.iter().map(|t| &t.layer)
 }
 
-/// `a[:, :, b:-b, b:-b]`, or the whole map when it is too small to lose its border; sides
-/// marked `inner` (top, bottom, left, right: cuts inside a larger image) keep theirs.
-fn crop_border(a: &Tensor, b: usize, inner: [bool; 4]) -> Result<Tensor> {
+/// The rows and columns of `a[:, :, b:-b, b:-b]`, or of the whole map when it is too small to
+/// lose its border; sides marked `inner` (top, bottom, left, right: cuts inside a larger image)
+/// keep theirs.
+fn border_window(a: &Tensor, b: usize, inner: [bool; 4]) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>)> {
     let (_, _, h, w) = a.dims4()?;
     let cut = |side: usize| if inner[side] { 0 } else { b };
-    let mut a = a.clone();
-    if h > 2 * b {
-        a = a.narrow(2, cut(0), h - cut(0) - cut(1))?;
-    }
-    if w > 2 * b {
-        a = a.narrow(3, cut(2), w - cut(2) - cut(3))?;
-    }
-    Ok(a)
+    let rows = if h > 2 * b { cut(0)..h - cut(1) } else { 0..h };
+    let cols = if w > 2 * b { cut(2)..w - cut(3) } else { 0..w };
+    Ok((rows, cols))
 }
 
 /// `[1, c, h, w]` -> `[c, h*w]`.
@@ -354,24 +350,45 @@ impl Objective {
     /// The scalar to maximise for network input `x`.
     pub fn loss(&self, net: &dyn FeatureNet, x: &Tensor, prepared: &Prepared) -> Result<Tensor> {
         let features: Features = net.forward(x, &self.taps(), !self.classes.is_empty())?;
-        self.loss_of(&features, x, prepared)
+        Ok(self.loss_of(&features, x, prepared, false)?.value)
     }
 
     /// The loss (a one-element tensor on `x`'s device) and its gradient with respect to the
     /// network input `x`.
     pub fn loss_and_grad(&self, net: &dyn FeatureNet, x: &Tensor, prepared: &Prepared) -> Result<(Tensor, Tensor)> {
-        net.loss_and_grad(x, &self.taps(), !self.classes.is_empty(), &|features, x| self.loss_of(features, x, prepared))
+        net.loss_and_grad(x, &self.taps(), !self.classes.is_empty(), &|features, x| {
+            self.loss_of(features, x, prepared, true)
+        })
     }
 
-    /// The scalar to maximise, from the network's features for input `x` (and `x` itself).
-    pub fn loss_of(&self, features: &Features, x: &Tensor, prepared: &Prepared) -> Result<Tensor> {
+    /// The scalar to maximise, from the network's features for input `x` (and `x` itself). With
+    /// `grads`, the classic layer terms come with their gradients (`Loss::direct`) and stay out
+    /// of the graph; without, they are values only.
+    pub fn loss_of(&self, features: &Features, x: &Tensor, prepared: &Prepared, grads: bool) -> Result<Loss> {
         let tap =
             |name: &str| features.taps.get(name).ok_or_else(|| Error::usage(format!("layer {name} was not computed")));
         let mut total: Option<Tensor> = None;
+        let mut direct: Vec<(String, Tensor)> = Vec::new();
         for term in &self.layers {
             let a = tap(&term.layer)?;
             let value = match term.channel {
-                None => (crop_border(a, self.border, prepared.inner_sides)?.sqr()?.sum_all()? / a.elem_count() as f64)?,
+                None => {
+                    // sum(a^2 in the window) / n: its gradient 2 a g in the window, with g the
+                    // scalar candle's graph of `(sum / n) * weight` would have handed the sum.
+                    let (rows, cols) = border_window(a, self.border, prepared.inner_sides)?;
+                    let n = a.elem_count() as f64;
+                    // A term weighted 0 hands no gradient (as candle's graph gave none: when
+                    // every term is 0, there is nothing to dream).
+                    if grads && term.weight != 0.0 {
+                        let g = term.weight * ((1.0 / n) as f32);
+                        let d = crate::ops::loss::window_square_sum_grad(a, rows.clone(), cols.clone(), g)?;
+                        match direct.iter_mut().find(|(t, _)| *t == term.layer) {
+                            Some((_, sum)) => *sum = (&*sum + d)?,
+                            None => direct.push((term.layer.clone(), d)),
+                        }
+                    }
+                    (crate::ops::loss::window_square_sum(a, rows, cols)? / n)?
+                }
                 Some(c) => {
                     let channels = a.dim(1)?;
                     if c >= channels {
@@ -426,7 +443,8 @@ impl Objective {
             let dx = (x.narrow(3, 1, w - 1)? - x.narrow(3, 0, w - 1)?)?.sqr()?.mean_all()?;
             total = add(total, ((dy + dx)? * -(self.tv as f64))?)?;
         }
-        total.ok_or_else(|| Error::usage("the objective is empty"))
+        let value = total.ok_or_else(|| Error::usage("the objective is empty"))?;
+        Ok(Loss { value, direct })
     }
 }
 

@@ -2,7 +2,7 @@
 //! (each a tap an objective can use) and an optional classifier head. Architectures differ only
 //! in how they build their stages.
 
-use super::{FeatureNet, Features, Normalization};
+use super::{FeatureNet, Features, Loss, Normalization};
 use crate::ops::{Conv2d, Pool2d};
 use crate::{Error, Result};
 use candle_core::{D, DType, Tensor, Var};
@@ -498,15 +498,15 @@ impl FeatureNet for Network {
         x: &Tensor,
         taps: &[String],
         logits: bool,
-        loss: &dyn Fn(&Features, &Tensor) -> Result<Tensor>,
+        loss: &dyn Fn(&Features, &Tensor) -> Result<Loss>,
     ) -> Result<(Tensor, Tensor)> {
         let (wanted, last) = self.plan(taps, logits)?;
         let x = x.detach();
         let input = Var::from_tensor(&x)?;
         let mut features = Features::default();
         let mut saved = Vec::with_capacity(last);
-        // (stage index, the variable its output was handed to the loss as)
-        let mut handed: Vec<(usize, Var)> = Vec::new();
+        // (stage index, tap name, the variable its output was handed to the loss as)
+        let mut handed: Vec<(usize, Option<&String>, Var)> = Vec::new();
         let mut h = x;
         for (i, stage) in self.stages[..last].iter().enumerate() {
             let (y, s) = stage.block.forward_saving(&h)?;
@@ -516,21 +516,29 @@ impl FeatureNet for Network {
                 if *st == stage.name {
                     let v = Var::from_tensor(&h)?;
                     features.taps.insert(tap.clone(), v.as_tensor().clone());
-                    handed.push((i, v));
+                    handed.push((i, Some(tap), v));
                 }
             }
         }
         if logits {
             let v = Var::from_tensor(&h)?;
             features.logits = Some(self.head.as_ref().expect("checked above").forward(v.as_tensor())?);
-            handed.push((last - 1, v));
+            handed.push((last - 1, None, v));
         }
-        let value = loss(&features, input.as_tensor())?;
+        let Loss { value, direct } = loss(&features, input.as_tensor())?;
+        for (tap, _) in &direct {
+            if !handed.iter().any(|(_, t, _)| *t == Some(tap)) {
+                return Err(Error::internal(format!("a gradient for tap {tap}, not computed")));
+            }
+        }
         let grads = value.backward()?;
         let mut g: Option<Tensor> = None;
         for (i, stage) in self.stages[..last].iter().enumerate().rev() {
-            for (_, v) in handed.iter().filter(|(at, _)| *at == i) {
+            for (_, tap, v) in handed.iter().filter(|(at, _, _)| *at == i) {
                 if let Some(gt) = grads.get(v.as_tensor()) {
+                    g = add_grad(g, gt.clone())?;
+                }
+                for (_, gt) in direct.iter().filter(|(t, _)| Some(t) == *tap) {
                     g = add_grad(g, gt.clone())?;
                 }
             }

@@ -6,7 +6,6 @@
 
 use super::{cpu_slice, portable};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
-use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolKind {
@@ -213,52 +212,14 @@ impl Pool2d {
     /// Row and column spans for an `h x w` input.
     fn all_spans(&self, h: usize, w: usize) -> Result<(Vec<Span>, Vec<Span>)> {
         let (oh, ow) = self.out_dims(h, w)?;
+        // The max pool's scan keeps positions in a plane as u32.
+        if h.checked_mul(w).is_none_or(|n| n >= u32::MAX as usize) {
+            bail!("pool: a plane of {h}x{w} values is too large");
+        }
         Ok((
             self.spans(h, oh, self.kernel.0, self.stride.0, self.padding.0),
             self.spans(w, ow, self.kernel.1, self.stride.1, self.padding.1),
         ))
-    }
-}
-
-/// PyTorch's max with NaN propagation (a NaN anywhere in a window makes the window's max NaN).
-#[inline(always)]
-fn nanmax(a: f32, b: f32) -> f32 {
-    if b > a || b.is_nan() { b } else { a }
-}
-
-/// Along each row of `plane` (`h x w`), the maximum over each column span, into `val`
-/// (`h x ow`). Windows of the full kernel width are read off a running max at stride 1,
-/// which vectorises; clipped windows at the edges are scanned directly.
-#[inline(always)]
-fn row_max(plane: &[f32], w: usize, kw: usize, cols: &[Span], val: &mut [f32]) {
-    let ow = cols.len();
-    let mut run = vec![f32::NEG_INFINITY; w];
-    for (row, vrow) in plane.chunks_exact(w).zip(val.chunks_exact_mut(ow)) {
-        // run[x] = max(row[x..x + kw]) for every x with a full window.
-        let full = (w + 1).saturating_sub(kw);
-        run[..full].copy_from_slice(&row[..full]);
-        // A row narrower than the window has no full window (and `row[j..]` would run past it).
-        for j in (1..kw).filter(|_| full > 0) {
-            run[..full].iter_mut().zip(&row[j..j + full]).for_each(|(r, &v)| *r = nanmax(*r, v));
-        }
-        for (v, c) in vrow.iter_mut().zip(cols) {
-            *v = if c.hi - c.lo == kw {
-                run[c.lo]
-            } else {
-                row[c.lo..c.hi].iter().fold(f32::NEG_INFINITY, |m, &x| nanmax(m, x))
-            };
-        }
-    }
-}
-
-/// Column maxima of the row maxima: one output row per row span, whole rows at a time.
-#[inline(always)]
-fn column_max(val: &[f32], ow: usize, rows: &[Span], out: &mut [f32]) {
-    for (r, orow) in rows.iter().zip(out.chunks_exact_mut(ow)) {
-        orow.fill(f32::NEG_INFINITY);
-        for vrow in val[r.lo * ow..r.hi * ow].chunks_exact(ow) {
-            orow.iter_mut().zip(vrow).for_each(|(o, &v)| *o = nanmax(*o, v));
-        }
     }
 }
 
@@ -284,16 +245,10 @@ macro_rules! wide_copy {
     };
 }
 
-wide_copy!(max_plane_wide => max_plane(p: &Pool2d, plane: &[f32], w: usize, rows: &[Span], cols: &[Span], val: &mut [f32], out: &mut [f32]));
+wide_copy!(box_plane_wide => box_plane(p: &Pool2d, plane: &[f32], w: usize, dx: &[f32], s: &mut Scratch, out: &mut [f32]));
+wide_copy!(box_grad_plane_wide => box_grad_plane(p: &Pool2d, go: &[f32], w: usize, d: &[f32], s: &mut Scratch, gplane: &mut [f32]));
 wide_copy!(avg_plane_wide => avg_plane(p: &Pool2d, plane: &[f32], w: usize, rows: &[Span], cols: &[Span], out: &mut [f32]));
 wide_copy!(avg_grad_plane_wide => avg_grad_plane(p: &Pool2d, go: &[f32], w: usize, rows: &[Span], cols: &[Span], gplane: &mut [f32]));
-
-/// The max pool's forward on one plane: row maxima into `val`, then their column maxima.
-#[inline(always)]
-fn max_plane(p: &Pool2d, plane: &[f32], w: usize, rows: &[Span], cols: &[Span], val: &mut [f32], out: &mut [f32]) {
-    row_max(plane, w, p.kernel.1, cols, val);
-    column_max(val, cols.len(), rows, out);
-}
 
 /// The average pool's forward on one plane.
 #[inline(always)]
@@ -411,96 +366,268 @@ fn tap_range(j: usize, pl: usize, w: usize, ow: usize) -> (usize, usize, usize) 
     (o0, o1, o0 + j - pl.min(o0 + j))
 }
 
-/// One plane of the max pool's input gradient: each window's output gradient goes to its
-/// maximum under PyTorch's scan (row-major from the window's first element, taking any larger
-/// value or any NaN: ties go to the first, NaNs to the last), added in the outputs' order.
-fn max_grad_plane(p: &Pool2d, plane: &[f32], w: usize, rows: &[Span], cols: &[Span], go: &[f32], gplane: &mut [f32]) {
-    let ow = cols.len();
-    let (kh, kw) = p.kernel;
-    let vector = super::igemm::available() && plane.len() < i32::MAX as usize;
-    for (oy, r) in rows.iter().enumerate() {
-        if r.lo >= r.hi {
-            continue;
+/// Buffers of one task, kept from plane to plane.
+#[derive(Default)]
+struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    at: Vec<u32>,
+}
+
+/// `dst[i] = start + src[i] + src[i + step] + ... + src[i + (taps - 1) * step]`, added in that
+/// order, over the whole of `dst`: one flat pass per tap.
+#[inline(always)]
+fn box_sum(dst: &mut [f32], src: &[f32], taps: usize, step: usize, start: f32) {
+    assert!(taps > 0 && src.len() >= dst.len() + (taps - 1) * step, "pool: box sum past its source");
+    dst.fill(start);
+    for t in 0..taps {
+        dst.iter_mut().zip(&src[t * step..]).for_each(|(d, s)| *d += s);
+    }
+}
+
+/// `v[i] / d[i]`, or 0 where the divisor is not positive. Divided unconditionally, then
+/// selected: the loop vectorises.
+#[inline(always)]
+fn divide(v: &mut [f32], d: &[f32]) {
+    v.iter_mut().zip(d).for_each(|(o, &d)| {
+        let q = *o / d;
+        *o = if d > 0.0 { q } else { 0.0 };
+    });
+}
+
+/// One plane of a stride-1 average pool (see [`Pool2d::box_route`]): the plane padded with -0.0
+/// to `(h + 2 pt) x (w + 2 pl)`, its sums along rows over `kw` columns, their sums down `kh`
+/// rows, each divided by `dx` (the divisors, `oh` rows as wide as the padded plane), the first
+/// `ow` columns of each row out.
+#[inline(always)]
+fn box_plane(p: &Pool2d, plane: &[f32], w: usize, dx: &[f32], s: &mut Scratch, out: &mut [f32]) {
+    let ((kh, kw), (pt, pl)) = (p.kernel, p.padding);
+    let (h, wx) = (plane.len() / w, w + 2 * pl);
+    let (hx, ow) = (h + 2 * pt, wx + 1 - kw);
+    let oh = hx + 1 - kh;
+    let (xp, sums) = (&mut s.a, &mut s.b);
+    (xp.clear(), sums.clear());
+    // kw - 1 more at the end: the last row's sums read past its width (columns dropped later).
+    xp.resize(hx * wx + kw - 1, -0.0);
+    for (row, xrow) in plane.chunks_exact(w).zip(xp[pt * wx..].chunks_exact_mut(wx)) {
+        xrow[pl..pl + w].copy_from_slice(row);
+    }
+    // From -0.0 (as `Iterator::sum`) in the windows' order; a padded tap adds -0.0, which
+    // changes nothing, so each sum is bit for bit the sum over its clipped window.
+    sums.resize(hx * wx, 0.0);
+    box_sum(sums, xp, kw, 1, -0.0);
+    xp.truncate(oh * wx);
+    box_sum(xp, sums, kh, wx, 0.0);
+    divide(xp, dx);
+    for (orow, xrow) in out.chunks_exact_mut(ow).zip(xp.chunks_exact(wx)) {
+        orow.copy_from_slice(&xrow[..ow]);
+    }
+}
+
+/// One plane of a stride-1 average pool's input gradient: the output gradient divided by `d`
+/// (`oh x ow` divisors), padded with -0.0 to `(h + kh - 1) x (w + kw - 1)` (`kh - 1 - pt` rows
+/// and `kw - 1 - pl` columns before), summed down `kh` rows and then along `kw` columns: each
+/// input pixel's outputs in their order, as [`Pool2d::avg_grad_plane`] adds them.
+#[inline(always)]
+fn box_grad_plane(p: &Pool2d, go: &[f32], w: usize, d: &[f32], s: &mut Scratch, gplane: &mut [f32]) {
+    let ((kh, kw), (pt, pl)) = (p.kernel, p.padding);
+    let (h, wp) = (gplane.len() / w, w + kw - 1);
+    let ow = w + 2 * pl + 1 - kw;
+    let (share, spread) = (&mut s.a, &mut s.b);
+    share.clear();
+    share.resize((h + kh - 1) * wp, -0.0);
+    spread.clear();
+    spread.extend_from_slice(go);
+    divide(spread, d);
+    for (srow, q) in share[(kh - 1 - pt) * wp..].chunks_exact_mut(wp).zip(spread.chunks_exact(ow)) {
+        srow[kw - 1 - pl..][..ow].copy_from_slice(q);
+    }
+    // kw - 1 more at the end, as in the forward; the sums start from 0.0 (the zeroed gradient).
+    spread.clear();
+    spread.resize(h * wp + kw - 1, -0.0);
+    box_sum(&mut spread[..h * wp], share, kh, wp, 0.0);
+    share.truncate(h * wp);
+    box_sum(share, spread, kw, 1, 0.0);
+    for (grow, srow) in gplane.chunks_exact_mut(w).zip(share.chunks_exact(wp)) {
+        grow.copy_from_slice(&srow[..w]);
+    }
+}
+
+impl Pool2d {
+    /// Stride 1 both ways: then an average pool and its gradient are box sums over a plane
+    /// padded with -0.0, flat passes over whole planes (a padded tap adds -0.0, which leaves
+    /// every float as it is). Row by row, the rows of InceptionV3's 30x30 and 61x61 planes were
+    /// too short to vectorise well: its average pools took 2.5% of a 512x512 step.
+    fn box_route(&self) -> bool {
+        self.stride == (1, 1)
+    }
+
+    /// Each output's divisor, `oh` rows `row_len` wide (1 in the columns past `ow`).
+    fn divisor_plane(&self, rows: &[Span], cols: &[Span], row_len: usize) -> Vec<f32> {
+        let mut d = vec![1.0f32; rows.len() * row_len];
+        for (r, drow) in rows.iter().zip(d.chunks_exact_mut(row_len)) {
+            for (c, v) in cols.iter().zip(drow.iter_mut()) {
+                *v = r.divisor * c.divisor;
+            }
         }
-        let grow = &go[oy * ow..][..ow];
+        d
+    }
+}
+
+/// The max pool on one plane under PyTorch's scan (row-major from each window's first element,
+/// taking any larger value or any NaN: ties go to the first, NaNs to the last): each window's
+/// maximum into `val` and its index in the plane into `at` (`u32::MAX` for an empty window).
+/// The windows that lie whole inside the plane go 16 at a time ([`scan_run`]), reading each tap
+/// off the plane split by column phase (phase `q` holds columns `q, q + sw, ...`), where the
+/// tap's pixels of neighbouring windows are neighbours; the windows clipped at the edges go one
+/// by one.
+fn max_scan_plane(p: &Pool2d, plane: &[f32], w: usize, rows: &[Span], cols: &[Span], s: &mut Scratch, val: &mut [f32]) {
+    let ow = cols.len();
+    let ((kh, kw), sw, pl) = (p.kernel, p.stride.1, p.padding.1);
+    let h = plane.len() / w;
+    let ox0 = cols.iter().position(|c| c.hi - c.lo == kw).unwrap_or(ow);
+    let ox1 = ox0 + cols[ox0..].iter().take_while(|c| c.hi - c.lo == kw).count();
+    let vector = super::igemm::available() && plane.len() <= i32::MAX as usize && ox1 > ox0;
+    let at = &mut s.at;
+    at.resize(rows.len() * ow, 0);
+    // Tap column kx of window ox reads column ox * sw + kx - pl: phase (kx - pl) mod sw, entry
+    // ox + (kx - pl) div sw. Per kx: where entry 0 of that phase's row 0 sits, and the
+    // phase's row length.
+    let mut taps = Vec::with_capacity(kw);
+    // At stride 2 the kernel splits the phases itself, in registers.
+    let step = if sw == 2 { 2 } else { 1 };
+    let src: &[f32] = if vector && sw > 2 {
+        let widths: Vec<usize> = (0..sw).map(|q| w.saturating_sub(q).div_ceil(sw)).collect();
+        let starts: Vec<usize> = widths.iter().scan(0, |acc, wq| Some(std::mem::replace(acc, *acc + h * wq))).collect();
+        let phases = &mut s.a;
+        phases.resize(h * w, 0.0);
+        for q in 0..sw.min(w) {
+            let dst = &mut phases[starts[q]..][..h * widths[q]];
+            for (drow, row) in dst.chunks_exact_mut(widths[q]).zip(plane.chunks_exact(w)) {
+                super::conv::phase_row(drow, row, sw, q, 0);
+            }
+        }
+        for kx in 0..kw {
+            let d = kx as isize - pl as isize;
+            let q = d.rem_euclid(sw as isize) as usize;
+            taps.push((starts[q] as isize + d.div_euclid(sw as isize), widths[q]));
+        }
+        phases
+    } else {
+        taps.extend((0..kw).map(|kx| (kx as isize - pl as isize, w)));
+        plane
+    };
+    for (oy, r) in rows.iter().enumerate() {
+        let (vrow, arow) = (&mut val[oy * ow..][..ow], &mut at[oy * ow..][..ow]);
         let mut ox = 0;
         while ox < ow {
-            // A run of outputs with whole windows (all kh x kw inside the plane), 16 at most.
-            let run = if vector && r.hi - r.lo == kh {
-                cols[ox..].iter().take(16).take_while(|c| c.hi - c.lo == kw).count()
-            } else {
-                0
-            };
-            if run > 0 {
-                // SAFETY: AVX-512F is present; the windows are whole, inside the plane.
-                let at = unsafe { argmax_run(plane, w, r.lo, cols[ox].lo, p.stride.1, kh, kw, run) };
-                for (i, g) in at[..run].iter().zip(&grow[ox..]) {
-                    gplane[*i as usize] += g;
-                }
-                ox += run;
+            if vector && ox == ox0 && r.hi - r.lo == kh {
+                // SAFETY: AVX-512F is present; the windows ox0..ox1 lie whole inside the plane,
+                // so every tap's entries of them lie inside its phase row (checked again in
+                // `scan_run`).
+                unsafe { scan_run(src, &taps, step, r.lo, w, kh, sw, pl, ox0..ox1, vrow, arow) };
+                ox = ox1;
                 continue;
             }
             let c = cols[ox];
-            if c.lo < c.hi {
-                let (mut best, mut at) = (f32::NEG_INFINITY, r.lo * w + c.lo);
+            let (mut best, mut here) = (f32::NEG_INFINITY, u32::MAX);
+            if r.lo < r.hi && c.lo < c.hi {
+                here = (r.lo * w + c.lo) as u32;
                 for y in r.lo..r.hi {
                     for (x, &v) in plane[y * w + c.lo..y * w + c.hi].iter().enumerate() {
                         if v > best || v.is_nan() {
-                            (best, at) = (v, y * w + c.lo + x);
+                            (best, here) = (v, (y * w + c.lo + x) as u32);
                         }
                     }
                 }
-                gplane[at] += grow[ox];
             }
+            (vrow[ox], arow[ox]) = (best, here);
             ox += 1;
         }
     }
 }
 
-/// PyTorch's scan for `n` (at most 16) neighbouring whole windows, the first starting at row
-/// `y0`, column `x0`, the next `sw` columns on: where each window's maximum sits.
+/// PyTorch's scan over the whole windows `oxs` of the output row whose windows start at input
+/// row `y0`, 16 at a time: tap `(ky, kx)` of window `ox` reads `src[taps[kx].0 + (y0 + ky) *
+/// taps[kx].1 + ox * step]`, the plane's pixel `(y0 + ky) * w + ox * sw + kx - pl`. At `step`
+/// 2, each tap loads 32 neighbours and keeps every other one.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn argmax_run(
-    plane: &[f32],
-    w: usize,
+unsafe fn scan_run(
+    src: &[f32],
+    taps: &[(isize, usize)],
+    step: usize,
     y0: usize,
-    x0: usize,
-    sw: usize,
+    w: usize,
     kh: usize,
-    kw: usize,
-    n: usize,
-) -> [u32; 16] {
+    sw: usize,
+    pl: usize,
+    oxs: std::ops::Range<usize>,
+    val: &mut [f32],
+    at: &mut [u32],
+) {
     use std::arch::x86_64::*;
-    assert!(n > 0 && n <= 16 && (y0 + kh - 1) * w + x0 + (n - 1) * sw + kw <= plane.len());
-    let k = ((1u32 << n) - 1) as __mmask16;
-    let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    let first = _mm512_add_epi32(
-        _mm512_set1_epi32((y0 * w + x0) as i32),
-        _mm512_mullo_epi32(lane, _mm512_set1_epi32(sw as i32)),
+    assert!(oxs.end <= val.len() && oxs.end <= at.len());
+    let lane = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(sw as i32),
     );
-    let mut best = _mm512_set1_ps(f32::NEG_INFINITY);
-    let mut at = first;
-    for ky in 0..kh {
-        for kx in 0..kw {
-            let here = _mm512_add_epi32(first, _mm512_set1_epi32((ky * w + kx) as i32));
-            // SAFETY: every lane in `k` indexes inside `plane` (asserted above).
-            let v = unsafe { _mm512_mask_i32gather_ps::<4>(best, k, here, plane.as_ptr()) };
-            let take = k & (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v));
-            best = _mm512_mask_mov_ps(best, take, v);
-            at = _mm512_mask_mov_epi32(at, take, here);
+    assert!(step == 1 || step == 2);
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    for ox in oxs.clone().step_by(16) {
+        let n = (oxs.end - ox).min(16);
+        let k = ((1u32 << n) - 1) as __mmask16;
+        // The source entries the windows read: n of them, or every other of 2n - 1.
+        let span = step * (n - 1) + 1;
+        let (k0, k1) =
+            (((1u32 << span.min(16)) - 1) as __mmask16, ((1u32 << span.saturating_sub(16)) - 1) as __mmask16);
+        let first = _mm512_add_epi32(_mm512_set1_epi32((y0 * w + ox * sw - pl) as i32), lane);
+        let mut best = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut here = first;
+        for ky in 0..kh {
+            for (kx, &(start, len)) in taps.iter().enumerate() {
+                let from = start + ((y0 + ky) * len + ox * step) as isize;
+                assert!(from >= 0 && from as usize + span <= src.len(), "pool: a window past its plane");
+                // SAFETY: the lanes in `k0` and `k1` lie inside `src` (asserted above).
+                let v = unsafe {
+                    let p = src.as_ptr().add(from as usize);
+                    if step == 1 {
+                        _mm512_maskz_loadu_ps(k0, p)
+                    } else {
+                        let (a, b) = (_mm512_maskz_loadu_ps(k0, p), _mm512_maskz_loadu_ps(k1, p.wrapping_add(16)));
+                        _mm512_permutex2var_ps(a, even, b)
+                    }
+                };
+                let take = k & (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v));
+                best = _mm512_mask_mov_ps(best, take, v);
+                here =
+                    _mm512_mask_mov_epi32(here, take, _mm512_add_epi32(first, _mm512_set1_epi32((ky * w + kx) as i32)));
+            }
+        }
+        // SAFETY: windows ox..ox + n are inside both rows (asserted above).
+        unsafe {
+            _mm512_mask_storeu_ps(val.as_mut_ptr().add(ox), k, best);
+            _mm512_mask_storeu_epi32(at.as_mut_ptr().add(ox).cast(), k, here);
         }
     }
-    let mut out = [0u32; 16];
-    // SAFETY: `out` holds 16 lanes.
-    unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), at) };
-    out
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn argmax_run(_: &[f32], _: usize, _: usize, _: usize, _: usize, _: usize, _: usize, _: usize) -> [u32; 16] {
+unsafe fn scan_run(
+    _: &[f32],
+    _: &[(isize, usize)],
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: std::ops::Range<usize>,
+    _: &mut [f32],
+    _: &mut [u32],
+) {
     unreachable!("igemm::available is false off x86_64")
 }
 
@@ -514,14 +641,13 @@ impl CustomOp1 for Pool2d {
         let (oh, ow) = self.out_dims(h, w)?;
         let x = cpu_slice(storage, layout)?;
         let (rows, cols) = self.all_spans(h, w)?;
-        let mut y = vec![0.0f32; n * c * oh * ow];
-        y.par_chunks_mut(oh * ow).enumerate().for_each(|(plane_idx, out)| {
+        let boxed = self.kind != PoolKind::Max && self.box_route();
+        let dx = if boxed { self.divisor_plane(&rows, &cols, w + 2 * self.padding.1) } else { Vec::new() };
+        let y = super::par_planes(n * c, oh * ow, Scratch::default, |s, plane_idx, out| {
             let plane = &x[plane_idx * h * w..][..h * w];
             match self.kind {
-                PoolKind::Max => {
-                    let mut val = vec![0.0f32; h * ow];
-                    max_plane_wide(self, plane, w, &rows, &cols, &mut val, out);
-                }
+                PoolKind::Max => max_scan_plane(self, plane, w, &rows, &cols, s, out),
+                PoolKind::Avg { .. } if boxed => box_plane_wide(self, plane, w, &dx, s, out),
                 PoolKind::Avg { .. } => avg_plane_wide(self, plane, w, &rows, &cols, out),
             }
         });
@@ -547,12 +673,25 @@ impl CustomOp2 for PoolInputGrad {
         let (oh, ow) = p.out_dims(h, w)?;
         let (gy, x) = (cpu_slice(s1, l1)?, cpu_slice(s2, l2)?);
         let (rows, cols) = p.all_spans(h, w)?;
-        let mut gx = vec![0.0f32; n * c * h * w];
-        gx.par_chunks_mut(h * w).enumerate().for_each(|(plane_idx, gplane)| {
+        let boxed = p.kind != PoolKind::Max && p.box_route();
+        let d = if boxed { p.divisor_plane(&rows, &cols, ow) } else { Vec::new() };
+        let gx = super::par_planes(n * c, h * w, Scratch::default, |s, plane_idx, gplane| {
             let plane = &x[plane_idx * h * w..][..h * w];
             let go = &gy[plane_idx * oh * ow..][..oh * ow];
             match p.kind {
-                PoolKind::Max => max_grad_plane(p, plane, w, &rows, &cols, go, gplane),
+                PoolKind::Max => {
+                    // Each output's gradient to its window's maximum, added in the outputs' order.
+                    let mut val = std::mem::take(&mut s.b);
+                    val.resize(oh * ow, 0.0);
+                    max_scan_plane(p, plane, w, &rows, &cols, s, &mut val);
+                    s.b = val;
+                    for (&i, &g) in s.at.iter().zip(go) {
+                        if i != u32::MAX {
+                            gplane[i as usize] += g;
+                        }
+                    }
+                }
+                PoolKind::Avg { .. } if boxed => box_grad_plane_wide(p, go, w, &d, s, gplane),
                 PoolKind::Avg { .. } => avg_grad_plane_wide(p, go, w, &rows, &cols, gplane),
             }
         });
