@@ -347,7 +347,8 @@ impl Objective {
         Ok(p)
     }
 
-    /// The scalar to maximise for network input `x`.
+    /// The scalar to maximise for network input `x`: a value only (the classic layer terms are
+    /// summed outside any graph, in f64 on the CPU; use `loss_and_grad` for the gradient).
     pub fn loss(&self, net: &dyn FeatureNet, x: &Tensor, prepared: &Prepared) -> Result<Tensor> {
         let features: Features = net.forward(x, &self.taps(), !self.classes.is_empty())?;
         Ok(self.loss_of(&features, x, prepared, false)?.value)

@@ -77,7 +77,7 @@ pub struct Loss {
     /// Terms in `direct` are in it detached (their value only).
     pub value: Tensor,
     /// `(tap, gradient)`: a tap's gradient from the terms outside the graph, added to what
-    /// candle finds. The classic layer loss's gradient is `2 a / n` inside the border: through
+    /// candle finds. The classic layer loss's gradient is `2 a w / n` inside the border: through
     /// candle's autograd, which zero-fills and then adds each node's gradient, it cost about 5%
     /// of an InceptionV3 step.
     pub direct: Vec<(String, Tensor)>,

@@ -26,7 +26,7 @@ fn check(a: &Tensor, rows: &std::ops::Range<usize>, cols: &std::ops::Range<usize
 pub fn window_square_sum(a: &Tensor, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> Result<Tensor> {
     check(a, &rows, &cols)?;
     let a = a.detach();
-    if !a.device().is_cpu() {
+    if super::portable::wanted(&a) {
         return a.narrow(2, rows.start, rows.len())?.narrow(3, cols.start, cols.len())?.sqr()?.sum_all();
     }
     a.contiguous()?.apply_op1_no_bwd(&Window { rows, cols, op: WindowOp::SquareSum })
@@ -42,13 +42,12 @@ pub fn window_square_sum_grad(
 ) -> Result<Tensor> {
     check(a, &rows, &cols)?;
     let a = a.detach();
-    if !a.device().is_cpu() {
+    if super::portable::wanted(&a) {
+        // The window's gradient, padded with zeros (as candle's narrow backward does).
         let (_, _, h, w) = a.dims4()?;
-        let name = format!("square sum window {rows:?} x {cols:?} of {h}x{w}");
-        let mask = super::host::constant(&name, &[1, 1, h, w], a.device(), || {
-            (0..h * w).map(|i| if rows.contains(&(i / w)) && cols.contains(&(i % w)) { 1.0 } else { 0.0 }).collect()
-        })?;
-        return a.affine(g as f64, 0.0)?.affine(2.0, 0.0)?.broadcast_mul(&mask);
+        let inner = a.narrow(2, rows.start, rows.len())?.narrow(3, cols.start, cols.len())?;
+        let inner = inner.affine(g as f64, 0.0)?.affine(2.0, 0.0)?;
+        return inner.pad_with_zeros(2, rows.start, h - rows.end)?.pad_with_zeros(3, cols.start, w - cols.end);
     }
     a.contiguous()?.apply_op1_no_bwd(&Window { rows, cols, op: WindowOp::Grad(g) })
 }
@@ -143,5 +142,24 @@ mod tests {
             assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "sum over {rows:?} x {cols:?}: {got} vs {want}");
         }
         assert!(window_square_sum(&a, 0..8, 0..w).is_err(), "a window past the map");
+    }
+
+    /// The portable route (a GPU's, forced here on the CPU) gives the same gradient bits and sum.
+    #[test]
+    fn portable_route_agrees() {
+        let data: Vec<f32> = (0..2 * 5 * 8).map(|i| ((i as f32) * 0.37).cos() * 1.5).collect();
+        let a = Tensor::from_vec(data, (1, 2, 5, 8), &Device::Cpu).unwrap();
+        for (rows, cols) in [(1..4, 2..6), (0..5, 0..8), (2..2, 0..8)] {
+            let cpu = window_square_sum_grad(&a, rows.clone(), cols.clone(), 0.21).unwrap();
+            let sum = window_square_sum(&a, rows.clone(), cols.clone()).unwrap().to_scalar::<f32>().unwrap();
+            let _portable = crate::ops::portable::PathGuard::new(true);
+            let port = window_square_sum_grad(&a, rows.clone(), cols.clone(), 0.21).unwrap();
+            let port_sum = window_square_sum(&a, rows.clone(), cols.clone()).unwrap().to_scalar::<f32>().unwrap();
+            let bits = |t: &Tensor| {
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&cpu), bits(&port), "gradient over {rows:?} x {cols:?}");
+            assert!((sum - port_sum).abs() <= 1e-6 * sum.abs().max(1.0), "sum over {rows:?} x {cols:?}");
+        }
     }
 }

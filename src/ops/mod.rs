@@ -58,8 +58,8 @@ pub(crate) fn switched_on(var: &str) -> bool {
 /// `planes` planes of `len` floats, made in parallel: each task zeroes a plane and `f` fills it
 /// (`f(scratch, plane index, plane)`, with a scratch value per task from `init`). A large
 /// `vec![0.0; n]` is zeroed by one thread before the work starts (2 ms for the 16 MB gradient
-/// of InceptionV3's first max pool at 512x512, about a third of that op); here both threads
-/// zero, each a plane just before it uses it, while it is in its cache.
+/// of InceptionV3's first max pool at 512x512, about a third of that op); here each worker
+/// zeroes a plane just before it uses it, while it is in its cache.
 pub(crate) fn par_planes<S>(
     planes: usize,
     len: usize,

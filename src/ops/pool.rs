@@ -186,6 +186,9 @@ impl Pool2d {
         if 2 * self.padding.0 > self.kernel.0 || 2 * self.padding.1 > self.kernel.1 {
             bail!("pool: padding must be at most half the kernel");
         }
+        if h == 0 || w == 0 {
+            return Err(super::too_small(format_args!("pool: an empty input of {h}x{w}")));
+        }
         Ok((
             out_len(h, self.kernel.0, self.stride.0, self.padding.0, self.ceil_mode)?,
             out_len(w, self.kernel.1, self.stride.1, self.padding.1, self.ceil_mode)?,
@@ -213,13 +216,57 @@ impl Pool2d {
     fn all_spans(&self, h: usize, w: usize) -> Result<(Vec<Span>, Vec<Span>)> {
         let (oh, ow) = self.out_dims(h, w)?;
         // The max pool's scan keeps positions in a plane as u32.
-        if h.checked_mul(w).is_none_or(|n| n >= u32::MAX as usize) {
+        if self.kind == PoolKind::Max && h.checked_mul(w).is_none_or(|n| n >= u32::MAX as usize) {
             bail!("pool: a plane of {h}x{w} values is too large");
         }
         Ok((
             self.spans(h, oh, self.kernel.0, self.stride.0, self.padding.0),
             self.spans(w, ow, self.kernel.1, self.stride.1, self.padding.1),
         ))
+    }
+}
+
+/// PyTorch's max with NaN propagation (a NaN anywhere in a window makes the window's max NaN).
+/// (The max pool's forward on CPUs without AVX-512, with `row_max` and `column_max`: there the
+/// scan of [`max_scan_plane`] goes window by window.)
+#[inline(always)]
+fn nanmax(a: f32, b: f32) -> f32 {
+    if b > a || b.is_nan() { b } else { a }
+}
+
+/// Along each row of `plane` (`h x w`), the maximum over each column span, into `val`
+/// (`h x ow`). Windows of the full kernel width are read off a running max at stride 1,
+/// which vectorises; clipped windows at the edges are scanned directly.
+#[inline(always)]
+fn row_max(plane: &[f32], w: usize, kw: usize, cols: &[Span], val: &mut [f32]) {
+    let ow = cols.len();
+    let mut run = vec![f32::NEG_INFINITY; w];
+    for (row, vrow) in plane.chunks_exact(w).zip(val.chunks_exact_mut(ow)) {
+        // run[x] = max(row[x..x + kw]) for every x with a full window.
+        let full = (w + 1).saturating_sub(kw);
+        run[..full].copy_from_slice(&row[..full]);
+        // A row narrower than the window has no full window (and `row[j..]` would run past it).
+        for j in (1..kw).filter(|_| full > 0) {
+            run[..full].iter_mut().zip(&row[j..j + full]).for_each(|(r, &v)| *r = nanmax(*r, v));
+        }
+        for (v, c) in vrow.iter_mut().zip(cols) {
+            *v = if c.hi - c.lo == kw {
+                run[c.lo]
+            } else {
+                row[c.lo..c.hi].iter().fold(f32::NEG_INFINITY, |m, &x| nanmax(m, x))
+            };
+        }
+    }
+}
+
+/// Column maxima of the row maxima: one output row per row span, whole rows at a time.
+#[inline(always)]
+fn column_max(val: &[f32], ow: usize, rows: &[Span], out: &mut [f32]) {
+    for (r, orow) in rows.iter().zip(out.chunks_exact_mut(ow)) {
+        orow.fill(f32::NEG_INFINITY);
+        for vrow in val[r.lo * ow..r.hi * ow].chunks_exact(ow) {
+            orow.iter_mut().zip(vrow).for_each(|(o, &v)| *o = nanmax(*o, v));
+        }
     }
 }
 
@@ -245,10 +292,18 @@ macro_rules! wide_copy {
     };
 }
 
+wide_copy!(max_plane_wide => max_plane(p: &Pool2d, plane: &[f32], w: usize, rows: &[Span], cols: &[Span], val: &mut [f32], out: &mut [f32]));
 wide_copy!(box_plane_wide => box_plane(p: &Pool2d, plane: &[f32], w: usize, dx: &[f32], s: &mut Scratch, out: &mut [f32]));
 wide_copy!(box_grad_plane_wide => box_grad_plane(p: &Pool2d, go: &[f32], w: usize, d: &[f32], s: &mut Scratch, gplane: &mut [f32]));
 wide_copy!(avg_plane_wide => avg_plane(p: &Pool2d, plane: &[f32], w: usize, rows: &[Span], cols: &[Span], out: &mut [f32]));
 wide_copy!(avg_grad_plane_wide => avg_grad_plane(p: &Pool2d, go: &[f32], w: usize, rows: &[Span], cols: &[Span], gplane: &mut [f32]));
+
+/// The max pool's forward on one plane: row maxima into `val`, then their column maxima.
+#[inline(always)]
+fn max_plane(p: &Pool2d, plane: &[f32], w: usize, rows: &[Span], cols: &[Span], val: &mut [f32], out: &mut [f32]) {
+    row_max(plane, w, p.kernel.1, cols, val);
+    column_max(val, cols.len(), rows, out);
+}
 
 /// The average pool's forward on one plane.
 #[inline(always)]
@@ -406,7 +461,8 @@ fn box_plane(p: &Pool2d, plane: &[f32], w: usize, dx: &[f32], s: &mut Scratch, o
     let (hx, ow) = (h + 2 * pt, wx + 1 - kw);
     let oh = hx + 1 - kh;
     let (xp, sums) = (&mut s.a, &mut s.b);
-    (xp.clear(), sums.clear());
+    xp.clear();
+    sums.clear();
     // kw - 1 more at the end: the last row's sums read past its width (columns dropped later).
     xp.resize(hx * wx + kw - 1, -0.0);
     for (row, xrow) in plane.chunks_exact(w).zip(xp[pt * wx..].chunks_exact_mut(wx)) {
@@ -646,7 +702,11 @@ impl CustomOp1 for Pool2d {
         let y = super::par_planes(n * c, oh * ow, Scratch::default, |s, plane_idx, out| {
             let plane = &x[plane_idx * h * w..][..h * w];
             match self.kind {
-                PoolKind::Max => max_scan_plane(self, plane, w, &rows, &cols, s, out),
+                PoolKind::Max if super::igemm::available() => max_scan_plane(self, plane, w, &rows, &cols, s, out),
+                PoolKind::Max => {
+                    s.a.resize(h * ow, 0.0);
+                    max_plane_wide(self, plane, w, &rows, &cols, &mut s.a, out)
+                }
                 PoolKind::Avg { .. } if boxed => box_plane_wide(self, plane, w, &dx, s, out),
                 PoolKind::Avg { .. } => avg_plane_wide(self, plane, w, &rows, &cols, out),
             }
@@ -704,11 +764,13 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// PyTorch's max-pool backward as written in its CPU kernel: scan each window row-major
-    /// from its first element, take any larger value or NaN, add the output's gradient there.
-    fn scan(p: &Pool2d, x: &[f32], h: usize, w: usize, gy: &[f32]) -> Vec<f32> {
+    /// PyTorch's max pool as written in its CPU kernel: scan each window row-major from its first
+    /// element, take any larger value or NaN; the output is the value found, and the backward
+    /// adds the output's gradient there. Returns (output, input gradient).
+    fn scan(p: &Pool2d, x: &[f32], h: usize, w: usize, gy: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let (rows, cols) = p.all_spans(h, w).unwrap();
         let mut gx = vec![0.0f32; h * w];
+        let mut y = vec![f32::NEG_INFINITY; rows.len() * cols.len()];
         for (oy, r) in rows.iter().enumerate() {
             for (ox, c) in cols.iter().enumerate() {
                 if r.lo >= r.hi || c.lo >= c.hi {
@@ -724,19 +786,29 @@ mod tests {
                     }
                 }
                 gx[at] += gy[oy * cols.len() + ox];
+                y[oy * cols.len() + ox] = best;
             }
         }
-        gx
+        (y, gx)
     }
 
     #[test]
-    fn max_pool_gradient_follows_pytorchs_scan() {
+    fn max_pool_follows_pytorchs_scan() {
         // Rows wider than a vector run of windows (and narrower), ties (whole numbers), NaN and
-        // infinities, windows clipped by padding and by ceil_mode.
-        for (k, s, pad, ceil) in
-            [(3, 2, 0, false), (3, 1, 1, false), (3, 2, 1, true), (2, 2, 0, true), (5, 3, 2, false)]
-        {
-            let p = Pool2d::max(k, s, pad, ceil);
+        // infinities, windows clipped by padding and by ceil_mode, strides 1, 2 (split in
+        // registers) and 3 (phase planes), a stride in one direction, a 1x1 window.
+        let pool =
+            |kernel, stride, padding, ceil_mode| Pool2d { kind: PoolKind::Max, kernel, stride, padding, ceil_mode };
+        for p in [
+            Pool2d::max(3, 2, 0, false),
+            Pool2d::max(3, 1, 1, false),
+            Pool2d::max(3, 2, 1, true),
+            Pool2d::max(2, 2, 0, true),
+            Pool2d::max(5, 3, 2, false),
+            pool((3, 3), (2, 1), (1, 1), false),
+            pool((3, 2), (1, 2), (0, 1), true),
+            Pool2d::max(1, 1, 0, false),
+        ] {
             for (h, w) in [(9, 41), (13, 70), (6, 7)] {
                 let mut x: Vec<f32> = (0..h * w).map(|i| ((i as f32 * 0.37).sin() * 3.0).round()).collect();
                 x[5] = f32::NAN;
@@ -748,24 +820,47 @@ mod tests {
                 let (oh, ow) = p.out_dims(h, w).unwrap();
                 let gy: Vec<f32> = (0..oh * ow).map(|i| (i % 7) as f32 - 3.0).collect();
                 let gyt = Tensor::from_slice(&gy, (1, 1, oh, ow), &Device::Cpu).unwrap();
+                let (want_y, want) = scan(&p, &x, h, w, &gy);
                 let got = p.input_grad(&gyt, &xt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let want = scan(&p, &x, h, w, &gy);
-                assert_eq!(got, want, "{p:?} on {h}x{w}");
+                assert_eq!(got, want, "{p:?} gradient on {h}x{w}");
+                let got = p.forward(&xt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want_y), "{p:?} forward on {h}x{w}");
+                // The forward of CPUs without AVX-512 (row maxima, then column maxima): the same
+                // values (its order of comparisons may keep the other zero of a +0/-0 tie).
+                let (rows, cols) = p.all_spans(h, w).unwrap();
+                let (mut val, mut out) = (vec![0.0f32; h * ow], vec![0.0f32; oh * ow]);
+                max_plane(&p, &x, w, &rows, &cols, &mut val, &mut out);
+                let same = out.iter().zip(&want_y).all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
+                assert!(same, "{p:?} forward without AVX-512 on {h}x{w}");
             }
         }
     }
 
     #[test]
     fn average_pool_sums_in_the_order_of_its_definition() {
-        // The stride-1 pools sum shifted rows; the same sums in the same order as window by
-        // window, bit for bit, both directions.
-        for p in
-            [Pool2d::avg(3, 1, 1, false, false), Pool2d::avg(3, 1, 1, false, true), Pool2d::avg(5, 1, 2, true, false)]
-        {
+        // The stride-1 pools are box sums over padded planes, a (2, 1) stride sums shifted rows,
+        // a (1, 2) one window by window: the same sums in the same order as window by window,
+        // bit for bit, both directions.
+        let strided = |kernel, stride, padding| Pool2d {
+            kind: PoolKind::Avg { count_include_pad: false },
+            kernel,
+            stride,
+            padding,
+            ceil_mode: true,
+        };
+        for p in [
+            Pool2d::avg(3, 1, 1, false, false),
+            Pool2d::avg(3, 1, 1, false, true),
+            Pool2d::avg(5, 1, 2, true, false),
+            strided((3, 3), (2, 1), (1, 1)),
+            strided((3, 2), (1, 2), (1, 0)),
+        ] {
             // Rows narrower than the padding (a 5x5 window padded by 2 on 1 and 2 columns).
             for (h, w) in [(9, 41), (5, 3), (4, 1), (3, 2)] {
                 let x: Vec<f32> = (0..h * w).map(|i| (i as f32 * 0.37).sin() * 3.1).collect();
-                let (oh, ow) = p.out_dims(h, w).unwrap();
+                // (A 2-wide window unpadded does not fit a 1-wide row.)
+                let Ok((oh, ow)) = p.out_dims(h, w) else { continue };
                 let gy: Vec<f32> = (0..oh * ow).map(|i| (i as f32 * 0.71).cos()).collect();
                 let (rows, cols) = p.all_spans(h, w).unwrap();
                 let mut want = vec![0.0f32; oh * ow];

@@ -46,8 +46,9 @@ fn own_backward_matches_candle_autograd_on_every_architecture() {
         // A shallow, a middle and the deepest layer, and the classifier where there is one.
         let taps = vec![names[1].clone(), names[names.len() / 2].clone(), names[names.len() - 1].clone()];
         let logits = net.has_classifier();
-        // With `direct`, the middle tap's term hands its gradient in closed form (`Loss::direct`,
-        // as the classic layer loss does) instead of through the graph.
+        // With `direct`, the middle tap's square term hands its gradient in closed form
+        // (`Loss::direct`, as the classic layer loss does) instead of through the graph, next
+        // to a graph term on the same tap.
         let loss_with = |direct: bool| {
             let taps = &taps;
             move |f: &Features, x: &Tensor| -> Result<Loss> {
@@ -56,6 +57,10 @@ fn own_backward_matches_candle_autograd_on_every_architecture() {
                 for (i, t) in taps.iter().enumerate() {
                     let a = &f.taps[t];
                     let k = (i + 1) as f64;
+                    if i == 1 {
+                        // A graph term on the same tap as the direct one.
+                        total = (total + (a.mean_all()? * 0.5)?)?;
+                    }
                     if direct && i == 1 {
                         total = (total + (a.detach().sqr()?.mean_all()? * k)?)?;
                         grads.push((t.clone(), (a.detach() * (2.0 * k / a.elem_count() as f64))?));
