@@ -83,12 +83,6 @@ pub struct Loss {
     pub direct: Vec<(String, Tensor)>,
 }
 
-impl From<Tensor> for Loss {
-    fn from(value: Tensor) -> Self {
-        Loss { value, direct: Vec::new() }
-    }
-}
-
 /// A pretrained network that exposes named intermediate layers.
 pub trait FeatureNet: Send + Sync {
     /// The zoo name, e.g. `efficientnet-lite0`.

@@ -533,10 +533,11 @@ impl Pool2d {
 /// The max pool on one plane under PyTorch's scan (row-major from each window's first element,
 /// taking any larger value or any NaN: ties go to the first, NaNs to the last): each window's
 /// maximum into `val` and its index in the plane into `at` (`u32::MAX` for an empty window).
-/// The windows that lie whole inside the plane go 16 at a time ([`scan_run`]), reading each tap
-/// off the plane split by column phase (phase `q` holds columns `q, q + sw, ...`), where the
-/// tap's pixels of neighbouring windows are neighbours; the windows clipped at the edges go one
-/// by one.
+/// The windows that lie whole inside the plane go 16 at a time ([`scan_run`]), each tap one
+/// vector of the plane's pixels: read straight at stride 1, split into even and odd lanes in
+/// registers at stride 2, and above that read off the plane split by column phase (phase `q`
+/// holds columns `q, q + sw, ...`, where a tap's pixels of neighbouring windows are
+/// neighbours). The windows clipped at the edges go one by one.
 fn max_scan_plane(p: &Pool2d, plane: &[f32], w: usize, rows: &[Span], cols: &[Span], s: &mut Scratch, val: &mut [f32]) {
     let ow = cols.len();
     let ((kh, kw), sw, pl) = (p.kernel, p.stride.1, p.padding.1);
