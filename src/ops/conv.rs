@@ -1110,7 +1110,9 @@ fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
         let len = g.ci * g.h * g.w;
         let job = |b: usize| g.implicit_job(&x[b * len..][..len], None);
         if super::winograd::fits(&job(0)) {
-            let u = inner.winograd.get_or_init(|| super::winograd::Transformed::new(&inner.weight, g.co, g.ci));
+            let u = inner.winograd.get_or_init(|| {
+                super::winograd::Transformed::new(&inner.weight, g.co, g.ci, super::winograd::Tile::F2)
+            });
             return per_image(g.n, |b| super::winograd::conv(u, Some(&inner.bias), inner.spec.activation, &job(b)));
         }
     }
@@ -1334,8 +1336,9 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
             t.implicit_job(&gy[b * len..][..len], mask)
         };
         if winograd() && g.n > 0 && super::winograd::fits(&job(0)) {
-            let u =
-                inner.winograd_flipped.get_or_init(|| super::winograd::Transformed::new(inner.flipped(), g.ci, g.co));
+            let u = inner.winograd_flipped.get_or_init(|| {
+                super::winograd::Transformed::new(inner.flipped(), g.ci, g.co, super::winograd::Tile::for_gradients())
+            });
             return per_image(g.n, |b| super::winograd::conv(u, None, Activation::Identity, &job(b)));
         }
         let packed =

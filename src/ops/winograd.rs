@@ -1,60 +1,118 @@
-//! 3x3 stride-1 convolutions by Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray,
-//! "Fast Algorithms for Convolutional Neural Networks", 2015): each 2x2 block of outputs comes
-//! from a 4x4 block of input through 16 products per input and output channel pair, where the
-//! direct convolution spends 36 -- 2.25 times fewer multiply-adds.
+//! 3x3 stride-1 convolutions by Winograd's minimal filtering (Lavin and Gray, "Fast Algorithms
+//! for Convolutional Neural Networks", 2015): F(2x2, 3x3) makes each 2x2 block of outputs from a
+//! 4x4 block of input through 16 products per input and output channel pair, where the direct
+//! convolution spends 36 (2.25 times fewer multiply-adds); F(4x4, 3x3) each 4x4 block from a 6x6
+//! block through 36 products, where the direct one spends 144 (4 times fewer).
 //!
 //! Why by hand: neither candle nor OpenBLAS has it, and the crates that do (in ONNX runtimes)
 //! bring their own tensor types and thread pools. The products are the implicit-product kernel
 //! of `igemm.rs` (as 1x1 convolutions over the transformed tiles); this file adds the three
 //! transforms around them.
 //!
-//! The input is copied once into padded planes whose columns are split by parity, so that the
-//! 4x4 input block of each of 16 neighbouring tiles is 16 plain vector loads. Then the tiles are
-//! worked in runs, one run per task: the run's input transform `V = Bt d B` (16 planes of
-//! `[c][run]`), 16 products `M = U V` with the transformed weights `U = G g Gt` (made once per
+//! The input is copied once into padded planes whose columns are split by their remainder
+//! modulo the tile's side, so that the input block of each of 16 neighbouring tiles is 16
+//! (F2) or 36 (F4) plain vector loads. Then the tiles are worked in runs, one run per task: the
+//! run's input transform `V = Bt d B` (planes of `[c][run]`, one per tap of the transformed
+//! tile), the products `M = U V` with the transformed weights `U = G g Gt` (made once per
 //! layer), and the output transform `Y = At M A` with bias and activation as the results are
 //! written -- a run's `V` and `M` stay in the core's L2 cache.
 //!
 //! Accuracy: F(2x2, 3x3)'s transforms only add, subtract and halve (one consequence: an
 //! infinite input meets its own negative inside a tile and gives NaN where the direct
-//! convolution gives an infinity -- a dream that far gone is NaN a step later either way); against float64 its error
-//! is about twice the direct float32 convolution's (mean 2.6e-7 vs 1.3e-7 of the output's
-//! magnitude on 96 ReLU channels). F(4x4, 3x3) would save more products, but its error was 10
-//! times the direct one's, with outliers 40 times, the size that flipped ReLU masks and failed
-//! the PyTorch references in the AMX experiment (README "Speed").
+//! convolution gives an infinity -- a dream that far gone is NaN a step later either way);
+//! against float64 its error is about twice the direct float32 convolution's (mean 2.6e-7 vs
+//! 1.3e-7 of the output's magnitude on 96 ReLU channels). F(4x4, 3x3) multiplies by up to 8 and
+//! its error is 7.5 times the direct one's: the forward passes keep F(2x2, 3x3), the input
+//! gradients take F(4x4, 3x3) (see [`Tile::for_gradients`]).
 
 use super::conv::Activation;
 use super::igemm::{self, Conv, Grid, MR, NR, Out, Packed};
 use rayon::prelude::*;
 
-/// Taps of the transformed tile: 4x4.
-const XI: usize = 16;
+/// The output tile: F(2x2, 3x3) or F(4x4, 3x3).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Tile {
+    /// 2x2 outputs from a 4x4 input block, 16 products.
+    F2,
+    /// 4x4 outputs from a 6x6 input block, 36 products.
+    F4,
+}
 
-/// A layer's weights `[m, c, 3, 3]` transformed, `U = G g Gt`, as the 16 matrices `[m, c]`
+impl Tile {
+    /// Outputs along a side of the tile.
+    fn r(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
+        }
+    }
+
+    /// Taps of the transformed tile: `(r + 2)^2`.
+    fn xi(self) -> usize {
+        (self.r() + 2) * (self.r() + 2)
+    }
+
+    /// The tile of the input gradients: F(4x4, 3x3), or F(2x2, 3x3) with `DEEPDREAM_WINOGRAD=2`
+    /// (for comparing). The forward passes keep F(2x2, 3x3): their rounding decides which ReLU
+    /// passes and which pixel of a max-pool window wins, and with F(4x4, 3x3) there one input
+    /// gradient sample of the InceptionV3 reference flipped (4% of the gradient's spread off);
+    /// in an input gradient the error stays an error of the values (the reference's worst
+    /// sample 6e-7, 0.1% of the spread).
+    pub fn for_gradients() -> Tile {
+        static TILE: std::sync::OnceLock<Tile> = std::sync::OnceLock::new();
+        *TILE.get_or_init(|| match std::env::var("DEEPDREAM_WINOGRAD") {
+            Ok(v) if v.trim() == "2" => Tile::F2,
+            _ => Tile::F4,
+        })
+    }
+
+    /// `G k` for the three taps `k` of a kernel column or row, in float64: G = [[1, 0, 0],
+    /// [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]] for F2; for F4 [[1/4, 0, 0], [-1/6, -1/6,
+    /// -1/6], [-1/6, 1/6, -1/6], [1/24, 1/12, 1/6], [1/24, -1/12, 1/6], [0, 0, 1]] (points 0,
+    /// 1, -1, 2, -2 and infinity).
+    fn g(self, k: [f64; 3]) -> Vec<f64> {
+        let [a, b, c] = k;
+        match self {
+            Tile::F2 => vec![a, 0.5 * (a + b + c), 0.5 * (a - b + c), c],
+            Tile::F4 => vec![
+                a / 4.0,
+                -(a + b + c) / 6.0,
+                -(a - b + c) / 6.0,
+                a / 24.0 + b / 12.0 + c / 6.0,
+                a / 24.0 - b / 12.0 + c / 6.0,
+                c,
+            ],
+        }
+    }
+}
+
+/// A layer's weights `[m, c, 3, 3]` transformed, `U = G g Gt`, as the `xi` matrices `[m, c]`
 /// packed for the product kernel.
 pub struct Transformed {
     m: usize,
     c: usize,
+    tile: Tile,
     u: Vec<Packed>,
 }
 
 impl Transformed {
-    /// Transforms the row-major `[m, c, 3, 3]` weights `w` (in float64, rounded once).
-    pub fn new(w: &[f32], m: usize, c: usize) -> Transformed {
+    /// Transforms the row-major `[m, c, 3, 3]` weights `w` (in float64, rounded once) for
+    /// `tile`.
+    pub fn new(w: &[f32], m: usize, c: usize, tile: Tile) -> Transformed {
         assert_eq!(w.len(), m * c * 9, "winograd: weights of {m}x{c}x3x3");
-        let mut u = vec![vec![0.0f32; m * c]; XI];
-        // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
-        let g = |a: f64, b: f64, c: f64| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+        let n = tile.r() + 2;
+        let mut u = vec![vec![0.0f32; m * c]; tile.xi()];
         for (oc, k) in w.chunks_exact(9).enumerate() {
             let k: Vec<f64> = k.iter().map(|v| *v as f64).collect();
-            let cols: Vec<[f64; 4]> = (0..3).map(|x| g(k[x], k[3 + x], k[6 + x])).collect();
-            for (i, row) in (0..4).map(|i| g(cols[0][i], cols[1][i], cols[2][i])).enumerate() {
-                for (j, v) in row.iter().enumerate() {
-                    u[i * 4 + j][oc] = *v as f32;
+            // G along each kernel column (cols[x][i]), then along the rows of the result.
+            let cols: Vec<Vec<f64>> = (0..3).map(|x| tile.g([k[x], k[3 + x], k[6 + x]])).collect();
+            for i in 0..n {
+                for (j, v) in tile.g([cols[0][i], cols[1][i], cols[2][i]]).iter().enumerate() {
+                    u[i * n + j][oc] = *v as f32;
                 }
             }
         }
-        Transformed { m, c, u: u.iter().map(|u| Packed::new(u, m, c)).collect() }
+        Transformed { m, c, tile, u: u.iter().map(|u| Packed::new(u, m, c)).collect() }
     }
 }
 
@@ -71,10 +129,11 @@ thread_local! {
     static PRODUCTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Where the tiles are: `th x tw` tiles of 2x2 outputs, the padded planes (two parities of
-/// `hp` rows `wq` wide per channel).
+/// Where the tiles are: `th x tw` tiles of `r x r` outputs, the padded planes (`r` column
+/// phases of `hp` rows `wq` wide per channel).
 #[derive(Clone, Copy)]
 struct Tiling {
+    r: usize,
     tw: usize,
     hp: usize,
     wq: usize,
@@ -82,7 +141,7 @@ struct Tiling {
 
 impl Tiling {
     fn plane(&self) -> usize {
-        2 * self.hp * self.wq
+        self.r * self.hp * self.wq
     }
 
     /// The tiles `t0..t1` (row-major) in runs of at most 16 along a row: (tile row, first
@@ -112,15 +171,17 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
     assert!(fits(job), "winograd: not a 3x3 convolution at stride 1");
     assert_eq!(u.c, job.c, "winograd: weights for another input");
     assert_eq!(job.x.len(), job.c * job.h * job.w, "winograd: input of another size");
-    let (c, m) = (u.c, u.m);
-    let (th, tw) = (job.oh.div_ceil(2), job.ow.div_ceil(2));
-    let tiling = Tiling { tw, hp: 2 * th + 2, wq: tw + 1 };
+    let (c, m, r, xi) = (u.c, u.m, u.tile.r(), u.tile.xi());
+    let (th, tw) = (job.oh.div_ceil(r), job.ow.div_ceil(r));
+    // Reads reach 2 rows past a tile's last output row, and one column of a phase plane past
+    // its tile's (r + 2 <= 2r).
+    let tiling = Tiling { r, tw, hp: r * th + 2, wq: tw + 1 };
     let tiles = th * tw;
     let bias = bias.map_or_else(|| vec![0.0f32; m], |b| b[..m].to_vec());
     let zero = vec![0.0f32; m.div_ceil(MR) * MR];
     // Runs of whole micro-tiles (NR = 48 tiles), a run's V and M within about 768 KB, and at
     // least four runs a thread where the layer has that many tiles.
-    let cached = (768 * 1024 / (XI * 4 * (c + m))).max(NR);
+    let cached = (768 * 1024 / (xi * 4 * (c + m))).max(NR);
     let even = tiles.div_ceil(rayon::current_num_threads() * 4);
     let run = run.unwrap_or(cached.min(even).div_ceil(NR).max(1) * NR);
     assert!(run > 0 && run.is_multiple_of(NR), "winograd: runs of whole micro-tiles");
@@ -137,17 +198,23 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
             let (vs, ps) = (spread(c * n), spread(m * n));
             // The same for all 16 products: tap `c` reads transformed channel `c`.
             let offsets: Vec<usize> = (0..c).map(|ch| ch * n).collect();
-            super::conv::with_buffer(&TILES, XI * vs, |v| {
-                super::conv::with_buffer(&PRODUCTS, XI * ps, |p| {
+            super::conv::with_buffer(&TILES, xi * vs, |v| {
+                super::conv::with_buffer(&PRODUCTS, xi * ps, |p| {
                     // SAFETY: AVX-512F was checked above; the transforms read and write inside
                     // the slices they are given (asserted there), and the output transform
                     // writes only the output pixels of this run's tiles.
                     unsafe {
-                        input_transform(planes, c, &tiling, t0, &chunks, n, vs, v);
-                        for xi in 0..XI {
-                            products(&u.u[xi], &v[xi * vs..][..c * n], n, &mut p[xi * ps..][..m * n], &offsets, &zero);
+                        match u.tile {
+                            Tile::F2 => input_transform(planes, c, &tiling, t0, &chunks, n, vs, v),
+                            Tile::F4 => input_transform4(planes, c, &tiling, t0, &chunks, n, vs, v),
                         }
-                        output_transform(p, m, n, ps, t0, &chunks, job, &bias, act, out);
+                        for x in 0..xi {
+                            products(&u.u[x], &v[x * vs..][..c * n], n, &mut p[x * ps..][..m * n], &offsets, &zero);
+                        }
+                        match u.tile {
+                            Tile::F2 => output_transform(p, m, n, ps, t0, &chunks, job, &bias, act, out),
+                            Tile::F4 => output_transform4(p, m, n, ps, t0, &chunks, job, &bias, act, out),
+                        }
                     }
                 })
             })
@@ -159,17 +226,17 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
     y
 }
 
-/// The input (masked) into the parity planes: plane `(c, p)` row `r` column `j` holds input
-/// pixel `(r - pt, 2j + p - pl)`, zero outside the input.
+/// The input (masked) into the phase planes: plane `(c, p)` row `i` column `j` holds input
+/// pixel `(i - pt, r j + p - pl)`, zero outside the input.
 fn pad(job: &Conv, t: &Tiling, planes: &mut [f32]) {
     let (h, w) = (job.h, job.w);
     planes.par_chunks_mut(t.plane()).enumerate().for_each(|(c, out)| {
         let src = &job.x[c * h * w..][..h * w];
         let mask = job.mask.map(|(y, act)| (&y[c * h * w..][..h * w], act));
         let mut masked = vec![0.0f32; if mask.is_some() { w } else { 0 }];
-        for r in 0..t.hp {
-            let iy = r as isize - job.pt as isize;
-            let rows = out.chunks_exact_mut(t.hp * t.wq).map(|p| &mut p[r * t.wq..][..t.wq]);
+        for i in 0..t.hp {
+            let iy = i as isize - job.pt as isize;
+            let rows = out.chunks_exact_mut(t.hp * t.wq).map(|p| &mut p[i * t.wq..][..t.wq]);
             if iy < 0 || iy >= h as isize {
                 rows.for_each(|row| row.fill(0.0));
                 continue;
@@ -180,7 +247,7 @@ fn pad(job: &Conv, t: &Tiling, planes: &mut [f32]) {
                 line = &masked;
             }
             for (p, row) in rows.enumerate() {
-                super::conv::phase_row(row, line, 2, p, job.pl);
+                super::conv::phase_row(row, line, t.r, p, job.pl);
             }
         }
     });
@@ -217,7 +284,7 @@ unsafe fn input_transform(
     v: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    assert!(planes.len() >= c * t.plane() && vs >= c * n && v.len() >= XI * vs);
+    assert!(t.r == 2 && planes.len() >= c * t.plane() && vs >= c * n && v.len() >= 16 * vs);
     let (pp, vp) = (planes.as_ptr(), v.as_mut_ptr());
     for ch in 0..c {
         for &(ty, tx, len) in chunks {
@@ -300,7 +367,7 @@ unsafe fn output_transform(
     out: Out,
 ) {
     use std::arch::x86_64::*;
-    assert!(ps >= m * n && p.len() >= XI * ps && bias.len() >= m);
+    assert!(ps >= m * n && p.len() >= 16 * ps && bias.len() >= m);
     let (oh, ow) = (job.oh, job.ow);
     let tw = ow.div_ceil(2);
     let pp = p.as_ptr();
@@ -347,6 +414,195 @@ unsafe fn output_transform(
             }
         }
     }
+}
+
+/// `Bt d` for F(4x4, 3x3) along six values: Bt = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0],
+/// [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn bt4(d: [std::arch::x86_64::__m512; 6]) -> [std::arch::x86_64::__m512; 6] {
+    use std::arch::x86_64::*;
+    let (two, four, five) = (_mm512_set1_ps(2.0), _mm512_set1_ps(4.0), _mm512_set1_ps(5.0));
+    let [d0, d1, d2, d3, d4, d5] = d;
+    let (a, b) = (_mm512_sub_ps(d4, d2), _mm512_sub_ps(d3, d1));
+    [
+        _mm512_fmadd_ps(four, d0, _mm512_fnmadd_ps(five, d2, d4)),
+        _mm512_fnmadd_ps(four, _mm512_add_ps(d1, d2), _mm512_add_ps(d3, d4)),
+        _mm512_fmadd_ps(four, _mm512_sub_ps(d1, d2), _mm512_sub_ps(d4, d3)),
+        _mm512_fmadd_ps(two, b, a),
+        _mm512_fnmadd_ps(two, b, a),
+        _mm512_fmadd_ps(four, d1, _mm512_fnmadd_ps(five, d3, d5)),
+    ]
+}
+
+/// `At m` for F(4x4, 3x3) along six values: At = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0],
+/// [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn at4(m: [std::arch::x86_64::__m512; 6]) -> [std::arch::x86_64::__m512; 4] {
+    use std::arch::x86_64::*;
+    let (two, four, eight) = (_mm512_set1_ps(2.0), _mm512_set1_ps(4.0), _mm512_set1_ps(8.0));
+    let [m0, m1, m2, m3, m4, m5] = m;
+    let (s12, d12, s34, d34) =
+        (_mm512_add_ps(m1, m2), _mm512_sub_ps(m1, m2), _mm512_add_ps(m3, m4), _mm512_sub_ps(m3, m4));
+    [
+        _mm512_add_ps(_mm512_add_ps(m0, s12), s34),
+        _mm512_fmadd_ps(two, d34, d12),
+        _mm512_fmadd_ps(four, s34, s12),
+        _mm512_add_ps(_mm512_fmadd_ps(eight, d34, d12), m5),
+    ]
+}
+
+/// [`input_transform`] for F(4x4, 3x3): `V = Bt d B` of 6x6 input blocks, into `v[xi][c][n]`
+/// for the 36 taps `xi`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform4(
+    planes: &[f32],
+    c: usize,
+    t: &Tiling,
+    t0: usize,
+    chunks: &[(usize, usize, usize)],
+    n: usize,
+    vs: usize,
+    v: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    assert!(t.r == 4 && planes.len() >= c * t.plane() && vs >= c * n && v.len() >= 36 * vs);
+    let (pp, vp) = (planes.as_ptr(), v.as_mut_ptr());
+    for ch in 0..c {
+        for &(ty, tx, len) in chunks {
+            let k = lanes(len);
+            // Row `row` of the 16 tiles' blocks: input row 4ty + row, column 4(tx + lane) +
+            // col, in phase plane col % 4 at column tx + lane + col / 4 -- for the lanes in use
+            // always inside the plane's row (wq = tw + 1 columns). Bt along each row first:
+            // (d B)[row][j].
+            let mut db = [[_mm512_setzero_ps(); 6]; 6];
+            for (row, out) in db.iter_mut().enumerate() {
+                let mut d = [_mm512_setzero_ps(); 6];
+                for (col, dv) in d.iter_mut().enumerate() {
+                    let at = ch * t.plane() + ((col % 4) * t.hp + 4 * ty + row) * t.wq + tx + col / 4;
+                    // SAFETY: `at + len - 1` is inside the plane (see above).
+                    *dv = unsafe { _mm512_maskz_loadu_ps(k, pp.add(at)) };
+                }
+                *out = bt4(d);
+            }
+            let at = (ty * t.tw + tx) - t0;
+            for j in 0..6 {
+                let col = bt4([db[0][j], db[1][j], db[2][j], db[3][j], db[4][j], db[5][j]]);
+                for (i, val) in col.iter().enumerate() {
+                    // SAFETY: tiles `at..at + len` of plane (i * 6 + j, ch) lie inside `v`.
+                    unsafe { _mm512_mask_storeu_ps(vp.add((i * 6 + j) * vs + ch * n + at), k, *val) };
+                }
+            }
+        }
+    }
+}
+
+/// [`output_transform`] for F(4x4, 3x3): `Y = At M A` of the 36 product planes, 4x4 outputs a
+/// tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform4(
+    p: &[f32],
+    m: usize,
+    n: usize,
+    ps: usize,
+    t0: usize,
+    chunks: &[(usize, usize, usize)],
+    job: &Conv,
+    bias: &[f32],
+    act: Activation,
+    out: Out,
+) {
+    use std::arch::x86_64::*;
+    assert!(ps >= m * n && p.len() >= 36 * ps && bias.len() >= m);
+    let (oh, ow) = (job.oh, job.ow);
+    let tw = ow.div_ceil(4);
+    let pp = p.as_ptr();
+    // Lanes 0..8 of two vectors interleaved, and lanes 8..16.
+    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for (o, &bo) in bias[..m].iter().enumerate() {
+        let b = _mm512_set1_ps(bo);
+        for &(ty, tx, len) in chunks {
+            let k = lanes(len);
+            let at = (ty * tw + tx) - t0;
+            // At along each row of M first: (M A)[i][b].
+            let mut ma = [[_mm512_setzero_ps(); 4]; 6];
+            for (i, row) in ma.iter_mut().enumerate() {
+                let mut q = [_mm512_setzero_ps(); 6];
+                for (j, qv) in q.iter_mut().enumerate() {
+                    // SAFETY: tiles `at..at + len` of plane (i * 6 + j, o) lie inside `p`.
+                    *qv = unsafe { _mm512_maskz_loadu_ps(k, pp.add((i * 6 + j) * ps + o * n + at)) };
+                }
+                *row = at4(q);
+            }
+            // Then along the columns: y[b][a] is output row a, column b of the 16 tiles.
+            let y: [[__m512; 4]; 4] =
+                std::array::from_fn(|c| at4([ma[0][c], ma[1][c], ma[2][c], ma[3][c], ma[4][c], ma[5][c]]));
+            // Output columns 4 tx .. 4 (tx + len), those inside the row.
+            let cols = (4 * len).min(ow - 4 * tx);
+            for a in 0..4 {
+                let oy = 4 * ty + a;
+                if oy >= oh {
+                    break;
+                }
+                let [y0, y1, y2, y3] = [0, 1, 2, 3].map(|c| igemm::activate(_mm512_add_ps(y[c][a], b), act));
+                // Four columns a tile: tiles 0..4, 4..8, 8..12, 12..16 of the lanes.
+                let (e, f) = (_mm512_permutex2var_ps(y0, lo, y2), _mm512_permutex2var_ps(y1, lo, y3));
+                let (g, h) = (_mm512_permutex2var_ps(y0, hi, y2), _mm512_permutex2var_ps(y1, hi, y3));
+                let parts = [
+                    _mm512_permutex2var_ps(e, lo, f),
+                    _mm512_permutex2var_ps(e, hi, f),
+                    _mm512_permutex2var_ps(g, lo, h),
+                    _mm512_permutex2var_ps(g, hi, h),
+                ];
+                let row = out.at((o * oh + oy) * ow + 4 * tx);
+                for (i, part) in parts.iter().enumerate() {
+                    if cols <= 16 * i {
+                        break;
+                    }
+                    // SAFETY: columns 4tx + 0..cols of row oy of channel o are this run's pixels.
+                    unsafe { _mm512_mask_storeu_ps(row.add(16 * i), lanes(cols - 16 * i), *part) };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform4(
+    _: &[f32],
+    _: usize,
+    _: &Tiling,
+    _: usize,
+    _: &[(usize, usize, usize)],
+    _: usize,
+    _: usize,
+    _: &mut [f32],
+) {
+    unreachable!("igemm::available is false off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform4(
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: &[(usize, usize, usize)],
+    _: &Conv,
+    _: &[f32],
+    _: Activation,
+    _: Out,
+) {
+    unreachable!("igemm::available is false off x86_64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -414,7 +670,6 @@ mod tests {
             let y = values(c * h * w, 0.91);
             let wt = values(m * c * 9, 0.53);
             let bias = values(m, 1.3);
-            let u = Transformed::new(&wt, m, c);
             let (oh, ow) = ((h + pt) as isize + pb - 2, (w + pl) as isize + pr - 2);
             let (oh, ow) = (oh as usize, ow as usize);
             for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
@@ -423,13 +678,16 @@ mod tests {
                     let want = igemm::tests::naive(&wt, m, &bias, act, &job);
                     // The run length the layer picks, and runs of several micro-tiles (which a
                     // test machine's small layers would not pick).
-                    for run in [None, Some(2 * NR), Some(3 * NR)] {
+                    for (tile, run) in
+                        [Tile::F2, Tile::F4].into_iter().flat_map(|t| [(t, None), (t, Some(2 * NR)), (t, Some(3 * NR))])
+                    {
+                        let u = Transformed::new(&wt, m, c, tile);
                         let got = conv_in_runs(&u, Some(&bias), act, &job, run);
                         assert_eq!(got.len(), want.len(), "case {i}");
                         for (k, (g, e)) in got.iter().zip(&want).enumerate() {
                             assert!(
                                 (g - e).abs() < 1e-4 * (1.0 + e.abs()),
-                                "case {i} {act:?} mask {} run {run:?}: [{k}] {g} vs {e}",
+                                "case {i} {act:?} {tile:?} mask {} run {run:?}: [{k}] {g} vs {e}",
                                 mask.is_some()
                             );
                         }
@@ -476,7 +734,7 @@ mod speed {
             let x: Vec<f32> = (0..c * h * h).map(|i| (i as f32 * 0.37).sin()).collect();
             let wt: Vec<f32> = (0..m * c * 9).map(|i| (i as f32 * 0.11).cos()).collect();
             let packed = Packed::new(&wt, m, c * 9);
-            let u = Transformed::new(&wt, m, c);
+            let u = Transformed::new(&wt, m, c, Tile::for_gradients());
             let o = h + 2 * p - 2;
             let job = Conv { x: &x, mask: None, c, h, w: h, kh: 3, kw: 3, pt: p, pl: p, sh: 1, sw: 1, oh: o, ow: o };
             let time = |f: &dyn Fn() -> Vec<f32>| {
