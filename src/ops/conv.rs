@@ -1109,7 +1109,7 @@ fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
     if implicit(g) && winograd() && g.n > 0 {
         let len = g.ci * g.h * g.w;
         let job = |b: usize| g.implicit_job(&x[b * len..][..len], None);
-        if super::winograd::fits(&job(0)) {
+        if super::winograd::fits(&job(0), super::winograd::Tile::F2) {
             let u = inner.winograd.get_or_init(|| {
                 super::winograd::Transformed::new(&inner.weight, g.co, g.ci, super::winograd::Tile::F2)
             });
@@ -1335,10 +1335,11 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
             let mask = (act != Activation::Identity).then(|| (&y[b * len..][..len], act));
             t.implicit_job(&gy[b * len..][..len], mask)
         };
-        if winograd() && g.n > 0 && super::winograd::fits(&job(0)) {
-            let u = inner.winograd_flipped.get_or_init(|| {
-                super::winograd::Transformed::new(inner.flipped(), g.ci, g.co, super::winograd::Tile::for_gradients())
-            });
+        let tile = super::winograd::Tile::for_gradients(g.kh, g.kw);
+        if let Some(tile) = tile.filter(|&t| winograd() && g.n > 0 && super::winograd::fits(&job(0), t)) {
+            let u = inner
+                .winograd_flipped
+                .get_or_init(|| super::winograd::Transformed::new(inner.flipped(), g.ci, g.co, tile));
             return per_image(g.n, |b| super::winograd::conv(u, None, Activation::Identity, &job(b)));
         }
         let packed =

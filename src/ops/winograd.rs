@@ -29,27 +29,43 @@ use super::conv::Activation;
 use super::igemm::{self, Conv, Grid, MR, NR, Out, Packed};
 use rayon::prelude::*;
 
-/// The output tile: F(2x2, 3x3) or F(4x4, 3x3).
+/// The output tile and kernel: F(2x2, 3x3), F(4x4, 3x3) or F(2x2, 5x5).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Tile {
-    /// 2x2 outputs from a 4x4 input block, 16 products.
+    /// 2x2 outputs of a 3x3 kernel from a 4x4 input block, 16 products.
     F2,
-    /// 4x4 outputs from a 6x6 input block, 36 products.
+    /// 4x4 outputs of a 3x3 kernel from a 6x6 input block, 36 products.
     F4,
+    /// 2x2 outputs of a 5x5 kernel from a 6x6 input block, 36 products (the direct
+    /// convolution's 100).
+    F2k5,
 }
 
 impl Tile {
     /// Outputs along a side of the tile.
     fn r(self) -> usize {
         match self {
-            Tile::F2 => 2,
+            Tile::F2 | Tile::F2k5 => 2,
             Tile::F4 => 4,
         }
     }
 
-    /// Taps of the transformed tile: `(r + 2)^2`.
+    /// The kernel's side.
+    fn k(self) -> usize {
+        match self {
+            Tile::F2 | Tile::F4 => 3,
+            Tile::F2k5 => 5,
+        }
+    }
+
+    /// The input block's side, `r + k - 1`.
+    fn n(self) -> usize {
+        self.r() + self.k() - 1
+    }
+
+    /// Taps of the transformed tile: `n^2`.
     fn xi(self) -> usize {
-        (self.r() + 2) * (self.r() + 2)
+        self.n() * self.n()
     }
 
     /// The tile of the input gradients: F(4x4, 3x3), or F(2x2, 3x3) with `DEEPDREAM_WINOGRAD=2`
@@ -58,31 +74,33 @@ impl Tile {
     /// gradient sample of the InceptionV3 reference flipped (4% of the gradient's spread off);
     /// in an input gradient the error stays an error of the values (the reference's worst
     /// sample 6e-7, 0.1% of the spread).
-    pub fn for_gradients() -> Tile {
-        static TILE: std::sync::OnceLock<Tile> = std::sync::OnceLock::new();
-        *TILE.get_or_init(|| match std::env::var("DEEPDREAM_WINOGRAD") {
-            Ok(v) if v.trim() == "2" => Tile::F2,
-            _ => Tile::F4,
-        })
+    ///
+    /// For a `kh x kw` kernel: 3x3 as above; 5x5 takes F(2x2, 5x5) (the same six points, so the
+    /// same error; not with `DEEPDREAM_WINOGRAD=2`); other kernels none.
+    pub fn for_gradients(kh: usize, kw: usize) -> Option<Tile> {
+        static F2_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let f2_only = *F2_ONLY.get_or_init(|| std::env::var("DEEPDREAM_WINOGRAD").is_ok_and(|v| v.trim() == "2"));
+        match (kh, kw, f2_only) {
+            (3, 3, true) => Some(Tile::F2),
+            (3, 3, false) => Some(Tile::F4),
+            (5, 5, false) => Some(Tile::F2k5),
+            _ => None,
+        }
     }
 
-    /// `G k` for the three taps `k` of a kernel column or row, in float64: G = [[1, 0, 0],
-    /// [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]] for F2; for F4 [[1/4, 0, 0], [-1/6, -1/6,
-    /// -1/6], [-1/6, 1/6, -1/6], [1/24, 1/12, 1/6], [1/24, -1/12, 1/6], [0, 0, 1]] (points 0,
-    /// 1, -1, 2, -2 and infinity).
-    fn g(self, k: [f64; 3]) -> Vec<f64> {
-        let [a, b, c] = k;
-        match self {
-            Tile::F2 => vec![a, 0.5 * (a + b + c), 0.5 * (a - b + c), c],
-            Tile::F4 => vec![
-                a / 4.0,
-                -(a + b + c) / 6.0,
-                -(a - b + c) / 6.0,
-                a / 24.0 + b / 12.0 + c / 6.0,
-                a / 24.0 - b / 12.0 + c / 6.0,
-                c,
-            ],
+    /// `G t` for the taps `t` of a kernel column or row, in float64. F2: G = [[1, 0, 0], [1/2,
+    /// 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]] (points 0, 1, -1 and infinity). F4 and F2k5
+    /// (points 0, 1, -1, 2, -2 and infinity): row i is `t` at the point `p` (`sum t_j p^j`)
+    /// over the product of `p - q` for the other finite points `q` (4, -6, -6, 24, 24), the
+    /// last row the last tap.
+    fn g(self, t: &[f64]) -> Vec<f64> {
+        assert_eq!(t.len(), self.k());
+        if self == Tile::F2 {
+            let [a, b, c] = [t[0], t[1], t[2]];
+            return vec![a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
         }
+        let at = |p: f64| t.iter().rev().fold(0.0, |acc, v| acc * p + v);
+        vec![at(0.0) / 4.0, at(1.0) / -6.0, at(-1.0) / -6.0, at(2.0) / 24.0, at(-2.0) / 24.0, t[t.len() - 1]]
     }
 }
 
@@ -99,15 +117,16 @@ impl Transformed {
     /// Transforms the row-major `[m, c, 3, 3]` weights `w` (in float64, rounded once) for
     /// `tile`.
     pub fn new(w: &[f32], m: usize, c: usize, tile: Tile) -> Transformed {
-        assert_eq!(w.len(), m * c * 9, "winograd: weights of {m}x{c}x3x3");
-        let n = tile.r() + 2;
+        let (n, kk) = (tile.n(), tile.k());
+        assert_eq!(w.len(), m * c * kk * kk, "winograd: weights of {m}x{c}x{kk}x{kk}");
         let mut u = vec![vec![0.0f32; m * c]; tile.xi()];
-        for (oc, k) in w.chunks_exact(9).enumerate() {
+        for (oc, k) in w.chunks_exact(kk * kk).enumerate() {
             let k: Vec<f64> = k.iter().map(|v| *v as f64).collect();
             // G along each kernel column (cols[x][i]), then along the rows of the result.
-            let cols: Vec<Vec<f64>> = (0..3).map(|x| tile.g([k[x], k[3 + x], k[6 + x]])).collect();
+            let cols: Vec<Vec<f64>> =
+                (0..kk).map(|x| tile.g(&(0..kk).map(|y| k[y * kk + x]).collect::<Vec<_>>())).collect();
             for i in 0..n {
-                for (j, v) in tile.g([cols[0][i], cols[1][i], cols[2][i]]).iter().enumerate() {
+                for (j, v) in tile.g(&cols.iter().map(|col| col[i]).collect::<Vec<_>>()).iter().enumerate() {
                     u[i * n + j][oc] = *v as f32;
                 }
             }
@@ -117,8 +136,9 @@ impl Transformed {
 }
 
 /// Whether this convolution takes Winograd's route: a 3x3 kernel at stride 1.
-pub fn fits(job: &Conv) -> bool {
-    job.kh == 3 && job.kw == 3 && job.sh == 1 && job.sw == 1 && job.oh > 0 && job.ow > 0 && job.c > 0
+pub fn fits(job: &Conv, tile: Tile) -> bool {
+    let k = tile.k();
+    job.kh == k && job.kw == k && job.sh == 1 && job.sw == 1 && job.oh > 0 && job.ow > 0 && job.c > 0
 }
 
 thread_local! {
@@ -168,14 +188,14 @@ pub fn conv(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Conv) 
 /// [`conv`], with the run length (a multiple of NR tiles) given, for the tests.
 fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Conv, run: Option<usize>) -> Vec<f32> {
     assert!(igemm::available(), "winograd: the CPU lacks AVX-512F");
-    assert!(fits(job), "winograd: not a 3x3 convolution at stride 1");
+    assert!(fits(job, u.tile), "winograd: not a {0}x{0} convolution at stride 1", u.tile.k());
     assert_eq!(u.c, job.c, "winograd: weights for another input");
     assert_eq!(job.x.len(), job.c * job.h * job.w, "winograd: input of another size");
     let (c, m, r, xi) = (u.c, u.m, u.tile.r(), u.tile.xi());
     let (th, tw) = (job.oh.div_ceil(r), job.ow.div_ceil(r));
-    // Reads reach 2 rows past a tile's last output row, and one column of a phase plane past
-    // its tile's (r + 2 <= 2r).
-    let tiling = Tiling { r, tw, hp: r * th + 2, wq: tw + 1 };
+    // Reads reach k - 1 rows past a tile's last output row, and (n - 1) / r columns of a phase
+    // plane past its tile's.
+    let tiling = Tiling { r, tw, hp: r * th + u.tile.k() - 1, wq: tw + (u.tile.n() - 1) / r };
     let tiles = th * tw;
     let bias = bias.map_or_else(|| vec![0.0f32; m], |b| b[..m].to_vec());
     let zero = vec![0.0f32; m.div_ceil(MR) * MR];
@@ -206,7 +226,7 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
                     unsafe {
                         match u.tile {
                             Tile::F2 => input_transform(planes, c, &tiling, t0, &chunks, n, vs, v),
-                            Tile::F4 => input_transform4(planes, c, &tiling, t0, &chunks, n, vs, v),
+                            Tile::F4 | Tile::F2k5 => input_transform6(planes, c, &tiling, t0, &chunks, n, vs, v),
                         }
                         for x in 0..xi {
                             products(&u.u[x], &v[x * vs..][..c * n], n, &mut p[x * ps..][..m * n], &offsets, &zero);
@@ -214,6 +234,7 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
                         match u.tile {
                             Tile::F2 => output_transform(p, m, n, ps, t0, &chunks, job, &bias, act, out),
                             Tile::F4 => output_transform4(p, m, n, ps, t0, &chunks, job, &bias, act, out),
+                            Tile::F2k5 => output_transform26(p, m, n, ps, t0, &chunks, job, &bias, act, out),
                         }
                     }
                 })
@@ -453,12 +474,12 @@ fn at4(m: [std::arch::x86_64::__m512; 6]) -> [std::arch::x86_64::__m512; 4] {
     ]
 }
 
-/// [`input_transform`] for F(4x4, 3x3): `V = Bt d B` of 6x6 input blocks, into `v[xi][c][n]`
-/// for the 36 taps `xi`.
+/// [`input_transform`] for F(4x4, 3x3) and F(2x2, 5x5): `V = Bt d B` of 6x6 input blocks (tiles
+/// `r = t.r` apart), into `v[xi][c][n]` for the 36 taps `xi`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn input_transform4(
+unsafe fn input_transform6(
     planes: &[f32],
     c: usize,
     t: &Tiling,
@@ -469,20 +490,21 @@ unsafe fn input_transform4(
     v: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    assert!(t.r == 4 && planes.len() >= c * t.plane() && vs >= c * n && v.len() >= 36 * vs);
+    let r = t.r;
+    assert!(matches!(r, 2 | 4) && planes.len() >= c * t.plane() && vs >= c * n && v.len() >= 36 * vs);
     let (pp, vp) = (planes.as_ptr(), v.as_mut_ptr());
     for ch in 0..c {
         for &(ty, tx, len) in chunks {
             let k = lanes(len);
-            // Row `row` of the 16 tiles' blocks: input row 4ty + row, column 4(tx + lane) +
-            // col, in phase plane col % 4 at column tx + lane + col / 4 -- for the lanes in use
-            // always inside the plane's row (wq = tw + 1 columns). Bt along each row first:
+            // Row `row` of the 16 tiles' blocks: input row r ty + row, column r (tx + lane) +
+            // col, in phase plane col % r at column tx + lane + col / r -- for the lanes in use
+            // always inside the plane's row (wq = tw + 5 / r columns). Bt along each row first:
             // (d B)[row][j].
             let mut db = [[_mm512_setzero_ps(); 6]; 6];
             for (row, out) in db.iter_mut().enumerate() {
                 let mut d = [_mm512_setzero_ps(); 6];
                 for (col, dv) in d.iter_mut().enumerate() {
-                    let at = ch * t.plane() + ((col % 4) * t.hp + 4 * ty + row) * t.wq + tx + col / 4;
+                    let at = ch * t.plane() + ((col % r) * t.hp + r * ty + row) * t.wq + tx + col / r;
                     // SAFETY: `at + len - 1` is inside the plane (see above).
                     *dv = unsafe { _mm512_maskz_loadu_ps(k, pp.add(at)) };
                 }
@@ -573,9 +595,98 @@ unsafe fn output_transform4(
     }
 }
 
+/// [`output_transform`] for F(2x2, 5x5): `Y = At M A` of the 36 product planes with At = [[1,
+/// 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]], 2x2 outputs a tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform26(
+    p: &[f32],
+    m: usize,
+    n: usize,
+    ps: usize,
+    t0: usize,
+    chunks: &[(usize, usize, usize)],
+    job: &Conv,
+    bias: &[f32],
+    act: Activation,
+    out: Out,
+) {
+    use std::arch::x86_64::*;
+    assert!(ps >= m * n && p.len() >= 36 * ps && bias.len() >= m);
+    let (oh, ow) = (job.oh, job.ow);
+    let tw = ow.div_ceil(2);
+    let pp = p.as_ptr();
+    let two = _mm512_set1_ps(2.0);
+    let at = |q: [__m512; 6]| {
+        let [m0, m1, m2, m3, m4, m5] = q;
+        [
+            _mm512_add_ps(_mm512_add_ps(m0, _mm512_add_ps(m1, m2)), _mm512_add_ps(m3, m4)),
+            _mm512_add_ps(_mm512_fmadd_ps(two, _mm512_sub_ps(m3, m4), _mm512_sub_ps(m1, m2)), m5),
+        ]
+    };
+    // Lanes 0..8 of two vectors interleaved, and lanes 8..16.
+    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for (o, &bo) in bias[..m].iter().enumerate() {
+        let b = _mm512_set1_ps(bo);
+        for &(ty, tx, len) in chunks {
+            let k = lanes(len);
+            let t = (ty * tw + tx) - t0;
+            // At along each row of M first: (M A)[i][b].
+            let mut ma = [[_mm512_setzero_ps(); 2]; 6];
+            for (i, row) in ma.iter_mut().enumerate() {
+                let mut q = [_mm512_setzero_ps(); 6];
+                for (j, qv) in q.iter_mut().enumerate() {
+                    // SAFETY: tiles `t..t + len` of plane (i * 6 + j, o) lie inside `p`.
+                    *qv = unsafe { _mm512_maskz_loadu_ps(k, pp.add((i * 6 + j) * ps + o * n + t)) };
+                }
+                *row = at(q);
+            }
+            // Then along the columns: y[c][a] is output row a, column c of the 16 tiles.
+            let y: [[__m512; 2]; 2] =
+                std::array::from_fn(|c| at([ma[0][c], ma[1][c], ma[2][c], ma[3][c], ma[4][c], ma[5][c]]));
+            // Output columns 2 tx .. 2 (tx + len), those inside the row.
+            let cols = (2 * len).min(ow - 2 * tx);
+            for a in 0..2 {
+                let oy = 2 * ty + a;
+                if oy >= oh {
+                    break;
+                }
+                let [y0, y1] = [0, 1].map(|c| igemm::activate(_mm512_add_ps(y[c][a], b), act));
+                let row = out.at((o * oh + oy) * ow + 2 * tx);
+                // SAFETY: columns 2tx + 0..cols of row oy of channel o are this run's pixels.
+                unsafe {
+                    _mm512_mask_storeu_ps(row, lanes(cols), _mm512_permutex2var_ps(y0, lo, y1));
+                    if cols > 16 {
+                        _mm512_mask_storeu_ps(row.add(16), lanes(cols - 16), _mm512_permutex2var_ps(y0, hi, y1));
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn input_transform4(
+unsafe fn output_transform26(
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: &[(usize, usize, usize)],
+    _: &Conv,
+    _: &[f32],
+    _: Activation,
+    _: Out,
+) {
+    unreachable!("igemm::available is false off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform6(
     _: &[f32],
     _: usize,
     _: &Tiling,
@@ -668,20 +779,29 @@ mod tests {
         for (i, &(c, h, w, m, pt, pb, pl, pr)) in cases.iter().enumerate() {
             let x = values(c * h * w, 0.37 + i as f32 * 0.01);
             let y = values(c * h * w, 0.91);
-            let wt = values(m * c * 9, 0.53);
             let bias = values(m, 1.3);
-            let (oh, ow) = ((h + pt) as isize + pb - 2, (w + pl) as isize + pr - 2);
-            let (oh, ow) = (oh as usize, ow as usize);
-            for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+            for (tile, act) in [Tile::F2, Tile::F4, Tile::F2k5]
+                .into_iter()
+                .flat_map(|t| [Activation::Identity, Activation::Relu, Activation::Relu6].map(|a| (t, a)))
+            {
+                let k = tile.k();
+                let wt = values(m * c * k * k, 0.53);
+                // A 5x5 kernel with the padding (and a one-row-and-column wider margin where
+                // the case pads) of the 3x3 case.
+                let (pt, pb, pl, pr) =
+                    if k == 5 && pt > 0 { (pt + 1, pb + 1, pl + 1, pr + 1) } else { (pt, pb, pl, pr) };
+                let (oh, ow) = ((h + pt) as isize + pb + 1 - k as isize, (w + pl) as isize + pr + 1 - k as isize);
+                if oh < 1 || ow < 1 {
+                    continue;
+                }
+                let (oh, ow) = (oh as usize, ow as usize);
+                let u = Transformed::new(&wt, m, c, tile);
                 for mask in [None, Some((&y[..], act))] {
-                    let job = Conv { x: &x, mask, c, h, w, kh: 3, kw: 3, pt, pl, sh: 1, sw: 1, oh, ow };
+                    let job = Conv { x: &x, mask, c, h, w, kh: k, kw: k, pt, pl, sh: 1, sw: 1, oh, ow };
                     let want = igemm::tests::naive(&wt, m, &bias, act, &job);
                     // The run length the layer picks, and runs of several micro-tiles (which a
                     // test machine's small layers would not pick).
-                    for (tile, run) in
-                        [Tile::F2, Tile::F4].into_iter().flat_map(|t| [(t, None), (t, Some(2 * NR)), (t, Some(3 * NR))])
-                    {
-                        let u = Transformed::new(&wt, m, c, tile);
+                    for run in [None, Some(2 * NR), Some(3 * NR)] {
                         let got = conv_in_runs(&u, Some(&bias), act, &job, run);
                         assert_eq!(got.len(), want.len(), "case {i}");
                         for (k, (g, e)) in got.iter().zip(&want).enumerate() {
@@ -734,7 +854,7 @@ mod speed {
             let x: Vec<f32> = (0..c * h * h).map(|i| (i as f32 * 0.37).sin()).collect();
             let wt: Vec<f32> = (0..m * c * 9).map(|i| (i as f32 * 0.11).cos()).collect();
             let packed = Packed::new(&wt, m, c * 9);
-            let u = Transformed::new(&wt, m, c, Tile::for_gradients());
+            let u = Transformed::new(&wt, m, c, Tile::for_gradients(3, 3).unwrap());
             let o = h + 2 * p - 2;
             let job = Conv { x: &x, mask: None, c, h, w: h, kh: 3, kw: 3, pt: p, pl: p, sh: 1, sw: 1, oh: o, ow: o };
             let time = |f: &dyn Fn() -> Vec<f32>| {
