@@ -511,8 +511,7 @@ unsafe fn input_transform6(
                 *out = bt4(d);
             }
             let at = (ty * t.tw + tx) - t0;
-            for j in 0..6 {
-                let col = bt4([db[0][j], db[1][j], db[2][j], db[3][j], db[4][j], db[5][j]]);
+            for (j, col) in (0..6).map(|j| bt4(db.map(|row| row[j]))).enumerate() {
                 for (i, val) in col.iter().enumerate() {
                     // SAFETY: tiles `at..at + len` of plane (i * 6 + j, ch) lie inside `v`.
                     unsafe { _mm512_mask_storeu_ps(vp.add((i * 6 + j) * vs + ch * n + at), k, *val) };
@@ -567,11 +566,7 @@ unsafe fn output_transform4(
                 std::array::from_fn(|c| at4([ma[0][c], ma[1][c], ma[2][c], ma[3][c], ma[4][c], ma[5][c]]));
             // Output columns 4 tx .. 4 (tx + len), those inside the row.
             let cols = (4 * len).min(ow - 4 * tx);
-            for a in 0..4 {
-                let oy = 4 * ty + a;
-                if oy >= oh {
-                    break;
-                }
+            for (a, oy) in (4 * ty..(4 * ty + 4).min(oh)).enumerate() {
                 let [y0, y1, y2, y3] = [0, 1, 2, 3].map(|c| igemm::activate(_mm512_add_ps(y[c][a], b), act));
                 // Four columns a tile: tiles 0..4, 4..8, 8..12, 12..16 of the lanes.
                 let (e, f) = (_mm512_permutex2var_ps(y0, lo, y2), _mm512_permutex2var_ps(y1, lo, y3));
@@ -648,11 +643,7 @@ unsafe fn output_transform26(
                 std::array::from_fn(|c| at([ma[0][c], ma[1][c], ma[2][c], ma[3][c], ma[4][c], ma[5][c]]));
             // Output columns 2 tx .. 2 (tx + len), those inside the row.
             let cols = (2 * len).min(ow - 2 * tx);
-            for a in 0..2 {
-                let oy = 2 * ty + a;
-                if oy >= oh {
-                    break;
-                }
+            for (a, oy) in (2 * ty..(2 * ty + 2).min(oh)).enumerate() {
                 let [y0, y1] = [0, 1].map(|c| igemm::activate(_mm512_add_ps(y[c][a], b), act));
                 let row = out.at((o * oh + oy) * ow + 2 * tx);
                 // SAFETY: columns 2tx + 0..cols of row oy of channel o are this run's pixels.
