@@ -148,7 +148,7 @@ impl Block for Concat {
             saved.push((s, y.dim(1)?));
             outs.push(y);
         }
-        Ok((Tensor::cat(&outs, 1)?, Saved::Branches(saved)))
+        Ok((crate::ops::cat_channels(&outs)?, Saved::Branches(saved)))
     }
 
     fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
@@ -236,7 +236,7 @@ impl Block for Fork {
             saved.push((s, y.dim(1)?));
             outs.push(y);
         }
-        Ok((Tensor::cat(&outs, 1)?, Saved::Fork { head: Box::new(head), branches: saved }))
+        Ok((crate::ops::cat_channels(&outs)?, Saved::Fork { head: Box::new(head), branches: saved }))
     }
 
     fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
@@ -252,7 +252,7 @@ impl Block for Fork {
                 Branch::Own(b) => gx = add_grad(gx, b.backward(s, &g)?)?,
             }
         }
-        let gh = Tensor::cat(&head_grads, 1)?;
+        let gh = crate::ops::cat_channels(&head_grads)?;
         add_grad(gx, Block::backward(&self.head, head, &gh)?)?.ok_or_else(|| Error::internal("a fork without branches"))
     }
 }
