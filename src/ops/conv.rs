@@ -90,7 +90,9 @@ struct ConvInner {
     /// The weights and the flipped weights packed for the implicit-product kernel.
     packed: std::sync::OnceLock<super::igemm::Packed>,
     packed_flipped: std::sync::OnceLock<super::igemm::Packed>,
-    /// The weights and the flipped weights transformed for Winograd's route (3x3 at stride 1).
+    /// The weights and the flipped weights transformed for Winograd's route (stride 1: the
+    /// forward of 3x3 kernels in F(2x2, 3x3), the input gradient of 3x3 and 5x5 kernels in the
+    /// tile `winograd::Tile::for_gradients` picks).
     winograd: std::sync::OnceLock<super::winograd::Transformed>,
     winograd_flipped: std::sync::OnceLock<super::winograd::Transformed>,
     /// A strided convolution's input gradient as one stride-1 convolution per phase (see
@@ -1087,8 +1089,9 @@ fn wide_kernels() -> bool {
     on && !IM2COL_ONLY.with(|c| c.get())
 }
 
-/// Whether 3x3 convolutions at stride 1 take Winograd's route (`winograd.rs`) where they
-/// take the implicit-product kernel: unless `DEEPDREAM_WINOGRAD=0` (for comparing the routes).
+/// Whether convolutions at stride 1 with a kernel Winograd's route has (3x3; 5x5 input
+/// gradients) take it (`winograd.rs`) where they take the implicit-product kernel: unless
+/// `DEEPDREAM_WINOGRAD=0` (for comparing the routes).
 fn winograd() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| super::switched_on("DEEPDREAM_WINOGRAD"))
