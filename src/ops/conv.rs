@@ -1515,7 +1515,8 @@ mod tests {
     use candle_core::Device;
 
     /// The two routes of a convolution (the implicit product on AVX-512, Winograd's on it for
-    /// 3x3 kernels, the strided gradients phase by phase; im2col and OpenBLAS elsewhere) and
+    /// 3x3 kernels and 5x5 input gradients, the strided gradients phase by phase; im2col and
+    /// OpenBLAS elsewhere) and
     /// of a depthwise one (register sums over a padded plane on AVX-512, row by row elsewhere)
     /// compute the same forward and input gradient.
     #[test]
@@ -1529,6 +1530,10 @@ mod tests {
             ([1, 2, 7, 6], 3, (1, 7), Padding::Explicit { top: 0, bottom: 3, left: 3, right: 0 }, Activation::Relu),
             // Winograd's route: two images, lopsided padding, rows of more than 16 tiles.
             ([2, 4, 9, 37], 7, (3, 3), Padding::Explicit { top: 0, bottom: 1, left: 0, right: 1 }, Activation::Relu6),
+            // 5x5 input gradients through F(2x2, 5x5): same padding, and valid (the gradient
+            // pads by 4), outputs not a whole number of tiles.
+            ([1, 5, 11, 13], 6, (5, 5), Padding::Same, Activation::Relu),
+            ([2, 3, 10, 9], 4, (5, 5), Padding::symmetric(0, 0), Activation::Identity),
         ];
         // Ungrouped at a stride (the forward through `igemm::strided`, the gradient by col2im
         // under 16 input channels).

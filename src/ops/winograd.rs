@@ -1,8 +1,9 @@
-//! 3x3 stride-1 convolutions by Winograd's minimal filtering (Lavin and Gray, "Fast Algorithms
+//! 3x3 stride-1 convolutions, and the input gradients of 5x5 ones, by Winograd's minimal filtering (Lavin and Gray, "Fast Algorithms
 //! for Convolutional Neural Networks", 2015): F(2x2, 3x3) makes each 2x2 block of outputs from a
 //! 4x4 block of input through 16 products per input and output channel pair, where the direct
 //! convolution spends 36 (2.25 times fewer multiply-adds); F(4x4, 3x3) each 4x4 block from a 6x6
-//! block through 36 products, where the direct one spends 144 (4 times fewer).
+//! block through 36 products, where the direct one spends 144 (4 times fewer); F(2x2, 5x5) each
+//! 2x2 block of a 5x5 kernel's outputs from a 6x6 block, 36 products against 100.
 //!
 //! Why by hand: neither candle nor OpenBLAS has it, and the crates that do (in ONNX runtimes)
 //! bring their own tensor types and thread pools. The products are the implicit-product kernel
@@ -11,7 +12,7 @@
 //!
 //! The input is copied once into padded planes whose columns are split by their remainder
 //! modulo the tile's side, so that the input block of each of 16 neighbouring tiles is 16
-//! (F2) or 36 (F4) plain vector loads. Then the tiles are worked in runs, one run per task: the
+//! (4x4 blocks) or 36 (6x6) plain vector loads. Then the tiles are worked in runs, one run per task: the
 //! run's input transform `V = Bt d B` (planes of `[c][run]`, one per tap of the transformed
 //! tile), the products `M = U V` with the transformed weights `U = G g Gt` (made once per
 //! layer), and the output transform `Y = At M A` with bias and activation as the results are
@@ -21,9 +22,10 @@
 //! infinite input meets its own negative inside a tile and gives NaN where the direct
 //! convolution gives an infinity -- a dream that far gone is NaN a step later either way);
 //! against float64 its error is about twice the direct float32 convolution's (mean 2.6e-7 vs
-//! 1.3e-7 of the output's magnitude on 96 ReLU channels). F(4x4, 3x3) multiplies by up to 8 and
-//! its error is 7.5 times the direct one's: the forward passes keep F(2x2, 3x3), the input
-//! gradients take F(4x4, 3x3) (see [`Tile::for_gradients`]).
+//! 1.3e-7 of the output's magnitude on 96 ReLU channels). F(4x4, 3x3) and F(2x2, 5x5) multiply
+//! by up to 8 and their errors are 7.5 to 10 times the direct one's (numpy against float64, by
+//! point set and channels): the forward passes keep F(2x2, 3x3), the input gradients take the
+//! others (see [`Tile::for_gradients`]).
 
 use super::conv::Activation;
 use super::igemm::{self, Conv, Grid, MR, NR, Out, Packed};
@@ -104,7 +106,7 @@ impl Tile {
     }
 }
 
-/// A layer's weights `[m, c, 3, 3]` transformed, `U = G g Gt`, as the `xi` matrices `[m, c]`
+/// A layer's weights `[m, c, k, k]` transformed, `U = G g Gt`, as the `xi` matrices `[m, c]`
 /// packed for the product kernel.
 pub struct Transformed {
     m: usize,
@@ -114,7 +116,7 @@ pub struct Transformed {
 }
 
 impl Transformed {
-    /// Transforms the row-major `[m, c, 3, 3]` weights `w` (in float64, rounded once) for
+    /// Transforms the row-major `[m, c, k, k]` weights `w` (in float64, rounded once) for
     /// `tile`.
     pub fn new(w: &[f32], m: usize, c: usize, tile: Tile) -> Transformed {
         let (n, kk) = (tile.n(), tile.k());
@@ -135,14 +137,14 @@ impl Transformed {
     }
 }
 
-/// Whether this convolution takes Winograd's route: a 3x3 kernel at stride 1.
+/// Whether this convolution can take `tile`'s route: the tile's kernel (3x3 or 5x5) at stride 1.
 pub fn fits(job: &Conv, tile: Tile) -> bool {
     let k = tile.k();
     job.kh == k && job.kw == k && job.sh == 1 && job.sw == 1 && job.oh > 0 && job.ow > 0 && job.c > 0
 }
 
 thread_local! {
-    /// The padded parity planes of the input (kept between calls, as `igemm`'s padded input).
+    /// The padded phase planes of the input (kept between calls, as `igemm`'s padded input).
     static PLANES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// A task's transformed input tiles and their products.
     static TILES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -180,7 +182,7 @@ impl Tiling {
 }
 
 /// `y[o] = act(bias[o] + sum w[o, c, ky, kx] x[c, oy + ky - pt, ox + kx - pl])`, as
-/// `igemm::conv` computes it, for a 3x3 kernel at stride 1 (see [`fits`]), as `[m, oh, ow]`.
+/// `igemm::conv` computes it, for `u`'s kernel at stride 1 (see [`fits`]), as `[m, oh, ow]`.
 pub fn conv(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Conv) -> Vec<f32> {
     conv_in_runs(u, bias, act, job, None)
 }
@@ -216,7 +218,7 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
             let n = t1 - t0;
             let chunks = tiling.chunks(t0, t1);
             let (vs, ps) = (spread(c * n), spread(m * n));
-            // The same for all 16 products: tap `c` reads transformed channel `c`.
+            // The same for all `xi` products: tap `c` reads transformed channel `c`.
             let offsets: Vec<usize> = (0..c).map(|ch| ch * n).collect();
             super::conv::with_buffer(&TILES, xi * vs, |v| {
                 super::conv::with_buffer(&PRODUCTS, xi * ps, |p| {
@@ -274,10 +276,11 @@ fn pad(job: &Conv, t: &Tiling, planes: &mut [f32]) {
     });
 }
 
-/// The distance between the 16 planes of a run's transformed tiles (or products) of `len`
-/// floats each: an odd number of 64-byte lines, so that the 16 planes' stores of one channel
-/// fall in 16 different sets of the L1 cache. At `len` a multiple of 1024 floats (96 channels
-/// x 96 tiles: 36 KB) all 16 landed in one set of 12 ways, and the transforms waited on L2.
+/// The distance between the planes (16 or 36) of a run's transformed tiles (or products) of
+/// `len` floats each: an odd number of 64-byte lines, so that the planes' stores of one channel
+/// fall in different sets of the L1 cache. At `len` a multiple of 1024 floats (96 channels x 96
+/// tiles: 36 KB) all 16 of F(2x2, 3x3) landed in one set of 12 ways, and the transforms waited
+/// on L2.
 fn spread(len: usize) -> usize {
     let s = len.div_ceil(16) * 16;
     if (s / 16).is_multiple_of(2) { s + 16 } else { s }
@@ -349,7 +352,7 @@ unsafe fn input_transform(
     }
 }
 
-/// `p[o][tile] = sum_c u[o][c] v[c][tile]` for one of the 16 taps, on the product kernel
+/// `p[o][tile] = sum_c u[o][c] v[c][tile]` for one of the `xi` taps, on the product kernel
 /// (`offsets[c] = c * n`; `zero`, a zero bias for every block of `u`).
 fn products(u: &Packed, v: &[f32], n: usize, p: &mut [f32], offsets: &[usize], zero: &[f32]) {
     assert!(v.len() >= u.k * n && p.len() >= u.m * n && offsets.last().is_some_and(|o| o + n <= v.len()));
@@ -491,7 +494,9 @@ unsafe fn input_transform6(
 ) {
     use std::arch::x86_64::*;
     let r = t.r;
-    assert!(matches!(r, 2 | 4) && planes.len() >= c * t.plane() && vs >= c * n && v.len() >= 36 * vs);
+    // A 6x6 block reads 5 / r columns of a phase plane past its tile's.
+    assert!(matches!(r, 2 | 4) && t.wq >= t.tw + 5 / r, "winograd: a tiling of other blocks");
+    assert!(planes.len() >= c * t.plane() && vs >= c * n && v.len() >= 36 * vs);
     let (pp, vp) = (planes.as_ptr(), v.as_mut_ptr());
     for ch in 0..c {
         for &(ty, tx, len) in chunks {
@@ -766,7 +771,13 @@ mod tests {
             (3, 3, 3, 4, 0, 0, 0, 0),
             (3, 7, 9, 5, 2, 2, 2, 2),
             (3, 10, 8, 6, 0, -3, 2, -2),
+            // For 5x5 kernels (the cases above widen their padding by one): a 1x1 output, and
+            // padding 4 (a valid 5x5 convolution's input gradient).
+            (3, 5, 5, 4, 0, 0, 0, 0),
+            (3, 7, 9, 5, 4, 4, 4, 4),
         ];
+        // Cases run, by kernel (3x3 for two tiles, 5x5), three activations each.
+        let mut ran = [0usize; 2];
         for (i, &(c, h, w, m, pt, pb, pl, pr)) in cases.iter().enumerate() {
             let x = values(c * h * w, 0.37 + i as f32 * 0.01);
             let y = values(c * h * w, 0.91);
@@ -780,12 +791,13 @@ mod tests {
                 // A 5x5 kernel with the padding (and a one-row-and-column wider margin where
                 // the case pads) of the 3x3 case.
                 let (pt, pb, pl, pr) =
-                    if k == 5 && pt > 0 { (pt + 1, pb + 1, pl + 1, pr + 1) } else { (pt, pb, pl, pr) };
+                    if k == 5 && (1..4).contains(&pt) { (pt + 1, pb + 1, pl + 1, pr + 1) } else { (pt, pb, pl, pr) };
                 let (oh, ow) = ((h + pt) as isize + pb + 1 - k as isize, (w + pl) as isize + pr + 1 - k as isize);
                 if oh < 1 || ow < 1 {
                     continue;
                 }
                 let (oh, ow) = (oh as usize, ow as usize);
+                ran[k / 2 - 1] += 1;
                 let u = Transformed::new(&wt, m, c, tile);
                 for mask in [None, Some((&y[..], act))] {
                     let job = Conv { x: &x, mask, c, h, w, kh: k, kw: k, pt, pl, sh: 1, sw: 1, oh, ow };
@@ -806,6 +818,10 @@ mod tests {
                 }
             }
         }
+        eprintln!("cases run (3x3 kernels, 5x5): {ran:?}");
+        // All twelve cases for the two 3x3 tiles, eleven for 5x5 (a 3x3 input unpadded has no
+        // 5x5 output), three activations each.
+        assert_eq!(ran, [72, 33], "a case was skipped");
     }
 }
 
