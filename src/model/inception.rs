@@ -10,7 +10,7 @@
 //! `Mixed_5b .. Mixed_7c`).
 
 use super::Normalization;
-use super::network::{Block, Chain, Concat, Fork, ForkBranch, GlobalAvgPool, Network};
+use super::network::{Block, Chain, Concat, Fork, ForkBranch, GlobalAvgPool, Network, Relu};
 use super::weights::Weights;
 use crate::Result;
 use crate::ops::{Activation, Conv2d, ConvSpec, Padding, Pool2d};
@@ -52,11 +52,26 @@ impl Ctx<'_> {
         stride: usize,
         pad: (usize, usize),
     ) -> Result<Conv2d> {
+        self.conv_then(p, co, ci, k, stride, pad, Activation::Relu)
+    }
+
+    /// [`Ctx::conv`] with the activation `act` after the batch norm.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_then(
+        &self,
+        p: &str,
+        co: usize,
+        ci: usize,
+        k: (usize, usize),
+        stride: usize,
+        pad: (usize, usize),
+        act: Activation,
+    ) -> Result<Conv2d> {
         let spec = ConvSpec {
             stride: (stride, stride),
             padding: Padding::symmetric(pad.0, pad.1),
             groups: 1,
-            activation: Activation::Relu,
+            activation: act,
         };
         self.w.conv_bn(&format!("{p}.conv"), &format!("{p}.bn"), 1e-3, [co, ci, k.0, k.1], spec)
     }
@@ -72,6 +87,25 @@ impl Ctx<'_> {
 
     fn chain(&self, items: Vec<Box<dyn Block>>) -> Box<dyn Block> {
         Box::new(Chain(items))
+    }
+
+    /// A pooling branch: the 3x3 stride-1 average pool, then the 1x1 BasicConv2d `p` (`co`
+    /// channels from `ci`). TF2015's pool leaves the padding out of its averages, so there the
+    /// branch runs as the same function in the other order, `ReLU(avgpool(conv1x1(x) + b))`:
+    /// both are linear per pixel and per channel, and the average of the constant `b` over a
+    /// window of real pixels is `b`. The pool then averages the branch's `co` channels instead
+    /// of the block's `ci` (32-192 instead of 192-1280 in InceptionV3): at 512x512 its pools
+    /// took about 8 ms of a step. Torchvision's pool counts the padding (its border averages
+    /// of `b` are smaller), and keeps the order.
+    fn avg_branch(&self, p: &str, co: usize, ci: usize) -> Result<Box<dyn Block>> {
+        Ok(match self.variant {
+            Variant::Tf2015 => self.chain(vec![
+                Box::new(self.conv_then(p, co, ci, (1, 1), 1, (0, 0), Activation::Identity)?),
+                self.avg(),
+                Box::new(Relu),
+            ]),
+            Variant::Torchvision => self.chain(vec![self.avg(), self.c1(p, co, ci)?]),
+        })
     }
 
     fn a(&self, p: &str, cin: usize, pool: usize) -> Result<Fork> {
@@ -90,7 +124,7 @@ impl Ctx<'_> {
                     Box::new(self.conv(&n("branch3x3dbl_3"), 96, 96, (3, 3), 1, (1, 1))?),
                 ],
             ),
-            ForkBranch::Own(self.chain(vec![self.avg(), self.c1(&n("branch_pool"), pool, cin)?])),
+            ForkBranch::Own(self.avg_branch(&n("branch_pool"), pool, cin)?),
         ])
     }
 
@@ -128,7 +162,7 @@ impl Ctx<'_> {
                     row("branch7x7dbl_5", 192, c7)?,
                 ],
             ),
-            ForkBranch::Own(self.chain(vec![self.avg(), self.c1(&n("branch_pool"), 192, cin)?])),
+            ForkBranch::Own(self.avg_branch(&n("branch_pool"), 192, cin)?),
         ])
     }
 
@@ -156,9 +190,11 @@ impl Ctx<'_> {
     /// of its branches split into a 1x3 and a 3x1 conv: a [`Concat`] at the end of the branch.
     fn e(&self, p: &str, cin: usize, last: bool) -> Result<Fork> {
         let n = |s: &str| format!("{p}.{s}");
-        let pool: Box<dyn Block> = match (self.variant, last) {
-            (Variant::Tf2015, true) => Box::new(Pool2d::max(3, 1, 1, false)),
-            _ => self.avg(),
+        let pool = match (self.variant, last) {
+            (Variant::Tf2015, true) => {
+                self.chain(vec![Box::new(Pool2d::max(3, 1, 1, false)), self.c1(&n("branch_pool"), 192, cin)?])
+            }
+            _ => self.avg_branch(&n("branch_pool"), 192, cin)?,
         };
         let conv = |s: &str, co: usize, ci: usize, k: (usize, usize), pad: (usize, usize)| -> Result<Box<dyn Block>> {
             Ok(Box::new(self.conv(&n(s), co, ci, k, 1, pad)?))
@@ -174,7 +210,7 @@ impl Ctx<'_> {
                 c1("branch3x3dbl_1", 448)?,
                 vec![conv("branch3x3dbl_2", 384, 448, (3, 3), (1, 1))?, split("branch3x3dbl_3a", "branch3x3dbl_3b")?],
             ),
-            ForkBranch::Own(self.chain(vec![pool, self.c1(&n("branch_pool"), 192, cin)?])),
+            ForkBranch::Own(pool),
         ])
     }
 }

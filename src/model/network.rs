@@ -340,11 +340,22 @@ impl Block for Linear {
     }
 }
 
+/// `max(x, 0)`, its gradient passing where the output is above 0 (as PyTorch's).
 pub struct Relu;
 
 impl Block for Relu {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.relu()?)
+    }
+
+    fn forward_saving(&self, x: &Tensor) -> Result<(Tensor, Saved)> {
+        let y = x.relu()?;
+        Ok((y.clone(), Saved::Input(y)))
+    }
+
+    fn backward(&self, saved: &Saved, gy: &Tensor) -> Result<Tensor> {
+        let Saved::Input(y) = saved else { return Err(Error::internal("a ReLU's saved state does not match it")) };
+        Ok((gy * y.gt(0f32)?.to_dtype(DType::F32)?)?)
     }
 }
 
