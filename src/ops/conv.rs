@@ -1515,10 +1515,9 @@ mod tests {
     use candle_core::Device;
 
     /// The two routes of a convolution (the implicit product on AVX-512, Winograd's on it for
-    /// 3x3 kernels and 5x5 input gradients, the strided gradients phase by phase; im2col and
-    /// OpenBLAS elsewhere) and
-    /// of a depthwise one (register sums over a padded plane on AVX-512, row by row elsewhere)
-    /// compute the same forward and input gradient.
+    /// 3x3 kernels and 5x5, 1x7 and 7x1 input gradients, the strided gradients phase by phase;
+    /// im2col and OpenBLAS elsewhere) and of a depthwise one (register sums over a padded plane
+    /// on AVX-512, row by row elsewhere) compute the same forward and input gradient.
     #[test]
     fn both_routes_agree() {
         let values = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<_>>();
@@ -1533,6 +1532,8 @@ mod tests {
             // 5x5 input gradients through F(2x2, 5x5): same padding, and valid (the gradient
             // pads by 4), outputs not a whole number of tiles.
             ([1, 5, 11, 13], 6, (5, 5), Padding::Same, Activation::Relu),
+            // 7x1 input gradients through F(2, 7) along columns (1x7 ones along rows above).
+            ([1, 4, 11, 9], 5, (7, 1), Padding::symmetric(3, 0), Activation::Relu),
             ([2, 3, 10, 9], 4, (5, 5), Padding::symmetric(0, 0), Activation::Identity),
         ];
         // Ungrouped at a stride (the forward through `igemm::strided`, the gradient by col2im

@@ -1,9 +1,11 @@
-//! 3x3 stride-1 convolutions, and the input gradients of 5x5 ones, by Winograd's minimal filtering (Lavin and Gray, "Fast Algorithms
+//! 3x3 stride-1 convolutions, and the input gradients of 5x5, 1x7 and 7x1 ones, by Winograd's
+//! minimal filtering (Lavin and Gray, "Fast Algorithms
 //! for Convolutional Neural Networks", 2015): F(2x2, 3x3) makes each 2x2 block of outputs from a
 //! 4x4 block of input through 16 products per input and output channel pair, where the direct
 //! convolution spends 36 (2.25 times fewer multiply-adds); F(4x4, 3x3) each 4x4 block from a 6x6
 //! block through 36 products, where the direct one spends 144 (4 times fewer); F(2x2, 5x5) each
-//! 2x2 block of a 5x5 kernel's outputs from a 6x6 block, 36 products against 100.
+//! 2x2 block of a 5x5 kernel's outputs from a 6x6 block, 36 products against 100; F(2, 7) two
+//! outputs of a 1x7 (7x1) kernel from 8 pixels of a row (column), 8 products against 14.
 //!
 //! Why by hand: neither candle nor OpenBLAS has it, and the crates that do (in ONNX runtimes)
 //! bring their own tensor types and thread pools. The products are the implicit-product kernel
@@ -11,8 +13,8 @@
 //! transforms around them.
 //!
 //! The input is copied once into padded planes whose columns are split by their remainder
-//! modulo the tile's side, so that the input block of each of 16 neighbouring tiles is 16
-//! (4x4 blocks) or 36 (6x6) plain vector loads. Then the tiles are worked in runs, one run per task: the
+//! modulo the tile's width, so that the input block of each of 16 neighbouring tiles is 16
+//! (4x4 blocks), 36 (6x6) or 8 (1x8, 8x1) plain vector loads. Then the tiles are worked in runs, one run per task: the
 //! run's input transform `V = Bt d B` (planes of `[c][run]`, one per tap of the transformed
 //! tile), the products `M = U V` with the transformed weights `U = G g Gt` (made once per
 //! layer), and the output transform `Y = At M A` with bias and activation as the results are
@@ -31,7 +33,8 @@ use super::conv::Activation;
 use super::igemm::{self, Conv, Grid, MR, NR, Out, Packed};
 use rayon::prelude::*;
 
-/// The output tile and kernel: F(2x2, 3x3), F(4x4, 3x3) or F(2x2, 5x5).
+/// The output tile and kernel: F(2x2, 3x3), F(4x4, 3x3), F(2x2, 5x5), or F(2, 7) along the
+/// row of a 1x7 kernel or the column of a 7x1 one.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Tile {
     /// 2x2 outputs of a 3x3 kernel from a 4x4 input block, 16 products.
@@ -41,33 +44,43 @@ pub enum Tile {
     /// 2x2 outputs of a 5x5 kernel from a 6x6 input block, 36 products (the direct
     /// convolution's 100).
     F2k5,
+    /// 1x2 outputs of a 1x7 kernel from a 1x8 input block, 8 products (the direct one's 14).
+    F2k7Row,
+    /// 2x1 outputs of a 7x1 kernel from an 8x1 input block, 8 products.
+    F2k7Col,
 }
 
 impl Tile {
-    /// Outputs along a side of the tile.
-    fn r(self) -> usize {
+    /// Outputs along the tile's rows and columns.
+    fn rows_cols(self) -> (usize, usize) {
         match self {
-            Tile::F2 | Tile::F2k5 => 2,
-            Tile::F4 => 4,
+            Tile::F2 | Tile::F2k5 => (2, 2),
+            Tile::F4 => (4, 4),
+            Tile::F2k7Row => (1, 2),
+            Tile::F2k7Col => (2, 1),
         }
     }
 
-    /// The kernel's side.
-    fn k(self) -> usize {
+    /// The kernel's rows and columns.
+    fn kernel(self) -> (usize, usize) {
         match self {
-            Tile::F2 | Tile::F4 => 3,
-            Tile::F2k5 => 5,
+            Tile::F2 | Tile::F4 => (3, 3),
+            Tile::F2k5 => (5, 5),
+            Tile::F2k7Row => (1, 7),
+            Tile::F2k7Col => (7, 1),
         }
     }
 
-    /// The input block's side, `r + k - 1`.
-    fn n(self) -> usize {
-        self.r() + self.k() - 1
+    /// The input block's rows and columns, `r + k - 1` each way.
+    fn block(self) -> (usize, usize) {
+        let ((ry, rx), (kh, kw)) = (self.rows_cols(), self.kernel());
+        (ry + kh - 1, rx + kw - 1)
     }
 
-    /// Taps of the transformed tile: `n^2`.
+    /// Taps of the transformed tile: the block's pixels.
     fn xi(self) -> usize {
-        self.n() * self.n()
+        let (nh, nw) = self.block();
+        nh * nw
     }
 
     /// The tile of the input gradients: F(4x4, 3x3), or F(2x2, 3x3) with `DEEPDREAM_WINOGRAD=2`
@@ -78,7 +91,8 @@ impl Tile {
     /// sample 6e-7, 0.1% of the spread).
     ///
     /// For a `kh x kw` kernel: 3x3 as above; 5x5 takes F(2x2, 5x5) (the same six points, so the
-    /// same error; not with `DEEPDREAM_WINOGRAD=2`); other kernels none.
+    /// same error), 1x7 and 7x1 F(2, 7) along their taps (eight points, 5.5 times the direct
+    /// error), neither with `DEEPDREAM_WINOGRAD=2`; other kernels none.
     pub fn for_gradients(kh: usize, kw: usize) -> Option<Tile> {
         static F2_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let f2_only = *F2_ONLY.get_or_init(|| std::env::var("DEEPDREAM_WINOGRAD").is_ok_and(|v| v.trim() == "2"));
@@ -86,23 +100,33 @@ impl Tile {
             (3, 3, true) => Some(Tile::F2),
             (3, 3, false) => Some(Tile::F4),
             (5, 5, false) => Some(Tile::F2k5),
+            (1, 7, false) => Some(Tile::F2k7Row),
+            (7, 1, false) => Some(Tile::F2k7Col),
             _ => None,
         }
     }
 
-    /// `G t` for the taps `t` of a kernel column or row, in float64. F2: G = [[1, 0, 0], [1/2,
-    /// 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]] (points 0, 1, -1 and infinity). F4 and F2k5
-    /// (points 0, 1, -1, 2, -2 and infinity): row i is `t` at the point `p` (`sum t_j p^j`)
-    /// over the product of `p - q` for the other finite points `q` (4, -6, -6, 24, 24), the
+    /// `G t` for the taps `t` of a kernel column or row, in float64 (a single tap: itself). F2:
+    /// G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]] (points 0, 1, -1 and
+    /// infinity). The others (points 0, 1, -1, 2, -2 and infinity; F(2, 7) also 1/2 and -1/2):
+    /// row i is `t` at the point `p` (`sum t_j p^j`) over the product of `p - q` for the other
+    /// finite points `q` (4, -6, -6, 24, 24; F(2, 7): -1, -9/2, -9/2, 90, 90, 45/32, 45/32), the
     /// last row the last tap.
     fn g(self, t: &[f64]) -> Vec<f64> {
-        assert_eq!(t.len(), self.k());
+        if t.len() == 1 {
+            return t.to_vec();
+        }
         if self == Tile::F2 {
             let [a, b, c] = [t[0], t[1], t[2]];
             return vec![a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
         }
+        let points: &[f64] = match self {
+            Tile::F2k7Row | Tile::F2k7Col => &[0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5],
+            _ => &[0.0, 1.0, -1.0, 2.0, -2.0],
+        };
         let at = |p: f64| t.iter().rev().fold(0.0, |acc, v| acc * p + v);
-        vec![at(0.0) / 4.0, at(1.0) / -6.0, at(-1.0) / -6.0, at(2.0) / 24.0, at(-2.0) / 24.0, t[t.len() - 1]]
+        let den = |p: f64| points.iter().filter(|&&q| q != p).map(|q| p - q).product::<f64>();
+        points.iter().map(|&p| at(p) / den(p)).chain([t[t.len() - 1]]).collect()
     }
 }
 
@@ -119,17 +143,17 @@ impl Transformed {
     /// Transforms the row-major `[m, c, k, k]` weights `w` (in float64, rounded once) for
     /// `tile`.
     pub fn new(w: &[f32], m: usize, c: usize, tile: Tile) -> Transformed {
-        let (n, kk) = (tile.n(), tile.k());
-        assert_eq!(w.len(), m * c * kk * kk, "winograd: weights of {m}x{c}x{kk}x{kk}");
+        let ((kh, kw), (nh, nw)) = (tile.kernel(), tile.block());
+        assert_eq!(w.len(), m * c * kh * kw, "winograd: weights of {m}x{c}x{kh}x{kw}");
         let mut u = vec![vec![0.0f32; m * c]; tile.xi()];
-        for (oc, k) in w.chunks_exact(kk * kk).enumerate() {
+        for (oc, k) in w.chunks_exact(kh * kw).enumerate() {
             let k: Vec<f64> = k.iter().map(|v| *v as f64).collect();
             // G along each kernel column (cols[x][i]), then along the rows of the result.
             let cols: Vec<Vec<f64>> =
-                (0..kk).map(|x| tile.g(&(0..kk).map(|y| k[y * kk + x]).collect::<Vec<_>>())).collect();
-            for i in 0..n {
+                (0..kw).map(|x| tile.g(&(0..kh).map(|y| k[y * kw + x]).collect::<Vec<_>>())).collect();
+            for i in 0..nh {
                 for (j, v) in tile.g(&cols.iter().map(|col| col[i]).collect::<Vec<_>>()).iter().enumerate() {
-                    u[i * n + j][oc] = *v as f32;
+                    u[i * nw + j][oc] = *v as f32;
                 }
             }
         }
@@ -137,10 +161,9 @@ impl Transformed {
     }
 }
 
-/// Whether this convolution can take `tile`'s route: the tile's kernel (3x3 or 5x5) at stride 1.
+/// Whether this convolution can take `tile`'s route: the tile's kernel at stride 1.
 pub fn fits(job: &Conv, tile: Tile) -> bool {
-    let k = tile.k();
-    job.kh == k && job.kw == k && job.sh == 1 && job.sw == 1 && job.oh > 0 && job.ow > 0 && job.c > 0
+    (job.kh, job.kw) == tile.kernel() && job.sh == 1 && job.sw == 1 && job.oh > 0 && job.ow > 0 && job.c > 0
 }
 
 thread_local! {
@@ -151,11 +174,12 @@ thread_local! {
     static PRODUCTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Where the tiles are: `th x tw` tiles of `r x r` outputs, the padded planes (`r` column
+/// Where the tiles are: `th x tw` tiles of `ry x r` outputs, the padded planes (`r` column
 /// phases of `hp` rows `wq` wide per channel).
 #[derive(Clone, Copy)]
 struct Tiling {
     r: usize,
+    ry: usize,
     tw: usize,
     hp: usize,
     wq: usize,
@@ -190,14 +214,15 @@ pub fn conv(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Conv) 
 /// [`conv`], with the run length (a multiple of NR tiles) given, for the tests.
 fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Conv, run: Option<usize>) -> Vec<f32> {
     assert!(igemm::available(), "winograd: the CPU lacks AVX-512F");
-    assert!(fits(job, u.tile), "winograd: not a {0}x{0} convolution at stride 1", u.tile.k());
+    assert!(fits(job, u.tile), "winograd: not a {:?} convolution at stride 1", u.tile.kernel());
     assert_eq!(u.c, job.c, "winograd: weights for another input");
     assert_eq!(job.x.len(), job.c * job.h * job.w, "winograd: input of another size");
-    let (c, m, r, xi) = (u.c, u.m, u.tile.r(), u.tile.xi());
-    let (th, tw) = (job.oh.div_ceil(r), job.ow.div_ceil(r));
-    // Reads reach k - 1 rows past a tile's last output row, and (n - 1) / r columns of a phase
-    // plane past its tile's.
-    let tiling = Tiling { r, tw, hp: r * th + u.tile.k() - 1, wq: tw + (u.tile.n() - 1) / r };
+    let (c, m, xi) = (u.c, u.m, u.tile.xi());
+    let ((ry, r), (kh, _), (_, nw)) = (u.tile.rows_cols(), u.tile.kernel(), u.tile.block());
+    let (th, tw) = (job.oh.div_ceil(ry), job.ow.div_ceil(r));
+    // Reads reach kh - 1 rows past a tile's last output row, and (nw - 1) / r columns of a
+    // phase plane past its tile's.
+    let tiling = Tiling { r, ry, tw, hp: ry * th + kh - 1, wq: tw + (nw - 1) / r };
     let tiles = th * tw;
     let bias = bias.map_or_else(|| vec![0.0f32; m], |b| b[..m].to_vec());
     let zero = vec![0.0f32; m.div_ceil(MR) * MR];
@@ -229,6 +254,9 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
                         match u.tile {
                             Tile::F2 => input_transform(planes, c, &tiling, t0, &chunks, n, vs, v),
                             Tile::F4 | Tile::F2k5 => input_transform6(planes, c, &tiling, t0, &chunks, n, vs, v),
+                            Tile::F2k7Row | Tile::F2k7Col => {
+                                input_transform8(planes, c, &tiling, t0, &chunks, n, vs, v)
+                            }
                         }
                         for x in 0..xi {
                             products(&u.u[x], &v[x * vs..][..c * n], n, &mut p[x * ps..][..m * n], &offsets, &zero);
@@ -237,6 +265,9 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
                             Tile::F2 => output_transform(p, m, n, ps, t0, &chunks, job, &bias, act, out),
                             Tile::F4 => output_transform4(p, m, n, ps, t0, &chunks, job, &bias, act, out),
                             Tile::F2k5 => output_transform26(p, m, n, ps, t0, &chunks, job, &bias, act, out),
+                            Tile::F2k7Row | Tile::F2k7Col => {
+                                output_transform8(p, m, n, ps, t0, &chunks, &tiling, job, &bias, act, out)
+                            }
                         }
                     }
                 })
@@ -308,7 +339,7 @@ unsafe fn input_transform(
     v: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    assert!(t.r == 2 && planes.len() >= c * t.plane() && vs >= c * n && v.len() >= 16 * vs);
+    assert!(t.r == 2 && t.ry == 2 && planes.len() >= c * t.plane() && vs >= c * n && v.len() >= 16 * vs);
     let (pp, vp) = (planes.as_ptr(), v.as_mut_ptr());
     for ch in 0..c {
         for &(ty, tx, len) in chunks {
@@ -495,7 +526,7 @@ unsafe fn input_transform6(
     use std::arch::x86_64::*;
     let r = t.r;
     // A 6x6 block reads 5 / r columns of a phase plane past its tile's.
-    assert!(matches!(r, 2 | 4) && t.wq >= t.tw + 5 / r, "winograd: a tiling of other blocks");
+    assert!(matches!(r, 2 | 4) && t.ry == r && t.wq >= t.tw + 5 / r, "winograd: a tiling of other blocks");
     assert!(planes.len() >= c * t.plane() && vs >= c * n && v.len() >= 36 * vs);
     let (pp, vp) = (planes.as_ptr(), v.as_mut_ptr());
     for ch in 0..c {
@@ -663,6 +694,185 @@ unsafe fn output_transform26(
     }
 }
 
+/// `Bt d` for F(2, 7) along eight values (points 0, 1, -1, 2, -2, 1/2, -1/2 and infinity):
+/// Bt = [[-1, 0, 21/4, 0, -21/4, 0, 1, 0], [0, 1, 1, -17/4, -17/4, 1, 1, 0], [0, -1, 1, 17/4,
+/// -17/4, -1, 1, 0], [0, 1/2, 1/4, -5/2, -5/4, 2, 1, 0], [0, -1/2, 1/4, 5/2, -5/4, -2, 1, 0],
+/// [0, 2, 4, -5/2, -5, 1/2, 1, 0], [0, -2, 4, 5/2, -5, -1/2, 1, 0], [0, -1, 0, 21/4, 0, -21/4,
+/// 0, 1]].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn bt8(d: [std::arch::x86_64::__m512; 8]) -> [std::arch::x86_64::__m512; 8] {
+    use std::arch::x86_64::*;
+    let c = _mm512_set1_ps;
+    let [d0, d1, d2, d3, d4, d5, d6, d7] = d;
+    // Even and odd halves of rows 1-2, 3-4 and 5-6.
+    let e1 = _mm512_fnmadd_ps(c(4.25), d4, _mm512_add_ps(d2, d6));
+    let o1 = _mm512_fnmadd_ps(c(4.25), d3, _mm512_add_ps(d1, d5));
+    let e3 = _mm512_fmadd_ps(c(0.25), d2, _mm512_fnmadd_ps(c(1.25), d4, d6));
+    let o3 = _mm512_fmadd_ps(c(0.5), d1, _mm512_fmadd_ps(c(2.0), d5, _mm512_mul_ps(c(-2.5), d3)));
+    let e5 = _mm512_fmadd_ps(c(4.0), d2, _mm512_fnmadd_ps(c(5.0), d4, d6));
+    let o5 = _mm512_fmadd_ps(c(2.0), d1, _mm512_fmadd_ps(c(0.5), d5, _mm512_mul_ps(c(-2.5), d3)));
+    [
+        _mm512_fmadd_ps(c(5.25), _mm512_sub_ps(d2, d4), _mm512_sub_ps(d6, d0)),
+        _mm512_add_ps(e1, o1),
+        _mm512_sub_ps(e1, o1),
+        _mm512_add_ps(e3, o3),
+        _mm512_sub_ps(e3, o3),
+        _mm512_add_ps(e5, o5),
+        _mm512_sub_ps(e5, o5),
+        _mm512_fmadd_ps(c(5.25), _mm512_sub_ps(d3, d5), _mm512_sub_ps(d7, d1)),
+    ]
+}
+
+/// [`input_transform`] for F(2, 7): `V = Bt d` of 1x8 blocks along rows (tiles 2 columns
+/// apart, the planes split by column parity) or 8x1 blocks along columns (tiles 2 rows apart,
+/// one plane), into `v[xi][c][n]` for the 8 taps `xi`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform8(
+    planes: &[f32],
+    c: usize,
+    t: &Tiling,
+    t0: usize,
+    chunks: &[(usize, usize, usize)],
+    n: usize,
+    vs: usize,
+    v: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let along_row = match (t.ry, t.r) {
+        (1, 2) => true,
+        (2, 1) => false,
+        _ => panic!("winograd: a tiling of other blocks"),
+    };
+    // Reads reach 7 rows (columns) on, or 3 columns of a parity plane.
+    assert!(if along_row { t.wq >= t.tw + 3 } else { t.wq >= t.tw });
+    assert!(planes.len() >= c * t.plane() && vs >= c * n && v.len() >= 8 * vs);
+    let (pp, vp) = (planes.as_ptr(), v.as_mut_ptr());
+    for ch in 0..c {
+        for &(ty, tx, len) in chunks {
+            let k = lanes(len);
+            // Element e of the 16 tiles' blocks: along a row, input row ty, column 2(tx + lane)
+            // + e, in parity plane e % 2 at column tx + lane + e / 2; along a column, input row
+            // 2 ty + e, column tx + lane.
+            let d: [__m512; 8] = std::array::from_fn(|e| {
+                let at = if along_row {
+                    ch * t.plane() + ((e % 2) * t.hp + ty) * t.wq + tx + e / 2
+                } else {
+                    ch * t.plane() + (2 * ty + e) * t.wq + tx
+                };
+                // SAFETY: `at + len - 1` is inside the plane (see above).
+                unsafe { _mm512_maskz_loadu_ps(k, pp.add(at)) }
+            });
+            let at = (ty * t.tw + tx) - t0;
+            for (i, val) in bt8(d).iter().enumerate() {
+                // SAFETY: tiles `at..at + len` of plane (i, ch) lie inside `v`.
+                unsafe { _mm512_mask_storeu_ps(vp.add(i * vs + ch * n + at), k, *val) };
+            }
+        }
+    }
+}
+
+/// [`output_transform`] for F(2, 7): `Y = At M` of the 8 product planes with At = [[1, 1, 1, 1,
+/// 1, 1, 1, 0], [0, 1, -1, 2, -2, 1/2, -1/2, 1]], two outputs a tile, along a row or a column
+/// as `t` says.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform8(
+    p: &[f32],
+    m: usize,
+    n: usize,
+    ps: usize,
+    t0: usize,
+    chunks: &[(usize, usize, usize)],
+    t: &Tiling,
+    job: &Conv,
+    bias: &[f32],
+    act: Activation,
+    out: Out,
+) {
+    use std::arch::x86_64::*;
+    assert!(ps >= m * n && p.len() >= 8 * ps && bias.len() >= m);
+    let along_row = (t.ry, t.r) == (1, 2);
+    let (oh, ow) = (job.oh, job.ow);
+    let pp = p.as_ptr();
+    let c = _mm512_set1_ps;
+    // Lanes 0..8 of two vectors interleaved, and lanes 8..16.
+    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for (o, &bo) in bias[..m].iter().enumerate() {
+        let b = _mm512_set1_ps(bo);
+        for &(ty, tx, len) in chunks {
+            let k = lanes(len);
+            let at = (ty * t.tw + tx) - t0;
+            // SAFETY: tiles `at..at + len` of plane (i, o) lie inside `p`.
+            let [m0, m1, m2, m3, m4, m5, m6, m7]: [__m512; 8] =
+                std::array::from_fn(|i| unsafe { _mm512_maskz_loadu_ps(k, pp.add(i * ps + o * n + at)) });
+            let sum = |a: __m512, b: __m512| _mm512_add_ps(a, b);
+            let y0 = sum(sum(sum(m0, sum(m1, m2)), sum(m3, m4)), sum(m5, m6));
+            let y1 = _mm512_fmadd_ps(
+                c(0.5),
+                _mm512_sub_ps(m5, m6),
+                _mm512_fmadd_ps(c(2.0), _mm512_sub_ps(m3, m4), sum(_mm512_sub_ps(m1, m2), m7)),
+            );
+            let [y0, y1] = [y0, y1].map(|y| igemm::activate(_mm512_add_ps(y, b), act));
+            if along_row {
+                // Output columns 2 tx .. 2 (tx + len) of row ty, those inside the row.
+                let cols = (2 * len).min(ow - 2 * tx);
+                let row = out.at((o * oh + ty) * ow + 2 * tx);
+                // SAFETY: columns 2tx + 0..cols of row ty of channel o are this run's pixels.
+                unsafe {
+                    _mm512_mask_storeu_ps(row, lanes(cols), _mm512_permutex2var_ps(y0, lo, y1));
+                    if cols > 16 {
+                        _mm512_mask_storeu_ps(row.add(16), lanes(cols - 16), _mm512_permutex2var_ps(y0, hi, y1));
+                    }
+                }
+            } else {
+                // Columns tx .. tx + len of rows 2 ty and 2 ty + 1, those inside the plane.
+                for (oy, y) in (2 * ty..(2 * ty + 2).min(oh)).zip([y0, y1]) {
+                    // SAFETY: columns tx + 0..len of row oy of channel o are this run's pixels.
+                    unsafe { _mm512_mask_storeu_ps(out.at((o * oh + oy) * ow + tx), k, y) };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform8(
+    _: &[f32],
+    _: usize,
+    _: &Tiling,
+    _: usize,
+    _: &[(usize, usize, usize)],
+    _: usize,
+    _: usize,
+    _: &mut [f32],
+) {
+    unreachable!("igemm::available is false off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform8(
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: &[(usize, usize, usize)],
+    _: &Tiling,
+    _: &Conv,
+    _: &[f32],
+    _: Activation,
+    _: Out,
+) {
+    unreachable!("igemm::available is false off x86_64")
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn output_transform26(
@@ -777,30 +987,34 @@ mod tests {
             (3, 7, 9, 5, 4, 4, 4, 4),
         ];
         // Cases run, by kernel (3x3 for two tiles, 5x5), three activations each.
-        let mut ran = [0usize; 2];
+        let mut ran = std::collections::BTreeMap::<(usize, usize), usize>::new();
         for (i, &(c, h, w, m, pt, pb, pl, pr)) in cases.iter().enumerate() {
             let x = values(c * h * w, 0.37 + i as f32 * 0.01);
             let y = values(c * h * w, 0.91);
             let bias = values(m, 1.3);
-            for (tile, act) in [Tile::F2, Tile::F4, Tile::F2k5]
+            for (tile, act) in [Tile::F2, Tile::F4, Tile::F2k5, Tile::F2k7Row, Tile::F2k7Col]
                 .into_iter()
                 .flat_map(|t| [Activation::Identity, Activation::Relu, Activation::Relu6].map(|a| (t, a)))
             {
-                let k = tile.k();
-                let wt = values(m * c * k * k, 0.53);
-                // A 5x5 kernel with the padding (and a one-row-and-column wider margin where
-                // the case pads) of the 3x3 case.
-                let (pt, pb, pl, pr) =
-                    if k == 5 && (1..4).contains(&pt) { (pt + 1, pb + 1, pl + 1, pr + 1) } else { (pt, pb, pl, pr) };
-                let (oh, ow) = ((h + pt) as isize + pb + 1 - k as isize, (w + pl) as isize + pr + 1 - k as isize);
+                let (kh, kw) = tile.kernel();
+                let wt = values(m * c * kh * kw, 0.53);
+                // Along an axis, the 3x3 case's padding for 3 taps; for 5 and 7 taps one and two
+                // more where the case pads (less than 4); none for 1 tap.
+                let widen = |k: usize, a: usize, b: isize| match k {
+                    1 => (0, 0),
+                    _ if (1..4).contains(&a) => (a + (k - 3) / 2, b + (k as isize - 3) / 2),
+                    _ => (a, b),
+                };
+                let ((pt, pb), (pl, pr)) = (widen(kh, pt, pb), widen(kw, pl, pr));
+                let (oh, ow) = ((h + pt) as isize + pb + 1 - kh as isize, (w + pl) as isize + pr + 1 - kw as isize);
                 if oh < 1 || ow < 1 {
                     continue;
                 }
                 let (oh, ow) = (oh as usize, ow as usize);
-                ran[k / 2 - 1] += 1;
+                *ran.entry((kh, kw)).or_default() += 1;
                 let u = Transformed::new(&wt, m, c, tile);
                 for mask in [None, Some((&y[..], act))] {
-                    let job = Conv { x: &x, mask, c, h, w, kh: k, kw: k, pt, pl, sh: 1, sw: 1, oh, ow };
+                    let job = Conv { x: &x, mask, c, h, w, kh, kw, pt, pl, sh: 1, sw: 1, oh, ow };
                     let want = igemm::tests::naive(&wt, m, &bias, act, &job);
                     // The run length the layer picks, and runs of several micro-tiles (which a
                     // test machine's small layers would not pick).
@@ -818,10 +1032,11 @@ mod tests {
                 }
             }
         }
-        eprintln!("cases run (3x3 kernels, 5x5): {ran:?}");
+        eprintln!("cases run by kernel: {ran:?}");
         // All twelve cases for the two 3x3 tiles, eleven for 5x5 (a 3x3 input unpadded has no
-        // 5x5 output), three activations each.
-        assert_eq!(ran, [72, 33], "a case was skipped");
+        // 5x5 output), ten for 1x7 and 7x1 (nor a 5x5 one a 7-tap output), three activations each.
+        let ran: Vec<_> = ran.into_iter().collect();
+        assert_eq!(ran, [((1, 7), 30), ((3, 3), 72), ((5, 5), 33), ((7, 1), 30)], "a case was skipped");
     }
 }
 
