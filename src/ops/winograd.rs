@@ -251,24 +251,11 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
                     // the slices they are given (asserted there), and the output transform
                     // writes only the output pixels of this run's tiles.
                     unsafe {
-                        match u.tile {
-                            Tile::F2 => input_transform(planes, c, &tiling, t0, &chunks, n, vs, v),
-                            Tile::F4 | Tile::F2k5 => input_transform6(planes, c, &tiling, t0, &chunks, n, vs, v),
-                            Tile::F2k7Row | Tile::F2k7Col => {
-                                input_transform8(planes, c, &tiling, t0, &chunks, n, vs, v)
-                            }
-                        }
+                        transform_in(u.tile, planes, c, &tiling, t0, &chunks, n, vs, v);
                         for x in 0..xi {
                             products(&u.u[x], &v[x * vs..][..c * n], n, &mut p[x * ps..][..m * n], &offsets, &zero);
                         }
-                        match u.tile {
-                            Tile::F2 => output_transform(p, m, n, ps, t0, &chunks, job, &bias, act, out),
-                            Tile::F4 => output_transform4(p, m, n, ps, t0, &chunks, job, &bias, act, out),
-                            Tile::F2k5 => output_transform26(p, m, n, ps, t0, &chunks, job, &bias, act, out),
-                            Tile::F2k7Row | Tile::F2k7Col => {
-                                output_transform8(p, m, n, ps, t0, &chunks, &tiling, job, &bias, act, out)
-                            }
-                        }
+                        transform_out(u.tile, p, m, n, ps, t0, &chunks, &tiling, job, &bias, act, out);
                     }
                 })
             })
@@ -278,6 +265,100 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
     // output transform wrote it for every channel.
     unsafe { y.set_len(m * job.oh * job.ow) };
     y
+}
+
+/// `tile`'s input transform (see the functions it calls).
+///
+/// # Safety
+/// The CPU has AVX-512F; the rest is asserted by the transforms.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_in(
+    tile: Tile,
+    planes: &[f32],
+    c: usize,
+    t: &Tiling,
+    t0: usize,
+    chunks: &[(usize, usize, usize)],
+    n: usize,
+    vs: usize,
+    v: &mut [f32],
+) {
+    // SAFETY: the caller's.
+    unsafe {
+        match tile {
+            Tile::F2 => input_transform(planes, c, t, t0, chunks, n, vs, v),
+            Tile::F4 | Tile::F2k5 => input_transform6(planes, c, t, t0, chunks, n, vs, v),
+            Tile::F2k7Row | Tile::F2k7Col => input_transform8(planes, c, t, t0, chunks, n, vs, v),
+        }
+    }
+}
+
+/// `tile`'s output transform (see the functions it calls).
+///
+/// # Safety
+/// The CPU has AVX-512F, and the run's tiles' output pixels are the caller's to write; the
+/// rest is asserted by the transforms.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_out(
+    tile: Tile,
+    p: &[f32],
+    m: usize,
+    n: usize,
+    ps: usize,
+    t0: usize,
+    chunks: &[(usize, usize, usize)],
+    t: &Tiling,
+    job: &Conv,
+    bias: &[f32],
+    act: Activation,
+    out: Out,
+) {
+    // SAFETY: the caller's.
+    unsafe {
+        match tile {
+            Tile::F2 => output_transform(p, m, n, ps, t0, chunks, job, bias, act, out),
+            Tile::F4 => output_transform4(p, m, n, ps, t0, chunks, job, bias, act, out),
+            Tile::F2k5 => output_transform26(p, m, n, ps, t0, chunks, job, bias, act, out),
+            Tile::F2k7Row | Tile::F2k7Col => output_transform8(p, m, n, ps, t0, chunks, t, job, bias, act, out),
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_in(
+    _: Tile,
+    _: &[f32],
+    _: usize,
+    _: &Tiling,
+    _: usize,
+    _: &[(usize, usize, usize)],
+    _: usize,
+    _: usize,
+    _: &mut [f32],
+) {
+    unreachable!("igemm::available is false off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_out(
+    _: Tile,
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: &[(usize, usize, usize)],
+    _: &Tiling,
+    _: &Conv,
+    _: &[f32],
+    _: Activation,
+    _: Out,
+) {
+    unreachable!("igemm::available is false off x86_64")
 }
 
 /// The input (masked) into the phase planes: plane `(c, p)` row `i` column `j` holds input
@@ -838,120 +919,6 @@ unsafe fn output_transform8(
             }
         }
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_transform8(
-    _: &[f32],
-    _: usize,
-    _: &Tiling,
-    _: usize,
-    _: &[(usize, usize, usize)],
-    _: usize,
-    _: usize,
-    _: &mut [f32],
-) {
-    unreachable!("igemm::available is false off x86_64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_transform8(
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: &[(usize, usize, usize)],
-    _: &Tiling,
-    _: &Conv,
-    _: &[f32],
-    _: Activation,
-    _: Out,
-) {
-    unreachable!("igemm::available is false off x86_64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_transform26(
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: &[(usize, usize, usize)],
-    _: &Conv,
-    _: &[f32],
-    _: Activation,
-    _: Out,
-) {
-    unreachable!("igemm::available is false off x86_64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_transform6(
-    _: &[f32],
-    _: usize,
-    _: &Tiling,
-    _: usize,
-    _: &[(usize, usize, usize)],
-    _: usize,
-    _: usize,
-    _: &mut [f32],
-) {
-    unreachable!("igemm::available is false off x86_64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_transform4(
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: &[(usize, usize, usize)],
-    _: &Conv,
-    _: &[f32],
-    _: Activation,
-    _: Out,
-) {
-    unreachable!("igemm::available is false off x86_64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_transform(
-    _: &[f32],
-    _: usize,
-    _: &Tiling,
-    _: usize,
-    _: &[(usize, usize, usize)],
-    _: usize,
-    _: usize,
-    _: &mut [f32],
-) {
-    unreachable!("igemm::available is false off x86_64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_transform(
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: &[(usize, usize, usize)],
-    _: &Conv,
-    _: &[f32],
-    _: Activation,
-    _: Out,
-) {
-    unreachable!("igemm::available is false off x86_64")
 }
 
 #[cfg(test)]
