@@ -350,6 +350,7 @@ impl Block for Relu {
 
     fn forward_saving(&self, x: &Tensor) -> Result<(Tensor, Saved)> {
         let y = x.relu()?;
+        // The output (where it is above 0 is where the input was), not the input.
         Ok((y.clone(), Saved::Input(y)))
     }
 

@@ -1089,8 +1089,8 @@ fn wide_kernels() -> bool {
     on && !IM2COL_ONLY.with(|c| c.get())
 }
 
-/// Whether convolutions at stride 1 with a kernel Winograd's route has (3x3; 5x5 input
-/// gradients) take it (`winograd.rs`) where they take the implicit-product kernel: unless
+/// Whether convolutions at stride 1 with a kernel Winograd's route has (3x3; 5x5, 1x7 and
+/// 7x1 input gradients) take it (`winograd.rs`) where they take the implicit-product kernel: unless
 /// `DEEPDREAM_WINOGRAD=0` (for comparing the routes).
 fn winograd() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

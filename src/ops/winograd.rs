@@ -113,6 +113,8 @@ impl Tile {
     /// finite points `q` (4, -6, -6, 24, 24; F(2, 7): -1, -9/2, -9/2, 90, 90, 45/32, 45/32), the
     /// last row the last tap.
     fn g(self, t: &[f64]) -> Vec<f64> {
+        let (kh, kw) = self.kernel();
+        assert!(t.len() == kh || t.len() == kw, "winograd: {} taps for a {kh}x{kw} kernel", t.len());
         if t.len() == 1 {
             return t.to_vec();
         }
@@ -130,7 +132,7 @@ impl Tile {
     }
 }
 
-/// A layer's weights `[m, c, k, k]` transformed, `U = G g Gt`, as the `xi` matrices `[m, c]`
+/// A layer's weights `[m, c, kh, kw]` transformed, `U = G g Gt`, as the `xi` matrices `[m, c]`
 /// packed for the product kernel.
 pub struct Transformed {
     m: usize,
@@ -140,7 +142,7 @@ pub struct Transformed {
 }
 
 impl Transformed {
-    /// Transforms the row-major `[m, c, k, k]` weights `w` (in float64, rounded once) for
+    /// Transforms the row-major `[m, c, kh, kw]` weights `w` (in float64, rounded once) for
     /// `tile`.
     pub fn new(w: &[f32], m: usize, c: usize, tile: Tile) -> Transformed {
         let ((kh, kw), (nh, nw)) = (tile.kernel(), tile.block());
@@ -388,7 +390,7 @@ fn pad(job: &Conv, t: &Tiling, planes: &mut [f32]) {
     });
 }
 
-/// The distance between the planes (16 or 36) of a run's transformed tiles (or products) of
+/// The distance between the planes (8, 16 or 36) of a run's transformed tiles (or products) of
 /// `len` floats each: an odd number of 64-byte lines, so that the planes' stores of one channel
 /// fall in different sets of the L1 cache. At `len` a multiple of 1024 floats (96 channels x 96
 /// tiles: 36 KB) all 16 of F(2x2, 3x3) landed in one set of 12 ways, and the transforms waited
@@ -966,7 +968,8 @@ mod tests {
                 let (kh, kw) = tile.kernel();
                 let wt = values(m * c * kh * kw, 0.53);
                 // Along an axis, the 3x3 case's padding for 3 taps; for 5 and 7 taps one and two
-                // more where the case pads (less than 4); none for 1 tap.
+                // more where the case pads (less than 4) on that axis; none for 1 tap. (Each axis
+                // by its own padding: case 9's 5x5 columns pad (3, -1).)
                 let widen = |k: usize, a: usize, b: isize| match k {
                     1 => (0, 0),
                     _ if (1..4).contains(&a) => (a + (k - 3) / 2, b + (k as isize - 3) / 2),

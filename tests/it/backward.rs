@@ -109,8 +109,9 @@ fn own_backward_matches_candle_autograd_on_every_architecture() {
     }
     eprintln!("checked: {checked:?}");
     // Between them: chains, concatenations, residuals with and without a shortcut conv and a
-    // ReLU after the sum, InceptionE's generic backward, pools of both kinds, classifier heads.
-    for needed in ["efficientnet-lite0", "inception-v3", "googlenet", "vgg16", "resnet50"] {
+    // ReLU after the sum, InceptionE's generic backward, pools of both kinds, classifier heads,
+    // TF2015's pooling branches pooled after their 1x1 convolution (a ReLU block of its own).
+    for needed in ["efficientnet-lite0", "inception-v3", "inception-v3-tf2015", "googlenet", "vgg16", "resnet50"] {
         assert!(checked.contains(&needed), "{needed} was not checked");
     }
 }
