@@ -487,6 +487,37 @@ fn products(u: &Packed, v: &[f32], n: usize, p: &mut [f32], offsets: &[usize], z
     };
 }
 
+/// The indices for `_mm512_permutex2var_ps` that interleave lanes 0..8 of two vectors (`a0 b0
+/// a1 b1 ...`), and lanes 8..16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn interleave() -> (std::arch::x86_64::__m512i, std::arch::x86_64::__m512i) {
+    use std::arch::x86_64::*;
+    (
+        _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
+    )
+}
+
+/// Two outputs a tile along a row: lane `l` of `y0` to column `2l`, of `y1` to `2l + 1`, the
+/// first `cols` columns (at most 32) from `row` on.
+///
+/// # Safety
+/// The CPU has AVX-512F, and `row..row + cols` is the caller's to write.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_pairs(row: *mut f32, cols: usize, y0: std::arch::x86_64::__m512, y1: std::arch::x86_64::__m512) {
+    use std::arch::x86_64::*;
+    let (lo, hi) = interleave();
+    // SAFETY: the caller's.
+    unsafe {
+        _mm512_mask_storeu_ps(row, lanes(cols), _mm512_permutex2var_ps(y0, lo, y1));
+        if cols > 16 {
+            _mm512_mask_storeu_ps(row.add(16), lanes(cols - 16), _mm512_permutex2var_ps(y0, hi, y1));
+        }
+    }
+}
+
 /// `Y = At M A` for the run's tiles of every output channel, plus the bias, through the
 /// activation, into the output `[m, oh, ow]`. At = [[1, 1, 1, 0], [0, 1, -1, -1]].
 #[cfg(target_arch = "x86_64")]
@@ -509,9 +540,6 @@ unsafe fn output_transform(
     let (oh, ow) = (job.oh, job.ow);
     let tw = ow.div_ceil(2);
     let pp = p.as_ptr();
-    // Lanes 0..8 of two vectors interleaved, and lanes 8..16.
-    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     for (o, &bo) in bias[..m].iter().enumerate() {
         let b = _mm512_set1_ps(bo);
         for &(ty, tx, len) in chunks {
@@ -543,12 +571,7 @@ unsafe fn output_transform(
                 let cols = (2 * len).min(ow - 2 * tx);
                 let row = out.at((o * oh + oy) * ow + 2 * tx);
                 // SAFETY: columns 2tx + 0..cols of row oy of channel o are this run's pixels.
-                unsafe {
-                    _mm512_mask_storeu_ps(row, lanes(cols), _mm512_permutex2var_ps(y0, lo, y1));
-                    if cols > 16 {
-                        _mm512_mask_storeu_ps(row.add(16), lanes(cols - 16), _mm512_permutex2var_ps(y0, hi, y1));
-                    }
-                }
+                unsafe { store_pairs(row, cols, y0, y1) };
             }
         }
     }
@@ -662,9 +685,7 @@ unsafe fn output_transform4(
     let (oh, ow) = (job.oh, job.ow);
     let tw = ow.div_ceil(4);
     let pp = p.as_ptr();
-    // Lanes 0..8 of two vectors interleaved, and lanes 8..16.
-    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    let (lo, hi) = interleave();
     for (o, &bo) in bias[..m].iter().enumerate() {
         let b = _mm512_set1_ps(bo);
         for &(ty, tx, len) in chunks {
@@ -739,9 +760,6 @@ unsafe fn output_transform26(
             _mm512_add_ps(_mm512_fmadd_ps(two, _mm512_sub_ps(m3, m4), _mm512_sub_ps(m1, m2)), m5),
         ]
     };
-    // Lanes 0..8 of two vectors interleaved, and lanes 8..16.
-    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     for (o, &bo) in bias[..m].iter().enumerate() {
         let b = _mm512_set1_ps(bo);
         for &(ty, tx, len) in chunks {
@@ -766,12 +784,7 @@ unsafe fn output_transform26(
                 let [y0, y1] = [0, 1].map(|c| igemm::activate(_mm512_add_ps(y[c][a], b), act));
                 let row = out.at((o * oh + oy) * ow + 2 * tx);
                 // SAFETY: columns 2tx + 0..cols of row oy of channel o are this run's pixels.
-                unsafe {
-                    _mm512_mask_storeu_ps(row, lanes(cols), _mm512_permutex2var_ps(y0, lo, y1));
-                    if cols > 16 {
-                        _mm512_mask_storeu_ps(row.add(16), lanes(cols - 16), _mm512_permutex2var_ps(y0, hi, y1));
-                    }
-                }
+                unsafe { store_pairs(row, cols, y0, y1) };
             }
         }
     }
@@ -882,9 +895,6 @@ unsafe fn output_transform8(
     let (oh, ow) = (job.oh, job.ow);
     let pp = p.as_ptr();
     let c = _mm512_set1_ps;
-    // Lanes 0..8 of two vectors interleaved, and lanes 8..16.
-    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     for (o, &bo) in bias[..m].iter().enumerate() {
         let b = _mm512_set1_ps(bo);
         for &(ty, tx, len) in chunks {
@@ -906,12 +916,7 @@ unsafe fn output_transform8(
                 let cols = (2 * len).min(ow - 2 * tx);
                 let row = out.at((o * oh + ty) * ow + 2 * tx);
                 // SAFETY: columns 2tx + 0..cols of row ty of channel o are this run's pixels.
-                unsafe {
-                    _mm512_mask_storeu_ps(row, lanes(cols), _mm512_permutex2var_ps(y0, lo, y1));
-                    if cols > 16 {
-                        _mm512_mask_storeu_ps(row.add(16), lanes(cols - 16), _mm512_permutex2var_ps(y0, hi, y1));
-                    }
-                }
+                unsafe { store_pairs(row, cols, y0, y1) };
             } else {
                 // Columns tx .. tx + len of rows 2 ty and 2 ty + 1, those inside the plane.
                 for (oy, y) in (2 * ty..(2 * ty + 2).min(oh)).zip([y0, y1]) {
