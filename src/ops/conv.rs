@@ -628,7 +628,7 @@ macro_rules! wide_plane {
             $f(i, out, src, wt, g, cols, kk)
         }
         #[cfg(target_arch = "x86_64")]
-        if super::igemm::available() {
+        if super::igemm::avx512() {
             // SAFETY: the CPU has AVX-512F (checked at run time).
             unsafe { avx512($i, $out, $src, $wt, $g, $cols, $kk) }
         } else {
@@ -779,7 +779,7 @@ pub(super) fn phase_row(dst: &mut [f32], src: &[f32], s: usize, p: usize, pl: us
     // The first column is past the row when the span is empty (a row narrower than the stride).
     let from = src.get(span.start * s + p - pl.min(span.start * s + p)..).unwrap_or(&[]);
     #[cfg(target_arch = "x86_64")]
-    if s == 2 && super::igemm::available() {
+    if s == 2 && super::igemm::avx512() {
         // SAFETY: the CPU has AVX-512F.
         unsafe { every_other(&mut dst[span], from) };
         return;
@@ -1074,24 +1074,54 @@ pub fn on_im2col_route<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Whether the implicit-product kernel (`igemm.rs`) runs this convolution: stride 1, one group,
-/// a CPU with AVX-512F, and not turned off with `DEEPDREAM_IGEMM=0` (for comparing the routes)
-/// or [`on_im2col_route`].
+/// Whether the implicit-product kernel (`igemm.rs`, and Winograd's route on it) runs this
+/// convolution (and its input gradient): stride 1, one group, [`implicit_kernels`], and on a CPU
+/// without AVX-512 only the layers where that beat the im2col route ([`avx2_pays`]).
 fn implicit(g: &Geometry) -> bool {
-    wide_kernels() && g.sh == 1 && g.sw == 1 && g.groups == 1 && g.transposed().is_some()
+    implicit_kernels()
+        && g.sh == 1
+        && g.sw == 1
+        && g.groups == 1
+        && g.transposed().is_some()
+        && (super::igemm::avx512() || avx2_pays(g))
 }
 
-/// Whether this thread's convolutions may take the AVX-512 kernels: the CPU has AVX-512F,
-/// `DEEPDREAM_IGEMM` is not 0, and not inside [`on_im2col_route`].
-fn wide_kernels() -> bool {
+/// The layers whose forward and input gradient ran faster on the AVX2 kernels than on the im2col
+/// route, OpenBLAS's kernel (Zen 3, 2 cores, InceptionV3's layers at 512x512, alternating in one
+/// process: `cargo test --release --lib route_speed -- --ignored --nocapture`): 3x3 ones through
+/// Winograd's F(2x2, 3x3) with at least 48 channels in and out (80 -> 192 at 126x126: 30 ms
+/// against 36, gradient 36 against 44; 96 -> 96 at 61x61 7% faster; 32 -> 64 at 253x253 14%
+/// slower), and 5x5 ones (48 -> 64 at 61x61: 12% faster). 1x1, 1x7 and 7x1 layers ran up to 1.8
+/// times slower (the kernel's 16-pixel tiles read each tap's weights again from the L2 cache),
+/// and the stride-2 ones 1.3 times.
+fn avx2_pays(g: &Geometry) -> bool {
+    match (g.kh, g.kw) {
+        (3, 3) => g.ci.min(g.co) >= 48 && winograd(),
+        (5, 5) => true,
+        _ => false,
+    }
+}
+
+/// Whether this thread's convolutions may take the implicit-product kernel: the CPU has
+/// AVX-512F or AVX2 with FMA, `DEEPDREAM_IGEMM` is not 0 (for comparing the routes), and not
+/// inside [`on_im2col_route`].
+fn implicit_kernels() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| super::igemm::available() && super::switched_on("DEEPDREAM_IGEMM"));
     on && !IM2COL_ONLY.with(|c| c.get())
 }
 
+/// Whether this thread's convolutions may take the AVX-512 kernels (the depthwise rows, the
+/// strided convolutions through their phase planes): [`implicit_kernels`] on a CPU with
+/// AVX-512F.
+fn wide_kernels() -> bool {
+    implicit_kernels() && super::igemm::avx512()
+}
+
 /// Whether convolutions at stride 1 with a kernel Winograd's route has (3x3; 5x5, 1x7 and
-/// 7x1 input gradients) take it (`winograd.rs`) where they take the implicit-product kernel: unless
-/// `DEEPDREAM_WINOGRAD=0` (for comparing the routes).
+/// 7x1 input gradients on AVX-512 only, see `Tile::for_gradients`) take it (`winograd.rs`)
+/// where they take the implicit-product kernel: unless `DEEPDREAM_WINOGRAD=0` (for comparing
+/// the routes).
 fn winograd() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| super::switched_on("DEEPDREAM_WINOGRAD"))
@@ -1651,5 +1681,76 @@ mod tests {
             })
         });
         assert_eq!(nested, alone);
+    }
+}
+
+#[cfg(test)]
+mod route_speed {
+    use super::*;
+    use candle_core::{Device, Tensor};
+    /// `cargo test --release --lib route_speed -- --ignored --nocapture`: InceptionV3's layers at
+    /// 512x512, forward and input gradient, on this CPU's route and on the im2col route,
+    /// alternating (the minimum of 8 runs each).
+    #[test]
+    #[ignore]
+    fn route_speed() {
+        let values = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<_>>();
+        // (c, h, m, kh, kw, stride, padding)
+        let cases = [
+            (32, 253, 64, 3, 3, 1, Padding::Same),
+            (80, 126, 192, 3, 3, 1, Padding::symmetric(0, 0)),
+            (192, 61, 64, 1, 1, 1, Padding::symmetric(0, 0)),
+            (48, 61, 64, 5, 5, 1, Padding::Same),
+            (64, 61, 96, 3, 3, 1, Padding::Same),
+            (96, 61, 96, 3, 3, 1, Padding::Same),
+            (128, 30, 128, 1, 7, 1, Padding::symmetric(0, 3)),
+            (128, 30, 192, 7, 1, 1, Padding::symmetric(3, 0)),
+            (768, 30, 192, 1, 1, 1, Padding::symmetric(0, 0)),
+            (288, 61, 384, 3, 3, 2, Padding::symmetric(0, 0)),
+        ];
+        for (c, h, m, kh, kw, s, padding) in cases {
+            let w = Tensor::from_vec(values(m * c * kh * kw, 0.7), (m, c, kh, kw), &Device::Cpu).unwrap();
+            let b = Tensor::from_vec(values(m, 1.3), m, &Device::Cpu).unwrap();
+            let conv = Conv2d::new(
+                &w,
+                Some(&b),
+                ConvSpec { padding, activation: Activation::Relu, stride: (s, s), groups: 1 },
+            )
+            .unwrap();
+            let x = Tensor::from_vec(values(c * h * h, 0.31), (1, c, h, h), &Device::Cpu).unwrap();
+            let y = conv.forward(&x).unwrap();
+            let gy = Tensor::from_vec(values(y.elem_count(), 0.77), y.dims(), &Device::Cpu).unwrap();
+            let (mut f, mut bw) = ([f64::MAX; 2], [f64::MAX; 2]);
+            for i in 0..16 {
+                let r = i % 2;
+                let t = std::time::Instant::now();
+                let go = || {
+                    let _ = conv.forward(&x).unwrap();
+                };
+                if r == 0 {
+                    go()
+                } else {
+                    on_im2col_route(go)
+                }
+                f[r] = f[r].min(t.elapsed().as_secs_f64());
+                let t = std::time::Instant::now();
+                let go = || {
+                    let _ = conv.input_grad(&gy, &y, x.dims()).unwrap();
+                };
+                if r == 0 {
+                    go()
+                } else {
+                    on_im2col_route(go)
+                }
+                bw[r] = bw[r].min(t.elapsed().as_secs_f64());
+            }
+            println!(
+                "c{c} {h} -> {m} {kh}x{kw} s{s}: forward {:.2} ms (im2col {:.2}), gradient {:.2} (im2col {:.2})",
+                f[0] * 1e3,
+                f[1] * 1e3,
+                bw[0] * 1e3,
+                bw[1] * 1e3
+            );
+        }
     }
 }

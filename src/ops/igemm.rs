@@ -54,16 +54,80 @@ enum To<'a> {
     Partial,
 }
 
-/// Whether this CPU runs the kernel (checked once).
-pub fn available() -> bool {
+/// The instruction sets the kernels are written for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Isa {
+    /// AVX-512F: 8 channels x 48 pixels a micro-tile, 24 of the 32 vector registers.
+    Avx512,
+    /// AVX2 with FMA (AMD before Zen 4, Intel's client cores): 16 vector registers of 8 lanes,
+    /// so a micro-tile is 8 channels x 16 pixels, worked in two halves of 4 channels (see
+    /// `tile_avx2`).
+    Avx2,
+}
+
+impl Isa {
+    /// Grid pixels per micro-tile.
+    pub(super) fn nr(self) -> usize {
+        match self {
+            Isa::Avx512 => NR,
+            Isa::Avx2 => NR / 3,
+        }
+    }
+}
+
+/// The kernels this CPU runs (checked once): AVX-512F, else AVX2 with FMA, else none (the
+/// im2col route). `DEEPDREAM_ISA=avx2` takes the AVX2 kernels on a CPU that has AVX-512 too
+/// (for comparing them).
+pub fn isa() -> Option<Isa> {
     #[cfg(target_arch = "x86_64")]
     {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+        static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma");
+            let forced = std::env::var("DEEPDREAM_ISA").is_ok_and(|v| v.trim().eq_ignore_ascii_case("avx2"));
+            if has!("avx512f") && !forced { Some(Isa::Avx512) } else { avx2.then_some(Isa::Avx2) }
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        None
+    }
+}
+
+/// Whether this CPU runs the implicit-product kernel (either instruction set).
+pub fn available() -> bool {
+    isa().is_some()
+}
+
+/// Whether this CPU runs the AVX-512 kernels: Winograd's transforms other than F(2x2, 3x3)'s,
+/// the pooling scan, the depthwise rows and the phase split have no AVX2 version yet.
+pub fn avx512() -> bool {
+    isa() == Some(Isa::Avx512)
+}
+
+thread_local! {
+    /// Set by [`on_avx2`]: this thread's products take the AVX2 kernel.
+    static AVX2_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's [`conv`] calls on the AVX2 kernel where the CPU has AVX2 (the
+/// tests keep it covered on machines with AVX-512).
+#[cfg(test)]
+pub(super) fn on_avx2<R>(f: impl FnOnce() -> R) -> R {
+    let before = AVX2_ONLY.with(|c| c.replace(true));
+    let r = f();
+    AVX2_ONLY.with(|c| c.set(before));
+    r
+}
+
+/// The kernel this thread's [`conv`] (and `winograd::conv`) calls take.
+pub(super) fn isa_here() -> Isa {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx512) if AVX2_ONLY.with(|c| c.get()) && std::arch::is_x86_feature_detected!("fma") => Isa::Avx2,
+        Some(i) => i,
+        None => panic!("igemm: the CPU has neither AVX-512F nor AVX2 with FMA"),
     }
 }
 
@@ -121,11 +185,11 @@ thread_local! {
 /// `y[o] = act(bias[o] + sum_k w[o, k] * column_k)` for every output channel `o` of `w`
 /// (`w.k` must be `c * kh * kw`, taps ordered `(c, ky, kx)`), as `[m, oh, ow]`.
 pub fn conv(w: &Packed, bias: Option<&[f32]>, act: Activation, job: &Conv) -> Vec<f32> {
-    assert!(available(), "igemm: the CPU lacks AVX-512F");
+    let isa = isa_here();
     assert!(w.k > 0 && w.k == job.c * job.kh * job.kw, "igemm: weights for another kernel");
     assert_eq!(job.x.len(), job.c * job.h * job.w, "igemm: input of another size");
     if job.sh > 1 || job.sw > 1 {
-        return strided(w, bias, act, job);
+        return strided(w, bias, act, job, isa);
     }
     let direct = job.kh == 1
         && job.kw == 1
@@ -134,7 +198,7 @@ pub fn conv(w: &Packed, bias: Option<&[f32]>, act: Activation, job: &Conv) -> Ve
         && (job.oh, job.ow) == (job.h, job.w)
         && job.mask.is_none();
     if direct {
-        return run(w, bias, act, job, job.x, job.w, offsets(job, 1, 1, job.w, job.h * job.w));
+        return run(w, bias, act, job, job.x, job.w, offsets(job, 1, 1, job.w, job.h * job.w), isa);
     }
     let (hp, wp) = (job.oh + job.kh - 1, job.ow + job.kw - 1);
     let plane = hp * wp;
@@ -143,7 +207,7 @@ pub fn conv(w: &Packed, bias: Option<&[f32]>, act: Activation, job: &Conv) -> Ve
     let len = job.c * plane + wp + job.kw + NR;
     super::conv::with_buffer(&PADDED, len, |buf| {
         pad(job, buf, hp, wp);
-        run(w, bias, act, job, buf, wp, offsets(job, 1, 1, wp, plane))
+        run(w, bias, act, job, buf, wp, offsets(job, 1, 1, wp, plane), isa)
     })
 }
 
@@ -163,7 +227,7 @@ fn offsets(job: &Conv, sh: usize, sw: usize, wp: usize, plane: usize) -> Vec<usi
 /// `sh * sw` phase planes per channel (rows `i * sh + py`, columns `j * sw + px`), where tap
 /// `(ky, kx)` of output `(oy, ox)` is pixel `(oy + ky / sh, ox + kx / sw)` of phase
 /// `(ky % sh, kx % sw)`: the same shifted reads, no im2col matrix, no taps of zeros.
-fn strided(w: &Packed, bias: Option<&[f32]>, act: Activation, job: &Conv) -> Vec<f32> {
+fn strided(w: &Packed, bias: Option<&[f32]>, act: Activation, job: &Conv, isa: Isa) -> Vec<f32> {
     assert!(job.mask.is_none(), "igemm: a mask only at stride 1");
     let (sh, sw) = (job.sh, job.sw);
     let (hp, wp) = (job.oh + (job.kh - 1) / sh, job.ow + (job.kw - 1) / sw);
@@ -189,7 +253,7 @@ fn strided(w: &Packed, bias: Option<&[f32]>, act: Activation, job: &Conv) -> Vec
                 }
             }
         });
-        run(w, bias, act, job, buf, wp, offsets(job, sh, sw, wp, plane))
+        run(w, bias, act, job, buf, wp, offsets(job, sh, sw, wp, plane), isa)
     })
 }
 
@@ -244,6 +308,7 @@ impl Out {
 
 /// The product over the grid `src` (rows `wp` wide; the output's `oh x ow` pixels are the grid's
 /// first `ow` columns of its first `oh` rows), tap `k` reading from `offsets[k]` on.
+#[allow(clippy::too_many_arguments)]
 fn run(
     w: &Packed,
     bias: Option<&[f32]>,
@@ -252,6 +317,7 @@ fn run(
     src: &[f32],
     wp: usize,
     offsets: Vec<usize>,
+    isa: Isa,
 ) -> Vec<f32> {
     let (oh, ow) = (job.oh, job.ow);
     let ohw = oh * ow;
@@ -266,7 +332,7 @@ fn run(
     // Tap k reads grid pixels 0..grid from offsets[k] on: all inside `src` (the tiles' loads
     // past `grid` are masked off).
     assert!(offsets.last().is_some_and(|o| o + grid <= src.len()), "igemm: the grid overruns its buffer");
-    let tiles = grid.div_ceil(NR);
+    let tiles = grid.div_ceil(isa.nr());
     let blocks = w.m.div_ceil(MR);
     let mut y: Vec<f32> = Vec::with_capacity(w.m * ohw);
     let out = Out(y.as_mut_ptr());
@@ -282,10 +348,10 @@ fn run(
         let (tr, br) = (task / block_runs, task % block_runs);
         let tiles_here = tr * tile_run..((tr + 1) * tile_run).min(tiles);
         let blocks_here = br * block_run..((br + 1) * block_run).min(blocks);
-        // SAFETY: AVX-512F was checked in `conv`, which sized the grid buffer (or the direct
+        // SAFETY: `isa` runs on this CPU (`isa_here`); `conv` sized the grid buffer (or the direct
         // input, through the tail masks) to hold every unmasked lane read at `offsets[k] +
         // t * NR`; the tasks' (tiles, blocks) pairs are disjoint, and `y` holds `m * ohw`.
-        unsafe { product(w, &offsets, &geometry, tiles_here, blocks_here, out, &bias_padded, act) };
+        unsafe { product(w, &offsets, &geometry, tiles_here, blocks_here, out, &bias_padded, act, isa) };
     });
     // SAFETY: the tasks above wrote every one of the `m * oh * ow` elements (each channel's
     // every output pixel lies in exactly one tile of the grid).
@@ -293,14 +359,14 @@ fn run(
     y
 }
 
-/// The micro-tiles `tiles` (of NR grid pixels each) of the channel blocks `blocks` (of MR
-/// channels): the sums over all taps of `w` (tap `k` read at `offsets[k]` from a tile's first
-/// pixel), plus `bias` (padded to whole blocks), through `act`, into `out` (channel `o` at
-/// `o * g.oh * g.ow`). With more taps than a pass takes (KC), the sums wait in partial sums
+/// The micro-tiles `tiles` (of `isa.nr()` grid pixels each) of the channel blocks `blocks` (of
+/// MR channels): the sums over all taps of `w` (tap `k` read at `offsets[k]` from a tile's
+/// first pixel), plus `bias` (padded to whole blocks), through `act`, into `out` (channel `o`
+/// at `o * g.oh * g.ow`). With more taps than a pass takes (KC), the sums wait in partial sums
 /// between passes, and each pass prefetches the pixels of the next.
 ///
 /// # Safety
-/// The CPU has AVX-512F; every unmasked lane a tile reads (`offsets[k] + t * NR + lane`, lanes
+/// The CPU runs `isa`; every unmasked lane a tile reads (`offsets[k] + t * nr + lane`, lanes
 /// up to `g.grid`) lies inside the buffer at `g.src`; `out` holds these channels at these
 /// tiles' output pixels and nobody else writes them meanwhile.
 #[allow(clippy::too_many_arguments)]
@@ -313,8 +379,10 @@ pub(super) unsafe fn product(
     out: Out,
     bias: &[f32],
     act: Activation,
+    isa: Isa,
 ) {
     let ohw = g.oh * g.ow;
+    let nr = isa.nr();
     assert!(offsets.len() == w.k && bias.len() >= blocks.end * MR);
     // Partial sums of the tile between chunks of taps, per block of channels. With one chunk
     // of taps they are never used, and one block's worth stands in.
@@ -324,9 +392,9 @@ pub(super) unsafe fn product(
             let k1 = (k0 + KC).min(w.k);
             // The pass after this one: the next taps of this tile, or the next tile's first.
             let next = if k1 < w.k {
-                Some((&offsets[k1..(k1 + KC).min(w.k)], t * NR))
+                Some((&offsets[k1..(k1 + KC).min(w.k)], t * nr))
             } else if t + 1 < tiles.end {
-                Some((&offsets[..KC.min(w.k)], (t + 1) * NR))
+                Some((&offsets[..KC.min(w.k)], (t + 1) * nr))
             } else {
                 None
             };
@@ -340,20 +408,15 @@ pub(super) unsafe fn product(
                 } else {
                     To::Partial
                 };
+                let partial = &mut partial[if w.k > KC { i * MR * NR } else { 0 }..][..MR * NR];
                 // SAFETY (the caller's): `tile` reads the grid at unmasked lanes only, and
                 // writes channels `b * MR..+rows` at valid pixels of tile `t`, or the partial
                 // sums.
                 unsafe {
-                    tile(
-                        a,
-                        &offsets[k0..k1],
-                        g,
-                        t * NR,
-                        from,
-                        to,
-                        &mut partial[if w.k > KC { i * MR * NR } else { 0 }..][..MR * NR],
-                        next,
-                    )
+                    match isa {
+                        Isa::Avx512 => tile(a, &offsets[k0..k1], g, t * nr, from, to, partial, next),
+                        Isa::Avx2 => tile_avx2(a, &offsets[k0..k1], g, t * nr, from, to, rows, partial, next),
+                    }
                 };
             }
         }
@@ -523,6 +586,191 @@ pub(super) fn activate(x: std::arch::x86_64::__m512, act: Activation) -> std::ar
     }
 }
 
+/// [`tile`] on AVX2: grid pixels `p0..p0 + 16` (2 vectors of 8), the block's channels in two
+/// halves of 4 (8 accumulators; the second half only when the block has more than 4
+/// channels), each half reading the taps' pixels again (from the L1 cache). A tap is then 2
+/// loads, 4 broadcasts and 8 FMAs: 80 GFLOP/s of Zen 3's 93 on one core from the L1 cache.
+/// Other shapes measured there: 3 vectors of pixels (12 accumulators) left no spare register
+/// and one accumulator went to the stack every tap (40); the channels in the lanes and 12
+/// pixels broadcast (a broadcast per FMA) 55. `partial` holds each half's 4 x 16 sums in turn.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2(
+    a: &[f32],
+    offsets: &[usize],
+    g: &Grid,
+    p0: usize,
+    from: From,
+    to: To,
+    rows: usize,
+    partial: &mut [f32],
+    next: Option<(&[usize], usize)>,
+) {
+    use std::arch::x86_64::*;
+    const N: usize = NR / 3;
+    let valid = g.grid.saturating_sub(p0).min(N);
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let lane_mask = |v: usize| _mm256_cmpgt_epi32(_mm256_set1_epi32(valid.saturating_sub(v * 8).min(8) as i32), lanes);
+    let m = [lane_mask(0), lane_mask(1)];
+    assert!(a.len() >= offsets.len() * MR && partial.len() >= MR * N && rows <= MR);
+    let src = g.src;
+    if let Some((taps, q0)) = next {
+        for &offset in taps {
+            // Prefetches never fault, wherever they point.
+            let bp = src.wrapping_add(offset + q0) as *const i8;
+            _mm_prefetch::<_MM_HINT_T1>(bp);
+            _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(60));
+        }
+    }
+    for half in 0..rows.div_ceil(4) {
+        let part = &mut partial[half * 4 * N..][..4 * N];
+        let mut acc = [_mm256_setzero_ps(); 8];
+        if let From::Partial = from {
+            for (i, v) in acc.iter_mut().enumerate() {
+                // SAFETY: `part` holds 8 vectors.
+                *v = unsafe { _mm256_loadu_ps(part.as_ptr().add(8 * i)) };
+            }
+        }
+        let ap = a.as_ptr().wrapping_add(4 * half);
+        // SAFETY (the caller's): the grid holds every unmasked lane read, and `a` holds MR
+        // weights per tap (asserted above).
+        unsafe {
+            if valid == N {
+                taps_avx2::<true>(&mut acc, ap, offsets, src.wrapping_add(p0), &m)
+            } else {
+                taps_avx2::<false>(&mut acc, ap, offsets, src.wrapping_add(p0), &m)
+            }
+        }
+        match to {
+            To::Partial => {
+                for (i, v) in acc.iter().enumerate() {
+                    // SAFETY: as for the load above.
+                    unsafe { _mm256_storeu_ps(part.as_mut_ptr().add(8 * i), *v) };
+                }
+            }
+            To::Output(y, bias, rows, act) => {
+                let ohw = g.oh * g.ow;
+                let y = y.wrapping_add(4 * half * ohw);
+                let (bias, rows) = (&bias[4 * half..], (rows - 4 * half).min(4));
+                // SAFETY (the caller's): as for `tile`.
+                unsafe { store_avx2(acc, g, p0, valid, y, bias, rows, act) };
+            }
+        }
+    }
+}
+
+/// The taps of one half of an AVX2 micro-tile: `acc[2 r + v] += a[kk * MR + r] * pixels
+/// `8 v..8 v + 8` of tap `kk` (read at `src + offsets[kk]`; only the lanes of `m` unless
+/// `FULL`).
+///
+/// # Safety
+/// AVX2 and FMA; the reads are inside their buffers (see [`tile_avx2`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn taps_avx2<const FULL: bool>(
+    acc: &mut [std::arch::x86_64::__m256; 8],
+    ap: *const f32,
+    offsets: &[usize],
+    src: *const f32,
+    m: &[std::arch::x86_64::__m256i; 2],
+) {
+    use std::arch::x86_64::*;
+    for (kk, &offset) in offsets.iter().enumerate() {
+        // SAFETY: the caller's.
+        unsafe {
+            let bp = src.wrapping_add(offset);
+            let (b0, b1) = if FULL {
+                (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.wrapping_add(8)))
+            } else {
+                (_mm256_maskload_ps(bp, m[0]), _mm256_maskload_ps(bp.wrapping_add(8), m[1]))
+            };
+            let w = ap.add(kk * MR);
+            for r in 0..4 {
+                let wr = _mm256_broadcast_ss(&*w.add(r));
+                acc[2 * r] = _mm256_fmadd_ps(wr, b0, acc[2 * r]);
+                acc[2 * r + 1] = _mm256_fmadd_ps(wr, b1, acc[2 * r + 1]);
+            }
+        }
+    }
+}
+
+/// [`store`] for a half of an AVX2 micro-tile (`rows` up to 4, 16 pixels).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_avx2(
+    acc: [std::arch::x86_64::__m256; 8],
+    g: &Grid,
+    p0: usize,
+    valid: usize,
+    y: *mut f32,
+    bias: &[f32],
+    rows: usize,
+    act: Activation,
+) {
+    use std::arch::x86_64::*;
+    let ohw = g.oh * g.ow;
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    // Lanes lo..hi on.
+    let span = |lo: usize, hi: usize| {
+        _mm256_andnot_si256(
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(lo as i32), lanes),
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), lanes),
+        )
+    };
+    let zero = _mm256_setzero_ps();
+    for r in 0..rows {
+        let yr = y.wrapping_add(r * ohw);
+        let b = _mm256_set1_ps(bias[r]);
+        for v in 0..2 {
+            let q = p0 + 8 * v;
+            let n = valid.saturating_sub(8 * v).min(8);
+            if n == 0 {
+                break;
+            }
+            let x = _mm256_add_ps(acc[2 * r + v], b);
+            // As `activate`: vmaxps/vminps return their second operand when either is NaN.
+            let x = match act {
+                Activation::Identity => x,
+                Activation::Relu => _mm256_max_ps(x, zero),
+                Activation::Relu6 => _mm256_min_ps(_mm256_set1_ps(6.0), _mm256_max_ps(zero, x)),
+            };
+            if g.wp == g.ow {
+                // SAFETY (the caller's): lanes 0..n are output pixels q..q + n of channel r.
+                unsafe {
+                    if n == 8 {
+                        _mm256_storeu_ps(yr.wrapping_add(q), x)
+                    } else {
+                        _mm256_maskstore_ps(yr.wrapping_add(q), span(0, n), x)
+                    }
+                };
+                continue;
+            }
+            let (first, last) = (q / g.wp, (q + n - 1) / g.wp);
+            for oy in first..=last.min(g.oh - 1) {
+                let start = oy * g.wp;
+                let lo = start.max(q) - q;
+                let hi = (start + g.ow).min(q + n).saturating_sub(q);
+                if hi <= lo {
+                    continue;
+                }
+                let base = yr.wrapping_add(oy * g.ow + q).wrapping_sub(start);
+                // SAFETY (the caller's): the unmasked lanes are output pixels of row oy.
+                unsafe {
+                    if (lo, hi) == (0, 8) {
+                        _mm256_storeu_ps(base, x)
+                    } else {
+                        _mm256_maskstore_ps(base, span(lo, hi), x)
+                    }
+                };
+            }
+        }
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
@@ -532,6 +780,22 @@ unsafe fn tile(
     _: usize,
     _: From,
     _: To,
+    _: &mut [f32],
+    _: Option<(&[usize], usize)>,
+) {
+    unreachable!("igemm::available is false off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2(
+    _: &[f32],
+    _: &[usize],
+    _: &Grid,
+    _: usize,
+    _: From,
+    _: To,
+    _: usize,
     _: &mut [f32],
     _: Option<(&[usize], usize)>,
 ) {
@@ -586,10 +850,33 @@ pub(super) mod tests {
         y
     }
 
+    /// `f` on this CPU's kernel, and on the AVX2 kernel too where that is another (a CPU with
+    /// AVX-512).
+    pub(in crate::ops) fn both_kernels<R>(f: impl Fn() -> R) -> Vec<R> {
+        let mut out = vec![f()];
+        if isa() == Some(Isa::Avx512) && isa_here_avx2() {
+            out.push(on_avx2(&f));
+        }
+        out
+    }
+
+    /// Whether [`on_avx2`] takes the AVX2 kernel on this CPU.
+    fn isa_here_avx2() -> bool {
+        on_avx2(isa_here) == Isa::Avx2
+    }
+
+    #[test]
+    fn avx512_cpus_test_the_avx2_kernel_too() {
+        if isa() == Some(Isa::Avx512) {
+            assert!(isa_here_avx2(), "a CPU with AVX-512F and without FMA");
+        }
+        assert_eq!(both_kernels(|| 1).len(), if isa() == Some(Isa::Avx512) { 2 } else { 1 });
+    }
+
     #[test]
     fn matches_the_definition_on_every_shape_it_takes() {
         if !available() {
-            eprintln!("no AVX-512F here: the im2col route serves every convolution");
+            eprintln!("neither AVX-512F nor AVX2 here: the im2col route serves every convolution");
             return;
         }
         let values = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin() * 1.7).collect::<Vec<_>>();
@@ -620,14 +907,15 @@ pub(super) mod tests {
             for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
                 for mask in [None, Some((&y[..], act))] {
                     let job = Conv { x: &x, mask, c, h, w, kh, kw, pt, pl, sh: 1, sw: 1, oh, ow };
-                    let got = conv(&packed, Some(&bias), act, &job);
                     let want = naive(&wt, m, &bias, act, &job);
-                    for (k, (g, e)) in got.iter().zip(&want).enumerate() {
-                        assert!(
-                            (g - e).abs() < 1e-4 * (1.0 + e.abs()),
-                            "case {i} {act:?} mask {}: [{k}] {g} vs {e}",
-                            mask.is_some()
-                        );
+                    for got in both_kernels(|| conv(&packed, Some(&bias), act, &job)) {
+                        for (k, (g, e)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g - e).abs() < 1e-4 * (1.0 + e.abs()),
+                                "case {i} {act:?} mask {}: [{k}] {g} vs {e}",
+                                mask.is_some()
+                            );
+                        }
                     }
                 }
             }
@@ -660,11 +948,12 @@ pub(super) mod tests {
             let (oh, ow) = ((h + pt + pb - kh) / sh + 1, (w + pl + pr - kw) / sw + 1);
             for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
                 let job = Conv { x: &x, mask: None, c, h, w, kh, kw, pt, pl, sh, sw, oh, ow };
-                let got = conv(&packed, Some(&bias), act, &job);
                 let want = naive(&wt, m, &bias, act, &job);
-                assert_eq!(got.len(), want.len(), "case {i}");
-                for (k, (g, e)) in got.iter().zip(&want).enumerate() {
-                    assert!((g - e).abs() < 1e-4 * (1.0 + e.abs()), "case {i} {act:?}: [{k}] {g} vs {e}");
+                for got in both_kernels(|| conv(&packed, Some(&bias), act, &job)) {
+                    assert_eq!(got.len(), want.len(), "case {i}");
+                    for (k, (g, e)) in got.iter().zip(&want).enumerate() {
+                        assert!((g - e).abs() < 1e-4 * (1.0 + e.abs()), "case {i} {act:?}: [{k}] {g} vs {e}");
+                    }
                 }
             }
         }
@@ -679,9 +968,10 @@ pub(super) mod tests {
         let packed = Packed::new(&[1.0], 1, 1);
         let job = Conv { x: &x, mask: None, c: 1, h: 1, w: 4, kh: 1, kw: 1, pt: 0, pl: 0, sh: 1, sw: 1, oh: 1, ow: 4 };
         for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
-            let got = conv(&packed, None, act, &job);
             let want: Vec<f32> = x.iter().map(|v| act.apply(*v)).collect();
-            assert_eq!(format!("{got:?}"), format!("{want:?}"), "{act:?}");
+            for got in both_kernels(|| conv(&packed, None, act, &job)) {
+                assert_eq!(format!("{got:?}"), format!("{want:?}"), "{act:?}");
+            }
         }
     }
 
@@ -753,10 +1043,17 @@ mod kernel_speed {
             let t = std::time::Instant::now();
             for _ in 0..reps {
                 // SAFETY: every read is inside `src`.
-                unsafe { tile(&a, &offsets, &g, 0, From::Partial, To::Partial, &mut partial, None) };
+                unsafe {
+                    if isa() == Some(Isa::Avx512) {
+                        tile(&a, &offsets, &g, 0, From::Partial, To::Partial, &mut partial, None)
+                    } else {
+                        tile_avx2(&a, &offsets, &g, 0, From::Partial, To::Partial, MR, &mut partial, None)
+                    }
+                };
             }
             let dt = t.elapsed().as_secs_f64();
-            println!("{name}: {:.1} GFLOP/s", (2 * MR * NR * KC * reps) as f64 / dt / 1e9);
+            let nr = isa().unwrap().nr();
+            println!("{name}: {:.1} GFLOP/s", (2 * MR * nr * KC * reps) as f64 / dt / 1e9);
         }
     }
 }

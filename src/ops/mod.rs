@@ -25,8 +25,8 @@ pub use warp::{affine, affine_sample};
 
 use candle_core::{CpuStorage, Layout, Result, bail};
 
-/// Runs `f` compiled with AVX-512 where the CPU has it, else as compiled for the baseline
-/// (SSE2): the hand-written loops of the ops (depthwise convolution, pooling, masks) are plain
+/// Runs `f` compiled with AVX-512 where the CPU has it (else AVX2 with FMA), else as compiled
+/// for the baseline (SSE2): the hand-written loops of the ops (depthwise convolution, pooling, masks) are plain
 /// Rust that the compiler vectorises, and on the baseline it can use 4 lanes where the CPU has
 /// 16. `f` must be inlined here to profit, and the compiler inlines only a small closure: one
 /// that calls an `#[inline(always)]` function (as `conv::mask_into`). A large closure body
@@ -41,9 +41,16 @@ pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
         unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        if igemm::available() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        match igemm::isa() {
             // SAFETY: the CPU has AVX-512F (checked at run time).
-            return unsafe { avx512(f) };
+            Some(igemm::Isa::Avx512) => return unsafe { avx512(f) },
+            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+            Some(igemm::Isa::Avx2) => return unsafe { avx2(f) },
+            None => {}
         }
     }
     f()

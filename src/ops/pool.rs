@@ -271,7 +271,7 @@ fn column_max(val: &[f32], ow: usize, rows: &[Span], out: &mut [f32]) {
 }
 
 /// `$name(args)`: the `#[inline(always)]` plane function `$f`, run from a copy compiled for
-/// AVX-512 where the CPU has it. (`ops::wide` with a closure left these bodies out of line,
+/// AVX-512 where the CPU has it (else AVX2). (`ops::wide` with a closure left these bodies out of line,
 /// compiled for the baseline: sums 4 wide, a scalar division per output.)
 macro_rules! wide_copy {
     ($name:ident => $f:ident($($arg:ident: $ty:ty),*)) => {
@@ -282,9 +282,16 @@ macro_rules! wide_copy {
                 unsafe fn avx512($($arg: $ty),*) {
                     $f($($arg),*)
                 }
-                if super::igemm::available() {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $f($($arg),*)
+                }
+                match super::igemm::isa() {
                     // SAFETY: the CPU has AVX-512F (checked at run time).
-                    return unsafe { avx512($($arg),*) };
+                    Some(super::igemm::Isa::Avx512) => return unsafe { avx512($($arg),*) },
+                    // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+                    Some(super::igemm::Isa::Avx2) => return unsafe { avx2($($arg),*) },
+                    None => {}
                 }
             }
             $f($($arg),*)
@@ -544,7 +551,7 @@ fn max_scan_plane(p: &Pool2d, plane: &[f32], w: usize, rows: &[Span], cols: &[Sp
     let h = plane.len() / w;
     let ox0 = cols.iter().position(|c| c.hi - c.lo == kw).unwrap_or(ow);
     let ox1 = ox0 + cols[ox0..].iter().take_while(|c| c.hi - c.lo == kw).count();
-    let vector = super::igemm::available() && plane.len() <= i32::MAX as usize && ox1 > ox0;
+    let vector = super::igemm::avx512() && plane.len() <= i32::MAX as usize && ox1 > ox0;
     let at = &mut s.at;
     at.resize(rows.len() * ow, 0);
     // Tap column kx of window ox reads column ox * sw + kx - pl: phase (kx - pl) mod sw, entry
@@ -703,7 +710,7 @@ impl CustomOp1 for Pool2d {
         let y = super::par_planes(n * c, oh * ow, Scratch::default, |s, plane_idx, out| {
             let plane = &x[plane_idx * h * w..][..h * w];
             match self.kind {
-                PoolKind::Max if super::igemm::available() => max_scan_plane(self, plane, w, &rows, &cols, s, out),
+                PoolKind::Max if super::igemm::avx512() => max_scan_plane(self, plane, w, &rows, &cols, s, out),
                 PoolKind::Max => {
                     s.a.resize(h * ow, 0.0);
                     max_plane_wide(self, plane, w, &rows, &cols, &mut s.a, out)

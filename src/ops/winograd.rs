@@ -92,10 +92,12 @@ impl Tile {
     ///
     /// For a `kh x kw` kernel: 3x3 as above; 5x5 takes F(2x2, 5x5) (the same six points, so the
     /// same error), 1x7 and 7x1 F(2, 7) along their taps (eight points, 5.5 times the direct
-    /// error), neither with `DEEPDREAM_WINOGRAD=2`; other kernels none.
+    /// error), neither with `DEEPDREAM_WINOGRAD=2` nor on a CPU without AVX-512 (F(2x2, 3x3) is
+    /// the only tile with an AVX2 version); other kernels none.
     pub fn for_gradients(kh: usize, kw: usize) -> Option<Tile> {
         static F2_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let f2_only = *F2_ONLY.get_or_init(|| std::env::var("DEEPDREAM_WINOGRAD").is_ok_and(|v| v.trim() == "2"));
+        let f2_only = f2_only || !igemm::avx512();
         match (kh, kw, f2_only) {
             (3, 3, true) => Some(Tile::F2),
             (3, 3, false) => Some(Tile::F4),
@@ -215,7 +217,8 @@ pub fn conv(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Conv) 
 
 /// [`conv`], with the run length (a multiple of NR tiles) given, for the tests.
 fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Conv, run: Option<usize>) -> Vec<f32> {
-    assert!(igemm::available(), "winograd: the CPU lacks AVX-512F");
+    let isa = igemm::isa_here();
+    assert!(isa == igemm::Isa::Avx512 || u.tile == Tile::F2, "winograd: only F(2x2, 3x3) on AVX2");
     assert!(fits(job, u.tile), "winograd: not a {:?} convolution at stride 1", u.tile.kernel());
     assert_eq!(u.c, job.c, "winograd: weights for another input");
     assert_eq!(job.x.len(), job.c * job.h * job.w, "winograd: input of another size");
@@ -249,15 +252,25 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
             let offsets: Vec<usize> = (0..c).map(|ch| ch * n).collect();
             super::conv::with_buffer(&TILES, xi * vs, |v| {
                 super::conv::with_buffer(&PRODUCTS, xi * ps, |p| {
-                    // SAFETY: AVX-512F was checked above; the transforms read and write inside
-                    // the slices they are given (asserted there), and the output transform
-                    // writes only the output pixels of this run's tiles.
+                    // SAFETY: `isa` runs on this CPU (`isa_here`), and only F(2x2, 3x3) on
+                    // AVX2 (asserted above); the transforms read and write inside the slices
+                    // they are given (asserted there), and the output transform writes only the
+                    // output pixels of this run's tiles.
                     unsafe {
-                        transform_in(u.tile, planes, c, &tiling, t0, &chunks, n, vs, v);
-                        for x in 0..xi {
-                            products(&u.u[x], &v[x * vs..][..c * n], n, &mut p[x * ps..][..m * n], &offsets, &zero);
+                        match isa {
+                            igemm::Isa::Avx512 => transform_in(u.tile, planes, c, &tiling, t0, &chunks, n, vs, v),
+                            igemm::Isa::Avx2 => input_transform_avx2(planes, c, &tiling, t0, &chunks, n, vs, v),
                         }
-                        transform_out(u.tile, p, m, n, ps, t0, &chunks, &tiling, job, &bias, act, out);
+                        for x in 0..xi {
+                            let (vx, px) = (&v[x * vs..][..c * n], &mut p[x * ps..][..m * n]);
+                            products(&u.u[x], vx, n, px, &offsets, &zero, isa);
+                        }
+                        match isa {
+                            igemm::Isa::Avx512 => {
+                                transform_out(u.tile, p, m, n, ps, t0, &chunks, &tiling, job, &bias, act, out)
+                            }
+                            igemm::Isa::Avx2 => output_transform_avx2(p, m, n, ps, t0, &chunks, job, &bias, act, out),
+                        }
                     }
                 })
             })
@@ -468,23 +481,195 @@ unsafe fn input_transform(
 
 /// `p[o][tile] = sum_c u[o][c] v[c][tile]` for one of the `xi` taps, on the product kernel
 /// (`offsets[c] = c * n`; `zero`, a zero bias for every block of `u`).
-fn products(u: &Packed, v: &[f32], n: usize, p: &mut [f32], offsets: &[usize], zero: &[f32]) {
+///
+/// # Safety
+/// The CPU runs `isa`.
+unsafe fn products(u: &Packed, v: &[f32], n: usize, p: &mut [f32], offsets: &[usize], zero: &[f32], isa: igemm::Isa) {
     assert!(v.len() >= u.k * n && p.len() >= u.m * n && offsets.last().is_some_and(|o| o + n <= v.len()));
     let g = Grid { src: v.as_ptr(), wp: n, grid: n, oh: 1, ow: n };
-    // SAFETY: AVX-512F was checked by `conv`; the tiles read `v` at `c * n + lane` for lanes
-    // below `n` (asserted inside `v`), and write `p`'s `m` channels of `n` tiles.
+    // SAFETY: the caller's; the tiles read `v` at `c * n + lane` for lanes below `n` (asserted
+    // inside `v`), and write `p`'s `m` channels of `n` tiles.
     unsafe {
         igemm::product(
             u,
             offsets,
             &g,
-            0..n.div_ceil(NR),
+            0..n.div_ceil(isa.nr()),
             0..u.m.div_ceil(MR),
             Out(p.as_mut_ptr()),
             zero,
             Activation::Identity,
+            isa,
         )
     };
+}
+
+/// 16 lanes, for the AVX2 transforms: plain arrays the compiler keeps in two 8-lane registers.
+type Lanes = [f32; 16];
+
+#[inline(always)]
+fn add(a: Lanes, b: Lanes) -> Lanes {
+    std::array::from_fn(|l| a[l] + b[l])
+}
+
+#[inline(always)]
+fn sub(a: Lanes, b: Lanes) -> Lanes {
+    std::array::from_fn(|l| a[l] - b[l])
+}
+
+/// Bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]] applied to 4 rows (columns).
+#[inline(always)]
+fn bt2(a: [Lanes; 4]) -> [Lanes; 4] {
+    [sub(a[0], a[2]), add(a[1], a[2]), sub(a[2], a[1]), sub(a[1], a[3])]
+}
+
+/// At = [[1, 1, 1, 0], [0, 1, -1, -1]] applied to 4 rows (columns).
+#[inline(always)]
+fn at2(a: [Lanes; 4]) -> [Lanes; 2] {
+    [add(add(a[0], a[1]), a[2]), sub(sub(a[1], a[2]), a[3])]
+}
+
+/// [`input_transform`] on a CPU with AVX2 and no AVX-512: the same sums in the same order (so
+/// the same bits), written over [`Lanes`] and compiled for AVX2, where the compiler makes them
+/// 8-lane vector operations. Why not intrinsics: the AVX-512 transforms lean on masked 16-lane
+/// loads and stores, which AVX2 lacks; the copies through a zeroed array do that here.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform_avx2(
+    planes: &[f32],
+    c: usize,
+    t: &Tiling,
+    t0: usize,
+    chunks: &[(usize, usize, usize)],
+    n: usize,
+    vs: usize,
+    v: &mut [f32],
+) {
+    assert!(t.r == 2 && t.ry == 2 && planes.len() >= c * t.plane() && vs >= c * n && v.len() >= 16 * vs);
+    for ch in 0..c {
+        for &(ty, tx, len) in chunks {
+            // d[row][col] of the 16 tiles, as in `input_transform`.
+            let mut d = [[[0.0f32; 16]; 4]; 4];
+            for (row, dr) in d.iter_mut().enumerate() {
+                for (col, dv) in dr.iter_mut().enumerate() {
+                    let at = ch * t.plane() + ((col % 2) * t.hp + 2 * ty + row) * t.wq + tx + col / 2;
+                    dv[..len].copy_from_slice(&planes[at..at + len]);
+                }
+            }
+            // Bt along the columns (each column's four rows), then along the rows.
+            let mut rows = [[[0.0f32; 16]; 4]; 4];
+            for col in 0..4 {
+                let v = bt2([d[0][col], d[1][col], d[2][col], d[3][col]]);
+                for (row, x) in v.iter().enumerate() {
+                    rows[row][col] = *x;
+                }
+            }
+            let at = (ty * t.tw + tx) - t0;
+            for (i, r) in rows.iter().enumerate() {
+                for (j, val) in bt2(*r).iter().enumerate() {
+                    v[(i * 4 + j) * vs + ch * n + at..][..len].copy_from_slice(&val[..len]);
+                }
+            }
+        }
+    }
+}
+
+/// [`output_transform`] on a CPU with AVX2 and no AVX-512 (see [`input_transform_avx2`]).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; the run's tiles' output pixels are the caller's to write.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform_avx2(
+    p: &[f32],
+    m: usize,
+    n: usize,
+    ps: usize,
+    t0: usize,
+    chunks: &[(usize, usize, usize)],
+    job: &Conv,
+    bias: &[f32],
+    act: Activation,
+    out: Out,
+) {
+    assert!(ps >= m * n && p.len() >= 16 * ps && bias.len() >= m);
+    let (oh, ow) = (job.oh, job.ow);
+    let tw = ow.div_ceil(2);
+    for (o, &bo) in bias[..m].iter().enumerate() {
+        for &(ty, tx, len) in chunks {
+            let at = (ty * tw + tx) - t0;
+            let mut q = [[[0.0f32; 16]; 4]; 4];
+            for (i, qr) in q.iter_mut().enumerate() {
+                for (j, qv) in qr.iter_mut().enumerate() {
+                    qv[..len].copy_from_slice(&p[(i * 4 + j) * ps + o * n + at..][..len]);
+                }
+            }
+            // At along the columns, then along the rows.
+            let mut s = [[[0.0f32; 16]; 4]; 2];
+            for col in 0..4 {
+                let v = at2([q[0][col], q[1][col], q[2][col], q[3][col]]);
+                (s[0][col], s[1][col]) = (v[0], v[1]);
+            }
+            for (i, si) in s.iter().enumerate() {
+                let oy = 2 * ty + i;
+                if oy >= oh {
+                    break;
+                }
+                let [y0, y1] = at2(*si).map(|y| y.map(|x| act.apply(x + bo)));
+                // Output columns 2 tx .. 2 (tx + len), those inside the row: lane l of y0 to
+                // column 2l, of y1 to 2l + 1.
+                let cols = (2 * len).min(ow - 2 * tx);
+                let row = out.at((o * oh + oy) * ow + 2 * tx);
+                for (l, pair) in y0.iter().zip(&y1).enumerate().take(cols.div_ceil(2)) {
+                    // SAFETY: columns 2tx + 0..cols of row oy of channel o are this run's
+                    // pixels (the caller's).
+                    unsafe {
+                        *row.add(2 * l) = *pair.0;
+                        if 2 * l + 1 < cols {
+                            *row.add(2 * l + 1) = *pair.1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform_avx2(
+    _: &[f32],
+    _: usize,
+    _: &Tiling,
+    _: usize,
+    _: &[(usize, usize, usize)],
+    _: usize,
+    _: usize,
+    _: &mut [f32],
+) {
+    unreachable!("igemm::available is false off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform_avx2(
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: &[(usize, usize, usize)],
+    _: &Conv,
+    _: &[f32],
+    _: Activation,
+    _: Out,
+) {
+    unreachable!("igemm::available is false off x86_64")
 }
 
 /// The indices for `_mm512_permutex2var_ps` that interleave lanes 0..8 of two vectors (`a0 b0
@@ -935,7 +1120,7 @@ mod tests {
     #[test]
     fn matches_the_definition() {
         if !igemm::available() {
-            eprintln!("no AVX-512F here: the im2col route serves every convolution");
+            eprintln!("neither AVX-512F nor AVX2 here: the im2col route serves every convolution");
             return;
         }
         let values = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin() * 1.7).collect::<Vec<_>>();
@@ -961,14 +1146,26 @@ mod tests {
             (3, 7, 9, 5, 4, 4, 4, 4),
         ];
         // Cases run, by kernel (3x3 for two tiles, 5x5), three activations each.
-        let mut ran = std::collections::BTreeMap::<(usize, usize), usize>::new();
+        let mut ran = std::collections::BTreeMap::<(usize, usize, bool), usize>::new();
         for (i, &(c, h, w, m, pt, pb, pl, pr)) in cases.iter().enumerate() {
             let x = values(c * h * w, 0.37 + i as f32 * 0.01);
             let y = values(c * h * w, 0.91);
             let bias = values(m, 1.3);
-            for (tile, act) in [Tile::F2, Tile::F4, Tile::F2k5, Tile::F2k7Row, Tile::F2k7Col]
-                .into_iter()
-                .flat_map(|t| [Activation::Identity, Activation::Relu, Activation::Relu6].map(|a| (t, a)))
+            // Every tile on AVX-512, and F(2x2, 3x3) on the AVX2 kernels too (the only one there).
+            let tiles: &[(Tile, bool)] = if igemm::avx512() {
+                &[
+                    (Tile::F2, false),
+                    (Tile::F2, true),
+                    (Tile::F4, false),
+                    (Tile::F2k5, false),
+                    (Tile::F2k7Row, false),
+                    (Tile::F2k7Col, false),
+                ]
+            } else {
+                &[(Tile::F2, true)]
+            };
+            for ((tile, avx2), act) in
+                tiles.iter().flat_map(|&t| [Activation::Identity, Activation::Relu, Activation::Relu6].map(|a| (t, a)))
             {
                 let (kh, kw) = tile.kernel();
                 let wt = values(m * c * kh * kw, 0.53);
@@ -986,7 +1183,7 @@ mod tests {
                     continue;
                 }
                 let (oh, ow) = (oh as usize, ow as usize);
-                *ran.entry((kh, kw)).or_default() += 1;
+                *ran.entry((kh, kw, avx2)).or_default() += 1;
                 let u = Transformed::new(&wt, m, c, tile);
                 for mask in [None, Some((&y[..], act))] {
                     let job = Conv { x: &x, mask, c, h, w, kh, kw, pt, pl, sh: 1, sw: 1, oh, ow };
@@ -994,12 +1191,13 @@ mod tests {
                     // The run length the layer picks, and runs of several micro-tiles (which a
                     // test machine's small layers would not pick).
                     for run in [None, Some(2 * NR), Some(3 * NR)] {
-                        let got = conv_in_runs(&u, Some(&bias), act, &job, run);
+                        let go = || conv_in_runs(&u, Some(&bias), act, &job, run);
+                        let got = if avx2 { igemm::on_avx2(go) } else { go() };
                         assert_eq!(got.len(), want.len(), "case {i}");
                         for (k, (g, e)) in got.iter().zip(&want).enumerate() {
                             assert!(
                                 (g - e).abs() < 1e-4 * (1.0 + e.abs()),
-                                "case {i} {act:?} {tile:?} mask {} run {run:?}: [{k}] {g} vs {e}",
+                                "case {i} {act:?} {tile:?} (AVX2 {avx2}) mask {} run {run:?}: [{k}] {g} vs {e}",
                                 mask.is_some()
                             );
                         }
@@ -1008,10 +1206,22 @@ mod tests {
             }
         }
         eprintln!("cases run by kernel: {ran:?}");
-        // All twelve cases for the two 3x3 tiles, eleven for 5x5 (a 3x3 input unpadded has no
-        // 5x5 output), ten for 1x7 and 7x1 (nor a 5x5 one a 7-tap output), three activations each.
+        // All twelve cases for the two 3x3 tiles (and for F(2x2, 3x3) on AVX2), eleven for 5x5
+        // (a 3x3 input unpadded has no 5x5 output), ten for 1x7 and 7x1 (nor a 5x5 one a 7-tap
+        // output), three activations each.
         let ran: Vec<_> = ran.into_iter().collect();
-        assert_eq!(ran, [((1, 7), 30), ((3, 3), 72), ((5, 5), 33), ((7, 1), 30)], "a case was skipped");
+        if igemm::avx512() {
+            let want = [
+                ((1, 7, false), 30),
+                ((3, 3, false), 72),
+                ((3, 3, true), 36),
+                ((5, 5, false), 33),
+                ((7, 1, false), 30),
+            ];
+            assert_eq!(ran, want, "a case was skipped");
+        } else {
+            assert_eq!(ran, [((3, 3, true), 36)], "a case was skipped");
+        }
     }
 }
 
@@ -1024,7 +1234,7 @@ mod speed {
     #[test]
     #[ignore]
     fn winograd_speed() {
-        if !igemm::available() {
+        if !igemm::avx512() {
             return;
         }
         // (c, h, m, pad): the stem's 3x3 layers, conv5, the mixed blocks' 3x3 pairs; the input
