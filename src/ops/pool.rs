@@ -545,13 +545,26 @@ impl Pool2d {
 /// registers at stride 2, and above that read off the plane split by column phase (phase `q`
 /// holds columns `q, q + sw, ...`, where a tap's pixels of neighbouring windows are
 /// neighbours). The windows clipped at the edges go one by one.
-fn max_scan_plane(p: &Pool2d, plane: &[f32], w: usize, rows: &[Span], cols: &[Span], s: &mut Scratch, val: &mut [f32]) {
+///
+/// `isa`: the kernel the whole windows take ([`scan_run`] on AVX-512, [`scan_run_avx2`] 8 at a
+/// time on AVX2), or none (one by one, as the edges).
+#[allow(clippy::too_many_arguments)]
+fn max_scan_plane(
+    p: &Pool2d,
+    plane: &[f32],
+    w: usize,
+    rows: &[Span],
+    cols: &[Span],
+    s: &mut Scratch,
+    val: &mut [f32],
+    isa: Option<super::igemm::Isa>,
+) {
     let ow = cols.len();
     let ((kh, kw), sw, pl) = (p.kernel, p.stride.1, p.padding.1);
     let h = plane.len() / w;
     let ox0 = cols.iter().position(|c| c.hi - c.lo == kw).unwrap_or(ow);
     let ox1 = ox0 + cols[ox0..].iter().take_while(|c| c.hi - c.lo == kw).count();
-    let vector = super::igemm::avx512() && plane.len() <= i32::MAX as usize && ox1 > ox0;
+    let vector = isa.is_some() && plane.len() <= i32::MAX as usize && ox1 > ox0;
     let at = &mut s.at;
     at.resize(rows.len() * ow, 0);
     // Tap column kx of window ox reads column ox * sw + kx - pl: phase (kx - pl) mod sw, entry
@@ -586,10 +599,17 @@ fn max_scan_plane(p: &Pool2d, plane: &[f32], w: usize, rows: &[Span], cols: &[Sp
         let mut ox = 0;
         while ox < ow {
             if vector && ox == ox0 && r.hi - r.lo == kh {
-                // SAFETY: AVX-512F is present; the windows ox0..ox1 lie whole inside the plane,
-                // so every tap's entries of them lie inside its phase row (checked again in
-                // `scan_run`).
-                unsafe { scan_run(src, &taps, step, r.lo, w, kh, sw, pl, ox0..ox1, vrow, arow) };
+                // SAFETY: the CPU runs `isa` (the caller's); the windows ox0..ox1 lie whole
+                // inside the plane, so every tap's entries of them lie inside its phase row
+                // (checked again in `scan_run`).
+                unsafe {
+                    match isa {
+                        Some(super::igemm::Isa::Avx512) => {
+                            scan_run(src, &taps, step, r.lo, w, kh, sw, pl, ox0..ox1, vrow, arow)
+                        }
+                        _ => scan_run_avx2(src, &taps, step, r.lo, w, kh, sw, pl, ox0..ox1, vrow, arow),
+                    }
+                };
                 ox = ox1;
                 continue;
             }
@@ -677,6 +697,93 @@ unsafe fn scan_run(
     }
 }
 
+/// [`scan_run`] on AVX2, 8 windows at a time: masked loads by lane masks, the stride-2 split by
+/// a shuffle of two vectors and a permute of their 64-bit halves.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn scan_run_avx2(
+    src: &[f32],
+    taps: &[(isize, usize)],
+    step: usize,
+    y0: usize,
+    w: usize,
+    kh: usize,
+    sw: usize,
+    pl: usize,
+    oxs: std::ops::Range<usize>,
+    val: &mut [f32],
+    at: &mut [u32],
+) {
+    use std::arch::x86_64::*;
+    assert!(oxs.end <= val.len() && oxs.end <= at.len());
+    assert!(step == 1 || step == 2);
+    let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let lane = _mm256_mullo_epi32(idx, _mm256_set1_epi32(sw as i32));
+    // Lanes 0..n on.
+    let upto = |n: usize| _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), idx);
+    for ox in oxs.clone().step_by(8) {
+        let n = (oxs.end - ox).min(8);
+        let k = upto(n);
+        // The source entries the windows read: n of them, or every other of 2n - 1.
+        let span = step * (n - 1) + 1;
+        let (k0, k1) = (upto(span.min(8)), upto(span.saturating_sub(8)));
+        let first = _mm256_add_epi32(_mm256_set1_epi32((y0 * w + ox * sw - pl) as i32), lane);
+        let mut best = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut here = first;
+        for ky in 0..kh {
+            for (kx, &(start, len)) in taps.iter().enumerate() {
+                let from = start + ((y0 + ky) * len + ox * step) as isize;
+                assert!(from >= 0 && from as usize + span <= src.len(), "pool: a window past its plane");
+                // SAFETY: the lanes in `k0` and `k1` lie inside `src` (asserted above).
+                let v = unsafe {
+                    let p = src.as_ptr().add(from as usize);
+                    if step == 1 {
+                        _mm256_maskload_ps(p, k0)
+                    } else {
+                        let (a, b) = (_mm256_maskload_ps(p, k0), _mm256_maskload_ps(p.wrapping_add(8), k1));
+                        // a0 a2 b0 b2 | a4 a6 b4 b6, then the 64-bit halves in the order 0 2 1 3.
+                        let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+                        _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)))
+                    }
+                };
+                let take = _mm256_or_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, best), _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+                let take = _mm256_and_ps(take, _mm256_castsi256_ps(k));
+                best = _mm256_blendv_ps(best, v, take);
+                let there = _mm256_add_epi32(first, _mm256_set1_epi32((ky * w + kx) as i32));
+                here =
+                    _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(here), _mm256_castsi256_ps(there), take));
+            }
+        }
+        // SAFETY: windows ox..ox + n are inside both rows (asserted above).
+        unsafe {
+            _mm256_maskstore_ps(val.as_mut_ptr().add(ox), k, best);
+            _mm256_maskstore_epi32(at.as_mut_ptr().add(ox).cast(), k, here);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn scan_run_avx2(
+    _: &[f32],
+    _: &[(isize, usize)],
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: std::ops::Range<usize>,
+    _: &mut [f32],
+    _: &mut [u32],
+) {
+    unreachable!("igemm::available is false off x86_64")
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn scan_run(
@@ -710,7 +817,9 @@ impl CustomOp1 for Pool2d {
         let y = super::par_planes(n * c, oh * ow, Scratch::default, |s, plane_idx, out| {
             let plane = &x[plane_idx * h * w..][..h * w];
             match self.kind {
-                PoolKind::Max if super::igemm::avx512() => max_scan_plane(self, plane, w, &rows, &cols, s, out),
+                PoolKind::Max if super::igemm::avx512() => {
+                    max_scan_plane(self, plane, w, &rows, &cols, s, out, super::igemm::isa())
+                }
                 PoolKind::Max => {
                     s.a.resize(h * ow, 0.0);
                     max_plane_wide(self, plane, w, &rows, &cols, &mut s.a, out)
@@ -751,7 +860,7 @@ impl CustomOp2 for PoolInputGrad {
                     // Each output's gradient to its window's maximum, added in the outputs' order.
                     let mut val = std::mem::take(&mut s.b);
                     val.resize(oh * ow, 0.0);
-                    max_scan_plane(p, plane, w, &rows, &cols, s, &mut val);
+                    max_scan_plane(p, plane, w, &rows, &cols, s, &mut val, super::igemm::isa());
                     s.b = val;
                     for (&i, &g) in s.at.iter().zip(go) {
                         if i != u32::MAX {
@@ -831,6 +940,27 @@ mod tests {
                 let (want_y, want) = scan(&p, &x, h, w, &gy);
                 let got = p.input_grad(&gyt, &xt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 assert_eq!(got, want, "{p:?} gradient on {h}x{w}");
+                // Each scan kernel this CPU runs (the gradient above took the widest).
+                let (rows, cols) = p.all_spans(h, w).unwrap();
+                let isas = match super::super::igemm::isa() {
+                    Some(super::super::igemm::Isa::Avx512) => {
+                        vec![Some(super::super::igemm::Isa::Avx512), Some(super::super::igemm::Isa::Avx2), None]
+                    }
+                    isa => vec![isa, None],
+                };
+                for isa in isas {
+                    let (mut s, mut val) = (Scratch::default(), vec![0.0f32; oh * ow]);
+                    max_scan_plane(&p, &x, w, &rows, &cols, &mut s, &mut val, isa);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&val), bits(&want_y), "{p:?} scan {isa:?} on {h}x{w}");
+                    let mut g = vec![0.0f32; h * w];
+                    for (&i, &d) in s.at.iter().zip(&gy) {
+                        if i != u32::MAX {
+                            g[i as usize] += d;
+                        }
+                    }
+                    assert_eq!(g, want, "{p:?} scan {isa:?} gradient on {h}x{w}");
+                }
                 let got = p.forward(&xt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want_y), "{p:?} forward on {h}x{w}");
