@@ -1088,15 +1088,17 @@ fn implicit(g: &Geometry) -> bool {
 
 /// The layers whose forward and input gradient ran faster on the AVX2 kernels than on the im2col
 /// route, OpenBLAS's kernel (Zen 3, 2 cores, InceptionV3's layers at 512x512, alternating in one
-/// process: `cargo test --release --lib route_speed -- --ignored --nocapture`): 3x3 ones through
-/// Winograd's F(2x2, 3x3) with at least 48 channels in and out (80 -> 192 at 126x126: 30 ms
-/// against 36, gradient 36 against 44; 96 -> 96 at 61x61 7% faster; 32 -> 64 at 253x253 14%
-/// slower), and 5x5 ones (48 -> 64 at 61x61: 12% faster). 1x1, 1x7 and 7x1 layers ran up to 1.8
-/// times slower (the kernel's 16-pixel tiles read each tap's weights again from the L2 cache),
-/// and the stride-2 ones 1.3 times.
+/// process: `cargo test --release --lib route_speed -- --ignored --nocapture`; this VM's speed
+/// moves by a quarter between runs, so each layer was read in several runs): 3x3 ones through
+/// Winograd's F(2x2, 3x3) with 96 channels in and out together or more (80 -> 192 at 126x126:
+/// 22 ms against 32, gradient 26 against 41; 32 -> 64 at 253x253: even, gradient 23 against 33;
+/// 96 -> 96 at 61x61 7-30% faster; but 32 -> 32 at 253x253 2-20% slower), and 5x5 ones
+/// (48 -> 64 at 61x61: 12% faster). The 1x1, 1x7 and 7x1 layers ran up to 1.8 times slower on
+/// the direct kernel (its 16-pixel tiles read each tap's weights again from the L2 cache) and
+/// the stride-2 ones 1.3 times. OpenBLAS for Winograd's products was no faster than the kernel.
 fn avx2_pays(g: &Geometry) -> bool {
     match (g.kh, g.kw) {
-        (3, 3) => g.ci.min(g.co) >= 48 && winograd(),
+        (3, 3) => g.ci + g.co >= 96 && winograd(),
         (5, 5) => true,
         _ => false,
     }
