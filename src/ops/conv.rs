@@ -610,7 +610,7 @@ fn valid_cols(out_len: usize, s: usize, k: usize, pad: usize, len: usize) -> std
 }
 
 /// `f(args)` for an `#[inline(always)]` plane function `f` of the arguments the depthwise
-/// planes take, run from a copy compiled for AVX-512 where the CPU has it. (`ops::wide` with a
+/// planes take, run from a copy compiled for AVX-512 where the CPU has it (else AVX2). (`ops::wide` with a
 /// closure left the closure out of line, compiled for the baseline.)
 macro_rules! wide_plane {
     ($f:ident($i:expr, $out:expr, $src:expr, $wt:expr, $g:expr, $cols:expr, $kk:expr)) => {{
@@ -628,11 +628,25 @@ macro_rules! wide_plane {
             $f(i, out, src, wt, g, cols, kk)
         }
         #[cfg(target_arch = "x86_64")]
-        if super::igemm::avx512() {
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2(
+            i: usize,
+            out: &mut [f32],
+            src: &[f32],
+            wt: &[f32],
+            g: &Geometry,
+            cols: &[std::ops::Range<usize>],
+            kk: usize,
+        ) {
+            $f(i, out, src, wt, g, cols, kk)
+        }
+        #[cfg(target_arch = "x86_64")]
+        match super::igemm::isa() {
             // SAFETY: the CPU has AVX-512F (checked at run time).
-            unsafe { avx512($i, $out, $src, $wt, $g, $cols, $kk) }
-        } else {
-            $f($i, $out, $src, $wt, $g, $cols, $kk)
+            Some(super::igemm::Isa::Avx512) => unsafe { avx512($i, $out, $src, $wt, $g, $cols, $kk) },
+            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+            Some(super::igemm::Isa::Avx2) => unsafe { avx2($i, $out, $src, $wt, $g, $cols, $kk) },
+            None => $f($i, $out, $src, $wt, $g, $cols, $kk),
         }
         #[cfg(not(target_arch = "x86_64"))]
         $f($i, $out, $src, $wt, $g, $cols, $kk)

@@ -17,7 +17,10 @@
 //! of pixels and broadcasts 8 weights. The weights are packed once per layer (8 channels at a
 //! time, tap-major). The input gradient of a stride-1 convolution is itself such a convolution
 //! (of the masked output gradient with the flipped, transposed kernel), so it runs here too.
-//! Used when the CPU has AVX-512F; elsewhere `conv.rs` keeps the im2col route.
+//! Used when the CPU has AVX-512F. On a CPU with AVX2 and FMA only (AMD before Zen 4, Intel's
+//! client cores) the same product runs on an 8-lane kernel (`tile_avx2`), and `conv.rs` takes
+//! it only for the layers where it beat the im2col route there (`conv::avx2_pays`); without
+//! either, `conv.rs` keeps the im2col route.
 
 use super::conv::Activation;
 use rayon::prelude::*;

@@ -20,6 +20,10 @@
 //! layer), and the output transform `Y = At M A` with bias and activation as the results are
 //! written -- a run's `V` and `M` stay in the core's L2 cache.
 //!
+//! On a CPU with AVX2 and no AVX-512 only F(2x2, 3x3) runs: its transforms written over 16-lane
+//! arrays and compiled for AVX2 (`input_transform_avx2`, `output_transform_avx2`), the products
+//! on `igemm`'s AVX2 kernel.
+//!
 //! Accuracy: F(2x2, 3x3)'s transforms only add, subtract and halve (one consequence: an
 //! infinite input meets its own negative inside a tile and gives NaN where the direct
 //! convolution gives an infinity -- a dream that far gone is NaN a step later either way);
