@@ -20,9 +20,9 @@
 //! layer), and the output transform `Y = At M A` with bias and activation as the results are
 //! written -- a run's `V` and `M` stay in the core's L2 cache.
 //!
-//! On a CPU with AVX2 and no AVX-512 only F(2x2, 3x3) runs: its transforms written over 16-lane
-//! arrays and compiled for AVX2 (`input_transform_avx2`, `output_transform_avx2`), the products
-//! on `igemm`'s AVX2 kernel.
+//! On a CPU with AVX2 and no AVX-512 all but F(2, 7) run: their transforms written over 16-lane
+//! arrays and compiled for AVX2 (`input_transform_avx2`, `input_transform6_avx2` and the output
+//! transforms beside them), the products on `igemm`'s AVX2 kernel.
 //!
 //! Accuracy: F(2x2, 3x3)'s transforms only add, subtract and halve (one consequence: an
 //! infinite input meets its own negative inside a tile and gives NaN where the direct
@@ -96,20 +96,25 @@ impl Tile {
     ///
     /// For a `kh x kw` kernel: 3x3 as above; 5x5 takes F(2x2, 5x5) (the same six points, so the
     /// same error), 1x7 and 7x1 F(2, 7) along their taps (eight points, 5.5 times the direct
-    /// error), neither with `DEEPDREAM_WINOGRAD=2` nor on a CPU without AVX-512 (F(2x2, 3x3) is
-    /// the only tile with an AVX2 version); other kernels none.
+    /// error), neither with `DEEPDREAM_WINOGRAD=2`, and F(2, 7) not on a CPU without AVX-512 (it
+    /// has no AVX2 version); other kernels none.
     pub fn for_gradients(kh: usize, kw: usize) -> Option<Tile> {
         static F2_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let f2_only = *F2_ONLY.get_or_init(|| std::env::var("DEEPDREAM_WINOGRAD").is_ok_and(|v| v.trim() == "2"));
-        let f2_only = f2_only || !igemm::avx512();
-        match (kh, kw, f2_only) {
+        let tile = match (kh, kw, f2_only) {
             (3, 3, true) => Some(Tile::F2),
             (3, 3, false) => Some(Tile::F4),
             (5, 5, false) => Some(Tile::F2k5),
             (1, 7, false) => Some(Tile::F2k7Row),
             (7, 1, false) => Some(Tile::F2k7Col),
             _ => None,
-        }
+        };
+        tile.filter(|t| igemm::avx512() || t.on_avx2())
+    }
+
+    /// Whether the tile has an AVX2 version (all but F(2, 7)).
+    fn on_avx2(self) -> bool {
+        matches!(self, Tile::F2 | Tile::F4 | Tile::F2k5)
     }
 
     /// `G t` for the taps `t` of a kernel column or row, in float64 (a single tap: itself). F2:
@@ -222,7 +227,7 @@ pub fn conv(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Conv) 
 /// [`conv`], with the run length (a multiple of NR tiles) given, for the tests.
 fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Conv, run: Option<usize>) -> Vec<f32> {
     let isa = igemm::isa_here();
-    assert!(isa == igemm::Isa::Avx512 || u.tile == Tile::F2, "winograd: only F(2x2, 3x3) on AVX2");
+    assert!(isa == igemm::Isa::Avx512 || u.tile.on_avx2(), "winograd: {:?} has no AVX2 version", u.tile);
     assert!(fits(job, u.tile), "winograd: not a {:?} convolution at stride 1", u.tile.kernel());
     assert_eq!(u.c, job.c, "winograd: weights for another input");
     assert_eq!(job.x.len(), job.c * job.h * job.w, "winograd: input of another size");
@@ -261,19 +266,30 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
                     // they are given (asserted there), and the output transform writes only the
                     // output pixels of this run's tiles.
                     unsafe {
-                        match isa {
-                            igemm::Isa::Avx512 => transform_in(u.tile, planes, c, &tiling, t0, &chunks, n, vs, v),
-                            igemm::Isa::Avx2 => input_transform_avx2(planes, c, &tiling, t0, &chunks, n, vs, v),
+                        match (isa, u.tile) {
+                            (igemm::Isa::Avx512, _) => transform_in(u.tile, planes, c, &tiling, t0, &chunks, n, vs, v),
+                            (igemm::Isa::Avx2, Tile::F4 | Tile::F2k5) => {
+                                input_transform6_avx2(planes, c, &tiling, t0, &chunks, n, vs, v)
+                            }
+                            (igemm::Isa::Avx2, _) => input_transform_avx2(planes, c, &tiling, t0, &chunks, n, vs, v),
                         }
                         for x in 0..xi {
                             let (vx, px) = (&v[x * vs..][..c * n], &mut p[x * ps..][..m * n]);
                             products(&u.u[x], vx, n, px, &offsets, &zero, isa);
                         }
-                        match isa {
-                            igemm::Isa::Avx512 => {
+                        match (isa, u.tile) {
+                            (igemm::Isa::Avx512, _) => {
                                 transform_out(u.tile, p, m, n, ps, t0, &chunks, &tiling, job, &bias, act, out)
                             }
-                            igemm::Isa::Avx2 => output_transform_avx2(p, m, n, ps, t0, &chunks, job, &bias, act, out),
+                            (igemm::Isa::Avx2, Tile::F4) => {
+                                output_transform6_avx2::<4>(p, m, n, ps, t0, &chunks, job, &bias, act, out, at4l)
+                            }
+                            (igemm::Isa::Avx2, Tile::F2k5) => {
+                                output_transform6_avx2::<2>(p, m, n, ps, t0, &chunks, job, &bias, act, out, at26l)
+                            }
+                            (igemm::Isa::Avx2, _) => {
+                                output_transform_avx2(p, m, n, ps, t0, &chunks, job, &bias, act, out)
+                            }
                         }
                     }
                 })
@@ -531,6 +547,147 @@ fn bt2(a: [Lanes; 4]) -> [Lanes; 4] {
 #[inline(always)]
 fn at2(a: [Lanes; 4]) -> [Lanes; 2] {
     [add(add(a[0], a[1]), a[2]), sub(sub(a[1], a[2]), a[3])]
+}
+
+/// `k a + b`, fused (as `_mm512_fmadd_ps`).
+#[inline(always)]
+fn fma(k: f32, a: Lanes, b: Lanes) -> Lanes {
+    std::array::from_fn(|l| k.mul_add(a[l], b[l]))
+}
+
+/// `b - k a`, fused (as `_mm512_fnmadd_ps`).
+#[inline(always)]
+fn fnma(k: f32, a: Lanes, b: Lanes) -> Lanes {
+    std::array::from_fn(|l| (-k).mul_add(a[l], b[l]))
+}
+
+/// [`bt4`] over [`Lanes`]: the same operations in the same order.
+#[inline(always)]
+fn bt4l(d: [Lanes; 6]) -> [Lanes; 6] {
+    let [d0, d1, d2, d3, d4, d5] = d;
+    let (a, b) = (sub(d4, d2), sub(d3, d1));
+    [
+        fma(4.0, d0, fnma(5.0, d2, d4)),
+        fnma(4.0, add(d1, d2), add(d3, d4)),
+        fma(4.0, sub(d1, d2), sub(d4, d3)),
+        fma(2.0, b, a),
+        fnma(2.0, b, a),
+        fma(4.0, d1, fnma(5.0, d3, d5)),
+    ]
+}
+
+/// [`at4`] over [`Lanes`]: the same operations in the same order.
+#[inline(always)]
+fn at4l(m: [Lanes; 6]) -> [Lanes; 4] {
+    let [m0, m1, m2, m3, m4, m5] = m;
+    let (s12, d12, s34, d34) = (add(m1, m2), sub(m1, m2), add(m3, m4), sub(m3, m4));
+    [add(add(m0, s12), s34), fma(2.0, d34, d12), fma(4.0, s34, s12), add(fma(8.0, d34, d12), m5)]
+}
+
+/// [`input_transform6`] (F(4x4, 3x3) and F(2x2, 5x5)) on a CPU with AVX2 and no AVX-512 (see
+/// [`input_transform_avx2`]).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform6_avx2(
+    planes: &[f32],
+    c: usize,
+    t: &Tiling,
+    t0: usize,
+    chunks: &[(usize, usize, usize)],
+    n: usize,
+    vs: usize,
+    v: &mut [f32],
+) {
+    let r = t.r;
+    assert!(matches!(r, 2 | 4) && t.ry == r && t.wq >= t.tw + 5 / r, "winograd: a tiling of other blocks");
+    assert!(planes.len() >= c * t.plane() && vs >= c * n && v.len() >= 36 * vs);
+    for ch in 0..c {
+        for &(ty, tx, len) in chunks {
+            // As in `input_transform6`: Bt along each row of the blocks first.
+            let mut db = [[[0.0f32; 16]; 6]; 6];
+            for (row, out) in db.iter_mut().enumerate() {
+                let mut d = [[0.0f32; 16]; 6];
+                for (col, dv) in d.iter_mut().enumerate() {
+                    let at = ch * t.plane() + ((col % r) * t.hp + r * ty + row) * t.wq + tx + col / r;
+                    dv[..len].copy_from_slice(&planes[at..at + len]);
+                }
+                *out = bt4l(d);
+            }
+            let at = (ty * t.tw + tx) - t0;
+            for (j, col) in (0..6).map(|j| bt4l(db.map(|row| row[j]))).enumerate() {
+                for (i, val) in col.iter().enumerate() {
+                    v[(i * 6 + j) * vs + ch * n + at..][..len].copy_from_slice(&val[..len]);
+                }
+            }
+        }
+    }
+}
+
+/// At = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]] (F(2x2, 5x5)) over [`Lanes`], as in
+/// [`output_transform26`].
+#[inline(always)]
+fn at26l(m: [Lanes; 6]) -> [Lanes; 2] {
+    let [m0, m1, m2, m3, m4, m5] = m;
+    [add(add(m0, add(m1, m2)), add(m3, m4)), add(fma(2.0, sub(m3, m4), sub(m1, m2)), m5)]
+}
+
+/// [`output_transform4`] (`R` = 4, `at` = [`at4l`]) and [`output_transform26`] (`R` = 2, `at` =
+/// [`at26l`]) on a CPU with AVX2 and no AVX-512 (see [`input_transform_avx2`]): `Y = At M A`
+/// of the 36 product planes, R x R outputs a tile.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; the run's tiles' output pixels are the caller's to write.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform6_avx2<const R: usize>(
+    p: &[f32],
+    m: usize,
+    n: usize,
+    ps: usize,
+    t0: usize,
+    chunks: &[(usize, usize, usize)],
+    job: &Conv,
+    bias: &[f32],
+    act: Activation,
+    out: Out,
+    at: impl Fn([Lanes; 6]) -> [Lanes; R],
+) {
+    assert!(ps >= m * n && p.len() >= 36 * ps && bias.len() >= m);
+    let (oh, ow) = (job.oh, job.ow);
+    let tw = ow.div_ceil(R);
+    for (o, &bo) in bias[..m].iter().enumerate() {
+        for &(ty, tx, len) in chunks {
+            let t = (ty * tw + tx) - t0;
+            // At along each row of M first, then along the columns: y[c][a] is output row a,
+            // column c of the 16 tiles.
+            let mut ma = [[[0.0f32; 16]; R]; 6];
+            for (i, row) in ma.iter_mut().enumerate() {
+                let mut q = [[0.0f32; 16]; 6];
+                for (j, qv) in q.iter_mut().enumerate() {
+                    qv[..len].copy_from_slice(&p[(i * 6 + j) * ps + o * n + t..][..len]);
+                }
+                *row = at(q);
+            }
+            let y: [[Lanes; R]; R] =
+                std::array::from_fn(|c| at([ma[0][c], ma[1][c], ma[2][c], ma[3][c], ma[4][c], ma[5][c]]));
+            // Output columns R tx .. R (tx + len), those inside the row: tile l's column c is
+            // R l + c.
+            let cols = (R * len).min(ow - R * tx);
+            for (a, oy) in (R * ty..(R * ty + R).min(oh)).enumerate() {
+                let row = out.at((o * oh + oy) * ow + R * tx);
+                for x in 0..cols {
+                    // SAFETY: columns R tx + 0..cols of row oy of channel o are this run's
+                    // pixels (the caller's).
+                    unsafe { *row.add(x) = act.apply(y[x % R][a][x / R] + bo) };
+                }
+            }
+        }
+    }
 }
 
 /// [`input_transform`] on a CPU with AVX2 and no AVX-512: the same sums in the same order (so
@@ -1155,18 +1312,20 @@ mod tests {
             let x = values(c * h * w, 0.37 + i as f32 * 0.01);
             let y = values(c * h * w, 0.91);
             let bias = values(m, 1.3);
-            // Every tile on AVX-512, and F(2x2, 3x3) on the AVX2 kernels too (the only one there).
+            // Every tile on AVX-512, and those with an AVX2 version on the AVX2 kernels too.
             let tiles: &[(Tile, bool)] = if igemm::avx512() {
                 &[
                     (Tile::F2, false),
                     (Tile::F2, true),
                     (Tile::F4, false),
+                    (Tile::F4, true),
+                    (Tile::F2k5, true),
                     (Tile::F2k5, false),
                     (Tile::F2k7Row, false),
                     (Tile::F2k7Col, false),
                 ]
             } else {
-                &[(Tile::F2, true)]
+                &[(Tile::F2, true), (Tile::F4, true), (Tile::F2k5, true)]
             };
             for ((tile, avx2), act) in
                 tiles.iter().flat_map(|&t| [Activation::Identity, Activation::Relu, Activation::Relu6].map(|a| (t, a)))
@@ -1210,7 +1369,7 @@ mod tests {
             }
         }
         eprintln!("cases run by kernel: {ran:?}");
-        // All twelve cases for the two 3x3 tiles (and for F(2x2, 3x3) on AVX2), eleven for 5x5
+        // All twelve cases for the two 3x3 tiles (on each kernel), eleven for 5x5
         // (a 3x3 input unpadded has no 5x5 output), ten for 1x7 and 7x1 (nor a 5x5 one a 7-tap
         // output), three activations each.
         let ran: Vec<_> = ran.into_iter().collect();
@@ -1218,13 +1377,14 @@ mod tests {
             let want = [
                 ((1, 7, false), 30),
                 ((3, 3, false), 72),
-                ((3, 3, true), 36),
+                ((3, 3, true), 72),
                 ((5, 5, false), 33),
+                ((5, 5, true), 33),
                 ((7, 1, false), 30),
             ];
             assert_eq!(ran, want, "a case was skipped");
         } else {
-            assert_eq!(ran, [((3, 3, true), 36)], "a case was skipped");
+            assert_eq!(ran, [((3, 3, true), 72), ((5, 5, true), 33)], "a case was skipped");
         }
     }
 }
