@@ -1079,7 +1079,8 @@ thread_local! {
     static IM2COL_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `f` with this thread's convolutions on the im2col route, as on a CPU without AVX-512:
+/// Runs `f` with this thread's convolutions on the im2col route, as on a CPU without AVX-512 or
+/// AVX2:
 /// the tests keep that route covered on machines that have it.
 pub fn on_im2col_route<R>(f: impl FnOnce() -> R) -> R {
     let before = IM2COL_ONLY.with(|c| c.replace(true));
@@ -1101,17 +1102,19 @@ fn implicit(g: &Geometry) -> bool {
         && (super::igemm::avx512() || avx2_pays(g))
 }
 
-/// The layers whose input gradient takes the AVX2 kernels (the forward keeps the im2col route on
-/// such a CPU, see `conv_forward`): those whose forward and input gradient ran faster there than
-/// on the im2col route, OpenBLAS's kernel (Zen 3, 2 cores, InceptionV3's layers at 512x512, alternating in one
-/// process: `cargo test --release --lib route_speed -- --ignored --nocapture`; this VM's speed
-/// moves by a quarter between runs, so each layer was read in several runs): 3x3 ones through
-/// Winograd's F(2x2, 3x3) with 96 channels in and out together or more (80 -> 192 at 126x126:
-/// 22 ms against 32, gradient 26 against 41; 32 -> 64 at 253x253: even, gradient 23 against 33;
-/// 96 -> 96 at 61x61 7-30% faster; but 32 -> 32 at 253x253 2-20% slower), and 5x5 ones
-/// (48 -> 64 at 61x61: 12% faster). The 1x1, 1x7 and 7x1 layers ran up to 1.8 times slower on
-/// the direct kernel (its 16-pixel tiles read each tap's weights again from the L2 cache) and
-/// the stride-2 ones 1.3 times. OpenBLAS for Winograd's products was no faster than the kernel.
+/// The layers whose input gradient takes the AVX2 kernels (the forward keeps the im2col route
+/// on such a CPU, see `conv_forward`): those whose forward and input gradient ran faster there
+/// than on the im2col route, OpenBLAS's kernel. Measured on Zen 3, 2 cores, InceptionV3's
+/// layers at 512x512, alternating in one process (`cargo test --release --lib route_speed --
+/// --ignored --nocapture`; this VM's speed moves by a quarter between runs, so each layer was
+/// read in several runs). 3x3 layers through Winograd, measured with F(2x2, 3x3) both ways (the
+/// gradients now take F(4x4, 3x3): 0.3-0.65 of the im2col time on these layers in one run
+/// under load), with 96 channels in and out together or more: 80 -> 192 at 126x126 22 ms
+/// against 32, gradient 26 against 41; 32 -> 64 at 253x253 even, gradient 23 against 33;
+/// 96 -> 96 at 61x61 7-30% faster; but 32 -> 32 at 253x253 2-20% slower. 5x5 layers: 48 -> 64
+/// at 61x61 12% faster. The 1x1, 1x7 and 7x1 layers ran up to 1.8 times slower on the direct
+/// kernel (its 16-pixel tiles read each tap's weights again from the L2 cache), the stride-2
+/// ones 1.3 times. OpenBLAS for Winograd's products was no faster than the kernel.
 fn avx2_pays(g: &Geometry) -> bool {
     match (g.kh, g.kw) {
         (3, 3) => g.ci + g.co >= 96 && winograd(),
@@ -1136,8 +1139,8 @@ fn wide_kernels() -> bool {
     implicit_kernels() && super::igemm::avx512()
 }
 
-/// Whether convolutions at stride 1 with a kernel Winograd's route has (3x3; 5x5, 1x7 and
-/// 7x1 input gradients on AVX-512 only, see `Tile::for_gradients`) take it (`winograd.rs`)
+/// Whether convolutions at stride 1 with a kernel Winograd's route has (3x3; 5x5 input
+/// gradients; 1x7 and 7x1 input gradients on AVX-512 only, see `Tile::for_gradients`) take it (`winograd.rs`)
 /// where they take the implicit-product kernel: unless `DEEPDREAM_WINOGRAD=0` (for comparing
 /// the routes).
 fn winograd() -> bool {
@@ -1589,6 +1592,9 @@ mod tests {
             // 7x1 input gradients through F(2, 7) along columns (1x7 ones along rows above).
             ([1, 4, 11, 9], 5, (7, 1), Padding::symmetric(3, 0), Activation::Relu),
             ([2, 3, 10, 9], 4, (5, 5), Padding::symmetric(0, 0), Activation::Identity),
+            // 96 channels in and out together: on an AVX2 CPU the input gradient through
+            // F(4x4, 3x3) on the AVX2 kernels (`avx2_pays`).
+            ([1, 48, 9, 10], 48, (3, 3), Padding::Same, Activation::Relu),
         ];
         // Ungrouped at a stride (the forward through `igemm::strided`, the gradient by col2im
         // under 16 input channels).

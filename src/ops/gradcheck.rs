@@ -96,7 +96,7 @@ fn conv_same_padding_asymmetric_kernel() {
     conv_case([1, 2, 7, 6], 3, (1, 7), spec);
 }
 
-/// The stride-1 cases again on the im2col route (the one CPUs without AVX-512 take).
+/// The stride-1 cases again on the im2col route (the one CPUs without AVX-512 or AVX2 take).
 #[test]
 fn conv_stride1_on_the_im2col_route() {
     super::conv::on_im2col_route(|| {

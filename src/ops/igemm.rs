@@ -103,8 +103,9 @@ pub fn available() -> bool {
     isa().is_some()
 }
 
-/// Whether this CPU runs the AVX-512 kernels: Winograd's transforms other than F(2x2, 3x3)'s,
-/// the pooling scan, the depthwise rows and the phase split have no AVX2 version yet.
+/// Whether this CPU runs the AVX-512 kernels: F(2, 7)'s Winograd transforms, the forward's
+/// pooling scan, the depthwise rows, the strided convolutions' phase planes and the phase split
+/// have no AVX2 version yet.
 pub fn avx512() -> bool {
     isa() == Some(Isa::Avx512)
 }
@@ -128,7 +129,13 @@ pub(super) fn on_avx2<R>(f: impl FnOnce() -> R) -> R {
 pub(super) fn isa_here() -> Isa {
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Some(Isa::Avx512) if AVX2_ONLY.with(|c| c.get()) && std::arch::is_x86_feature_detected!("fma") => Isa::Avx2,
+        Some(Isa::Avx512)
+            if AVX2_ONLY.with(|c| c.get())
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma") =>
+        {
+            Isa::Avx2
+        }
         Some(i) => i,
         None => panic!("igemm: the CPU has neither AVX-512F nor AVX2 with FMA"),
     }
@@ -353,7 +360,7 @@ fn run(
         let blocks_here = br * block_run..((br + 1) * block_run).min(blocks);
         // SAFETY: `isa` runs on this CPU (`isa_here`); `conv` sized the grid buffer (or the direct
         // input, through the tail masks) to hold every unmasked lane read at `offsets[k] +
-        // t * NR`; the tasks' (tiles, blocks) pairs are disjoint, and `y` holds `m * ohw`.
+        // t * nr`; the tasks' (tiles, blocks) pairs are disjoint, and `y` holds `m * ohw`.
         unsafe { product(w, &offsets, &geometry, tiles_here, blocks_here, out, &bias_padded, act, isa) };
     });
     // SAFETY: the tasks above wrote every one of the `m * oh * ow` elements (each channel's

@@ -261,8 +261,8 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
             let offsets: Vec<usize> = (0..c).map(|ch| ch * n).collect();
             super::conv::with_buffer(&TILES, xi * vs, |v| {
                 super::conv::with_buffer(&PRODUCTS, xi * ps, |p| {
-                    // SAFETY: `isa` runs on this CPU (`isa_here`), and only F(2x2, 3x3) on
-                    // AVX2 (asserted above); the transforms read and write inside the slices
+                    // SAFETY: `isa` runs on this CPU (`isa_here`), and on AVX2 only the tiles
+                    // with an AVX2 version (asserted above); the transforms read and write inside the slices
                     // they are given (asserted there), and the output transform writes only the
                     // output pixels of this run's tiles.
                     unsafe {
@@ -528,41 +528,48 @@ unsafe fn products(u: &Packed, v: &[f32], n: usize, p: &mut [f32], offsets: &[us
 type Lanes = [f32; 16];
 
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn add(a: Lanes, b: Lanes) -> Lanes {
     std::array::from_fn(|l| a[l] + b[l])
 }
 
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn sub(a: Lanes, b: Lanes) -> Lanes {
     std::array::from_fn(|l| a[l] - b[l])
 }
 
 /// Bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]] applied to 4 rows (columns).
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn bt2(a: [Lanes; 4]) -> [Lanes; 4] {
     [sub(a[0], a[2]), add(a[1], a[2]), sub(a[2], a[1]), sub(a[1], a[3])]
 }
 
 /// At = [[1, 1, 1, 0], [0, 1, -1, -1]] applied to 4 rows (columns).
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn at2(a: [Lanes; 4]) -> [Lanes; 2] {
     [add(add(a[0], a[1]), a[2]), sub(sub(a[1], a[2]), a[3])]
 }
 
 /// `k a + b`, fused (as `_mm512_fmadd_ps`).
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn fma(k: f32, a: Lanes, b: Lanes) -> Lanes {
     std::array::from_fn(|l| k.mul_add(a[l], b[l]))
 }
 
 /// `b - k a`, fused (as `_mm512_fnmadd_ps`).
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn fnma(k: f32, a: Lanes, b: Lanes) -> Lanes {
     std::array::from_fn(|l| (-k).mul_add(a[l], b[l]))
 }
 
 /// [`bt4`] over [`Lanes`]: the same operations in the same order.
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn bt4l(d: [Lanes; 6]) -> [Lanes; 6] {
     let [d0, d1, d2, d3, d4, d5] = d;
     let (a, b) = (sub(d4, d2), sub(d3, d1));
@@ -812,6 +819,39 @@ unsafe fn input_transform_avx2(
     _: usize,
     _: usize,
     _: &mut [f32],
+) {
+    unreachable!("igemm::available is false off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform6_avx2(
+    _: &[f32],
+    _: usize,
+    _: &Tiling,
+    _: usize,
+    _: &[(usize, usize, usize)],
+    _: usize,
+    _: usize,
+    _: &mut [f32],
+) {
+    unreachable!("igemm::available is false off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform6_avx2<const R: usize>(
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: &[(usize, usize, usize)],
+    _: &Conv,
+    _: &[f32],
+    _: Activation,
+    _: Out,
+    _: impl Fn([Lanes; 6]) -> [Lanes; R],
 ) {
     unreachable!("igemm::available is false off x86_64")
 }
