@@ -262,35 +262,16 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
             super::conv::with_buffer(&TILES, xi * vs, |v| {
                 super::conv::with_buffer(&PRODUCTS, xi * ps, |p| {
                     // SAFETY: `isa` runs on this CPU (`isa_here`), and on AVX2 only the tiles
-                    // with an AVX2 version (asserted above); the transforms read and write inside the slices
-                    // they are given (asserted there), and the output transform writes only the
-                    // output pixels of this run's tiles.
+                    // with an AVX2 version (asserted above); the transforms read and write
+                    // inside the slices they are given (asserted there), and the output
+                    // transform writes only the output pixels of this run's tiles.
                     unsafe {
-                        match (isa, u.tile) {
-                            (igemm::Isa::Avx512, _) => transform_in(u.tile, planes, c, &tiling, t0, &chunks, n, vs, v),
-                            (igemm::Isa::Avx2, Tile::F4 | Tile::F2k5) => {
-                                input_transform6_avx2(planes, c, &tiling, t0, &chunks, n, vs, v)
-                            }
-                            (igemm::Isa::Avx2, _) => input_transform_avx2(planes, c, &tiling, t0, &chunks, n, vs, v),
-                        }
+                        transform_in(isa, u.tile, planes, c, &tiling, t0, &chunks, n, vs, v);
                         for x in 0..xi {
                             let (vx, px) = (&v[x * vs..][..c * n], &mut p[x * ps..][..m * n]);
                             products(&u.u[x], vx, n, px, &offsets, &zero, isa);
                         }
-                        match (isa, u.tile) {
-                            (igemm::Isa::Avx512, _) => {
-                                transform_out(u.tile, p, m, n, ps, t0, &chunks, &tiling, job, &bias, act, out)
-                            }
-                            (igemm::Isa::Avx2, Tile::F4) => {
-                                output_transform6_avx2::<4>(p, m, n, ps, t0, &chunks, job, &bias, act, out, at4l)
-                            }
-                            (igemm::Isa::Avx2, Tile::F2k5) => {
-                                output_transform6_avx2::<2>(p, m, n, ps, t0, &chunks, job, &bias, act, out, at26l)
-                            }
-                            (igemm::Isa::Avx2, _) => {
-                                output_transform_avx2(p, m, n, ps, t0, &chunks, job, &bias, act, out)
-                            }
-                        }
+                        transform_out(isa, u.tile, p, m, n, ps, t0, &chunks, &tiling, job, &bias, act, out);
                     }
                 })
             })
@@ -302,13 +283,15 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
     y
 }
 
-/// `tile`'s input transform (see the functions it calls).
+/// `tile`'s input transform on `isa`'s version of it (see the functions it calls).
 ///
 /// # Safety
-/// The CPU has AVX-512F; the rest is asserted by the transforms.
+/// The CPU runs `isa`, and on AVX2 the tile has an AVX2 version; the rest is asserted by the
+/// transforms.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn transform_in(
+    isa: igemm::Isa,
     tile: Tile,
     planes: &[f32],
     c: usize,
@@ -321,22 +304,26 @@ unsafe fn transform_in(
 ) {
     // SAFETY: the caller's.
     unsafe {
-        match tile {
-            Tile::F2 => input_transform(planes, c, t, t0, chunks, n, vs, v),
-            Tile::F4 | Tile::F2k5 => input_transform6(planes, c, t, t0, chunks, n, vs, v),
-            Tile::F2k7Row | Tile::F2k7Col => input_transform8(planes, c, t, t0, chunks, n, vs, v),
+        match (isa, tile) {
+            (igemm::Isa::Avx512, Tile::F2) => input_transform(planes, c, t, t0, chunks, n, vs, v),
+            (igemm::Isa::Avx512, Tile::F4 | Tile::F2k5) => input_transform6(planes, c, t, t0, chunks, n, vs, v),
+            (igemm::Isa::Avx512, Tile::F2k7Row | Tile::F2k7Col) => input_transform8(planes, c, t, t0, chunks, n, vs, v),
+            (igemm::Isa::Avx2, Tile::F2) => input_transform_avx2(planes, c, t, t0, chunks, n, vs, v),
+            (igemm::Isa::Avx2, Tile::F4 | Tile::F2k5) => input_transform6_avx2(planes, c, t, t0, chunks, n, vs, v),
+            (igemm::Isa::Avx2, Tile::F2k7Row | Tile::F2k7Col) => unreachable!("winograd: F(2, 7) has no AVX2 version"),
         }
     }
 }
 
-/// `tile`'s output transform (see the functions it calls).
+/// `tile`'s output transform on `isa`'s version of it (see the functions it calls).
 ///
 /// # Safety
-/// The CPU has AVX-512F, and the run's tiles' output pixels are the caller's to write; the
-/// rest is asserted by the transforms.
+/// The CPU runs `isa`, and on AVX2 the tile has an AVX2 version; the run's tiles' output
+/// pixels are the caller's to write; the rest is asserted by the transforms.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn transform_out(
+    isa: igemm::Isa,
     tile: Tile,
     p: &[f32],
     m: usize,
@@ -352,11 +339,21 @@ unsafe fn transform_out(
 ) {
     // SAFETY: the caller's.
     unsafe {
-        match tile {
-            Tile::F2 => output_transform(p, m, n, ps, t0, chunks, job, bias, act, out),
-            Tile::F4 => output_transform4(p, m, n, ps, t0, chunks, job, bias, act, out),
-            Tile::F2k5 => output_transform26(p, m, n, ps, t0, chunks, job, bias, act, out),
-            Tile::F2k7Row | Tile::F2k7Col => output_transform8(p, m, n, ps, t0, chunks, t, job, bias, act, out),
+        match (isa, tile) {
+            (igemm::Isa::Avx512, Tile::F2) => output_transform(p, m, n, ps, t0, chunks, job, bias, act, out),
+            (igemm::Isa::Avx512, Tile::F4) => output_transform4(p, m, n, ps, t0, chunks, job, bias, act, out),
+            (igemm::Isa::Avx512, Tile::F2k5) => output_transform26(p, m, n, ps, t0, chunks, job, bias, act, out),
+            (igemm::Isa::Avx512, Tile::F2k7Row | Tile::F2k7Col) => {
+                output_transform8(p, m, n, ps, t0, chunks, t, job, bias, act, out)
+            }
+            (igemm::Isa::Avx2, Tile::F2) => output_transform_avx2(p, m, n, ps, t0, chunks, job, bias, act, out),
+            (igemm::Isa::Avx2, Tile::F4) => {
+                output_transform6_avx2::<4>(p, m, n, ps, t0, chunks, job, bias, act, out, at4l)
+            }
+            (igemm::Isa::Avx2, Tile::F2k5) => {
+                output_transform6_avx2::<2>(p, m, n, ps, t0, chunks, job, bias, act, out, at26l)
+            }
+            (igemm::Isa::Avx2, Tile::F2k7Row | Tile::F2k7Col) => unreachable!("winograd: F(2, 7) has no AVX2 version"),
         }
     }
 }
@@ -364,6 +361,7 @@ unsafe fn transform_out(
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn transform_in(
+    _: igemm::Isa,
     _: Tile,
     _: &[f32],
     _: usize,
@@ -380,6 +378,7 @@ unsafe fn transform_in(
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn transform_out(
+    _: igemm::Isa,
     _: Tile,
     _: &[f32],
     _: usize,
@@ -525,51 +524,52 @@ unsafe fn products(u: &Packed, v: &[f32], n: usize, p: &mut [f32], offsets: &[us
 }
 
 /// 16 lanes, for the AVX2 transforms: plain arrays the compiler keeps in two 8-lane registers.
+#[cfg(target_arch = "x86_64")]
 type Lanes = [f32; 16];
 
 #[inline(always)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg(target_arch = "x86_64")]
 fn add(a: Lanes, b: Lanes) -> Lanes {
     std::array::from_fn(|l| a[l] + b[l])
 }
 
 #[inline(always)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg(target_arch = "x86_64")]
 fn sub(a: Lanes, b: Lanes) -> Lanes {
     std::array::from_fn(|l| a[l] - b[l])
 }
 
 /// Bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]] applied to 4 rows (columns).
 #[inline(always)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg(target_arch = "x86_64")]
 fn bt2(a: [Lanes; 4]) -> [Lanes; 4] {
     [sub(a[0], a[2]), add(a[1], a[2]), sub(a[2], a[1]), sub(a[1], a[3])]
 }
 
 /// At = [[1, 1, 1, 0], [0, 1, -1, -1]] applied to 4 rows (columns).
 #[inline(always)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg(target_arch = "x86_64")]
 fn at2(a: [Lanes; 4]) -> [Lanes; 2] {
     [add(add(a[0], a[1]), a[2]), sub(sub(a[1], a[2]), a[3])]
 }
 
 /// `k a + b`, fused (as `_mm512_fmadd_ps`).
 #[inline(always)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg(target_arch = "x86_64")]
 fn fma(k: f32, a: Lanes, b: Lanes) -> Lanes {
     std::array::from_fn(|l| k.mul_add(a[l], b[l]))
 }
 
 /// `b - k a`, fused (as `_mm512_fnmadd_ps`).
 #[inline(always)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg(target_arch = "x86_64")]
 fn fnma(k: f32, a: Lanes, b: Lanes) -> Lanes {
     std::array::from_fn(|l| (-k).mul_add(a[l], b[l]))
 }
 
 /// [`bt4`] over [`Lanes`]: the same operations in the same order.
 #[inline(always)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg(target_arch = "x86_64")]
 fn bt4l(d: [Lanes; 6]) -> [Lanes; 6] {
     let [d0, d1, d2, d3, d4, d5] = d;
     let (a, b) = (sub(d4, d2), sub(d3, d1));
@@ -585,6 +585,7 @@ fn bt4l(d: [Lanes; 6]) -> [Lanes; 6] {
 
 /// [`at4`] over [`Lanes`]: the same operations in the same order.
 #[inline(always)]
+#[cfg(target_arch = "x86_64")]
 fn at4l(m: [Lanes; 6]) -> [Lanes; 4] {
     let [m0, m1, m2, m3, m4, m5] = m;
     let (s12, d12, s34, d34) = (add(m1, m2), sub(m1, m2), add(m3, m4), sub(m3, m4));
@@ -637,6 +638,7 @@ unsafe fn input_transform6_avx2(
 /// At = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]] (F(2x2, 5x5)) over [`Lanes`], as in
 /// [`output_transform26`].
 #[inline(always)]
+#[cfg(target_arch = "x86_64")]
 fn at26l(m: [Lanes; 6]) -> [Lanes; 2] {
     let [m0, m1, m2, m3, m4, m5] = m;
     [add(add(m0, add(m1, m2)), add(m3, m4)), add(fma(2.0, sub(m3, m4), sub(m1, m2)), m5)]
@@ -806,71 +808,6 @@ unsafe fn output_transform_avx2(
             }
         }
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_transform_avx2(
-    _: &[f32],
-    _: usize,
-    _: &Tiling,
-    _: usize,
-    _: &[(usize, usize, usize)],
-    _: usize,
-    _: usize,
-    _: &mut [f32],
-) {
-    unreachable!("igemm::available is false off x86_64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_transform6_avx2(
-    _: &[f32],
-    _: usize,
-    _: &Tiling,
-    _: usize,
-    _: &[(usize, usize, usize)],
-    _: usize,
-    _: usize,
-    _: &mut [f32],
-) {
-    unreachable!("igemm::available is false off x86_64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_transform6_avx2<const R: usize>(
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: &[(usize, usize, usize)],
-    _: &Conv,
-    _: &[f32],
-    _: Activation,
-    _: Out,
-    _: impl Fn([Lanes; 6]) -> [Lanes; R],
-) {
-    unreachable!("igemm::available is false off x86_64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_transform_avx2(
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: &[(usize, usize, usize)],
-    _: &Conv,
-    _: &[f32],
-    _: Activation,
-    _: Out,
-) {
-    unreachable!("igemm::available is false off x86_64")
 }
 
 /// The indices for `_mm512_permutex2var_ps` that interleave lanes 0..8 of two vectors (`a0 b0
