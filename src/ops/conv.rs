@@ -91,8 +91,8 @@ struct ConvInner {
     packed: std::sync::OnceLock<super::igemm::Packed>,
     packed_flipped: std::sync::OnceLock<super::igemm::Packed>,
     /// The weights and the flipped weights transformed for Winograd's route (stride 1: the
-    /// forward of 3x3 kernels in F(2x2, 3x3), the input gradient of 3x3 and 5x5 kernels in the
-    /// tile `winograd::Tile::for_gradients` picks).
+    /// forward of 3x3 kernels in the tile `winograd::Tile::for_forward` picks, the input
+    /// gradients in the one `winograd::Tile::for_gradients` picks).
     winograd: std::sync::OnceLock<super::winograd::Transformed>,
     winograd_flipped: std::sync::OnceLock<super::winograd::Transformed>,
     /// A strided convolution's input gradient as one stride-1 convolution per phase (see
@@ -1090,9 +1090,9 @@ pub fn on_im2col_route<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Whether the implicit-product kernel (`igemm.rs`, and Winograd's route on it) runs this
-/// convolution's input gradient (and, on a CPU with AVX-512, its forward): stride 1, one group,
-/// [`implicit_kernels`], and on a CPU without AVX-512 only the layers where that beat the
-/// im2col route ([`avx2_pays`]).
+/// convolution's input gradient and forward (on a CPU without AVX-512, only the forward's 3x3
+/// kernels, through Winograd's): stride 1, one group, [`implicit_kernels`], and on a CPU
+/// without AVX-512 only the layers where that beat the im2col route ([`avx2_pays`]).
 fn implicit(g: &Geometry) -> bool {
     implicit_kernels()
         && g.sh == 1
@@ -1102,22 +1102,22 @@ fn implicit(g: &Geometry) -> bool {
         && (super::igemm::avx512() || avx2_pays(g))
 }
 
-/// The layers whose input gradient takes the AVX2 kernels (the forward keeps the im2col route
-/// on such a CPU, see `conv_forward`): those whose forward and input gradient ran faster there
-/// than on the im2col route, OpenBLAS's kernel. Measured on Zen 3, 2 cores, InceptionV3's
-/// layers at 512x512, alternating in one process (`cargo test --release --lib route_speed --
-/// --ignored --nocapture`; this VM's speed moves by a quarter between runs, so each layer was
-/// read in several runs). 3x3 layers through Winograd, measured with F(2x2, 3x3) both ways (the
-/// gradients now take F(4x4, 3x3): 0.3-0.65 of the im2col time on these layers in one run
-/// under load), with 96 channels in and out together or more: 80 -> 192 at 126x126 22 ms
-/// against 32, gradient 26 against 41; 32 -> 64 at 253x253 even, gradient 23 against 33;
-/// 96 -> 96 at 61x61 7-30% faster; but 32 -> 32 at 253x253 2-20% slower. 5x5 layers: 48 -> 64
-/// at 61x61 12% faster. The 1x1, 1x7 and 7x1 layers ran up to 1.8 times slower on the direct
-/// kernel (its 16-pixel tiles read each tap's weights again from the L2 cache), the stride-2
-/// ones 1.3 times. OpenBLAS for Winograd's products was no faster than the kernel.
+/// The layers whose input gradient takes the AVX2 kernels (and the forward of the 3x3 ones,
+/// see `conv_forward`): those whose forward and input gradient ran faster there than on the
+/// im2col route, OpenBLAS's kernel. Measured on Zen 3, 2 cores, InceptionV3's layers at
+/// 512x512, alternating in one process (`cargo test --release --lib route_speed -- --ignored
+/// --nocapture`; this VM's speed moves by a quarter between runs, so each layer was read in
+/// several runs). 3x3 layers through Winograd's F(4x4, 3x3), time against im2col: 32 -> 32 at
+/// 253x253 0.77-0.85 forward, 0.78-0.94 gradient; 32 -> 64 0.6-0.7 forward and gradient; 80 ->
+/// 192 at 124x124 0.55-0.7 forward, 0.5-0.55 gradient; 64 -> 96 and 96 -> 96 at 61x61 0.55-0.66
+/// forward, 0.55-0.7 gradient. But 3 -> 64 at 224x224 (VGG's first layer) 1.2-1.7 times slower
+/// forward: the products are 3 deep. 5x5 layers (F(2x2, 5x5) gradients): 48 -> 64 at 61x61
+/// 0.8-0.9. The 1x1, 1x7 and 7x1 layers ran up to 1.8 times slower on the direct kernel (its
+/// 16-pixel tiles read each tap's weights again from the L2 cache), the stride-2 ones 1.3
+/// times. OpenBLAS for Winograd's products was no faster than the kernel.
 fn avx2_pays(g: &Geometry) -> bool {
     match (g.kh, g.kw) {
-        (3, 3) => g.ci + g.co >= 96 && winograd(),
+        (3, 3) => g.ci >= 32 && g.co >= 32 && winograd(),
         (5, 5) => true,
         _ => false,
     }
@@ -1160,23 +1160,19 @@ fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
     // Strided convolutions too (through their phase planes, `igemm::strided`): only their
     // input gradients keep the col2im route.
     let strided = g.groups == 1 && (g.sh > 1 || g.sw > 1) && wide_kernels();
-    // On a CPU without AVX-512 the forward keeps the im2col route: its rounding decides which
-    // ReLU passes and which max-pool pixel wins, and with Winograd's F(2x2, 3x3) forward there
-    // (in the build without OpenBLAS) one input-gradient sample of the InceptionV3 reference
-    // (chelsea_224 [86424]) moved 4.2% of the gradient's spread. The input gradients take the
-    // AVX2 routes ([`avx2_pays`]): their rounding stays a small error of the values.
-    let implicit = implicit(g) && super::igemm::avx512();
+    // On a CPU without AVX-512 only the 3x3 layers [`avx2_pays`] picks leave the im2col route,
+    // for Winograd's (`Tile::for_forward`); the direct kernel there is no faster than OpenBLAS's.
+    let implicit = implicit(g);
     if implicit && winograd() && g.n > 0 {
         let len = g.ci * g.h * g.w;
         let job = |b: usize| g.implicit_job(&x[b * len..][..len], None);
-        if super::winograd::fits(&job(0), super::winograd::Tile::F2) {
-            let u = inner.winograd.get_or_init(|| {
-                super::winograd::Transformed::new(&inner.weight, g.co, g.ci, super::winograd::Tile::F2)
-            });
+        let tile = super::winograd::Tile::for_forward(g.kh, g.kw);
+        if let Some(tile) = tile.filter(|&t| super::winograd::fits(&job(0), t)) {
+            let u = inner.winograd.get_or_init(|| super::winograd::Transformed::new(&inner.weight, g.co, g.ci, tile));
             return per_image(g.n, |b| super::winograd::conv(u, Some(&inner.bias), inner.spec.activation, &job(b)));
         }
     }
-    if implicit || strided {
+    if (implicit && super::igemm::avx512()) || strided {
         let packed = inner.packed.get_or_init(|| super::igemm::Packed::new(&inner.weight, g.co, g.ci * g.kh * g.kw));
         let len = g.ci * g.h * g.w;
         return per_image(g.n, |b| {
@@ -1727,6 +1723,7 @@ mod route_speed {
         let values = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<_>>();
         // (c, h, m, kh, kw, stride, padding)
         let cases = [
+            (32, 255, 32, 3, 3, 1, Padding::symmetric(0, 0)),
             (32, 253, 64, 3, 3, 1, Padding::Same),
             (80, 126, 192, 3, 3, 1, Padding::symmetric(0, 0)),
             (192, 61, 64, 1, 1, 1, Padding::symmetric(0, 0)),

@@ -211,8 +211,14 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    /// Runs `f` on the CPU kernels and on the portable path; the results must agree.
+    /// Runs `f` on the CPU kernels and on the portable path; the results must agree within
+    /// 1e-5 of the largest value.
     fn both(what: &str, f: &dyn Fn() -> Tensor) {
+        both_within(what, 1e-5, f)
+    }
+
+    /// As [`both`], within `rel` of the largest value.
+    fn both_within(what: &str, rel: f32, f: &dyn Fn() -> Tensor) {
         let native = f();
         // The portable path with its fused ops (as a GPU runs it) and composed from candle's
         // ops alone (DEEPDREAM_FUSED=0).
@@ -224,7 +230,7 @@ mod tests {
             assert_eq!(native.dims(), portable.dims(), "{what}: shapes");
             let scale = native.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
             let diff = (&native - &portable).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(diff <= 1e-5 * scale.max(1.0), "{what} (fused {fused}): differ by {diff} (scale {scale})");
+            assert!(diff <= rel * scale.max(1.0), "{what} (fused {fused}): differ by {diff} (scale {scale})");
         }
     }
 
@@ -235,10 +241,12 @@ mod tests {
         let conv = Conv2d::new(&w, Some(&b), spec).unwrap();
         let x = random(rng, &shape, 2.0);
         let what = format!("conv {shape:?} -> {co}, {k:?}, {spec:?}");
-        both(&format!("{what} forward"), &|| conv.forward(&x).unwrap());
+        // 1e-4: the CPU's 3x3 layers take Winograd's F(4x4, 3x3) on AVX2, whose rounding is
+        // 7.5-10 times the direct convolution's (`winograd.rs`).
+        both_within(&format!("{what} forward"), 1e-4, &|| conv.forward(&x).unwrap());
         let y = conv.forward(&x).unwrap();
         let gy = random(rng, y.dims(), 1.0);
-        both(&format!("{what} input gradient"), &|| conv.input_grad(&gy, &y, x.dims()).unwrap());
+        both_within(&format!("{what} input gradient"), 1e-4, &|| conv.input_grad(&gy, &y, x.dims()).unwrap());
     }
 
     #[test]

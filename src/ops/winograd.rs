@@ -30,8 +30,8 @@
 //! against float64 its error is about twice the direct float32 convolution's (mean 2.6e-7 vs
 //! 1.3e-7 of the output's magnitude on 96 ReLU channels). F(4x4, 3x3) and F(2x2, 5x5) multiply
 //! by up to 8 and their errors are 7.5 to 10 times the direct one's (numpy against float64, by
-//! point set and channels): the forward passes keep F(2x2, 3x3), the input gradients take the
-//! others (see [`Tile::for_gradients`]).
+//! point set and channels): the input gradients take them (see [`Tile::for_gradients`]), the
+//! forward passes F(4x4, 3x3) on AVX2 and F(2x2, 3x3) on AVX-512 (see [`Tile::for_forward`]).
 
 use super::conv::Activation;
 use super::igemm::{self, Conv, Grid, MR, NR, Out, Packed};
@@ -52,6 +52,12 @@ pub enum Tile {
     F2k7Row,
     /// 2x1 outputs of a 7x1 kernel from an 8x1 input block, 8 products.
     F2k7Col,
+}
+
+/// `DEEPDREAM_WINOGRAD=2`: F(2x2, 3x3) for every 3x3 kernel, no other tile (for comparing).
+fn f2_only() -> bool {
+    static F2_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *F2_ONLY.get_or_init(|| std::env::var("DEEPDREAM_WINOGRAD").is_ok_and(|v| v.trim() == "2"))
 }
 
 impl Tile {
@@ -87,21 +93,26 @@ impl Tile {
         nh * nw
     }
 
+    /// The tile of a 3x3 forward pass: F(4x4, 3x3) on a CPU with AVX2 and no AVX-512, where it
+    /// took 0.55-0.7 of the im2col route's time on InceptionV3's 3x3 layers against F(2x2)'s
+    /// 0.65-0.95 (`cargo test --release --lib route_speed -- --ignored --nocapture`, alternating
+    /// builds, Zen 3); F(2x2, 3x3) on AVX-512 (F(4x4) not measured in the forward there) and
+    /// with `DEEPDREAM_WINOGRAD=2`. Its rounding decides which ReLU passes and which max-pool
+    /// pixel wins downstream; the references allow for that (`tests/it/reference.rs`).
+    pub fn for_forward(kh: usize, kw: usize) -> Option<Tile> {
+        ((kh, kw) == (3, 3)).then(|| if igemm::avx512() || f2_only() { Tile::F2 } else { Tile::F4 })
+    }
+
     /// The tile of the input gradients: F(4x4, 3x3), or F(2x2, 3x3) with `DEEPDREAM_WINOGRAD=2`
-    /// (for comparing). The forward passes keep F(2x2, 3x3): their rounding decides which ReLU
-    /// passes and which pixel of a max-pool window wins, and with F(4x4, 3x3) there one input
-    /// gradient sample of the InceptionV3 reference flipped (4% of the gradient's spread off);
-    /// in an input gradient the error stays an error of the values (the reference's worst
-    /// sample 6e-7, 0.1% of the spread).
+    /// (for comparing). In an input gradient the error stays an error of the values (the
+    /// InceptionV3 reference's worst sample 6e-7, 0.1% of the spread).
     ///
     /// For a `kh x kw` kernel: 3x3 as above; 5x5 takes F(2x2, 5x5) (the same six points, so the
     /// same error), 1x7 and 7x1 F(2, 7) along their taps (eight points, 5.5 times the direct
     /// error), neither with `DEEPDREAM_WINOGRAD=2`, and F(2, 7) not on a CPU without AVX-512 (it
     /// has no AVX2 version); other kernels none.
     pub fn for_gradients(kh: usize, kw: usize) -> Option<Tile> {
-        static F2_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let f2_only = *F2_ONLY.get_or_init(|| std::env::var("DEEPDREAM_WINOGRAD").is_ok_and(|v| v.trim() == "2"));
-        let tile = match (kh, kw, f2_only) {
+        let tile = match (kh, kw, f2_only()) {
             (3, 3, true) => Some(Tile::F2),
             (3, 3, false) => Some(Tile::F4),
             (5, 5, false) => Some(Tile::F2k5),
@@ -347,12 +358,8 @@ unsafe fn transform_out(
                 output_transform8(p, m, n, ps, t0, chunks, t, job, bias, act, out)
             }
             (igemm::Isa::Avx2, Tile::F2) => output_transform_avx2(p, m, n, ps, t0, chunks, job, bias, act, out),
-            (igemm::Isa::Avx2, Tile::F4) => {
-                output_transform6_avx2::<4>(p, m, n, ps, t0, chunks, job, bias, act, out, at4l)
-            }
-            (igemm::Isa::Avx2, Tile::F2k5) => {
-                output_transform6_avx2::<2>(p, m, n, ps, t0, chunks, job, bias, act, out, at26l)
-            }
+            (igemm::Isa::Avx2, Tile::F4) => output_transform6_avx2::<4>(p, m, n, ps, t0, chunks, job, bias, act, out),
+            (igemm::Isa::Avx2, Tile::F2k5) => output_transform6_avx2::<2>(p, m, n, ps, t0, chunks, job, bias, act, out),
             (igemm::Isa::Avx2, Tile::F2k7Row | Tile::F2k7Col) => unreachable!("winograd: F(2, 7) has no AVX2 version"),
         }
     }
@@ -527,6 +534,31 @@ unsafe fn products(u: &Packed, v: &[f32], n: usize, p: &mut [f32], offsets: &[us
 #[cfg(target_arch = "x86_64")]
 type Lanes = [f32; 16];
 
+/// The first `len` (at most 16) values of `src`, the rest zero. A whole vector (the usual case)
+/// is two 8-lane loads; a copy of a run-time length would be a library `memcpy` call.
+#[inline(always)]
+#[cfg(target_arch = "x86_64")]
+fn load_lanes(src: &[f32], len: usize) -> Lanes {
+    let mut d = [0.0f32; 16];
+    if len == 16 {
+        d.copy_from_slice(&src[..16]);
+    } else {
+        d[..len].copy_from_slice(&src[..len]);
+    }
+    d
+}
+
+/// Stores the first `len` (at most 16) lanes of `v` at the start of `dst` (see [`load_lanes`]).
+#[inline(always)]
+#[cfg(target_arch = "x86_64")]
+fn store_lanes(dst: &mut [f32], v: &Lanes, len: usize) {
+    if len == 16 {
+        dst[..16].copy_from_slice(v);
+    } else {
+        dst[..len].copy_from_slice(&v[..len]);
+    }
+}
+
 #[inline(always)]
 #[cfg(target_arch = "x86_64")]
 fn add(a: Lanes, b: Lanes) -> Lanes {
@@ -621,14 +653,14 @@ unsafe fn input_transform6_avx2(
                 let mut d = [[0.0f32; 16]; 6];
                 for (col, dv) in d.iter_mut().enumerate() {
                     let at = ch * t.plane() + ((col % r) * t.hp + r * ty + row) * t.wq + tx + col / r;
-                    dv[..len].copy_from_slice(&planes[at..at + len]);
+                    *dv = load_lanes(&planes[at..], len);
                 }
                 *out = bt4l(d);
             }
             let at = (ty * t.tw + tx) - t0;
             for (j, col) in (0..6).map(|j| bt4l(db.map(|row| row[j]))).enumerate() {
                 for (i, val) in col.iter().enumerate() {
-                    v[(i * 6 + j) * vs + ch * n + at..][..len].copy_from_slice(&val[..len]);
+                    store_lanes(&mut v[(i * 6 + j) * vs + ch * n + at..], val, len);
                 }
             }
         }
@@ -644,7 +676,22 @@ fn at26l(m: [Lanes; 6]) -> [Lanes; 2] {
     [add(add(m0, add(m1, m2)), add(m3, m4)), add(fma(2.0, sub(m3, m4), sub(m1, m2)), m5)]
 }
 
-/// [`output_transform4`] (`R` = 4, `at` = [`at4l`]) and [`output_transform26`] (`R` = 2, `at` =
+/// [`at4l`] (`R` = 4) or [`at26l`] (`R` = 2): direct calls, inlined into the caller's AVX2
+/// code (through a function value they were calls of their own, without FMA: a library
+/// `fmaf` per lane).
+#[inline(always)]
+#[cfg(target_arch = "x86_64")]
+fn at6<const R: usize>(m: [Lanes; 6]) -> [Lanes; R] {
+    let mut y = [[0.0f32; 16]; R];
+    if R == 4 {
+        y.copy_from_slice(&at4l(m));
+    } else {
+        y.copy_from_slice(&at26l(m));
+    }
+    y
+}
+
+/// [`output_transform4`] (`R` = 4, At = [`at4l`]) and [`output_transform26`] (`R` = 2, At =
 /// [`at26l`]) on a CPU with AVX2 and no AVX-512 (see [`input_transform_avx2`]): `Y = At M A`
 /// of the 36 product planes, R x R outputs a tile.
 ///
@@ -664,8 +711,8 @@ unsafe fn output_transform6_avx2<const R: usize>(
     bias: &[f32],
     act: Activation,
     out: Out,
-    at: impl Fn([Lanes; 6]) -> [Lanes; R],
 ) {
+    let at = at6::<R>;
     assert!(ps >= m * n && p.len() >= 36 * ps && bias.len() >= m);
     let (oh, ow) = (job.oh, job.ow);
     let tw = ow.div_ceil(R);
@@ -678,7 +725,7 @@ unsafe fn output_transform6_avx2<const R: usize>(
             for (i, row) in ma.iter_mut().enumerate() {
                 let mut q = [[0.0f32; 16]; 6];
                 for (j, qv) in q.iter_mut().enumerate() {
-                    qv[..len].copy_from_slice(&p[(i * 6 + j) * ps + o * n + t..][..len]);
+                    *qv = load_lanes(&p[(i * 6 + j) * ps + o * n + t..], len);
                 }
                 *row = at(q);
             }
@@ -727,7 +774,7 @@ unsafe fn input_transform_avx2(
             for (row, dr) in d.iter_mut().enumerate() {
                 for (col, dv) in dr.iter_mut().enumerate() {
                     let at = ch * t.plane() + ((col % 2) * t.hp + 2 * ty + row) * t.wq + tx + col / 2;
-                    dv[..len].copy_from_slice(&planes[at..at + len]);
+                    *dv = load_lanes(&planes[at..], len);
                 }
             }
             // Bt along the columns (each column's four rows), then along the rows.
@@ -741,7 +788,7 @@ unsafe fn input_transform_avx2(
             let at = (ty * t.tw + tx) - t0;
             for (i, r) in rows.iter().enumerate() {
                 for (j, val) in bt2(*r).iter().enumerate() {
-                    v[(i * 4 + j) * vs + ch * n + at..][..len].copy_from_slice(&val[..len]);
+                    store_lanes(&mut v[(i * 4 + j) * vs + ch * n + at..], val, len);
                 }
             }
         }
@@ -776,7 +823,7 @@ unsafe fn output_transform_avx2(
             let mut q = [[[0.0f32; 16]; 4]; 4];
             for (i, qr) in q.iter_mut().enumerate() {
                 for (j, qv) in qr.iter_mut().enumerate() {
-                    qv[..len].copy_from_slice(&p[(i * 4 + j) * ps + o * n + at..][..len]);
+                    *qv = load_lanes(&p[(i * 4 + j) * ps + o * n + at..], len);
                 }
             }
             // At along the columns, then along the rows.
