@@ -596,6 +596,20 @@ pub(super) fn activate(x: std::arch::x86_64::__m512, act: Activation) -> std::ar
     }
 }
 
+/// [`activate`] on 8 lanes (AVX2): the same instructions, so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(super) fn activate_avx2(x: std::arch::x86_64::__m256, act: Activation) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let zero = _mm256_setzero_ps();
+    match act {
+        Activation::Identity => x,
+        Activation::Relu => _mm256_max_ps(x, zero),
+        Activation::Relu6 => _mm256_min_ps(_mm256_set1_ps(6.0), _mm256_max_ps(zero, x)),
+    }
+}
+
 /// [`tile`] on AVX2: grid pixels `p0..p0 + 16` (2 vectors of 8), the block's channels in two
 /// halves of 4 (8 accumulators; the second half only when the block has more than 4
 /// channels), each half reading the taps' pixels again (from the L1 cache). A tap is then 2
@@ -731,7 +745,6 @@ unsafe fn store_avx2(
             _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), lanes),
         )
     };
-    let zero = _mm256_setzero_ps();
     for r in 0..rows {
         let yr = y.wrapping_add(r * ohw);
         let b = _mm256_set1_ps(bias[r]);
@@ -741,13 +754,7 @@ unsafe fn store_avx2(
             if n == 0 {
                 break;
             }
-            let x = _mm256_add_ps(acc[2 * r + v], b);
-            // As `activate`: vmaxps/vminps return their second operand when either is NaN.
-            let x = match act {
-                Activation::Identity => x,
-                Activation::Relu => _mm256_max_ps(x, zero),
-                Activation::Relu6 => _mm256_min_ps(_mm256_set1_ps(6.0), _mm256_max_ps(zero, x)),
-            };
+            let x = activate_avx2(_mm256_add_ps(acc[2 * r + v], b), act);
             if g.wp == g.ow {
                 // SAFETY (the caller's): lanes 0..n are output pixels q..q + n of channel r.
                 unsafe {

@@ -647,18 +647,30 @@ unsafe fn input_transform6_avx2(
     assert!(planes.len() >= c * t.plane() && vs >= c * n && v.len() >= 36 * vs);
     for ch in 0..c {
         for &(ty, tx, len) in chunks {
-            // As in `input_transform6`: Bt along each row of the blocks first.
-            let mut db = [[[0.0f32; 16]; 6]; 6];
-            for (row, out) in db.iter_mut().enumerate() {
-                let mut d = [[0.0f32; 16]; 6];
-                for (col, dv) in d.iter_mut().enumerate() {
-                    let at = ch * t.plane() + ((col % r) * t.hp + r * ty + row) * t.wq + tx + col / r;
-                    *dv = load_lanes(&planes[at..], len);
-                }
-                *out = bt4l(d);
+            // As in `input_transform6`: Bt along each row of the blocks first. Written out
+            // (no zeroed arrays filled in loops, no closures): each was a library call here.
+            let base = ch * t.plane() + r * ty * t.wq + tx;
+            macro_rules! load {
+                ($row:expr, $col:expr) => {
+                    load_lanes(&planes[base + (($col % r) * t.hp + $row) * t.wq + $col / r..], len)
+                };
             }
+            macro_rules! row {
+                ($row:expr) => {
+                    bt4l([
+                        load!($row, 0),
+                        load!($row, 1),
+                        load!($row, 2),
+                        load!($row, 3),
+                        load!($row, 4),
+                        load!($row, 5),
+                    ])
+                };
+            }
+            let db = [row!(0), row!(1), row!(2), row!(3), row!(4), row!(5)];
             let at = (ty * t.tw + tx) - t0;
-            for (j, col) in (0..6).map(|j| bt4l(db.map(|row| row[j]))).enumerate() {
+            for j in 0..6 {
+                let col = bt4l([db[0][j], db[1][j], db[2][j], db[3][j], db[4][j], db[5][j]]);
                 for (i, val) in col.iter().enumerate() {
                     store_lanes(&mut v[(i * 6 + j) * vs + ch * n + at..], val, len);
                 }
@@ -721,28 +733,83 @@ unsafe fn output_transform6_avx2<const R: usize>(
             let t = (ty * tw + tx) - t0;
             // At along each row of M first, then along the columns: y[c][a] is output row a,
             // column c of the 16 tiles.
-            let mut ma = [[[0.0f32; 16]; R]; 6];
-            for (i, row) in ma.iter_mut().enumerate() {
-                let mut q = [[0.0f32; 16]; 6];
-                for (j, qv) in q.iter_mut().enumerate() {
-                    *qv = load_lanes(&p[(i * 6 + j) * ps + o * n + t..], len);
-                }
-                *row = at(q);
+            // Written out, as in `input_transform6_avx2`.
+            macro_rules! load {
+                ($i:expr, $j:expr) => {
+                    load_lanes(&p[($i * 6 + $j) * ps + o * n + t..], len)
+                };
             }
+            macro_rules! row {
+                ($i:expr) => {
+                    at([load!($i, 0), load!($i, 1), load!($i, 2), load!($i, 3), load!($i, 4), load!($i, 5)])
+                };
+            }
+            let ma = [row!(0), row!(1), row!(2), row!(3), row!(4), row!(5)];
             let y: [[Lanes; R]; R] =
                 std::array::from_fn(|c| at([ma[0][c], ma[1][c], ma[2][c], ma[3][c], ma[4][c], ma[5][c]]));
             // Output columns R tx .. R (tx + len), those inside the row: tile l's column c is
             // R l + c.
             let cols = (R * len).min(ow - R * tx);
             for (a, oy) in (R * ty..(R * ty + R).min(oh)).enumerate() {
-                let row = out.at((o * oh + oy) * ow + R * tx);
-                for x in 0..cols {
-                    // SAFETY: columns R tx + 0..cols of row oy of channel o are this run's
-                    // pixels (the caller's).
-                    unsafe { *row.add(x) = act.apply(y[x % R][a][x / R] + bo) };
-                }
+                // SAFETY: columns R tx + 0..cols of row oy of channel o are this run's pixels
+                // (the caller's).
+                unsafe { store_row_avx2::<R>(out.at((o * oh + oy) * ow + R * tx), cols, y.map(|yc| yc[a]), bo, act) };
             }
         }
+    }
+}
+
+/// Writes `act(y[c][l] + bias)` to `row[R l + c]` for the first `cols` of those columns: the R
+/// columns of 16 tiles' output row interleaved in registers (R = 2 or 4).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `row[..cols]` is the caller's to write, `cols <= 16 R`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn store_row_avx2<const R: usize>(row: *mut f32, cols: usize, y: [Lanes; R], bias: f32, act: Activation) {
+    use std::arch::x86_64::*;
+    debug_assert!(matches!(R, 2 | 4) && cols <= 16 * R);
+    let b = _mm256_set1_ps(bias);
+    // Each half of the tiles (lanes 0..8, 8..16) gives R vectors of output columns.
+    let mut parts = [_mm256_setzero_ps(); 8];
+    for h in 0..2 {
+        let mut v = [_mm256_setzero_ps(); R];
+        for (vc, yc) in v.iter_mut().zip(&y) {
+            // SAFETY: lanes 8h..8h + 8 of the 16.
+            let x = unsafe { _mm256_loadu_ps(yc.as_ptr().add(8 * h)) };
+            *vc = igemm::activate_avx2(_mm256_add_ps(x, b), act);
+        }
+        if R == 2 {
+            // a0 b0 a1 b1 | a4 b4 a5 b5 and a2 b2 a3 b3 | a6 b6 a7 b7, then their halves.
+            let (lo, hi) = (_mm256_unpacklo_ps(v[0], v[1]), _mm256_unpackhi_ps(v[0], v[1]));
+            parts[2 * h] = _mm256_permute2f128_ps(lo, hi, 0x20);
+            parts[2 * h + 1] = _mm256_permute2f128_ps(lo, hi, 0x31);
+        } else {
+            // A 4x4 transpose of each 128-bit half, then the halves in order.
+            let (t0, t1) = (_mm256_unpacklo_ps(v[0], v[1]), _mm256_unpackhi_ps(v[0], v[1]));
+            let (t2, t3) = (_mm256_unpacklo_ps(v[2], v[3]), _mm256_unpackhi_ps(v[2], v[3]));
+            let (u0, u1) = (_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xEE>(t0, t2));
+            let (u2, u3) = (_mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xEE>(t1, t3));
+            parts[4 * h] = _mm256_permute2f128_ps(u0, u1, 0x20);
+            parts[4 * h + 1] = _mm256_permute2f128_ps(u2, u3, 0x20);
+            parts[4 * h + 2] = _mm256_permute2f128_ps(u0, u1, 0x31);
+            parts[4 * h + 3] = _mm256_permute2f128_ps(u2, u3, 0x31);
+        }
+    }
+    if cols == 16 * R {
+        for (i, part) in parts[..2 * R].iter().enumerate() {
+            // SAFETY: the caller's.
+            unsafe { _mm256_storeu_ps(row.add(8 * i), *part) };
+        }
+    } else {
+        let mut all = [0.0f32; 64];
+        for (i, part) in parts[..2 * R].iter().enumerate() {
+            // SAFETY: `all` holds 8 R floats.
+            unsafe { _mm256_storeu_ps(all.as_mut_ptr().add(8 * i), *part) };
+        }
+        // SAFETY: the caller's.
+        unsafe { std::ptr::copy_nonoverlapping(all.as_ptr(), row, cols) };
     }
 }
 
