@@ -91,7 +91,7 @@ struct ConvInner {
     packed: std::sync::OnceLock<super::igemm::Packed>,
     packed_flipped: std::sync::OnceLock<super::igemm::Packed>,
     /// The weights and the flipped weights transformed for Winograd's route (stride 1: the
-    /// forward of 3x3 kernels in the tile `winograd::Tile::for_forward` picks, the input
+    /// forward of 3x3 and 5x5 kernels in the tile `winograd::Tile::for_forward` picks, the input
     /// gradients in the one `winograd::Tile::for_gradients` picks).
     winograd: std::sync::OnceLock<super::winograd::Transformed>,
     winograd_flipped: std::sync::OnceLock<super::winograd::Transformed>,
@@ -1091,7 +1091,7 @@ pub fn on_im2col_route<R>(f: impl FnOnce() -> R) -> R {
 
 /// Whether the implicit-product kernel (`igemm.rs`, and Winograd's route on it) runs this
 /// convolution's input gradient and forward (on a CPU without AVX-512, only the forward's 3x3
-/// kernels, through Winograd's): stride 1, one group, [`implicit_kernels`], and on a CPU
+/// and 5x5 kernels, through Winograd's): stride 1, one group, [`implicit_kernels`], and on a CPU
 /// without AVX-512 only the layers where that beat the im2col route ([`avx2_pays`]).
 fn implicit(g: &Geometry) -> bool {
     implicit_kernels()
@@ -1102,7 +1102,7 @@ fn implicit(g: &Geometry) -> bool {
         && (super::igemm::avx512() || avx2_pays(g))
 }
 
-/// The layers whose input gradient takes the AVX2 kernels (and the forward of the 3x3 ones,
+/// The layers whose input gradient takes the AVX2 kernels (and the forward, through Winograd's,
 /// see `conv_forward`): those whose forward and input gradient ran faster there than on the
 /// im2col route, OpenBLAS's kernel. Measured on Zen 3, 2 cores, InceptionV3's layers at
 /// 512x512, alternating in one process (`cargo test --release --lib route_speed -- --ignored
@@ -1160,8 +1160,9 @@ fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
     // Strided convolutions too (through their phase planes, `igemm::strided`): only their
     // input gradients keep the col2im route.
     let strided = g.groups == 1 && (g.sh > 1 || g.sw > 1) && wide_kernels();
-    // On a CPU without AVX-512 only the 3x3 layers [`avx2_pays`] picks leave the im2col route,
-    // for Winograd's (`Tile::for_forward`); the direct kernel there is no faster than OpenBLAS's.
+    // On a CPU without AVX-512 only the 3x3 and 5x5 layers [`avx2_pays`] picks leave the im2col
+    // route, for Winograd's (`Tile::for_forward`); the direct kernel there is no faster than
+    // OpenBLAS's.
     let implicit = implicit(g);
     if implicit && winograd() && g.n > 0 {
         let len = g.ci * g.h * g.w;

@@ -31,7 +31,8 @@
 //! 1.3e-7 of the output's magnitude on 96 ReLU channels). F(4x4, 3x3) and F(2x2, 5x5) multiply
 //! by up to 8 and their errors are 7.5 to 10 times the direct one's (numpy against float64, by
 //! point set and channels): the input gradients take them (see [`Tile::for_gradients`]), the
-//! forward passes F(4x4, 3x3) on AVX2 and F(2x2, 3x3) on AVX-512 (see [`Tile::for_forward`]).
+//! forward passes F(4x4, 3x3) and F(2x2, 5x5) on AVX2, F(2x2, 3x3) on AVX-512 (see
+//! [`Tile::for_forward`]).
 
 use super::conv::Activation;
 use super::igemm::{self, Conv, Grid, MR, NR, Out, Packed};
@@ -93,14 +94,21 @@ impl Tile {
         nh * nw
     }
 
-    /// The tile of a 3x3 forward pass: F(4x4, 3x3) on a CPU with AVX2 and no AVX-512, where it
-    /// took 0.55-0.7 of the im2col route's time on InceptionV3's 3x3 layers against F(2x2)'s
-    /// 0.65-0.95 (`cargo test --release --lib route_speed -- --ignored --nocapture`, alternating
-    /// builds, Zen 3); F(2x2, 3x3) on AVX-512 (F(4x4) not measured in the forward there) and
-    /// with `DEEPDREAM_WINOGRAD=2`. Its rounding decides which ReLU passes and which max-pool
-    /// pixel wins downstream; the references allow for that (`tests/it/reference.rs`).
+    /// The tile of a forward pass: for 3x3 kernels F(4x4, 3x3) on a CPU with AVX2 and no
+    /// AVX-512, where it took 0.55-0.7 of the im2col route's time on InceptionV3's 3x3 layers
+    /// against F(2x2)'s 0.65-0.95 (`cargo test --release --lib route_speed -- --ignored
+    /// --nocapture`, alternating builds, Zen 3), and F(2x2, 3x3) on AVX-512 (F(4x4) not measured
+    /// in the forward there) and with `DEEPDREAM_WINOGRAD=2`; for 5x5 kernels F(2x2, 5x5) on
+    /// AVX2 (48 -> 64 at 61x61: 0.62-0.76 of the im2col time, where the same route against
+    /// itself reads 0.87 in that test), none on AVX-512 (the direct kernel there). Its rounding
+    /// decides which ReLU passes and which max-pool pixel wins downstream; the references allow
+    /// for that (`tests/it/reference.rs`).
     pub fn for_forward(kh: usize, kw: usize) -> Option<Tile> {
-        ((kh, kw) == (3, 3)).then(|| if igemm::avx512() || f2_only() { Tile::F2 } else { Tile::F4 })
+        match (kh, kw) {
+            (3, 3) => Some(if igemm::avx512() || f2_only() { Tile::F2 } else { Tile::F4 }),
+            (5, 5) if !igemm::avx512() && !f2_only() => Some(Tile::F2k5),
+            _ => None,
+        }
     }
 
     /// The tile of the input gradients: F(4x4, 3x3), or F(2x2, 3x3) with `DEEPDREAM_WINOGRAD=2`
