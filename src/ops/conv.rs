@@ -1140,7 +1140,8 @@ fn wide_kernels() -> bool {
 }
 
 /// Whether convolutions at stride 1 with a kernel Winograd's route has (3x3; 5x5 input
-/// gradients; 1x7 and 7x1 input gradients on AVX-512 only, see `Tile::for_gradients`) take it (`winograd.rs`)
+/// gradients, and their forward on AVX2 without AVX-512; 1x7 and 7x1 input gradients on
+/// AVX-512 only; see `Tile::for_forward` and `Tile::for_gradients`) take it (`winograd.rs`)
 /// where they take the implicit-product kernel: unless `DEEPDREAM_WINOGRAD=0` (for comparing
 /// the routes).
 fn winograd() -> bool {
@@ -1589,9 +1590,13 @@ mod tests {
             // 7x1 input gradients through F(2, 7) along columns (1x7 ones along rows above).
             ([1, 4, 11, 9], 5, (7, 1), Padding::symmetric(3, 0), Activation::Relu),
             ([2, 3, 10, 9], 4, (5, 5), Padding::symmetric(0, 0), Activation::Identity),
-            // 96 channels in and out together: on an AVX2 CPU the input gradient through
-            // F(4x4, 3x3) on the AVX2 kernels (`avx2_pays`).
+            // 32 channels in and out or more: on an AVX2 CPU the forward and the input gradient
+            // through F(4x4, 3x3) on the AVX2 kernels (`avx2_pays`), with a partial run of
+            // tiles, then (70 columns) a whole row of 16 tiles and a partial one; the 5x5 cases
+            // above and below take F(2x2, 5x5) both ways there.
             ([1, 48, 9, 10], 48, (3, 3), Padding::Same, Activation::Relu),
+            ([1, 32, 6, 70], 32, (3, 3), Padding::Same, Activation::Relu6),
+            ([1, 4, 7, 40], 5, (5, 5), Padding::Same, Activation::Relu),
         ];
         // Ungrouped at a stride (the forward through `igemm::strided`, the gradient by col2im
         // under 16 input channels).

@@ -1,4 +1,5 @@
-//! 3x3 stride-1 convolutions, and the input gradients of 5x5, 1x7 and 7x1 ones, by Winograd's
+//! 3x3 stride-1 convolutions, and the input gradients of 5x5, 1x7 and 7x1 ones (on AVX2 without
+//! AVX-512, the 5x5 forward too), by Winograd's
 //! minimal filtering (Lavin and Gray, "Fast Algorithms
 //! for Convolutional Neural Networks", 2015): F(2x2, 3x3) makes each 2x2 block of outputs from a
 //! 4x4 block of input through 16 products per input and output channel pair, where the direct

@@ -48,6 +48,7 @@ fn check_tensor_tol(what: &str, t: &Tensor, r: &Value, tol: Tol) {
         }
         errors.push((got - w.as_f64().unwrap()).abs());
     }
+    assert!(!errors.is_empty(), "{what}: no samples");
     errors.sort_by(|a, b| b.total_cmp(a));
     let (worst, next) = (errors[0], errors.get(1).copied().unwrap_or(0.0));
     assert!(worst < one, "{what}: worst sample error {worst:.3e} > {one:.3e} ({} of std {std:.3e})", one / std);
