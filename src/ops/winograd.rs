@@ -21,9 +21,11 @@
 //! layer), and the output transform `Y = At M A` with bias and activation as the results are
 //! written -- a run's `V` and `M` stay in the core's L2 cache.
 //!
-//! On a CPU with AVX2 and no AVX-512 all but F(2, 7) run: their transforms written over 16-lane
-//! arrays and compiled for AVX2 (`input_transform_avx2`, `input_transform6_avx2` and the output
-//! transforms beside them), the products on `igemm`'s AVX2 kernel.
+//! On a CPU with AVX2 and no AVX-512 all but F(2, 7) run: F(2x2, 3x3)'s transforms written over
+//! 16-lane arrays and compiled for AVX2 (`input_transform_avx2`, `output_transform_avx2`), the
+//! 6x6 ones in 8-lane intrinsics (`input_transform6_avx2`, `output_transform6_avx2`: over the
+//! arrays the compiler kept spilling them in 4-lane pieces), the products on `igemm`'s AVX2
+//! kernel.
 //!
 //! Accuracy: F(2x2, 3x3)'s transforms only add, subtract and halve (one consequence: an
 //! infinite input meets its own negative inside a tile and gives NaN where the direct
@@ -543,29 +545,93 @@ unsafe fn products(u: &Packed, v: &[f32], n: usize, p: &mut [f32], offsets: &[us
 #[cfg(target_arch = "x86_64")]
 type Lanes = [f32; 16];
 
-/// The first `len` (at most 16) values of `src`, the rest zero. A whole vector (the usual case)
-/// is two 8-lane loads; a copy of a run-time length would be a library `memcpy` call.
-#[inline(always)]
+/// The first `len` (at most 16) values of `src`, the rest zero: a whole vector (the usual case)
+/// as two 8-lane loads, fewer as two masked loads (a copy of a run-time length was a library
+/// `memcpy` call, and every chunk of a layer 30 pixels wide is 15 tiles).
+#[inline]
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
 fn load_lanes(src: &[f32], len: usize) -> Lanes {
-    let mut d = [0.0f32; 16];
+    use std::arch::x86_64::*;
     if len == 16 {
+        let mut d = [0.0f32; 16];
         d.copy_from_slice(&src[..16]);
-    } else {
-        d[..len].copy_from_slice(&src[..len]);
+        return d;
     }
-    d
+    let src = &src[..len];
+    let (m0, m1) = lane_masks(len);
+    // SAFETY: the masks pass lanes below `len` only, inside `src`; a masked lane is not read.
+    unsafe {
+        let p = src.as_ptr();
+        std::mem::transmute::<[__m256; 2], Lanes>([
+            _mm256_maskload_ps(p, m0),
+            _mm256_maskload_ps(p.wrapping_add(8), m1),
+        ])
+    }
 }
 
 /// Stores the first `len` (at most 16) lanes of `v` at the start of `dst` (see [`load_lanes`]).
-#[inline(always)]
+#[inline]
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
 fn store_lanes(dst: &mut [f32], v: &Lanes, len: usize) {
+    use std::arch::x86_64::*;
     if len == 16 {
         dst[..16].copy_from_slice(v);
-    } else {
-        dst[..len].copy_from_slice(&v[..len]);
+        return;
     }
+    let dst = &mut dst[..len];
+    // SAFETY: lanes below `len` only, inside `dst`.
+    unsafe {
+        let (p, v) = (dst.as_mut_ptr(), v.as_ptr());
+        if len >= 8 {
+            _mm256_storeu_ps(p, _mm256_loadu_ps(v));
+            store_part(p.add(8), _mm256_loadu_ps(v.add(8)), len - 8);
+        } else {
+            store_part(p, _mm256_loadu_ps(v), len);
+        }
+    }
+}
+
+/// Stores lanes `0..k` (`k` below 8) of `x` at `p`: 4, 2 and 1 at a time. Not a masked store:
+/// `vmaskmovps` to memory is microcoded on AMD's Zen 3 (a sixth of an InceptionV3 step went
+/// to the transforms' masked stores there), and a copy of a run-time length is a library call.
+///
+/// # Safety
+/// The CPU has AVX; `p[..k]` is the caller's to write.
+#[inline]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_part(p: *mut f32, x: std::arch::x86_64::__m256, k: usize) {
+    use std::arch::x86_64::*;
+    debug_assert!(k < 8);
+    let (mut p, mut k, mut rest) = (p, k, _mm256_castps256_ps128(x));
+    // SAFETY: each store writes below `p + k` (the caller's).
+    unsafe {
+        if k >= 4 {
+            _mm_storeu_ps(p, rest);
+            (p, k, rest) = (p.add(4), k - 4, _mm256_extractf128_ps::<1>(x));
+        }
+        if k >= 2 {
+            _mm_storel_epi64(p.cast(), _mm_castps_si128(rest));
+            (p, k, rest) = (p.add(2), k - 2, _mm_movehl_ps(rest, rest));
+        }
+        if k == 1 {
+            _mm_store_ss(p, rest);
+        }
+    }
+}
+
+/// The masks of lanes `0..len` of 16 in two 8-lane halves (all bits of a lane passed).
+#[inline]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn lane_masks(len: usize) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    let n = _mm256_set1_epi32(len.min(16) as i32);
+    let lo = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let hi = _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15);
+    (_mm256_cmpgt_epi32(n, lo), _mm256_cmpgt_epi32(n, hi))
 }
 
 #[inline(always)]
@@ -594,47 +660,98 @@ fn at2(a: [Lanes; 4]) -> [Lanes; 2] {
     [add(add(a[0], a[1]), a[2]), sub(sub(a[1], a[2]), a[3])]
 }
 
-/// `k a + b`, fused (as `_mm512_fmadd_ps`).
-#[inline(always)]
+/// [`bt4`] on 8 lanes: the same operations in the same order (so the same bits).
+#[inline]
 #[cfg(target_arch = "x86_64")]
-fn fma(k: f32, a: Lanes, b: Lanes) -> Lanes {
-    std::array::from_fn(|l| k.mul_add(a[l], b[l]))
-}
-
-/// `b - k a`, fused (as `_mm512_fnmadd_ps`).
-#[inline(always)]
-#[cfg(target_arch = "x86_64")]
-fn fnma(k: f32, a: Lanes, b: Lanes) -> Lanes {
-    std::array::from_fn(|l| (-k).mul_add(a[l], b[l]))
-}
-
-/// [`bt4`] over [`Lanes`]: the same operations in the same order.
-#[inline(always)]
-#[cfg(target_arch = "x86_64")]
-fn bt4l(d: [Lanes; 6]) -> [Lanes; 6] {
+#[target_feature(enable = "avx2,fma")]
+fn bt4y(d: [std::arch::x86_64::__m256; 6]) -> [std::arch::x86_64::__m256; 6] {
+    use std::arch::x86_64::*;
+    let c = _mm256_set1_ps;
     let [d0, d1, d2, d3, d4, d5] = d;
-    let (a, b) = (sub(d4, d2), sub(d3, d1));
+    let (a, b) = (_mm256_sub_ps(d4, d2), _mm256_sub_ps(d3, d1));
     [
-        fma(4.0, d0, fnma(5.0, d2, d4)),
-        fnma(4.0, add(d1, d2), add(d3, d4)),
-        fma(4.0, sub(d1, d2), sub(d4, d3)),
-        fma(2.0, b, a),
-        fnma(2.0, b, a),
-        fma(4.0, d1, fnma(5.0, d3, d5)),
+        _mm256_fmadd_ps(c(4.0), d0, _mm256_fnmadd_ps(c(5.0), d2, d4)),
+        _mm256_fnmadd_ps(c(4.0), _mm256_add_ps(d1, d2), _mm256_add_ps(d3, d4)),
+        _mm256_fmadd_ps(c(4.0), _mm256_sub_ps(d1, d2), _mm256_sub_ps(d4, d3)),
+        _mm256_fmadd_ps(c(2.0), b, a),
+        _mm256_fnmadd_ps(c(2.0), b, a),
+        _mm256_fmadd_ps(c(4.0), d1, _mm256_fnmadd_ps(c(5.0), d3, d5)),
     ]
 }
 
-/// [`at4`] over [`Lanes`]: the same operations in the same order.
-#[inline(always)]
+/// [`at4`] (`R` = 4) or F(2x2, 5x5)'s At = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]] (`R` =
+/// 2, as in [`output_transform26`]) on 8 lanes: the same operations in the same order.
+#[inline]
 #[cfg(target_arch = "x86_64")]
-fn at4l(m: [Lanes; 6]) -> [Lanes; 4] {
+#[target_feature(enable = "avx2,fma")]
+fn at6y<const R: usize>(m: [std::arch::x86_64::__m256; 6]) -> [std::arch::x86_64::__m256; R] {
+    use std::arch::x86_64::*;
+    let c = _mm256_set1_ps;
     let [m0, m1, m2, m3, m4, m5] = m;
-    let (s12, d12, s34, d34) = (add(m1, m2), sub(m1, m2), add(m3, m4), sub(m3, m4));
-    [add(add(m0, s12), s34), fma(2.0, d34, d12), fma(4.0, s34, s12), add(fma(8.0, d34, d12), m5)]
+    let mut y = [_mm256_setzero_ps(); R];
+    if R == 4 {
+        let (s12, d12, s34, d34) =
+            (_mm256_add_ps(m1, m2), _mm256_sub_ps(m1, m2), _mm256_add_ps(m3, m4), _mm256_sub_ps(m3, m4));
+        y.copy_from_slice(&[
+            _mm256_add_ps(_mm256_add_ps(m0, s12), s34),
+            _mm256_fmadd_ps(c(2.0), d34, d12),
+            _mm256_fmadd_ps(c(4.0), s34, s12),
+            _mm256_add_ps(_mm256_fmadd_ps(c(8.0), d34, d12), m5),
+        ]);
+    } else {
+        y.copy_from_slice(&[
+            _mm256_add_ps(_mm256_add_ps(m0, _mm256_add_ps(m1, m2)), _mm256_add_ps(m3, m4)),
+            _mm256_add_ps(_mm256_fmadd_ps(c(2.0), _mm256_sub_ps(m3, m4), _mm256_sub_ps(m1, m2)), m5),
+        ]);
+    }
+    y
 }
 
-/// [`input_transform6`] (F(4x4, 3x3) and F(2x2, 5x5)) on a CPU with AVX2 and no AVX-512 (see
-/// [`input_transform_avx2`]).
+/// Lanes `0..k` (at most 8) of `p`, the rest zero: a plain load for 8, a masked one for fewer
+/// (masked loads are cheap; masked stores are not, see [`store_part`]).
+///
+/// # Safety
+/// The CPU has AVX2; `p[..k]` is readable.
+#[inline]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load8(p: *const f32, k: usize) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's; a masked lane is not read.
+    unsafe {
+        if k >= 8 {
+            _mm256_loadu_ps(p)
+        } else {
+            _mm256_maskload_ps(
+                p,
+                _mm256_cmpgt_epi32(_mm256_set1_epi32(k as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+            )
+        }
+    }
+}
+
+/// Stores lanes `0..k` (at most 8) of `x` at `p` (see [`store_part`]).
+///
+/// # Safety
+/// The CPU has AVX2; `p[..k]` is the caller's to write.
+#[inline]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store8(p: *mut f32, x: std::arch::x86_64::__m256, k: usize) {
+    // SAFETY: the caller's.
+    unsafe {
+        if k >= 8 {
+            std::arch::x86_64::_mm256_storeu_ps(p, x);
+        } else {
+            store_part(p, x, k);
+        }
+    }
+}
+
+/// [`input_transform6`] (F(4x4, 3x3) and F(2x2, 5x5)) on a CPU with AVX2 and no AVX-512: the
+/// same sums in the same order (so the same bits), 8 tiles at a time. Bt along each row of the
+/// 6x6 blocks into a stack array (a 6x6 block of vectors does not fit the 16 registers), then
+/// along its columns.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA.
@@ -651,70 +768,42 @@ unsafe fn input_transform6_avx2(
     vs: usize,
     v: &mut [f32],
 ) {
+    use std::arch::x86_64::*;
     let r = t.r;
     assert!(matches!(r, 2 | 4) && t.ry == r && t.wq >= t.tw + 5 / r, "winograd: a tiling of other blocks");
     assert!(planes.len() >= c * t.plane() && vs >= c * n && v.len() >= 36 * vs);
+    // Block column `col` of a tile: parity plane `col % r`, `col / r` columns on.
+    let coff: [usize; 6] = std::array::from_fn(|col| (col % r) * t.hp * t.wq + col / r);
+    let reach = coff.iter().max().unwrap() + 5 * t.wq;
+    let (pp, vp) = (planes.as_ptr(), v.as_mut_ptr());
+    let mut db = [[_mm256_setzero_ps(); 6]; 6];
     for ch in 0..c {
         for &(ty, tx, len) in chunks {
-            // As in `input_transform6`: Bt along each row of the blocks first. Written out
-            // (no zeroed arrays filled in loops, no closures): each was a library call here.
             let base = ch * t.plane() + r * ty * t.wq + tx;
-            macro_rules! load {
-                ($row:expr, $col:expr) => {
-                    load_lanes(&planes[base + (($col % r) * t.hp + $row) * t.wq + $col / r..], len)
-                };
-            }
-            macro_rules! row {
-                ($row:expr) => {
-                    bt4l([
-                        load!($row, 0),
-                        load!($row, 1),
-                        load!($row, 2),
-                        load!($row, 3),
-                        load!($row, 4),
-                        load!($row, 5),
-                    ])
-                };
-            }
-            let db = [row!(0), row!(1), row!(2), row!(3), row!(4), row!(5)];
             let at = (ty * t.tw + tx) - t0;
-            for j in 0..6 {
-                let col = bt4l([db[0][j], db[1][j], db[2][j], db[3][j], db[4][j], db[5][j]]);
-                for (i, val) in col.iter().enumerate() {
-                    store_lanes(&mut v[(i * 6 + j) * vs + ch * n + at..], val, len);
+            assert!(base + reach + len <= planes.len() && at + len <= n, "winograd: a chunk outside its planes");
+            for h in 0..len.div_ceil(8) {
+                let k = (len - 8 * h).min(8);
+                for (row, dr) in db.iter_mut().enumerate() {
+                    // SAFETY: `base + reach + len` is inside `planes` (asserted).
+                    *dr = bt4y(coff.map(|o| unsafe { load8(pp.add(base + o + row * t.wq + 8 * h), k) }));
+                }
+                for j in 0..6 {
+                    let col = bt4y(db.map(|row| row[j]));
+                    for (i, val) in col.into_iter().enumerate() {
+                        // SAFETY: plane `i * 6 + j` holds `c n` floats from `(i * 6 + j) vs`,
+                        // inside `v` (asserted), and `ch n + at + len <= c n`.
+                        unsafe { store8(vp.add((i * 6 + j) * vs + ch * n + at + 8 * h), val, k) };
+                    }
                 }
             }
         }
     }
 }
 
-/// At = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]] (F(2x2, 5x5)) over [`Lanes`], as in
-/// [`output_transform26`].
-#[inline(always)]
-#[cfg(target_arch = "x86_64")]
-fn at26l(m: [Lanes; 6]) -> [Lanes; 2] {
-    let [m0, m1, m2, m3, m4, m5] = m;
-    [add(add(m0, add(m1, m2)), add(m3, m4)), add(fma(2.0, sub(m3, m4), sub(m1, m2)), m5)]
-}
-
-/// [`at4l`] (`R` = 4) or [`at26l`] (`R` = 2): direct calls, inlined into the caller's AVX2
-/// code (through a function value they were calls of their own, without FMA: a library
-/// `fmaf` per lane).
-#[inline(always)]
-#[cfg(target_arch = "x86_64")]
-fn at6<const R: usize>(m: [Lanes; 6]) -> [Lanes; R] {
-    let mut y = [[0.0f32; 16]; R];
-    if R == 4 {
-        y.copy_from_slice(&at4l(m));
-    } else {
-        y.copy_from_slice(&at26l(m));
-    }
-    y
-}
-
-/// [`output_transform4`] (`R` = 4, At = [`at4l`]) and [`output_transform26`] (`R` = 2, At =
-/// [`at26l`]) on a CPU with AVX2 and no AVX-512 (see [`input_transform_avx2`]): `Y = At M A`
-/// of the 36 product planes, R x R outputs a tile.
+/// [`output_transform4`] (`R` = 4) and [`output_transform26`] (`R` = 2) on a CPU with AVX2
+/// and no AVX-512: `Y = At M A` of the 36 product planes, R x R outputs a tile, 8 tiles at a
+/// time, the same sums in the same order.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; the run's tiles' output pixels are the caller's to write.
@@ -733,92 +822,85 @@ unsafe fn output_transform6_avx2<const R: usize>(
     act: Activation,
     out: Out,
 ) {
-    let at = at6::<R>;
+    use std::arch::x86_64::*;
     assert!(ps >= m * n && p.len() >= 36 * ps && bias.len() >= m);
     let (oh, ow) = (job.oh, job.ow);
     let tw = ow.div_ceil(R);
+    let pp = p.as_ptr();
+    let mut ma = [[_mm256_setzero_ps(); R]; 6];
     for (o, &bo) in bias[..m].iter().enumerate() {
         for &(ty, tx, len) in chunks {
             let t = (ty * tw + tx) - t0;
-            // At along each row of M first, then along the columns: y[c][a] is output row a,
-            // column c of the 16 tiles.
-            // Written out, as in `input_transform6_avx2`.
-            macro_rules! load {
-                ($i:expr, $j:expr) => {
-                    load_lanes(&p[($i * 6 + $j) * ps + o * n + t..], len)
-                };
-            }
-            macro_rules! row {
-                ($i:expr) => {
-                    at([load!($i, 0), load!($i, 1), load!($i, 2), load!($i, 3), load!($i, 4), load!($i, 5)])
-                };
-            }
-            let ma = [row!(0), row!(1), row!(2), row!(3), row!(4), row!(5)];
-            let y: [[Lanes; R]; R] =
-                std::array::from_fn(|c| at([ma[0][c], ma[1][c], ma[2][c], ma[3][c], ma[4][c], ma[5][c]]));
+            assert!(t + len <= n, "winograd: a chunk outside its run");
             // Output columns R tx .. R (tx + len), those inside the row: tile l's column c is
             // R l + c.
             let cols = (R * len).min(ow - R * tx);
-            for (a, oy) in (R * ty..(R * ty + R).min(oh)).enumerate() {
-                // SAFETY: columns R tx + 0..cols of row oy of channel o are this run's pixels
-                // (the caller's).
-                unsafe { store_row_avx2::<R>(out.at((o * oh + oy) * ow + R * tx), cols, y.map(|yc| yc[a]), bo, act) };
+            for h in 0..len.div_ceil(8) {
+                let k = (len - 8 * h).min(8);
+                // At along each row of M first, then along the columns: y[c][a] is output row
+                // a, column c of the 8 tiles.
+                for (i, row) in ma.iter_mut().enumerate() {
+                    // SAFETY: plane `i * 6 + j` holds `m n` floats from `(i * 6 + j) ps`, inside
+                    // `p` (asserted), and `o n + t + len <= m n`.
+                    *row = at6y::<R>(std::array::from_fn(|j| unsafe {
+                        load8(pp.add((i * 6 + j) * ps + o * n + t + 8 * h), k)
+                    }));
+                }
+                let y: [[__m256; R]; R] =
+                    std::array::from_fn(|c| at6y::<R>([ma[0][c], ma[1][c], ma[2][c], ma[3][c], ma[4][c], ma[5][c]]));
+                let part = cols.saturating_sub(8 * R * h).min(8 * R);
+                for (a, oy) in (R * ty..(R * ty + R).min(oh)).enumerate() {
+                    // SAFETY: columns R tx + 8 R h + 0..part of row oy of channel o are this
+                    // run's pixels (the caller's).
+                    unsafe {
+                        let row = out.at((o * oh + oy) * ow + R * tx + 8 * R * h);
+                        store_row_avx2::<R>(row, part, y.map(|yc| yc[a]), bo, act);
+                    }
+                }
             }
         }
     }
 }
 
 /// Writes `act(y[c][l] + bias)` to `row[R l + c]` for the first `cols` of those columns: the R
-/// columns of 16 tiles' output row interleaved in registers (R = 2 or 4).
+/// columns of 8 tiles' output row interleaved in registers (R = 2 or 4).
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `row[..cols]` is the caller's to write, `cols <= 16 R`.
+/// The CPU has AVX2 and FMA; `row[..cols]` is the caller's to write, `cols <= 8 R`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn store_row_avx2<const R: usize>(row: *mut f32, cols: usize, y: [Lanes; R], bias: f32, act: Activation) {
+unsafe fn store_row_avx2<const R: usize>(
+    row: *mut f32,
+    cols: usize,
+    y: [std::arch::x86_64::__m256; R],
+    bias: f32,
+    act: Activation,
+) {
     use std::arch::x86_64::*;
-    debug_assert!(matches!(R, 2 | 4) && cols <= 16 * R);
+    debug_assert!(matches!(R, 2 | 4) && cols <= 8 * R);
     let b = _mm256_set1_ps(bias);
-    // Each half of the tiles (lanes 0..8, 8..16) gives R vectors of output columns.
-    let mut parts = [_mm256_setzero_ps(); 8];
-    for h in 0..2 {
-        let mut v = [_mm256_setzero_ps(); R];
-        for (vc, yc) in v.iter_mut().zip(&y) {
-            // SAFETY: lanes 8h..8h + 8 of the 16.
-            let x = unsafe { _mm256_loadu_ps(yc.as_ptr().add(8 * h)) };
-            *vc = igemm::activate_avx2(_mm256_add_ps(x, b), act);
-        }
-        if R == 2 {
-            // a0 b0 a1 b1 | a4 b4 a5 b5 and a2 b2 a3 b3 | a6 b6 a7 b7, then their halves.
-            let (lo, hi) = (_mm256_unpacklo_ps(v[0], v[1]), _mm256_unpackhi_ps(v[0], v[1]));
-            parts[2 * h] = _mm256_permute2f128_ps(lo, hi, 0x20);
-            parts[2 * h + 1] = _mm256_permute2f128_ps(lo, hi, 0x31);
-        } else {
-            // A 4x4 transpose of each 128-bit half, then the halves in order.
-            let (t0, t1) = (_mm256_unpacklo_ps(v[0], v[1]), _mm256_unpackhi_ps(v[0], v[1]));
-            let (t2, t3) = (_mm256_unpacklo_ps(v[2], v[3]), _mm256_unpackhi_ps(v[2], v[3]));
-            let (u0, u1) = (_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xEE>(t0, t2));
-            let (u2, u3) = (_mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xEE>(t1, t3));
-            parts[4 * h] = _mm256_permute2f128_ps(u0, u1, 0x20);
-            parts[4 * h + 1] = _mm256_permute2f128_ps(u2, u3, 0x20);
-            parts[4 * h + 2] = _mm256_permute2f128_ps(u0, u1, 0x31);
-            parts[4 * h + 3] = _mm256_permute2f128_ps(u2, u3, 0x31);
-        }
-    }
-    if cols == 16 * R {
-        for (i, part) in parts[..2 * R].iter().enumerate() {
-            // SAFETY: the caller's.
-            unsafe { _mm256_storeu_ps(row.add(8 * i), *part) };
-        }
+    let v = y.map(|x| igemm::activate_avx2(_mm256_add_ps(x, b), act));
+    let mut parts = [_mm256_setzero_ps(); 4];
+    if R == 2 {
+        // a0 b0 a1 b1 | a4 b4 a5 b5 and a2 b2 a3 b3 | a6 b6 a7 b7, then their halves.
+        let (lo, hi) = (_mm256_unpacklo_ps(v[0], v[1]), _mm256_unpackhi_ps(v[0], v[1]));
+        parts[0] = _mm256_permute2f128_ps(lo, hi, 0x20);
+        parts[1] = _mm256_permute2f128_ps(lo, hi, 0x31);
     } else {
-        let mut all = [0.0f32; 64];
-        for (i, part) in parts[..2 * R].iter().enumerate() {
-            // SAFETY: `all` holds 8 R floats.
-            unsafe { _mm256_storeu_ps(all.as_mut_ptr().add(8 * i), *part) };
-        }
-        // SAFETY: the caller's.
-        unsafe { std::ptr::copy_nonoverlapping(all.as_ptr(), row, cols) };
+        // A 4x4 transpose of each 128-bit half, then the halves in order.
+        let (t0, t1) = (_mm256_unpacklo_ps(v[0], v[1]), _mm256_unpackhi_ps(v[0], v[1]));
+        let (t2, t3) = (_mm256_unpacklo_ps(v[2], v[3]), _mm256_unpackhi_ps(v[2], v[3]));
+        let (u0, u1) = (_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xEE>(t0, t2));
+        let (u2, u3) = (_mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xEE>(t1, t3));
+        parts[0] = _mm256_permute2f128_ps(u0, u1, 0x20);
+        parts[1] = _mm256_permute2f128_ps(u2, u3, 0x20);
+        parts[2] = _mm256_permute2f128_ps(u0, u1, 0x31);
+        parts[3] = _mm256_permute2f128_ps(u2, u3, 0x31);
+    }
+    for (i, part) in parts[..R].iter().enumerate().take(cols.div_ceil(8)) {
+        // SAFETY: the caller's: columns below `cols` only.
+        unsafe { store8(row.add(8 * i), *part, cols - 8 * i) };
     }
 }
 
@@ -1377,6 +1459,54 @@ unsafe fn output_transform8(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AVX2 transforms' partial loads and stores: `load8` and `store8` of 0..=8 lanes,
+    /// `store_lanes` of 0..=16, and `store_row_avx2` of every column count (R = 2 and 4) write
+    /// exactly their lanes, in order, and nothing past them.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn partial_lanes() {
+        use std::arch::x86_64::*;
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            eprintln!("no AVX2 here: the AVX2 transforms do not run");
+            return;
+        }
+        let src: Vec<f32> = (0..64).map(|i| 1.0 + i as f32).collect();
+        for k in 0..=8 {
+            let mut got = [f32::NAN; 9];
+            // SAFETY: the CPU has AVX2 and FMA; 8 floats read from `src`, `k` written to `got`.
+            let x = unsafe { load8(src.as_ptr(), k) };
+            unsafe { store8(got.as_mut_ptr(), x, k) };
+            assert_eq!(&got[..k], &src[..k], "{k} lanes");
+            assert!(got[k..].iter().all(|v| v.is_nan()), "{k} lanes: stored past them");
+            let mut all = [f32::NAN; 8];
+            // SAFETY: 8 floats written.
+            unsafe { _mm256_storeu_ps(all.as_mut_ptr(), x) };
+            assert!(all[k..].iter().all(|&v| v == 0.0), "{k} lanes: loaded past them");
+        }
+        for len in 0..=16 {
+            let v: Lanes = std::array::from_fn(|l| 1.0 + l as f32);
+            let mut got = [f32::NAN; 17];
+            // SAFETY: the CPU has AVX2 and FMA.
+            unsafe { store_lanes(&mut got, &v, len) };
+            assert_eq!(&got[..len], &v[..len], "{len} lanes");
+            assert!(got[len..].iter().all(|v| v.is_nan()), "{len} lanes: stored past them");
+        }
+        fn row<const R: usize>(src: &[f32]) {
+            for cols in 0..=8 * R {
+                // Column c of tile l is `src[c * 8 + l]`, plus the bias 0.5; ReLU passes it.
+                // SAFETY: the CPU has AVX2 and FMA; `got` holds 8 R + 1 floats.
+                let y: [__m256; R] = std::array::from_fn(|c| unsafe { _mm256_loadu_ps(src.as_ptr().add(8 * c)) });
+                let mut got = [f32::NAN; 33];
+                unsafe { store_row_avx2::<R>(got.as_mut_ptr(), cols, y, 0.5, Activation::Relu) };
+                let want: Vec<f32> = (0..cols).map(|x| src[(x % R) * 8 + x / R] + 0.5).collect();
+                assert_eq!(&got[..cols], &want[..], "R {R}, {cols} columns");
+                assert!(got[cols..].iter().all(|v| v.is_nan()), "R {R}, {cols} columns: stored past them");
+            }
+        }
+        row::<2>(&src);
+        row::<4>(&src);
+    }
 
     #[test]
     fn matches_the_definition() {
