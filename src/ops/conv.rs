@@ -1153,13 +1153,17 @@ fn implicit(g: &Geometry) -> bool {
 /// 192 at 124x124 0.55-0.7 forward, 0.5-0.55 gradient; 64 -> 96 and 96 -> 96 at 61x61 0.55-0.66
 /// forward, 0.55-0.7 gradient. But 3 -> 64 at 224x224 (VGG's first layer) 1.2-1.7 times slower
 /// forward: the products are 3 deep. 5x5 layers (F(2x2, 5x5) gradients): 48 -> 64 at 61x61
-/// 0.8-0.9. The 1x1, 1x7 and 7x1 layers ran up to 1.8 times slower on the direct kernel (its
-/// 16-pixel tiles read each tap's weights again from the L2 cache), the stride-2 ones 1.3
-/// times. OpenBLAS for Winograd's products was no faster than the kernel.
+/// 0.8-0.9. 1x7 and 7x1 layers through F(2, 7), once its transforms were 8-lane intrinsics:
+/// 128 -> 128 and 128 -> 192 at 30x30 0.7-0.8 both ways, 160 -> 160 at 21x21 and 14x14
+/// 0.78-1.0. The 1x1 layers ran up to 1.8 times slower on the direct kernel (its 16-pixel
+/// tiles read each tap's weights again from the L2 cache), as did 1x7 and 7x1 before F(2, 7),
+/// the stride-2 ones 1.3 times. OpenBLAS for Winograd's products was no faster than the
+/// kernel. (After the transforms' rewrite the 3x3 layers read 0.45-0.7.)
 fn avx2_pays(g: &Geometry) -> bool {
     match (g.kh, g.kw) {
         (3, 3) => g.ci >= 32 && g.co >= 32 && winograd(),
         (5, 5) => true,
+        (1, 7) | (7, 1) => winograd(),
         _ => false,
     }
 }
@@ -1180,9 +1184,9 @@ fn wide_kernels() -> bool {
     implicit_kernels() && super::igemm::avx512()
 }
 
-/// Whether convolutions at stride 1 with a kernel Winograd's route has (3x3; 5x5 input
-/// gradients, and their forward on AVX2 without AVX-512; 1x7 and 7x1 input gradients on
-/// AVX-512 only; see `Tile::for_forward` and `Tile::for_gradients`) take it (`winograd.rs`)
+/// Whether convolutions at stride 1 with a kernel Winograd's route has (3x3; 5x5, 1x7 and 7x1
+/// input gradients, and their forward on AVX2 without AVX-512; see `Tile::for_forward` and
+/// `Tile::for_gradients`) take it (`winograd.rs`)
 /// where they take the implicit-product kernel: unless `DEEPDREAM_WINOGRAD=0` (for comparing
 /// the routes).
 fn winograd() -> bool {
@@ -1202,8 +1206,8 @@ fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
     // Strided convolutions too (through their phase planes, `igemm::strided`): only their
     // input gradients keep the col2im route.
     let strided = g.groups == 1 && (g.sh > 1 || g.sw > 1) && wide_kernels();
-    // On a CPU without AVX-512 only the 3x3 and 5x5 layers [`avx2_pays`] picks leave the im2col
-    // route, for Winograd's (`Tile::for_forward`); the direct kernel there is no faster than
+    // On a CPU without AVX-512 only the 3x3, 5x5, 1x7 and 7x1 layers [`avx2_pays`] picks leave the
+    // im2col route, for Winograd's (`Tile::for_forward`); the direct kernel there is no faster than
     // OpenBLAS's.
     let implicit = implicit(g);
     if implicit && winograd() && g.n > 0 {
@@ -1808,6 +1812,8 @@ mod route_speed {
             (96, 61, 96, 3, 3, 1, Padding::Same),
             (128, 30, 128, 1, 7, 1, Padding::symmetric(0, 3)),
             (128, 30, 192, 7, 1, 1, Padding::symmetric(3, 0)),
+            (160, 21, 160, 1, 7, 1, Padding::symmetric(0, 3)),
+            (160, 14, 160, 7, 1, 1, Padding::symmetric(3, 0)),
             (768, 30, 192, 1, 1, 1, Padding::symmetric(0, 0)),
             (288, 61, 384, 3, 3, 2, Padding::symmetric(0, 0)),
         ];

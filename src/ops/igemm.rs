@@ -103,9 +103,8 @@ pub fn available() -> bool {
     isa().is_some()
 }
 
-/// Whether this CPU runs the AVX-512 kernels: F(2, 7)'s Winograd transforms, the forward's
-/// pooling scan, the depthwise rows, the strided convolutions' phase planes and the phase split
-/// have no AVX2 version yet.
+/// Whether this CPU runs the AVX-512 kernels: the forward's pooling scan, the depthwise rows,
+/// the strided convolutions' phase planes and the phase split have no AVX2 version yet.
 pub fn avx512() -> bool {
     isa() == Some(Isa::Avx512)
 }

@@ -1,5 +1,5 @@
 //! 3x3 stride-1 convolutions, and the input gradients of 5x5, 1x7 and 7x1 ones (on AVX2 without
-//! AVX-512, the 5x5 forward too), by Winograd's
+//! AVX-512, their forward passes too), by Winograd's
 //! minimal filtering (Lavin and Gray, "Fast Algorithms
 //! for Convolutional Neural Networks", 2015): F(2x2, 3x3) makes each 2x2 block of outputs from a
 //! 4x4 block of input through 16 products per input and output channel pair, where the direct
@@ -21,11 +21,11 @@
 //! layer), and the output transform `Y = At M A` with bias and activation as the results are
 //! written -- a run's `V` and `M` stay in the core's L2 cache.
 //!
-//! On a CPU with AVX2 and no AVX-512 all but F(2, 7) run: F(2x2, 3x3)'s transforms written over
+//! On a CPU with AVX2 and no AVX-512 all of them run: F(2x2, 3x3)'s transforms written over
 //! 16-lane arrays and compiled for AVX2 (`input_transform_avx2`, `output_transform_avx2`), the
-//! 6x6 ones in 8-lane intrinsics (`input_transform6_avx2`, `output_transform6_avx2`: over the
-//! arrays the compiler kept spilling them in 4-lane pieces), the products on `igemm`'s AVX2
-//! kernel.
+//! 6x6 and F(2, 7) ones in 8-lane intrinsics (`input_transform6_avx2`, `input_transform8_avx2`
+//! and their output transforms: over the arrays the compiler kept spilling them in 4-lane
+//! pieces), the products on `igemm`'s AVX2 kernel.
 //!
 //! Accuracy: F(2x2, 3x3)'s transforms only add, subtract and halve (one consequence: an
 //! infinite input meets its own negative inside a tile and gives NaN where the direct
@@ -33,8 +33,8 @@
 //! against float64 its error is about twice the direct float32 convolution's (mean 2.6e-7 vs
 //! 1.3e-7 of the output's magnitude on 96 ReLU channels). F(4x4, 3x3) and F(2x2, 5x5) multiply
 //! by up to 8 and their errors are 7.5 to 10 times the direct one's (numpy against float64, by
-//! point set and channels): the input gradients take them (see [`Tile::for_gradients`]), the
-//! forward passes F(4x4, 3x3) and F(2x2, 5x5) on AVX2, F(2x2, 3x3) on AVX-512 (see
+//! point set and channels), F(2, 7)'s 5.5 times: the input gradients take them (see
+//! [`Tile::for_gradients`]), the forward passes all three on AVX2, F(2x2, 3x3) on AVX-512 (see
 //! [`Tile::for_forward`]).
 
 use super::conv::Activation;
@@ -103,13 +103,19 @@ impl Tile {
     /// --nocapture`, alternating builds, Zen 3), and F(2x2, 3x3) on AVX-512 (F(4x4) not measured
     /// in the forward there) and with `DEEPDREAM_WINOGRAD=2`; for 5x5 kernels F(2x2, 5x5) on
     /// AVX2 (48 -> 64 at 61x61: 0.62-0.76 of the im2col time, where the same route against
-    /// itself reads 0.87 in that test), none on AVX-512 (the direct kernel there). Its rounding
+    /// itself reads 0.87 in that test), none on AVX-512 (the direct kernel there); for 1x7 and
+    /// 7x1 kernels F(2, 7) on AVX2 (after its transforms moved to 8-lane intrinsics: 128 -> 128
+    /// 1x7 and 128 -> 192 7x1 at 30x30 0.7-0.8 of the im2col time, 160 channels at 21x21 and
+    /// 14x14 0.86-1.0; before, with partial chunks copied through `memcpy`, 1.1-1.2), none on
+    /// AVX-512. Its rounding
     /// decides which ReLU passes and which max-pool pixel wins downstream; the references allow
     /// for that (`tests/it/reference.rs`).
     pub fn for_forward(kh: usize, kw: usize) -> Option<Tile> {
         match (kh, kw) {
             (3, 3) => Some(if igemm::avx512() || f2_only() { Tile::F2 } else { Tile::F4 }),
             (5, 5) if !igemm::avx512() && !f2_only() => Some(Tile::F2k5),
+            (1, 7) if !igemm::avx512() && !f2_only() => Some(Tile::F2k7Row),
+            (7, 1) if !igemm::avx512() && !f2_only() => Some(Tile::F2k7Col),
             _ => None,
         }
     }
@@ -120,23 +126,16 @@ impl Tile {
     ///
     /// For a `kh x kw` kernel: 3x3 as above; 5x5 takes F(2x2, 5x5) (the same six points, so the
     /// same error), 1x7 and 7x1 F(2, 7) along their taps (eight points, 5.5 times the direct
-    /// error), neither with `DEEPDREAM_WINOGRAD=2`, and F(2, 7) not on a CPU without AVX-512 (it
-    /// has no AVX2 version); other kernels none.
+    /// error), neither with `DEEPDREAM_WINOGRAD=2`; other kernels none.
     pub fn for_gradients(kh: usize, kw: usize) -> Option<Tile> {
-        let tile = match (kh, kw, f2_only()) {
+        match (kh, kw, f2_only()) {
             (3, 3, true) => Some(Tile::F2),
             (3, 3, false) => Some(Tile::F4),
             (5, 5, false) => Some(Tile::F2k5),
             (1, 7, false) => Some(Tile::F2k7Row),
             (7, 1, false) => Some(Tile::F2k7Col),
             _ => None,
-        };
-        tile.filter(|t| igemm::avx512() || t.on_avx2())
-    }
-
-    /// Whether the tile has an AVX2 version (all but F(2, 7)).
-    fn on_avx2(self) -> bool {
-        matches!(self, Tile::F2 | Tile::F4 | Tile::F2k5)
+        }
     }
 
     /// `G t` for the taps `t` of a kernel column or row, in float64 (a single tap: itself). F2:
@@ -249,7 +248,6 @@ pub fn conv(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Conv) 
 /// [`conv`], with the run length (a multiple of NR tiles) given, for the tests.
 fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Conv, run: Option<usize>) -> Vec<f32> {
     let isa = igemm::isa_here();
-    assert!(isa == igemm::Isa::Avx512 || u.tile.on_avx2(), "winograd: {:?} has no AVX2 version", u.tile);
     assert!(fits(job, u.tile), "winograd: not a {:?} convolution at stride 1", u.tile.kernel());
     assert_eq!(u.c, job.c, "winograd: weights for another input");
     assert_eq!(job.x.len(), job.c * job.h * job.w, "winograd: input of another size");
@@ -332,7 +330,9 @@ unsafe fn transform_in(
             (igemm::Isa::Avx512, Tile::F2k7Row | Tile::F2k7Col) => input_transform8(planes, c, t, t0, chunks, n, vs, v),
             (igemm::Isa::Avx2, Tile::F2) => input_transform_avx2(planes, c, t, t0, chunks, n, vs, v),
             (igemm::Isa::Avx2, Tile::F4 | Tile::F2k5) => input_transform6_avx2(planes, c, t, t0, chunks, n, vs, v),
-            (igemm::Isa::Avx2, Tile::F2k7Row | Tile::F2k7Col) => unreachable!("winograd: F(2, 7) has no AVX2 version"),
+            (igemm::Isa::Avx2, Tile::F2k7Row | Tile::F2k7Col) => {
+                input_transform8_avx2(planes, c, t, t0, chunks, n, vs, v)
+            }
         }
     }
 }
@@ -371,7 +371,9 @@ unsafe fn transform_out(
             (igemm::Isa::Avx2, Tile::F2) => output_transform_avx2(p, m, n, ps, t0, chunks, job, bias, act, out),
             (igemm::Isa::Avx2, Tile::F4) => output_transform6_avx2::<4>(p, m, n, ps, t0, chunks, job, bias, act, out),
             (igemm::Isa::Avx2, Tile::F2k5) => output_transform6_avx2::<2>(p, m, n, ps, t0, chunks, job, bias, act, out),
-            (igemm::Isa::Avx2, Tile::F2k7Row | Tile::F2k7Col) => unreachable!("winograd: F(2, 7) has no AVX2 version"),
+            (igemm::Isa::Avx2, Tile::F2k7Row | Tile::F2k7Col) => {
+                output_transform8_avx2(p, m, n, ps, t0, chunks, t, job, bias, act, out)
+            }
         }
     }
 }
@@ -901,6 +903,148 @@ unsafe fn store_row_avx2<const R: usize>(
     for (i, part) in parts[..R].iter().enumerate().take(cols.div_ceil(8)) {
         // SAFETY: the caller's: columns below `cols` only.
         unsafe { store8(row.add(8 * i), *part, cols - 8 * i) };
+    }
+}
+
+/// [`bt8`] on 8 lanes: the same operations in the same order.
+#[inline]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn bt8y(d: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let c = _mm256_set1_ps;
+    let [d0, d1, d2, d3, d4, d5, d6, d7] = d;
+    let e1 = _mm256_fnmadd_ps(c(4.25), d4, _mm256_add_ps(d2, d6));
+    let o1 = _mm256_fnmadd_ps(c(4.25), d3, _mm256_add_ps(d1, d5));
+    let e3 = _mm256_fmadd_ps(c(0.25), d2, _mm256_fnmadd_ps(c(1.25), d4, d6));
+    let o3 = _mm256_fmadd_ps(c(0.5), d1, _mm256_fmadd_ps(c(2.0), d5, _mm256_mul_ps(c(-2.5), d3)));
+    let e5 = _mm256_fmadd_ps(c(4.0), d2, _mm256_fnmadd_ps(c(5.0), d4, d6));
+    let o5 = _mm256_fmadd_ps(c(2.0), d1, _mm256_fmadd_ps(c(0.5), d5, _mm256_mul_ps(c(-2.5), d3)));
+    [
+        _mm256_fmadd_ps(c(5.25), _mm256_sub_ps(d2, d4), _mm256_sub_ps(d6, d0)),
+        _mm256_add_ps(e1, o1),
+        _mm256_sub_ps(e1, o1),
+        _mm256_add_ps(e3, o3),
+        _mm256_sub_ps(e3, o3),
+        _mm256_add_ps(e5, o5),
+        _mm256_sub_ps(e5, o5),
+        _mm256_fmadd_ps(c(5.25), _mm256_sub_ps(d3, d5), _mm256_sub_ps(d7, d1)),
+    ]
+}
+
+/// [`input_transform8`] (F(2, 7)) on a CPU with AVX2 and no AVX-512, 8 tiles at a time: the
+/// same sums in the same order.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform8_avx2(
+    planes: &[f32],
+    c: usize,
+    t: &Tiling,
+    t0: usize,
+    chunks: &[(usize, usize, usize)],
+    n: usize,
+    vs: usize,
+    v: &mut [f32],
+) {
+    let along_row = match (t.ry, t.r) {
+        (1, 2) => true,
+        (2, 1) => false,
+        _ => panic!("winograd: a tiling of other blocks"),
+    };
+    assert!(if along_row { t.wq >= t.tw + 3 } else { t.wq >= t.tw });
+    assert!(planes.len() >= c * t.plane() && vs >= c * n && v.len() >= 8 * vs);
+    // Element e of a tile's block, as in `input_transform8`: along a row parity plane e % 2, e / 2
+    // columns on; along a column e rows on.
+    let eoff: [usize; 8] = std::array::from_fn(|e| if along_row { (e % 2) * t.hp * t.wq + e / 2 } else { e * t.wq });
+    let reach = eoff.iter().max().unwrap();
+    let (pp, vp) = (planes.as_ptr(), v.as_mut_ptr());
+    for ch in 0..c {
+        for &(ty, tx, len) in chunks {
+            let base = ch * t.plane() + if along_row { ty } else { 2 * ty } * t.wq + tx;
+            let at = (ty * t.tw + tx) - t0;
+            assert!(base + reach + len <= planes.len() && at + len <= n, "winograd: a chunk outside its planes");
+            for h in 0..len.div_ceil(8) {
+                let k = (len - 8 * h).min(8);
+                // SAFETY: `base + reach + len` is inside `planes` (asserted).
+                let d = eoff.map(|o| unsafe { load8(pp.add(base + o + 8 * h), k) });
+                for (i, val) in bt8y(d).into_iter().enumerate() {
+                    // SAFETY: plane `i` holds `c n` floats from `i vs`, inside `v` (asserted),
+                    // and `ch n + at + len <= c n`.
+                    unsafe { store8(vp.add(i * vs + ch * n + at + 8 * h), val, k) };
+                }
+            }
+        }
+    }
+}
+
+/// [`output_transform8`] (F(2, 7)) on a CPU with AVX2 and no AVX-512, 8 tiles at a time: the
+/// same sums in the same order.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; the run's tiles' output pixels are the caller's to write.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform8_avx2(
+    p: &[f32],
+    m: usize,
+    n: usize,
+    ps: usize,
+    t0: usize,
+    chunks: &[(usize, usize, usize)],
+    t: &Tiling,
+    job: &Conv,
+    bias: &[f32],
+    act: Activation,
+    out: Out,
+) {
+    use std::arch::x86_64::*;
+    assert!(ps >= m * n && p.len() >= 8 * ps && bias.len() >= m);
+    let along_row = (t.ry, t.r) == (1, 2);
+    let (oh, ow) = (job.oh, job.ow);
+    let pp = p.as_ptr();
+    let c = _mm256_set1_ps;
+    let sum = |a: __m256, b: __m256| _mm256_add_ps(a, b);
+    for (o, &bo) in bias[..m].iter().enumerate() {
+        let b = _mm256_set1_ps(bo);
+        for &(ty, tx, len) in chunks {
+            let at = (ty * t.tw + tx) - t0;
+            assert!(at + len <= n, "winograd: a chunk outside its run");
+            for h in 0..len.div_ceil(8) {
+                let k = (len - 8 * h).min(8);
+                // SAFETY: plane `i` holds `m n` floats from `i ps`, inside `p` (asserted), and
+                // `o n + at + len <= m n`.
+                let [m0, m1, m2, m3, m4, m5, m6, m7]: [__m256; 8] =
+                    std::array::from_fn(|i| unsafe { load8(pp.add(i * ps + o * n + at + 8 * h), k) });
+                let y0 = sum(sum(sum(m0, sum(m1, m2)), sum(m3, m4)), sum(m5, m6));
+                let y1 = _mm256_fmadd_ps(
+                    c(0.5),
+                    _mm256_sub_ps(m5, m6),
+                    _mm256_fmadd_ps(c(2.0), _mm256_sub_ps(m3, m4), sum(_mm256_sub_ps(m1, m2), m7)),
+                );
+                if along_row {
+                    // Output columns 2 (tx + 8 h) .. of row ty, those inside the row.
+                    let part = (2 * len).min(ow - 2 * tx).saturating_sub(16 * h).min(16);
+                    // SAFETY: columns 2tx + 16h + 0..part of row ty of channel o are this run's
+                    // pixels.
+                    unsafe {
+                        store_row_avx2::<2>(out.at((o * oh + ty) * ow + 2 * tx + 16 * h), part, [y0, y1], bo, act)
+                    };
+                } else {
+                    // Columns tx + 8h .. of rows 2 ty and 2 ty + 1, those inside the plane.
+                    for (oy, y) in (2 * ty..(2 * ty + 2).min(oh)).zip([y0, y1]) {
+                        let y = igemm::activate_avx2(_mm256_add_ps(y, b), act);
+                        // SAFETY: columns tx + 8h + 0..k of row oy of channel o are this run's
+                        // pixels.
+                        unsafe { store8(out.at((o * oh + oy) * ow + tx + 8 * h), y, k) };
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -1553,9 +1697,11 @@ mod tests {
                     (Tile::F2k5, false),
                     (Tile::F2k7Row, false),
                     (Tile::F2k7Col, false),
+                    (Tile::F2k7Row, true),
+                    (Tile::F2k7Col, true),
                 ]
             } else {
-                &[(Tile::F2, true), (Tile::F4, true), (Tile::F2k5, true)]
+                &[(Tile::F2, true), (Tile::F4, true), (Tile::F2k5, true), (Tile::F2k7Row, true), (Tile::F2k7Col, true)]
             };
             for ((tile, avx2), act) in
                 tiles.iter().flat_map(|&t| [Activation::Identity, Activation::Relu, Activation::Relu6].map(|a| (t, a)))
@@ -1606,15 +1752,18 @@ mod tests {
         if igemm::avx512() {
             let want = [
                 ((1, 7, false), 30),
+                ((1, 7, true), 30),
                 ((3, 3, false), 72),
                 ((3, 3, true), 72),
                 ((5, 5, false), 33),
                 ((5, 5, true), 33),
                 ((7, 1, false), 30),
+                ((7, 1, true), 30),
             ];
             assert_eq!(ran, want, "a case was skipped");
         } else {
-            assert_eq!(ran, [((3, 3, true), 72), ((5, 5, true), 33)], "a case was skipped");
+            let want = [((1, 7, true), 30), ((3, 3, true), 72), ((5, 5, true), 33), ((7, 1, true), 30)];
+            assert_eq!(ran, want, "a case was skipped");
         }
     }
 }
