@@ -513,11 +513,7 @@ fn im2col(
             let first = r.start * g.sw + kx - g.pl;
             match (mask, g.sw) {
                 (None, 1) => dst[r.clone()].copy_from_slice(&src[first..first + r.len()]),
-                (None, _) => {
-                    for (d, s) in dst[r.clone()].iter_mut().zip(src[first..].iter().step_by(g.sw)) {
-                        *d = *s;
-                    }
-                }
+                (None, _) => gather(&mut dst[r.clone()], &src[first..], g.sw),
                 (Some((y, act)), 1) => {
                     let yrow = &y[c * g.h * g.w + iy as usize * g.w..][..g.w];
                     let (src, yrow) = (&src[first..first + r.len()], &yrow[first..first + r.len()]);
@@ -792,19 +788,24 @@ pub(super) fn phase_row(dst: &mut [f32], src: &[f32], s: usize, p: usize, pl: us
     dst[span.end..].fill(0.0);
     // The first column is past the row when the span is empty (a row narrower than the stride).
     let from = src.get(span.start * s + p - pl.min(span.start * s + p)..).unwrap_or(&[]);
+    gather(&mut dst[span], from, s);
+}
+
+/// `dst[i] = src[s i]` while both last: at strides 2 and 4 in vector shuffles.
+fn gather(dst: &mut [f32], src: &[f32], s: usize) {
     #[cfg(target_arch = "x86_64")]
     if s == 2 && super::igemm::avx512() {
         // SAFETY: the CPU has AVX-512F.
-        unsafe { every_other(&mut dst[span], from) };
+        unsafe { every_other(dst, src) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if matches!(s, 2 | 4) && super::igemm::available() {
         // SAFETY: the CPU has AVX2 (AVX-512F or AVX2 with FMA, `available`).
-        unsafe { strided_avx2(&mut dst[span], from, s) };
+        unsafe { strided_avx2(dst, src, s) };
         return;
     }
-    for (v, x) in dst[span].iter_mut().zip(from.iter().step_by(s)) {
+    for (v, x) in dst.iter_mut().zip(src.iter().step_by(s)) {
         *v = *x;
     }
 }

@@ -756,13 +756,8 @@ unsafe fn store_avx2(
             let x = activate_avx2(_mm256_add_ps(acc[2 * r + v], b), act);
             if g.wp == g.ow {
                 // SAFETY (the caller's): lanes 0..n are output pixels q..q + n of channel r.
-                unsafe {
-                    if n == 8 {
-                        _mm256_storeu_ps(yr.wrapping_add(q), x)
-                    } else {
-                        _mm256_maskstore_ps(yr.wrapping_add(q), span(0, n), x)
-                    }
-                };
+                // Not a masked store: `vmaskmovps` to memory is microcoded on AMD's Zen 3.
+                unsafe { super::winograd::store8(yr.wrapping_add(q), x, n) };
                 continue;
             }
             let (first, last) = (q / g.wp, (q + n - 1) / g.wp);

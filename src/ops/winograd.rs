@@ -717,7 +717,7 @@ fn at6y<const R: usize>(m: [std::arch::x86_64::__m256; 6]) -> [std::arch::x86_64
 #[inline]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn load8(p: *const f32, k: usize) -> std::arch::x86_64::__m256 {
+pub(super) unsafe fn load8(p: *const f32, k: usize) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     // SAFETY: the caller's; a masked lane is not read.
     unsafe {
@@ -739,7 +739,7 @@ unsafe fn load8(p: *const f32, k: usize) -> std::arch::x86_64::__m256 {
 #[inline]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn store8(p: *mut f32, x: std::arch::x86_64::__m256, k: usize) {
+pub(super) unsafe fn store8(p: *mut f32, x: std::arch::x86_64::__m256, k: usize) {
     // SAFETY: the caller's.
     unsafe {
         if k >= 8 {
