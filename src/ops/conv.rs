@@ -1164,7 +1164,8 @@ fn avx2_pays(g: &Geometry) -> bool {
     match (g.kh, g.kw) {
         (3, 3) => g.ci >= 32 && g.co >= 32 && winograd(),
         (5, 5) => true,
-        (1, 7) | (7, 1) => winograd(),
+        // Not with `DEEPDREAM_WINOGRAD=2` (no F(2, 7) then): the direct kernel ran slower.
+        (1, 7) | (7, 1) => winograd() && super::winograd::Tile::for_gradients(g.kh, g.kw).is_some(),
         _ => false,
     }
 }
