@@ -91,7 +91,8 @@ struct ConvInner {
     packed: std::sync::OnceLock<super::igemm::Packed>,
     packed_flipped: std::sync::OnceLock<super::igemm::Packed>,
     /// The weights and the flipped weights transformed for Winograd's route (stride 1: the
-    /// forward of 3x3 and 5x5 kernels in the tile `winograd::Tile::for_forward` picks, the input
+    /// forward of 3x3 kernels, and of 5x5, 1x7 and 7x1 ones on AVX2, in the tile
+    /// `winograd::Tile::for_forward` picks, the input
     /// gradients in the one `winograd::Tile::for_gradients` picks).
     winograd: std::sync::OnceLock<super::winograd::Transformed>,
     winograd_flipped: std::sync::OnceLock<super::winograd::Transformed>,
@@ -810,9 +811,9 @@ fn gather(dst: &mut [f32], src: &[f32], s: usize) {
     }
 }
 
-/// `dst[i] = src[s i]` (`s` = 2 or 4) while both last, 8 at a time: on a CPU without AVX-512,
-/// Winograd's F(4x4) phase planes (s = 4: 4% of an InceptionV3 dream element by element) and
-/// the F(2x2, 5x5) and strided ones (s = 2).
+/// `dst[i] = src[s i]` (`s` = 2 or 4) while both last, 8 at a time: Winograd's F(4x4) phase
+/// planes (s = 4: 4% of an InceptionV3 dream on AVX2 element by element; on AVX-512 too) and,
+/// on a CPU without AVX-512, the F(2x2) and strided ones (s = 2).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn strided_avx2(dst: &mut [f32], src: &[f32], s: usize) {
@@ -1132,8 +1133,8 @@ pub fn on_im2col_route<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Whether the implicit-product kernel (`igemm.rs`, and Winograd's route on it) runs this
-/// convolution's input gradient and forward (on a CPU without AVX-512, only the forward's 3x3
-/// and 5x5 kernels, through Winograd's): stride 1, one group, [`implicit_kernels`], and on a CPU
+/// convolution's input gradient and forward (on a CPU without AVX-512, only the forward's 3x3,
+/// 5x5, 1x7 and 7x1 kernels, through Winograd's): stride 1, one group, [`implicit_kernels`], and on a CPU
 /// without AVX-512 only the layers where that beat the im2col route ([`avx2_pays`]).
 fn implicit(g: &Geometry) -> bool {
     implicit_kernels()
@@ -1643,6 +1644,25 @@ mod tests {
             }
         }
         assert_eq!(ran, 10 * 11 * 4 * 5);
+        // The AVX2 gathers themselves (on a CPU with AVX-512, `phase_row` takes `every_other`
+        // at stride 2).
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            for s in [2, 4] {
+                for w in 0..80usize {
+                    let src: Vec<f32> = (0..w).map(|i| 1.0 + i as f32).collect();
+                    for len in [0, w.div_ceil(s), w.div_ceil(s) + 2] {
+                        let mut got = vec![f32::NAN; len + 1];
+                        // SAFETY: the CPU has AVX2.
+                        unsafe { strided_avx2(&mut got[..len], &src, s) };
+                        let n = len.min(w.div_ceil(s));
+                        let want: Vec<f32> = (0..n).map(|i| src[s * i]).collect();
+                        assert_eq!(&got[..n], &want[..], "stride {s} width {w} length {len}");
+                        assert!(got[n..].iter().all(|v| v.is_nan()), "stride {s} width {w} length {len}: past the end");
+                    }
+                }
+            }
+        }
     }
 
     /// The two routes of a convolution (the implicit product on AVX-512, Winograd's on it for

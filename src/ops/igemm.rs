@@ -89,7 +89,9 @@ pub fn isa() -> Option<Isa> {
             use std::arch::is_x86_feature_detected as has;
             let avx2 = has!("avx2") && has!("fma");
             let forced = std::env::var("DEEPDREAM_ISA").is_ok_and(|v| v.trim().eq_ignore_ascii_case("avx2"));
-            if has!("avx512f") && !forced { Some(Isa::Avx512) } else { avx2.then_some(Isa::Avx2) }
+            // AVX-512 with AVX2 and FMA (every such CPU has them; the AVX2 helpers, the phase
+            // gathers and the max pool's maxima, run on it too).
+            if has!("avx512f") && avx2 && !forced { Some(Isa::Avx512) } else { avx2.then_some(Isa::Avx2) }
         })
     }
     #[cfg(not(target_arch = "x86_64"))]

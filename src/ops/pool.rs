@@ -921,6 +921,29 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// `max_into` (on x86 its AVX2 vectors) makes the same choice as `nanmax` for every pair of
+    /// special values, bit for bit: NaN either side (two payloads), zeros of both signs, the
+    /// infinities, ties; at every length 0..=19 (whole vectors and the partial tail).
+    #[test]
+    fn max_into_matches_nanmax() {
+        let nan2 = f32::from_bits(0x7fc0_1234);
+        let specials = [f32::NAN, nan2, 0.0, -0.0, 1.0, -1.0, 2.5, f32::INFINITY, f32::NEG_INFINITY, f32::MIN_POSITIVE];
+        let pairs: Vec<(f32, f32)> = specials.iter().flat_map(|&a| specials.iter().map(move |&b| (a, b))).collect();
+        for len in 0..=19 {
+            for start in (0..pairs.len()).step_by(7) {
+                let (mut dst, src): (Vec<f32>, Vec<f32>) = (0..len).map(|i| pairs[(start + i) % pairs.len()]).unzip();
+                let want: Vec<u32> = dst.iter().zip(&src).map(|(&a, &b)| nanmax(a, b).to_bits()).collect();
+                let mut past = dst.clone();
+                past.push(7.0);
+                max_into(&mut past[..len], &src);
+                assert_eq!(past[len], 7.0, "length {len}: wrote past the end");
+                max_into(&mut dst, &src);
+                let got: Vec<u32> = dst.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "length {len} from pair {start}");
+            }
+        }
+    }
+
     /// PyTorch's max pool as written in its CPU kernel: scan each window row-major from its first
     /// element, take any larger value or NaN; the output is the value found, and the backward
     /// adds the output's gradient there. Returns (output, input gradient).

@@ -106,7 +106,7 @@ impl Tile {
     /// itself reads 0.87 in that test), none on AVX-512 (the direct kernel there); for 1x7 and
     /// 7x1 kernels F(2, 7) on AVX2 (after its transforms moved to 8-lane intrinsics: 128 -> 128
     /// 1x7 and 128 -> 192 7x1 at 30x30 0.7-0.8 of the im2col time, 160 channels at 21x21 and
-    /// 14x14 0.86-1.0; before, with partial chunks copied through `memcpy`, 1.1-1.2), none on
+    /// 14x14 0.78-1.0; before, with partial chunks copied through `memcpy`, 1.1-1.2), none on
     /// AVX-512. Its rounding
     /// decides which ReLU passes and which max-pool pixel wins downstream; the references allow
     /// for that (`tests/it/reference.rs`).
@@ -281,8 +281,7 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
             let offsets: Vec<usize> = (0..c).map(|ch| ch * n).collect();
             super::conv::with_buffer(&TILES, xi * vs, |v| {
                 super::conv::with_buffer(&PRODUCTS, xi * ps, |p| {
-                    // SAFETY: `isa` runs on this CPU (`isa_here`), and on AVX2 only the tiles
-                    // with an AVX2 version (asserted above); the transforms read and write
+                    // SAFETY: `isa` runs on this CPU (`isa_here`); the transforms read and write
                     // inside the slices they are given (asserted there), and the output
                     // transform writes only the output pixels of this run's tiles.
                     unsafe {
@@ -303,11 +302,136 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
     y
 }
 
+/// The 1-D steps of the transforms over vectors of either width, written once for the AVX-512
+/// and AVX2 versions (so both do the same operations in the same order, and give the same
+/// bits): `$ops` names the width's `[set1, add, sub, mul, fmadd, fnmadd]` intrinsics. Macros,
+/// not generic functions: the intrinsics must expand inside the caller's `target_feature`
+/// code (through a function of its own, without FMA, each lane became a library `fmaf` call).
+///
+/// `bt4!`: `Bt d` for F(4x4, 3x3) and F(2x2, 5x5) along six values: Bt = [[4, 0, -5, 0, 1, 0],
+/// [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0,
+/// 4, 0, -5, 0, 1]].
+macro_rules! bt4 {
+    ($d:expr, [$set1:path, $add:path, $sub:path, $mul:path, $fmadd:path, $fnmadd:path]) => {{
+        let c = $set1;
+        let [d0, d1, d2, d3, d4, d5] = $d;
+        let (a, b) = ($sub(d4, d2), $sub(d3, d1));
+        [
+            $fmadd(c(4.0), d0, $fnmadd(c(5.0), d2, d4)),
+            $fnmadd(c(4.0), $add(d1, d2), $add(d3, d4)),
+            $fmadd(c(4.0), $sub(d1, d2), $sub(d4, d3)),
+            $fmadd(c(2.0), b, a),
+            $fnmadd(c(2.0), b, a),
+            $fmadd(c(4.0), d1, $fnmadd(c(5.0), d3, d5)),
+        ]
+    }};
+}
+
+/// `At m` for F(4x4, 3x3) along six values (see [`bt4!`]): At = [[1, 1, 1, 1, 1, 0], [0, 1,
+/// -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]].
+macro_rules! at4 {
+    ($m:expr, [$set1:path, $add:path, $sub:path, $mul:path, $fmadd:path, $fnmadd:path]) => {{
+        let c = $set1;
+        let [m0, m1, m2, m3, m4, m5] = $m;
+        let (s12, d12, s34, d34) = ($add(m1, m2), $sub(m1, m2), $add(m3, m4), $sub(m3, m4));
+        [
+            $add($add(m0, s12), s34),
+            $fmadd(c(2.0), d34, d12),
+            $fmadd(c(4.0), s34, s12),
+            $add($fmadd(c(8.0), d34, d12), m5),
+        ]
+    }};
+}
+
+/// `At m` for F(2x2, 5x5) along six values (see [`bt4!`]): At = [[1, 1, 1, 1, 1, 0], [0, 1,
+/// -1, 2, -2, 1]].
+macro_rules! at26 {
+    ($m:expr, [$set1:path, $add:path, $sub:path, $mul:path, $fmadd:path, $fnmadd:path]) => {{
+        let c = $set1;
+        let [m0, m1, m2, m3, m4, m5] = $m;
+        [$add($add(m0, $add(m1, m2)), $add(m3, m4)), $add($fmadd(c(2.0), $sub(m3, m4), $sub(m1, m2)), m5)]
+    }};
+}
+
+/// `Bt d` for F(2, 7) along eight values (see [`bt4!`]; points 0, 1, -1, 2, -2, 1/2, -1/2 and
+/// infinity): Bt = [[-1, 0, 21/4, 0, -21/4, 0, 1, 0], [0, 1, 1, -17/4, -17/4, 1, 1, 0], [0,
+/// -1, 1, 17/4, -17/4, -1, 1, 0], [0, 1/2, 1/4, -5/2, -5/4, 2, 1, 0], [0, -1/2, 1/4, 5/2,
+/// -5/4, -2, 1, 0], [0, 2, 4, -5/2, -5, 1/2, 1, 0], [0, -2, 4, 5/2, -5, -1/2, 1, 0], [0, -1, 0,
+/// 21/4, 0, -21/4, 0, 1]].
+macro_rules! bt8 {
+    ($d:expr, [$set1:path, $add:path, $sub:path, $mul:path, $fmadd:path, $fnmadd:path]) => {{
+        let c = $set1;
+        let [d0, d1, d2, d3, d4, d5, d6, d7] = $d;
+        // Even and odd halves of rows 1-2, 3-4 and 5-6.
+        let e1 = $fnmadd(c(4.25), d4, $add(d2, d6));
+        let o1 = $fnmadd(c(4.25), d3, $add(d1, d5));
+        let e3 = $fmadd(c(0.25), d2, $fnmadd(c(1.25), d4, d6));
+        let o3 = $fmadd(c(0.5), d1, $fmadd(c(2.0), d5, $mul(c(-2.5), d3)));
+        let e5 = $fmadd(c(4.0), d2, $fnmadd(c(5.0), d4, d6));
+        let o5 = $fmadd(c(2.0), d1, $fmadd(c(0.5), d5, $mul(c(-2.5), d3)));
+        [
+            $fmadd(c(5.25), $sub(d2, d4), $sub(d6, d0)),
+            $add(e1, o1),
+            $sub(e1, o1),
+            $add(e3, o3),
+            $sub(e3, o3),
+            $add(e5, o5),
+            $sub(e5, o5),
+            $fmadd(c(5.25), $sub(d3, d5), $sub(d7, d1)),
+        ]
+    }};
+}
+
+/// `At m` for F(2, 7) along eight values (see [`bt4!`]): At = [[1, 1, 1, 1, 1, 1, 1, 0], [0, 1,
+/// -1, 2, -2, 1/2, -1/2, 1]].
+macro_rules! at8 {
+    ($m:expr, [$set1:path, $add:path, $sub:path, $mul:path, $fmadd:path, $fnmadd:path]) => {{
+        let c = $set1;
+        let [m0, m1, m2, m3, m4, m5, m6, m7] = $m;
+        let y0 = $add($add($add(m0, $add(m1, m2)), $add(m3, m4)), $add(m5, m6));
+        let y1 = $fmadd(c(0.5), $sub(m5, m6), $fmadd(c(2.0), $sub(m3, m4), $add($sub(m1, m2), m7)));
+        [y0, y1]
+    }};
+}
+
+/// The AVX-512 intrinsics for the transforms' macros ([`bt4!`]).
+macro_rules! w16 {
+    ($mac:ident, $x:expr) => {
+        $mac!(
+            $x,
+            [
+                std::arch::x86_64::_mm512_set1_ps,
+                std::arch::x86_64::_mm512_add_ps,
+                std::arch::x86_64::_mm512_sub_ps,
+                std::arch::x86_64::_mm512_mul_ps,
+                std::arch::x86_64::_mm512_fmadd_ps,
+                std::arch::x86_64::_mm512_fnmadd_ps
+            ]
+        )
+    };
+}
+
+/// The AVX2 intrinsics for the transforms' macros ([`bt4!`]).
+macro_rules! w8 {
+    ($mac:ident, $x:expr) => {
+        $mac!(
+            $x,
+            [
+                std::arch::x86_64::_mm256_set1_ps,
+                std::arch::x86_64::_mm256_add_ps,
+                std::arch::x86_64::_mm256_sub_ps,
+                std::arch::x86_64::_mm256_mul_ps,
+                std::arch::x86_64::_mm256_fmadd_ps,
+                std::arch::x86_64::_mm256_fnmadd_ps
+            ]
+        )
+    };
+}
+
 /// `tile`'s input transform on `isa`'s version of it (see the functions it calls).
 ///
 /// # Safety
-/// The CPU runs `isa`, and on AVX2 the tile has an AVX2 version; the rest is asserted by the
-/// transforms.
+/// The CPU runs `isa`; the rest is asserted by the transforms.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn transform_in(
@@ -340,8 +464,8 @@ unsafe fn transform_in(
 /// `tile`'s output transform on `isa`'s version of it (see the functions it calls).
 ///
 /// # Safety
-/// The CPU runs `isa`, and on AVX2 the tile has an AVX2 version; the run's tiles' output
-/// pixels are the caller's to write; the rest is asserted by the transforms.
+/// The CPU runs `isa`; the run's tiles' output pixels are the caller's to write; the rest is
+/// asserted by the transforms.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn transform_out(
@@ -543,7 +667,9 @@ unsafe fn products(u: &Packed, v: &[f32], n: usize, p: &mut [f32], offsets: &[us
     };
 }
 
-/// 16 lanes, for the AVX2 transforms: plain arrays the compiler keeps in two 8-lane registers.
+/// 16 lanes, for F(2x2, 3x3)'s AVX2 transforms (only with `DEEPDREAM_WINOGRAD=2` there): plain
+/// arrays the compiler makes 8-lane vector operations (the other tiles' AVX2 transforms are
+/// intrinsics: over these arrays the compiler spilled the 6x6 ones in 4-lane pieces).
 #[cfg(target_arch = "x86_64")]
 type Lanes = [f32; 16];
 
@@ -662,49 +788,24 @@ fn at2(a: [Lanes; 4]) -> [Lanes; 2] {
     [add(add(a[0], a[1]), a[2]), sub(sub(a[1], a[2]), a[3])]
 }
 
-/// [`bt4`] on 8 lanes: the same operations in the same order (so the same bits).
+/// [`bt4!`] on 8 lanes.
 #[inline]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn bt4y(d: [std::arch::x86_64::__m256; 6]) -> [std::arch::x86_64::__m256; 6] {
-    use std::arch::x86_64::*;
-    let c = _mm256_set1_ps;
-    let [d0, d1, d2, d3, d4, d5] = d;
-    let (a, b) = (_mm256_sub_ps(d4, d2), _mm256_sub_ps(d3, d1));
-    [
-        _mm256_fmadd_ps(c(4.0), d0, _mm256_fnmadd_ps(c(5.0), d2, d4)),
-        _mm256_fnmadd_ps(c(4.0), _mm256_add_ps(d1, d2), _mm256_add_ps(d3, d4)),
-        _mm256_fmadd_ps(c(4.0), _mm256_sub_ps(d1, d2), _mm256_sub_ps(d4, d3)),
-        _mm256_fmadd_ps(c(2.0), b, a),
-        _mm256_fnmadd_ps(c(2.0), b, a),
-        _mm256_fmadd_ps(c(4.0), d1, _mm256_fnmadd_ps(c(5.0), d3, d5)),
-    ]
+    w8!(bt4, d)
 }
 
-/// [`at4`] (`R` = 4) or F(2x2, 5x5)'s At = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]] (`R` =
-/// 2, as in [`output_transform26`]) on 8 lanes: the same operations in the same order.
+/// [`at4!`] (`R` = 4) or [`at26!`] (`R` = 2) on 8 lanes.
 #[inline]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn at6y<const R: usize>(m: [std::arch::x86_64::__m256; 6]) -> [std::arch::x86_64::__m256; R] {
-    use std::arch::x86_64::*;
-    let c = _mm256_set1_ps;
-    let [m0, m1, m2, m3, m4, m5] = m;
-    let mut y = [_mm256_setzero_ps(); R];
+    let mut y = [std::arch::x86_64::_mm256_setzero_ps(); R];
     if R == 4 {
-        let (s12, d12, s34, d34) =
-            (_mm256_add_ps(m1, m2), _mm256_sub_ps(m1, m2), _mm256_add_ps(m3, m4), _mm256_sub_ps(m3, m4));
-        y.copy_from_slice(&[
-            _mm256_add_ps(_mm256_add_ps(m0, s12), s34),
-            _mm256_fmadd_ps(c(2.0), d34, d12),
-            _mm256_fmadd_ps(c(4.0), s34, s12),
-            _mm256_add_ps(_mm256_fmadd_ps(c(8.0), d34, d12), m5),
-        ]);
+        y.copy_from_slice(&w8!(at4, m));
     } else {
-        y.copy_from_slice(&[
-            _mm256_add_ps(_mm256_add_ps(m0, _mm256_add_ps(m1, m2)), _mm256_add_ps(m3, m4)),
-            _mm256_add_ps(_mm256_fmadd_ps(c(2.0), _mm256_sub_ps(m3, m4), _mm256_sub_ps(m1, m2)), m5),
-        ]);
+        y.copy_from_slice(&w8!(at26, m));
     }
     y
 }
@@ -906,30 +1007,12 @@ unsafe fn store_row_avx2<const R: usize>(
     }
 }
 
-/// [`bt8`] on 8 lanes: the same operations in the same order.
+/// [`bt8!`] on 8 lanes.
 #[inline]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn bt8y(d: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
-    use std::arch::x86_64::*;
-    let c = _mm256_set1_ps;
-    let [d0, d1, d2, d3, d4, d5, d6, d7] = d;
-    let e1 = _mm256_fnmadd_ps(c(4.25), d4, _mm256_add_ps(d2, d6));
-    let o1 = _mm256_fnmadd_ps(c(4.25), d3, _mm256_add_ps(d1, d5));
-    let e3 = _mm256_fmadd_ps(c(0.25), d2, _mm256_fnmadd_ps(c(1.25), d4, d6));
-    let o3 = _mm256_fmadd_ps(c(0.5), d1, _mm256_fmadd_ps(c(2.0), d5, _mm256_mul_ps(c(-2.5), d3)));
-    let e5 = _mm256_fmadd_ps(c(4.0), d2, _mm256_fnmadd_ps(c(5.0), d4, d6));
-    let o5 = _mm256_fmadd_ps(c(2.0), d1, _mm256_fmadd_ps(c(0.5), d5, _mm256_mul_ps(c(-2.5), d3)));
-    [
-        _mm256_fmadd_ps(c(5.25), _mm256_sub_ps(d2, d4), _mm256_sub_ps(d6, d0)),
-        _mm256_add_ps(e1, o1),
-        _mm256_sub_ps(e1, o1),
-        _mm256_add_ps(e3, o3),
-        _mm256_sub_ps(e3, o3),
-        _mm256_add_ps(e5, o5),
-        _mm256_sub_ps(e5, o5),
-        _mm256_fmadd_ps(c(5.25), _mm256_sub_ps(d3, d5), _mm256_sub_ps(d7, d1)),
-    ]
+    w8!(bt8, d)
 }
 
 /// [`input_transform8`] (F(2, 7)) on a CPU with AVX2 and no AVX-512, 8 tiles at a time: the
@@ -1007,8 +1090,6 @@ unsafe fn output_transform8_avx2(
     let along_row = (t.ry, t.r) == (1, 2);
     let (oh, ow) = (job.oh, job.ow);
     let pp = p.as_ptr();
-    let c = _mm256_set1_ps;
-    let sum = |a: __m256, b: __m256| _mm256_add_ps(a, b);
     for (o, &bo) in bias[..m].iter().enumerate() {
         let b = _mm256_set1_ps(bo);
         for &(ty, tx, len) in chunks {
@@ -1020,12 +1101,7 @@ unsafe fn output_transform8_avx2(
                 // `o n + at + len <= m n`.
                 let [m0, m1, m2, m3, m4, m5, m6, m7]: [__m256; 8] =
                     std::array::from_fn(|i| unsafe { load8(pp.add(i * ps + o * n + at + 8 * h), k) });
-                let y0 = sum(sum(sum(m0, sum(m1, m2)), sum(m3, m4)), sum(m5, m6));
-                let y1 = _mm256_fmadd_ps(
-                    c(0.5),
-                    _mm256_sub_ps(m5, m6),
-                    _mm256_fmadd_ps(c(2.0), _mm256_sub_ps(m3, m4), sum(_mm256_sub_ps(m1, m2), m7)),
-                );
+                let [y0, y1] = w8!(at8, [m0, m1, m2, m3, m4, m5, m6, m7]);
                 if along_row {
                     // Output columns 2 (tx + 8 h) .. of row ty, those inside the row.
                     let part = (2 * len).min(ow - 2 * tx).saturating_sub(16 * h).min(16);
@@ -1050,8 +1126,8 @@ unsafe fn output_transform8_avx2(
 
 /// [`input_transform`] on a CPU with AVX2 and no AVX-512: the same sums in the same order (so
 /// the same bits), written over [`Lanes`] and compiled for AVX2, where the compiler makes them
-/// 8-lane vector operations. Why not intrinsics: the AVX-512 transforms lean on masked 16-lane
-/// loads and stores, which AVX2 lacks; the copies through a zeroed array do that here.
+/// 8-lane vector operations; partial chunks by masked loads and plain partial stores
+/// ([`load_lanes`], [`store_lanes`]).
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA.
@@ -1249,41 +1325,18 @@ unsafe fn output_transform(
     }
 }
 
-/// `Bt d` for F(4x4, 3x3) along six values: Bt = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0],
-/// [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]].
+/// [`bt4!`] on 16 lanes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn bt4(d: [std::arch::x86_64::__m512; 6]) -> [std::arch::x86_64::__m512; 6] {
-    use std::arch::x86_64::*;
-    let (two, four, five) = (_mm512_set1_ps(2.0), _mm512_set1_ps(4.0), _mm512_set1_ps(5.0));
-    let [d0, d1, d2, d3, d4, d5] = d;
-    let (a, b) = (_mm512_sub_ps(d4, d2), _mm512_sub_ps(d3, d1));
-    [
-        _mm512_fmadd_ps(four, d0, _mm512_fnmadd_ps(five, d2, d4)),
-        _mm512_fnmadd_ps(four, _mm512_add_ps(d1, d2), _mm512_add_ps(d3, d4)),
-        _mm512_fmadd_ps(four, _mm512_sub_ps(d1, d2), _mm512_sub_ps(d4, d3)),
-        _mm512_fmadd_ps(two, b, a),
-        _mm512_fnmadd_ps(two, b, a),
-        _mm512_fmadd_ps(four, d1, _mm512_fnmadd_ps(five, d3, d5)),
-    ]
+    w16!(bt4, d)
 }
 
-/// `At m` for F(4x4, 3x3) along six values: At = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0],
-/// [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]].
+/// [`at4!`] on 16 lanes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn at4(m: [std::arch::x86_64::__m512; 6]) -> [std::arch::x86_64::__m512; 4] {
-    use std::arch::x86_64::*;
-    let (two, four, eight) = (_mm512_set1_ps(2.0), _mm512_set1_ps(4.0), _mm512_set1_ps(8.0));
-    let [m0, m1, m2, m3, m4, m5] = m;
-    let (s12, d12, s34, d34) =
-        (_mm512_add_ps(m1, m2), _mm512_sub_ps(m1, m2), _mm512_add_ps(m3, m4), _mm512_sub_ps(m3, m4));
-    [
-        _mm512_add_ps(_mm512_add_ps(m0, s12), s34),
-        _mm512_fmadd_ps(two, d34, d12),
-        _mm512_fmadd_ps(four, s34, s12),
-        _mm512_add_ps(_mm512_fmadd_ps(eight, d34, d12), m5),
-    ]
+    w16!(at4, m)
 }
 
 /// [`input_transform`] for F(4x4, 3x3) and F(2x2, 5x5): `V = Bt d B` of 6x6 input blocks (tiles
@@ -1424,14 +1477,7 @@ unsafe fn output_transform26(
     let (oh, ow) = (job.oh, job.ow);
     let tw = ow.div_ceil(2);
     let pp = p.as_ptr();
-    let two = _mm512_set1_ps(2.0);
-    let at = |q: [__m512; 6]| {
-        let [m0, m1, m2, m3, m4, m5] = q;
-        [
-            _mm512_add_ps(_mm512_add_ps(m0, _mm512_add_ps(m1, m2)), _mm512_add_ps(m3, m4)),
-            _mm512_add_ps(_mm512_fmadd_ps(two, _mm512_sub_ps(m3, m4), _mm512_sub_ps(m1, m2)), m5),
-        ]
-    };
+    let at = |q: [__m512; 6]| w16!(at26, q);
     for (o, &bo) in bias[..m].iter().enumerate() {
         let b = _mm512_set1_ps(bo);
         for &(ty, tx, len) in chunks {
@@ -1462,34 +1508,11 @@ unsafe fn output_transform26(
     }
 }
 
-/// `Bt d` for F(2, 7) along eight values (points 0, 1, -1, 2, -2, 1/2, -1/2 and infinity):
-/// Bt = [[-1, 0, 21/4, 0, -21/4, 0, 1, 0], [0, 1, 1, -17/4, -17/4, 1, 1, 0], [0, -1, 1, 17/4,
-/// -17/4, -1, 1, 0], [0, 1/2, 1/4, -5/2, -5/4, 2, 1, 0], [0, -1/2, 1/4, 5/2, -5/4, -2, 1, 0],
-/// [0, 2, 4, -5/2, -5, 1/2, 1, 0], [0, -2, 4, 5/2, -5, -1/2, 1, 0], [0, -1, 0, 21/4, 0, -21/4,
-/// 0, 1]].
+/// [`bt8!`] on 16 lanes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn bt8(d: [std::arch::x86_64::__m512; 8]) -> [std::arch::x86_64::__m512; 8] {
-    use std::arch::x86_64::*;
-    let c = _mm512_set1_ps;
-    let [d0, d1, d2, d3, d4, d5, d6, d7] = d;
-    // Even and odd halves of rows 1-2, 3-4 and 5-6.
-    let e1 = _mm512_fnmadd_ps(c(4.25), d4, _mm512_add_ps(d2, d6));
-    let o1 = _mm512_fnmadd_ps(c(4.25), d3, _mm512_add_ps(d1, d5));
-    let e3 = _mm512_fmadd_ps(c(0.25), d2, _mm512_fnmadd_ps(c(1.25), d4, d6));
-    let o3 = _mm512_fmadd_ps(c(0.5), d1, _mm512_fmadd_ps(c(2.0), d5, _mm512_mul_ps(c(-2.5), d3)));
-    let e5 = _mm512_fmadd_ps(c(4.0), d2, _mm512_fnmadd_ps(c(5.0), d4, d6));
-    let o5 = _mm512_fmadd_ps(c(2.0), d1, _mm512_fmadd_ps(c(0.5), d5, _mm512_mul_ps(c(-2.5), d3)));
-    [
-        _mm512_fmadd_ps(c(5.25), _mm512_sub_ps(d2, d4), _mm512_sub_ps(d6, d0)),
-        _mm512_add_ps(e1, o1),
-        _mm512_sub_ps(e1, o1),
-        _mm512_add_ps(e3, o3),
-        _mm512_sub_ps(e3, o3),
-        _mm512_add_ps(e5, o5),
-        _mm512_sub_ps(e5, o5),
-        _mm512_fmadd_ps(c(5.25), _mm512_sub_ps(d3, d5), _mm512_sub_ps(d7, d1)),
-    ]
+    w16!(bt8, d)
 }
 
 /// [`input_transform`] for F(2, 7): `V = Bt d` of 1x8 blocks along rows (tiles 2 columns
@@ -1566,7 +1589,6 @@ unsafe fn output_transform8(
     let along_row = (t.ry, t.r) == (1, 2);
     let (oh, ow) = (job.oh, job.ow);
     let pp = p.as_ptr();
-    let c = _mm512_set1_ps;
     for (o, &bo) in bias[..m].iter().enumerate() {
         let b = _mm512_set1_ps(bo);
         for &(ty, tx, len) in chunks {
@@ -1575,14 +1597,8 @@ unsafe fn output_transform8(
             // SAFETY: tiles `at..at + len` of plane (i, o) lie inside `p`.
             let [m0, m1, m2, m3, m4, m5, m6, m7]: [__m512; 8] =
                 std::array::from_fn(|i| unsafe { _mm512_maskz_loadu_ps(k, pp.add(i * ps + o * n + at)) });
-            let sum = |a: __m512, b: __m512| _mm512_add_ps(a, b);
-            let y0 = sum(sum(sum(m0, sum(m1, m2)), sum(m3, m4)), sum(m5, m6));
-            let y1 = _mm512_fmadd_ps(
-                c(0.5),
-                _mm512_sub_ps(m5, m6),
-                _mm512_fmadd_ps(c(2.0), _mm512_sub_ps(m3, m4), sum(_mm512_sub_ps(m1, m2), m7)),
-            );
-            let [y0, y1] = [y0, y1].map(|y| igemm::activate(_mm512_add_ps(y, b), act));
+            let [y0, y1] =
+                w16!(at8, [m0, m1, m2, m3, m4, m5, m6, m7]).map(|y| igemm::activate(_mm512_add_ps(y, b), act));
             if along_row {
                 // Output columns 2 tx .. 2 (tx + len) of row ty, those inside the row.
                 let cols = (2 * len).min(ow - 2 * tx);
@@ -1686,7 +1702,7 @@ mod tests {
             let x = values(c * h * w, 0.37 + i as f32 * 0.01);
             let y = values(c * h * w, 0.91);
             let bias = values(m, 1.3);
-            // Every tile on AVX-512, and those with an AVX2 version on the AVX2 kernels too.
+            // Every tile on AVX-512, and on the AVX2 kernels too.
             let tiles: &[(Tile, bool)] = if igemm::avx512() {
                 &[
                     (Tile::F2, false),
