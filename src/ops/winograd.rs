@@ -673,50 +673,36 @@ unsafe fn products(u: &Packed, v: &[f32], n: usize, p: &mut [f32], offsets: &[us
 #[cfg(target_arch = "x86_64")]
 type Lanes = [f32; 16];
 
-/// The first `len` (at most 16) values of `src`, the rest zero: a whole vector (the usual case)
-/// as two 8-lane loads, fewer as two masked loads (a copy of a run-time length was a library
-/// `memcpy` call, and every chunk of a layer 30 pixels wide is 15 tiles).
+/// The first `len` (at most 16) values of `src`, the rest zero: two halves of [`load8`] (a
+/// copy of a run-time length was a library `memcpy` call, and every chunk of a layer 30 pixels
+/// wide is 15 tiles).
 #[inline]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn load_lanes(src: &[f32], len: usize) -> Lanes {
-    use std::arch::x86_64::*;
-    if len == 16 {
-        let mut d = [0.0f32; 16];
-        d.copy_from_slice(&src[..16]);
-        return d;
-    }
-    let src = &src[..len];
-    let (m0, m1) = lane_masks(len);
-    // SAFETY: the masks pass lanes below `len` only, inside `src`; a masked lane is not read.
+    let p = src[..len].as_ptr();
+    // SAFETY: each half reads its lanes below `len` only, inside `src`; a masked lane is not read.
     unsafe {
-        let p = src.as_ptr();
-        std::mem::transmute::<[__m256; 2], Lanes>([
-            _mm256_maskload_ps(p, m0),
-            _mm256_maskload_ps(p.wrapping_add(8), m1),
+        std::mem::transmute::<[std::arch::x86_64::__m256; 2], Lanes>([
+            load8(p, len.min(8)),
+            load8(p.wrapping_add(8), len.saturating_sub(8)),
         ])
     }
 }
 
-/// Stores the first `len` (at most 16) lanes of `v` at the start of `dst` (see [`load_lanes`]).
+/// Stores the first `len` (at most 16) lanes of `v` at the start of `dst`: two halves of
+/// [`store8`].
 #[inline]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn store_lanes(dst: &mut [f32], v: &Lanes, len: usize) {
     use std::arch::x86_64::*;
-    if len == 16 {
-        dst[..16].copy_from_slice(v);
-        return;
-    }
-    let dst = &mut dst[..len];
-    // SAFETY: lanes below `len` only, inside `dst`.
+    let (p, v) = (dst[..len].as_mut_ptr(), v.as_ptr());
+    // SAFETY: each half writes its lanes below `len` only, inside `dst`.
     unsafe {
-        let (p, v) = (dst.as_mut_ptr(), v.as_ptr());
-        if len >= 8 {
-            _mm256_storeu_ps(p, _mm256_loadu_ps(v));
-            store_part(p.add(8), _mm256_loadu_ps(v.add(8)), len - 8);
-        } else {
-            store_part(p, _mm256_loadu_ps(v), len);
+        store8(p, _mm256_loadu_ps(v), len.min(8));
+        if len > 8 {
+            store8(p.add(8), _mm256_loadu_ps(v.add(8)), len - 8);
         }
     }
 }
@@ -748,18 +734,6 @@ unsafe fn store_part(p: *mut f32, x: std::arch::x86_64::__m256, k: usize) {
             _mm_store_ss(p, rest);
         }
     }
-}
-
-/// The masks of lanes `0..len` of 16 in two 8-lane halves (all bits of a lane passed).
-#[inline]
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn lane_masks(len: usize) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
-    use std::arch::x86_64::*;
-    let n = _mm256_set1_epi32(len.min(16) as i32);
-    let lo = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let hi = _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15);
-    (_mm256_cmpgt_epi32(n, lo), _mm256_cmpgt_epi32(n, hi))
 }
 
 #[inline(always)]
