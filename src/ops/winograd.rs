@@ -38,7 +38,7 @@
 //! [`Tile::for_forward`]).
 
 use super::conv::Activation;
-use super::igemm::{self, Conv, Grid, MR, NR, Out, Packed};
+use super::igemm::{self, Conv, Grid, MR, Out, Packed};
 use rayon::prelude::*;
 
 /// The output tile and kernel: F(2x2, 3x3), F(4x4, 3x3), F(2x2, 5x5), or F(2, 7) along the
@@ -245,7 +245,7 @@ pub fn conv(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Conv) 
     conv_in_runs(u, bias, act, job, None)
 }
 
-/// [`conv`], with the run length (a multiple of NR tiles) given, for the tests.
+/// [`conv`], with the run length (a multiple of `isa.nr()` tiles) given, for the tests.
 fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Conv, run: Option<usize>) -> Vec<f32> {
     let isa = igemm::isa_here();
     assert!(fits(job, u.tile), "winograd: not a {:?} convolution at stride 1", u.tile.kernel());
@@ -260,12 +260,22 @@ fn conv_in_runs(u: &Transformed, bias: Option<&[f32]>, act: Activation, job: &Co
     let tiles = th * tw;
     let bias = bias.map_or_else(|| vec![0.0f32; m], |b| b[..m].to_vec());
     let zero = vec![0.0f32; m.div_ceil(MR) * MR];
-    // Runs of whole micro-tiles (NR = 48 tiles), a run's V and M within about 768 KB, and at
-    // least four runs a thread where the layer has that many tiles.
-    let cached = (768 * 1024 / (xi * 4 * (c + m))).max(NR);
+    // Runs of whole micro-tiles (`isa.nr()` tiles: 48 on AVX-512, 16 on AVX2), a run's V and M
+    // within the core's L2 cache, and at least four runs a thread where the layer has that
+    // many tiles. The budget: about 768 KB on AVX-512 (Intel's server cores, 1-2 MB of L2);
+    // 256 KB on AVX2 (Zen 3 has 512 KB, and the weights' transforms share it): there runs of
+    // 16-32 tiles took 0.72-0.9 of the time runs of 48-96 did on the layers with many channels
+    // or few tiles, and as long on the rest (`cargo test --release --lib run_speed -- --ignored
+    // --nocapture`, interleaved in one process).
+    let nr = isa.nr();
+    let budget = match isa {
+        igemm::Isa::Avx512 => 768 * 1024,
+        igemm::Isa::Avx2 => 256 * 1024,
+    };
+    let cached = (budget / (xi * 4 * (c + m))).max(nr);
     let even = tiles.div_ceil(rayon::current_num_threads() * 4);
-    let run = run.unwrap_or(cached.min(even).div_ceil(NR).max(1) * NR);
-    assert!(run > 0 && run.is_multiple_of(NR), "winograd: runs of whole micro-tiles");
+    let run = run.unwrap_or(cached.min(even).div_ceil(nr).max(1) * nr);
+    assert!(run > 0 && run.is_multiple_of(isa.nr()), "winograd: runs of whole micro-tiles");
     let runs = tiles.div_ceil(run);
     let mut y: Vec<f32> = Vec::with_capacity(m * job.oh * job.ow);
     let out = Out(y.as_mut_ptr());
@@ -576,6 +586,35 @@ fn spread(len: usize) -> usize {
     if (s / 16).is_multiple_of(2) { s + 16 } else { s }
 }
 
+/// How many channels ahead the AVX2 transforms fetch the rows they will read or write.
+const AHEAD: usize = 2;
+
+/// Fetches into the L1 cache the cache lines of `rows` rows of `len` floats from `p`, `stride`
+/// floats apart: for reading, or (`WRITE`, `prefetchw`) for writing. A prefetch never faults,
+/// wherever it points.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn prefetch_rows<const WRITE: bool>(p: *const f32, rows: usize, stride: usize, len: usize) {
+    use std::arch::x86_64::*;
+    if len == 0 {
+        return;
+    }
+    for row in 0..rows {
+        let start = p.wrapping_add(row * stride) as usize;
+        let (first, last) = (start & !63, (start + 4 * len - 1) & !63);
+        for line in (first..=last).step_by(64) {
+            // SAFETY: prefetches have no architectural effect and never fault.
+            unsafe {
+                if WRITE {
+                    _mm_prefetch::<_MM_HINT_ET0>(line as *const i8)
+                } else {
+                    _mm_prefetch::<_MM_HINT_T0>(line as *const i8)
+                }
+            }
+        }
+    }
+}
+
 /// Lanes `0..n` of a vector.
 #[cfg(target_arch = "x86_64")]
 fn lanes(n: usize) -> u16 {
@@ -859,6 +898,17 @@ unsafe fn input_transform6_avx2(
             let base = ch * t.plane() + r * ty * t.wq + tx;
             let at = (ty * t.tw + tx) - t0;
             assert!(base + reach + len <= planes.len() && at + len <= n, "winograd: a chunk outside its planes");
+            if ch + AHEAD < c {
+                // The rows this chunk reads, AHEAD channels on.
+                for ph in 0..r {
+                    prefetch_rows::<false>(
+                        pp.wrapping_add(base + AHEAD * t.plane() + ph * t.hp * t.wq),
+                        6,
+                        t.wq,
+                        len + 5 / r,
+                    );
+                }
+            }
             for h in 0..len.div_ceil(8) {
                 let k = (len - 8 * h).min(8);
                 for (row, dr) in db.iter_mut().enumerate() {
@@ -912,6 +962,11 @@ unsafe fn output_transform6_avx2<const R: usize>(
             // Output columns R tx .. R (tx + len), those inside the row: tile l's column c is
             // R l + c.
             let cols = (R * len).min(ow - R * tx);
+            if o + AHEAD < m && R * ty < oh {
+                // The output rows this chunk writes, AHEAD channels on.
+                let rows = R.min(oh - R * ty);
+                prefetch_rows::<true>(out.at(((o + AHEAD) * oh + R * ty) * ow + R * tx), rows, ow, cols);
+            }
             for h in 0..len.div_ceil(8) {
                 let k = (len - 8 * h).min(8);
                 // At along each row of M first, then along the columns: y[c][a] is output row
@@ -1024,6 +1079,14 @@ unsafe fn input_transform8_avx2(
             let base = ch * t.plane() + if along_row { ty } else { 2 * ty } * t.wq + tx;
             let at = (ty * t.tw + tx) - t0;
             assert!(base + reach + len <= planes.len() && at + len <= n, "winograd: a chunk outside its planes");
+            if ch + AHEAD < c {
+                let ahead = pp.wrapping_add(base + AHEAD * t.plane());
+                if along_row {
+                    prefetch_rows::<false>(ahead, 2, t.hp * t.wq, len + 3);
+                } else {
+                    prefetch_rows::<false>(ahead, 8, t.wq, len);
+                }
+            }
             for h in 0..len.div_ceil(8) {
                 let k = (len - 8 * h).min(8);
                 // SAFETY: `base + reach + len` is inside `planes` (asserted).
@@ -1069,6 +1132,18 @@ unsafe fn output_transform8_avx2(
         for &(ty, tx, len) in chunks {
             let at = (ty * t.tw + tx) - t0;
             assert!(at + len <= n, "winograd: a chunk outside its run");
+            if o + AHEAD < m {
+                if along_row {
+                    prefetch_rows::<true>(
+                        out.at(((o + AHEAD) * oh + ty) * ow + 2 * tx),
+                        1,
+                        ow,
+                        (2 * len).min(ow - 2 * tx),
+                    );
+                } else if 2 * ty < oh {
+                    prefetch_rows::<true>(out.at(((o + AHEAD) * oh + 2 * ty) * ow + tx), 2.min(oh - 2 * ty), ow, len);
+                }
+            }
             for h in 0..len.div_ceil(8) {
                 let k = (len - 8 * h).min(8);
                 // SAFETY: plane `i` holds `m n` floats from `i ps`, inside `p` (asserted), and
@@ -1593,6 +1668,7 @@ unsafe fn output_transform8(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::igemm::NR;
 
     /// The AVX2 transforms' partial loads and stores: `load8` and `store8` of 0..=8 lanes,
     /// `store_lanes` of 0..=16, and `store_row_avx2` of every column count (R = 2 and 4) write
@@ -1719,7 +1795,12 @@ mod tests {
                     let want = igemm::tests::naive(&wt, m, &bias, act, &job);
                     // The run length the layer picks, and runs of several micro-tiles (which a
                     // test machine's small layers would not pick).
-                    for run in [None, Some(2 * NR), Some(3 * NR)] {
+                    // On AVX2 a micro-tile is 16 tiles, and runs of one and three of them too.
+                    let mut runs = vec![None, Some(2 * NR), Some(3 * NR)];
+                    if avx2 {
+                        runs.extend([Some(16), Some(48 + 16)]);
+                    }
+                    for run in runs {
                         let go = || conv_in_runs(&u, Some(&bias), act, &job, run);
                         let got = if avx2 { igemm::on_avx2(go) } else { go() };
                         assert_eq!(got.len(), want.len(), "case {i}");
@@ -1762,12 +1843,58 @@ mod tests {
 mod speed {
     use super::*;
 
+    /// `cargo test --release --lib run_speed -- --ignored --nocapture`: the 3x3 layers at a few
+    /// run lengths, interleaved in one process (the minimum of 12 each).
+    #[test]
+    #[ignore]
+    fn run_speed() {
+        if !igemm::available() {
+            return;
+        }
+        // (c, h, m, kh, kw): 3x3 at no padding, 5x5, 1x7 and 7x1 at "same" padding.
+        let shapes = [
+            (32, 255, 32, 3, 3),
+            (32, 253, 64, 3, 3),
+            (80, 126, 192, 3, 3),
+            (64, 61, 96, 3, 3),
+            (96, 61, 96, 3, 3),
+            (192, 124, 80, 3, 3),
+            (96, 30, 96, 3, 3),
+            (48, 61, 64, 5, 5),
+            (48, 30, 64, 5, 5),
+            (128, 30, 128, 1, 7),
+            (160, 30, 192, 7, 1),
+            (160, 14, 160, 7, 1),
+        ];
+        let runs: Vec<usize> = std::env::var("RUNS")
+            .map_or(vec![0, 16, 32, 48, 96], |v| v.split(',').map(|x| x.parse().unwrap()).collect());
+        for &(c, h, m, kh, kw) in &shapes {
+            let x: Vec<f32> = (0..c * h * h).map(|i| (i as f32 * 0.37).sin()).collect();
+            let wt: Vec<f32> = (0..m * c * kh * kw).map(|i| (i as f32 * 0.11).cos()).collect();
+            let Some(tile) = Tile::for_forward(kh, kw) else { continue };
+            let u = Transformed::new(&wt, m, c, tile);
+            let (pt, pl) = if kh == 3 { (0, 0) } else { (kh / 2, kw / 2) };
+            let (oh, ow) = (h + 2 * pt + 1 - kh, h + 2 * pl + 1 - kw);
+            let job = Conv { x: &x, mask: None, c, h, w: h, kh, kw, pt, pl, sh: 1, sw: 1, oh, ow };
+            let mut best = vec![f64::MAX; runs.len()];
+            for _ in 0..12 {
+                for (i, &r) in runs.iter().enumerate() {
+                    let t = std::time::Instant::now();
+                    let _ = conv_in_runs(&u, None, Activation::Relu, &job, (r > 0).then_some(r));
+                    best[i] = best[i].min(t.elapsed().as_secs_f64());
+                }
+            }
+            let line: Vec<String> = runs.iter().zip(&best).map(|(r, b)| format!("{r}: {:.2}", b * 1e3)).collect();
+            println!("c{c} {h} -> {m} {kh}x{kw}: {}", line.join(", "));
+        }
+    }
+
     /// `cargo test --release --lib winograd_speed -- --ignored --nocapture`: InceptionV3's 3x3
     /// layers at 512x512 and 384x384, forward and input gradient, here and on the direct kernel.
     #[test]
     #[ignore]
     fn winograd_speed() {
-        if !igemm::avx512() {
+        if !igemm::available() {
             return;
         }
         // (c, h, m, pad): the stem's 3x3 layers, conv5, the mixed blocks' 3x3 pairs; the input
