@@ -541,9 +541,11 @@ fn band_rows(oh: usize, ow: usize, k: usize) -> usize {
     (TARGET / (k * ow).max(1)).max(256usize.div_ceil(ow)).clamp(1, oh.max(1))
 }
 
-/// The output rows `0..oh` cut into bands of [`band_rows`].
+/// The output rows `0..oh` cut into bands of at most [`band_rows`], of even heights: a short
+/// last band (4 rows after 26 of InceptionV3's 30-row stride-2 layer at 512x512) was a
+/// product too narrow to split across threads, and ran on one.
 fn bands(oh: usize, ow: usize, k: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    let step = band_rows(oh, ow, k);
+    let step = oh.div_ceil(oh.div_ceil(band_rows(oh, ow, k)).max(1)).max(1);
     (0..oh).step_by(step).map(move |r| r..(r + step).min(oh))
 }
 
@@ -1246,12 +1248,7 @@ fn conv_forward(inner: &ConvInner, x: &[f32], g: &Geometry) -> Vec<f32> {
     }
     // The products accumulate onto the bias (so neither a zeroing pass nor a bias pass is
     // needed: OpenBLAS skips its own pass over the output when told to accumulate).
-    let mut y = Vec::with_capacity(g.n * g.co * ohw);
-    for _ in 0..g.n {
-        for &b in &inner.bias {
-            y.extend(std::iter::repeat_n(if g.is_depthwise() { 0.0 } else { b }, ohw));
-        }
-    }
+    let mut y = super::par_fill_planes(g.n * g.co, ohw, |i| if g.is_depthwise() { 0.0 } else { inner.bias[i % g.co] });
     let col_len = if g.is_pointwise() || g.is_depthwise() { 0 } else { g.col_len() };
     with_scratch(col_len, |col| conv_forward_into(inner, x, g, &mut y, col));
     y
@@ -1480,7 +1477,7 @@ fn conv_backward(inner: &ConvInner, gy: &[f32], y: &[f32], g: &Geometry) -> Vec<
             });
         }
     }
-    let gx = vec![0.0f32; g.n * g.ci * g.h * g.w];
+    let gx = super::par_fill_planes(g.n * g.ci, g.h * g.w, |_| 0.0);
     // The gradient at the pre-activation: zero where the activation was flat. The stride-1
     // route applies the mask as its im2col gathers; the others read it from a buffer kept
     // between calls (a fresh one each call cost page faults: 14% of InceptionV3's backward).

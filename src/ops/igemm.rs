@@ -396,8 +396,16 @@ pub(super) unsafe fn product(
     let nr = isa.nr();
     assert!(offsets.len() == w.k && bias.len() >= blocks.end * MR);
     // Partial sums of the tile between chunks of taps, per block of channels. With one chunk
-    // of taps they are never used, and one block's worth stands in.
-    let mut partial = vec![0.0f32; if w.k > KC { blocks.len() } else { 1 } * MR * NR];
+    // of taps they are never used, and one block's worth on the stack stands in (Winograd's
+    // products call this 36 times a run: a heap buffer each time was a `memset` call).
+    let mut one = [0.0f32; MR * NR];
+    let mut many = Vec::new();
+    let partial: &mut [f32] = if w.k > KC {
+        many.resize(blocks.len() * MR * NR, 0.0f32);
+        &mut many
+    } else {
+        &mut one
+    };
     for t in tiles.clone() {
         for k0 in (0..w.k).step_by(KC) {
             let k1 = (k0 + KC).min(w.k);
