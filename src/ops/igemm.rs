@@ -686,8 +686,22 @@ unsafe fn tile_avx2(
                 let ohw = g.oh * g.ow;
                 let y = y.wrapping_add(4 * half * ohw);
                 let (bias, rows) = (&bias[4 * half..], (rows - 4 * half).min(4));
-                // SAFETY (the caller's): as for `tile`.
-                unsafe { store_avx2(acc, g, p0, valid, y, bias, rows, act) };
+                if rows == 4 && valid == N && g.wp == g.ow && act == Activation::Identity && bias[..4] == [0.0; 4] {
+                    // Winograd's products (no bias, no activation, whole tiles): the sums as
+                    // they are, 8 plain stores, without `store_avx2`'s call and lane checks
+                    // (9% of a 5x5 layer's time went there).
+                    for (r, pair) in acc.chunks_exact(2).enumerate() {
+                        let yr = y.wrapping_add(r * ohw + p0);
+                        // SAFETY (the caller's): pixels p0..p0 + 16 of these 4 channels.
+                        unsafe {
+                            _mm256_storeu_ps(yr, pair[0]);
+                            _mm256_storeu_ps(yr.wrapping_add(8), pair[1]);
+                        }
+                    }
+                } else {
+                    // SAFETY (the caller's): as for `tile`.
+                    unsafe { store_avx2(acc, g, p0, valid, y, bias, rows, act) };
+                }
             }
         }
     }

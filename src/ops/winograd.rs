@@ -1868,7 +1868,11 @@ mod speed {
         ];
         let runs: Vec<usize> = std::env::var("RUNS")
             .map_or(vec![0, 16, 32, 48, 96], |v| v.split(',').map(|x| x.parse().unwrap()).collect());
-        for &(c, h, m, kh, kw) in &shapes {
+        let only: Option<usize> = std::env::var("RUN_ONLY").ok().and_then(|v| v.parse().ok());
+        for (i, &(c, h, m, kh, kw)) in shapes.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
             let x: Vec<f32> = (0..c * h * h).map(|i| (i as f32 * 0.37).sin()).collect();
             let wt: Vec<f32> = (0..m * c * kh * kw).map(|i| (i as f32 * 0.11).cos()).collect();
             let Some(tile) = Tile::for_forward(kh, kw) else { continue };
@@ -1877,7 +1881,7 @@ mod speed {
             let (oh, ow) = (h + 2 * pt + 1 - kh, h + 2 * pl + 1 - kw);
             let job = Conv { x: &x, mask: None, c, h, w: h, kh, kw, pt, pl, sh: 1, sw: 1, oh, ow };
             let mut best = vec![f64::MAX; runs.len()];
-            for _ in 0..12 {
+            for _ in 0..if only.is_some() { 100 } else { 12 } {
                 for (i, &r) in runs.iter().enumerate() {
                     let t = std::time::Instant::now();
                     let _ = conv_in_runs(&u, None, Activation::Relu, &job, (r > 0).then_some(r));
