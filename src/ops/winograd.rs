@@ -995,7 +995,7 @@ unsafe fn input_transform6_avx2(
                     *dr = bt4y(coff.map(|o| unsafe { load8(pp.add(base + o + row * t.wq + 8 * h), k) }));
                 }
                 for j in 0..6 {
-                    let col = bt4y(db.map(|row| row[j]));
+                    let col = bt4y(std::array::from_fn(|i| db[i][j]));
                     for (i, val) in col.into_iter().enumerate() {
                         // SAFETY: plane `i * 6 + j` holds `c n` floats from `(i * 6 + j) vs`,
                         // inside `v` (asserted), and `ch n + at + len <= c n`.
@@ -1065,7 +1065,7 @@ unsafe fn output_transform6_avx2<const R: usize>(
                     // run's pixels (the caller's).
                     unsafe {
                         let row = out.at((o * oh + oy) * ow + R * tx + 8 * R * h);
-                        store_row_avx2::<R>(row, part, y.map(|yc| yc[a]), bo, act);
+                        store_row_avx2::<R>(row, part, std::array::from_fn(|c| y[c][a]), bo, act);
                     }
                 }
             }
@@ -1506,7 +1506,7 @@ unsafe fn input_transform6(
                 *out = bt4(d);
             }
             let at = (ty * t.tw + tx) - t0;
-            for (j, col) in (0..6).map(|j| bt4(db.map(|row| row[j]))).enumerate() {
+            for (j, col) in (0..6).map(|j| bt4(std::array::from_fn(|i| db[i][j]))).enumerate() {
                 for (i, val) in col.iter().enumerate() {
                     // SAFETY: tiles `at..at + len` of plane (i * 6 + j, ch) lie inside `v`.
                     unsafe { _mm512_mask_storeu_ps(vp.add((i * 6 + j) * vs + ch * n + at), k, *val) };
