@@ -994,6 +994,9 @@ unsafe fn input_transform6_avx2(
                     // SAFETY: `base + reach + len` is inside `planes` (asserted).
                     *dr = bt4y(coff.map(|o| unsafe { load8(pp.add(base + o + row * t.wq + 8 * h), k) }));
                 }
+                // Column `j` read out of `db` by index: `db.map(|row| row[j])` copied all 36
+                // vectors of `db` on the stack for each column.
+                #[allow(clippy::needless_range_loop)]
                 for j in 0..6 {
                     let col = bt4y(std::array::from_fn(|i| db[i][j]));
                     for (i, val) in col.into_iter().enumerate() {
