@@ -541,7 +541,7 @@ fn band_rows(oh: usize, ow: usize, k: usize) -> usize {
     (TARGET / (k * ow).max(1)).max(256usize.div_ceil(ow)).clamp(1, oh.max(1))
 }
 
-/// The output rows `0..oh` cut into bands of at most [`band_rows`], of even heights: a short
+/// The output rows `0..oh` cut into bands of at most [`band_rows`], of equal heights: a short
 /// last band (4 rows after 26 of InceptionV3's 30-row stride-2 layer at 512x512) was a
 /// product too narrow to split across threads, and ran on one.
 fn bands(oh: usize, ow: usize, k: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
@@ -813,9 +813,10 @@ fn gather(dst: &mut [f32], src: &[f32], s: usize) {
     }
 }
 
-/// `dst[i] = src[s i]` (`s` = 2 or 4) while both last, 8 at a time: Winograd's F(4x4) phase
-/// planes (s = 4: 4% of an InceptionV3 dream on AVX2 element by element; on AVX-512 too) and,
-/// on a CPU without AVX-512, the F(2x2) and strided ones (s = 2).
+/// `dst[i] = src[s i]` (`s` = 2 or 4) while both last, 8 at a time: on a CPU without AVX-512,
+/// the phase planes of strided convolutions and pools (s = 2) and any stride-4 ones. (Winograd's
+/// planes, 4% of an InceptionV3 dream on AVX2 element by element, took this too until they
+/// split all phases of a row in one pass, `winograd::split_phases`.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn strided_avx2(dst: &mut [f32], src: &[f32], s: usize) {
@@ -849,7 +850,8 @@ unsafe fn strided_avx2(dst: &mut [f32], src: &[f32], s: usize) {
 }
 
 /// `dst[i] = src[2 i]` while both last, 16 at a time (the element-by-element copy was 3% of an
-/// InceptionV3 step: Winograd's parity planes and the strided convolutions' phase planes).
+/// InceptionV3 step: the strided convolutions' phase planes, and Winograd's parity planes until
+/// `winograd::split_phases` took those, at 8 lanes).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn every_other(dst: &mut [f32], src: &[f32]) {

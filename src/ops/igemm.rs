@@ -689,7 +689,9 @@ unsafe fn tile_avx2(
                 if rows == 4 && valid == N && g.wp == g.ow && act == Activation::Identity && bias[..4] == [0.0; 4] {
                     // Winograd's products (no bias, no activation, whole tiles): the sums as
                     // they are, 8 plain stores, without `store_avx2`'s call and lane checks
-                    // (9% of a 5x5 layer's time went there).
+                    // (9% of a 5x5 layer's time went there). One difference: a sum of -0.0
+                    // stays -0.0 where `+ 0.0` made it +0.0; the output transform's sums and
+                    // bias erase it unless every product is a zero and the bias is -0.0.
                     for (r, pair) in acc.chunks_exact(2).enumerate() {
                         let yr = y.wrapping_add(r * ohw + p0);
                         // SAFETY (the caller's): pixels p0..p0 + 16 of these 4 channels.

@@ -553,8 +553,8 @@ unsafe fn transform_out(
 /// pixel `(i - pt, r j + p - pl)`, zero outside the input.
 fn pad(job: &Conv, t: &Tiling, planes: &mut [f32]) {
     let (h, w) = (job.h, job.w);
-    // A phase plane's row `j` holds padded column `r j + p` (input column `r j + p - pl`): the
-    // padded row, `r wq` long, split by column remainder. The row is built once (zero margins,
+    // Entry `j` of phase `p`'s row is padded column `r j + p` (input column `r j + p - pl`):
+    // the padded row, `r wq` long, split by column remainder. The row is built once (zero margins,
     // the input row masked into its middle) and split into its `r` phases in one pass; phase by
     // phase (each reading the whole row again, at stride 4 for F(4x4)) took 5-10% of a 3x3
     // layer's time on AVX2.
@@ -587,11 +587,12 @@ fn pad(job: &Conv, t: &Tiling, planes: &mut [f32]) {
     });
 }
 
-/// `dst[p][j] = src[r j + p]` for the `r = dst.len()` phases (1, 2 or 4) and `j` below each
-/// `dst[p]`'s length (`r` times it at most `src`'s).
+/// `dst[p][j] = src[r j + p]` for the `r = dst.len()` phases (1, 2 or 4), rows of equal
+/// length `n` (`r n` at most `src`'s).
 fn split_phases(src: &[f32], dst: &mut [&mut [f32]]) {
     let r = dst.len();
-    let n = dst.iter().map(|d| d.len()).min().unwrap_or(0);
+    let n = dst.first().map_or(0, |d| d.len());
+    assert!(dst.iter().all(|d| d.len() == n), "winograd: phase rows of different lengths");
     assert!(r * n <= src.len(), "winograd: phase rows past the padded row");
     let mut j = 0;
     #[cfg(target_arch = "x86_64")]
@@ -669,11 +670,13 @@ fn spread(len: usize) -> usize {
 const AHEAD: usize = 2;
 
 /// Fetches into the L1 cache the cache lines of `rows` rows of `len` floats from `p`, `stride`
-/// floats apart: for reading, or (`WRITE`, `prefetchw`) for writing. A prefetch never faults,
-/// wherever it points.
+/// floats apart: the rows a transform will read, or the output rows it will write. Read
+/// prefetches (`prefetcht0`) both: `prefetchw` needs the `prfchw` target feature, which the
+/// build does not enable (LLVM turned `_MM_HINT_ET0` into `prefetcht0` anyway), and the
+/// measured gains are with these. A prefetch never faults, wherever it points.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn prefetch_rows<const WRITE: bool>(p: *const f32, rows: usize, stride: usize, len: usize) {
+fn prefetch_rows(p: *const f32, rows: usize, stride: usize, len: usize) {
     use std::arch::x86_64::*;
     if len == 0 {
         return;
@@ -683,13 +686,7 @@ fn prefetch_rows<const WRITE: bool>(p: *const f32, rows: usize, stride: usize, l
         let (first, last) = (start & !63, (start + 4 * len - 1) & !63);
         for line in (first..=last).step_by(64) {
             // SAFETY: prefetches have no architectural effect and never fault.
-            unsafe {
-                if WRITE {
-                    _mm_prefetch::<_MM_HINT_ET0>(line as *const i8)
-                } else {
-                    _mm_prefetch::<_MM_HINT_T0>(line as *const i8)
-                }
-            }
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) }
         }
     }
 }
@@ -980,12 +977,7 @@ unsafe fn input_transform6_avx2(
             if ch + AHEAD < c {
                 // The rows this chunk reads, AHEAD channels on.
                 for ph in 0..r {
-                    prefetch_rows::<false>(
-                        pp.wrapping_add(base + AHEAD * t.plane() + ph * t.hp * t.wq),
-                        6,
-                        t.wq,
-                        len + 5 / r,
-                    );
+                    prefetch_rows(pp.wrapping_add(base + AHEAD * t.plane() + ph * t.hp * t.wq), 6, t.wq, len + 5 / r);
                 }
             }
             for h in 0..len.div_ceil(8) {
@@ -1047,7 +1039,7 @@ unsafe fn output_transform6_avx2<const R: usize>(
             if o + AHEAD < m && R * ty < oh {
                 // The output rows this chunk writes, AHEAD channels on.
                 let rows = R.min(oh - R * ty);
-                prefetch_rows::<true>(out.at(((o + AHEAD) * oh + R * ty) * ow + R * tx), rows, ow, cols);
+                prefetch_rows(out.at(((o + AHEAD) * oh + R * ty) * ow + R * tx), rows, ow, cols);
             }
             for h in 0..len.div_ceil(8) {
                 let k = (len - 8 * h).min(8);
@@ -1164,9 +1156,9 @@ unsafe fn input_transform8_avx2(
             if ch + AHEAD < c {
                 let ahead = pp.wrapping_add(base + AHEAD * t.plane());
                 if along_row {
-                    prefetch_rows::<false>(ahead, 2, t.hp * t.wq, len + 3);
+                    prefetch_rows(ahead, 2, t.hp * t.wq, len + 3);
                 } else {
-                    prefetch_rows::<false>(ahead, 8, t.wq, len);
+                    prefetch_rows(ahead, 8, t.wq, len);
                 }
             }
             for h in 0..len.div_ceil(8) {
@@ -1216,14 +1208,9 @@ unsafe fn output_transform8_avx2(
             assert!(at + len <= n, "winograd: a chunk outside its run");
             if o + AHEAD < m {
                 if along_row {
-                    prefetch_rows::<true>(
-                        out.at(((o + AHEAD) * oh + ty) * ow + 2 * tx),
-                        1,
-                        ow,
-                        (2 * len).min(ow - 2 * tx),
-                    );
+                    prefetch_rows(out.at(((o + AHEAD) * oh + ty) * ow + 2 * tx), 1, ow, (2 * len).min(ow - 2 * tx));
                 } else if 2 * ty < oh {
-                    prefetch_rows::<true>(out.at(((o + AHEAD) * oh + 2 * ty) * ow + tx), 2.min(oh - 2 * ty), ow, len);
+                    prefetch_rows(out.at(((o + AHEAD) * oh + 2 * ty) * ow + tx), 2.min(oh - 2 * ty), ow, len);
                 }
             }
             for h in 0..len.div_ceil(8) {
@@ -1944,8 +1931,11 @@ mod tests {
 mod speed {
     use super::*;
 
-    /// `cargo test --release --lib run_speed -- --ignored --nocapture`: the 3x3 layers at a few
-    /// run lengths, interleaved in one process (the minimum of 12 each).
+    /// `cargo test --release --lib run_speed -- --ignored --nocapture`: InceptionV3's Winograd
+    /// layers (3x3, 5x5, 1x7, 7x1) forward at a few run lengths (`RUNS=0,16,32`; 0 is the
+    /// length `conv` picks), interleaved in one process, the minimum of 12 runs each (of 100
+    /// with `RUN_ONLY=i`, one layer, for `perf record`): on a VM whose speed drifts by a
+    /// quarter between processes, only such interleaved times compare.
     #[test]
     #[ignore]
     fn run_speed() {
