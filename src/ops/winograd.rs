@@ -1739,6 +1739,52 @@ mod tests {
     use super::*;
     use crate::ops::igemm::NR;
 
+    /// `pad` bit for bit against its definition: plane `(c, p)` row `i` entry `j` is input pixel
+    /// `(i - pt, r j + p - pl)`, through the ReLU mask where there is one, else 0 -- for every
+    /// tile's phase count, with left padding, and with rows wider than the planes need (a
+    /// negative right padding).
+    #[test]
+    fn padded_planes_match_the_definition() {
+        let (c, h) = (3usize, 11usize);
+        let x: Vec<f32> = (0..c * h * 13).map(|i| (i as f32 * 0.61).sin()).collect();
+        let y: Vec<f32> = (0..c * h * 13).map(|i| (i as f32 * 0.37).cos()).collect();
+        for tile in [Tile::F2, Tile::F4, Tile::F2k5, Tile::F2k7Row, Tile::F2k7Col] {
+            for (w, pt, pl, ow) in [(13usize, 1usize, 1usize, 13usize), (13, 0, 2, 7), (13, 2, 0, 5)] {
+                for mask in [None, Some((&y[..c * h * w], Activation::Relu))] {
+                    let ((ry, r), (kh, _), (_, nw)) = (tile.rows_cols(), tile.kernel(), tile.block());
+                    let oh = h;
+                    let (th, tw) = (oh.div_ceil(ry), ow.div_ceil(r));
+                    let t = Tiling { r, ry, tw, hp: ry * th + kh - 1, wq: tw + (nw - 1) / r };
+                    let job = Conv { x: &x[..c * h * w], mask, c, h, w, kh, kw: 1, pt, pl, sh: 1, sw: 1, oh, ow };
+                    let mut planes = vec![f32::NAN; c * t.plane()];
+                    pad(&job, &t, &mut planes);
+                    for ch in 0..c {
+                        for p in 0..r {
+                            for i in 0..t.hp {
+                                for j in 0..t.wq {
+                                    let (iy, ix) = (i as isize - pt as isize, (r * j + p) as isize - pl as isize);
+                                    let inside = iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize;
+                                    let want = if !inside {
+                                        0.0
+                                    } else {
+                                        let k = ch * h * w + iy as usize * w + ix as usize;
+                                        if mask.is_some() && y[k] <= 0.0 { 0.0 } else { x[k] }
+                                    };
+                                    let got = planes[ch * t.plane() + (p * t.hp + i) * t.wq + j];
+                                    assert_eq!(
+                                        got.to_bits(),
+                                        want.to_bits(),
+                                        "{tile:?} w {w} pt {pt} pl {pl} ch {ch} p {p} ({i}, {j})"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// `split_phases` against its definition: 1, 2 and 4 phases, rows that end inside a vector
     /// and past one, a source longer than needed.
     #[test]
