@@ -90,21 +90,21 @@ pub(crate) fn par_planes<S>(
 }
 
 /// `planes` planes of `len` floats, plane `i` all `value(i)`, filled in parallel (a bias under
-/// the products that accumulate onto it, or the zeros of a gradient): `vec![v; n]` or
-/// `extend` fill on one thread while the other cores wait.
+/// the products that accumulate onto it, or the zeros of a gradient), where `vec![v; n]` or an
+/// `extend` filled on one thread while the other cores waited: [`par_planes`]' zeroed planes,
+/// refilled (still in the core's cache) where the value is not +0.0.
 pub(crate) fn par_fill_planes(planes: usize, len: usize, value: impl Fn(usize) -> f32 + Sync + Send) -> Vec<f32> {
-    use rayon::prelude::*;
-    let mut v: Vec<f32> = Vec::with_capacity(planes * len);
-    if planes * len == 0 {
-        return v;
-    }
-    v.spare_capacity_mut()[..planes * len]
-        .par_chunks_mut(len)
-        .enumerate()
-        .for_each(|(i, plane)| plane.fill(std::mem::MaybeUninit::new(value(i))));
-    // SAFETY: the chunks above cover the first planes * len elements, and each was written.
-    unsafe { v.set_len(planes * len) };
-    v
+    par_planes(
+        planes,
+        len,
+        || (),
+        |_, i, plane| {
+            let v = value(i);
+            if v.to_bits() != 0 {
+                plane.fill(v);
+            }
+        },
+    )
 }
 
 /// `Tensor::cat(parts, 1)` for NCHW tensors: where every part is f32 on the CPU, the planes are
